@@ -1,0 +1,50 @@
+"""The KV cache: an explicit, statically shaped pytree passed into and returned from the model.
+
+Layout: ``k``/``v`` are ``[layers, batch, max_len, kv_heads, head_dim]`` and ``lengths[batch]``
+counts the committed tokens of each row. A forward call writes its T tokens at slots
+``lengths[b] .. lengths[b] + T - 1`` and attends to slots ``< lengths[b]`` plus in-call tokens
+allowed by its mask. Committing or rolling back tokens is only a change of ``lengths``; entries at
+or past ``lengths`` are garbage and get overwritten.
+"""
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from .config import ModelConfig
+
+
+@flax.struct.dataclass
+class KVCache:
+    k: jax.Array  # [layers, batch, max_len, kv_heads, head_dim]
+    v: jax.Array  # [layers, batch, max_len, kv_heads, head_dim]
+    lengths: jax.Array  # [batch] int32, committed tokens per row
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[1]
+
+    def advance(self, n_B: jax.Array) -> "KVCache":
+        """Commit ``n_B[b]`` more of the tokens written by the last call, per row."""
+        return self.replace(lengths=self.lengths + n_B.astype(jnp.int32))
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
+    """An empty cache (all lengths 0) for ``batch`` rows of ``max_len`` slots."""
+    if max_len < 1:
+        raise ValueError(f"cache max_len must be >= 1, got {max_len}")
+    dtype = jnp.dtype(dtype or cfg.dtype)
+    shape = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.hd)
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                   lengths=jnp.zeros((batch,), jnp.int32))
+
+
+def cache_bytes_per_token(cfg: ModelConfig, dtype=None) -> int:
+    """Bytes of K and V one token occupies across all layers."""
+    itemsize = jnp.dtype(dtype or cfg.dtype).itemsize
+    return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.hd * itemsize
