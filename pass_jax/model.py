@@ -147,7 +147,8 @@ class Block(nn.Module):
         s_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], s_BxKxGxTxS, -1e30)
         w_BxKxGxTxS = jax.nn.softmax(s_BxKxGxTxS, axis=-1).astype(cfg.dtype)
         o_BxTxKxGxE = jnp.einsum("bkgts,bske->btkge", w_BxKxGxTxS, vals_BxSxKxE)
-        o_BxTxD = _dense(cfg, cfg.d_model, attn_bias or cfg.attn_out_bias, "o")(
+        o_bias = cfg.family == "gpt2" or cfg.attn_out_bias  # Qwen2: q/k/v biases, none on o
+        o_BxTxD = _dense(cfg, cfg.d_model, o_bias, "o")(
             o_BxTxKxGxE.reshape(B, T, H * E))
         x_BxTxD = x_BxTxD + o_BxTxD
 

@@ -1,0 +1,316 @@
+"""Generation: autoregressive and PaSS decoding as one jitted ``lax.while_loop``.
+
+Every method is a schedule of layout calls (see ``layout.py``) run by one generic function,
+``layout_call``: feed the layout's tokens (root y, drafts, LA embeddings), verify the drafts with
+speculative sampling, commit root + accepted drafts (a change of ``cache.lengths``), emit the
+accepted drafts and the correction/bonus token, and take the next drafts from the LA group that
+hangs after the accepted prefix. Autoregressive decoding is the layout [y]; the paper's PaSS is a
+drafting call then a validation call; fused PaSS is one call per iteration.
+
+Emitted tokens go to ``out[B, max_new_tokens]``; EOS (inside accepted drafts too) ends a row and
+``max_new_tokens`` is exact. Finished rows are frozen while other rows continue.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import io_callback
+
+from .cache import KVCache, init_cache
+from .config import ModelConfig, SamplerConfig
+from .layout import Layout, Schedule, make_schedule
+from .model import embed_tokens, forward, logits_from_hidden
+from .sampling import sample_logits, sample_probs, speculative_accept, warp_probs
+
+PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """Everything static about a generation: one compilation per spec and input shapes."""
+
+    cfg: ModelConfig
+    schedule: Schedule
+    sampler: SamplerConfig
+    max_new_tokens: int
+
+
+@flax.struct.dataclass
+class DecodeState:
+    """Loop state. ``y`` is the newest token (emitted, not yet in the cache)."""
+
+    cache: KVCache
+    y_B: jax.Array  # int32
+    drafts_BxL: jax.Array  # int32, drafts for the positions after y
+    q_BxLxV: jax.Array  # float32, warped draft distributions they were drawn from
+    out_BxN: jax.Array  # int32 emitted tokens, N = max_new_tokens
+    n_B: jax.Array  # int32 emitted count
+    done_B: jax.Array  # bool
+    rng: jax.Array
+    eos_E: jax.Array  # int32 ids that end a row (-1 pads)
+    calls_B: jax.Array  # int32 forward calls made while the row was active
+    verify_calls_B: jax.Array  # int32 calls that verified L drafts
+    accepted_BxL: jax.Array  # int32 times draft position j was accepted
+
+
+def _emit(spec: DecodeSpec, state: DecodeState, new_BxE: jax.Array, count_B: jax.Array,
+          active_B: jax.Array):
+    """Append ``new[b, :count[b]]`` to each active row, truncating at EOS and max_new_tokens."""
+    B, E = new_BxE.shape
+    N = spec.max_new_tokens
+    j_E = jnp.arange(E)
+    valid_BxE = (j_E[None, :] < count_B[:, None]) & active_B[:, None]
+    room_BxE = state.n_B[:, None] + j_E[None, :] < N
+    eos_BxE = valid_BxE & room_BxE & jnp.isin(new_BxE, state.eos_E)
+    before_eos_BxE = jnp.cumsum(eos_BxE, axis=1) - eos_BxE == 0  # up to and including the EOS
+    keep_BxE = valid_BxE & room_BxE & before_eos_BxE
+    slot_BxE = jnp.where(keep_BxE, state.n_B[:, None] + j_E[None, :], N)  # N is dropped
+    out = state.out_BxN.at[jnp.arange(B)[:, None], slot_BxE].set(new_BxE, mode="drop")
+    n_B = state.n_B + keep_BxE.sum(1).astype(jnp.int32)
+    done_B = state.done_B | eos_BxE.any(1) | (n_B >= N)
+    return state.replace(out_BxN=out, n_B=n_B, done_B=done_B)
+
+
+def layout_call(spec: DecodeSpec, layout: Layout, params, la_LxD, state: DecodeState):
+    """One forward call of ``layout``: verify its drafts, commit, emit, draw the next drafts."""
+    cfg, sampler = spec.cfg, spec.sampler
+    B = state.y_B.shape[0]
+    D = layout.num_drafts
+    rng, rng_acc, rng_draft = jax.random.split(state.rng, 3)
+    active_B = ~state.done_B
+
+    tokens_BxT = jnp.concatenate(
+        [state.y_B[:, None], state.drafts_BxL[:, :D],
+         jnp.zeros((B, layout.T - 1 - D), jnp.int32)], axis=1)
+    x_BxTxD = embed_tokens(cfg, params, tokens_BxT)
+    if layout.num_lookahead:
+        la_TxD = jnp.asarray(la_LxD, x_BxTxD.dtype)[layout.la_index]
+        x_BxTxD = jnp.where(layout.is_la[None, :, None], la_TxD[None], x_BxTxD)
+    positions_BxT = state.cache.lengths[:, None] + layout.depth[None, :]
+    h_BxTxD, cache = forward(cfg, params, tokens_BxT, positions_BxT, state.cache,
+                             layout.mask, x_BxTxD, return_hidden=True)
+
+    # Verify: outputs at the root and d_1..d_D give p_1..p_{D+1}.
+    p_BxD1xV = warp_probs(logits_from_hidden(cfg, params, h_BxTxD[:, :D + 1]), sampler)
+    n_acc_B, next_B, accepted_BxD = speculative_accept(
+        rng_acc, p_BxD1xV, state.q_BxLxV[:, :D], state.drafts_BxL[:, :D], sampler.greedy)
+
+    # Commit root + accepted drafts; emit accepted drafts then the correction/bonus token.
+    cache = cache.advance(jnp.where(active_B, n_acc_B + 1, 0))
+    new_BxE = jnp.concatenate([state.drafts_BxL[:, :D], next_B[:, None]], axis=1)
+    new_BxE = jnp.where(jnp.arange(D + 1)[None, :] == n_acc_B[:, None], next_B[:, None], new_BxE)
+    state = _emit(spec, state, new_BxE, n_acc_B + 1, active_B)
+
+    drafts_BxL, q_BxLxV = state.drafts_BxL, state.q_BxLxV
+    if layout.num_lookahead:  # next drafts from group G_{n_acc}
+        nodes_BxL = jnp.asarray(layout.groups)[n_acc_B]
+        h_BxLxD = jnp.take_along_axis(h_BxTxD, nodes_BxL[..., None], axis=1)
+        q_BxLxV = warp_probs(logits_from_hidden(cfg, params, h_BxLxD), sampler)
+        drafts_BxL = sample_probs(rng_draft, q_BxLxV, sampler.greedy)
+
+    keep = lambda new, old: jnp.where(active_B.reshape((B,) + (1,) * (new.ndim - 1)), new, old)
+    acc_BxL = state.accepted_BxL
+    if D:
+        acc_BxL = acc_BxL + (accepted_BxD & active_B[:, None]).astype(jnp.int32)
+    return state.replace(
+        cache=cache, rng=rng,
+        y_B=keep(next_B, state.y_B),
+        drafts_BxL=keep(drafts_BxL, state.drafts_BxL),
+        q_BxLxV=keep(q_BxLxV, state.q_BxLxV),
+        calls_B=state.calls_B + active_B,
+        verify_calls_B=state.verify_calls_B + (active_B if D else 0),
+        accepted_BxL=acc_BxL)
+
+
+def pass_step(spec: DecodeSpec, params, la_LxD, state: DecodeState) -> DecodeState:
+    """One loop iteration: the schedule's calls in order (paper: draft + verify; fused: one)."""
+    for layout in spec.schedule.step:
+        state = layout_call(spec, layout, params, la_LxD, state)
+    return state
+
+
+def prefill(spec: DecodeSpec, params, prompt_BxP, prompt_len_B, active_B, eos_E,
+            cache: KVCache, rng) -> DecodeState:
+    """Feed the right-padded prompts (a causal call) and draw the first new token."""
+    cfg = spec.cfg
+    B, P = prompt_BxP.shape
+    L = spec.schedule.num_lookahead
+    positions_BxP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
+    h_BxPxD, cache = forward(cfg, params, prompt_BxP, positions_BxP, cache, None,
+                             return_hidden=True)
+    h_last_Bx1xD = jnp.take_along_axis(h_BxPxD, (prompt_len_B - 1)[:, None, None], axis=1)
+    rng, rng_y = jax.random.split(rng)
+    y_B = sample_logits(rng_y, logits_from_hidden(cfg, params, h_last_Bx1xD)[:, 0], spec.sampler)
+    cache = cache.replace(lengths=prompt_len_B.astype(jnp.int32))
+    zeros = lambda *s, dt=jnp.int32: jnp.zeros(s, dt)
+    state = DecodeState(
+        cache=cache, y_B=y_B, drafts_BxL=zeros(B, L), q_BxLxV=zeros(B, L, cfg.vocab_size,
+                                                                    dt=jnp.float32),
+        out_BxN=zeros(B, spec.max_new_tokens), n_B=zeros(B), done_B=~active_B, rng=rng,
+        eos_E=jnp.asarray(eos_E, jnp.int32),
+        calls_B=active_B.astype(jnp.int32), verify_calls_B=zeros(B), accepted_BxL=zeros(B, L))
+    return _emit(spec, state, y_B[:, None], jnp.ones((B,), jnp.int32), active_B)
+
+
+def _stream_host(callback, out_BxN, n_B):
+    callback(np.asarray(out_BxN), np.asarray(n_B))
+
+
+@partial(jax.jit, static_argnames=("spec", "stream"), donate_argnames=("cache",))
+def generate_jit(spec: DecodeSpec, params, la_LxD, prompt_BxP, prompt_len_B, active_B, eos_E,
+                 cache: KVCache, rng, stream: Callable | None = None) -> DecodeState:
+    """Prefill, bootstrap calls, then ``pass_step`` in a ``lax.while_loop`` until every row is
+    done (EOS or ``max_new_tokens``) or the cache cannot take another call."""
+    state = prefill(spec, params, prompt_BxP, prompt_len_B, active_B, eos_E, cache, rng)
+    for layout in spec.schedule.bootstrap:
+        state = layout_call(spec, layout, params, la_LxD, state)
+    need = sum(lay.T for lay in spec.schedule.step)
+
+    def cond(s: DecodeState):
+        fits = jnp.max(jnp.where(s.done_B, 0, s.cache.lengths)) + need <= s.cache.max_len
+        return jnp.any(~s.done_B) & fits
+
+    def body(s: DecodeState):
+        s = pass_step(spec, params, la_LxD, s)
+        if stream is not None:
+            io_callback(partial(_stream_host, stream), None, s.out_BxN, s.n_B,
+                                         ordered=True)
+        return s
+
+    if stream is not None:
+        io_callback(partial(_stream_host, stream), None, state.out_BxN,
+                                     state.n_B, ordered=True)
+    return jax.lax.while_loop(cond, body, state)
+
+
+@dataclass
+class GenerationResult:
+    """Generated token ids per row (EOS included when emitted) and per-row statistics."""
+
+    tokens: list[list[int]]
+    calls: list[int]  # forward calls per row, prefill included
+    accepted: np.ndarray  # [rows, L] accepted drafts per LA position
+    verify_calls: list[int]  # calls that verified drafts, per row
+    wall_time: float  # seconds (includes compilation on the first call of a shape)
+
+    def stats(self) -> dict:
+        """Summary: forward calls, tokens per call, acceptance rate per LA position."""
+        tokens = sum(len(t) for t in self.tokens)
+        calls = sum(self.calls)
+        vc = max(sum(self.verify_calls), 1)
+        return {
+            "forward_calls": calls,
+            "new_tokens": tokens,
+            "tokens_per_call": tokens / max(calls, 1),
+            "acceptance_per_position": (self.accepted.sum(0) / vc).round(4).tolist(),
+            "wall_time_s": self.wall_time,
+        }
+
+
+def eos_array(eos_ids: Sequence[int]) -> np.ndarray:
+    """EOS ids as a padded int32 array (-1 never matches), so the set is data, not a recompile."""
+    ids = [int(e) for e in eos_ids]
+    size = max(4, -(-len(ids) // 4) * 4)
+    return np.asarray(ids + [-1] * (size - len(ids)), np.int32)
+
+
+def bucket(n: int, buckets: Sequence[int] = PROMPT_BUCKETS) -> int:
+    """Smallest bucket >= n (n itself rounded up to a multiple of 64 past the largest)."""
+    for b in buckets:
+        if n <= b:
+            return b
+    return -(-n // 64) * 64
+
+
+def batch_bucket(n: int) -> int:
+    """Batch sizes are padded to powers of two so a new batch size rarely recompiles."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def required_cache_len(prompt_bucket: int, max_new_tokens: int, schedule: Schedule) -> int:
+    """Slots needed: the padded prompt, every new token, and one call's scratch tokens."""
+    return max(prompt_bucket, 0) + max_new_tokens + sum(lay.T for lay in schedule.step)
+
+
+def prepare_batch(prompts: Sequence[Sequence[int]], vocab_size: int):
+    """Validate prompts and right-pad them to a bucket: (prompt_BxP, prompt_len_B, active_B)."""
+    if len(prompts) == 0:
+        raise ValueError("no prompts given")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty: at least one token is needed (e.g. BOS)")
+        bad = [t for t in p if not 0 <= int(t) < vocab_size]
+        if bad:
+            raise ValueError(f"prompt {i} has token id {bad[0]} outside the vocabulary "
+                             f"[0, {vocab_size})")
+    B = batch_bucket(len(prompts))
+    P = bucket(max(len(p) for p in prompts))
+    prompt_BxP = np.zeros((B, P), np.int32)
+    prompt_len_B = np.ones((B,), np.int32)
+    active_B = np.zeros((B,), bool)
+    for i, p in enumerate(prompts):
+        prompt_BxP[i, :len(p)] = p
+        prompt_len_B[i] = len(p)
+        active_B[i] = True
+    return prompt_BxP, prompt_len_B, active_B
+
+
+def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+             method: str = "ar", la_LxD=None, sampler: SamplerConfig = SamplerConfig(),
+             eos_ids: Sequence[int] | None = None, seed: int = 0, max_len: int | None = None,
+             stream: Callable[[np.ndarray, np.ndarray], None] | None = None) -> GenerationResult:
+    """Generate continuations of token-id prompts.
+
+    Args:
+      method: ``ar``, ``pass`` (paper schedule) or ``pass-fused``; PaSS needs ``la_LxD``
+        (trained look-ahead embeddings, or ``lookahead.init_lookahead`` for the [UNK] baseline).
+      eos_ids: ids that end a row (default: the config's ``eos_token_ids``).
+      max_len: KV-cache slots (default: just enough, rounded up to a multiple of 128).
+      stream: ``fn(out_BxN, n_B)`` called on the host after every loop step.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    L = 0 if method == "ar" else (None if la_LxD is None else int(np.shape(la_LxD)[0]))
+    if method != "ar" and la_LxD is None:
+        raise ValueError(f"method {method!r} needs look-ahead embeddings (la_LxD)")
+    schedule = make_schedule(method, L)
+    if L and np.shape(la_LxD)[1] != cfg.d_model:
+        raise ValueError(f"look-ahead embeddings have width {np.shape(la_LxD)[1]}, "
+                         f"the model has d_model={cfg.d_model}")
+    prompt_BxP, prompt_len_B, active_B = prepare_batch(prompts, cfg.vocab_size)
+    B, P = prompt_BxP.shape
+    need = required_cache_len(P, max_new_tokens, schedule)
+    if max_len is None:
+        max_len = -(-need // 128) * 128
+    elif need > max_len:
+        raise ValueError(
+            f"cache too small: prompts padded to {P} tokens + max_new_tokens={max_new_tokens} + "
+            f"{need - P - max_new_tokens} scratch slots for one {method} step need {need} slots, "
+            f"the cache has max_len={max_len}")
+    if cfg.family == "gpt2" and need > cfg.max_position:
+        raise ValueError(f"prompt + max_new_tokens + scratch ({need}) exceeds the model's "
+                         f"maximum position ({cfg.max_position})")
+    spec = DecodeSpec(cfg, schedule, sampler, int(max_new_tokens))
+    la = jnp.zeros((0, cfg.d_model), cfg.param_dtype) if la_LxD is None else jnp.asarray(la_LxD)
+    cache = init_cache(cfg, B, max_len)
+    t0 = time.perf_counter()
+    state = generate_jit(spec, params, la, jnp.asarray(prompt_BxP), jnp.asarray(prompt_len_B),
+                         jnp.asarray(active_B),
+                         eos_array(cfg.eos_token_ids if eos_ids is None else eos_ids), cache, jax.random.PRNGKey(seed), stream)
+    out, n = jax.block_until_ready((state.out_BxN, state.n_B))
+    wall = time.perf_counter() - t0
+    out, n = np.asarray(out), np.asarray(n)
+    rows = len(prompts)
+    return GenerationResult(
+        tokens=[out[i, :n[i]].tolist() for i in range(rows)],
+        calls=np.asarray(state.calls_B)[:rows].tolist(),
+        accepted=np.asarray(state.accepted_BxL)[:rows],
+        verify_calls=np.asarray(state.verify_calls_B)[:rows].tolist(),
+        wall_time=wall)

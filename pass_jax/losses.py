@@ -1,0 +1,298 @@
+"""Training losses: base-model next-token CE, and look-ahead (LA) training with packed insertion.
+
+Packed LA input (DESIGN.md section 2). A causal sequence ``x_0..x_{N-1}`` is followed by M groups
+of L look-ahead tokens; insertion point ``p_g`` means group g follows ``x_{p_g}``:
+
+* tokens (T = N + M*L): ``x_0..x_{N-1}``, then group 0's ``LA_1..LA_L``, group 1's, ...;
+  the LA rows' input embeddings are the rows of ``la_LxD``.
+* positions: ``x_t`` at t; group g's ``LA_i`` at ``p_g + i``.
+* mask: the sequence part is causal and never sees LA tokens; group g's ``LA_i`` sees
+  ``x_0..x_{p_g}`` and ``LA_1..LA_i`` of its own group only. Each group therefore computes exactly
+  what the paper's single-insertion input ``x_0..x_{p_g}, LA_1..LA_L`` would.
+* targets: group g's ``LA_i`` predicts ``x_{p_g+1+i}``, valid only when ``p_g+1+i < N``. The
+  frozen model's own distribution for that token is its output at sequence row ``p_g+i`` (it sees
+  the true prefix ``x_0..x_{p_g+i}``), computed in the same pass.
+
+Only LA outputs (and those matching base rows) go through the output head, so memory for logits
+is ``B x 2ML x V`` instead of ``B x T x V``. Loss arithmetic is float32 whatever the compute dtype.
+
+Shape letters: B batch, N sequence tokens, M insertion groups, L look-ahead tokens, R = M*L LA
+rows, T = N + R, D d_model, V vocab.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from .config import ModelConfig, SamplerConfig
+from .model import embed_tokens, forward, logits_from_hidden
+from .sampling import warp_probs
+
+LOSS_KINDS = ("ce", "kl")
+
+
+def _ratio(num, den):
+    return num / jnp.maximum(den, 1.0)
+
+
+def _token_ce(logits_xV, targets_x):
+    """Cross-entropy of float32 logits against integer targets, elementwise."""
+    logits_xV = logits_xV.astype(jnp.float32)
+    picked = jnp.take_along_axis(logits_xV, targets_x[..., None], axis=-1)[..., 0]
+    return jax.nn.logsumexp(logits_xV, axis=-1) - picked
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def lm_loss(cfg: ModelConfig, params, tokens_BxT, mask_BxT=None):
+    """Next-token cross-entropy for base-model training, mean over valid targets.
+
+    ``mask_BxT`` (optional, bool) marks real tokens (right padding); target ``x_{t+1}`` counts
+    when both ``x_t`` and ``x_{t+1}`` are real. Returns ``(loss, {'loss', 'accuracy',
+    'num_targets'})``.
+    """
+    B, T = tokens_BxT.shape
+    positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    logits_BxTxV, _ = forward(cfg, params, tokens_BxT, positions_BxT)
+    logits_BxT1xV = logits_BxTxV[:, :-1]
+    targets_BxT1 = tokens_BxT[:, 1:]
+    if mask_BxT is None:
+        valid_BxT1 = jnp.ones(targets_BxT1.shape, jnp.float32)
+    else:
+        valid_BxT1 = (mask_BxT[:, 1:] & mask_BxT[:, :-1]).astype(jnp.float32)
+    n = valid_BxT1.sum()
+    loss = _ratio((_token_ce(logits_BxT1xV, targets_BxT1) * valid_BxT1).sum(), n)
+    hits = (jnp.argmax(logits_BxT1xV, axis=-1) == targets_BxT1) * valid_BxT1
+    return loss, {"loss": loss, "accuracy": _ratio(hits.sum(), n), "num_targets": n}
+
+
+class PackedLayout(NamedTuple):
+    """Positions, mask and targets of a packed LA input (see the module docstring)."""
+
+    positions_BxT: jax.Array  # int32
+    mask_BxTxT: jax.Array  # bool, True = may attend
+    target_idx_BxR: jax.Array  # int32 index into the sequence of each LA row's target (clipped)
+    base_row_BxR: jax.Array  # int32 sequence row whose output predicts the same token (clipped)
+    valid_BxR: jax.Array  # bool, the target exists (p_g >= 0 and p_g + 1 + i < N)
+
+
+def packed_layout(ins_BxM: jax.Array, N: int, L: int) -> PackedLayout:
+    """Positions, attention mask and targets for N sequence tokens followed by M groups of L LAs.
+
+    LA row r = g*L + (i-1) belongs to group g and is ``LA_i`` (i = 1..L).
+    """
+    if L < 1:
+        raise ValueError(f"number of look-ahead tokens L must be >= 1, got {L}")
+    B, M = ins_BxM.shape
+    R = M * L
+    p_BxR = jnp.repeat(ins_BxM.astype(jnp.int32), L, axis=1)
+    i_R = jnp.tile(jnp.arange(1, L + 1, dtype=jnp.int32), M)
+    g_R = jnp.repeat(jnp.arange(M, dtype=jnp.int32), L)
+    n_N = jnp.arange(N, dtype=jnp.int32)
+
+    positions_BxT = jnp.concatenate([jnp.broadcast_to(n_N, (B, N)), p_BxR + i_R], axis=1)
+    seq_rows_NxT = jnp.concatenate([n_N[None, :] <= n_N[:, None], jnp.zeros((N, R), bool)], 1)
+    la_sees_seq_BxRxN = n_N[None, None, :] <= p_BxR[:, :, None]
+    la_sees_la_RxR = (g_R[:, None] == g_R[None, :]) & (i_R[None, :] <= i_R[:, None])
+    la_rows_BxRxT = jnp.concatenate(
+        [la_sees_seq_BxRxN, jnp.broadcast_to(la_sees_la_RxR, (B, R, R))], axis=2)
+    mask_BxTxT = jnp.concatenate(
+        [jnp.broadcast_to(seq_rows_NxT, (B, N, N + R)), la_rows_BxRxT], axis=1)
+
+    target_BxR = p_BxR + 1 + i_R
+    valid_BxR = (p_BxR >= 0) & (target_BxR < N)
+    target_idx_BxR = jnp.clip(target_BxR, 0, N - 1)
+    base_row_BxR = jnp.clip(target_BxR - 1, 0, N - 1)
+    return PackedLayout(positions_BxT, mask_BxTxT, target_idx_BxR, base_row_BxR, valid_BxR)
+
+
+def packed_logits(cfg: ModelConfig, base_params, la_LxD, tokens_BxN, ins_BxM):
+    """One packed forward pass; float32 logits of the LA rows and the matching base rows.
+
+    Returns ``(q_BxRxV, p_BxRxV, targets_BxR, valid_BxR)``: ``q`` the LA outputs (draft logits),
+    ``p`` the frozen model's logits for the same tokens given the true prefix (stop_gradient),
+    the data targets and which of them exist.
+    """
+    B, N = tokens_BxN.shape
+    L, D = la_LxD.shape
+    M = ins_BxM.shape[1]
+    R = M * L
+    lay = packed_layout(ins_BxM, N, L)
+    tok_BxNxD = embed_tokens(cfg, base_params, tokens_BxN)
+    la_BxRxD = jnp.broadcast_to(jnp.tile(la_LxD, (M, 1)), (B, R, D)).astype(tok_BxNxD.dtype)
+    embeds_BxTxD = jnp.concatenate([tok_BxNxD, la_BxRxD], axis=1)
+    h_BxTxD, _ = forward(cfg, base_params, jnp.zeros((B, N + R), jnp.int32), lay.positions_BxT,
+                         mask=lay.mask_BxTxT, embeds_BxTxD=embeds_BxTxD, return_hidden=True)
+    h_base_BxRxD = jnp.take_along_axis(h_BxTxD[:, :N], lay.base_row_BxR[..., None], axis=1)
+    both_Bx2RxV = logits_from_hidden(
+        cfg, base_params, jnp.concatenate([h_BxTxD[:, N:], h_base_BxRxD], axis=1))
+    both_Bx2RxV = both_Bx2RxV.astype(jnp.float32)
+    q_BxRxV = both_Bx2RxV[:, :R]
+    p_BxRxV = jax.lax.stop_gradient(both_Bx2RxV[:, R:])
+    targets_BxR = jnp.take_along_axis(tokens_BxN, lay.target_idx_BxR, axis=1)
+    return q_BxRxV, p_BxRxV, targets_BxR, lay.valid_BxR
+
+
+def _per_position(x_BxR, w_BxR, L):
+    """Weighted mean per LA position ``[L]`` (rows are laid out group-major)."""
+    B, R = x_BxR.shape
+    num_L = (x_BxR * w_BxR).reshape(B, R // L, L).sum((0, 1))
+    return _ratio(num_L, w_BxR.reshape(B, R // L, L).sum((0, 1)))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "kind", "temperature"))
+def la_loss(cfg: ModelConfig, base_params, la_LxD, tokens_BxN, ins_BxM, kind: str = "ce",
+            temperature: float = 1.0):
+    """Look-ahead training loss on a packed input, mean over valid LA targets.
+
+    ``kind='ce'``: cross-entropy of each LA output against the data token it drafts.
+    ``kind='kl'``: KL(p_model || q_LA) between the frozen model's own next-token distribution for
+    that token (given the true prefix; no gradient) and the LA output, both at ``temperature``.
+
+    Returns ``(loss, metrics)``; metrics: ``loss``, ``loss_per_position`` [L], ``ce`` and ``kl``
+    (both reported whatever ``kind``; ce at temperature 1), ``greedy_acceptance`` [L]
+    (argmax agreement with the frozen model), ``num_targets``.
+    """
+    if kind not in LOSS_KINDS:
+        raise ValueError(f"unknown LA loss kind {kind!r}; expected one of {LOSS_KINDS}")
+    if not temperature > 0:
+        raise ValueError(f"loss temperature must be > 0, got {temperature}")
+    L = la_LxD.shape[0]
+    q_BxRxV, p_BxRxV, targets_BxR, valid_BxR = packed_logits(
+        cfg, base_params, la_LxD, tokens_BxN, ins_BxM)
+    w_BxR = valid_BxR.astype(jnp.float32)
+    n = w_BxR.sum()
+    ce_BxR = _token_ce(q_BxRxV, targets_BxR)
+    logp_BxRxV = jax.nn.log_softmax(p_BxRxV / temperature, axis=-1)
+    logq_BxRxV = jax.nn.log_softmax(q_BxRxV / temperature, axis=-1)
+    kl_BxR = (jnp.exp(logp_BxRxV) * (logp_BxRxV - logq_BxRxV)).sum(-1)
+    loss_BxR = ce_BxR if kind == "ce" else kl_BxR
+    loss = _ratio((loss_BxR * w_BxR).sum(), n)
+    agree_BxR = (jnp.argmax(q_BxRxV, -1) == jnp.argmax(p_BxRxV, -1)).astype(jnp.float32)
+    metrics = {
+        "loss": loss,
+        "loss_per_position": _per_position(loss_BxR, w_BxR, L),
+        "ce": _ratio((ce_BxR * w_BxR).sum(), n),
+        "kl": _ratio((kl_BxR * w_BxR).sum(), n),
+        "greedy_acceptance": _per_position(agree_BxR, w_BxR, L),
+        "num_targets": n,
+    }
+    return loss, metrics
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "temperature", "top_k", "top_p"))
+def acceptance_estimate(cfg: ModelConfig, base_params, la_LxD, tokens_BxN, ins_BxM,
+                        temperature: float, top_k: int = 0, top_p: float = 1.0):
+    """Teacher-forced expected acceptance of each LA position, in one packed pass.
+
+    ``greedy`` [L]: how often argmax q_i equals argmax p, p being the frozen model's distribution
+    for the same token given the true prefix. ``sampled`` [L]: mean of sum_v min(p_w(v), q_w(v))
+    on the warped distributions (temperature, top-k, top-p as in decoding), the probability that
+    speculative sampling accepts a draft drawn from q_w; equal to ``greedy`` at temperature 0.
+    ``num_targets`` [L]: how many (row, group) pairs each figure averages.
+    """
+    sampler = SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+    L = la_LxD.shape[0]
+    q_BxRxV, p_BxRxV, _, valid_BxR = packed_logits(cfg, base_params, la_LxD, tokens_BxN, ins_BxM)
+    w_BxR = valid_BxR.astype(jnp.float32)
+    agree_BxR = (jnp.argmax(q_BxRxV, -1) == jnp.argmax(p_BxRxV, -1)).astype(jnp.float32)
+    overlap_BxR = jnp.minimum(warp_probs(p_BxRxV, sampler), warp_probs(q_BxRxV, sampler)).sum(-1)
+    B, R = w_BxR.shape
+    return {
+        "greedy": _per_position(agree_BxR, w_BxR, L),
+        "sampled": _per_position(overlap_BxR, w_BxR, L),
+        "num_targets": w_BxR.reshape(B, R // L, L).sum((0, 1)),
+    }
+
+
+def sample_insertion_points(rng: jax.Array, B: int, M: int, N: int, L: int) -> jax.Array:
+    """``ins_BxM`` int32: per row, M distinct insertion points, sorted, uniform over [0, N-2-L].
+
+    The range keeps every LA target inside the sequence (``p + 1 + L <= N - 1``). M = 1 is the
+    paper's recipe (one uniformly random insertion point; drawn per row rather than per batch),
+    M > 1 is packed training.
+    """
+    if L < 1 or M < 1:
+        raise ValueError(f"need L >= 1 and M >= 1, got L={L}, M={M}")
+    choices = N - 1 - L
+    if choices < M:
+        raise ValueError(f"a sequence of N={N} tokens has {max(choices, 0)} insertion points for "
+                         f"L={L} look-ahead tokens, M={M} were asked for (need N >= M + L + 1)")
+    keys_BxC = jax.random.uniform(rng, (B, choices))
+    return jnp.sort(jnp.argsort(keys_BxC, axis=1)[:, :M], axis=1).astype(jnp.int32)
+
+
+@flax.struct.dataclass
+class LAState:
+    """Training state of the look-ahead embeddings (the only trained parameters)."""
+
+    step: jax.Array  # int32 scalar
+    la: jax.Array  # [L, D]
+    opt_state: Any
+
+
+def init_la_state(la_LxD, optimizer: optax.GradientTransformation) -> LAState:
+    """Step 0, the given LA embeddings, optimizer state for them alone."""
+    return LAState(step=jnp.zeros((), jnp.int32), la=la_LxD, opt_state=optimizer.init(la_LxD))
+
+
+def paper_optimizer(lr: float = 1e-2, steps: int = 10_000, warmup: int = 2_000,
+                    weight_decay: float = 0.0) -> optax.GradientTransformation:
+    """AdamW with linear warmup from 0 to ``lr`` over ``warmup`` steps, then cosine decay to 0.
+
+    The paper's recipe (lr 1e-2, 10k steps, 2k warmup). It does not state a weight decay; the
+    default 0 avoids pulling the L embeddings towards the origin.
+    """
+    if not 0 <= warmup < steps:
+        raise ValueError(f"need 0 <= warmup < steps, got warmup={warmup}, steps={steps}")
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=steps, end_value=0.0)
+    return optax.adamw(schedule, weight_decay=weight_decay)
+
+
+def la_train_step(la_state: LAState, base_params, batch: dict, rng: jax.Array, *,
+                  cfg: ModelConfig, optimizer: optax.GradientTransformation, loss_kind: str = "ce",
+                  num_groups: int = 1, temperature: float = 1.0):
+    """One optimizer step on the LA embeddings; base params are constants (never differentiated).
+
+    ``batch['tokens']`` is ``[B, N]``; insertion points come from ``batch['insertion_points']``
+    ``[B, M]`` when present, else ``num_groups`` per row are drawn with ``rng`` folded with the
+    step number (so one fixed key per run gives a different draw each step and exact resumes).
+    Returns ``(la_state, metrics)``: the la_loss metrics plus ``grad_norm``.
+    """
+    tokens_BxN = batch["tokens"]
+    B, N = tokens_BxN.shape
+    L = la_state.la.shape[0]
+    if "insertion_points" in batch:
+        ins_BxM = batch["insertion_points"]
+    else:
+        ins_BxM = sample_insertion_points(jax.random.fold_in(rng, la_state.step), B, num_groups,
+                                          N, L)
+
+    def loss_fn(la_LxD):
+        return la_loss(cfg, base_params, la_LxD, tokens_BxN, ins_BxM, loss_kind, temperature)
+
+    (_, metrics), grad_LxD = jax.value_and_grad(loss_fn, has_aux=True)(la_state.la)
+    updates, opt_state = optimizer.update(grad_LxD, la_state.opt_state, la_state.la)
+    la_LxD = optax.apply_updates(la_state.la, updates)
+    metrics = {**metrics, "grad_norm": optax.global_norm(grad_LxD)}
+    return la_state.replace(step=la_state.step + 1, la=la_LxD, opt_state=opt_state), metrics
+
+
+def make_la_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation,
+                       loss_kind: str = "ce", num_groups: int = 1, temperature: float = 1.0):
+    """``step(la_state, base_params, batch, rng) -> (la_state, metrics)``, jitted, la_state donated.
+
+    See :func:`la_train_step`; only the LA array is differentiated and has optimizer state.
+    """
+    if loss_kind not in LOSS_KINDS:
+        raise ValueError(f"unknown LA loss kind {loss_kind!r}; expected one of {LOSS_KINDS}")
+    if num_groups < 1:
+        raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+    step = functools.partial(la_train_step, cfg=cfg, optimizer=optimizer, loss_kind=loss_kind,
+                             num_groups=num_groups, temperature=temperature)
+    return jax.jit(step, donate_argnums=(0,))
