@@ -91,12 +91,20 @@ def model_fingerprint(cfg: ModelConfig, base_params) -> dict[str, Any]:
     }
 
 
+def _to_json(x):
+    """JSON fallback for metric values: arrays (numpy or jax) and numpy scalars."""
+    if hasattr(x, "__array__"):
+        return np.asarray(x).tolist()
+    raise TypeError(f"metric value {x!r} of type {type(x).__name__} is not JSON-serialisable")
+
+
 def save_lookahead(out_dir: str, la_LxD, cfg: ModelConfig, base_identity: dict[str, Any], *,
                    init_token_id: int | None = None, metrics: dict[str, Any] | None = None) -> str:
     """Export ``la_LxD`` to ``out_dir`` (created if needed) atomically; returns ``out_dir``.
 
     ``base_identity`` is the base model's :func:`model_fingerprint` (extra JSON-serialisable keys,
-    e.g. the model path, are kept). ``metrics`` (JSON-serialisable) are recorded for reference.
+    e.g. the model path, are kept). ``metrics`` (JSON values, numpy or jax arrays) are recorded
+    for reference.
     """
     la = np.asarray(la_LxD)
     if la.ndim != 2 or la.shape[0] < 1:
@@ -113,7 +121,7 @@ def save_lookahead(out_dir: str, la_LxD, cfg: ModelConfig, base_identity: dict[s
         "init_token_id": init_token_id,
         "metrics": metrics or {},
     }
-    text = json.dumps(meta, indent=2, sort_keys=True)
+    text = json.dumps(meta, indent=2, sort_keys=True, default=_to_json)
     os.makedirs(out_dir, exist_ok=True)
     stage = tempfile.mkdtemp(prefix=".lookahead-tmp-", dir=out_dir)
     try:
@@ -153,7 +161,7 @@ def load_lookahead(la_dir: str, cfg: ModelConfig, base_params=None,
                    num_lookahead: int | None = None):
     """Load ``la_LxD`` from an export, checking that it belongs to this model.
 
-    Checks d_model, vocab_size, model type and depth against ``cfg``, the tensor shape against the
+    Checks d_model, vocab_size, model type and depth (when recorded) against ``cfg``, the tensor shape against the
     metadata, ``num_lookahead`` when given, and the embedding hash when ``base_params`` is given.
     Any mismatch raises ValueError naming what differs; a missing or corrupt export raises
     FileNotFoundError / ValueError. The array keeps its saved dtype, or takes the base embedding
@@ -171,7 +179,7 @@ def load_lookahead(la_dir: str, cfg: ModelConfig, base_params=None,
                 "model_type": cfg.model_type}
     for key, ours in expected.items():
         theirs = meta.get(key, model.get(key))
-        if theirs != ours:
+        if theirs is not None and theirs != ours:
             raise ValueError(f"{what} was trained for a model with {key}={theirs}, "
                              f"this model has {key}={ours}")
     if la.shape != (meta["num_lookahead"], meta["d_model"]):

@@ -279,7 +279,7 @@ def la_train_step(la_state: LAState, base_params, batch: dict, rng: jax.Array, *
     (_, metrics), grad_LxD = jax.value_and_grad(loss_fn, has_aux=True)(la_state.la)
     updates, opt_state = optimizer.update(grad_LxD, la_state.opt_state, la_state.la)
     la_LxD = optax.apply_updates(la_state.la, updates)
-    metrics = {**metrics, "grad_norm": optax.global_norm(grad_LxD)}
+    metrics = {**metrics, "grad_norm": optax.tree.norm(grad_LxD)}
     return la_state.replace(step=la_state.step + 1, la=la_LxD, opt_state=opt_state), metrics
 
 

@@ -1,0 +1,141 @@
+"""Look-ahead parameters: initialisation, export round trip, mismatch and corruption errors,
+atomic writes."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pass_jax import lookahead
+from pass_jax.config import ModelConfig
+from pass_jax.model import init_params
+
+CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64,
+                  max_position=64, unk_token_id=3)
+init_params_jit = jax.jit(init_params, static_argnums=0)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return init_params_jit(CFG, jax.random.PRNGKey(0))
+
+
+@pytest.fixture
+def export(tmp_path, params):
+    """A trained-looking LA array exported to tmp_path/la; returns (dir, la)."""
+    la = jax.random.normal(jax.random.PRNGKey(1), (4, CFG.d_model))
+    out = str(tmp_path / "la")
+    lookahead.save_lookahead(out, la, CFG, lookahead.model_fingerprint(CFG, params),
+                             init_token_id=3,
+                             metrics={"greedy_acceptance": jnp.array([0.5, 0.375, 0.25, 0.125]),
+                                      "steps": np.int64(10)})
+    return out, la
+
+
+def test_init_rows_are_the_token_embedding_with_documented_fallback(params):
+    table = np.asarray(params["embed"]["embedding"])
+    la = lookahead.init_lookahead(CFG, params, 3)
+    assert la.shape == (3, CFG.d_model) and la.dtype == table.dtype
+    np.testing.assert_array_equal(np.asarray(la), np.tile(table[3], (3, 1)))
+    np.testing.assert_array_equal(np.asarray(lookahead.init_lookahead(CFG, params, 1, 9))[0],
+                                  table[9])
+    assert lookahead.init_lookahead(CFG, params, 2, dtype=jnp.bfloat16).dtype == jnp.bfloat16
+    base = CFG.replace(unk_token_id=None)
+    assert lookahead.default_init_token(base) == 0
+    assert lookahead.default_init_token(base.replace(bos_token_id=2)) == 2
+    assert lookahead.default_init_token(base.replace(bos_token_id=2, pad_token_id=5)) == 5
+    assert lookahead.default_init_token(CFG.replace(pad_token_id=5)) == 3
+
+
+def test_round_trip(export, params):
+    out, la = export
+    assert sorted(os.listdir(out)) == ["lookahead.json", "lookahead.safetensors"]
+    loaded = lookahead.load_lookahead(out, CFG, params, num_lookahead=4)
+    assert loaded.dtype == la.dtype
+    np.testing.assert_array_equal(np.asarray(loaded), np.asarray(la))
+    with open(os.path.join(out, "lookahead.json")) as f:
+        meta = json.load(f)
+    assert meta == lookahead.lookahead_metadata(out)
+    assert (meta["num_lookahead"], meta["d_model"], meta["vocab_size"]) == (4, 32, 64)
+    assert meta["init_token_id"] == 3 and meta["metrics"] == {
+        "greedy_acceptance": [0.5, 0.375, 0.25, 0.125], "steps": 10}
+    assert meta["model"] == lookahead.model_fingerprint(CFG, params)
+
+
+def test_bfloat16_round_trip_and_fingerprint_independent_of_dtype(tmp_path, params):
+    la = jax.random.normal(jax.random.PRNGKey(2), (2, CFG.d_model)).astype(jnp.bfloat16)
+    params_bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+    fp = lookahead.model_fingerprint(CFG, params)
+    assert lookahead.model_fingerprint(CFG, params_bf16) == fp
+    lookahead.save_lookahead(str(tmp_path), la, CFG, fp)
+    loaded = lookahead.load_lookahead(str(tmp_path), CFG)
+    assert loaded.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(loaded), np.asarray(la))
+    assert lookahead.load_lookahead(str(tmp_path), CFG, params_bf16).dtype == jnp.bfloat16
+    assert lookahead.load_lookahead(str(tmp_path), CFG, params).dtype == jnp.float32
+
+
+def test_mismatch_with_another_model_is_a_clear_error(tmp_path, export, params):
+    out, _ = export
+    wide = CFG.replace(d_model=64, ffn_dim=128)
+    wide_dir = str(tmp_path / "wide")
+    lookahead.save_lookahead(wide_dir, jnp.zeros((4, 64)), wide,
+                             {"model_type": "llama", "n_layers": 2, "d_model": 64,
+                              "vocab_size": 64})
+    with pytest.raises(ValueError, match=f"lookahead in {wide_dir} was trained for a model with "
+                                         "d_model=64, this model has d_model=32"):
+        lookahead.load_lookahead(wide_dir, CFG)
+    with pytest.raises(ValueError, match="vocab_size=64, this model has vocab_size=128"):
+        lookahead.load_lookahead(out, CFG.replace(vocab_size=128))
+    with pytest.raises(ValueError, match="n_layers=2, this model has n_layers=3"):
+        lookahead.load_lookahead(out, CFG.replace(n_layers=3))
+    other = init_params_jit(CFG, jax.random.PRNGKey(5))  # same architecture, other weights
+    with pytest.raises(ValueError, match="different token embedding"):
+        lookahead.load_lookahead(out, CFG, other)
+    with pytest.raises(ValueError, match="num_lookahead=4, 6 were asked for"):
+        lookahead.load_lookahead(out, CFG, num_lookahead=6)
+    with pytest.raises(ValueError, match="d_model=16, the model has d_model=32"):
+        lookahead.save_lookahead(str(tmp_path / "bad"), jnp.zeros((2, 16)), CFG, {})
+
+
+def test_missing_or_corrupt_files_are_clear_errors(tmp_path, export):
+    out, _ = export
+    with pytest.raises(FileNotFoundError, match="no look-ahead export"):
+        lookahead.load_lookahead(str(tmp_path / "nowhere"), CFG)
+    path = os.path.join(out, "lookahead.safetensors")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])  # truncated tensor data
+    with pytest.raises(ValueError, match="corrupt"):
+        lookahead.load_lookahead(out, CFG)
+    open(path, "wb").write(b"\x07garbage, not a safetensors file")
+    with pytest.raises(ValueError, match="corrupt or not a safetensors file"):
+        lookahead.load_lookahead(out, CFG)
+    from safetensors.numpy import save_file
+    save_file({"lookahead": np.zeros((4, 32), np.float32)}, path)  # no pass_jax metadata
+    with pytest.raises(ValueError, match="not written by save_lookahead"):
+        lookahead.load_lookahead(out, CFG)
+
+
+def test_interrupted_save_keeps_the_previous_export(export, params, monkeypatch):
+    out, la = export
+    marker = os.path.join(out, "checkpoint.txt")
+    open(marker, "w").write("other files in the directory survive saves")
+
+    def crash(tensors, filename, metadata=None):
+        open(filename, "wb").write(b"half a fi")
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(lookahead, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        lookahead.save_lookahead(out, jnp.zeros_like(la), CFG,
+                                 lookahead.model_fingerprint(CFG, params))
+    monkeypatch.undo()
+    np.testing.assert_array_equal(np.asarray(lookahead.load_lookahead(out, CFG, params)),
+                                  np.asarray(la))
+    assert sorted(os.listdir(out)) == ["checkpoint.txt", "lookahead.json",
+                                       "lookahead.safetensors"]
+    lookahead.save_lookahead(out, jnp.zeros_like(la), CFG, lookahead.model_fingerprint(CFG, params))
+    assert float(jnp.abs(lookahead.load_lookahead(out, CFG, params)).max()) == 0.0
+    assert os.path.exists(marker)
