@@ -52,10 +52,6 @@ def default_init_token(cfg: ModelConfig) -> int:
     return 0
 
 
-def _embedding_VxD(base_params) -> np.ndarray:
-    return np.asarray(base_params["embed"]["embedding"])
-
-
 def init_lookahead(cfg: ModelConfig, base_params, num_lookahead: int, token_id: int | None = None,
                    dtype=None):
     """``la_LxD``: every one of the ``num_lookahead`` rows is the embedding of ``token_id``.
@@ -80,7 +76,7 @@ def model_fingerprint(cfg: ModelConfig, base_params) -> dict[str, Any]:
     The hash is the SHA-256 of the embedding matrix rounded to bfloat16, so the same model held
     in float32 or bfloat16 has the same fingerprint, while a different (or retrained) model does not.
     """
-    emb_VxD = _embedding_VxD(base_params).astype(ml_dtypes.bfloat16)
+    emb_VxD = np.asarray(base_params["embed"]["embedding"]).astype(ml_dtypes.bfloat16)
     return {
         "model_type": cfg.model_type,
         "family": cfg.family,
@@ -161,8 +157,9 @@ def load_lookahead(la_dir: str, cfg: ModelConfig, base_params=None,
                    num_lookahead: int | None = None):
     """Load ``la_LxD`` from an export, checking that it belongs to this model.
 
-    Checks d_model, vocab_size, model type and depth (when recorded) against ``cfg``, the tensor shape against the
-    metadata, ``num_lookahead`` when given, and the embedding hash when ``base_params`` is given.
+    Checks d_model, vocab_size, model type and depth (when recorded) against ``cfg``, the tensor
+    shape against the metadata, ``num_lookahead`` when given, and the embedding hash when
+    ``base_params`` is given.
     Any mismatch raises ValueError naming what differs; a missing or corrupt export raises
     FileNotFoundError / ValueError. The array keeps its saved dtype, or takes the base embedding
     dtype when ``base_params`` is given.

@@ -320,3 +320,28 @@ def test_error_pickle_only_and_paths(tmp_path, hf_model):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
         hf.load_hf(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("name", sorted(HF_CONFIGS))
+def test_greedy_generate_matches_transformers(hf_model, name):
+    """Batched greedy decoding (prompts of different lengths, EOS) == transformers generate."""
+    from pass_jax.decode import generate
+
+    d, model = hf_model(name)
+    cfg, params = hf.load_hf(d)
+    rng = np.random.default_rng(1)
+    prompts = [rng.integers(3, V, n).tolist() for n in (5, 9, 2)]
+
+    def hf_generate(prompt, eos):
+        with torch.no_grad():
+            out = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=12,
+                                 eos_token_id=eos, pad_token_id=0,
+                                 attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
+        return out[0, len(prompt):].tolist()
+
+    plain = [hf_generate(p, None) for p in prompts]
+    eos = plain[0][len(plain[0]) // 2]  # a token that really occurs: row 0 stops early
+    expected = [hf_generate(p, eos) for p in prompts]
+    assert len(expected[0]) < 12
+    ours = generate(cfg, params, prompts, max_new_tokens=12, eos_ids=(eos,))
+    assert ours.tokens == expected

@@ -1,0 +1,813 @@
+"""Benchmark: the PaSS paper's protocol (Table 1, L ablation) on any Hugging Face model directory.
+
+    python -m infer.bench --model DIR --lookahead DIR[,DIR...] [--json OUT] [--out-dir results]
+        [--num-prompts 16 --prompt-tokens 32 --max-new-tokens 128]
+        [--temperatures 0.8,0.5,0.2,0 --top-k 10 --top-p 1]
+        [--methods ar,unk,pass,pass-fused] [--batch-size 1,4] [--repeats 3]
+        [--data stdlib] [--data-dir DIR] [--hf-baselines | --no-hf-baselines]
+
+    python -m infer.bench --random-model 125m [--json OUT]     # issue 2's AR performance report
+
+``--lookahead`` takes one or more look-ahead exports (``train.lookahead --out``), comma separated,
+or a directory whose subdirectories are exports (one per L, e.g. ``la/L2 la/L4 ..``).
+
+Protocol (the paper's, sized by flags): the prompts are the first ``--prompt-tokens`` tokens of
+random held-out documents of ``--data`` (when more prompts than documents are asked for, further
+prompts start at random top-level lines of the same documents, round robin; the JSON says how
+many of each). For every (temperature, batch size) cell, every method and every L, one warm-up
+run (compilation excluded), then ``--repeats`` timed runs over all prompts with the methods
+interleaved (the order rotates every repeat); the median wall time counts. Methods:
+
+* ``ar``         autoregressive (one forward call per token)
+* ``unk``        the paper's [UNK] baseline: PaSS with every LA embedding = the unk token's
+* ``pass``       PaSS, the paper's schedule (drafting call + validation call), trained LA
+* ``pass-fused`` PaSS with verification and drafting fused in one call per iteration
+* ``hf-generate``, ``hf-prompt-lookup``: the same model dir in transformers (PyTorch)
+  ``generate`` (greedy, or sampling with the same temperature / top-k / top-p) and its
+  prompt-lookup decoding (batch 1 only), when torch is importable (``--hf-baselines``)
+
+Generation runs ``--max-new-tokens`` tokens per prompt, EOS ignored (``--stop-at-eos`` to stop),
+so every method does the same work. Reported per cell: median seconds per generate call (N new
+tokens per row; at batch 1 the paper's "s for N tokens"), speedup vs ``ar``, tokens/s, tokens per
+forward call, acceptance per LA position, for temperature 0 whether the output is identical to
+``ar`` (it must be: PaSS is lossless), and the share of completions (prompt + completion up to its
+last complete line) that parse with ``ast``.
+
+Outputs (``--out-dir``): ``bench.json`` (or ``--json OUT``), ``bench.md`` (tables shaped like the
+paper's Table 1, the L ablation, details, quality, transformers baselines; also printed),
+``speedup_vs_temperature.png`` and ``time_vs_L.png``. The first line names the machine (CPU
+model, cores, load average, JAX device kind) and library versions.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+OUR_METHODS = ("ar", "unk", "pass", "pass-fused")
+HF_METHODS = ("hf-generate", "hf-prompt-lookup")
+LABELS = {"ar": "autoregressive", "unk": "[UNK] look-ahead", "pass": "PaSS",
+          "pass-fused": "PaSS fused", "hf-generate": "transformers generate",
+          "hf-prompt-lookup": "transformers prompt lookup"}
+
+
+# --------------------------------------------------------------------------- flags
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m infer.bench",
+                                 description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="Hugging Face model directory (with tokenizer files)")
+    ap.add_argument("--lookahead", default="",
+                    help="look-ahead exports DIR[,DIR...], or a directory of per-L exports")
+    ap.add_argument("--json", help="write the JSON results here (default OUT_DIR/bench.json)")
+    ap.add_argument("--out-dir", default="results", help="JSON, Markdown and PNG outputs")
+    ap.add_argument("--num-prompts", type=int, default=16)
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--temperatures", type=_floats, default=_floats("0.8,0.5,0.2,0"),
+                    help="comma separated; 0 = greedy")
+    ap.add_argument("--top-k", type=int, default=10, help="0 = off")
+    ap.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    ap.add_argument("--methods", default="ar,unk,pass,pass-fused",
+                    help=f"comma separated, of {','.join(OUR_METHODS)}")
+    ap.add_argument("--batch-size", type=_ints, default=[1], help="comma separated, e.g. 1,4")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--main-lookahead", type=int,
+                    help="L shown in the main table (default 4 if benchmarked, else the smallest)")
+    ap.add_argument("--data", default="stdlib", help="corpus spec of the prompts (held-out split)")
+    ap.add_argument("--data-dir", help="TFDS data dir (stdlib: where it is prepared)")
+    ap.add_argument("--seed", type=int, default=0, help="prompt choice and sampling seeds")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument("--add-bos", action="store_true", help="prepend the BOS token to prompts")
+    ap.add_argument("--stop-at-eos", action="store_true",
+                    help="stop rows at EOS (default: always generate --max-new-tokens)")
+    ap.add_argument("--hf-baselines", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time transformers generate / prompt lookup (needs torch)")
+    ap.add_argument("--prompt-lookup-tokens", type=int, default=10,
+                    help="prompt_lookup_num_tokens of the transformers baseline")
+    ap.add_argument("--title", default="", help="a line naming what is benchmarked")
+    ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    rm = ap.add_argument_group("AR performance report (issue 2)")
+    rm.add_argument("--random-model", choices=("125m", "tiny"),
+                    help="benchmark AR on a random LLaMA of this size (ours vs transformers)")
+    rm.add_argument("--max-len", type=_ints, default=[256, 4096],
+                    help="cache sizes for the per-step time of --random-model")
+    rm.add_argument("--rm-batch-size", type=_ints, default=[1, 8],
+                    help="batch sizes of --random-model")
+    return ap
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def _version(name: str) -> str | None:
+    try:
+        from importlib.metadata import version
+        return version(name)
+    except Exception:
+        return None
+
+
+def machine_info() -> dict:
+    """CPU model, core counts, load average, JAX devices and library versions."""
+    import jax
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    devices = jax.devices()
+    libs = {n: _version(n) for n in ("jax", "jaxlib", "flax", "numpy", "transformers", "torch")}
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "jax_backend": jax.default_backend(),
+        "jax_device_kind": devices[0].device_kind, "jax_devices": len(devices),
+        "python": platform.python_version(), "platform": platform.platform(),
+        "libraries": {k: v for k, v in libs.items() if v},
+    }
+
+
+def machine_line(info: dict) -> str:
+    libs = ", ".join(f"{k} {v}" for k, v in info["libraries"].items())
+    return (f"Machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), "
+            f"JAX {info['jax_backend']} device '{info['jax_device_kind']}' x{info['jax_devices']}"
+            f"; load average {info['load_average'][0]} at start"
+            + (f", {info['load_average_end'][0]} at end" if "load_average_end" in info else "")
+            + f"; Python {info['python']}; {libs}")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def find_lookaheads(spec: str) -> list[str]:
+    """Export directories named by ``--lookahead``: DIR[,DIR...] or a directory of exports."""
+    from pass_jax.lookahead import TENSOR_FILE
+
+    dirs: list[str] = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        if os.path.isfile(os.path.join(part, TENSOR_FILE)):
+            dirs.append(part)
+        elif os.path.isdir(part):
+            subs = sorted(os.path.join(part, s) for s in os.listdir(part)
+                          if os.path.isfile(os.path.join(part, s, TENSOR_FILE)))
+            if not subs:
+                raise ValueError(f"--lookahead {part}: neither an export ({TENSOR_FILE}) nor a "
+                                 "directory of exports")
+            dirs.extend(subs)
+        else:
+            raise FileNotFoundError(f"--lookahead {part}: no such directory")
+    return dirs
+
+
+def load_lookaheads(spec: str, cfg, params) -> dict[int, tuple[str, object]]:
+    """``{L: (dir, la_LxD)}`` for every export of ``--lookahead`` (one per L)."""
+    from pass_jax.lookahead import load_lookahead
+
+    out: dict[int, tuple[str, object]] = {}
+    for d in find_lookaheads(spec):
+        la = load_lookahead(d, cfg, params)
+        L = int(la.shape[0])
+        if L in out:
+            raise ValueError(f"two look-ahead exports with L={L}: {out[L][0]} and {d}")
+        out[L] = (d, la)
+    return dict(sorted(out.items()))
+
+
+def _encode(tok, text: str) -> list[int]:
+    return tok.encode(text, add_special_tokens=False)
+
+
+def make_prompts(tok, data: str, data_dir: str | None, num_prompts: int, prompt_tokens: int,
+                 seed: int) -> tuple[list[list[int]], dict]:
+    """``num_prompts`` prompts of exactly ``prompt_tokens`` tokens from held-out documents.
+
+    First the first tokens of random documents (the paper's protocol); if the split has fewer
+    qualifying documents than prompts asked for, further prompts start at random top-level lines
+    (a line that starts with a non-blank character) of those documents, round robin over
+    documents, so every prompt still starts at the beginning of a line.
+    """
+    from pass_jax.data import heldout_documents, text_source
+
+    source = text_source(data, "heldout", data_dir)
+    docs = heldout_documents(source, tok, num_prompts, seed=seed, min_tokens=prompt_tokens)
+    prompts = [d[:prompt_tokens] for d in docs]
+    origin = {"documents": len(docs), "heldout_documents_in_split": len(source),
+              "from_document_start": len(prompts), "from_top_level_lines": 0}
+    if len(prompts) < num_prompts:
+        rng = np.random.default_rng(seed + 1)
+        starts = []
+        texts = [tok.decode(d) for d in docs]
+        for text in texts:
+            s = [m.start() for m in re.finditer(r"(?m)^(?=\S)", text) if m.start() > 0]
+            starts.append(list(rng.permutation(s)) if s else [])
+        seen = {tuple(p) for p in prompts}
+        while len(prompts) < num_prompts and any(starts):
+            for di, text in enumerate(texts):
+                if len(prompts) == num_prompts:
+                    break
+                while starts[di]:
+                    s = int(starts[di].pop())
+                    ids = _encode(tok, text[s:s + 40 * prompt_tokens])[:prompt_tokens]
+                    if len(ids) == prompt_tokens and tuple(ids) not in seen:
+                        seen.add(tuple(ids))
+                        prompts.append(ids)
+                        origin["from_top_level_lines"] += 1
+                        break
+        if len(prompts) < num_prompts:
+            print(f"warning: only {len(prompts)} distinct prompts available "
+                  f"({num_prompts} asked for)", file=sys.stderr)
+    return prompts, origin
+
+
+def parses(text: str) -> bool:
+    """Does ``text`` up to its last complete line parse as Python?"""
+    cut = text.rfind("\n")
+    code = text[:cut + 1] if cut >= 0 else text
+    try:
+        ast.parse(code)
+        return True
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
+        return False
+
+
+# --------------------------------------------------------------------------- runners
+
+
+@dataclass
+class Run:
+    """One method over all prompts: outputs and totals (summed over the batches)."""
+
+    tokens: list[list[int]]
+    wall: float
+    calls: int = 0
+    verify_calls: int = 0
+    accepted: np.ndarray | None = None
+
+
+@dataclass
+class Variant:
+    """A method (and its L) as the benchmark times it."""
+
+    key: str  # e.g. 'ar', 'pass@L4', 'hf-generate'
+    method: str
+    L: int | None
+    run: Callable[[list[list[int]], int, object, int], Run]  # (prompts, batch, sampler, seed)
+    batch_sizes: tuple[int, ...] | None = None  # None: all
+    runs: dict = field(default_factory=dict)
+
+
+def _chunks(prompts, B):
+    return [prompts[i:i + B] for i in range(0, len(prompts), B)]
+
+
+def ours_runner(cfg, params, method: str, la, eos_ids):
+    """A runner of our ``generate`` (``method`` 'ar', 'pass' or 'pass-fused')."""
+    from pass_jax.decode import generate
+
+    def run(prompts, B, sampler, seed, max_new_tokens):
+        out = Run(tokens=[], wall=0.0, accepted=None)
+        for i, chunk in enumerate(_chunks(prompts, B)):
+            res = generate(cfg, params, chunk, max_new_tokens=max_new_tokens, method=method,
+                           la_LxD=la, sampler=sampler, eos_ids=eos_ids, seed=seed + i)
+            out.tokens += res.tokens
+            out.wall += res.wall_time
+            out.calls += sum(res.calls)
+            out.verify_calls += sum(res.verify_calls)
+            acc = res.accepted.sum(0)
+            out.accepted = acc if out.accepted is None else out.accepted + acc
+        return out
+    return run
+
+
+def hf_runner(model, pad_id: int | None, prompt_lookup: int, stop_at_eos: bool):
+    """A runner of transformers ``generate`` (prompt lookup when ``prompt_lookup`` > 0)."""
+    import torch
+
+    def run(prompts, B, sampler, seed, max_new_tokens):
+        out = Run(tokens=[], wall=0.0)
+        for i, chunk in enumerate(_chunks(prompts, B)):
+            P = max(len(p) for p in chunk)
+            ids = torch.full((len(chunk), P), pad_id or 0, dtype=torch.long)
+            mask = torch.zeros((len(chunk), P), dtype=torch.long)
+            for r, p in enumerate(chunk):  # left padding
+                ids[r, P - len(p):] = torch.tensor(p)
+                mask[r, P - len(p):] = 1
+            kw = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_id)
+            if not stop_at_eos:
+                kw["min_new_tokens"] = max_new_tokens
+            if sampler.greedy:
+                kw.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+            else:
+                kw.update(do_sample=True, temperature=sampler.temperature,
+                          top_k=sampler.top_k or None, top_p=sampler.top_p)
+            if prompt_lookup:
+                kw["prompt_lookup_num_tokens"] = prompt_lookup
+            torch.manual_seed(seed + i)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                gen = model.generate(ids, attention_mask=mask, **kw)
+            out.wall += time.perf_counter() - t0
+            out.tokens += [g[P:].tolist() for g in gen]
+        return out
+    return run
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def _median(xs):
+    return float(statistics.median(xs)) if xs else None
+
+
+def _cut_eos(tokens, eos_ids):
+    for i, t in enumerate(tokens):
+        if t in eos_ids:
+            return tokens[:i]
+    return tokens
+
+
+def summarise(variant: Variant, runs: list[Run], ar_rows: dict | None, prompts, tok, eos_ids,
+              num_calls_per_run: int, T: float, B: int) -> dict:
+    """The JSON row of one (temperature, batch, variant) cell."""
+    walls = [r.wall for r in runs]
+    med = _median(walls)
+    new_tokens = [sum(len(t) for t in r.tokens) for r in runs]
+    row = {"temperature": T, "batch_size": B, "method": variant.method, "L": variant.L,
+           "key": variant.key, "wall_s": [round(w, 5) for w in walls], "median_s": med,
+           "s_per_call": med / num_calls_per_run,
+           "new_tokens": new_tokens[0], "tokens_per_s": statistics.median(new_tokens) / med}
+    if variant.method in ("ar", "unk", "pass", "pass-fused"):
+        calls = sum(r.calls for r in runs)
+        row["forward_calls"] = calls // len(runs)
+        row["tokens_per_call"] = sum(new_tokens) / max(calls, 1)
+        if variant.L:
+            vc = max(sum(r.verify_calls for r in runs), 1)
+            acc = sum(r.accepted for r in runs)
+            row["acceptance_per_position"] = [round(float(a) / vc, 4) for a in acc]
+            row["mean_accepted_per_verify"] = round(float(acc.sum()) / vc, 4)
+    if ar_rows is not None:
+        row["speedup_vs_ar"] = ar_rows["median_s"] / med
+    if T == 0 and ar_rows is not None and variant.method != "ar":
+        ar_tokens = ar_rows["_tokens"]
+        same = [a == b for a, b in zip(ar_tokens, runs[0].tokens)]
+        row["greedy_identical_to_ar"] = all(same) and len(ar_tokens) == len(runs[0].tokens)
+        row["greedy_mismatched_rows"] = int(sum(not s for s in same))
+    if tok is not None:
+        ok = [parses(tok.decode(p + _cut_eos(c, eos_ids), skip_special_tokens=True))
+              for p, c in zip(prompts, runs[0].tokens)]
+        row["ast_parse_share"] = sum(ok) / max(len(ok), 1)
+    row["_tokens"] = runs[0].tokens
+    return row
+
+
+def run_benchmark(args, out_stream=sys.stdout) -> dict:
+    """The whole protocol; returns the JSON-able results (also written to disk)."""
+    from tqdm.auto import tqdm
+
+    from pass_jax.config import SamplerConfig
+    from pass_jax.hf import load_hf, load_tokenizer
+    from pass_jax.lookahead import init_lookahead
+
+    info = machine_info()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        if m not in OUR_METHODS:
+            raise SystemExit(f"unknown method {m!r}; expected some of {','.join(OUR_METHODS)}")
+    if "ar" not in methods:
+        methods.insert(0, "ar")  # speedups are relative to it
+    cfg, params = load_hf(args.model, dtype=args.dtype)
+    tok = load_tokenizer(args.model)
+    if tok is None:
+        raise SystemExit(f"{args.model} has no tokenizer files: prompts need a tokenizer")
+    las = load_lookaheads(args.lookahead, cfg, params) if args.lookahead else {}
+    if any(m in methods for m in ("pass", "pass-fused")) and not las:
+        raise SystemExit("methods pass / pass-fused need --lookahead DIR[,DIR...]")
+    Ls = sorted(las) or ([args.main_lookahead or 4] if "unk" in methods else [])
+    main_L = args.main_lookahead or (4 if 4 in Ls else (Ls[0] if Ls else None))
+    eos_ids = tuple(cfg.eos_token_ids) if args.stop_at_eos else ()
+    eos_for_cut = set(cfg.eos_token_ids)
+
+    prompts, origin = make_prompts(tok, args.data, args.data_dir, args.num_prompts,
+                                   args.prompt_tokens, args.seed)
+    if args.add_bos and cfg.bos_token_id is not None:
+        prompts = [[cfg.bos_token_id] + p for p in prompts]
+
+    variants: list[Variant] = []
+    for m in methods:
+        if m == "ar":
+            variants.append(Variant("ar", "ar", None, ours_runner(cfg, params, "ar", None,
+                                                                  eos_ids)))
+            continue
+        for L in Ls:
+            la = init_lookahead(cfg, params, L) if m == "unk" else las[L][1]
+            variants.append(Variant(f"{m}@L{L}", m, L, ours_runner(
+                cfg, params, "pass" if m == "unk" else m, la, eos_ids)))
+    hf_note = None
+    if args.hf_baselines:
+        try:
+            import torch
+            import transformers
+            torch.set_num_threads(info["usable_cores"] or 1)
+            hf_model = transformers.AutoModelForCausalLM.from_pretrained(
+                args.model, dtype=torch.float32 if args.dtype == "float32" else torch.bfloat16)
+            hf_model.eval()
+            pad = cfg.pad_token_id if cfg.pad_token_id is not None else (
+                cfg.eos_token_ids[0] if cfg.eos_token_ids else 0)
+            variants.append(Variant("hf-generate", "hf-generate", None,
+                                    hf_runner(hf_model, pad, 0, args.stop_at_eos)))
+            variants.append(Variant("hf-prompt-lookup", "hf-prompt-lookup", None,
+                                    hf_runner(hf_model, pad, args.prompt_lookup_tokens,
+                                              args.stop_at_eos), batch_sizes=(1,)))
+        except ImportError as e:
+            hf_note = f"transformers baselines skipped: {e}"
+            print(hf_note, file=sys.stderr)
+
+    cells = [(T, B) for B in args.batch_size for T in args.temperatures]
+    rows: list[dict] = []
+    total = sum(len([v for v in variants if v.batch_sizes is None or B in v.batch_sizes])
+                for T, B in cells) * (1 + args.repeats)
+    bar = tqdm(total=total, desc="bench", unit="run", disable=args.quiet, file=sys.stderr)
+    for T, B in cells:
+        sampler = SamplerConfig(T, args.top_k if T > 0 else 0, args.top_p if T > 0 else 1.0)
+        cell_vars = [v for v in variants if v.batch_sizes is None or B in v.batch_sizes]
+        n_calls = len(_chunks(prompts, B))
+        runs: dict[str, list[Run]] = {v.key: [] for v in cell_vars}
+        errors: dict[str, str] = {}
+        for v in cell_vars:  # warm-up: compile every shape (first and last batch)
+            bar.set_description(f"T={T} B={B} warm-up {v.key}")
+            warm = _chunks(prompts, B)
+            warm = [warm[0]] + ([warm[-1]] if len(warm[-1]) != len(warm[0]) else [])
+            try:
+                for chunk in warm:
+                    v.run(chunk, B, sampler, args.seed, args.max_new_tokens)
+            except Exception as e:  # a baseline that cannot run here is reported, not fatal
+                if not v.method.startswith("hf"):
+                    raise
+                errors[v.key] = f"{type(e).__name__}: {e}"
+                print(f"warning: {v.key} failed at T={T} B={B}: {errors[v.key]}",
+                      file=sys.stderr)
+            bar.update(1)
+        active = [v for v in cell_vars if v.key not in errors]
+        for r in range(args.repeats):
+            k = r % max(len(active), 1)
+            for v in active[k:] + active[:k]:  # interleaved, rotating order
+                bar.set_description(f"T={T} B={B} repeat {r + 1} {v.key}")
+                runs[v.key].append(v.run(prompts, B, sampler, args.seed + 1000 * r,
+                                         args.max_new_tokens))
+                bar.update(1)
+        ar_row = summarise(variants[0], runs["ar"], None, prompts, tok, eos_for_cut, n_calls,
+                           T, B)
+        ar_row["speedup_vs_ar"] = 1.0
+        rows.append(ar_row)
+        for v in cell_vars[1:]:
+            if v.key in errors:
+                rows.append({"temperature": T, "batch_size": B, "method": v.method, "L": v.L,
+                             "key": v.key, "error": errors[v.key]})
+                bar.update(args.repeats)
+                continue
+            row = summarise(v, runs[v.key], ar_row, prompts, tok, eos_for_cut, n_calls, T, B)
+            rows.append(row)
+    bar.close()
+    info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+
+    greedy = {}
+    for row in rows:
+        if "greedy_identical_to_ar" in row and not row["method"].startswith("hf"):
+            key = row["key"]
+            greedy[key] = greedy.get(key, True) and row["greedy_identical_to_ar"]
+    hf_greedy = {f"{r['key']}@B{r['batch_size']}": r["greedy_identical_to_ar"] for r in rows
+                 if r["method"].startswith("hf") and "greedy_identical_to_ar" in r}
+    for row in rows:
+        row.pop("_tokens", None)
+    result = {
+        "title": args.title, "machine": info, "machine_line": machine_line(info),
+        "model": os.path.abspath(args.model), "model_params": cfg.num_params(),
+        "model_config": {k: v for k, v in cfg.to_dict().items()
+                         if k in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
+                                  "ffn_dim", "dtype")},
+        "lookahead": {str(L): os.path.abspath(d) for L, (d, _) in las.items()},
+        "settings": {"num_prompts": len(prompts), "prompt_tokens": args.prompt_tokens,
+                     "max_new_tokens": args.max_new_tokens, "temperatures": args.temperatures,
+                     "top_k": args.top_k, "top_p": args.top_p, "methods": methods,
+                     "L": Ls, "main_L": main_L, "batch_sizes": args.batch_size,
+                     "repeats": args.repeats, "data": args.data, "seed": args.seed,
+                     "stop_at_eos": args.stop_at_eos, "add_bos": args.add_bos,
+                     "prompt_lookup_tokens": args.prompt_lookup_tokens,
+                     "hf_baselines": bool(args.hf_baselines) and hf_note is None},
+        "prompts": origin,
+        "greedy_identical_to_ar": greedy,
+        "hf_greedy_identical_to_ours": hf_greedy,
+        "cells": rows,
+    }
+    if hf_note:
+        result["hf_note"] = hf_note
+    write_outputs(result, args, out_stream)
+    return result
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _row(rows, T, B, method, L=None):
+    for r in rows:
+        if (r["temperature"] == T and r["batch_size"] == B and r["method"] == method
+                and (L is None or r["L"] == L) and "error" not in r):
+            return r
+    return None
+
+
+def _tname(T):
+    return "greedy" if T == 0 else f"T={T:g}"
+
+
+def markdown(result: dict) -> str:
+    s = result["settings"]
+    rows = result["cells"]
+    Ts, Bs, Ls, L0 = s["temperatures"], s["batch_sizes"], s["L"], s["main_L"]
+    ours = [m for m in s["methods"]]
+    N = s["max_new_tokens"]
+    out = []
+    if result.get("title"):
+        out.append(f"**{result['title']}**\n")
+    out.append(result["machine_line"] + "\n")
+    mc = result["model_config"]
+    out.append(f"Model: {result['model_params'] / 1e6:.2f}M params (d={mc['d_model']}, "
+               f"{mc['n_layers']} layers, vocab {mc['vocab_size']}, {mc['dtype']}); "
+               f"{s['num_prompts']} prompts of {s['prompt_tokens']} tokens from '{s['data']}' "
+               f"held-out ({result['prompts']['documents']} documents), {N} new tokens, "
+               f"top-k {s['top_k']}, median of {s['repeats']} interleaved repeats after a warm-up."
+               "\n")
+    for B in Bs:
+        out.append(f"\n### Seconds per generate call ({N} new tokens x {B} row{'s' * (B > 1)}), "
+                   f"speedup vs autoregressive (L={L0})\n")
+        out.append("| method | " + " | ".join(_tname(T) for T in Ts) + " |")
+        out.append("|---|" + "---|" * len(Ts))
+        for m in ours + ["hf-generate", "hf-prompt-lookup"]:
+            cells = []
+            for T in Ts:
+                r = _row(rows, T, B, m, None if m == "ar" or m.startswith("hf") else L0)
+                cells.append("-" if r is None else
+                             f"{r['s_per_call']:.3f} ({r['speedup_vs_ar']:.2f}x)")
+            if all(c == "-" for c in cells):
+                continue
+            name = LABELS[m] + (f" (L={L0})" if m in ("unk", "pass", "pass-fused") else "")
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+    if len(Ls) > 1:
+        B = Bs[0]
+        out.append(f"\n### L ablation: seconds per call (speedup), batch {B}\n")
+        out.append("| method | L | " + " | ".join(_tname(T) for T in Ts) + " |")
+        out.append("|---|---|" + "---|" * len(Ts))
+        for m in [m for m in ours if m != "ar"]:
+            for L in Ls:
+                cells = []
+                for T in Ts:
+                    r = _row(rows, T, B, m, L)
+                    cells.append("-" if r is None else
+                                 f"{r['s_per_call']:.3f} ({r['speedup_vs_ar']:.2f}x)")
+                out.append(f"| {LABELS[m]} | {L} | " + " | ".join(cells) + " |")
+    out.append("\n### Details: tokens/s, tokens per forward call, acceptance per LA position\n")
+    out.append("| batch | method | L | temperature | tokens/s | tokens/call | acceptance per "
+               "position | ast parses | greedy == AR |")
+    out.append("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['batch_size']} | {LABELS[r['method']]} | - | {_tname(r['temperature'])}"
+                       f" | error: {r['error'][:80]} | | | | |")
+            continue
+        acc = r.get("acceptance_per_position")
+        g = r.get("greedy_identical_to_ar")
+        out.append(
+            f"| {r['batch_size']} | {LABELS[r['method']]} | {r['L'] or '-'} | "
+            f"{_tname(r['temperature'])} | {r['tokens_per_s']:.1f} | "
+            + (f"{r['tokens_per_call']:.2f}" if "tokens_per_call" in r else "-") + " | "
+            + (", ".join(f"{a:.2f}" for a in acc) if acc else "-") + " | "
+            + (f"{r['ast_parse_share']:.0%}" if "ast_parse_share" in r else "-") + " | "
+            + ("-" if g is None else ("yes" if g else f"NO ({r['greedy_mismatched_rows']} rows)"))
+            + " |")
+    g = result["greedy_identical_to_ar"]
+    if g:
+        out.append("\nGreedy output identical to autoregressive: " + ", ".join(
+            f"{k} {'yes' if v else 'NO'}" for k, v in g.items()) + ".")
+    if result.get("hf_greedy_identical_to_ours"):
+        out.append("transformers greedy output identical to ours: " + ", ".join(
+            f"{k} {'yes' if v else 'NO'}" for k, v in result["hf_greedy_identical_to_ours"].items())
+            + ".")
+    if result.get("hf_note"):
+        out.append("\n" + result["hf_note"])
+    return "\n".join(out) + "\n"
+
+
+def plots(result: dict, out_dir: str) -> list[str]:
+    """speedup_vs_temperature.png and time_vs_L.png; returns the paths written."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s, rows = result["settings"], result["cells"]
+    Ts, Bs, Ls, L0 = s["temperatures"], s["batch_sizes"], s["L"], s["main_L"]
+    paths = []
+    fig, axes = plt.subplots(1, len(Bs), figsize=(5 * len(Bs), 4), squeeze=False)
+    for ax, B in zip(axes[0], Bs):
+        for m in s["methods"] + list(HF_METHODS):
+            pts = [(T, _row(rows, T, B, m, None if m == "ar" or m.startswith("hf") else L0))
+                   for T in Ts]
+            pts = [(T, r["speedup_vs_ar"]) for T, r in pts if r is not None]
+            if pts:
+                ax.plot(*zip(*sorted(pts)), marker="o", ls="--" if m.startswith("hf") else "-",
+                        label=LABELS[m] + (f" L={L0}" if m in ("unk", "pass", "pass-fused")
+                                           else ""))
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xlabel("temperature (0 = greedy)")
+        ax.set_ylabel("speedup vs autoregressive (wall time)")
+        ax.set_title(f"batch {B}")
+        ax.legend(fontsize=7)
+    fig.suptitle(result.get("title") or "PaSS speedup", fontsize=9)
+    fig.tight_layout()
+    p = os.path.join(out_dir, "speedup_vs_temperature.png")
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    paths.append(p)
+
+    B = Bs[0]
+    fig, axes = plt.subplots(1, len(Ts), figsize=(4 * len(Ts), 3.6), squeeze=False, sharey=True)
+    for ax, T in zip(axes[0], Ts):
+        ar = _row(rows, T, B, "ar")
+        if ar:
+            ax.axhline(ar["s_per_call"], color="gray", ls=":", label="autoregressive")
+        for m in [m for m in s["methods"] if m != "ar"]:
+            pts = [(L, _row(rows, T, B, m, L)) for L in Ls]
+            pts = [(L, r["s_per_call"]) for L, r in pts if r is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=LABELS[m])
+        ax.set_xlabel("L (look-ahead tokens)")
+        ax.set_title(_tname(T))
+        ax.set_xticks(Ls)
+    axes[0][0].set_ylabel(f"s per call ({s['max_new_tokens']} tokens, batch {B})")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    p = os.path.join(out_dir, "time_vs_L.png")
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    paths.append(p)
+    return paths
+
+
+def write_outputs(result: dict, args, out_stream=sys.stdout):
+    os.makedirs(args.out_dir, exist_ok=True)
+    json_path = args.json or os.path.join(args.out_dir, "bench.json")
+    if os.path.dirname(json_path):
+        os.makedirs(os.path.dirname(json_path), exist_ok=True)
+    md = markdown(result)
+    md_path = os.path.join(args.out_dir, "bench.md")
+    with open(md_path, "w") as f:
+        f.write(md)
+    result["outputs"] = {"json": json_path, "markdown": md_path}
+    if not args.no_plots:
+        result["outputs"]["plots"] = plots(result, args.out_dir)
+    with open(json_path, "w") as f:
+        json.dump(result, f, indent=1)
+    if out_stream is not None:
+        out_stream.write(md)
+        out_stream.write(f"\nwritten: {json_path}, {md_path}"
+                         + "".join(f", {p}" for p in result["outputs"].get("plots", [])) + "\n")
+
+
+# --------------------------------------------------------------------------- issue 2 report
+
+
+RANDOM_MODELS = {
+    "125m": dict(vocab_size=32000, d_model=768, n_layers=12, n_heads=12, n_kv_heads=4,
+                 ffn_dim=2048),
+    "tiny": dict(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128),
+}
+
+
+def random_model_report(args, out_stream=sys.stdout) -> dict:
+    """AR tokens/s of a random LLaMA (ours vs transformers, same weights) and our per-step time
+    at several cache sizes (issue 2's performance report)."""
+    import jax
+    import torch
+    import transformers
+
+    from pass_jax.config import ModelConfig, SamplerConfig
+    from pass_jax.decode import generate
+    from pass_jax.hf import load_hf, save_hf
+    from pass_jax.model import init_params
+
+    info = machine_info()
+    N, P, reps = args.max_new_tokens, args.prompt_tokens, max(args.repeats, 1)
+    max_pos = max([4096] + args.max_len) + 64
+    cfg = ModelConfig(**RANDOM_MODELS[args.random_model], max_position=max_pos, bos_token_id=1,
+                      eos_token_ids=(2,), pad_token_id=0)
+    tmp = tempfile.mkdtemp(prefix="pass_jax_random_")
+    results = {"model": args.random_model, "params": cfg.num_params(), "machine": info,
+               "max_new_tokens": N, "prompt_tokens": P, "repeats": reps, "tokens_per_s": {},
+               "step_ms": {}}
+    try:
+        save_hf(cfg, init_params(cfg, jax.random.PRNGKey(0)), os.path.join(tmp, "model"))
+        cfg, params = load_hf(os.path.join(tmp, "model"))  # exactly the weights torch gets
+        torch.set_num_threads(info["usable_cores"] or 1)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(tmp, "model"),
+                                                               dtype=torch.float32).eval()
+        rng = np.random.default_rng(0)
+        greedy = SamplerConfig()
+        ours = ours_runner(cfg, params, "ar", None, ())
+        theirs = hf_runner(hf, 0, 0, False)
+        for B in args.rm_batch_size:
+            prompts = rng.integers(4, cfg.vocab_size, (B, P)).tolist()
+            ours(prompts, B, greedy, 0, N)  # warm-up (compile)
+            theirs(prompts, B, greedy, 0, N)
+            t_ours, t_hf, same = [], [], True
+            for _ in range(reps):
+                a = ours(prompts, B, greedy, 0, N)
+                b = theirs(prompts, B, greedy, 0, N)
+                t_ours.append(a.wall)
+                t_hf.append(b.wall)
+                same = same and a.tokens == b.tokens
+            results["tokens_per_s"][str(B)] = {
+                "ours": B * N / _median(t_ours), "transformers": B * N / _median(t_hf),
+                "ours_s": t_ours, "transformers_s": t_hf, "greedy_identical": same}
+        # per-step time: (time for N2 tokens - time for N1 tokens) / (N2 - N1) at a fixed cache
+        n1, n2 = 8, 8 + N
+        prompt = [rng.integers(4, cfg.vocab_size, P).tolist()]
+        for max_len in args.max_len:
+            t = {}
+            for n in (n1, n2):
+                gen = lambda: generate(cfg, params, prompt, max_new_tokens=n, eos_ids=(),
+                                       max_len=max_len).wall_time
+                gen()
+                t[n] = _median([gen() for _ in range(reps)])
+            results["step_ms"][str(max_len)] = 1000 * (t[n2] - t[n1]) / (n2 - n1)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    lines = [machine_line(info), "",
+             f"Random LLaMA {args.random_model} ({cfg.num_params() / 1e6:.1f}M params, float32), "
+             f"greedy AR, prompt {P} tokens, {N} new tokens, median of {reps}:", "",
+             "| batch | ours tokens/s | transformers tokens/s | greedy identical |",
+             "|---|---|---|---|"]
+    for B, r in results["tokens_per_s"].items():
+        lines.append(f"| {B} | {r['ours']:.1f} | {r['transformers']:.1f} | "
+                     f"{'yes' if r['greedy_identical'] else 'no'} |")
+    lines += ["", "| cache max_len | our step time (ms/token, batch 1) |", "|---|---|"]
+    for L, ms in results["step_ms"].items():
+        lines.append(f"| {L} | {ms:.1f} |")
+    text = "\n".join(lines) + "\n"
+    results["markdown"] = text
+    if args.json:
+        if os.path.dirname(args.json):
+            os.makedirs(os.path.dirname(args.json), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    if out_stream is not None:
+        out_stream.write(text)
+    return results
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    if args.random_model:
+        return random_model_report(args)
+    if not args.model:
+        raise SystemExit("--model DIR is required (or --random-model)")
+    try:
+        return run_benchmark(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

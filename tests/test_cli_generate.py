@@ -1,0 +1,80 @@
+"""The generate CLI end to end on a tiny model directory with a real tokenizer."""
+import json
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from pass_jax.config import ModelConfig
+from pass_jax.hf import save_hf
+from pass_jax.lookahead import init_lookahead, model_fingerprint, save_lookahead
+from pass_jax.model import init_params
+from pass_jax.tokenizer import train_bpe
+
+TEXT = ["def add(a, b):\n    return a + b\n", "class Point:\n    x: int = 0\n    y: int = 0\n",
+        "for i in range(10):\n    print(i * i)\n"] * 20
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    tok = train_bpe(TEXT, 300, root / "tok")
+    cfg = ModelConfig(vocab_size=len(tok), d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                      ffn_dim=64, unk_token_id=tok.unk_token_id, bos_token_id=tok.bos_token_id,
+                      eos_token_ids=(tok.eos_token_id,), pad_token_id=tok.pad_token_id)
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    save_hf(cfg, params, root / "model", tokenizer=tok)
+    la = init_lookahead(cfg, params, 3) + 0.01
+    save_lookahead(str(root / "la"), la, cfg, model_fingerprint(cfg, params))
+    other = init_params(cfg.replace(d_model=16, n_heads=2, n_kv_heads=1), jax.random.PRNGKey(1))
+    save_lookahead(str(root / "la_other"), init_lookahead(cfg.replace(d_model=16), other, 3),
+                   cfg.replace(d_model=16), model_fingerprint(cfg.replace(d_model=16), other))
+    return root
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "infer.generate", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_methods_agree_greedy_and_json_has_stats(model_dir):
+    outs = {}
+    for method, extra in [("ar", []), ("pass-fused", ["--lookahead", model_dir / "la"]),
+                          ("unk", ["--num-lookahead", 2])]:
+        r = _run("--model", model_dir / "model", "--method", method, "--prompt", "def add(",
+                 "--max-new-tokens", 10, "--json", *extra)
+        assert r.returncode == 0, r.stderr
+        outs[method] = json.loads(r.stdout)
+        stats = outs[method]["stats"]
+        assert {"forward_calls", "tokens_per_call", "acceptance_per_position",
+                "wall_time_s"} <= set(stats)
+    assert outs["ar"]["token_ids"] == outs["pass-fused"]["token_ids"] == outs["unk"]["token_ids"]
+    assert len(outs["pass-fused"]["stats"]["acceptance_per_position"]) == 3
+    assert isinstance(outs["ar"]["text"], str)
+
+
+def test_streams_text_without_json(model_dir):
+    r = _run("--model", model_dir / "model", "--prompt", "for i in", "--max-new-tokens", 8,
+             "--temperature", 0.8, "--top-k", 5, "--seed", 3)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("for i in") and "forward calls" in r.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "pass"], "needs --lookahead"),
+    (["--method", "unk"], "needs --num-lookahead"),
+    (["--method", "pass", "--lookahead", "LA_OTHER"], "d_model"),
+    (["--temperature", "-1"], "temperature"),
+    (["--top-p", "0"], "top_p"),
+    (["--max-new-tokens", "5000", "--max-len", "64"], "cache too small"),
+])
+def test_bad_flags_give_clear_errors(model_dir, args, message):
+    args = [str(model_dir / "la_other") if a == "LA_OTHER" else a for a in args]
+    r = _run("--model", model_dir / "model", "--prompt", "x", *args)
+    assert r.returncode != 0 and message in r.stderr, r.stderr
+
+
+def test_not_a_model_dir(tmp_path):
+    r = _run("--model", tmp_path, "--prompt", "x")
+    assert r.returncode != 0 and "config.json" in r.stderr
