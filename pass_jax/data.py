@@ -51,325 +51,370 @@ Batch = dict[str, np.ndarray]
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
-  """A parsed corpus spec. `kind` is 'tfds', 'files', 'stdlib' or 'self'.
+    """A parsed corpus spec. `kind` is 'tfds', 'files', 'stdlib' or 'self'.
 
-  `name` is the TFDS name (with '/CONFIG' if given), `split` the explicit TFDS split or None,
-  `pattern` the glob of a 'files' spec.
-  """
+    `name` is the TFDS name (with '/CONFIG' if given), `split` the explicit TFDS split or None,
+    `pattern` the glob of a 'files' spec.
+    """
 
-  kind: str
-  name: str | None = None
-  split: str | None = None
-  pattern: str | None = None
+    kind: str
+    name: str | None = None
+    split: str | None = None
+    pattern: str | None = None
 
 
 def parse_spec(spec: str) -> DataSpec:
-  """Parses a `--data` spec; raises ValueError naming the accepted forms if it is none of them."""
-  if spec in ("stdlib", "self"):
-    return DataSpec(kind=spec)
-  kind, sep, rest = spec.partition(":")
-  if sep and rest and kind == "files":
-    return DataSpec(kind="files", pattern=rest)
-  if sep and rest and kind == "tfds":
-    name, _, split = rest.partition(":")  # NAME has no ':'; SPLIT may ('train[:10%]')
-    if name and not name.startswith("/"):
-      return DataSpec(kind="tfds", name=name, split=split or None)
-  raise ValueError(f"unknown data spec {spec!r}; expected one of: {', '.join(SPEC_FORMS)}")
+    """Parses a `--data` spec; raises ValueError naming the accepted forms if it is none of them."""
+    if spec in ("stdlib", "self"):
+        return DataSpec(kind=spec)
+    kind, sep, rest = spec.partition(":")
+    if sep and rest and kind == "files":
+        return DataSpec(kind="files", pattern=rest)
+    if sep and rest and kind == "tfds":
+        name, _, split = rest.partition(":")  # NAME has no ':'; SPLIT may ('train[:10%]')
+        if name and not name.startswith("/"):
+            return DataSpec(kind="tfds", name=name, split=split or None)
+    raise ValueError(f"unknown data spec {spec!r}; expected one of: {', '.join(SPEC_FORMS)}")
 
 
 def check_seq_len(seq_len: int, max_position: int) -> None:
-  """Raises ValueError unless 1 <= seq_len <= max_position (the model's maximum length)."""
-  if seq_len < 1:
-    raise ValueError(f"sequence length must be positive, got {seq_len}")
-  if seq_len > max_position:
-    raise ValueError(f"sequence length {seq_len} is larger than the model's maximum "
-                     f"{max_position} (max_position_embeddings); use a seq_len <= {max_position}")
+    """Raises ValueError unless 1 <= seq_len <= max_position (the model's maximum length)."""
+    if seq_len < 1:
+        raise ValueError(f"sequence length must be positive, got {seq_len}")
+    if seq_len > max_position:
+        raise ValueError(
+            f"sequence length {seq_len} is larger than the model's maximum "
+            f"{max_position} (max_position_embeddings); use a seq_len <= {max_position}"
+        )
 
 
 # ----------------------------------------------------------------------------- text sources
 
 
 def _as_str(value: Any) -> str:
-  """A TFDS text value (bytes from array_record, str from mocks, 0-d arrays) as str."""
-  if isinstance(value, np.ndarray):
-    value = value.item()
-  return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+    """A TFDS text value (bytes from array_record, str from mocks, 0-d arrays) as str."""
+    if isinstance(value, np.ndarray):
+        value = value.item()
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _nonempty(texts: grain.MapDataset, what: str) -> grain.MapDataset:
-  """Returns `texts`, or raises ValueError if it has no documents."""
-  if len(texts) == 0:
-    raise ValueError(f"empty corpus: {what} has no documents")
-  return texts
+    """Returns `texts`, or raises ValueError if it has no documents."""
+    if len(texts) == 0:
+        raise ValueError(f"empty corpus: {what} has no documents")
+    return texts
 
 
 def _text_field(features: tfds.features.FeaturesDict) -> str:
-  """'text' if the dataset has it, else its first top-level Text feature."""
-  if "text" in features:
-    return "text"
-  for name, feature in features.items():
-    if isinstance(feature, tfds.features.Text):
-      return name
-  raise ValueError(f"TFDS dataset has no text feature; its features are {list(features)}")
+    """'text' if the dataset has it, else its first top-level Text feature."""
+    if "text" in features:
+        return "text"
+    for name, feature in features.items():
+        if isinstance(feature, tfds.features.Text):
+            return name
+    raise ValueError(f"TFDS dataset has no text feature; its features are {list(features)}")
 
 
 def _tfds_split(builder: tfds.core.DatasetBuilder, requested: str | None, split: str) -> str:
-  """The TFDS split string for logical `split` ('train' / 'heldout'); see the module docstring."""
-  train = requested or "train"
-  heldout = next((s for s in TFDS_HELDOUT_SPLITS if s in builder.info.splits and s != train), None)
-  if heldout is not None:
-    return train if split == stdlib_corpus.TRAIN_SPLIT else heldout
-  if "[" in train:
-    raise ValueError(f"TFDS split {train!r} is already sliced and the dataset has no "
-                     f"{'/'.join(TFDS_HELDOUT_SPLITS)} split to hold out; give a plain split")
-  cut = 100 - TFDS_HELDOUT_PERCENT
-  return f"{train}[:{cut}%]" if split == stdlib_corpus.TRAIN_SPLIT else f"{train}[{cut}%:]"
+    """The TFDS split string for logical `split` ('train' / 'heldout'); see the module docstring."""
+    train = requested or "train"
+    heldout = next(
+        (s for s in TFDS_HELDOUT_SPLITS if s in builder.info.splits and s != train), None
+    )
+    if heldout is not None:
+        return train if split == stdlib_corpus.TRAIN_SPLIT else heldout
+    if "[" in train:
+        raise ValueError(
+            f"TFDS split {train!r} is already sliced and the dataset has no "
+            f"{'/'.join(TFDS_HELDOUT_SPLITS)} split to hold out; give a plain split"
+        )
+    cut = 100 - TFDS_HELDOUT_PERCENT
+    return f"{train}[:{cut}%]" if split == stdlib_corpus.TRAIN_SPLIT else f"{train}[{cut}%:]"
 
 
-def _tfds_texts(name: str, requested_split: str | None, split: str,
-                data_dir: str | None) -> grain.MapDataset:
-  """Texts of a prepared TFDS dataset (read as an array_record data source, no TensorFlow)."""
-  builder = tfds.builder(name, data_dir=data_dir)
-  field = _text_field(builder.info.features)
-  tfds_split = _tfds_split(builder, requested_split, split)
-  source = builder.as_data_source(split=tfds_split)
-  texts = grain.MapDataset.source(source).map(lambda example: _as_str(example[field]))
-  return _nonempty(texts, f"TFDS {name} split {tfds_split!r}")
+def _tfds_texts(
+    name: str, requested_split: str | None, split: str, data_dir: str | None
+) -> grain.MapDataset:
+    """Texts of a prepared TFDS dataset (read as an array_record data source, no TensorFlow)."""
+    builder = tfds.builder(name, data_dir=data_dir)
+    field = _text_field(builder.info.features)
+    tfds_split = _tfds_split(builder, requested_split, split)
+    source = builder.as_data_source(split=tfds_split)
+    texts = grain.MapDataset.source(source).map(lambda example: _as_str(example[field]))
+    return _nonempty(texts, f"TFDS {name} split {tfds_split!r}")
 
 
 def _read_text(path: str) -> str:
-  """A local file's text (UTF-8, undecodable bytes replaced)."""
-  with open(path, encoding="utf-8", errors="replace") as f:
-    return f.read()
+    """A local file's text (UTF-8, undecodable bytes replaced)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
 
 
 def _file_texts(pattern: str, split: str) -> grain.MapDataset:
-  """Texts of the non-empty files matching `pattern` in `split` (by path hash), read lazily."""
-  paths = sorted(p for p in glob.glob(pattern, recursive=True)
-                 if os.path.isfile(p) and os.path.getsize(p) > 0)
-  if not paths:
-    raise ValueError(f"empty corpus: files:{pattern} matches no non-empty file")
-  split_paths = stdlib_corpus.split_files(paths)[split]
-  return _nonempty(grain.MapDataset.source(split_paths).map(_read_text),
-                   f"the {split} split of files:{pattern} ({len(paths)} files)")
+    """Texts of the non-empty files matching `pattern` in `split` (by path hash), read lazily."""
+    paths = sorted(
+        p
+        for p in glob.glob(pattern, recursive=True)
+        if os.path.isfile(p) and os.path.getsize(p) > 0
+    )
+    if not paths:
+        raise ValueError(f"empty corpus: files:{pattern} matches no non-empty file")
+    split_paths = stdlib_corpus.split_files(paths)[split]
+    return _nonempty(
+        grain.MapDataset.source(split_paths).map(_read_text),
+        f"the {split} split of files:{pattern} ({len(paths)} files)",
+    )
 
 
 def _stdlib_texts(split: str, data_dir: str | None) -> grain.MapDataset:
-  """Texts of the stdlib corpus, prepared into `data_dir` on first use."""
-  corpus = stdlib_corpus.prepare(data_dir or stdlib_corpus.DEFAULT_DATA_DIR)
-  texts = grain.MapDataset.source(corpus.as_data_source(split=split))
-  return _nonempty(texts.map(lambda example: _as_str(example["text"])), f"stdlib {split}")
+    """Texts of the stdlib corpus, prepared into `data_dir` on first use."""
+    corpus = stdlib_corpus.prepare(data_dir or stdlib_corpus.DEFAULT_DATA_DIR)
+    texts = grain.MapDataset.source(corpus.as_data_source(split=split))
+    return _nonempty(texts.map(lambda example: _as_str(example["text"])), f"stdlib {split}")
 
 
-def self_generated_texts(sample_fn: Callable[[int], list[str]], num_texts: int,
-                         batch_size: int = 8) -> list[str]:
-  """`num_texts` texts sampled from the model, `batch_size` per call of `sample_fn(n)`.
+def self_generated_texts(
+    sample_fn: Callable[[int], list[str]], num_texts: int, batch_size: int = 8
+) -> list[str]:
+    """`num_texts` texts sampled from the model, `batch_size` per call of `sample_fn(n)`.
 
-  `sample_fn(n)` returns n generated strings (e.g. wrapping `pass_jax.decode.generate` from BOS
-  or from prompts of another corpus); empty generations are dropped and resampled.
-  """
-  texts: list[str] = []
-  for _ in range(10 * math.ceil(num_texts / batch_size)):  # bounded: a model may emit only EOS
-    texts.extend(t for t in sample_fn(min(batch_size, num_texts - len(texts))) if t)
-    if len(texts) >= num_texts:
-      return texts
-  raise ValueError(f"empty corpus: the model produced only {len(texts)} non-empty texts "
-                   f"of the {num_texts} asked for")
+    `sample_fn(n)` returns n generated strings (e.g. wrapping `pass_jax.decode.generate` from BOS
+    or from prompts of another corpus); empty generations are dropped and resampled.
+    """
+    texts: list[str] = []
+    for _ in range(10 * math.ceil(num_texts / batch_size)):  # bounded: a model may emit only EOS
+        texts.extend(t for t in sample_fn(min(batch_size, num_texts - len(texts))) if t)
+        if len(texts) >= num_texts:
+            return texts
+    raise ValueError(
+        f"empty corpus: the model produced only {len(texts)} non-empty texts "
+        f"of the {num_texts} asked for"
+    )
 
 
-def text_source(spec: str | DataSpec, split: str = "train", data_dir: str | None = None, *,
-                sample_fn: Callable[[int], list[str]] | None = None,
-                num_self_texts: int = 256) -> grain.MapDataset:
-  """A random-access grain MapDataset of the documents (str) of logical `split` of `spec`.
+def text_source(
+    spec: str | DataSpec,
+    split: str = "train",
+    data_dir: str | None = None,
+    *,
+    sample_fn: Callable[[int], list[str]] | None = None,
+    num_self_texts: int = 256,
+) -> grain.MapDataset:
+    """A random-access grain MapDataset of the documents (str) of logical `split` of `spec`.
 
-  `split` is 'train' or 'heldout' (see the module docstring for how each source holds out).
-  `data_dir` is the TFDS data dir (for 'stdlib' the cache it is prepared into; default
-  `artifacts/tfds`). The 'self' corpus needs `sample_fn` (see `self_generated_texts`).
-  Raises ValueError for an unknown spec or split, or a corpus with no documents.
-  """
-  spec = parse_spec(spec) if isinstance(spec, str) else spec
-  if split not in SPLITS:
-    raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-  if spec.kind == "tfds":
-    return _tfds_texts(spec.name, spec.split, split, data_dir)
-  if spec.kind == "files":
-    return _file_texts(spec.pattern, split)
-  if spec.kind == "stdlib":
-    return _stdlib_texts(split, data_dir)
-  if sample_fn is None:
-    raise ValueError("the 'self' corpus samples text from the model: pass sample_fn")
-  return grain.MapDataset.source(self_generated_texts(sample_fn, num_self_texts))
+    `split` is 'train' or 'heldout' (see the module docstring for how each source holds out).
+    `data_dir` is the TFDS data dir (for 'stdlib' the cache it is prepared into; default
+    `artifacts/tfds`). The 'self' corpus needs `sample_fn` (see `self_generated_texts`).
+    Raises ValueError for an unknown spec or split, or a corpus with no documents.
+    """
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if spec.kind == "tfds":
+        return _tfds_texts(spec.name, spec.split, split, data_dir)
+    if spec.kind == "files":
+        return _file_texts(spec.pattern, split)
+    if spec.kind == "stdlib":
+        return _stdlib_texts(split, data_dir)
+    if sample_fn is None:
+        raise ValueError("the 'self' corpus samples text from the model: pass sample_fn")
+    return grain.MapDataset.source(self_generated_texts(sample_fn, num_self_texts))
 
 
 # ----------------------------------------------------------------------------- token pipeline
 
 
 def _encode(tokenizer, text: str) -> list[int]:
-  """Token ids of `text` without special tokens (no length warnings for long documents)."""
-  return tokenizer.encode(text, add_special_tokens=False, verbose=False)
+    """Token ids of `text` without special tokens (no length warnings for long documents)."""
+    return tokenizer.encode(text, add_special_tokens=False, verbose=False)
 
 
 def _document_tokens(tokenizer, text: str) -> dict[str, np.ndarray]:
-  """{'tokens': int32 [n+1]}: the document's tokens followed by </s>."""
-  return {"tokens": np.asarray(_encode(tokenizer, text) + [tokenizer.eos_token_id], np.int32)}
+    """{'tokens': int32 [n+1]}: the document's tokens followed by </s>."""
+    return {"tokens": np.asarray(_encode(tokenizer, text) + [tokenizer.eos_token_id], np.int32)}
 
 
 def _crop(tokens: dict[str, np.ndarray], seq_len: int, pad_id: int) -> Batch:
-  """One document cropped / right-padded to `seq_len`, as a single-segment row."""
-  tokens_T = tokens["tokens"][:seq_len]
-  n = len(tokens_T)
-  row_T = np.full(seq_len, pad_id, np.int32)
-  row_T[:n] = tokens_T
-  segment_ids_T = (np.arange(seq_len) < n).astype(np.int32)
-  return {"tokens": row_T, "segment_ids": segment_ids_T,
-          "positions": np.arange(seq_len, dtype=np.int32) * segment_ids_T}
+    """One document cropped / right-padded to `seq_len`, as a single-segment row."""
+    tokens_T = tokens["tokens"][:seq_len]
+    n = len(tokens_T)
+    row_T = np.full(seq_len, pad_id, np.int32)
+    row_T[:n] = tokens_T
+    segment_ids_T = (np.arange(seq_len) < n).astype(np.int32)
+    return {
+        "tokens": row_T,
+        "segment_ids": segment_ids_T,
+        "positions": np.arange(seq_len, dtype=np.int32) * segment_ids_T,
+    }
 
 
 def _packed_row(row: Batch, pad_id: int) -> Batch:
-  """Grain's packing outputs under the pipeline's keys, padding (only at the very end of a
-  finite pass) set to `pad_id`."""
-  segment_ids_T = row["tokens_segment_ids"]
-  return {"tokens": np.where(segment_ids_T > 0, row["tokens"], pad_id).astype(np.int32),
-          "segment_ids": segment_ids_T, "positions": row["tokens_positions"]}
+    """Grain's packing outputs under the pipeline's keys, padding (only at the very end of a
+    finite pass) set to `pad_id`."""
+    segment_ids_T = row["tokens_segment_ids"]
+    return {
+        "tokens": np.where(segment_ids_T > 0, row["tokens"], pad_id).astype(np.int32),
+        "segment_ids": segment_ids_T,
+        "positions": row["tokens_positions"],
+    }
 
 
 def _with_mask(batch: Batch) -> Batch:
-  """Adds mask_BxT (True on real tokens, False on padding)."""
-  return {**batch, "mask": batch["segment_ids"] > 0}
+    """Adds mask_BxT (True on real tokens, False on padding)."""
+    return {**batch, "mask": batch["segment_ids"] > 0}
 
 
-def token_batches(source: Sequence[str] | grain.MapDataset, tokenizer, seq_len: int,
-                  batch_size: int, seed: int, *, shuffle: bool = True, repeat: bool = True,
-                  pack: bool = True, shuffle_window: int = 256,
-                  shard_index: int | None = None,
-                  shard_count: int | None = None) -> grain.DatasetIterator:
-  """A checkpointable iterator of fixed-shape token batches from the documents in `source`.
+def token_batches(
+    source: Sequence[str] | grain.MapDataset,
+    tokenizer,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    *,
+    shuffle: bool = True,
+    repeat: bool = True,
+    pack: bool = True,
+    shuffle_window: int = 256,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+) -> grain.DatasetIterator:
+    """A checkpointable iterator of fixed-shape token batches from the documents in `source`.
 
-  Each batch is a dict of [batch_size, seq_len] arrays:
-    tokens       int32  token ids (padding: the tokenizer's pad id, else 0)
-    segment_ids  int32  1, 2, .. numbering the documents in a row; 0 on padding
-    positions    int32  position within the row's document (restarts at each segment)
-    mask         bool   segment_ids > 0
-  Documents are tokenized without special tokens and followed by </s>. With `pack`, documents
-  are concatenated and split into rows of `seq_len` (long documents continue on the next row;
-  padding only in the last row of a finite pass), and rows are shuffled within a window of
-  `shuffle_window` rows so a batch mixes documents; without it, each row is one document
-  cropped or padded to `seq_len`.
-  Documents are shuffled with `seed` (reshuffled every epoch when `repeat`), then sharded
-  across JAX processes (`shard_index` / `shard_count`, default this process of all). The last
-  partial batch is dropped. The iterator's state: `iterator_state` / `restore_iterator`.
-  """
-  shard_index = jax.process_index() if shard_index is None else shard_index
-  shard_count = jax.process_count() if shard_count is None else shard_count
-  docs = source if isinstance(source, grain.MapDataset) else grain.MapDataset.source(source)
-  if shuffle:
-    docs = docs.shuffle(seed=seed)
-  docs = docs[shard_index::shard_count]
-  if len(docs) == 0:
-    raise ValueError(f"shard {shard_index} of {shard_count} has no documents "
-                     f"(the corpus has {len(source)})")
-  if repeat:
-    docs = docs.repeat()
-  tokens = docs.map(lambda text: _document_tokens(tokenizer, text))
-  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-  if pack:
-    rows = ConcatThenSplitIterDataset(tokens.to_iter_dataset(_READ_OPTIONS),
-                                      length_struct={"tokens": seq_len})
-    rows = rows.map(lambda row: _packed_row(row, pad_id))
+    Each batch is a dict of [batch_size, seq_len] arrays:
+      tokens       int32  token ids (padding: the tokenizer's pad id, else 0)
+      segment_ids  int32  1, 2, .. numbering the documents in a row; 0 on padding
+      positions    int32  position within the row's document (restarts at each segment)
+      mask         bool   segment_ids > 0
+    Documents are tokenized without special tokens and followed by </s>. With `pack`, documents
+    are concatenated and split into rows of `seq_len` (long documents continue on the next row;
+    padding only in the last row of a finite pass), and rows are shuffled within a window of
+    `shuffle_window` rows so a batch mixes documents; without it, each row is one document
+    cropped or padded to `seq_len`.
+    Documents are shuffled with `seed` (reshuffled every epoch when `repeat`), then sharded
+    across JAX processes (`shard_index` / `shard_count`, default this process of all). The last
+    partial batch is dropped. The iterator's state: `iterator_state` / `restore_iterator`.
+    """
+    shard_index = jax.process_index() if shard_index is None else shard_index
+    shard_count = jax.process_count() if shard_count is None else shard_count
+    docs = source if isinstance(source, grain.MapDataset) else grain.MapDataset.source(source)
     if shuffle:
-      rows = WindowShuffleIterDataset(rows, window_size=shuffle_window, seed=seed)
-  else:
-    rows = tokens.map(lambda t: _crop(t, seq_len, pad_id)).to_iter_dataset(_READ_OPTIONS)
-  return iter(rows.batch(batch_size, drop_remainder=True).map(_with_mask))
+        docs = docs.shuffle(seed=seed)
+    docs = docs[shard_index::shard_count]
+    if len(docs) == 0:
+        raise ValueError(
+            f"shard {shard_index} of {shard_count} has no documents (the corpus has {len(source)})"
+        )
+    if repeat:
+        docs = docs.repeat()
+    tokens = docs.map(lambda text: _document_tokens(tokenizer, text))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if pack:
+        rows = ConcatThenSplitIterDataset(
+            tokens.to_iter_dataset(_READ_OPTIONS), length_struct={"tokens": seq_len}
+        )
+        rows = rows.map(lambda row: _packed_row(row, pad_id))
+        if shuffle:
+            rows = WindowShuffleIterDataset(rows, window_size=shuffle_window, seed=seed)
+    else:
+        rows = tokens.map(lambda t: _crop(t, seq_len, pad_id)).to_iter_dataset(_READ_OPTIONS)
+    return iter(rows.batch(batch_size, drop_remainder=True).map(_with_mask))
 
 
 def _encode_state(value: Any) -> Any:
-  """Grain state -> JSON-safe values; tuples are tagged so they come back as tuples."""
-  if isinstance(value, dict):
-    return {key: _encode_state(v) for key, v in value.items()}
-  if isinstance(value, tuple):
-    return {"__tuple__": [_encode_state(v) for v in value]}
-  if isinstance(value, list):
-    return [_encode_state(v) for v in value]
-  return value.item() if isinstance(value, np.generic) else value
+    """Grain state -> JSON-safe values; tuples are tagged so they come back as tuples."""
+    if isinstance(value, dict):
+        return {key: _encode_state(v) for key, v in value.items()}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode_state(v) for v in value]}
+    if isinstance(value, list):
+        return [_encode_state(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _decode_state(value: Any) -> Any:
-  """Inverse of `_encode_state`."""
-  if isinstance(value, dict):
-    if set(value) == {"__tuple__"}:
-      return tuple(_decode_state(v) for v in value["__tuple__"])
-    return {key: _decode_state(v) for key, v in value.items()}
-  if isinstance(value, list):
-    return [_decode_state(v) for v in value]
-  return value
+    """Inverse of `_encode_state`."""
+    if isinstance(value, dict):
+        if set(value) == {"__tuple__"}:
+            return tuple(_decode_state(v) for v in value["__tuple__"])
+        return {key: _decode_state(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [_decode_state(v) for v in value]
+    return value
 
 
 def iterator_state(it: grain.DatasetIterator) -> str:
-  """The iterator's position as a JSON string (store it in a checkpoint).
+    """The iterator's position as a JSON string (store it in a checkpoint).
 
-  Tuples in grain's state are preserved: a plain JSON round trip turns them into lists, which
-  grain's packing compares against tuples and then restores to the wrong position.
-  """
-  return json.dumps(_encode_state(it.get_state()))
+    Tuples in grain's state are preserved: a plain JSON round trip turns them into lists, which
+    grain's packing compares against tuples and then restores to the wrong position.
+    """
+    return json.dumps(_encode_state(it.get_state()))
 
 
 def restore_iterator(it: grain.DatasetIterator, state: str) -> grain.DatasetIterator:
-  """Moves `it` (a fresh iterator from the same `token_batches` call) to `state`; returns it."""
-  it.set_state(_decode_state(json.loads(state)))
-  return it
+    """Moves `it` (a fresh iterator from the same `token_batches` call) to `state`; returns it."""
+    it.set_state(_decode_state(json.loads(state)))
+    return it
 
 
 # ----------------------------------------------------------------------------- evaluation helpers
 
 
-def heldout_documents(source: Sequence[str] | grain.MapDataset, tokenizer, num_docs: int,
-                      seed: int = 0, *, min_tokens: int = 1,
-                      max_tokens: int | None = None) -> list[list[int]]:
-  """Token lists (no special tokens) of up to `num_docs` random documents of `source`.
+def heldout_documents(
+    source: Sequence[str] | grain.MapDataset,
+    tokenizer,
+    num_docs: int,
+    seed: int = 0,
+    *,
+    min_tokens: int = 1,
+    max_tokens: int | None = None,
+) -> list[list[int]]:
+    """Token lists (no special tokens) of up to `num_docs` random documents of `source`.
 
-  Documents are visited in a `seed`-determined random order; those shorter than `min_tokens`
-  are skipped (e.g. 32 for benchmark prompts); each is cut to `max_tokens` if given. Returns
-  fewer than `num_docs` only if the source runs out; raises ValueError if none qualifies.
-  """
-  order = np.random.default_rng(seed).permutation(len(source))
-  docs: list[list[int]] = []
-  for index in order:
-    if len(docs) == num_docs:
-      break
-    tokens = _encode(tokenizer, source[int(index)])
-    if len(tokens) >= min_tokens:
-      docs.append(tokens[:max_tokens])
-  if not docs:
-    raise ValueError(f"no document in the source has at least {min_tokens} tokens")
-  return docs
+    Documents are visited in a `seed`-determined random order; those shorter than `min_tokens`
+    are skipped (e.g. 32 for benchmark prompts); each is cut to `max_tokens` if given. Returns
+    fewer than `num_docs` only if the source runs out; raises ValueError if none qualifies.
+    """
+    order = np.random.default_rng(seed).permutation(len(source))
+    docs: list[list[int]] = []
+    for index in order:
+        if len(docs) == num_docs:
+            break
+        tokens = _encode(tokenizer, source[int(index)])
+        if len(tokens) >= min_tokens:
+            docs.append(tokens[:max_tokens])
+    if not docs:
+        raise ValueError(f"no document in the source has at least {min_tokens} tokens")
+    return docs
 
 
 def _token_arrays(batches: Iterable[Batch | np.ndarray | Sequence[int]]) -> Iterable[np.ndarray]:
-  """Flat int arrays of the real tokens: batch dicts (masked) or plain arrays / token lists."""
-  for batch in batches:
-    if isinstance(batch, dict):
-      yield np.asarray(batch["tokens"])[np.asarray(batch["mask"])]
-    else:
-      yield np.asarray(batch).reshape(-1)
+    """Flat int arrays of the real tokens: batch dicts (masked) or plain arrays / token lists."""
+    for batch in batches:
+        if isinstance(batch, dict):
+            yield np.asarray(batch["tokens"])[np.asarray(batch["mask"])]
+        else:
+            yield np.asarray(batch).reshape(-1)
 
 
-def unigram_loss(train_batches: Iterable[Batch | np.ndarray | Sequence[int]],
-                 heldout_batches: Iterable[Batch | np.ndarray | Sequence[int]],
-                 vocab_size: int) -> float:
-  """Held-out cross-entropy (nats/token) of an add-one unigram model fit on the train tokens.
+def unigram_loss(
+    train_batches: Iterable[Batch | np.ndarray | Sequence[int]],
+    heldout_batches: Iterable[Batch | np.ndarray | Sequence[int]],
+    vocab_size: int,
+) -> float:
+    """Held-out cross-entropy (nats/token) of an add-one unigram model fit on the train tokens.
 
-  A base LM that has learned anything beyond token frequencies must beat this. Batches are
-  `token_batches` dicts (only masked-in tokens count) or arrays / lists of token ids.
-  """
-  counts_V = np.ones(vocab_size, np.float64)  # add-one smoothing
-  for tokens in _token_arrays(train_batches):
-    counts_V += np.bincount(tokens, minlength=vocab_size)[:vocab_size]
-  log_probs_V = np.log(counts_V) - np.log(counts_V.sum())
-  total, count = 0.0, 0
-  for tokens in _token_arrays(heldout_batches):
-    total -= log_probs_V[tokens].sum()
-    count += tokens.size
-  if count == 0:
-    raise ValueError("unigram_loss: the held-out batches have no tokens")
-  return total / count
+    A base LM that has learned anything beyond token frequencies must beat this. Batches are
+    `token_batches` dicts (only masked-in tokens count) or arrays / lists of token ids.
+    """
+    counts_V = np.ones(vocab_size, np.float64)  # add-one smoothing
+    for tokens in _token_arrays(train_batches):
+        counts_V += np.bincount(tokens, minlength=vocab_size)[:vocab_size]
+    log_probs_V = np.log(counts_V) - np.log(counts_V.sum())
+    total, count = 0.0, 0
+    for tokens in _token_arrays(heldout_batches):
+        total -= log_probs_V[tokens].sum()
+        count += tokens.size
+    if count == 0:
+        raise ValueError("unigram_loss: the held-out batches have no tokens")
+    return total / count

@@ -30,7 +30,7 @@ class LoopResult:
     step: int  # steps done (the checkpoint step)
     preempted: bool  # stopped by SIGTERM after saving; re-run the same command to resume
     steps_run: int  # steps run in this process
-    steps_per_s: float  # after the first step of this process (compilation excluded)
+    steps_per_s: float  # after the first step (compilation), evaluation and saves excluded
     wall_s: float  # this process's loop time, compilation included
 
 
@@ -48,7 +48,7 @@ def train_loop(state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict]],
     policy says so, at the last step, and when SIGTERM arrives, after which the loop stops.
     """
     step, shown, t_start, t_first = start_step, {}, time.perf_counter(), None
-    preempted = False
+    preempted, t_aside = False, 0.0  # t_aside: evaluation and checkpoint time, not step time
     with checkpoint.Preemption() as preemption, \
             tqdm(total=steps, initial=start_step, desc=desc, unit="step", mininterval=0.5,
                  dynamic_ncols=True) as bar:
@@ -61,13 +61,18 @@ def train_loop(state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict]],
             if step % log_every == 0 or step == steps:
                 shown.update(postfix_fn(jax.device_get(metrics)))
             if evaluate is not None and (step == steps or (eval_every and step % eval_every == 0)):
-                shown.update(evaluate(state, step))
+                t = time.perf_counter()
+                shown.update(evaluate(jax.block_until_ready(state), step))
+                t_aside += time.perf_counter() - t
             bar.set_postfix(_fmt(shown), refresh=False)
             bar.update(1)
             preempted = preemption.should_stop(step)
             if preempted or step == steps or mngr.should_save(step):
+                jax.block_until_ready(state)
+                t = time.perf_counter()
                 checkpoint.save(mngr, step, state, data_state=data.iterator_state(batches),
                                 meta=meta_fn(step), force=True)
+                t_aside += time.perf_counter() - t
             if preempted:
                 bar.write(f"{desc}: signal {preemption.signum} at step {step}: checkpoint saved; "
                           "re-run the same command to resume")
@@ -77,7 +82,10 @@ def train_loop(state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict]],
     t_end = time.perf_counter()
     steps_run = step - start_step
     timed = steps_run - 1
-    rate = timed / (t_end - t_first) if timed > 0 else steps_run / max(t_end - t_start, 1e-9)
+    if timed > 0:
+        rate = timed / (t_end - t_first - t_aside)
+    else:
+        rate = steps_run / max(t_end - t_start, 1e-9)
     return LoopResult(state, step, preempted, steps_run, rate, t_end - t_start)
 
 
