@@ -1,8 +1,10 @@
 """Decoder-only transformer (LLaMA / Mistral / Qwen2 family and GPT-2) as a Flax Linen module.
 
 The model is a pure function ``(params, tokens[B,T], positions[B,T], cache, mask) -> (logits,
-cache)``. Layers run under ``nn.scan`` (compile time independent of depth) and the whole KV cache
-rides in the scan carry, so each layer scatters its T new keys/values into the cache in place.
+cache)``. Layers run under ``nn.scan`` (compile time independent of depth). Inside the scan each
+layer reads its cache slice and attends to committed slots and to the call's own keys (two score
+blocks, one softmax); the new keys/values of all layers are scattered into the cache once, after
+the scan, so a decode step never copies the cache (it stays in place in the loop state).
 
 Shape letters: B batch, T tokens in this call, S cache slots, D d_model, H query heads,
 K kv heads, G = H // K query heads per kv head, E head_dim, F ffn dim, V vocab, N layers.
@@ -57,29 +59,27 @@ def apply_rope(x_BxTxHxE, cos_BxTxE, sin_BxTxE):
     return out.astype(x_BxTxHxE.dtype)
 
 
-def attention_mask(mask, positions_BxT, cache: KVCache | None, cfg: ModelConfig):
-    """Full boolean mask over keys: ``[B, T, S]`` with a cache, ``[B, T, T]`` without."""
+def attention_masks(mask, positions_BxT, cache: KVCache | None, cfg: ModelConfig):
+    """Boolean masks: over cache slots ``[B, T, S]`` (None without a cache) and in-call ``[B, T, T]``.
+
+    A token sees every committed cache slot (``< lengths``) and the in-call tokens its mask allows;
+    with a sliding window, only keys fewer than ``sliding_window`` positions back.
+    """
     B, T = positions_BxT.shape
     if mask is None:
         mask = jnp.tril(jnp.ones((T, T), bool))
-    mask_BxTxT = jnp.broadcast_to(jnp.asarray(mask, bool), (B, T, T))
+    call_BxTxT = jnp.broadcast_to(jnp.asarray(mask, bool), (B, T, T))
+    win = cfg.sliding_window
+    if win is not None:
+        call_BxTxT = call_BxTxT & (positions_BxT[:, :, None] - positions_BxT[:, None, :] < win)
     if cache is None:
-        kpos_BxS, full = positions_BxT, mask_BxTxT
-    else:
-        S = cache.max_len
-        slot_S = jnp.arange(S)
-        rel_BxS = slot_S[None, :] - cache.lengths[:, None]
-        cached_BxS = rel_BxS < 0
-        in_call_BxS = (rel_BxS >= 0) & (rel_BxS < T)
-        rel_c = jnp.clip(rel_BxS, 0, T - 1)
-        call_BxTxS = jnp.take_along_axis(mask_BxTxT, jnp.broadcast_to(rel_c[:, None, :], (B, T, S)),
-                                         axis=2)
-        full = cached_BxS[:, None, :] | (in_call_BxS[:, None, :] & call_BxTxS)
-        kpos_BxS = jnp.where(cached_BxS, slot_S[None, :],
-                             jnp.take_along_axis(positions_BxT, rel_c, axis=1))
-    if cfg.sliding_window is not None:
-        full = full & (positions_BxT[:, :, None] - kpos_BxS[:, None, :] < cfg.sliding_window)
-    return full
+        return None, call_BxTxT
+    slot_S = jnp.arange(cache.max_len)
+    cache_BxTxS = jnp.broadcast_to((slot_S[None, :] < cache.lengths[:, None])[:, None, :],
+                                   (B, T, cache.max_len))
+    if win is not None:  # committed slot s holds position s
+        cache_BxTxS = cache_BxTxS & (positions_BxT[:, :, None] - slot_S[None, None, :] < win)
+    return cache_BxTxS, call_BxTxT
 
 
 class Norm(nn.Module):
@@ -109,47 +109,51 @@ def _dense(cfg: ModelConfig, features: int, bias: bool, name: str):
 
 
 class Block(nn.Module):
-    """One transformer layer; scanned over layers with the KV cache in the carry."""
+    """One transformer layer, scanned over layers.
+
+    The layer's cache slice is read-only here; the call's new keys/values are returned (scan
+    outputs) and written into the cache once, after all layers, by ``Transformer``.
+    """
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, carry, ctx):
+    def __call__(self, x_BxTxD, kv_cache, ctx):
         cfg = self.cfg
-        x_BxTxD, k_NxBxSxKxE, v_NxBxSxKxE, layer = carry
-        cos, sin, mask_BxTxS, write_b, write_s = ctx
+        cos, sin, cache_mask_BxTxS, call_mask_BxTxT = ctx
         B, T, _ = x_BxTxD.shape
         H, K, E = cfg.n_heads, cfg.n_kv_heads, cfg.hd
         G = H // K
-        attn_bias = cfg.qkv_bias or cfg.family == "gpt2"
+        qkv_bias = cfg.qkv_bias or cfg.family == "gpt2"
+        o_bias = cfg.family == "gpt2" or cfg.attn_out_bias  # Qwen2: q/k/v biases, none on o
 
         h = Norm(cfg, name="attn_norm")(x_BxTxD)
-        q_BxTxHxE = _dense(cfg, H * E, attn_bias, "q")(h).reshape(B, T, H, E)
-        k_BxTxKxE = _dense(cfg, K * E, attn_bias, "k")(h).reshape(B, T, K, E)
-        v_BxTxKxE = _dense(cfg, K * E, attn_bias, "v")(h).reshape(B, T, K, E)
+        q_BxTxHxE = _dense(cfg, H * E, qkv_bias, "q")(h).reshape(B, T, H, E)
+        k_BxTxKxE = _dense(cfg, K * E, qkv_bias, "k")(h).reshape(B, T, K, E)
+        v_BxTxKxE = _dense(cfg, K * E, qkv_bias, "v")(h).reshape(B, T, K, E)
         if cfg.family == "llama":
             q_BxTxHxE = apply_rope(q_BxTxHxE, cos, sin)
             k_BxTxKxE = apply_rope(k_BxTxKxE, cos, sin)
 
-        if k_NxBxSxKxE is None:  # no cache: attend within the call
-            keys_BxSxKxE, vals_BxSxKxE = k_BxTxKxE, v_BxTxKxE
-        else:  # write this call's K/V at each row's offset, then read the whole layer
-            cdt = k_NxBxSxKxE.dtype
-            k_NxBxSxKxE = k_NxBxSxKxE.at[layer, write_b, write_s].set(
-                k_BxTxKxE.astype(cdt), mode="drop")
-            v_NxBxSxKxE = v_NxBxSxKxE.at[layer, write_b, write_s].set(
-                v_BxTxKxE.astype(cdt), mode="drop")
-            keys_BxSxKxE = k_NxBxSxKxE[layer].astype(cfg.dtype)
-            vals_BxSxKxE = v_NxBxSxKxE[layer].astype(cfg.dtype)
-
+        # scores against in-call keys and (when cached) committed cache slots, one softmax
         q_BxTxKxGxE = q_BxTxHxE.reshape(B, T, K, G, E)
-        s_BxKxGxTxS = jnp.einsum("btkge,bske->bkgts", q_BxTxKxGxE, keys_BxSxKxE,
-                                 preferred_element_type=jnp.float32) / math.sqrt(E)
-        s_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], s_BxKxGxTxS, -1e30)
-        w_BxKxGxTxS = jax.nn.softmax(s_BxKxGxTxS, axis=-1).astype(cfg.dtype)
-        o_BxTxKxGxE = jnp.einsum("bkgts,bske->btkge", w_BxKxGxTxS, vals_BxSxKxE)
-        o_bias = cfg.family == "gpt2" or cfg.attn_out_bias  # Qwen2: q/k/v biases, none on o
-        o_BxTxD = _dense(cfg, cfg.d_model, o_bias, "o")(
-            o_BxTxKxGxE.reshape(B, T, H * E))
+        scale = 1.0 / math.sqrt(E)
+        s_call = jnp.einsum("btkge,bske->bkgts", q_BxTxKxGxE, k_BxTxKxE,
+                            preferred_element_type=jnp.float32) * scale
+        s_call = jnp.where(call_mask_BxTxT[:, None, None], s_call, -1e30)
+        if kv_cache is None:
+            w_call = jax.nn.softmax(s_call, axis=-1).astype(cfg.dtype)
+            o_BxTxKxGxE = jnp.einsum("bkgts,bske->btkge", w_call, v_BxTxKxE)
+        else:
+            k_BxKxSxE, v_BxKxSxE = kv_cache
+            s_cache = jnp.einsum("btkge,bkse->bkgts", q_BxTxKxGxE, k_BxKxSxE.astype(cfg.dtype),
+                                 preferred_element_type=jnp.float32) * scale
+            s_cache = jnp.where(cache_mask_BxTxS[:, None, None], s_cache, -1e30)
+            S = s_cache.shape[-1]
+            w = jax.nn.softmax(jnp.concatenate([s_cache, s_call], axis=-1), axis=-1)
+            w = w.astype(cfg.dtype)
+            o_BxTxKxGxE = (jnp.einsum("bkgts,bkse->btkge", w[..., :S], v_BxKxSxE.astype(cfg.dtype))
+                           + jnp.einsum("bkgts,bske->btkge", w[..., S:], v_BxTxKxE))
+        o_BxTxD = _dense(cfg, cfg.d_model, o_bias, "o")(o_BxTxKxGxE.reshape(B, T, H * E))
         x_BxTxD = x_BxTxD + o_BxTxD
 
         h = Norm(cfg, name="mlp_norm")(x_BxTxD)
@@ -160,8 +164,7 @@ class Block(nn.Module):
         else:
             m = nn.gelu(_dense(cfg, cfg.ffn_dim, True, "fc")(h), approximate=True)
             m_BxTxD = _dense(cfg, cfg.d_model, True, "proj")(m)
-        x_BxTxD = x_BxTxD + m_BxTxD
-        return (x_BxTxD, k_NxBxSxKxE, v_NxBxSxKxE, layer + 1), None
+        return x_BxTxD + m_BxTxD, (k_BxTxKxE, v_BxTxKxE)
 
 
 class Transformer(nn.Module):
@@ -179,7 +182,7 @@ class Transformer(nn.Module):
                                       embedding_init=nn.initializers.normal(0.01),
                                       name="pos_embed")
         self.layers = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True},
-                              in_axes=nn.broadcast, length=cfg.n_layers)(cfg, name="layers")
+                              in_axes=(0, nn.broadcast), length=cfg.n_layers)(cfg, name="layers")
         self.final_norm = Norm(cfg, name="final_norm")
         if not cfg.tie_embeddings:
             self.lm_head = _dense(cfg, cfg.vocab_size, False, "lm_head")
@@ -211,20 +214,19 @@ class Transformer(nn.Module):
         if cfg.family == "gpt2":
             x = x + self.pos_embed(positions_BxT)
         B, T = positions_BxT.shape
-        full_mask = attention_mask(mask, positions_BxT, cache, cfg)
+        cache_mask, call_mask = attention_masks(mask, positions_BxT, cache, cfg)
         cos, sin = rope_tables(cfg, positions_BxT)
-        if cache is None:
-            write_b = write_s = None
-            kc = vc = None
-        else:
-            write_b = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
-            write_s = cache.lengths[:, None] + jnp.arange(T)[None, :]
-            kc, vc = cache.k, cache.v
-        (x, kc, vc, _), _ = self.layers((x, kc, vc, jnp.int32(0)),
-                                        (cos, sin, full_mask, write_b, write_s))
+        kv = None if cache is None else (cache.k, cache.v)
+        x, (k_NxBxTxKxE, v_NxBxTxKxE) = self.layers(x, kv, (cos, sin, cache_mask, call_mask))
+        if cache is not None:  # one in-place scatter of every layer's new K/V at each row's offset
+            b_BxT = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
+            s_BxT = cache.lengths[:, None] + jnp.arange(T)[None, :]
+            # cache[:, b, :, s] indexes as [B, T, N, K, E]
+            new_k = k_NxBxTxKxE.transpose(1, 2, 0, 3, 4).astype(cache.k.dtype)
+            new_v = v_NxBxTxKxE.transpose(1, 2, 0, 3, 4).astype(cache.v.dtype)
+            cache = cache.replace(k=cache.k.at[:, b_BxT, :, s_BxT].set(new_k, mode="drop"),
+                                  v=cache.v.at[:, b_BxT, :, s_BxT].set(new_v, mode="drop"))
         h = self.final_norm(x)
-        if cache is not None:
-            cache = cache.replace(k=kc, v=vc)
         return (h if return_hidden else self.logits(h)), cache
 
 

@@ -2,6 +2,7 @@
 atomic writes."""
 import json
 import os
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -105,11 +106,11 @@ def test_missing_or_corrupt_files_are_clear_errors(tmp_path, export):
     with pytest.raises(FileNotFoundError, match="no look-ahead export"):
         lookahead.load_lookahead(str(tmp_path / "nowhere"), CFG)
     path = os.path.join(out, "lookahead.safetensors")
-    data = open(path, "rb").read()
-    open(path, "wb").write(data[: len(data) // 2])  # truncated tensor data
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])  # truncated tensor data
     with pytest.raises(ValueError, match="corrupt"):
         lookahead.load_lookahead(out, CFG)
-    open(path, "wb").write(b"\x07garbage, not a safetensors file")
+    Path(path).write_bytes(b"\x07garbage, not a safetensors file")
     with pytest.raises(ValueError, match="corrupt or not a safetensors file"):
         lookahead.load_lookahead(out, CFG)
     from safetensors.numpy import save_file
@@ -121,10 +122,10 @@ def test_missing_or_corrupt_files_are_clear_errors(tmp_path, export):
 def test_interrupted_save_keeps_the_previous_export(export, params, monkeypatch):
     out, la = export
     marker = os.path.join(out, "checkpoint.txt")
-    open(marker, "w").write("other files in the directory survive saves")
+    Path(marker).write_text("other files in the directory survive saves")
 
     def crash(tensors, filename, metadata=None):
-        open(filename, "wb").write(b"half a fi")
+        Path(filename).write_bytes(b"half a fi")
         raise KeyboardInterrupt("killed mid-write")
 
     monkeypatch.setattr(lookahead, "save_file", crash)

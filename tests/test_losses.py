@@ -16,10 +16,10 @@ from pass_jax.config import ModelConfig
 from pass_jax.lookahead import init_lookahead
 from pass_jax.model import embed_tokens, forward, init_params
 
-CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64,
-                  max_position=64, unk_token_id=1)
-HOT = 5  # the frequent token of the synthetic "runs" corpus
 UNK = 1  # never appears in the corpus
+HOT = 5  # the frequent token of the synthetic "runs" corpus
+CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64,
+                  max_position=64, unk_token_id=UNK)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
@@ -253,7 +253,7 @@ def test_lm_loss_ignores_padding(random_params):
     mask = jnp.arange(12)[None, :] < jnp.array([[12], [8]])
     other = jnp.where(mask, tokens, (tokens + 17) % CFG.vocab_size)
     loss_a, m_a = losses.lm_loss(CFG, random_params, tokens, mask)
-    loss_b, m_b = losses.lm_loss(CFG, random_params, other, mask)
+    loss_b, _ = losses.lm_loss(CFG, random_params, other, mask)
     assert int(m_a["num_targets"]) == 11 + 7
     np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
     assert 0.0 <= float(m_a["accuracy"]) <= 1.0
