@@ -16,6 +16,7 @@ keys/values land in slot ``cache.lengths[b] + t``. Without a cache only in-call 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import flax.linen as nn
 import jax
@@ -230,11 +231,11 @@ class Transformer(nn.Module):
         return (h if return_hidden else self.logits(h)), cache
 
 
+@partial(jax.jit, static_argnums=0)
 def init_params(cfg: ModelConfig, rng: jax.Array):
-    """Random parameters for ``cfg`` (normal(0.02) weights, unit norms)."""
-    model = Transformer(cfg)
+    """Random parameters for ``cfg`` (normal(0.02) weights, unit norms), jitted."""
     tokens = jnp.zeros((1, 2), jnp.int32)
-    return model.init(rng, tokens, jnp.arange(2)[None])["params"]
+    return Transformer(cfg).init(rng, tokens, jnp.arange(2)[None])["params"]
 
 
 def forward(cfg: ModelConfig, params, tokens_BxT, positions_BxT, cache=None, mask=None,
