@@ -13,6 +13,8 @@ import argparse
 import json
 import sys
 
+from pass_jax.sharding import add_mesh_arg, load_hf_sharded, mesh_from_args
+
 METHODS = ("ar", "pass", "pass-fused", "unk")
 
 
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                     help="compute dtype")
     ap.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    add_mesh_arg(ap)
     return ap
 
 
@@ -66,7 +69,11 @@ def main(argv=None) -> dict:
 
     try:
         sampler = SamplerConfig(args.temperature, args.top_k, args.top_p)
-        cfg, params = load_hf(args.model, dtype=args.dtype)
+        mesh = mesh_from_args(args) if args.mesh or args.coordinator else None
+        if mesh is None:
+            cfg, params = load_hf(args.model, dtype=args.dtype)
+        else:
+            cfg, params = load_hf_sharded(args.model, mesh, dtype=args.dtype)
         tok = load_tokenizer(args.model)
         if tok is None:
             raise ValueError(f"{args.model} has no tokenizer files; --prompt needs a tokenizer")
@@ -87,7 +94,7 @@ def main(argv=None) -> dict:
         res = generate(cfg, params, [ids], max_new_tokens=args.max_new_tokens,
                        method="pass" if args.method == "unk" else args.method, la_LxD=la,
                        sampler=sampler, seed=args.seed, max_len=args.max_len,
-                       stream=None if args.json else stream)
+                       stream=None if args.json else stream, mesh=mesh)
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:
         raise SystemExit(f"error: {e}") from None
     result = {"method": args.method, "prompt": args.prompt, "prompt_ids": ids,

@@ -239,8 +239,11 @@ def required_cache_len(prompt_bucket: int, max_new_tokens: int, schedule: Schedu
     return max(prompt_bucket, 0) + max_new_tokens + sum(lay.T for lay in schedule.step)
 
 
-def prepare_batch(prompts: Sequence[Sequence[int]], vocab_size: int):
-    """Validate prompts and right-pad them to a bucket: (prompt_BxP, prompt_len_B, active_B)."""
+def prepare_batch(prompts: Sequence[Sequence[int]], vocab_size: int, row_multiple: int = 1):
+    """Validate prompts and right-pad them to a bucket: (prompt_BxP, prompt_len_B, active_B).
+
+    Rows are padded (inactive) to a power of two, then to a multiple of ``row_multiple`` (the
+    number of batch shards on a mesh)."""
     if len(prompts) == 0:
         raise ValueError("no prompts given")
     for i, p in enumerate(prompts):
@@ -251,6 +254,7 @@ def prepare_batch(prompts: Sequence[Sequence[int]], vocab_size: int):
             raise ValueError(f"prompt {i} has token id {bad[0]} outside the vocabulary "
                              f"[0, {vocab_size})")
     B = batch_bucket(len(prompts))
+    B = -(-B // row_multiple) * row_multiple
     P = bucket(max(len(p) for p in prompts))
     prompt_BxP = np.zeros((B, P), np.int32)
     prompt_len_B = np.ones((B,), np.int32)
@@ -265,7 +269,8 @@ def prepare_batch(prompts: Sequence[Sequence[int]], vocab_size: int):
 def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              method: str = "ar", la_LxD=None, sampler: SamplerConfig = SamplerConfig(),
              eos_ids: Sequence[int] | None = None, seed: int = 0, max_len: int | None = None,
-             stream: Callable[[np.ndarray, np.ndarray], None] | None = None) -> GenerationResult:
+             stream: Callable[[np.ndarray, np.ndarray], None] | None = None, mesh=None,
+             return_state: bool = False) -> GenerationResult:
     """Generate continuations of token-id prompts.
 
     Args:
@@ -274,6 +279,9 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
       eos_ids: ids that end a row (default: the config's ``eos_token_ids``).
       max_len: KV-cache slots (default: just enough, rounded up to a multiple of 128).
       stream: ``fn(out_BxN, n_B)`` called on the host after every loop step.
+      mesh: a ``jax.sharding.Mesh`` (``sharding.make_mesh``): rows are split over its batch axes
+        and the cache by the partition rules; ``params`` should already be on it.
+      return_state: also return the final ``DecodeState`` (``(result, state)``).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -284,7 +292,11 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
     if L and np.shape(la_LxD)[1] != cfg.d_model:
         raise ValueError(f"look-ahead embeddings have width {np.shape(la_LxD)[1]}, "
                          f"the model has d_model={cfg.d_model}")
-    prompt_BxP, prompt_len_B, active_B = prepare_batch(prompts, cfg.vocab_size)
+    sharding = None
+    if mesh is not None:
+        from . import sharding
+    prompt_BxP, prompt_len_B, active_B = prepare_batch(
+        prompts, cfg.vocab_size, 1 if mesh is None else sharding.batch_divisor(mesh))
     B, P = prompt_BxP.shape
     need = required_cache_len(P, max_new_tokens, schedule)
     if max_len is None:
@@ -298,19 +310,28 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
         raise ValueError(f"prompt + max_new_tokens + scratch ({need}) exceeds the model's "
                          f"maximum position ({cfg.max_position})")
     spec = DecodeSpec(cfg, schedule, sampler, int(max_new_tokens))
-    la = jnp.zeros((0, cfg.d_model), cfg.param_dtype) if la_LxD is None else jnp.asarray(la_LxD)
-    cache = init_cache(cfg, B, max_len)
+    la = jnp.zeros((0, cfg.d_model), cfg.param_dtype) if la_LxD is None else la_LxD
+    inputs = (la, prompt_BxP, prompt_len_B, active_B,
+              eos_array(cfg.eos_token_ids if eos_ids is None else eos_ids),
+              jax.random.PRNGKey(seed))
+    if mesh is None:
+        run, to_host = generate_jit, np.asarray
+        la, prompt, lens, active, eos, rng = map(jnp.asarray, inputs)
+        cache = init_cache(cfg, B, max_len)
+    else:
+        run, to_host = sharding.sharded_generate_fn(mesh, B, cfg), sharding.to_host
+        la, prompt, lens, active, eos, rng = sharding.place_decode_inputs(inputs, mesh)
+        cache = sharding.init_cache_sharded(cfg, B, max_len, mesh)
     t0 = time.perf_counter()
-    state = generate_jit(spec, params, la, jnp.asarray(prompt_BxP), jnp.asarray(prompt_len_B),
-                         jnp.asarray(active_B),
-                         eos_array(cfg.eos_token_ids if eos_ids is None else eos_ids), cache, jax.random.PRNGKey(seed), stream)
+    state = run(spec, params, la, prompt, lens, active, eos, cache, rng, stream)
     out, n = jax.block_until_ready((state.out_BxN, state.n_B))
     wall = time.perf_counter() - t0
-    out, n = np.asarray(out), np.asarray(n)
+    out, n = to_host(out), to_host(n)
     rows = len(prompts)
-    return GenerationResult(
+    result = GenerationResult(
         tokens=[out[i, :n[i]].tolist() for i in range(rows)],
-        calls=np.asarray(state.calls_B)[:rows].tolist(),
-        accepted=np.asarray(state.accepted_BxL)[:rows],
-        verify_calls=np.asarray(state.verify_calls_B)[:rows].tolist(),
+        calls=to_host(state.calls_B)[:rows].tolist(),
+        accepted=to_host(state.accepted_BxL)[:rows],
+        verify_calls=to_host(state.verify_calls_B)[:rows].tolist(),
         wall_time=wall)
+    return (result, state) if return_state else result

@@ -14,7 +14,7 @@ Partition rules map the ``'/'``-joined parameter path (``layers/q/kernel``) to a
 ``(None, 'fsdp', 'tensor')``; o/down/proj ``[N, in, D]`` -> ``(None, 'tensor', 'fsdp')``;
 embedding ``[V, D]`` -> ``('tensor', 'fsdp')``; lm_head ``[D, V]`` -> ``('fsdp', 'tensor')``;
 norms, position embeddings and everything else replicated. Batches are split over
-``('data', 'fsdp')``, the KV cache ``[N, B, S, K, E]`` over batch and kv heads, look-ahead (LA)
+``('data', 'fsdp')``, the KV cache ``[N, B, K, S, E]`` over batch and kv heads, look-ahead (LA)
 parameters and their optimizer state are replicated (L x D is tiny). A dim whose size is not
 divisible by its mesh axes falls back to fewer axes (or replication), logged at DEBUG level, so
 tiny test models run on any mesh.
@@ -28,17 +28,21 @@ and feeds its own rows of each batch (:func:`shard_batch`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import logging
 import math
 import os
 import re
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from .cache import KVCache
 from .config import ModelConfig
@@ -203,7 +207,8 @@ def fit_spec(shape: Sequence[int], axes_per_dim: Sequence[Axes], mesh_shape: Map
         want = _axes_tuple(axes)
         chosen: tuple[str, ...] = ()
         for cand in ([want] + [(a,) for a in want] if len(want) > 1 else [want]):
-            if cand and size % math.prod(mesh_shape.get(a, 1) for a in cand) == 0:
+            n = math.prod(mesh_shape.get(a, 1) for a in cand)
+            if cand and size % n == 0 and (cand == want or n > 1):
                 chosen = cand
                 break
         if want and chosen != want:
@@ -361,6 +366,9 @@ def shard_batch(batch, mesh: Mesh, process_local: bool | None = None):
         x = np.asarray(x)
         if process_local:
             gshape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+            if gshape[0] % batch_divisor(mesh):
+                raise ValueError(f"global batch of {gshape[0]} rows ({x.shape[0]} per process) "
+                                 f"is not divisible by data x fsdp = {batch_divisor(mesh)}")
             s = batch_sharding(mesh, gshape)
             return jax.make_array_from_process_local_data(s, x, gshape)
         return put_sharded(x, batch_sharding(mesh, x.shape))
@@ -369,10 +377,10 @@ def shard_batch(batch, mesh: Mesh, process_local: bool | None = None):
 
 
 def cache_specs(cfg: ModelConfig, mesh, batch: int) -> KVCache:
-    """``KVCache`` of ``PartitionSpec``: k/v ``[N, B, S, K, E]`` over batch and kv heads."""
+    """``KVCache`` of ``PartitionSpec``: k/v ``[N, B, K, S, E]`` over batch and kv heads."""
     ms = _mesh_shape(mesh)
-    shape = (cfg.n_layers, batch, 1, cfg.n_kv_heads, cfg.hd)
-    kv = fit_spec(shape, (None, BATCH_AXES, None, "tensor", None), ms, "kv cache")
+    shape = (cfg.n_layers, batch, cfg.n_kv_heads, 1, cfg.hd)
+    kv = fit_spec(shape, (None, BATCH_AXES, "tensor", None, None), ms, "kv cache")
     return KVCache(k=kv, v=kv, lengths=fit_spec((batch,), (BATCH_AXES,), ms, "cache lengths"))
 
 
@@ -396,77 +404,43 @@ def init_cache_sharded(cfg: ModelConfig, batch: int, max_len: int, mesh: Mesh,
 # --------------------------------------------------------------------------- programs
 
 
-def generate_sharded(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], mesh: Mesh, *,
-                     max_new_tokens: int, method: str = "ar", la_LxD=None, sampler=None,
-                     eos_ids: Sequence[int] | None = None, seed: int = 0,
-                     max_len: int | None = None, stream: Callable | None = None):
-    """:func:`decode.generate` on ``mesh``: same arguments and result.
-
-    ``params`` should already be on the mesh (:func:`shard_params`, :func:`init_params_sharded`,
-    :func:`load_hf_sharded`). The batch is padded with inactive rows to a multiple of
-    ``data * fsdp``, the cache is created sharded (rows and kv heads), prompts are split by rows,
-    LA embeddings replicated; ``decode.generate_jit`` runs unchanged and XLA propagates the
-    shardings through the prefill and the while loop.
-    """
-    from .config import SamplerConfig
-    from .decode import (DecodeSpec, GenerationResult, eos_array, generate_jit, prepare_batch,
-                         required_cache_len)
-    from .layout import make_schedule
-
-    sampler = SamplerConfig() if sampler is None else sampler
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if method != "ar" and la_LxD is None:
-        raise ValueError(f"method {method!r} needs look-ahead embeddings (la_LxD)")
-    L = 0 if method == "ar" else int(np.shape(la_LxD)[0])
-    schedule = make_schedule(method, L)
-    if L and np.shape(la_LxD)[1] != cfg.d_model:
-        raise ValueError(f"look-ahead embeddings have width {np.shape(la_LxD)[1]}, "
-                         f"the model has d_model={cfg.d_model}")
-    prompt_BxP, prompt_len_B, active_B = prepare_batch(prompts, cfg.vocab_size)
-    div = batch_divisor(mesh)
-    if prompt_BxP.shape[0] % div:
-        B = -(-prompt_BxP.shape[0] // div) * div
-        pad = B - prompt_BxP.shape[0]
-        prompt_BxP = np.pad(prompt_BxP, ((0, pad), (0, 0)))
-        prompt_len_B = np.pad(prompt_len_B, (0, pad), constant_values=1)
-        active_B = np.pad(active_B, (0, pad))
-    B, P_ = prompt_BxP.shape
-    need = required_cache_len(P_, max_new_tokens, schedule)
-    if max_len is None:
-        max_len = -(-need // 128) * 128
-    elif need > max_len:
-        raise ValueError(f"cache too small: {need} slots needed, max_len={max_len}")
-    if cfg.family == "gpt2" and need > cfg.max_position:
-        raise ValueError(f"prompt + max_new_tokens + scratch ({need}) exceeds the model's "
-                         f"maximum position ({cfg.max_position})")
-    spec = DecodeSpec(cfg, schedule, sampler, int(max_new_tokens))
+def place_decode_inputs(inputs, mesh: Mesh):
+    """``decode.generate``'s host inputs on ``mesh``: ``(la, prompt_BxP, prompt_len_B, active_B,
+    eos_E, rng)`` with the LA embeddings, EOS ids and RNG replicated, the per-row arrays split
+    over the batch axes."""
+    la, prompt_BxP, prompt_len_B, active_B, eos_E, rng = inputs
     rep = replicated(mesh)
-    la = (jnp.zeros((0, cfg.d_model), cfg.param_dtype) if la_LxD is None
-          else np.asarray(la_LxD))
-    la = jax.device_put(la, rep)
-    cache = init_cache_sharded(cfg, B, max_len, mesh)
-    prompt, lens, active = shard_batch((prompt_BxP, prompt_len_B, active_B), mesh,
-                                       process_local=False)
-    eos = jax.device_put(eos_array(cfg.eos_token_ids if eos_ids is None else eos_ids), rep)
-    rng = jax.device_put(jax.random.PRNGKey(seed), rep)
-    t0 = time.perf_counter()
-    state = generate_jit(spec, params, la, prompt, lens, active, eos, cache, rng, stream)
-    out, n = jax.block_until_ready((state.out_BxN, state.n_B))
-    wall = time.perf_counter() - t0
-    out, n = _to_host(out), _to_host(n)
-    rows = len(prompts)
-    result = GenerationResult(
-        tokens=[out[i, :n[i]].tolist() for i in range(rows)],
-        calls=_to_host(state.calls_B)[:rows].tolist(),
-        accepted=_to_host(state.accepted_BxL)[:rows],
-        verify_calls=_to_host(state.verify_calls_B)[:rows].tolist(),
-        wall_time=wall)
-    result.final_state = state  # for inspection (e.g. the cache's sharding)
-    return result
+    rows = shard_batch((prompt_BxP, prompt_len_B, active_B), mesh, process_local=False)
+    return (jax.device_put(np.asarray(la), rep), *rows, jax.device_put(eos_E, rep),
+            jax.device_put(rng, rep))
 
 
-def _to_host(x) -> np.ndarray:
+@functools.lru_cache(maxsize=32)
+def sharded_generate_fn(mesh: Mesh, batch: int, cfg: ModelConfig):
+    """``decode.generate_jit`` (the same function, re-jitted) with explicit output shardings:
+    the cache by the rules, per-row fields (``*_B``, ``*_Bx*``) over the batch axes, the rest
+    replicated. Inside the while loop XLA still picks the layout (it may split the cache over
+    slots instead of kv heads: the same bytes per device); a ``with_sharding_constraint`` hook in
+    decode.py would pin it (see the report / docs)."""
+    from .decode import DecodeState, generate_jit
+
+    fn = getattr(generate_jit, "__wrapped__", None)
+    if fn is None:  # not a jax.jit wrapper any more: run it as it is
+        return generate_jit
+    rows, rep = batch_sharding(mesh, (batch,)), replicated(mesh)
+    cache = cache_sharding(cfg, mesh, batch)
+
+    def field(name):
+        if name == "cache":
+            return cache
+        return rows if name.endswith("_B") or "_Bx" in name else rep
+
+    out = DecodeState(**{f.name: field(f.name) for f in dataclasses.fields(DecodeState)})
+    return jax.jit(fn, static_argnames=("spec", "stream"), donate_argnames=("cache",),
+                   out_shardings=out)
+
+
+def to_host(x) -> np.ndarray:
     """A global array on the host of every process (gathers non-addressable shards)."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         from jax.experimental import multihost_utils
@@ -480,17 +454,15 @@ def shard_la_state(la_state, mesh: Mesh):
     return jax.device_put(la_state, replicated(mesh))
 
 
-def make_la_train_step_sharded(cfg: ModelConfig, optimizer, mesh: Mesh, base_params, *,
-                               loss_kind: str = "ce", num_groups: int = 1,
-                               temperature: float = 1.0):
+def make_la_train_step_sharded(cfg: ModelConfig, optimizer, mesh: Mesh, *, loss_kind: str = "ce",
+                               num_groups: int = 1, temperature: float = 1.0):
     """``losses.la_train_step`` jitted for ``mesh``: ``step(la_state, base_params, batch, rng)``.
 
     Explicit shardings: LA state replicated in and out (donated), base params as they are
-    (by the rules), batch split over ``('data', 'fsdp')`` (whatever its shardings are: they are
-    taken from the arguments), metrics replicated. Same maths as ``losses.make_la_train_step``.
+    (by the rules) and batch split over ``('data', 'fsdp')`` (:func:`shard_batch`): their
+    shardings are taken from the arguments; metrics replicated. Same maths as
+    ``losses.make_la_train_step``.
     """
-    import functools
-
     from .losses import LOSS_KINDS, la_train_step
 
     if loss_kind not in LOSS_KINDS:
@@ -519,30 +491,42 @@ LLAMA2_70B = ModelConfig(vocab_size=32000, d_model=8192, n_layers=80, n_heads=64
                          param_dtype="bfloat16")
 
 
+@functools.lru_cache(maxsize=16)
+def _abstract_params(cfg: ModelConfig):
+    from .model import init_params
+
+    return jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
+
+
 def memory_plan(cfg: ModelConfig, mesh_shape, batch: int, max_len: int, dtype="bfloat16",
                 num_lookahead: int = 4, device: str | int = "tpu-v4", *, train_batch: int = 8,
-                train_seq_len: int = 2048, num_groups: int = 1) -> dict[str, Any]:
+                train_seq_len: int = 2048, num_groups: int = 1,
+                remat: bool = False) -> dict[str, Any]:
     """Per-device memory of serving (params + KV cache) and of LA training, by the same rules
     the real arrays are sharded with.
 
     Args:
       mesh_shape: ``{'data','fsdp','tensor'}`` sizes (dict or ``"data=..,fsdp=..,tensor=.."``).
       batch, max_len: decoding batch rows and cache slots per row.
-      dtype: params and cache dtype. LA params and Adam moments are float32.
+      dtype: params, activations and cache dtype. LA params and Adam moments are float32.
       device: a key of ``DEVICES`` or a memory size in bytes.
       train_batch, train_seq_len, num_groups: the LA training batch (paper: batch 8).
+      remat: estimate activations as if each layer were rematerialised (``nn.remat`` on the
+        scanned block, saving only the layer inputs); the model does not do this today.
 
     Returns a dict of byte counts: ``params_total``, ``params_per_device`` (exact, from the
     partition rules), ``kv_per_token`` (all layers, K and V), ``kv_per_device``,
     ``serve_per_device``, ``la_state`` (LA params + grads + Adam m, v), ``train_activations``
     (an estimate, see below), ``train_per_device``, ``device_bytes``, ``usable_bytes`` and
-    ``fits_serve`` / ``fits_train`` / ``fits``.
+    ``fits_serve`` / ``fits_train`` / ``fits`` (both).
 
-    Activation estimate for the LA step (no rematerialisation): per layer and token the
-    backward pass keeps about ``10 D + 3 F`` values in ``dtype`` (norm inputs, q/k/v, attention
-    output, residuals, MLP gate/up/product) plus the float32 attention probabilities
-    ``H x T``; the head keeps float32 logits and their softmax for ``2 M L`` rows. The token
-    dims split over ``data x fsdp``, the ``F`` and head dims over ``tensor``.
+    Activation estimate for the LA step: the gradient reaches the LA inputs through every
+    layer, so the backward pass keeps, per layer and token, about ``10 D + 3 F`` values in
+    ``dtype`` (norm inputs, q/k/v, attention output, residuals, MLP gate/up/product) plus the
+    float32 attention probabilities ``H x T`` (no flash attention); with ``remat`` only the
+    ``D`` layer inputs per layer plus one layer's full set. The head keeps float32 logits and
+    their softmax for ``2 M L`` rows. Token dims split over ``data x fsdp`` (a device holds at
+    least one row: sequences are not split), ``F``, heads and vocab over ``tensor``.
     """
     ms = parse_mesh(mesh_shape, None) if isinstance(mesh_shape, str) else {
         a: int(dict(mesh_shape).get(a, 1)) for a in AXES}
@@ -556,9 +540,7 @@ def memory_plan(cfg: ModelConfig, mesh_shape, batch: int, max_len: int, dtype="b
         dev_bytes = int(device)
     isz = jnp.dtype(dtype).itemsize
     cfg = cfg.replace(param_dtype=jnp.dtype(dtype).name, dtype=jnp.dtype(dtype).name)
-    from .model import init_params
-
-    abstract = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
+    abstract = _abstract_params(cfg)
     specs = param_specs(abstract, ms)
     params_total = params_dev = 0
     for leaf, spec in zip(jax.tree.leaves(abstract),
@@ -578,8 +560,12 @@ def memory_plan(cfg: ModelConfig, mesh_shape, batch: int, max_len: int, dtype="b
     bshards = math.prod(ms[a] for a in BATCH_AXES)
     rows = -(-train_batch // bshards)  # rows per device (ceil)
     tp = ms["tensor"]
-    per_tok_layer = 10 * D * isz + 3 * F * isz // tp + 4 * (-(-H // tp)) * T
-    acts = N * rows * T * per_tok_layer + rows * 2 * num_groups * L * (cfg.vocab_size // tp) * 8
+    layer_tok = 10 * D * isz + 3 * (-(-F // tp)) * isz + 4 * (-(-H // tp)) * T
+    if remat:
+        acts = rows * T * (N * D * isz + layer_tok)
+    else:
+        acts = rows * T * N * layer_tok
+    acts += rows * 2 * num_groups * L * (-(-cfg.vocab_size // tp)) * 8
     serve = params_dev + kv_dev
     train = params_dev + la_state + acts
     usable = int(dev_bytes * USABLE_FRACTION)
@@ -589,77 +575,132 @@ def memory_plan(cfg: ModelConfig, mesh_shape, batch: int, max_len: int, dtype="b
         "kv_per_token": kv_token, "kv_per_device": kv_dev,
         "serve_per_device": serve,
         "la_state": la_state, "train_activations": acts, "train_per_device": train,
-        "device_bytes": dev_bytes, "usable_bytes": usable,
+        "remat": remat, "device_bytes": dev_bytes, "usable_bytes": usable,
         "fits_serve": serve <= usable, "fits_train": train <= usable,
         "fits": serve <= usable and train <= usable,
     }
 
 
 def choose_mesh(cfg: ModelConfig, device: str, *, batch: int, max_len: int,
-                dtype="bfloat16", num_lookahead: int = 4, max_devices: int = 256,
-                **train_kw) -> dict[str, int] | None:
-    """The smallest mesh that fits both serving and LA training: 1, 2, 4, ... devices, tensor
-    parallelism up to 8 (one host / one ICI ring) and the kv-head count, the rest ``fsdp``."""
+                dtype="bfloat16", num_lookahead: int = 4, max_devices: int = 512,
+                need: str = "fits", **plan_kw) -> dict[str, int] | None:
+    """The smallest mesh for which ``memory_plan(...)[need]`` holds (``'fits'``: serving and LA
+    training; ``'fits_serve'``; ``'fits_train'``): 1, 2, 4, ... devices, tensor parallelism up
+    to 8 (one host / one ICI ring) and the kv-head count, the rest ``fsdp``. None if none."""
     n = 1
     while n <= max_devices:
         t = 1
         while t * 2 <= min(n, 8) and cfg.n_kv_heads % (t * 2) == 0:
             t *= 2
         ms = {"data": 1, "fsdp": n // t, "tensor": t}
-        if memory_plan(cfg, ms, batch, max_len, dtype, num_lookahead, device, **train_kw)["fits"]:
+        if memory_plan(cfg, ms, batch, max_len, dtype, num_lookahead, device, **plan_kw)[need]:
             return ms
         n *= 2
     return None
 
 
 def _gib(n: int) -> str:
-    return f"{n / GiB:.2f}"
+    return f"{n / GiB:.1f}"
 
 
 def memory_plan_table(models: Mapping[str, ModelConfig] | None = None,
                       devices: Sequence[str] = ("tpu-v4", "tpu-v5e", "h100"), *,
                       batch: int = 8, max_len: int = 2048, dtype="bfloat16",
-                      num_lookahead: int = 4, meshes: Mapping[tuple[str, str], Any] | None = None,
-                      **train_kw) -> str:
-    """Markdown table of :func:`memory_plan` for each model on each device, with the mesh
-    :func:`choose_mesh` picks (or ``meshes[(model, device)]``)."""
+                      num_lookahead: int = 4, train_batch: int = 8,
+                      train_seq_len: int = 2048) -> str:
+    """Markdown tables of :func:`memory_plan` for each model on each device.
+
+    Serving: the smallest mesh that holds params + KV cache. LA training: the smallest mesh for
+    the model as it is (no rematerialisation) and, since that is activation-bound, the smallest
+    with per-layer remat.
+    """
     models = models or {"LLaMA-7B": LLAMA_7B, "LLaMA-2-70B": LLAMA2_70B}
+    common = {"batch": batch, "max_len": max_len, "dtype": dtype,
+              "num_lookahead": num_lookahead, "train_batch": train_batch,
+              "train_seq_len": train_seq_len}
+    mesh_s = lambda m: "none fits" if m is None else f"({m['data']}, {m['fsdp']}, {m['tensor']})"
+    nd = lambda m: "-" if m is None else str(math.prod(m.values()))
+    dt = jnp.dtype(dtype).name
     lines = [
-        f"Serving: batch {batch} x {max_len} cache slots, {jnp.dtype(dtype).name} weights and "
-        f"cache. LA training: batch {train_kw.get('train_batch', 8)} x "
-        f"{train_kw.get('train_seq_len', 2048)} tokens, L = {num_lookahead}, "
-        f"{100 * USABLE_FRACTION:.0f}% of the device memory counted as usable. GiB per device.",
+        (f"Serving: batch {batch} x {max_len} cache slots, {dt} weights and KV cache. "
+        f"LA training: batch {train_batch} x {train_seq_len} tokens, L = {num_lookahead}, "
+        f"{dt} base model, float32 LA params and Adam moments. "
+        f"{100 * USABLE_FRACTION:.0f}% of device memory counted as usable. Meshes are "
+        f"(data, fsdp, tensor); sizes in GiB per device unless stated."),
         "",
-        "| model | device | mesh (data, fsdp, tensor) | devices | params total | params/dev "
-        "| KV/token | KV/dev | serve/dev | LA state | train act/dev | train/dev | fits |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ("| model | device | params (total) | KV / token | serving mesh | devices | params/dev "
+         "| KV/dev | serve/dev | LA state | training mesh (no remat) | devices | act/dev "
+         "| train/dev | training mesh (remat) | devices | act/dev | train/dev |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, cfg in models.items():
         for dev in devices:
-            ms = (meshes or {}).get((name, dev)) or choose_mesh(
-                cfg, dev, batch=batch, max_len=max_len, dtype=dtype,
-                num_lookahead=num_lookahead, **train_kw)
-            if ms is None:
-                lines.append(f"| {name} | {DEVICES[dev][1]} | none fits | | | | | | | | | | no |")
-                continue
-            r = memory_plan(cfg, ms, batch, max_len, dtype, num_lookahead, dev, **train_kw)
-            m = r["mesh"]
-            lines.append(
-                f"| {name} | {DEVICES[dev][1]} | ({m['data']}, {m['fsdp']}, {m['tensor']}) "
-                f"| {r['devices']} | {_gib(r['params_total'])} | {_gib(r['params_per_device'])} "
-                f"| {r['kv_per_token'] // 1024} KiB | {_gib(r['kv_per_device'])} "
-                f"| {_gib(r['serve_per_device'])} | {r['la_state'] // 1024} KiB "
-                f"| {_gib(r['train_activations'])} | {_gib(r['train_per_device'])} "
-                f"| {'yes' if r['fits'] else 'no'} |")
+            serve_m = choose_mesh(cfg, dev, need="fits_serve", **common)
+            train_m = choose_mesh(cfg, dev, need="fits_train", **common)
+            remat_m = choose_mesh(cfg, dev, need="fits_train", remat=True, **common)
+            any_m = serve_m or train_m or remat_m or {"data": 1, "fsdp": 1, "tensor": 1}
+
+            def plan(m, cfg=cfg, dev=dev, **k):
+                return memory_plan(cfg, m, batch, max_len, dtype, num_lookahead, dev,
+                                   train_batch=train_batch, train_seq_len=train_seq_len, **k)
+
+            base = plan(any_m)
+            cells = [name, DEVICES[dev][1], f"{base['params_total'] / 1e9:.1f} GB",
+                     f"{base['kv_per_token'] // 1024} KiB", mesh_s(serve_m), nd(serve_m)]
+            if serve_m is None:
+                cells += ["-"] * 3
+            else:
+                r = plan(serve_m)
+                cells += [_gib(r["params_per_device"]), _gib(r["kv_per_device"]),
+                          _gib(r["serve_per_device"])]
+            cells.append(f"{base['la_state'] // 1024} KiB")
+            for m, remat in ((train_m, False), (remat_m, True)):
+                cells += [mesh_s(m), nd(m)]
+                if m is None:
+                    cells += ["-", "-"]
+                else:
+                    r = plan(m, remat=remat)
+                    cells += [_gib(r["train_activations"]), _gib(r["train_per_device"])]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 __all__ = [
-    "AXES", "BATCH_AXES", "PARAM_RULES", "parse_mesh", "make_mesh", "add_mesh_arg",
-    "mesh_from_args", "maybe_initialize_distributed", "fit_spec", "param_spec", "param_specs",
-    "param_shardings", "abstract_sharded", "replicated", "shard_params", "init_params_sharded",
-    "put_sharded", "load_hf_sharded", "batch_spec", "batch_sharding", "batch_divisor",
-    "shard_batch", "cache_specs", "cache_sharding", "init_cache_sharded", "generate_sharded",
-    "shard_la_state", "make_la_train_step_sharded", "memory_plan", "choose_mesh",
-    "memory_plan_table", "LLAMA_7B", "LLAMA2_70B", "DEVICES",
+    "AXES",
+    "BATCH_AXES",
+    "DEVICES",
+    "LLAMA2_70B",
+    "LLAMA_7B",
+    "PARAM_RULES",
+    "abstract_sharded",
+    "add_mesh_arg",
+    "batch_divisor",
+    "batch_sharding",
+    "batch_spec",
+    "cache_sharding",
+    "cache_specs",
+    "choose_mesh",
+    "fit_spec",
+    "place_decode_inputs", "sharded_generate_fn", "to_host",
+    "init_cache_sharded",
+    "init_params_sharded",
+    "load_hf_sharded",
+    "make_la_train_step_sharded",
+    "make_mesh",
+    "maybe_initialize_distributed",
+    "memory_plan",
+    "memory_plan_table",
+    "mesh_from_args",
+    "param_shardings",
+    "param_spec",
+    "param_specs",
+    "parse_mesh",
+    "put_sharded",
+    "replicated",
+    "shard_batch",
+    "shard_la_state",
+    "shard_params",
 ]
+
+if __name__ == "__main__":  # python -m pass_jax.sharding: print the memory plan (docs/scaling.md)
+    print(memory_plan_table())

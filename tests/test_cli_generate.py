@@ -61,6 +61,16 @@ def test_streams_text_without_json(model_dir):
     assert r.stdout.startswith("for i in") and "forward calls" in r.stderr
 
 
+def test_mesh_flag_gives_the_same_tokens(model_dir):
+    """8 simulated devices (tests/conftest.py sets XLA_FLAGS for subprocesses too)."""
+    common = ("--model", model_dir / "model", "--prompt", "class", "--max-new-tokens", 8,
+              "--method", "pass-fused", "--lookahead", model_dir / "la", "--json")
+    plain = _run(*common)
+    meshed = _run(*common, "--mesh", "data=2,fsdp=2,tensor=2")
+    assert plain.returncode == 0 and meshed.returncode == 0, meshed.stderr
+    assert json.loads(plain.stdout)["token_ids"] == json.loads(meshed.stdout)["token_ids"]
+
+
 @pytest.mark.parametrize("args,message", [
     (["--method", "pass"], "needs --lookahead"),
     (["--method", "unk"], "needs --num-lookahead"),
