@@ -30,9 +30,13 @@ import optax
 from pass_jax import checkpoint, data, hf, losses, tokenizer as tokenizer_lib
 from pass_jax.config import ModelConfig, apply_overrides, load_yaml
 from pass_jax.model import init_params
-from train import PREEMPTED_EXIT_CODE, run_cli, train_loop
+from train import PREEMPTED_EXIT_CODE, require, run_cli, train_loop
 
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "demo.yaml")
 METRICS_FILE = "train_metrics.json"
+_TRAIN_KEYS = ("seq_len", "batch_size", "steps", "lr", "warmup", "eval_every", "eval_batches",
+               "unigram_batches", "save_every")
 # Keys that only change how often the loop logs / evaluates / saves: free to change on resume.
 _CADENCE_KEYS = ("eval_every", "save_every", "keep", "log_every")
 
@@ -80,7 +84,7 @@ def train_step(state: TrainState, batch: dict, *, cfg: ModelConfig,
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
+    metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -102,9 +106,10 @@ def is_complete(model_dir: str) -> bool:
 
 def _model_config(conf: dict, tok) -> ModelConfig:
     """The architecture from the config's ``model`` section; vocab and special ids from ``tok``."""
-    return ModelConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id,
-                       eos_token_ids=(tok.eos_token_id,), pad_token_id=tok.pad_token_id,
-                       unk_token_id=tok.unk_token_id, **conf["model"])
+    return ModelConfig.from_dict({
+        **conf["model"], "vocab_size": len(tok), "bos_token_id": tok.bos_token_id,
+        "eos_token_ids": (tok.eos_token_id,), "pad_token_id": tok.pad_token_id,
+        "unk_token_id": tok.unk_token_id})
 
 
 def _resume_key(conf: dict) -> dict:
@@ -115,8 +120,10 @@ def _resume_key(conf: dict) -> dict:
 
 
 def _parse(argv):
-    parser = argparse.ArgumentParser(prog="python -m train.base", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/demo.yaml", help="YAML config")
+    parser = argparse.ArgumentParser(prog="python -m train.base",
+                                     description="Pretrain a small LLaMA-style base model.")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config (default: "
+                        "configs/demo.yaml)")
     parser.add_argument("--out", help="output model directory (default: the config's 'out')")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. train.steps=100")
@@ -130,7 +137,10 @@ def run(conf: dict, out: str) -> dict:
     SIGTERM stopped training (after a checkpoint).
     """
     t0 = time.perf_counter()
-    tc = conf["train"]
+    require(conf, ("data", "tokenizer", "model", "train"), "the config")
+    require(conf["tokenizer"], ("vocab_size",), "the config's 'tokenizer' section")
+    require(conf["model"], (), "the config's 'model' section")
+    tc = require(conf["train"], _TRAIN_KEYS, "the config's 'train' section")
     work = out.rstrip("/") + ".train"
     spec = data.parse_spec(conf["data"])
     if spec.kind == "self":
@@ -139,6 +149,8 @@ def run(conf: dict, out: str) -> dict:
     train_texts = data.text_source(spec, "train", data_dir)
     heldout_texts = data.text_source(spec, "heldout", data_dir)
 
+    print(f"corpus {conf['data']}: {len(train_texts)} train / {len(heldout_texts)} held-out "
+          "documents", file=sys.stderr)
     tok_conf = conf["tokenizer"]
     max_docs = tok_conf.get("max_docs") or len(train_texts)
     tok = tokenizer_lib.train_bpe(
@@ -155,6 +167,7 @@ def run(conf: dict, out: str) -> dict:
                               keep=tc.get("keep", 2))
     batches = data.token_batches(train_texts, tok, seq_len, batch_size, seed)
     resume_key = _resume_key(conf)
+    history: list[dict] = []  # held-out loss per evaluation
     if checkpoint.latest_step(mngr) is None:
         state = init_state(cfg, optimizer, seed)
     else:
@@ -164,7 +177,7 @@ def run(conf: dict, out: str) -> dict:
             raise ValueError(f"the checkpoints in {mngr.directory} were made with another config "
                              f"({restored.meta.get('resume_key')}); delete {work} or use "
                              "another --out")
-        state = restored.state
+        state, history = restored.state, list(restored.meta["history"])
         data.restore_iterator(batches, restored.data_state)
         print(f"resuming from step {restored.step} ({mngr.directory})", file=sys.stderr)
 
@@ -174,7 +187,8 @@ def run(conf: dict, out: str) -> dict:
     unigram = data.unigram_loss(
         itertools.islice(data.token_batches(train_texts, tok, seq_len, batch_size, seed + 1),
                          tc["unigram_batches"]), eval_batches, cfg.vocab_size)
-    history = []
+    print(f"model: {cfg.num_params() / 1e6:.2f}M params, vocab {cfg.vocab_size}; unigram "
+          f"baseline held-out loss {unigram:.4f}", file=sys.stderr)
 
     def evaluate(state, step):
         loss = heldout_loss(cfg, state.params, eval_batches)
@@ -190,7 +204,7 @@ def run(conf: dict, out: str) -> dict:
         meta_fn=lambda step: {"resume_key": resume_key, "history": history},
         evaluate=evaluate, eval_every=tc["eval_every"],
         postfix_fn=lambda m: {"loss": float(m["loss"])}, log_every=tc.get("log_every", 10),
-        desc="base")
+        tokens_per_step=tokens_per_step, desc="base")
     mngr.close()
     if result.preempted:
         return {"preempted": result.step}
@@ -202,7 +216,7 @@ def run(conf: dict, out: str) -> dict:
         "unigram_loss": unigram,
         "steps": steps,
         "steps_this_run": result.steps_run,
-        "tokens_per_s": result.steps_per_s * tokens_per_step,
+        "tokens_per_s": result.steps_per_s * tokens_per_step if result.steps_run > 1 else None,
         "train_tokens": steps * tokens_per_step,
         "wall_time_s": time.perf_counter() - t0,
         "num_params": cfg.num_params(),
@@ -230,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         return PREEMPTED_EXIT_CODE
     print(f"wrote {out}: held-out loss {metrics['heldout_loss']:.4f} nats/token "
           f"(unigram baseline {metrics['unigram_loss']:.4f}), {metrics['steps']} steps, "
-          f"{metrics['tokens_per_s']:.0f} tokens/s, {metrics['wall_time_s']:.0f} s",
+          f"{metrics['tokens_per_s'] or 0:.0f} tokens/s, {metrics['wall_time_s']:.0f} s",
           file=sys.stderr)
     return 0
 

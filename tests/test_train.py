@@ -1,0 +1,236 @@
+"""Training programs and checkpoints: base pretraining writes a loadable model, look-ahead training
+end to end (--json), exact resume after SIGTERM, interrupted saves, clear errors on bad input.
+
+Everything is tiny (configs/tiny.yaml, a random d=32 model, a dozen stdlib files as the corpus).
+Most runs call the programs' ``main`` in-process (one import and one compilation cache for the
+module); the CLI and the kill -9 checks run as subprocesses, since that is the real path.
+"""
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from pass_jax import checkpoint, hf, losses, tokenizer
+from pass_jax.config import ModelConfig
+from pass_jax.lookahead import load_lookahead
+from pass_jax.model import init_params
+from train import PREEMPTED_EXIT_CODE, base, lookahead, run_cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "configs", "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """`files:` spec of a dozen stdlib modules copied to a temporary directory."""
+    d = tmp_path_factory.mktemp("corpus")
+    stdlib = sysconfig.get_paths()["stdlib"]
+    sources = sorted(glob.glob(os.path.join(stdlib, "json", "*.py")))
+    sources += sorted(glob.glob(os.path.join(stdlib, "email", "*.py")))[:10]
+    for i, path in enumerate(sources):
+        shutil.copy(path, d / f"m{i}.py")
+    return f"files:{d}/*.py"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, corpus):
+    """A random tiny LLaMA-style model with a BPE tokenizer trained on the corpus, as a HF dir."""
+    d = tmp_path_factory.mktemp("model")
+    texts = [open(p).read() for p in sorted(glob.glob(corpus[len("files:"):]))]
+    tok = tokenizer.train_bpe(texts, 300, d / "tokenizer")
+    cfg = ModelConfig(vocab_size=len(tok), d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                      ffn_dim=64, max_position=128, bos_token_id=tok.bos_token_id,
+                      eos_token_ids=(tok.eos_token_id,), pad_token_id=tok.pad_token_id,
+                      unk_token_id=tok.unk_token_id)
+    hf.save_hf(cfg, init_params(cfg, jax.random.PRNGKey(0)), d / "model", tokenizer=tok)
+    return str(d / "model")
+
+
+def la_args(model, data, out, *extra):
+    return ["--model", model, "--data", data, "--num-lookahead", "2", "--out", str(out),
+            "--config", TINY, "--steps", "8", *extra]
+
+
+# ----------------------------------------------------------------------------- base model
+
+
+def test_base_training_writes_loadable_model(tmp_path, corpus, capsys):
+    out = tmp_path / "base"
+    argv = ["--config", TINY, "--out", str(out), f"data={corpus}", "train.steps=6"]
+    assert base.main(argv) == 0
+    cfg, params = hf.load_hf(out)
+    assert cfg.vocab_size == 300 and cfg.eos_token_ids == (2,)
+    assert len(hf.load_tokenizer(out)) == cfg.vocab_size
+    metrics = json.loads((out / base.METRICS_FILE).read_text())
+    assert metrics["steps"] == 6 and metrics["tokens_per_s"] > 0
+    assert np.isfinite(metrics["heldout_loss"]) and np.isfinite(metrics["unigram_loss"])
+    assert [h["step"] for h in metrics["heldout_history"]] == [4, 6]
+    assert sorted(os.listdir(tmp_path / "base.train" / "checkpoints")) == ["4", "6"]
+    capsys.readouterr()
+    assert base.main(argv) == 0  # cached: says so, does not retrain
+    assert "already a complete model directory" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- look-ahead CLI, SIGTERM, resume
+
+
+def test_lookahead_cli_json_then_sigterm_and_exact_resume(tiny_model, corpus, tmp_path,
+                                                          monkeypatch, capsys):
+    """The CLI (subprocess) trains N steps and prints its metrics as JSON; in-process, a run
+    that gets SIGTERM after step 3 saves a checkpoint and exits 143, and re-running it resumes
+    to N with LA params bit-identical to the straight run's."""
+    straight = tmp_path / "straight"
+    proc = subprocess.run(
+        [sys.executable, "-m", "train.lookahead",
+         *la_args(tiny_model, corpus, straight, "--json")],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads(proc.stdout)
+    for key in ("acceptance", "acceptance_unk"):
+        assert set(metrics[key]) == {"greedy", "sampled"}
+        assert all(len(v) == 2 and all(0 <= a <= 1 for a in v) for v in metrics[key].values())
+    assert metrics["steps"] == 8 and metrics["tokens_per_s"] > 0
+    assert np.isfinite(metrics["loss"])
+    assert os.path.isdir(metrics["checkpoint"]) and metrics["checkpoint"].endswith("/8")
+    cfg, params = hf.load_hf(tiny_model)
+    assert load_lookahead(str(straight), cfg, params).shape == (2, cfg.d_model)
+    unk = hf.load_tokenizer(tiny_model).unk_token_id
+    assert json.loads((straight / "lookahead.json").read_text())["init_token_id"] == unk
+    evals = [json.loads(line) for line in (straight / lookahead.EVAL_FILE).read_text().splitlines()]
+    assert [e["step"] for e in evals] == [0, 4, 8]
+    assert evals[0]["sampled"] == metrics["acceptance_unk"]["sampled"]
+
+    make_step = losses.make_la_train_step
+
+    def make_step_sending_sigterm(*args, **kwargs):
+        step, calls = make_step(*args, **kwargs), []
+
+        def step_then_signal(*a):
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return step(*a)
+        return step_then_signal
+
+    resumed = tmp_path / "resumed"
+    monkeypatch.setattr(losses, "make_la_train_step", make_step_sending_sigterm)
+    capsys.readouterr()
+    assert lookahead.main(la_args(tiny_model, corpus, resumed)) == PREEMPTED_EXIT_CODE
+    stopped = capsys.readouterr()
+    assert "signal 15 at step 3: checkpoint saved" in stopped.err and stopped.out == ""
+    assert sorted(os.listdir(resumed / "checkpoints")) == ["3"]
+    assert not (resumed / "lookahead.safetensors").exists()
+    monkeypatch.undo()
+
+    capsys.readouterr()
+    assert lookahead.main(la_args(tiny_model, corpus, resumed)) == 0
+    assert "resuming from step 3" in capsys.readouterr().err
+    straight_LxD = load_file(straight / "lookahead.safetensors")["lookahead"]
+    resumed_LxD = load_file(resumed / "lookahead.safetensors")["lookahead"]
+    assert straight_LxD.tobytes() == resumed_LxD.tobytes()
+    evals_resumed = (resumed / lookahead.EVAL_FILE).read_text()
+    assert evals_resumed == (straight / lookahead.EVAL_FILE).read_text()
+
+    capsys.readouterr()  # a finished run re-run with the same settings only reports
+    assert lookahead.main(la_args(tiny_model, corpus, resumed, "--json")) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 8
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_roundtrip_keeps_last_n(tmp_path):
+    state = {"w": jnp.arange(6.0).reshape(2, 3), "step": jnp.int32(0), "rng": jax.random.PRNGKey(1)}
+    mngr = checkpoint.manager(str(tmp_path), save_every=2, keep=2)
+    for step in range(1, 8):
+        state = {**state, "w": state["w"] + 1, "step": jnp.int32(step)}
+        checkpoint.save(mngr, step, state, data_state=f'{{"pos": {step}}}', meta={"step": step},
+                        force=step == 7)
+    assert mngr.all_steps() == [6, 7]
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = checkpoint.abstract_like(jax.eval_shape(lambda: state),
+                                      jax.tree.map(lambda _: sharding, state))
+    restored = checkpoint.restore(mngr, target, step=6)
+    assert restored.step == 6 and restored.data_state == '{"pos": 6}'
+    assert restored.meta == {"step": 6}
+    np.testing.assert_array_equal(restored.state["w"], np.arange(6.0).reshape(2, 3) + 6)
+    assert restored.state["w"].sharding == sharding
+    assert checkpoint.restore(mngr, state).step == 7
+    mngr.close()
+
+
+KILLED_SAVE = textwrap.dedent("""
+    import os, signal, sys
+    import jax.numpy as jnp
+    from orbax.checkpoint._src.path import atomicity
+    from pass_jax import checkpoint
+
+    mngr = checkpoint.manager(sys.argv[1], save_every=1)
+    for step in (1, 2):
+        checkpoint.save(mngr, step, {"w": jnp.full((64, 64), float(step))}, data_state="{}")
+    finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+    async def killed_before_rename(self):
+        if self.get_final().name.isdigit():  # the step directory: every item is written
+            os.kill(os.getpid(), signal.SIGKILL)
+        return await finalize(self)
+
+    atomicity.AtomicRenameTemporaryPath.finalize = killed_before_rename
+    checkpoint.save(mngr, 3, {"w": jnp.full((64, 64), 3.0)}, data_state="{}")
+    print("not killed")
+""")
+
+
+def test_killed_save_keeps_last_good_checkpoint(tmp_path):
+    """kill -9 at the worst moment of a save (all written, not yet renamed into place)."""
+    proc = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    leftovers = [p for p in os.listdir(tmp_path) if p.startswith("3.")]
+    assert leftovers, os.listdir(tmp_path)  # the unfinalized temporary directory
+    (tmp_path / "9.orbax-checkpoint-tmp-12345").mkdir()  # and a hand-made one
+    mngr = checkpoint.manager(str(tmp_path), save_every=1)
+    assert checkpoint.latest_step(mngr) == 2
+    restored = checkpoint.restore(mngr, {"w": jnp.zeros((64, 64))})
+    assert restored.step == 2 and float(restored.state["w"][0, 0]) == 2.0
+    assert sorted(os.listdir(tmp_path)) == ["1", "2"]  # temporary directories cleaned up
+    mngr.close()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--data": "bogus:spec"}, "unknown data spec"),
+    ({"--data": "files:{tmp}/nothing/*.txt"}, "empty corpus"),
+    ({"--seq-len": "1000"}, "larger than the model's maximum"),
+    ({"--model": "{tmp}"}, "no config.json"),
+    ({"--num-lookahead": "0"}, "--num-lookahead must be >= 1"),
+])
+def test_lookahead_bad_input_is_a_clear_error(tiny_model, corpus, tmp_path, capsys, change,
+                                              message):
+    argv = la_args(tiny_model, corpus, tmp_path / "out")
+    for flag, value in change.items():
+        if flag not in argv:
+            argv += [flag, ""]
+        argv[argv.index(flag) + 1] = value.format(tmp=tmp_path)
+    assert run_cli(lambda: lookahead.main(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err, err
+
+
+def test_base_bad_data_spec_is_a_clear_error(tmp_path, capsys):
+    argv = ["--config", TINY, "--out", str(tmp_path / "m"), "data=nope"]
+    assert run_cli(lambda: base.main(argv)) == 2
+    assert "unknown data spec 'nope'" in capsys.readouterr().err
