@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pass_jax import checkpoint, data, decode, hf, lookahead, losses
+from pass_jax import checkpoint, data, decode, hf, lookahead, losses, sharding
 from pass_jax.config import SamplerConfig, load_yaml
 from train import PREEMPTED_EXIT_CODE, require, run_cli, train_loop
 
@@ -78,6 +78,7 @@ def _parse(argv) -> argparse.Namespace:
     p.add_argument("--save-every", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+    sharding.add_mesh_arg(p)
     return p.parse_args(argv)
 
 
@@ -183,7 +184,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     spec = data.parse_spec(s["data"])
     L, B, N, M = s["num_lookahead"], s["batch_size"], s["seq_len"], s["groups"]
     resume_key = {k: s[k] for k in _RESUME_KEYS}
-    cfg, base_params = hf.load_hf(args.model, dtype=s["dtype"])
+    mesh = sharding.mesh_from_args(args) if args.mesh or args.coordinator else None
+    if mesh is None:
+        cfg, base_params = hf.load_hf(args.model, dtype=s["dtype"])
+    else:  # base params in their shards, LA state replicated, batch rows split
+        cfg, base_params = sharding.load_hf_sharded(args.model, mesh, dtype=s["dtype"])
     tok = hf.load_tokenizer(args.model)
     if tok is None:
         raise FileNotFoundError(f"{args.model} has no tokenizer files; the data pipeline needs "
@@ -217,9 +222,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     la_init_LxD = lookahead.init_lookahead(cfg, base_params, L, init_token, dtype=jnp.float32)
     optimizer = losses.paper_optimizer(s["lr"], s["steps"], s["warmup"],
                                        s.get("weight_decay", 0.0))
-    la_step = losses.make_la_train_step(cfg, optimizer, s["loss"], M)
-    state = {"la": losses.init_la_state(jnp.array(la_init_LxD), optimizer),  # a copy: donated
-             "rng": jax.random.PRNGKey(s["seed"])}
+    la_state = losses.init_la_state(jnp.array(la_init_LxD), optimizer)  # a copy: donated
+    rng = jax.random.PRNGKey(s["seed"])
+    if mesh is None:
+        la_step = losses.make_la_train_step(cfg, optimizer, s["loss"], M)
+        place_batch = lambda tokens_BxN: tokens_BxN
+    else:
+        la_step = sharding.make_la_train_step_sharded(cfg, optimizer, mesh, loss_kind=s["loss"],
+                                                      num_groups=M)
+        la_state = sharding.shard_la_state(la_state, mesh)
+        rng = jax.device_put(rng, sharding.replicated(mesh))
+        place_batch = lambda tokens_BxN: sharding.shard_batch(tokens_BxN, mesh)
+    state = {"la": la_state, "rng": rng}
     os.makedirs(args.out, exist_ok=True)
     mngr = checkpoint.manager(os.path.join(args.out, "checkpoints"),
                               save_every=s["save_every"], keep=s.get("keep", 2))
@@ -261,8 +275,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return {"loss": last["loss"]}
 
     def step_fn(state, batch):
-        la_state, metrics = la_step(state["la"], base_params, {"tokens": batch["tokens"]},
-                                    state["rng"])
+        la_state, metrics = la_step(state["la"], base_params,
+                                    {"tokens": place_batch(batch["tokens"])}, state["rng"])
         return {"la": la_state, "rng": state["rng"]}, metrics
 
     result = train_loop(
