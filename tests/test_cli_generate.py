@@ -6,6 +6,7 @@ import sys
 import jax
 import pytest
 
+import infer.generate as generate_cli
 from pass_jax.config import ModelConfig
 from pass_jax.hf import save_hf
 from pass_jax.lookahead import init_lookahead, model_fingerprint, save_lookahead
@@ -34,18 +35,30 @@ def model_dir(tmp_path_factory):
 
 
 def _run(*args):
+    """The real command line, in a subprocess."""
     return subprocess.run([sys.executable, "-m", "infer.generate", *map(str, args)],
                           capture_output=True, text=True, timeout=300)
 
 
-def test_methods_agree_greedy_and_json_has_stats(model_dir):
+def _main(*args) -> dict:
+    """The same program in-process (shares compilations): its JSON result."""
+    return generate_cli.main([str(a) for a in args])
+
+
+def _error(*args) -> str:
+    """The message the program exits with."""
+    with pytest.raises(SystemExit) as e:
+        _main(*args)
+    return str(e.value.code)
+
+
+def test_methods_agree_greedy_and_json_has_stats(model_dir, capsys):
     outs = {}
     for method, extra in [("ar", []), ("pass-fused", ["--lookahead", model_dir / "la"]),
                           ("unk", ["--num-lookahead", 2])]:
-        r = _run("--model", model_dir / "model", "--method", method, "--prompt", "def add(",
-                 "--max-new-tokens", 10, "--json", *extra)
-        assert r.returncode == 0, r.stderr
-        outs[method] = json.loads(r.stdout)
+        _main("--model", model_dir / "model", "--method", method, "--prompt", "def add(",
+              "--max-new-tokens", 10, "--json", *extra)
+        outs[method] = json.loads(capsys.readouterr().out)
         stats = outs[method]["stats"]
         assert {"forward_calls", "tokens_per_call", "acceptance_per_position",
                 "wall_time_s"} <= set(stats)
@@ -62,13 +75,12 @@ def test_streams_text_without_json(model_dir):
 
 
 def test_mesh_flag_gives_the_same_tokens(model_dir):
-    """8 simulated devices (tests/conftest.py sets XLA_FLAGS for subprocesses too)."""
+    """8 simulated devices (tests/conftest.py)."""
     common = ("--model", model_dir / "model", "--prompt", "class", "--max-new-tokens", 8,
               "--method", "pass-fused", "--lookahead", model_dir / "la", "--json")
-    plain = _run(*common)
-    meshed = _run(*common, "--mesh", "data=2,fsdp=2,tensor=2")
-    assert plain.returncode == 0 and meshed.returncode == 0, meshed.stderr
-    assert json.loads(plain.stdout)["token_ids"] == json.loads(meshed.stdout)["token_ids"]
+    plain = _main(*common)
+    meshed = _main(*common, "--mesh", "data=2,fsdp=2,tensor=2")
+    assert plain["token_ids"] == meshed["token_ids"]
 
 
 @pytest.mark.parametrize("args,message", [
@@ -81,10 +93,8 @@ def test_mesh_flag_gives_the_same_tokens(model_dir):
 ])
 def test_bad_flags_give_clear_errors(model_dir, args, message):
     args = [str(model_dir / "la_other") if a == "LA_OTHER" else a for a in args]
-    r = _run("--model", model_dir / "model", "--prompt", "x", *args)
-    assert r.returncode != 0 and message in r.stderr, r.stderr
+    assert message in _error("--model", model_dir / "model", "--prompt", "x", *args)
 
 
 def test_not_a_model_dir(tmp_path):
-    r = _run("--model", tmp_path, "--prompt", "x")
-    assert r.returncode != 0 and "config.json" in r.stderr
+    assert "config.json" in _error("--model", tmp_path, "--prompt", "x")
