@@ -61,6 +61,7 @@ HF_METHODS = ("hf-generate", "hf-prompt-lookup")
 LABELS = {"ar": "autoregressive", "unk": "[UNK] look-ahead", "pass": "PaSS",
           "pass-fused": "PaSS fused", "hf-generate": "transformers generate",
           "hf-prompt-lookup": "transformers prompt lookup"}
+COLORS = {"ar": "tab:gray", "unk": "tab:orange", "pass": "tab:blue", "pass-fused": "tab:green"}
 
 
 # --------------------------------------------------------------------------- flags
@@ -105,10 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop rows at EOS (default: always generate --max-new-tokens)")
     ap.add_argument("--hf-baselines", action=argparse.BooleanOptionalAction, default=True,
                     help="also time transformers generate / prompt lookup (needs torch)")
+    ap.add_argument("--hf-temperatures", type=_floats,
+                    help="temperatures at which to run the transformers baselines (default: all; "
+                         "they cost much more than ours on a CPU)")
+    ap.add_argument("--hf-repeats", type=int,
+                    help="timed repeats of the transformers baselines (default --repeats)")
     ap.add_argument("--prompt-lookup-tokens", type=int, default=10,
                     help="prompt_lookup_num_tokens of the transformers baseline")
     ap.add_argument("--title", default="", help="a line naming what is benchmarked")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--from-json", metavar="JSON",
+                    help="no benchmark: re-render the Markdown and plots of a results JSON "
+                         "into --out-dir")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     rm = ap.add_argument_group("AR performance report (issue 2)")
     rm.add_argument("--random-model", choices=("125m", "tiny"),
@@ -252,15 +261,26 @@ def make_prompts(tok, data: str, data_dir: str | None, num_prompts: int, prompt_
     return prompts, origin
 
 
-def parses(text: str) -> bool:
-    """Does ``text`` up to its last complete line parse as Python?"""
-    cut = text.rfind("\n")
-    code = text[:cut + 1] if cut >= 0 else text
+def _parses(code: str) -> bool:
     try:
         ast.parse(code)
         return True
     except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
         return False
+
+
+def parses(text: str) -> bool:
+    """Does ``text`` up to its last complete line parse as Python?"""
+    cut = text.rfind("\n")
+    return _parses(text[:cut + 1] if cut >= 0 else text)
+
+
+def parses_toplevel(text: str, start: int = 0) -> bool:
+    """Does ``text`` up to its last top-level line (one starting with a non-blank character,
+    after offset ``start``, e.g. the prompt's end) parse? This drops the unfinished last
+    statement or block, which generation at a fixed length almost always cuts."""
+    cuts = [m.start() for m in re.finditer(r"(?m)^(?=\S)", text) if m.start() > start]
+    return _parses(text[:cuts[-1]]) if cuts else parses(text)
 
 
 # --------------------------------------------------------------------------- runners
@@ -284,8 +304,9 @@ class Variant:
     key: str  # e.g. 'ar', 'pass@L4', 'hf-generate'
     method: str
     L: int | None
-    run: Callable[[list[list[int]], int, object, int], Run]  # (prompts, batch, sampler, seed)
+    run: Callable[..., Run]  # (prompts, batch, sampler, seed, max_new_tokens) -> Run
     batch_sizes: tuple[int, ...] | None = None  # None: all
+    temperatures: tuple[float, ...] | None = None  # None: all
     runs: dict = field(default_factory=dict)
 
 
@@ -386,9 +407,14 @@ def summarise(variant: Variant, runs: list[Run], ar_rows: dict | None, prompts, 
         row["greedy_identical_to_ar"] = all(same) and len(ar_tokens) == len(runs[0].tokens)
         row["greedy_mismatched_rows"] = int(sum(not s for s in same))
     if tok is not None:
-        ok = [parses(tok.decode(p + _cut_eos(c, eos_ids), skip_special_tokens=True))
-              for p, c in zip(prompts, runs[0].tokens)]
+        texts = [(tok.decode(p, skip_special_tokens=True),
+                  tok.decode(p + _cut_eos(c, eos_ids), skip_special_tokens=True))
+                 for p, c in zip(prompts, runs[0].tokens)]
+        ok = [parses(t) for _, t in texts]
+        top = [parses_toplevel(t, len(pt)) for pt, t in texts]
         row["ast_parse_share"] = sum(ok) / max(len(ok), 1)
+        row["ast_parse_share_toplevel"] = sum(top) / max(len(top), 1)
+        row["sample"] = texts[0][1] if texts else ""
     row["_tokens"] = runs[0].tokens
     return row
 
@@ -446,23 +472,31 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
             hf_model.eval()
             pad = cfg.pad_token_id if cfg.pad_token_id is not None else (
                 cfg.eos_token_ids[0] if cfg.eos_token_ids else 0)
+            hf_T = tuple(args.hf_temperatures) if args.hf_temperatures else None
             variants.append(Variant("hf-generate", "hf-generate", None,
-                                    hf_runner(hf_model, pad, 0, args.stop_at_eos)))
+                                    hf_runner(hf_model, pad, 0, args.stop_at_eos),
+                                    temperatures=hf_T))
             variants.append(Variant("hf-prompt-lookup", "hf-prompt-lookup", None,
                                     hf_runner(hf_model, pad, args.prompt_lookup_tokens,
-                                              args.stop_at_eos), batch_sizes=(1,)))
+                                              args.stop_at_eos), batch_sizes=(1,),
+                                    temperatures=hf_T))
         except ImportError as e:
             hf_note = f"transformers baselines skipped: {e}"
             print(hf_note, file=sys.stderr)
 
     cells = [(T, B) for B in args.batch_size for T in args.temperatures]
     rows: list[dict] = []
-    total = sum(len([v for v in variants if v.batch_sizes is None or B in v.batch_sizes])
-                for T, B in cells) * (1 + args.repeats)
+    def in_cell(v, T, B):
+        return ((v.batch_sizes is None or B in v.batch_sizes)
+                and (v.temperatures is None or T in v.temperatures))
+
+    hf_reps = args.repeats if args.hf_repeats is None else min(args.hf_repeats, args.repeats)
+    total = sum(1 + (hf_reps if v.method.startswith("hf") else args.repeats)
+                for T, B in cells for v in variants if in_cell(v, T, B))
     bar = tqdm(total=total, desc="bench", unit="run", disable=args.quiet, file=sys.stderr)
     for T, B in cells:
         sampler = SamplerConfig(T, args.top_k if T > 0 else 0, args.top_p if T > 0 else 1.0)
-        cell_vars = [v for v in variants if v.batch_sizes is None or B in v.batch_sizes]
+        cell_vars = [v for v in variants if in_cell(v, T, B)]
         n_calls = len(_chunks(prompts, B))
         runs: dict[str, list[Run]] = {v.key: [] for v in cell_vars}
         errors: dict[str, str] = {}
@@ -470,9 +504,13 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
             bar.set_description(f"T={T} B={B} warm-up {v.key}")
             warm = _chunks(prompts, B)
             warm = [warm[0]] + ([warm[-1]] if len(warm[-1]) != len(warm[0]) else [])
+            # ours: the full spec (max_new_tokens is static, so it must match); transformers
+            # compiles nothing, a short call warms its caches
+            n_warm = min(4, args.max_new_tokens) if v.method.startswith("hf") else \
+                args.max_new_tokens
             try:
                 for chunk in warm:
-                    v.run(chunk, B, sampler, args.seed, args.max_new_tokens)
+                    v.run(chunk, B, sampler, args.seed, n_warm)
             except Exception as e:  # a baseline that cannot run here is reported, not fatal
                 if not v.method.startswith("hf"):
                     raise
@@ -481,9 +519,11 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
                       file=sys.stderr)
             bar.update(1)
         active = [v for v in cell_vars if v.key not in errors]
+        hf_repeats = args.repeats if args.hf_repeats is None else max(1, args.hf_repeats)
         for r in range(args.repeats):
-            k = r % max(len(active), 1)
-            for v in active[k:] + active[:k]:  # interleaved, rotating order
+            now = [v for v in active if r < hf_repeats or not v.method.startswith("hf")]
+            k = r % max(len(now), 1)
+            for v in now[k:] + now[:k]:  # interleaved, rotating order
                 bar.set_description(f"T={T} B={B} repeat {r + 1} {v.key}")
                 runs[v.key].append(v.run(prompts, B, sampler, args.seed + 1000 * r,
                                          args.max_new_tokens))
@@ -496,7 +536,7 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
             if v.key in errors:
                 rows.append({"temperature": T, "batch_size": B, "method": v.method, "L": v.L,
                              "key": v.key, "error": errors[v.key]})
-                bar.update(args.repeats)
+                bar.update(hf_repeats if v.method.startswith("hf") else args.repeats)
                 continue
             row = summarise(v, runs[v.key], ar_row, prompts, tok, eos_for_cut, n_calls, T, B)
             rows.append(row)
@@ -526,6 +566,8 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
                      "repeats": args.repeats, "data": args.data, "seed": args.seed,
                      "stop_at_eos": args.stop_at_eos, "add_bos": args.add_bos,
                      "prompt_lookup_tokens": args.prompt_lookup_tokens,
+                     "hf_temperatures": args.hf_temperatures or args.temperatures,
+                     "hf_repeats": args.repeats if args.hf_repeats is None else args.hf_repeats,
                      "hf_baselines": bool(args.hf_baselines) and hf_note is None},
         "prompts": origin,
         "greedy_identical_to_ar": greedy,
@@ -568,8 +610,10 @@ def markdown(result: dict) -> str:
                f"{mc['n_layers']} layers, vocab {mc['vocab_size']}, {mc['dtype']}); "
                f"{s['num_prompts']} prompts of {s['prompt_tokens']} tokens from '{s['data']}' "
                f"held-out ({result['prompts']['documents']} documents), {N} new tokens, "
-               f"top-k {s['top_k']}, median of {s['repeats']} interleaved repeats after a warm-up."
-               "\n")
+               f"top-k {s['top_k']}, median of {s['repeats']} interleaved repeats after a warm-up"
+               + (f" (transformers baselines: {s['hf_repeats']} repeat(s) at "
+                  + ", ".join(_tname(T) for T in s["hf_temperatures"]) + ")"
+                  if s.get("hf_baselines") and "hf_repeats" in s else "") + ".\n")
     for B in Bs:
         out.append(f"\n### Seconds per generate call ({N} new tokens x {B} row{'s' * (B > 1)}), "
                    f"speedup vs autoregressive (L={L0})\n")
@@ -600,7 +644,7 @@ def markdown(result: dict) -> str:
                 out.append(f"| {LABELS[m]} | {L} | " + " | ".join(cells) + " |")
     out.append("\n### Details: tokens/s, tokens per forward call, acceptance per LA position\n")
     out.append("| batch | method | L | temperature | tokens/s | tokens/call | acceptance per "
-               "position | ast parses | greedy == AR |")
+               "position | ast parses (to last line / to last top-level line) | greedy == AR |")
     out.append("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
@@ -614,7 +658,9 @@ def markdown(result: dict) -> str:
             f"{_tname(r['temperature'])} | {r['tokens_per_s']:.1f} | "
             + (f"{r['tokens_per_call']:.2f}" if "tokens_per_call" in r else "-") + " | "
             + (", ".join(f"{a:.2f}" for a in acc) if acc else "-") + " | "
-            + (f"{r['ast_parse_share']:.0%}" if "ast_parse_share" in r else "-") + " | "
+            + (f"{r['ast_parse_share']:.0%}" if "ast_parse_share" in r else "-")
+            + (f" / {r['ast_parse_share_toplevel']:.0%}" if "ast_parse_share_toplevel" in r
+               else "") + " | "
             + ("-" if g is None else ("yes" if g else f"NO ({r['greedy_mismatched_rows']} rows)"))
             + " |")
     g = result["greedy_identical_to_ar"]
@@ -641,15 +687,13 @@ def plots(result: dict, out_dir: str) -> list[str]:
     paths = []
     fig, axes = plt.subplots(1, len(Bs), figsize=(5 * len(Bs), 4), squeeze=False)
     for ax, B in zip(axes[0], Bs):
-        for m in s["methods"] + list(HF_METHODS):
-            pts = [(T, _row(rows, T, B, m, None if m == "ar" or m.startswith("hf") else L0))
-                   for T in Ts]
+        for m in s["methods"]:  # (transformers' baselines are in the tables: ~0.01-0.1x here)
+            pts = [(T, _row(rows, T, B, m, None if m == "ar" else L0)) for T in Ts]
             pts = [(T, r["speedup_vs_ar"]) for T, r in pts if r is not None]
             if pts:
-                ax.plot(*zip(*sorted(pts)), marker="o", ls="--" if m.startswith("hf") else "-",
-                        label=LABELS[m] + (f" L={L0}" if m in ("unk", "pass", "pass-fused")
-                                           else ""))
-        ax.axhline(1.0, color="gray", lw=0.8)
+                ax.plot(*zip(*sorted(pts)), marker="o", color=COLORS[m],
+                        ls=":" if m == "ar" else "-",
+                        label=LABELS[m] + (f" L={L0}" if m != "ar" else ""))
         ax.set_xlabel("temperature (0 = greedy)")
         ax.set_ylabel("speedup vs autoregressive (wall time)")
         ax.set_title(f"batch {B}")
@@ -671,7 +715,7 @@ def plots(result: dict, out_dir: str) -> list[str]:
             pts = [(L, _row(rows, T, B, m, L)) for L in Ls]
             pts = [(L, r["s_per_call"]) for L, r in pts if r is not None]
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=LABELS[m])
+                ax.plot(*zip(*pts), marker="o", color=COLORS[m], label=LABELS[m])
         ax.set_xlabel("L (look-ahead tokens)")
         ax.set_title(_tname(T))
         ax.set_xticks(Ls)
@@ -792,6 +836,8 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
             os.makedirs(os.path.dirname(args.json), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
+        with open(os.path.splitext(args.json)[0] + ".md", "w") as f:
+            f.write(text)
     if out_stream is not None:
         out_stream.write(text)
     return results
@@ -801,8 +847,14 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     if args.random_model:
         return random_model_report(args)
+    if args.from_json:
+        with open(args.from_json) as f:
+            result = json.load(f)
+        args.json = args.json or os.path.join(args.out_dir, "bench.json")
+        write_outputs(result, args)
+        return result
     if not args.model:
-        raise SystemExit("--model DIR is required (or --random-model)")
+        raise SystemExit("--model DIR is required (or --random-model / --from-json)")
     try:
         return run_benchmark(args)
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:

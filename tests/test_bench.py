@@ -1,0 +1,123 @@
+"""Benchmark and demo: the quick demo end to end, and the benchmark's helpers."""
+import json
+import os
+
+import jax
+import pytest
+
+from infer import bench, demo
+
+
+def test_quick_demo_end_to_end(tmp_path):
+    """corpus -> tokenizer -> base model -> LA (L=4) -> benchmark, in a fresh artifacts dir;
+    then a second run reuses every artifact and goes straight to the benchmark."""
+    art = tmp_path / "artifacts"
+    out = tmp_path / "results"
+    result = demo.main(["--quick", "--artifacts", str(art), "--out-dir", str(out)])
+
+    s = result["settings"]
+    assert s["L"] == [4] and s["main_L"] == 4
+    rows = [r for r in result["cells"] if "error" not in r]
+    cells = {(r["temperature"], r["batch_size"], r["method"], r["L"]) for r in rows}
+    for T in s["temperatures"]:
+        for B in s["batch_sizes"]:
+            assert (T, B, "ar", None) in cells
+            for m in ("unk", "pass", "pass-fused"):
+                assert (T, B, m, 4) in cells, (T, B, m)
+    for r in rows:
+        assert r["median_s"] > 0 and r["tokens_per_s"] > 0 and len(r["wall_s"]) == s["repeats"]
+        if r["method"] in ("pass", "pass-fused", "unk"):
+            assert len(r["acceptance_per_position"]) == 4
+            assert r["tokens_per_call"] >= 1.0
+        if r["temperature"] == 0 and r["method"] in ("unk", "pass", "pass-fused"):
+            assert r["greedy_identical_to_ar"] is True, r
+        assert 0.0 <= r["ast_parse_share"] <= 1.0 and 0.0 <= r["ast_parse_share_toplevel"] <= 1.0
+    assert set(result["greedy_identical_to_ar"]) == {"unk@L4", "pass@L4", "pass-fused@L4"}
+    assert all(result["greedy_identical_to_ar"].values())
+
+    with open(out / "bench.json") as f:
+        on_disk = json.load(f)
+    assert len(on_disk["cells"]) == len(result["cells"])
+    assert on_disk["machine"]["cpu"] and on_disk["machine"]["jax_device_kind"]
+    md = (out / "bench.md").read_text()
+    assert md.startswith("**infer.demo --quick") and "Machine:" in md
+    assert "| PaSS fused (L=4) |" in md and "| autoregressive |" in md
+    for png in ("speedup_vs_temperature.png", "time_vs_L.png"):
+        assert (out / png).stat().st_size > 1000
+
+    # cached: the second run trains nothing (the base model and LA export are untouched)
+    base = art / "demo-quick" / "base" / "model.safetensors"
+    la = art / "demo-quick" / "lookahead" / "L4" / "lookahead.safetensors"
+    stamps = (base.stat().st_mtime_ns, la.stat().st_mtime_ns)
+    demo.main(["--quick", "--artifacts", str(art), "--out-dir", str(tmp_path / "again"),
+               "--temperatures", "0", "--batch-size", "1", "--repeats", "1",
+               "--no-hf-baselines"])
+    assert (base.stat().st_mtime_ns, la.stat().st_mtime_ns) == stamps
+    assert (tmp_path / "again" / "bench.json").exists()
+
+
+def _corpus(tmp_path, n=40):
+    """A few small Python files; the path hash puts a couple of them in the held-out split."""
+    d = tmp_path / "corpus"
+    d.mkdir()
+    for i in range(n):
+        (d / f"mod{i}.py").write_text(
+            f'"""Module {i}."""\nimport os\n\n\ndef f{i}(x):\n    return x + {i}\n\n\n'
+            f"class C{i}:\n    def m(self):\n        return f{i}(1)\n\n\nVALUE = {i}\n")
+    return d
+
+
+def test_make_prompts_more_than_documents(tmp_path):
+    from pass_jax import data, tokenizer
+
+    d = _corpus(tmp_path)
+    spec = f"files:{d}/*.py"
+    texts = data.text_source(spec, "train")
+    tok = tokenizer.train_bpe((texts[i] for i in range(len(texts))), 300, tmp_path / "tok")
+    n_docs = len(data.text_source(spec, "heldout"))
+    prompts, origin = bench.make_prompts(tok, spec, None, n_docs + 3, 8, seed=0)
+    assert len(prompts) == n_docs + 3
+    assert all(len(p) == 8 for p in prompts)
+    assert len({tuple(p) for p in prompts}) == len(prompts)
+    assert origin["from_document_start"] == n_docs and origin["from_top_level_lines"] == 3
+    for p in prompts[n_docs:]:  # extra prompts start at a top-level line
+        assert not tok.decode(p)[0].isspace()
+
+
+def test_parses_drops_the_incomplete_last_line():
+    assert bench.parses("x = 1\ny = (2 +")
+    assert bench.parses("def f():\n    return 1\n")
+    assert not bench.parses("def f(:\n    pass\n")
+    text = "import os\n\ndef f(x):\n    return x\n\nclass A:\n    def g(self):\n        if x"
+    assert not bench.parses(text) and bench.parses_toplevel(text)
+    assert not bench.parses_toplevel(text, start=len(text) - 3)  # no top-level line after it
+
+
+def test_find_lookaheads_directory_of_exports(tmp_path):
+    from pass_jax.config import ModelConfig
+    from pass_jax.lookahead import init_lookahead, model_fingerprint, save_lookahead
+    from pass_jax.model import init_params
+
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=64)
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    for L in (2, 4):
+        save_lookahead(str(tmp_path / "la" / f"L{L}"), init_lookahead(cfg, params, L), cfg,
+                       model_fingerprint(cfg, params))
+    las = bench.load_lookaheads(str(tmp_path / "la"), cfg, params)
+    assert list(las) == [2, 4]
+    one = bench.load_lookaheads(str(tmp_path / "la" / "L4"), cfg, params)
+    assert list(one) == [4]
+    both = bench.load_lookaheads(f"{tmp_path / 'la' / 'L2'},{tmp_path / 'la' / 'L4'}", cfg,
+                                 params)
+    assert list(both) == [2, 4]
+    with pytest.raises(ValueError, match="two look-ahead exports with L=2"):
+        bench.load_lookaheads(f"{tmp_path / 'la' / 'L2'},{tmp_path / 'la' / 'L2'}", cfg, params)
+    with pytest.raises(FileNotFoundError):
+        bench.load_lookaheads(str(tmp_path / "missing"), cfg, params)
+
+
+def test_machine_line_names_the_machine():
+    info = bench.machine_info()
+    line = bench.machine_line(info)
+    assert info["cpu"] in line and "cores" in line and info["jax_device_kind"] in line
+    assert "jax " in line and "transformers " in line
