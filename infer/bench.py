@@ -56,6 +56,8 @@ from typing import Callable
 
 import numpy as np
 
+from pass_jax.sharding import add_mesh_arg, load_hf_sharded, mesh_from_args
+
 OUR_METHODS = ("ar", "unk", "pass", "pass-fused")
 HF_METHODS = ("hf-generate", "hf-prompt-lookup")
 LABELS = {"ar": "autoregressive", "unk": "[UNK] look-ahead", "pass": "PaSS",
@@ -126,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cache sizes for the per-step time of --random-model")
     rm.add_argument("--rm-batch-size", type=_ints, default=[1, 8],
                     help="batch sizes of --random-model")
+    add_mesh_arg(ap)
     return ap
 
 
@@ -314,15 +317,17 @@ def _chunks(prompts, B):
     return [prompts[i:i + B] for i in range(0, len(prompts), B)]
 
 
-def ours_runner(cfg, params, method: str, la, eos_ids):
-    """A runner of our ``generate`` (``method`` 'ar', 'pass' or 'pass-fused')."""
+def ours_runner(cfg, params, method: str, la, eos_ids, mesh=None):
+    """A runner of our ``generate`` (``method`` 'ar', 'pass' or 'pass-fused'), on ``mesh``
+    when one is given."""
     from pass_jax.decode import generate
 
     def run(prompts, B, sampler, seed, max_new_tokens):
         out = Run(tokens=[], wall=0.0, accepted=None)
         for i, chunk in enumerate(_chunks(prompts, B)):
             res = generate(cfg, params, chunk, max_new_tokens=max_new_tokens, method=method,
-                           la_LxD=la, sampler=sampler, eos_ids=eos_ids, seed=seed + i)
+                           la_LxD=la, sampler=sampler, eos_ids=eos_ids, seed=seed + i,
+                           mesh=mesh)
             out.tokens += res.tokens
             out.wall += res.wall_time
             out.calls += sum(res.calls)
@@ -434,7 +439,11 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
             raise SystemExit(f"unknown method {m!r}; expected some of {','.join(OUR_METHODS)}")
     if "ar" not in methods:
         methods.insert(0, "ar")  # speedups are relative to it
-    cfg, params = load_hf(args.model, dtype=args.dtype)
+    mesh = mesh_from_args(args) if args.mesh or args.coordinator else None
+    if mesh is None:
+        cfg, params = load_hf(args.model, dtype=args.dtype)
+    else:
+        cfg, params = load_hf_sharded(args.model, mesh, dtype=args.dtype)
     tok = load_tokenizer(args.model)
     if tok is None:
         raise SystemExit(f"{args.model} has no tokenizer files: prompts need a tokenizer")
@@ -455,12 +464,12 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
     for m in methods:
         if m == "ar":
             variants.append(Variant("ar", "ar", None, ours_runner(cfg, params, "ar", None,
-                                                                  eos_ids)))
+                                                                  eos_ids, mesh)))
             continue
         for L in Ls:
             la = init_lookahead(cfg, params, L) if m == "unk" else las[L][1]
             variants.append(Variant(f"{m}@L{L}", m, L, ours_runner(
-                cfg, params, "pass" if m == "unk" else m, la, eos_ids)))
+                cfg, params, "pass" if m == "unk" else m, la, eos_ids, mesh)))
     hf_note = None
     if args.hf_baselines:
         try:
