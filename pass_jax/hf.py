@@ -183,6 +183,8 @@ def to_hf_config(cfg: ModelConfig):
     common = dict(vocab_size=cfg.vocab_size, tie_word_embeddings=cfg.tie_embeddings,
                   bos_token_id=cfg.bos_token_id, eos_token_id=eos[0] if len(eos) == 1 else
                   (eos or None), pad_token_id=cfg.pad_token_id, dtype=cfg.param_dtype)
+    if cfg.unk_token_id is not None:  # not a standard field: kept as an extra config.json key
+        common["unk_token_id"] = cfg.unk_token_id
     if mt == "gpt2":
         if cfg.hd * cfg.n_heads != cfg.d_model or cfg.n_kv_heads != cfg.n_heads:
             raise ValueError("gpt2 needs head_dim * n_heads == d_model and n_kv_heads == n_heads")

@@ -345,3 +345,14 @@ def test_greedy_generate_matches_transformers(hf_model, name):
     assert len(expected[0]) < 12
     ours = generate(cfg, params, prompts, max_new_tokens=12, eos_ids=(eos,))
     assert ours.tokens == expected
+
+
+def test_special_token_ids_round_trip(tmp_path):
+    """unk (used to initialise look-ahead embeddings) survives save_hf -> load_hf."""
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2,
+                      ffn_dim=64, unk_token_id=0, bos_token_id=1, eos_token_ids=(2, 5),
+                      pad_token_id=3)
+    hf.save_hf(cfg, init_params(cfg, jax.random.PRNGKey(0)), tmp_path / "m")
+    loaded, _ = hf.load_hf(tmp_path / "m")
+    assert (loaded.unk_token_id, loaded.bos_token_id, loaded.eos_token_ids,
+            loaded.pad_token_id) == (0, 1, (2, 5), 3)
