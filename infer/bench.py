@@ -56,7 +56,7 @@ from typing import Callable
 
 import numpy as np
 
-from pass_jax.sharding import add_mesh_arg, load_hf_sharded, mesh_from_args
+from pass_jax.sharding import add_mesh_arg, load_model_for_args
 
 OUR_METHODS = ("ar", "unk", "pass", "pass-fused")
 HF_METHODS = ("hf-generate", "hf-prompt-lookup")
@@ -429,7 +429,7 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
     from tqdm.auto import tqdm
 
     from pass_jax.config import SamplerConfig
-    from pass_jax.hf import load_hf, load_tokenizer
+    from pass_jax.hf import load_tokenizer
     from pass_jax.lookahead import init_lookahead
 
     info = machine_info()
@@ -439,11 +439,7 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
             raise SystemExit(f"unknown method {m!r}; expected some of {','.join(OUR_METHODS)}")
     if "ar" not in methods:
         methods.insert(0, "ar")  # speedups are relative to it
-    mesh = mesh_from_args(args) if args.mesh or args.coordinator else None
-    if mesh is None:
-        cfg, params = load_hf(args.model, dtype=args.dtype)
-    else:
-        cfg, params = load_hf_sharded(args.model, mesh, dtype=args.dtype)
+    mesh, cfg, params = load_model_for_args(args, args.model, args.dtype)
     tok = load_tokenizer(args.model)
     if tok is None:
         raise SystemExit(f"{args.model} has no tokenizer files: prompts need a tokenizer")

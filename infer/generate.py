@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from pass_jax.sharding import add_mesh_arg, load_hf_sharded, mesh_from_args
+from pass_jax.sharding import add_mesh_arg, load_model_for_args
 
 METHODS = ("ar", "pass", "pass-fused", "unk")
 
@@ -65,15 +65,11 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     from pass_jax.config import SamplerConfig
     from pass_jax.decode import generate
-    from pass_jax.hf import load_hf, load_tokenizer
+    from pass_jax.hf import load_tokenizer
 
     try:
         sampler = SamplerConfig(args.temperature, args.top_k, args.top_p)
-        mesh = mesh_from_args(args) if args.mesh or args.coordinator else None
-        if mesh is None:
-            cfg, params = load_hf(args.model, dtype=args.dtype)
-        else:
-            cfg, params = load_hf_sharded(args.model, mesh, dtype=args.dtype)
+        mesh, cfg, params = load_model_for_args(args, args.model, args.dtype)
         tok = load_tokenizer(args.model)
         if tok is None:
             raise ValueError(f"{args.model} has no tokenizer files; --prompt needs a tokenizer")

@@ -34,8 +34,7 @@ import logging
 import math
 import os
 import re
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -140,6 +139,18 @@ def mesh_from_args(args: argparse.Namespace) -> Mesh:
                                  getattr(args, "num_processes", None),
                                  getattr(args, "process_id", None))
     return make_mesh(getattr(args, "mesh", None))
+
+
+def load_model_for_args(args: argparse.Namespace, model_dir, dtype: str = "float32"):
+    """``(mesh, cfg, params)`` for a program: with ``--mesh`` (or multi-host flags) the weights
+    go straight into their shards on that mesh; otherwise ``mesh`` is None and ``hf.load_hf``
+    loads them on the default device."""
+    from . import hf
+
+    mesh = mesh_from_args(args) if args.mesh or args.coordinator else None
+    if mesh is None:
+        return None, *hf.load_hf(model_dir, dtype=dtype)
+    return mesh, *load_hf_sharded(model_dir, mesh, dtype=dtype)
 
 
 def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
@@ -681,7 +692,7 @@ __all__ = [
     "cache_specs",
     "choose_mesh",
     "fit_spec",
-    "place_decode_inputs", "sharded_generate_fn", "to_host",
+    "place_decode_inputs", "sharded_generate_fn", "to_host", "load_model_for_args",
     "init_cache_sharded",
     "init_params_sharded",
     "load_hf_sharded",

@@ -1,6 +1,5 @@
 """Benchmark and demo: the quick demo end to end, and the benchmark's helpers."""
 import json
-import os
 
 import jax
 import pytest

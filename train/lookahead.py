@@ -184,11 +184,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     spec = data.parse_spec(s["data"])
     L, B, N, M = s["num_lookahead"], s["batch_size"], s["seq_len"], s["groups"]
     resume_key = {k: s[k] for k in _RESUME_KEYS}
-    mesh = sharding.mesh_from_args(args) if args.mesh or args.coordinator else None
-    if mesh is None:
-        cfg, base_params = hf.load_hf(args.model, dtype=s["dtype"])
-    else:  # base params in their shards, LA state replicated, batch rows split
-        cfg, base_params = sharding.load_hf_sharded(args.model, mesh, dtype=s["dtype"])
+    # on --mesh: base params in their shards, LA state replicated, batch rows split
+    mesh, cfg, base_params = sharding.load_model_for_args(args, args.model, s["dtype"])
     tok = hf.load_tokenizer(args.model)
     if tok is None:
         raise FileNotFoundError(f"{args.model} has no tokenizer files; the data pipeline needs "
