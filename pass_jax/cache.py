@@ -28,10 +28,6 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[3]
 
-    @property
-    def batch(self) -> int:
-        return self.k.shape[1]
-
     def advance(self, n_B: jax.Array) -> "KVCache":
         """Commit ``n_B[b]`` more of the tokens written by the last call, per row."""
         return self.replace(lengths=self.lengths + n_B.astype(jnp.int32))

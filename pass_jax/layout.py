@@ -144,10 +144,6 @@ class Schedule:
     bootstrap: tuple[Layout, ...]
     step: tuple[Layout, ...]
 
-    @property
-    def max_T(self) -> int:
-        return max(lay.T for lay in self.bootstrap + self.step)
-
 
 METHODS = ("ar", "pass", "pass-fused")
 

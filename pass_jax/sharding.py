@@ -43,7 +43,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .cache import KVCache
+from .cache import KVCache, cache_bytes_per_token
 from .config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -560,7 +560,7 @@ def memory_plan(cfg: ModelConfig, mesh_shape, batch: int, max_len: int, dtype="b
         split = math.prod(math.prod(ms[a] for a in _axes_tuple(ax)) for ax in spec)
         params_total += n
         params_dev += n // split
-    kv_token = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.hd * isz
+    kv_token = cache_bytes_per_token(cfg, dtype)
     cspec = cache_specs(cfg, ms, batch).k
     kv_split = math.prod(math.prod(ms[a] for a in _axes_tuple(ax)) for ax in cspec)
     kv_dev = kv_token * batch * max_len // kv_split
