@@ -399,6 +399,8 @@ def summarise(variant: Variant, runs: list[Run], ar_rows: dict | None, prompts, 
         calls = sum(r.calls for r in runs)
         row["forward_calls"] = calls // len(runs)
         row["tokens_per_call"] = sum(new_tokens) / max(calls, 1)
+        # one loop call serves all B rows: wall time per call ~ median * B / calls (exact at B=1)
+        row["ms_per_forward_call"] = 1e3 * med * B * len(runs) / max(calls, 1)
         if variant.L:
             vc = max(sum(r.verify_calls for r in runs), 1)
             acc = sum(r.accepted for r in runs)
@@ -406,6 +408,8 @@ def summarise(variant: Variant, runs: list[Run], ar_rows: dict | None, prompts, 
             row["mean_accepted_per_verify"] = round(float(acc.sum()) / vc, 4)
     if ar_rows is not None:
         row["speedup_vs_ar"] = ar_rows["median_s"] / med
+        if "ms_per_forward_call" in row:  # speedup ~= tokens_per_call / call_cost_vs_ar
+            row["call_cost_vs_ar"] = row["ms_per_forward_call"] / ar_rows["ms_per_forward_call"]
     if T == 0 and ar_rows is not None and variant.method != "ar":
         ar_tokens = ar_rows["_tokens"]
         same = [a == b for a, b in zip(ar_tokens, runs[0].tokens)]
@@ -535,7 +539,7 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
                 bar.update(1)
         ar_row = summarise(variants[0], runs["ar"], None, prompts, tok, eos_for_cut, n_calls,
                            T, B)
-        ar_row["speedup_vs_ar"] = 1.0
+        ar_row["speedup_vs_ar"] = ar_row["call_cost_vs_ar"] = 1.0
         rows.append(ar_row)
         for v in cell_vars[1:]:
             if v.key in errors:
@@ -647,14 +651,18 @@ def markdown(result: dict) -> str:
                     cells.append("-" if r is None else
                                  f"{r['s_per_call']:.3f} ({r['speedup_vs_ar']:.2f}x)")
                 out.append(f"| {LABELS[m]} | {L} | " + " | ".join(cells) + " |")
-    out.append("\n### Details: tokens/s, tokens per forward call, acceptance per LA position\n")
-    out.append("| batch | method | L | temperature | tokens/s | tokens/call | acceptance per "
-               "position | ast parses (to last line / to last top-level line) | greedy == AR |")
-    out.append("|---|---|---|---|---|---|---|---|---|")
+    out.append("\n### Details: tokens/s, tokens per forward call, cost of a call, acceptance\n")
+    out.append("Speedup = tokens per call / call cost vs autoregressive: the first is draft "
+               "quality, the second what a call of the layout's tokens costs on this machine "
+               "(ms per call = wall time x batch / forward calls, prefill included).\n")
+    out.append("| batch | method | L | temperature | tokens/s | tokens/call | ms/call (vs AR) | "
+               "acceptance per position | ast parses (to last line / to last top-level line) | "
+               "greedy == AR |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
             out.append(f"| {r['batch_size']} | {LABELS[r['method']]} | - | {_tname(r['temperature'])}"
-                       f" | error: {r['error'][:80]} | | | | |")
+                       f" | error: {r['error'][:80]} | | | | | |")
             continue
         acc = r.get("acceptance_per_position")
         g = r.get("greedy_identical_to_ar")
@@ -662,6 +670,8 @@ def markdown(result: dict) -> str:
             f"| {r['batch_size']} | {LABELS[r['method']]} | {r['L'] or '-'} | "
             f"{_tname(r['temperature'])} | {r['tokens_per_s']:.1f} | "
             + (f"{r['tokens_per_call']:.2f}" if "tokens_per_call" in r else "-") + " | "
+            + (f"{r['ms_per_forward_call']:.2f} ({r['call_cost_vs_ar']:.2f}x)"
+               if "call_cost_vs_ar" in r else "-") + " | "
             + (", ".join(f"{a:.2f}" for a in acc) if acc else "-") + " | "
             + (f"{r['ast_parse_share']:.0%}" if "ast_parse_share" in r else "-")
             + (f" / {r['ast_parse_share_toplevel']:.0%}" if "ast_parse_share_toplevel" in r

@@ -27,7 +27,7 @@ from .cache import KVCache, init_cache
 from .config import ModelConfig, SamplerConfig
 from .layout import Layout, Schedule, make_schedule
 from .model import embed_tokens, forward, logits_from_hidden
-from .sampling import sample_logits, sample_probs, speculative_accept, warp_probs
+from .sampling import sample_logits, sample_probs, speculative_accept, support_size, warp_probs
 
 PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
@@ -99,8 +99,10 @@ def layout_call(spec: DecodeSpec, layout: Layout, params, la_LxD, state: DecodeS
 
     # Verify: outputs at the root and d_1..d_D give p_1..p_{D+1}.
     p_BxD1xV = warp_probs(logits_from_hidden(cfg, params, h_BxTxD[:, :D + 1]), sampler)
+    support = support_size(sampler, cfg.vocab_size)
     n_acc_B, next_B, accepted_BxD = speculative_accept(
-        rng_acc, p_BxD1xV, state.q_BxLxV[:, :D], state.drafts_BxL[:, :D], sampler.greedy)
+        rng_acc, p_BxD1xV, state.q_BxLxV[:, :D], state.drafts_BxL[:, :D], sampler.greedy,
+        support)
 
     # Commit root + accepted drafts; emit accepted drafts then the correction/bonus token.
     cache = cache.advance(jnp.where(active_B, n_acc_B + 1, 0))
@@ -113,7 +115,7 @@ def layout_call(spec: DecodeSpec, layout: Layout, params, la_LxD, state: DecodeS
         nodes_BxL = jnp.asarray(layout.groups)[n_acc_B]
         h_BxLxD = jnp.take_along_axis(h_BxTxD, nodes_BxL[..., None], axis=1)
         q_BxLxV = warp_probs(logits_from_hidden(cfg, params, h_BxLxD), sampler)
-        drafts_BxL = sample_probs(rng_draft, q_BxLxV, sampler.greedy)
+        drafts_BxL = sample_probs(rng_draft, q_BxLxV, sampler.greedy, support)
 
     keep = lambda new, old: jnp.where(active_B.reshape((B,) + (1,) * (new.ndim - 1)), new, old)
     acc_BxL = state.accepted_BxL

@@ -28,6 +28,13 @@ def test_quick_demo_end_to_end(tmp_path):
         if r["method"] in ("pass", "pass-fused", "unk"):
             assert len(r["acceptance_per_position"]) == 4
             assert r["tokens_per_call"] >= 1.0
+        if r["method"] in ("ar", "pass", "pass-fused", "unk"):
+            # the decomposition the table prints: speedup = tokens per call / call cost vs AR
+            ar = next(a for a in rows if a["method"] == "ar" and a["temperature"] ==
+                      r["temperature"] and a["batch_size"] == r["batch_size"])
+            assert r["ms_per_forward_call"] > 0
+            assert r["tokens_per_call"] / r["call_cost_vs_ar"] * ar["new_tokens"] / \
+                r["new_tokens"] == pytest.approx(r["speedup_vs_ar"] * ar["tokens_per_call"])
         if r["temperature"] == 0 and r["method"] in ("unk", "pass", "pass-fused"):
             assert r["greedy_identical_to_ar"] is True, r
         assert 0.0 <= r["ast_parse_share"] <= 1.0 and 0.0 <= r["ast_parse_share_toplevel"] <= 1.0
@@ -55,6 +62,22 @@ def test_quick_demo_end_to_end(tmp_path):
     assert (tmp_path / "again" / "bench.json").exists()
     # the benchmark on a device mesh (8 simulated devices): still lossless
     assert again["greedy_identical_to_ar"] and all(again["greedy_identical_to_ar"].values())
+
+    # --ablation: trains L = 2, 6, 8 next to the cached L = 4 and benchmarks all four
+    abl = demo.main(["--quick", "--ablation", "--artifacts", str(art), "--out-dir",
+                     str(tmp_path / "ablation"), "--temperatures", "0", "--batch-size", "1",
+                     "--repeats", "1", "--no-hf-baselines"])
+    assert la.stat().st_mtime_ns == stamps[1]
+    assert abl["settings"]["L"] == [2, 4, 6, 8]
+    keys = {f"{m}@L{L}" for m in ("unk", "pass", "pass-fused") for L in (2, 4, 6, 8)}
+    assert set(abl["greedy_identical_to_ar"]) == keys
+    assert all(abl["greedy_identical_to_ar"].values())
+    for L in (2, 6, 8):
+        row = next(r for r in abl["cells"] if r["method"] == "pass" and r["L"] == L)
+        assert len(row["acceptance_per_position"]) == L
+    md = (tmp_path / "ablation" / "bench.md").read_text()
+    assert "### L ablation" in md and "| PaSS fused | 8 |" in md
+    assert (tmp_path / "ablation" / "time_vs_L.png").stat().st_size > 1000
 
 
 def _corpus(tmp_path, n=40):

@@ -70,9 +70,9 @@ SAMPLERS = [SamplerConfig(temperature=1.0), SamplerConfig(temperature=0.7, top_k
             SamplerConfig(temperature=1.2, top_p=0.8)]
 
 
-@pytest.mark.parametrize("method,sampler", [("ar", SAMPLERS[0])] + [
+@pytest.mark.parametrize("method,sampler", [("ar", SAMPLERS[0]), ("ar", SAMPLERS[1])] + [
     (m, s) for m in ("pass", "pass-fused") for s in SAMPLERS],
-    ids=["ar-t1", "pass-t1", "pass-t.7k4", "pass-t1.2p.8", "fused-t1", "fused-t.7k4",
+    ids=["ar-t1", "ar-t.7k4", "pass-t1", "pass-t.7k4", "pass-t1.2p.8", "fused-t1", "fused-t.7k4",
          "fused-t1.2p.8"])
 def test_samples_match_base_distribution(method, sampler):
     """Autoregressive sampling (a check of the test itself), then PaSS and fused PaSS."""
@@ -89,8 +89,8 @@ def test_broken_acceptance_rule_is_detected(monkeypatch):
     probs = _exact_probs(params, sampler)
     la = 0.5 * jax.random.normal(jax.random.PRNGKey(5), (2, CFG.d_model))
 
-    def always_accept(rng, p_BxD1xV, q_BxDxV, drafts_BxD, greedy):
-        n, nxt, acc = speculative_accept(rng, p_BxD1xV, q_BxDxV, drafts_BxD, greedy)
+    def always_accept(rng, p_BxD1xV, q_BxDxV, drafts_BxD, greedy, support=0):
+        n, nxt, acc = speculative_accept(rng, p_BxD1xV, q_BxDxV, drafts_BxD, greedy, support)
         D = drafts_BxD.shape[1]
         if D == 0:
             return n, nxt, acc
