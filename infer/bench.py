@@ -352,8 +352,8 @@ def hf_runner(model, pad_id: int | None, prompt_lookup: int, stop_at_eos: bool):
                 ids[r, P - len(p):] = torch.tensor(p)
                 mask[r, P - len(p):] = 1
             kw = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_id)
-            if not stop_at_eos:
-                kw["min_new_tokens"] = max_new_tokens
+            if not stop_at_eos:  # no EOS stopping (min_new_tokens would mask EOS logits instead)
+                kw["eos_token_id"] = None
             if sampler.greedy:
                 kw.update(do_sample=False, temperature=None, top_k=None, top_p=None)
             else:
@@ -784,6 +784,7 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
     from pass_jax.config import ModelConfig, SamplerConfig
     from pass_jax.decode import generate
     from pass_jax.hf import load_hf, save_hf
+    from pass_jax.lookahead import init_lookahead
     from pass_jax.model import init_params
 
     info = machine_info()
@@ -794,7 +795,7 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
     tmp = tempfile.mkdtemp(prefix="pass_jax_random_")
     results = {"model": args.random_model, "params": cfg.num_params(), "machine": info,
                "max_new_tokens": N, "prompt_tokens": P, "repeats": reps, "tokens_per_s": {},
-               "step_ms": {}}
+               "step_ms": {}, "call_ms": {}}
     try:
         save_hf(cfg, init_params(cfg, jax.random.PRNGKey(0)), os.path.join(tmp, "model"))
         cfg, params = load_hf(os.path.join(tmp, "model"))  # exactly the weights torch gets
@@ -830,6 +831,18 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
                 gen()
                 t[n] = _median([gen() for _ in range(reps)])
             results["step_ms"][str(max_len)] = 1000 * (t[n2] - t[n1]) / (n2 - n1)
+        # what one forward call of each method costs (the step-cost side of a PaSS speedup):
+        # extra time / extra calls between a short and a long generation, L=4, [UNK] drafts
+        la = init_lookahead(cfg, params, 4)
+        for method in ("ar", "pass", "pass-fused"):
+            t, calls = {}, {}
+            for n in (n1, n2):
+                gen = lambda: generate(cfg, params, prompt, max_new_tokens=n, eos_ids=(),
+                                       method=method, la_LxD=None if method == "ar" else la)
+                gen()
+                runs = [gen() for _ in range(reps)]
+                t[n], calls[n] = _median([r.wall_time for r in runs]), runs[0].calls[0]
+            results["call_ms"][method] = 1000 * (t[n2] - t[n1]) / (calls[n2] - calls[n1])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -844,6 +857,13 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
     lines += ["", "| cache max_len | our step time (ms/token, batch 1) |", "|---|---|"]
     for L, ms in results["step_ms"].items():
         lines.append(f"| {L} | {ms:.1f} |")
+    ar_ms = results["call_ms"]["ar"]
+    lines += ["", "Cost of one forward call, batch 1, L=4 (PaSS: the mean of a drafting and a "
+              "validation call; fused: 1 + L + L(L+1) = 25 tokens). A method is faster than "
+              "autoregressive only when it yields more tokens per call than this ratio:", "",
+              "| method | ms per call | vs autoregressive |", "|---|---|---|"]
+    for m, ms in results["call_ms"].items():
+        lines.append(f"| {LABELS[m]} | {ms:.2f} | {ms / ar_ms:.2f}x |")
     text = "\n".join(lines) + "\n"
     results["markdown"] = text
     if args.json:
