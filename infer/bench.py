@@ -820,29 +820,27 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
             results["tokens_per_s"][str(B)] = {
                 "ours": B * N / _median(t_ours), "transformers": B * N / _median(t_hf),
                 "ours_s": t_ours, "transformers_s": t_hf, "greedy_identical": same}
-        # per-step time: (time for N2 tokens - time for N1 tokens) / (N2 - N1) at a fixed cache
+        # per-call time: (time for n2 tokens - time for n1 tokens) / (extra forward calls), so
+        # prefill and compilation drop out; for AR a call is a token (the step time)
         n1, n2 = 8, 8 + N
         prompt = [rng.integers(4, cfg.vocab_size, P).tolist()]
-        for max_len in args.max_len:
-            t = {}
-            for n in (n1, n2):
-                gen = lambda: generate(cfg, params, prompt, max_new_tokens=n, eos_ids=(),
-                                       max_len=max_len).wall_time
-                gen()
-                t[n] = _median([gen() for _ in range(reps)])
-            results["step_ms"][str(max_len)] = 1000 * (t[n2] - t[n1]) / (n2 - n1)
-        # what one forward call of each method costs (the step-cost side of a PaSS speedup):
-        # extra time / extra calls between a short and a long generation, L=4, [UNK] drafts
-        la = init_lookahead(cfg, params, 4)
-        for method in ("ar", "pass", "pass-fused"):
+        la = init_lookahead(cfg, params, 4)  # [UNK] drafts: the cost of a call, not its yield
+
+        def call_ms(method: str, max_len: int | None = None) -> float:
             t, calls = {}, {}
             for n in (n1, n2):
                 gen = lambda: generate(cfg, params, prompt, max_new_tokens=n, eos_ids=(),
-                                       method=method, la_LxD=None if method == "ar" else la)
+                                       method=method, la_LxD=None if method == "ar" else la,
+                                       max_len=max_len)
                 gen()
                 runs = [gen() for _ in range(reps)]
                 t[n], calls[n] = _median([r.wall_time for r in runs]), runs[0].calls[0]
-            results["call_ms"][method] = 1000 * (t[n2] - t[n1]) / (calls[n2] - calls[n1])
+            return 1000 * (t[n2] - t[n1]) / (calls[n2] - calls[n1])
+
+        for max_len in args.max_len:
+            results["step_ms"][str(max_len)] = call_ms("ar", max_len)
+        for method in ("ar", "pass", "pass-fused"):  # the step-cost side of a PaSS speedup
+            results["call_ms"][method] = call_ms(method)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]

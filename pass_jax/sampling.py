@@ -78,7 +78,8 @@ def sample_logits(rng: jax.Array, logits_xV: jax.Array, sampler: SamplerConfig) 
     """Draw one token per row from warped logits (argmax when greedy)."""
     if sampler.greedy:
         return jnp.argmax(logits_xV, axis=-1).astype(jnp.int32)
-    return jax.random.categorical(rng, warp_logits(logits_xV, sampler), axis=-1).astype(jnp.int32)
+    return sample_probs(rng, warp_probs(logits_xV, sampler), False,
+                        support_size(sampler, logits_xV.shape[-1]))
 
 
 def speculative_accept(rng: jax.Array, p_BxD1xV: jax.Array, q_BxDxV: jax.Array,
