@@ -443,7 +443,7 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
             raise SystemExit(f"unknown method {m!r}; expected some of {','.join(OUR_METHODS)}")
     if "ar" not in methods:
         methods.insert(0, "ar")  # speedups are relative to it
-    mesh, cfg, params = load_model_for_args(args, args.model, args.dtype)
+    mesh, cfg, params = load_model_for_args(args, args.model, args.dtype, stacked=False)
     tok = load_tokenizer(args.model)
     if tok is None:
         raise SystemExit(f"{args.model} has no tokenizer files: prompts need a tokenizer")
@@ -818,8 +818,9 @@ def step_seconds(cfg, params, method: str, la_LxD, prompt: list[list[int]], repe
 
 
 def random_model_report(args, out_stream=sys.stdout) -> dict:
-    """AR tokens/s of a random LLaMA (ours vs transformers, same weights) and our per-step time
-    at several cache sizes (issue 2's performance report)."""
+    """AR tokens/s of a random LLaMA (ours vs transformers, same weights), our per-step time at
+    several cache sizes with per-layer params (how the programs decode) and with the stacked,
+    scanned params training uses, and the cost of one call per method (issue 2's report)."""
     import jax
     import torch
     import transformers
@@ -827,7 +828,7 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
     from pass_jax.config import ModelConfig, SamplerConfig
     from pass_jax.hf import load_hf, save_hf
     from pass_jax.lookahead import init_lookahead
-    from pass_jax.model import init_params
+    from pass_jax.model import init_params, stack_layers
 
     info = machine_info()
     N, P, reps = args.max_new_tokens, args.prompt_tokens, max(args.repeats, 1)
@@ -837,10 +838,11 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
     tmp = tempfile.mkdtemp(prefix="pass_jax_random_")
     results = {"model": args.random_model, "params": cfg.num_params(), "machine": info,
                "max_new_tokens": N, "prompt_tokens": P, "repeats": reps, "tokens_per_s": {},
-               "step_ms": {}, "call_ms": {}}
+               "step_ms": {}, "step_ms_scanned": {}, "call_ms": {}}
     try:
         save_hf(cfg, init_params(cfg, jax.random.PRNGKey(0)), os.path.join(tmp, "model"))
-        cfg, params = load_hf(os.path.join(tmp, "model"))  # exactly the weights torch gets
+        # exactly the weights torch gets, per layer as the programs decode
+        cfg, params = load_hf(os.path.join(tmp, "model"), stacked=False)
         torch.set_num_threads(info["usable_cores"] or 1)
         hf = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(tmp, "model"),
                                                                dtype=torch.float32).eval()
@@ -867,11 +869,14 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
         prompt = [rng.integers(4, cfg.vocab_size, P).tolist()]
         la = init_lookahead(cfg, params, 4)  # [UNK] drafts: the cost of a call, not its yield
 
-        def call_ms(method: str, max_len: int = CALL_COST_SLOTS) -> float:
+        def call_ms(method: str, max_len: int = CALL_COST_SLOTS, params=params) -> float:
             return 1000 * step_seconds(cfg, params, method, la, prompt, reps, max_len)
 
+        scanned = stack_layers(params)
         for max_len in args.max_len:
             results["step_ms"][str(max_len)] = call_ms("ar", max_len)
+            results["step_ms_scanned"][str(max_len)] = call_ms("ar", max_len, scanned)
+        del scanned
         for method in ("ar", "pass", "pass-fused"):  # the step-cost side of a PaSS speedup
             results["call_ms"][method] = call_ms(method)
     finally:
@@ -885,9 +890,11 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
     for B, r in results["tokens_per_s"].items():
         lines.append(f"| {B} | {r['ours']:.1f} | {r['transformers']:.1f} | "
                      f"{'yes' if r['greedy_identical'] else 'no'} |")
-    lines += ["", "| cache max_len | our step time (ms/token, batch 1) |", "|---|---|"]
+    lines += ["", "Our step time (ms/token, batch 1), per-layer params (how `generate`, `bench` and "
+              "the demo decode) vs the stacked params of training under `nn.scan`:", "",
+              "| cache max_len | per-layer | scanned |", "|---|---|---|"]
     for L, ms in results["step_ms"].items():
-        lines.append(f"| {L} | {ms:.2f} |")
+        lines.append(f"| {L} | {ms:.2f} | {results['step_ms_scanned'][L]:.2f} |")
     ar_ms = results["call_ms"]["ar"]
     lines += ["", f"Cost of one forward call, batch 1, L=4, {CALL_COST_SLOTS} cache slots (PaSS: "
               "the mean of a drafting and a validation call; fused: 1 + L + L(L+1) = 25 "

@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
 
     try:
         sampler = SamplerConfig(args.temperature, args.top_k, args.top_p)
-        mesh, cfg, params = load_model_for_args(args, args.model, args.dtype)
+        mesh, cfg, params = load_model_for_args(args, args.model, args.dtype, stacked=False)
         tok = load_tokenizer(args.model)
         if tok is None:
             raise ValueError(f"{args.model} has no tokenizer files; --prompt needs a tokenizer")

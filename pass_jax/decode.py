@@ -312,6 +312,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
         raise ValueError(f"prompt + max_new_tokens + scratch ({need}) exceeds the model's "
                          f"maximum position ({cfg.max_position})")
     spec = DecodeSpec(cfg, schedule, sampler, int(max_new_tokens))
+    per_layer = "layers" not in params  # model.unstack_layers params: a per-layer cache
     la = jnp.zeros((0, cfg.d_model), cfg.param_dtype) if la_LxD is None else la_LxD
     inputs = (la, prompt_BxP, prompt_len_B, active_B,
               eos_array(cfg.eos_token_ids if eos_ids is None else eos_ids),
@@ -319,11 +320,11 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
     if mesh is None:
         run, to_host = generate_jit, np.asarray
         la, prompt, lens, active, eos, rng = map(jnp.asarray, inputs)
-        cache = init_cache(cfg, B, max_len)
+        cache = init_cache(cfg, B, max_len, per_layer=per_layer)
     else:
-        run, to_host = sharding.sharded_generate_fn(mesh, B, cfg), sharding.to_host
+        run, to_host = sharding.sharded_generate_fn(mesh, B, cfg, per_layer), sharding.to_host
         la, prompt, lens, active, eos, rng = sharding.place_decode_inputs(inputs, mesh)
-        cache = sharding.init_cache_sharded(cfg, B, max_len, mesh)
+        cache = sharding.init_cache_sharded(cfg, B, max_len, mesh, per_layer=per_layer)
     t0 = time.perf_counter()
     state = run(spec, params, la, prompt, lens, active, eos, cache, rng, stream)
     out, n = jax.block_until_ready((state.out_BxN, state.n_B))

@@ -366,26 +366,30 @@ def read_hf_config(model_dir):
     return transformers.AutoConfig.from_pretrained(str(d), local_files_only=True)
 
 
-def load_hf(model_dir, dtype: str = "float32", param_dtype: str | None = None):
+def load_hf(model_dir, dtype: str = "float32", param_dtype: str | None = None,
+            stacked: bool = True):
     """Load a local Hugging Face model directory into ``(ModelConfig, params)``.
 
     ``config.json`` is read with ``transformers.AutoConfig`` (local only), weights from
     ``model.safetensors`` or the shards of ``model.safetensors.index.json`` (never pickles).
     ``dtype`` is the compute dtype, ``param_dtype`` (default: ``dtype``) the dtype the params are
-    cast to. Raises a clear error for a missing directory or config, pickle-only checkpoints, an
-    unsupported ``model_type``, and missing, unexpected or mis-shaped tensors.
+    cast to. ``stacked=False`` gives per-layer params (``model.unstack_layers``, for decoding)
+    without a stacked copy. Raises a clear error for a missing directory or config, pickle-only
+    checkpoints, an unsupported ``model_type``, and missing, unexpected or mis-shaped tensors.
     """
     d = _check_model_dir(model_dir)
     cfg = config_from_hf(read_hf_config(d), dtype=dtype, param_dtype=param_dtype)
     files = _weight_files(d)
     with contextlib.ExitStack() as stack:
-        flat = _read_tensors(d, cfg, files, stack)
+        flat = _read_tensors(d, cfg, files, stack, stacked)
     # convert leaf by leaf so host memory peaks at one copy of the model plus one leaf
     return cfg, _unflatten({p: jnp.asarray(flat.pop(p)) for p in list(flat)})
 
 
-def _read_tensors(d: Path, cfg: ModelConfig, files: list[Path], stack) -> dict:
-    """Checkpoint tensors -> our flat ``{param path: numpy array}``, with all the checks."""
+def _read_tensors(d: Path, cfg: ModelConfig, files: list[Path], stack,
+                  stacked: bool = True) -> dict:
+    """Checkpoint tensors -> our flat ``{param path: numpy array}``, with all the checks;
+    ``stacked=False``: ``('layers_{i}', ...)`` paths holding views of layer i."""
     from safetensors import safe_open
 
     handles = [stack.enter_context(safe_open(str(f), framework="numpy")) for f in files]
@@ -440,6 +444,18 @@ def _read_tensors(d: Path, cfg: ModelConfig, files: list[Path], stack) -> dict:
         shown = ", ".join(extra[:8]) + (f", ... ({len(extra)} in all)" if len(extra) > 8 else "")
         raise ValueError(f"checkpoint {str(d)!r} has unexpected tensors (not part of a "
                          f"{cfg.model_type} model of this config): {shown}")
+    return out if stacked else _per_layer(out, cfg.n_layers)
+
+
+def _per_layer(flat: dict, n_layers: int) -> dict:
+    """Flat ``('layers', ...)`` entries ``[N, ...]`` -> ``('layers_{i}', ...)`` views of layer i
+    (the flat form of ``model.unstack_layers``)."""
+    out = {}
+    for path, arr in flat.items():
+        if path[0] == "layers":
+            out.update({(f"layers_{i}", *path[1:]): arr[i] for i in range(n_layers)})
+        else:
+            out[path] = arr
     return out
 
 
@@ -461,6 +477,9 @@ def load_tokenizer(model_dir):
 def hf_state_dict(cfg: ModelConfig, params) -> dict[str, np.ndarray]:
     """Our params as a ``{checkpoint name: numpy array}`` dict in the HF layout of
     ``cfg.model_type`` (full ``*ForCausalLM`` names; no ``lm_head`` when tied)."""
+    from .model import stack_layers
+
+    params = stack_layers(params)
     pdt = jnp.dtype(cfg.param_dtype)  # tensors are stored in the dtype config.json declares
     flat = {tuple(k.key for k in path): np.asarray(leaf).astype(pdt, copy=False)
             for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}

@@ -109,16 +109,32 @@ def _dense(cfg: ModelConfig, features: int, bias: bool, name: str):
                     kernel_init=nn.initializers.normal(0.02), name=name)
 
 
-class Block(nn.Module):
-    """One transformer layer, scanned over layers.
+def _write_kv(kv_cache, slots_BxT, k_BxTxKxE, v_BxTxKxE):
+    """Write T new keys/values per row at ``slots[b, t]`` of a layer's ``[B, K, S, E]`` cache
+    (slots past the end are dropped)."""
+    k_BxKxSxE, v_BxKxSxE = kv_cache
+    B, T = slots_BxT.shape
+    b_BxT = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
+    # cache[b, :, s] indexes as [B, T, K, E]
+    return (k_BxKxSxE.at[b_BxT, :, slots_BxT].set(k_BxTxKxE.astype(k_BxKxSxE.dtype), mode="drop"),
+            v_BxKxSxE.at[b_BxT, :, slots_BxT].set(v_BxTxKxE.astype(v_BxKxSxE.dtype), mode="drop"))
 
-    The layer's cache slice is read-only here; the call's new keys/values are returned (scan
-    outputs) and written into the cache once, after all layers, by ``Transformer``.
+
+class Block(nn.Module):
+    """One transformer layer.
+
+    Scanned (stacked params): the layer's cache slice is read-only; the call's new keys/values
+    are returned (scan outputs) and written into the cache once, after all layers, by
+    ``Transformer``. Looped (per-layer params and cache, ``slots_BxT`` given): the layer writes
+    its new keys/values into its cache first and returns the updated cache; attending to the
+    written cache (the new slots are past ``lengths``, so masked out there and seen through the
+    in-call block) makes the write the cache's only use before the read, so XLA updates it in
+    place instead of copying it every call.
     """
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BxTxD, kv_cache, ctx):
+    def __call__(self, x_BxTxD, kv_cache, ctx, slots_BxT=None):
         cfg = self.cfg
         cos, sin, cache_mask_BxTxS, call_mask_BxTxT = ctx
         B, T, _ = x_BxTxD.shape
@@ -134,6 +150,8 @@ class Block(nn.Module):
         if cfg.family == "llama":
             q_BxTxHxE = apply_rope(q_BxTxHxE, cos, sin)
             k_BxTxKxE = apply_rope(k_BxTxKxE, cos, sin)
+        if slots_BxT is not None:  # a per-layer cache: write the new K/V first, then read it
+            kv_cache = _write_kv(kv_cache, slots_BxT, k_BxTxKxE, v_BxTxKxE)
 
         # scores against in-call keys and (when cached) committed cache slots, one softmax
         q_BxTxKxGxE = q_BxTxHxE.reshape(B, T, K, G, E)
@@ -165,12 +183,18 @@ class Block(nn.Module):
         else:
             m = nn.gelu(_dense(cfg, cfg.ffn_dim, True, "fc")(h), approximate=True)
             m_BxTxD = _dense(cfg, cfg.d_model, True, "proj")(m)
-        return x_BxTxD + m_BxTxD, (k_BxTxKxE, v_BxTxKxE)
+        return x_BxTxD + m_BxTxD, (k_BxTxKxE, v_BxTxKxE) if slots_BxT is None else kv_cache
 
 
 class Transformer(nn.Module):
-    """``apply(params, tokens, positions, cache, mask) -> (logits[B,T,V] float32, cache)``."""
+    """``apply(params, tokens, positions, cache, mask) -> (logits[B,T,V] float32, cache)``.
+
+    ``scan_layers``: one ``nn.scan`` over stacked layer params ``layers/*[N, ...]`` (training:
+    compile time independent of depth) or a loop over per-layer params ``layers_{i}/*`` with a
+    per-layer cache (decoding: see ``unstack_layers``).
+    """
     cfg: ModelConfig
+    scan_layers: bool = True
 
     def setup(self):
         cfg = self.cfg
@@ -182,8 +206,12 @@ class Transformer(nn.Module):
                                       param_dtype=cfg.param_dtype,
                                       embedding_init=nn.initializers.normal(0.01),
                                       name="pos_embed")
-        self.layers = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True},
-                              in_axes=(0, nn.broadcast), length=cfg.n_layers)(cfg, name="layers")
+        if self.scan_layers:
+            self.layers = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True},
+                                  in_axes=(0, nn.broadcast), length=cfg.n_layers)(cfg,
+                                                                                  name="layers")
+        else:
+            self.layers = [Block(cfg, name=f"layers_{i}") for i in range(cfg.n_layers)]
         self.final_norm = Norm(cfg, name="final_norm")
         if not cfg.tie_embeddings:
             self.lm_head = _dense(cfg, cfg.vocab_size, False, "lm_head")
@@ -217,16 +245,32 @@ class Transformer(nn.Module):
         B, T = positions_BxT.shape
         cache_mask, call_mask = attention_masks(mask, positions_BxT, cache, cfg)
         cos, sin = rope_tables(cfg, positions_BxT)
-        kv = None if cache is None else (cache.k, cache.v)
-        x, (k_NxBxTxKxE, v_NxBxTxKxE) = self.layers(x, kv, (cos, sin, cache_mask, call_mask))
-        if cache is not None:  # one in-place scatter of every layer's new K/V at each row's offset
-            b_BxT = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
-            s_BxT = cache.lengths[:, None] + jnp.arange(T)[None, :]
-            # cache[:, b, :, s] indexes as [B, T, N, K, E]
-            new_k = k_NxBxTxKxE.transpose(1, 2, 0, 3, 4).astype(cache.k.dtype)
-            new_v = v_NxBxTxKxE.transpose(1, 2, 0, 3, 4).astype(cache.v.dtype)
-            cache = cache.replace(k=cache.k.at[:, b_BxT, :, s_BxT].set(new_k, mode="drop"),
-                                  v=cache.v.at[:, b_BxT, :, s_BxT].set(new_v, mode="drop"))
+        ctx = (cos, sin, cache_mask, call_mask)
+        if cache is not None and isinstance(cache.k, tuple) == self.scan_layers:
+            raise ValueError("a per-layer cache (init_cache(..., per_layer=True)) goes with "
+                             "unstacked params (unstack_layers) and a stacked one with stacked "
+                             "params")
+        s_BxT = None if cache is None else cache.lengths[:, None] + jnp.arange(T)[None, :]
+        if self.scan_layers:
+            kv = None if cache is None else (cache.k, cache.v)
+            x, (k_NxBxTxKxE, v_NxBxTxKxE) = self.layers(x, kv, ctx)
+            if cache is not None:  # one in-place scatter of every layer's K/V at each row's offset
+                # cache[:, b, :, s] indexes as [B, T, N, K, E]
+                b_BxT = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
+                new_k = k_NxBxTxKxE.transpose(1, 2, 0, 3, 4).astype(cache.k.dtype)
+                new_v = v_NxBxTxKxE.transpose(1, 2, 0, 3, 4).astype(cache.v.dtype)
+                cache = cache.replace(k=cache.k.at[:, b_BxT, :, s_BxT].set(new_k, mode="drop"),
+                                      v=cache.v.at[:, b_BxT, :, s_BxT].set(new_v, mode="drop"))
+        elif cache is None:
+            for block in self.layers:
+                x, _ = block(x, None, ctx)
+        else:  # each layer writes its own cache in place
+            ks, vs = [], []
+            for block, k, v in zip(self.layers, cache.k, cache.v):
+                x, (k, v) = block(x, (k, v), ctx, s_BxT)
+                ks.append(k)
+                vs.append(v)
+            cache = cache.replace(k=tuple(ks), v=tuple(vs))
         h = self.final_norm(x)
         return (h if return_hidden else self.logits(h)), cache
 
@@ -240,16 +284,46 @@ def init_params(cfg: ModelConfig, rng: jax.Array):
 
 def forward(cfg: ModelConfig, params, tokens_BxT, positions_BxT, cache=None, mask=None,
             embeds_BxTxD=None, return_hidden=False):
-    """Functional entry point: ``Transformer(cfg).apply`` on ``{'params': params}``."""
-    return Transformer(cfg).apply({"params": params}, tokens_BxT, positions_BxT, cache, mask,
-                                  embeds_BxTxD, return_hidden)
+    """Functional entry point: ``Transformer(cfg).apply`` on ``{'params': params}``, scanned or
+    looped over layers as ``params`` are stacked or unstacked."""
+    return Transformer(cfg, "layers" in params).apply(
+        {"params": params}, tokens_BxT, positions_BxT, cache, mask, embeds_BxTxD, return_hidden)
+
+
+def unstack_layers(params):
+    """Decoding params: the stacked ``layers/*[N, ...]`` split into ``layers_0 .. layers_{N-1}``
+    (a copy; drop the stacked tree afterwards). ``forward`` then loops over layers, and
+    ``decode.generate`` uses a per-layer cache. On XLA:CPU a scanned layer copies its weights
+    and its cache slice out of the stacked arrays on every call; per-layer arrays are read in
+    place (``infer.bench --random-model`` measures both). Training keeps the stacked form."""
+    if "layers" not in params:
+        return params
+    stacked = params["layers"]
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    out = {k: v for k, v in params.items() if k != "layers"}
+    for i in range(n):
+        out[f"layers_{i}"] = jax.tree.map(lambda a, i=i: a[i], stacked)
+    return out
+
+
+def stack_layers(params):
+    """The inverse of ``unstack_layers`` (training, checkpoints and HF export use this form)."""
+    if "layers" in params:
+        return params
+    n = sum(k.startswith("layers_") for k in params)
+    out = {k: v for k, v in params.items() if not k.startswith("layers_")}
+    out["layers"] = jax.tree.map(lambda *a: jnp.stack(a), *(params[f"layers_{i}"]
+                                                           for i in range(n)))
+    return out
 
 
 def embed_tokens(cfg: ModelConfig, params, tokens_BxT):
     """Token embeddings ``[B, T, D]`` of the base model."""
-    return Transformer(cfg).apply({"params": params}, tokens_BxT, method="embed_tokens")
+    return Transformer(cfg, "layers" in params).apply({"params": params}, tokens_BxT,
+                                                      method="embed_tokens")
 
 
 def logits_from_hidden(cfg: ModelConfig, params, h_BxTxD):
     """Apply the output head to final-normed hidden states."""
-    return Transformer(cfg).apply({"params": params}, h_BxTxD, method="logits")
+    return Transformer(cfg, "layers" in params).apply({"params": params}, h_BxTxD,
+                                                      method="logits")

@@ -141,16 +141,17 @@ def mesh_from_args(args: argparse.Namespace) -> Mesh:
     return make_mesh(getattr(args, "mesh", None))
 
 
-def load_model_for_args(args: argparse.Namespace, model_dir, dtype: str = "float32"):
+def load_model_for_args(args: argparse.Namespace, model_dir, dtype: str = "float32",
+                        stacked: bool = True):
     """``(mesh, cfg, params)`` for a program: with ``--mesh`` (or multi-host flags) the weights
     go straight into their shards on that mesh; otherwise ``mesh`` is None and ``hf.load_hf``
-    loads them on the default device."""
+    loads them on the default device. ``stacked=False``: per-layer params (decoding)."""
     from . import hf
 
     mesh = mesh_from_args(args) if args.mesh or args.coordinator else None
     if mesh is None:
-        return None, *hf.load_hf(model_dir, dtype=dtype)
-    return mesh, *load_hf_sharded(model_dir, mesh, dtype=dtype)
+        return None, *hf.load_hf(model_dir, dtype=dtype, stacked=stacked)
+    return mesh, *load_hf_sharded(model_dir, mesh, dtype=dtype, stacked=stacked)
 
 
 def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
@@ -196,6 +197,9 @@ PARAM_RULES: tuple[tuple[str, tuple[Axes, ...]], ...] = (
     (r"(^|/)layers/(q|k|v|gate|up|fc)/kernel$", (None, "fsdp", "tensor")),  # [N, D, out]
     (r"(^|/)layers/(q|k|v|gate|up|fc)/bias$", (None, "tensor")),  # [N, out]
     (r"(^|/)layers/(o|down|proj)/kernel$", (None, "tensor", "fsdp")),  # [N, in, D]
+    (r"(^|/)layers_\d+/(q|k|v|gate|up|fc)/kernel$", ("fsdp", "tensor")),  # unstacked [D, out]
+    (r"(^|/)layers_\d+/(q|k|v|gate|up|fc)/bias$", ("tensor",)),  # [out]
+    (r"(^|/)layers_\d+/(o|down|proj)/kernel$", ("tensor", "fsdp")),  # [in, D]
     (r"norm/(scale|bias)$", ()),  # norms replicated
 )
 
@@ -318,8 +322,9 @@ def put_sharded(host_array: np.ndarray, sharding: NamedSharding, dtype=None) -> 
 
 
 def load_hf_sharded(model_dir, mesh: Mesh, dtype: str = "float32",
-                    param_dtype: str | None = None, rules=PARAM_RULES):
-    """``hf.load_hf`` with every weight put straight into its shards on ``mesh``.
+                    param_dtype: str | None = None, rules=PARAM_RULES, stacked: bool = True):
+    """``hf.load_hf`` with every weight put straight into its shards on ``mesh`` (``stacked``:
+    as in ``hf.load_hf``).
 
     The checkpoint is read into host numpy arrays (one host copy of the model), then each leaf
     is handed to its devices slice by slice and freed; no device holds more than its shard.
@@ -333,7 +338,7 @@ def load_hf_sharded(model_dir, mesh: Mesh, dtype: str = "float32",
     cfg = hf.config_from_hf(hf.read_hf_config(d), dtype=dtype, param_dtype=param_dtype)
     files = hf._weight_files(d)
     with contextlib.ExitStack() as stack:
-        flat = hf._read_tensors(d, cfg, files, stack)
+        flat = hf._read_tensors(d, cfg, files, stack, stacked)
     ms = dict(mesh.shape)
     out = {}
     for path in list(flat):
@@ -387,29 +392,32 @@ def shard_batch(batch, mesh: Mesh, process_local: bool | None = None):
     return jax.tree.map(put, batch)
 
 
-def cache_specs(cfg: ModelConfig, mesh, batch: int) -> KVCache:
-    """``KVCache`` of ``PartitionSpec``: k/v ``[N, B, K, S, E]`` over batch and kv heads."""
+def cache_specs(cfg: ModelConfig, mesh, batch: int, per_layer: bool = False) -> KVCache:
+    """``KVCache`` of ``PartitionSpec``: k/v ``[N, B, K, S, E]`` (or N per-layer ``[B, K, S, E]``)
+    over batch and kv heads."""
     ms = _mesh_shape(mesh)
     shape = (cfg.n_layers, batch, cfg.n_kv_heads, 1, cfg.hd)
     kv = fit_spec(shape, (None, BATCH_AXES, "tensor", None, None), ms, "kv cache")
+    if per_layer:
+        kv = (P(*kv[1:]),) * cfg.n_layers
     return KVCache(k=kv, v=kv, lengths=fit_spec((batch,), (BATCH_AXES,), ms, "cache lengths"))
 
 
-def cache_sharding(cfg: ModelConfig, mesh: Mesh, batch: int) -> KVCache:
+def cache_sharding(cfg: ModelConfig, mesh: Mesh, batch: int, per_layer: bool = False) -> KVCache:
     """``KVCache`` of ``NamedSharding`` for a cache of ``batch`` rows on ``mesh``."""
-    specs = cache_specs(cfg, mesh, batch)
+    specs = cache_specs(cfg, mesh, batch, per_layer)
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
                         is_leaf=lambda x: isinstance(x, P))
 
 
 def init_cache_sharded(cfg: ModelConfig, batch: int, max_len: int, mesh: Mesh,
-                       dtype=None) -> KVCache:
+                       dtype=None, per_layer: bool = False) -> KVCache:
     """An empty cache created directly in its shards (``init_cache`` jitted with
     ``out_shardings``)."""
     from .cache import init_cache
 
-    return jax.jit(lambda: init_cache(cfg, batch, max_len, dtype),
-                   out_shardings=cache_sharding(cfg, mesh, batch))()
+    return jax.jit(lambda: init_cache(cfg, batch, max_len, dtype, per_layer),
+                   out_shardings=cache_sharding(cfg, mesh, batch, per_layer))()
 
 
 # --------------------------------------------------------------------------- programs
@@ -427,7 +435,7 @@ def place_decode_inputs(inputs, mesh: Mesh):
 
 
 @functools.lru_cache(maxsize=32)
-def sharded_generate_fn(mesh: Mesh, batch: int, cfg: ModelConfig):
+def sharded_generate_fn(mesh: Mesh, batch: int, cfg: ModelConfig, per_layer: bool = False):
     """``decode.generate_jit`` (the same function, re-jitted) with explicit output shardings:
     the cache by the rules, per-row fields (``*_B``, ``*_Bx*``) over the batch axes, the rest
     replicated. Inside the while loop XLA still picks the layout (it may split the cache over
@@ -439,7 +447,7 @@ def sharded_generate_fn(mesh: Mesh, batch: int, cfg: ModelConfig):
     if fn is None:  # not a jax.jit wrapper any more: run it as it is
         return generate_jit
     rows, rep = batch_sharding(mesh, (batch,)), replicated(mesh)
-    cache = cache_sharding(cfg, mesh, batch)
+    cache = cache_sharding(cfg, mesh, batch, per_layer)
 
     def field(name):
         if name == "cache":

@@ -156,7 +156,7 @@ def test_random_model_report(tmp_path):
     for B in ("1", "2"):
         r = result["tokens_per_s"][B]
         assert r["greedy_identical"] is True and r["ours"] > 0 and r["transformers"] > 0
-    assert result["step_ms"]["128"] > 0
+    assert result["step_ms"]["128"] > 0 and result["step_ms_scanned"]["128"] > 0
     assert set(result["call_ms"]) == {"ar", "pass", "pass-fused"}
     assert all(ms > 0 for ms in result["call_ms"].values())
     md = (tmp_path / "ar.md").read_text()

@@ -9,7 +9,7 @@ from pass_jax.config import ModelConfig, SamplerConfig
 from pass_jax.decode import (DecodeSpec, eos_array, generate, generate_jit, layout_call,
                               pass_step, prefill, prepare_batch)
 from pass_jax.layout import make_schedule
-from pass_jax.model import init_params
+from pass_jax.model import forward, init_params, stack_layers, unstack_layers
 
 CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64)
 PROMPTS = [[3, 9, 27], [5, 1, 4, 1, 5, 9, 2, 6], [7] * 13]
@@ -44,6 +44,35 @@ def test_greedy_pass_equals_autoregressive(L):
                 assert out.tokens == ar.tokens, (method, L, seed)
                 accepted += int(out.accepted.sum())
     assert accepted > 0, "no draft was ever accepted: the acceptance path went untested"
+
+
+def test_per_layer_params_decode_like_stacked():
+    """``unstack_layers`` params (a loop over layers, a per-layer cache updated in place) give
+    the same tokens, calls and acceptances as the stacked, scanned params (every method sampled,
+    fused greedy); the two forms convert back and forth exactly."""
+    params = _params(5)
+    per_layer = unstack_layers(params)
+    assert sorted(per_layer) == ["embed", "final_norm", "layers_0", "layers_1", "lm_head"]
+    jax.tree.map(np.testing.assert_array_equal, stack_layers(per_layer), params)
+    la = _la(3, 1, params)
+    accepted = 0
+    runs = [(SamplerConfig(0.9, top_k=8), m) for m in ("ar", "pass", "pass-fused")]
+    for sampler, method in runs + [(SamplerConfig(), "pass-fused")]:
+        kw = dict(max_new_tokens=20, method=method, la_LxD=la, sampler=sampler, eos_ids=(),
+                  seed=4)
+        a = generate(CFG, params, PROMPTS, **kw)
+        b, state = generate(CFG, per_layer, PROMPTS, return_state=True, **kw)
+        assert b.tokens == a.tokens and b.calls == a.calls, (method, sampler)
+        np.testing.assert_array_equal(b.accepted, a.accepted)
+        accepted += int(b.accepted.sum())
+    assert accepted > 0
+    assert isinstance(state.cache.k, tuple) and len(state.cache.k) == CFG.n_layers
+    with pytest.raises(ValueError, match="per-layer cache"):
+        forward(CFG, params, jnp.ones((1, 1), jnp.int32), jnp.zeros((1, 1), jnp.int32),
+                init_cache(CFG, 1, 8, per_layer=True))
+    with pytest.raises(ValueError, match="per-layer cache"):
+        forward(CFG, per_layer, jnp.ones((1, 1), jnp.int32), jnp.zeros((1, 1), jnp.int32),
+                init_cache(CFG, 1, 8))
 
 
 def _run_steps(spec, params, la, prompts, steps):

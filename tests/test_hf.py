@@ -17,7 +17,7 @@ from safetensors.numpy import load_file, save_file
 from pass_jax import hf
 from pass_jax.cache import init_cache
 from pass_jax.config import ModelConfig, RopeScaling
-from pass_jax.model import forward, init_params
+from pass_jax.model import forward, init_params, unstack_layers
 
 TOL = 1e-4
 V = 128
@@ -115,18 +115,25 @@ def test_cached_steps_match_full_forward(hf_model, name):
     full = np.asarray(full)
 
     prefill = np.where(np.arange(P)[None] < prompt_lens[:, None], seq[:, :P], 0)
-    cache = init_cache(cfg, batch=3, max_len=16)
-    logits, cache = _fwd(cfg, params, prefill, np.broadcast_to(np.arange(P), prefill.shape),
-                         cache)
-    cache = cache.advance(jnp.asarray(prompt_lens))
-    for b, n in enumerate(prompt_lens):
-        np.testing.assert_allclose(np.asarray(logits)[b, :n], full[b, :n], atol=TOL, rtol=0)
-    rows = np.arange(3)
-    for j in range(steps):
-        pos = prompt_lens + j
-        logits, cache = _fwd(cfg, params, seq[rows, pos][:, None], pos[:, None], cache)
-        cache = cache.advance(jnp.ones(3, jnp.int32))
-        np.testing.assert_allclose(np.asarray(logits)[:, 0], full[rows, pos], atol=TOL, rtol=0)
+    # the stacked params (nn.scan) and the per-layer ones decoding uses (a layer loop, a cache
+    # per layer written before it is read)
+    _, per_layer = hf.load_hf(d, stacked=False)
+    np.testing.assert_allclose(np.asarray(_fwd(cfg, per_layer, seq, np.broadcast_to(
+        np.arange(total), seq.shape))[0]), full, atol=TOL, rtol=0)
+    for p, cache in ((params, init_cache(cfg, batch=3, max_len=16)),
+                     (per_layer, init_cache(cfg, batch=3, max_len=16, per_layer=True))):
+        logits, cache = _fwd(cfg, p, prefill, np.broadcast_to(np.arange(P), prefill.shape),
+                             cache)
+        cache = cache.advance(jnp.asarray(prompt_lens))
+        for b, n in enumerate(prompt_lens):
+            np.testing.assert_allclose(np.asarray(logits)[b, :n], full[b, :n], atol=TOL, rtol=0)
+        rows = np.arange(3)
+        for j in range(steps):
+            pos = prompt_lens + j
+            logits, cache = _fwd(cfg, p, seq[rows, pos][:, None], pos[:, None], cache)
+            cache = cache.advance(jnp.ones(3, jnp.int32))
+            np.testing.assert_allclose(np.asarray(logits)[:, 0], full[rows, pos], atol=TOL,
+                                       rtol=0)
 
 
 def test_config_translation(hf_model):
@@ -194,6 +201,14 @@ def test_round_trip_save_hf(tmp_path, name):
     cfg2, params2 = hf.load_hf(out)
     assert cfg2 == cfg
     jax.tree.map(np.testing.assert_array_equal, params2, params)
+    # per-layer params load without a stacked copy and save to the same checkpoint
+    _, per_layer = hf.load_hf(out, stacked=False)
+    jax.tree.map(np.testing.assert_array_equal, per_layer, unstack_layers(params))
+    again = hf.save_hf(cfg, per_layer, tmp_path / "again")
+    a, b = load_file(out / "model.safetensors"), load_file(again / "model.safetensors")
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
 
     model = transformers.AutoModelForCausalLM.from_pretrained(
         out, attn_implementation="eager").eval()

@@ -293,6 +293,18 @@ def test_load_hf_sharded(tmp_path, reference):
         _assert_sharded_as(x, spec, mesh)
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
+    # per-layer params (how the programs decode): each layer by the per-layer rules, and
+    # greedy fused PaSS on the mesh with a per-layer sharded cache gives the reference tokens
+    _, per_layer = sh.load_hf_sharded(tmp_path / "m", mesh, stacked=False)
+    assert per_layer["layers_1"]["q"]["kernel"].sharding.spec == P("fsdp", "tensor")
+    assert per_layer["layers_0"]["o"]["kernel"].addressable_shards[0].data.shape[0] == 32 // 4
+    out, final = generate(cfg, per_layer, PROMPTS, max_new_tokens=12, method="pass-fused",
+                          la_LxD=reference["la"], eos_ids=(), mesh=mesh, return_state=True)
+    assert out.tokens == reference["gen"].tokens
+    B = final.cache.lengths.shape[0]
+    for k in final.cache.k:
+        _assert_sharded_as(k, sh.cache_specs(CFG, mesh, B, per_layer=True).k[0], mesh)
+
 
 # ---------------------------------------------------------------- memory plan
 
