@@ -275,6 +275,9 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
              return_state: bool = False) -> GenerationResult:
     """Generate continuations of token-id prompts.
 
+    ``params`` may be stacked (``hf.load_hf``) or per layer (``hf.load_hf(..., stacked=False)``,
+    ``model.unstack_layers``: a layer loop and a per-layer cache, faster on XLA:CPU).
+
     Args:
       method: ``ar``, ``pass`` (paper schedule) or ``pass-fused``; PaSS needs ``la_LxD``
         (trained look-ahead embeddings, or ``lookahead.init_lookahead`` for the [UNK] baseline).

@@ -1,10 +1,16 @@
 """Decoder-only transformer (LLaMA / Mistral / Qwen2 family and GPT-2) as a Flax Linen module.
 
 The model is a pure function ``(params, tokens[B,T], positions[B,T], cache, mask) -> (logits,
-cache)``. Layers run under ``nn.scan`` (compile time independent of depth). Inside the scan each
-layer reads its cache slice and attends to committed slots and to the call's own keys (two score
-blocks, one softmax); the new keys/values of all layers are scattered into the cache once, after
-the scan, so a decode step never copies the cache (it stays in place in the loop state).
+cache)``. Each layer attends to committed cache slots and to the call's own keys (two score
+blocks, one softmax). Two param forms, the same values:
+
+* stacked ``layers/*[N, ...]`` (training): layers run under ``nn.scan`` (compile time independent
+  of depth); each layer reads its slice of a stacked ``[N, ...]`` cache and the new keys/values of
+  all layers are scattered into it once, after the scan;
+* per layer ``layers_{i}/*`` (decoding, ``unstack_layers``): a loop over layers, a tuple of
+  per-layer caches, each written by its layer before the layer reads it, so XLA updates it in
+  place. On XLA:CPU this avoids copying every layer's weights and cache slice out of the stacked
+  arrays on every call.
 
 Shape letters: B batch, T tokens in this call, S cache slots, D d_model, H query heads,
 K kv heads, G = H // K query heads per kv head, E head_dim, F ffn dim, V vocab, N layers.
