@@ -774,27 +774,37 @@ RANDOM_MODELS = {
 }
 
 
-CALL_COST_SLOTS = 512  # one cache size for every method's call cost
+CALL_COST_SLOTS = 512  # one cache size for every method's call cost (more for long prompts)
+
+
+def step_timing_slots(prompt_len: int, schedule, steps: int = 8) -> int:
+    """Cache slots ``step_seconds`` needs: the padded prompt, 8 generated tokens, ``steps``
+    iterations' tokens and one iteration's scratch."""
+    from pass_jax.decode import bucket, required_cache_len
+
+    return required_cache_len(bucket(prompt_len), 8 + steps * sum(lay.T for lay in schedule.step),
+                              schedule)
 
 
 def step_seconds(cfg, params, method: str, la_LxD, prompt: list[list[int]], repeats: int,
                  max_len: int | None = None, steps: int = 8) -> float:
-    """Seconds per forward call of ``method`` at batch ``len(prompt)``: ``steps`` iterations of
-    the decode step in one jitted ``fori_loop``, on the state a short greedy generation (8 tokens)
-    left, its rows made active again; warm-up, then the median of ``repeats``, divided by the
-    calls per iteration (paper schedule: 2, the mean of a drafting and a validation call).
-    ``max_len``: cache slots (default: just enough, rounded up to 128)."""
+    """Seconds per forward call of ``method`` for the batch ``prompt`` (padded to its batch
+    bucket; every row active): ``steps`` iterations of the decode step in one jitted
+    ``fori_loop``, on the state a short greedy generation (8 tokens) left, its rows made active
+    again; warm-up, then the median of ``repeats``, divided by the calls per iteration (paper
+    schedule: 2, the mean of a drafting and a validation call). ``max_len``: cache slots
+    (default: just enough, rounded up to 128)."""
     import jax
     import jax.numpy as jnp
 
     from pass_jax.config import SamplerConfig
-    from pass_jax.decode import DecodeSpec, bucket, generate, pass_step, required_cache_len
+    from pass_jax.decode import DecodeSpec, generate, pass_step
     from pass_jax.layout import make_schedule
 
     la = None if method == "ar" else la_LxD
     schedule = make_schedule(method, 0 if la is None else int(np.shape(la)[0]))
     N = steps * sum(lay.T for lay in schedule.step)  # at most the tokens the timed steps emit
-    need = required_cache_len(bucket(max(map(len, prompt))), 8 + N, schedule)
+    need = step_timing_slots(max(map(len, prompt)), schedule, steps)
     if max_len is not None and max_len < need:
         raise ValueError(f"max_len {max_len} is too small to time {steps} {method} steps "
                          f"after the prompt ({need} slots needed)")
@@ -828,6 +838,7 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
 
     from pass_jax.config import ModelConfig, SamplerConfig
     from pass_jax.hf import load_hf, save_hf
+    from pass_jax.layout import make_schedule
     from pass_jax.lookahead import init_lookahead
     from pass_jax.model import init_params, stack_layers
 
@@ -870,7 +881,11 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
         prompt = [rng.integers(4, cfg.vocab_size, P).tolist()]
         la = init_lookahead(cfg, params, 4)  # [UNK] drafts: the cost of a call, not its yield
 
-        def call_ms(method: str, max_len: int = CALL_COST_SLOTS, params=params) -> float:
+        # every method at one cache size: enough for the fused steps after a long prompt too
+        slots = max(CALL_COST_SLOTS,
+                    -(-step_timing_slots(P, make_schedule("pass-fused", 4)) // 128) * 128)
+
+        def call_ms(method: str, max_len: int = slots, params=params) -> float:
             return 1000 * step_seconds(cfg, params, method, la, prompt, reps, max_len)
 
         scanned = stack_layers(params)
@@ -878,6 +893,7 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
             results["step_ms"][str(max_len)] = call_ms("ar", max_len)
             results["step_ms_scanned"][str(max_len)] = call_ms("ar", max_len, scanned)
         del scanned
+        results["call_slots"] = slots
         for method in ("ar", "pass", "pass-fused"):  # the step-cost side of a PaSS speedup
             results["call_ms"][method] = call_ms(method)
     finally:
@@ -897,7 +913,7 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
     for L, ms in results["step_ms"].items():
         lines.append(f"| {L} | {ms:.2f} | {results['step_ms_scanned'][L]:.2f} |")
     ar_ms = results["call_ms"]["ar"]
-    lines += ["", f"Cost of one forward call, batch 1, L=4, {CALL_COST_SLOTS} cache slots (PaSS: "
+    lines += ["", f"Cost of one forward call, batch 1, L=4, {results['call_slots']} cache slots (PaSS: "
               "the mean of a drafting and a validation call; fused: 1 + L + L(L+1) = 25 "
               "tokens). A method is faster than autoregressive only when it yields more tokens "
               "per call than this ratio:", "",

@@ -8,9 +8,10 @@ blocks, one softmax). Two param forms, the same values:
   of depth); each layer reads its slice of a stacked ``[N, ...]`` cache and the new keys/values of
   all layers are scattered into it once, after the scan;
 * per layer ``layers_{i}/*`` (decoding, ``unstack_layers``): a loop over layers, a tuple of
-  per-layer caches, each written by its layer before the layer reads it, so XLA updates it in
-  place. On XLA:CPU this avoids copying every layer's weights and cache slice out of the stacked
-  arrays on every call.
+  per-layer caches, each written by its layer before the layer reads it. On XLA:CPU this avoids
+  copying every layer's weights and cache slice out of the stacked arrays on every call; the
+  caches are updated in place at batch > 1, while at batch 1 XLA:CPU still copies each layer's
+  key cache a few times per step (measured faster than the scanned form all the same).
 
 Shape letters: B batch, T tokens in this call, S cache slots, D d_model, H query heads,
 K kv heads, G = H // K query heads per kv head, E head_dim, F ffn dim, V vocab, N layers.
@@ -134,8 +135,8 @@ class Block(nn.Module):
     ``Transformer``. Looped (per-layer params and cache, ``slots_BxT`` given): the layer writes
     its new keys/values into its cache first and returns the updated cache; attending to the
     written cache (the new slots are past ``lengths``, so masked out there and seen through the
-    in-call block) makes the write the cache's only use before the read, so XLA updates it in
-    place instead of copying it every call.
+    in-call block) makes the write the cache's only use before the read. Reading first and
+    writing after made XLA:CPU copy every layer's cache every call (measured at batch 8).
     """
     cfg: ModelConfig
 
@@ -270,7 +271,7 @@ class Transformer(nn.Module):
         elif cache is None:
             for block in self.layers:
                 x, _ = block(x, None, ctx)
-        else:  # each layer writes its own cache in place
+        else:  # each layer writes its own cache
             ks, vs = [], []
             for block, k, v in zip(self.layers, cache.k, cache.v):
                 x, (k, v) = block(x, (k, v), ctx, s_BxT)
@@ -300,8 +301,9 @@ def unstack_layers(params):
     """Decoding params: the stacked ``layers/*[N, ...]`` split into ``layers_0 .. layers_{N-1}``
     (a copy; drop the stacked tree afterwards). ``forward`` then loops over layers, and
     ``decode.generate`` uses a per-layer cache. On XLA:CPU a scanned layer copies its weights
-    and its cache slice out of the stacked arrays on every call; per-layer arrays are read in
-    place (``infer.bench --random-model`` measures both). Training keeps the stacked form."""
+    and its cache slice out of the stacked arrays on every call; per-layer weights are read
+    where they are (``infer.bench --random-model`` measures both). Training keeps the stacked
+    form."""
     if "layers" not in params:
         return params
     stacked = params["layers"]
