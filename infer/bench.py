@@ -338,9 +338,27 @@ def ours_runner(cfg, params, method: str, la, eos_ids, mesh=None):
     return run
 
 
+def load_hf_torch(model_dir, dtype: str, threads: int | None):
+    """The same model dir in transformers, eval mode, on the GPU when JAX runs on one (and
+    PyTorch sees it), else on the CPU with ``threads`` threads: both sides on one kind of
+    device."""
+    import jax
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads or 1)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32 if dtype == "float32" else torch.bfloat16).eval()
+    if jax.default_backend() == "gpu" and torch.cuda.is_available():
+        model = model.to("cuda")
+    return model
+
+
 def hf_runner(model, pad_id: int | None, prompt_lookup: int, stop_at_eos: bool):
     """A runner of transformers ``generate`` (prompt lookup when ``prompt_lookup`` > 0)."""
     import torch
+
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
 
     def run(prompts, B, sampler, seed, max_new_tokens):
         out = Run(tokens=[], wall=0.0)
@@ -362,9 +380,12 @@ def hf_runner(model, pad_id: int | None, prompt_lookup: int, stop_at_eos: bool):
             if prompt_lookup:
                 kw["prompt_lookup_num_tokens"] = prompt_lookup
             torch.manual_seed(seed + i)
+            ids, mask = ids.to(model.device), mask.to(model.device)
+            sync()
             t0 = time.perf_counter()
             with torch.inference_mode():
                 gen = model.generate(ids, attention_mask=mask, **kw)
+            sync()
             out.wall += time.perf_counter() - t0
             out.tokens += [g[P:].tolist() for g in gen]
         return out
@@ -473,12 +494,7 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
     hf_note = None
     if args.hf_baselines:
         try:
-            import torch
-            import transformers
-            torch.set_num_threads(info["usable_cores"] or 1)
-            hf_model = transformers.AutoModelForCausalLM.from_pretrained(
-                args.model, dtype=torch.float32 if args.dtype == "float32" else torch.bfloat16)
-            hf_model.eval()
+            hf_model = load_hf_torch(args.model, args.dtype, info["usable_cores"])
             pad = cfg.pad_token_id if cfg.pad_token_id is not None else (
                 cfg.eos_token_ids[0] if cfg.eos_token_ids else 0)
             hf_T = tuple(args.hf_temperatures) if args.hf_temperatures else None
@@ -833,8 +849,6 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
     several cache sizes with per-layer params (how the programs decode) and with the stacked,
     scanned params training uses, and the cost of one call per method (issue 2's report)."""
     import jax
-    import torch
-    import transformers
 
     from pass_jax.config import ModelConfig, SamplerConfig
     from pass_jax.hf import load_hf, save_hf
@@ -855,9 +869,7 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
         save_hf(cfg, init_params(cfg, jax.random.PRNGKey(0)), os.path.join(tmp, "model"))
         # exactly the weights torch gets, per layer as the programs decode
         cfg, params = load_hf(os.path.join(tmp, "model"), stacked=False)
-        torch.set_num_threads(info["usable_cores"] or 1)
-        hf = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(tmp, "model"),
-                                                               dtype=torch.float32).eval()
+        hf = load_hf_torch(os.path.join(tmp, "model"), "float32", info["usable_cores"])
         rng = np.random.default_rng(0)
         greedy = SamplerConfig()
         ours = ours_runner(cfg, params, "ar", None, ())
