@@ -24,7 +24,8 @@ interleaved (the order rotates every repeat); the median wall time counts. Metho
 * ``pass-fused`` PaSS with verification and drafting fused in one call per iteration
 * ``hf-generate``, ``hf-prompt-lookup``: the same model dir in transformers (PyTorch)
   ``generate`` (greedy, or sampling with the same temperature / top-k / top-p) and its
-  prompt-lookup decoding (batch 1 only), when torch is importable (``--hf-baselines``)
+  prompt-lookup decoding (batch 1 only), when torch is importable (``--hf-baselines``); on
+  the GPU when JAX runs on one
 
 Generation runs ``--max-new-tokens`` tokens per prompt, EOS ignored (``--stop-at-eos`` to stop),
 so every method does the same work. Reported per cell: median seconds per generate call (N new
