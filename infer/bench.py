@@ -799,8 +799,7 @@ def step_timing_slots(prompt_len: int, schedule, steps: int = 8) -> int:
     iterations' tokens and one iteration's scratch."""
     from pass_jax.decode import bucket, required_cache_len
 
-    return required_cache_len(bucket(prompt_len), 8 + steps * sum(lay.T for lay in schedule.step),
-                              schedule)
+    return required_cache_len(bucket(prompt_len), 8 + steps * schedule.step_tokens, schedule)
 
 
 def step_seconds(cfg, params, method: str, la_LxD, prompt: list[list[int]], repeats: int,
@@ -815,18 +814,18 @@ def step_seconds(cfg, params, method: str, la_LxD, prompt: list[list[int]], repe
     import jax.numpy as jnp
 
     from pass_jax.config import SamplerConfig
-    from pass_jax.decode import DecodeSpec, generate, pass_step
+    from pass_jax.decode import DecodeSpec, generate, pass_step, round_cache_len
     from pass_jax.layout import make_schedule
 
     la = None if method == "ar" else la_LxD
     schedule = make_schedule(method, 0 if la is None else int(np.shape(la)[0]))
-    N = steps * sum(lay.T for lay in schedule.step)  # at most the tokens the timed steps emit
+    N = steps * schedule.step_tokens  # at most the tokens the timed steps emit
     need = step_timing_slots(max(map(len, prompt)), schedule, steps)
     if max_len is not None and max_len < need:
         raise ValueError(f"max_len {max_len} is too small to time {steps} {method} steps "
                          f"after the prompt ({need} slots needed)")
     _, state = generate(cfg, params, prompt, max_new_tokens=8, eos_ids=(), method=method,
-                        la_LxD=la, max_len=max_len or -(-need // 128) * 128, return_state=True)
+                        la_LxD=la, max_len=max_len or round_cache_len(need), return_state=True)
     spec = DecodeSpec(cfg, schedule, SamplerConfig(), N)
     B = state.y_B.shape[0]
     live = state.replace(out_BxN=jnp.zeros((B, N), jnp.int32), n_B=jnp.zeros((B,), jnp.int32),
@@ -852,6 +851,7 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
     import jax
 
     from pass_jax.config import ModelConfig, SamplerConfig
+    from pass_jax.decode import round_cache_len
     from pass_jax.hf import load_hf, save_hf
     from pass_jax.layout import make_schedule
     from pass_jax.lookahead import init_lookahead
@@ -896,7 +896,7 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
 
         # every method at one cache size: enough for the fused steps after a long prompt too
         slots = max(CALL_COST_SLOTS,
-                    -(-step_timing_slots(P, make_schedule("pass-fused", 4)) // 128) * 128)
+                    round_cache_len(step_timing_slots(P, make_schedule("pass-fused", 4))))
 
         def call_ms(method: str, max_len: int = slots, params=params) -> float:
             return 1000 * step_seconds(cfg, params, method, la, prompt, reps, max_len)
@@ -920,14 +920,14 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
     for B, r in results["tokens_per_s"].items():
         lines.append(f"| {B} | {r['ours']:.1f} | {r['transformers']:.1f} | "
                      f"{'yes' if r['greedy_identical'] else 'no'} |")
-    lines += ["", "Our step time (ms/token, batch 1), per-layer params (how `generate`, `bench` and "
-              "the demo decode) vs the stacked params of training under `nn.scan`:", "",
+    lines += ["", "Our step time (ms/token, batch 1), per-layer params (how `generate`, `bench` "
+              "and the demo decode) vs the stacked params of training under `nn.scan`:", "",
               "| cache max_len | per-layer | scanned |", "|---|---|---|"]
     for L, ms in results["step_ms"].items():
         lines.append(f"| {L} | {ms:.2f} | {results['step_ms_scanned'][L]:.2f} |")
     ar_ms = results["call_ms"]["ar"]
-    lines += ["", f"Cost of one forward call, batch 1, L=4, {results['call_slots']} cache slots (PaSS: "
-              "the mean of a drafting and a validation call; fused: 1 + L + L(L+1) = 25 "
+    lines += ["", f"Cost of one forward call, batch 1, L=4, {results['call_slots']} cache slots "
+              "(PaSS: the mean of a drafting and a validation call; fused: 1 + L + L(L+1) = 25 "
               "tokens). A method is faster than autoregressive only when it yields more tokens "
               "per call than this ratio:", "",
               "| method | ms per call | vs autoregressive |", "|---|---|---|"]

@@ -26,7 +26,7 @@ from jax.experimental import io_callback
 from .cache import KVCache, init_cache
 from .config import ModelConfig, SamplerConfig
 from .layout import Layout, Schedule, make_schedule
-from .model import embed_tokens, forward, logits_from_hidden
+from .model import embed_tokens, forward, is_stacked, logits_from_hidden
 from .sampling import sample_logits, sample_probs, speculative_accept, support_size, warp_probs
 
 PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -173,7 +173,7 @@ def generate_jit(spec: DecodeSpec, params, la_LxD, prompt_BxP, prompt_len_B, act
     state = prefill(spec, params, prompt_BxP, prompt_len_B, active_B, eos_E, cache, rng)
     for layout in spec.schedule.bootstrap:
         state = layout_call(spec, layout, params, la_LxD, state)
-    need = sum(lay.T for lay in spec.schedule.step)
+    need = spec.schedule.step_tokens
 
     def cond(s: DecodeState):
         fits = jnp.max(jnp.where(s.done_B, 0, s.cache.lengths)) + need <= s.cache.max_len
@@ -238,7 +238,12 @@ def batch_bucket(n: int) -> int:
 
 def required_cache_len(prompt_bucket: int, max_new_tokens: int, schedule: Schedule) -> int:
     """Slots needed: the padded prompt, every new token, and one call's scratch tokens."""
-    return max(prompt_bucket, 0) + max_new_tokens + sum(lay.T for lay in schedule.step)
+    return max(prompt_bucket, 0) + max_new_tokens + schedule.step_tokens
+
+
+def round_cache_len(need: int) -> int:
+    """The default cache size for ``need`` slots: rounded up to a multiple of 128."""
+    return -(-need // 128) * 128
 
 
 def prepare_batch(prompts: Sequence[Sequence[int]], vocab_size: int, row_multiple: int = 1):
@@ -305,7 +310,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
     B, P = prompt_BxP.shape
     need = required_cache_len(P, max_new_tokens, schedule)
     if max_len is None:
-        max_len = -(-need // 128) * 128
+        max_len = round_cache_len(need)
     elif need > max_len:
         raise ValueError(
             f"cache too small: prompts padded to {P} tokens + max_new_tokens={max_new_tokens} + "
@@ -315,7 +320,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
         raise ValueError(f"prompt + max_new_tokens + scratch ({need}) exceeds the model's "
                          f"maximum position ({cfg.max_position})")
     spec = DecodeSpec(cfg, schedule, sampler, int(max_new_tokens))
-    per_layer = "layers" not in params  # model.unstack_layers params: a per-layer cache
+    per_layer = not is_stacked(params)  # model.unstack_layers params: a per-layer cache
     la = jnp.zeros((0, cfg.d_model), cfg.param_dtype) if la_LxD is None else la_LxD
     inputs = (la, prompt_BxP, prompt_len_B, active_B,
               eos_array(cfg.eos_token_ids if eos_ids is None else eos_ids),

@@ -374,8 +374,9 @@ def load_hf(model_dir, dtype: str = "float32", param_dtype: str | None = None,
     ``model.safetensors`` or the shards of ``model.safetensors.index.json`` (never pickles).
     ``dtype`` is the compute dtype, ``param_dtype`` (default: ``dtype``) the dtype the params are
     cast to. ``stacked=False`` gives per-layer params (``model.unstack_layers``, for decoding)
-    with no stacked copy on the device (the host reads each weight stacked, once). Raises a clear error for a missing directory or config, pickle-only
-    checkpoints, an unsupported ``model_type``, and missing, unexpected or mis-shaped tensors.
+    with no stacked copy on the device (the host reads each weight stacked, once). Raises a
+    clear error for a missing directory or config, pickle-only checkpoints, an unsupported
+    ``model_type``, and missing, unexpected or mis-shaped tensors.
     """
     d = _check_model_dir(model_dir)
     cfg = config_from_hf(read_hf_config(d), dtype=dtype, param_dtype=param_dtype)

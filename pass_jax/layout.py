@@ -144,6 +144,11 @@ class Schedule:
     bootstrap: tuple[Layout, ...]
     step: tuple[Layout, ...]
 
+    @property
+    def step_tokens(self) -> int:
+        """Tokens (cache slots written) in one loop iteration's calls."""
+        return sum(lay.T for lay in self.step)
+
 
 METHODS = ("ar", "pass", "pass-fused")
 

@@ -116,15 +116,14 @@ def _dense(cfg: ModelConfig, features: int, bias: bool, name: str):
                     kernel_init=nn.initializers.normal(0.02), name=name)
 
 
-def _write_kv(kv_cache, slots_BxT, k_BxTxKxE, v_BxTxKxE):
-    """Write T new keys/values per row at ``slots[b, t]`` of a layer's ``[B, K, S, E]`` cache
-    (slots past the end are dropped)."""
-    k_BxKxSxE, v_BxKxSxE = kv_cache
+def _write_kv(kv_cache, slots_BxT, new_k, new_v):
+    """Write T new keys/values per row at ``slots[b, t]`` of a ``[..., B, K, S, E]`` cache (one
+    layer's, or all N layers' stacked); ``new_k``/``new_v`` are ``[B, T, ..., K, E]``, as
+    ``cache[..., b, :, s, :]`` indexes. Slots past the end are dropped."""
     B, T = slots_BxT.shape
     b_BxT = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
-    # cache[b, :, s] indexes as [B, T, K, E]
-    return (k_BxKxSxE.at[b_BxT, :, slots_BxT].set(k_BxTxKxE.astype(k_BxKxSxE.dtype), mode="drop"),
-            v_BxKxSxE.at[b_BxT, :, slots_BxT].set(v_BxTxKxE.astype(v_BxKxSxE.dtype), mode="drop"))
+    return tuple(c.at[..., b_BxT, :, slots_BxT, :].set(new.astype(c.dtype), mode="drop")
+                 for c, new in zip(kv_cache, (new_k, new_v)))
 
 
 class Block(nn.Module):
@@ -262,12 +261,10 @@ class Transformer(nn.Module):
             kv = None if cache is None else (cache.k, cache.v)
             x, (k_NxBxTxKxE, v_NxBxTxKxE) = self.layers(x, kv, ctx)
             if cache is not None:  # one in-place scatter of every layer's K/V at each row's offset
-                # cache[:, b, :, s] indexes as [B, T, N, K, E]
-                b_BxT = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
-                new_k = k_NxBxTxKxE.transpose(1, 2, 0, 3, 4).astype(cache.k.dtype)
-                new_v = v_NxBxTxKxE.transpose(1, 2, 0, 3, 4).astype(cache.v.dtype)
-                cache = cache.replace(k=cache.k.at[:, b_BxT, :, s_BxT].set(new_k, mode="drop"),
-                                      v=cache.v.at[:, b_BxT, :, s_BxT].set(new_v, mode="drop"))
+                k, v = _write_kv((cache.k, cache.v), s_BxT,
+                                 k_NxBxTxKxE.transpose(1, 2, 0, 3, 4),  # [B, T, N, K, E]
+                                 v_NxBxTxKxE.transpose(1, 2, 0, 3, 4))
+                cache = cache.replace(k=k, v=v)
         elif cache is None:
             for block in self.layers:
                 x, _ = block(x, None, ctx)
@@ -293,8 +290,13 @@ def forward(cfg: ModelConfig, params, tokens_BxT, positions_BxT, cache=None, mas
             embeds_BxTxD=None, return_hidden=False):
     """Functional entry point: ``Transformer(cfg).apply`` on ``{'params': params}``, scanned or
     looped over layers as ``params`` are stacked or unstacked."""
-    return Transformer(cfg, "layers" in params).apply(
+    return Transformer(cfg, is_stacked(params)).apply(
         {"params": params}, tokens_BxT, positions_BxT, cache, mask, embeds_BxTxD, return_hidden)
+
+
+def is_stacked(params) -> bool:
+    """Whether ``params`` hold stacked layers (``layers/*[N, ...]``) or per-layer ones."""
+    return "layers" in params
 
 
 def unstack_layers(params):
@@ -304,7 +306,7 @@ def unstack_layers(params):
     and its cache slice out of the stacked arrays on every call; per-layer weights are read
     where they are (``infer.bench --random-model`` measures both). Training keeps the stacked
     form."""
-    if "layers" not in params:
+    if not is_stacked(params):
         return params
     stacked = params["layers"]
     n = jax.tree.leaves(stacked)[0].shape[0]
@@ -316,7 +318,7 @@ def unstack_layers(params):
 
 def stack_layers(params):
     """The inverse of ``unstack_layers`` (training, checkpoints and HF export use this form)."""
-    if "layers" in params:
+    if is_stacked(params):
         return params
     n = sum(k.startswith("layers_") for k in params)
     out = {k: v for k, v in params.items() if not k.startswith("layers_")}
@@ -327,11 +329,11 @@ def stack_layers(params):
 
 def embed_tokens(cfg: ModelConfig, params, tokens_BxT):
     """Token embeddings ``[B, T, D]`` of the base model."""
-    return Transformer(cfg, "layers" in params).apply({"params": params}, tokens_BxT,
+    return Transformer(cfg, is_stacked(params)).apply({"params": params}, tokens_BxT,
                                                       method="embed_tokens")
 
 
 def logits_from_hidden(cfg: ModelConfig, params, h_BxTxD):
     """Apply the output head to final-normed hidden states."""
-    return Transformer(cfg, "layers" in params).apply({"params": params}, h_BxTxD,
+    return Transformer(cfg, is_stacked(params)).apply({"params": params}, h_BxTxD,
                                                       method="logits")
