@@ -57,6 +57,8 @@ from typing import Callable
 
 import numpy as np
 
+from infer.prompts import make_chat_prompts, strip_chat_answer
+from pass_jax.gguf_file import resolve_model
 from pass_jax.sharding import add_mesh_arg, load_model_for_args
 
 OUR_METHODS = ("ar", "unk", "pass", "pass-fused")
@@ -82,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m infer.bench",
                                  description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="Hugging Face model directory (with tokenizer files)")
+    ap.add_argument("--model", help="Hugging Face model directory (with tokenizer files) or "
+                    "GGUF file")
     ap.add_argument("--lookahead", default="",
                     help="look-ahead exports DIR[,DIR...], or a directory of per-L exports")
     ap.add_argument("--json", help="write the JSON results here (default OUT_DIR/bench.json)")
@@ -101,10 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--main-lookahead", type=int,
                     help="L shown in the main table (default 4 if benchmarked, else the smallest)")
     ap.add_argument("--data", default="stdlib", help="corpus spec of the prompts (held-out split)")
+    ap.add_argument("--prompts", choices=("code", "chat"), default="code",
+                    help="code: the first --prompt-tokens tokens of held-out documents (the "
+                    "paper's protocol); chat: the model's chat template around 'Write a Python "
+                    "function `sig`: <docstring>' from held-out functions (instruct models)")
     ap.add_argument("--data-dir", help="TFDS data dir (stdlib: where it is prepared)")
     ap.add_argument("--seed", type=int, default=0, help="prompt choice and sampling seeds")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    ap.add_argument("--add-bos", action="store_true", help="prepend the BOS token to prompts")
+    ap.add_argument("--no-special-tokens", dest="add_special_tokens", action="store_false",
+                    help="prompts without the special tokens the tokenizer adds by default (e.g. "
+                         "LLaMA's BOS, which otherwise comes on top of --prompt-tokens)")
     ap.add_argument("--stop-at-eos", action="store_true",
                     help="stop rows at EOS (default: always generate --max-new-tokens)")
     ap.add_argument("--hf-baselines", action=argparse.BooleanOptionalAction, default=True,
@@ -220,7 +229,9 @@ def load_lookaheads(spec: str, cfg, params) -> dict[int, tuple[str, object]]:
 
 
 def _encode(tok, text: str) -> list[int]:
-    return tok.encode(text, add_special_tokens=False)
+    """The text's own tokens: the special tokens are added to whole prompts (``--prompt-tokens``
+    counts text tokens only; see ``run_benchmark``)."""
+    return tok.encode(text, add_special_tokens=False, verbose=False)
 
 
 def make_prompts(tok, data: str, data_dir: str | None, num_prompts: int, prompt_tokens: int,
@@ -263,6 +274,19 @@ def make_prompts(tok, data: str, data_dir: str | None, num_prompts: int, prompt_
             print(f"warning: only {len(prompts)} distinct prompts available "
                   f"({num_prompts} asked for)", file=sys.stderr)
     return prompts, origin
+
+
+def prompt_set(args, tok) -> tuple[list[list[int]], dict]:
+    """The prompts of ``--prompts``: ``code`` (:func:`make_prompts`, the paper's protocol) or
+    ``chat`` (``infer.prompts.make_chat_prompts``: the chat template around an instruction
+    built from a held-out function of ``--data``)."""
+    if args.prompts == "chat":
+        from pass_jax.data import text_source
+
+        return make_chat_prompts(tok, text_source(args.data, "heldout", args.data_dir),
+                                 args.num_prompts, args.seed)
+    return make_prompts(tok, args.data, args.data_dir, args.num_prompts, args.prompt_tokens,
+                        args.seed)
 
 
 def _parses(code: str) -> bool:
@@ -408,8 +432,9 @@ def _cut_eos(tokens, eos_ids):
 
 
 def summarise(variant: Variant, runs: list[Run], ar_rows: dict | None, prompts, tok, eos_ids,
-              num_calls_per_run: int, T: float, B: int) -> dict:
-    """The JSON row of one (temperature, batch, variant) cell."""
+              num_calls_per_run: int, T: float, B: int, chat: bool = False) -> dict:
+    """The JSON row of one (temperature, batch, variant) cell. ``chat``: the completions are
+    chat answers, whose code is their first fenced block (or the whole answer)."""
     walls = [r.wall for r in runs]
     med = _median(walls)
     new_tokens = [sum(len(t) for t in r.tokens) for r in runs]
@@ -437,10 +462,15 @@ def summarise(variant: Variant, runs: list[Run], ar_rows: dict | None, prompts, 
         same = [a == b for a, b in zip(ar_tokens, runs[0].tokens)]
         row["greedy_identical_to_ar"] = all(same) and len(ar_tokens) == len(runs[0].tokens)
         row["greedy_mismatched_rows"] = int(sum(not s for s in same))
-    if tok is not None:
+    if tok is not None and chat:
+        texts = [("", strip_chat_answer(tok.decode(_cut_eos(c, eos_ids),
+                                                   skip_special_tokens=True)))
+                 for c in runs[0].tokens]
+    elif tok is not None:
         texts = [(tok.decode(p, skip_special_tokens=True),
                   tok.decode(p + _cut_eos(c, eos_ids), skip_special_tokens=True))
                  for p, c in zip(prompts, runs[0].tokens)]
+    if tok is not None:
         ok = [parses(t) for _, t in texts]
         top = [parses_toplevel(t, len(pt)) for pt, t in texts]
         row["ast_parse_share"] = sum(ok) / max(len(ok), 1)
@@ -455,6 +485,7 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
     from tqdm.auto import tqdm
 
     from pass_jax.config import SamplerConfig
+    from pass_jax.decode import batch_bucket, bucket
     from pass_jax.hf import load_tokenizer
     from pass_jax.lookahead import init_lookahead
 
@@ -477,10 +508,11 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
     eos_ids = tuple(cfg.eos_token_ids) if args.stop_at_eos else ()
     eos_for_cut = set(cfg.eos_token_ids)
 
-    prompts, origin = make_prompts(tok, args.data, args.data_dir, args.num_prompts,
-                                   args.prompt_tokens, args.seed)
-    if args.add_bos and cfg.bos_token_id is not None:
-        prompts = [[cfg.bos_token_id] + p for p in prompts]
+    prompts, origin = prompt_set(args, tok)
+    # as tokenizer(text) gives them, e.g. BOS + the text's tokens (chat templates write theirs)
+    if args.add_special_tokens and args.prompts != "chat":
+        from pass_jax.tokenizer import with_special_tokens
+        prompts = with_special_tokens(tok, prompts)
 
     variants: list[Variant] = []
     for m in methods:
@@ -528,8 +560,10 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
         errors: dict[str, str] = {}
         for v in cell_vars:  # warm-up: compile every shape (first and last batch)
             bar.set_description(f"T={T} B={B} warm-up {v.key}")
-            warm = _chunks(prompts, B)
-            warm = [warm[0]] + ([warm[-1]] if len(warm[-1]) != len(warm[0]) else [])
+            # one chunk per compiled shape (padded rows, prompt length bucket), so that the
+            # timed runs compile nothing (chat prompts differ in length)
+            warm = list({(batch_bucket(len(c)), bucket(max(map(len, c)))): c
+                         for c in reversed(_chunks(prompts, B))}.values())
             # ours: the full spec (max_new_tokens is static, so it must match); transformers
             # compiles nothing, a short call warms its caches
             n_warm = min(4, args.max_new_tokens) if v.method.startswith("hf") else \
@@ -554,8 +588,9 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
                 runs[v.key].append(v.run(prompts, B, sampler, args.seed + 1000 * r,
                                          args.max_new_tokens))
                 bar.update(1)
+        chat = args.prompts == "chat"
         ar_row = summarise(variants[0], runs["ar"], None, prompts, tok, eos_for_cut, n_calls,
-                           T, B)
+                           T, B, chat)
         ar_row["speedup_vs_ar"] = ar_row["call_cost_vs_ar"] = 1.0
         rows.append(ar_row)
         for v in cell_vars[1:]:
@@ -564,7 +599,8 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
                              "key": v.key, "error": errors[v.key]})
                 bar.update(hf_repeats if v.method.startswith("hf") else args.repeats)
                 continue
-            row = summarise(v, runs[v.key], ar_row, prompts, tok, eos_for_cut, n_calls, T, B)
+            row = summarise(v, runs[v.key], ar_row, prompts, tok, eos_for_cut, n_calls, T, B,
+                            chat)
             rows.append(row)
     bar.close()
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -589,8 +625,10 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
                      "max_new_tokens": args.max_new_tokens, "temperatures": args.temperatures,
                      "top_k": args.top_k, "top_p": args.top_p, "methods": methods,
                      "L": Ls, "main_L": main_L, "batch_sizes": args.batch_size,
-                     "repeats": args.repeats, "data": args.data, "seed": args.seed,
-                     "stop_at_eos": args.stop_at_eos, "add_bos": args.add_bos,
+                     "repeats": args.repeats, "data": args.data, "prompts": args.prompts,
+                     "seed": args.seed,
+                     "stop_at_eos": args.stop_at_eos,
+                     "add_special_tokens": args.add_special_tokens,
                      "prompt_lookup_tokens": args.prompt_lookup_tokens,
                      "hf_temperatures": args.hf_temperatures or args.temperatures,
                      "hf_repeats": args.repeats if args.hf_repeats is None else args.hf_repeats,
@@ -634,8 +672,11 @@ def markdown(result: dict) -> str:
     mc = result["model_config"]
     out.append(f"Model: {result['model_params'] / 1e6:.2f}M params (d={mc['d_model']}, "
                f"{mc['n_layers']} layers, vocab {mc['vocab_size']}, {mc['dtype']}); "
-               f"{s['num_prompts']} prompts of {s['prompt_tokens']} tokens from '{s['data']}' "
-               f"held-out ({result['prompts']['documents']} documents), {N} new tokens, "
+               + (f"{s['num_prompts']} chat prompts ({'-'.join(map(str, rng))} tokens: the chat "
+                  f"template around an instruction from a held-out function of '{s['data']}', "
+                  if (rng := result["prompts"].get("prompt_tokens_range")) else
+                  f"{s['num_prompts']} prompts of {s['prompt_tokens']} tokens from '{s['data']}' ")
+               + f"held-out ({result['prompts']['documents']} documents), {N} new tokens, "
                f"top-k {s['top_k']}, median of {s['repeats']} interleaved repeats after a warm-up"
                + (f" (transformers baselines: {s['hf_repeats']} repeat(s) at "
                   + ", ".join(_tname(T) for T in s["hf_temperatures"]) + ")"
@@ -960,6 +1001,7 @@ def main(argv=None) -> dict:
     if not args.model:
         raise SystemExit("--model DIR is required (or --random-model / --from-json)")
     try:
+        args.model = resolve_model(args.model)  # a .gguf file: its cached conversion
         return run_benchmark(args)
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:
         raise SystemExit(f"error: {e}") from None

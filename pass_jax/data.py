@@ -8,8 +8,9 @@ A corpus is named by a spec string (the `--data` flag):
 
 `text_source(spec, split)` gives a random-access `grain.MapDataset` of strings for the logical
 split 'train' or 'heldout'; `token_batches` turns it into a checkpointable grain iterator of
-fixed-shape int32 batches (shuffle with a seed, shard per JAX process, repeat, tokenize with
-</s> after every document, pack or crop to `seq_len`, batch).
+fixed-shape int32 batches (shuffle with a seed, shard per JAX process, repeat, tokenize each
+document with the tokenizer's default special tokens (e.g. LLaMA's <s> in front) and </s> after
+it, pack or crop to `seq_len`, batch).
 
 Held-out split per source:
   stdlib, files:  by a stable hash of the file path (`stdlib_corpus.split_files`);
@@ -33,6 +34,7 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 from grain.experimental import ConcatThenSplitIterDataset, WindowShuffleIterDataset
+from tqdm import tqdm
 
 from pass_jax import stdlib_corpus
 
@@ -182,10 +184,14 @@ def self_generated_texts(
     or from prompts of another corpus); empty generations are dropped and resampled.
     """
     texts: list[str] = []
-    for _ in range(10 * math.ceil(num_texts / batch_size)):  # bounded: a model may emit only EOS
-        texts.extend(t for t in sample_fn(min(batch_size, num_texts - len(texts))) if t)
-        if len(texts) >= num_texts:
-            return texts
+    with tqdm(total=num_texts, desc="sampling texts from the model", unit="text",
+              mininterval=1.0, dynamic_ncols=True) as bar:
+        for _ in range(10 * math.ceil(num_texts / batch_size)):  # bounded: may emit only EOS
+            new = [t for t in sample_fn(min(batch_size, num_texts - len(texts))) if t]
+            texts.extend(new)
+            bar.update(len(new))
+            if len(texts) >= num_texts:
+                return texts
     raise ValueError(
         f"empty corpus: the model produced only {len(texts)} non-empty texts "
         f"of the {num_texts} asked for"
@@ -229,9 +235,16 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False, verbose=False)
 
 
-def _document_tokens(tokenizer, text: str) -> dict[str, np.ndarray]:
-    """{'tokens': int32 [n+1]}: the document's tokens followed by </s>."""
-    return {"tokens": np.asarray(_encode(tokenizer, text) + [tokenizer.eos_token_id], np.int32)}
+def _document_tokens(
+    tokenizer, text: str, affixes: tuple[list[int], list[int]]
+) -> dict[str, np.ndarray]:
+    """{'tokens': int32 [n]}: prefix + the document's tokens + suffix, then </s> unless the
+    suffix already ends with it. `affixes` is (prefix, suffix) of special token ids."""
+    prefix, suffix = affixes
+    ids = prefix + _encode(tokenizer, text) + suffix
+    if ids[-1:] != [tokenizer.eos_token_id]:
+        ids.append(tokenizer.eos_token_id)
+    return {"tokens": np.asarray(ids, np.int32)}
 
 
 def _crop(tokens: dict[str, np.ndarray], seq_len: int, pad_id: int) -> Batch:
@@ -277,6 +290,7 @@ def token_batches(
     shuffle_window: int = 256,
     shard_index: int | None = None,
     shard_count: int | None = None,
+    add_special_tokens: bool = True,
 ) -> grain.DatasetIterator:
     """A checkpointable iterator of fixed-shape token batches from the documents in `source`.
 
@@ -285,11 +299,13 @@ def token_batches(
       segment_ids  int32  1, 2, .. numbering the documents in a row; 0 on padding
       positions    int32  position within the row's document (restarts at each segment)
       mask         bool   segment_ids > 0
-    Documents are tokenized without special tokens and followed by </s>. With `pack`, documents
-    are concatenated and split into rows of `seq_len` (long documents continue on the next row;
-    padding only in the last row of a finite pass), and rows are shuffled within a window of
-    `shuffle_window` rows so a batch mixes documents; without it, each row is one document
-    cropped or padded to `seq_len`.
+    Each document gets the special tokens the tokenizer adds by default, as `tokenizer(text)`
+    does (`pass_jax.tokenizer.special_affixes`: e.g. <s> in front for LLaMA-family tokenizers,
+    nothing for GPT-2-style ones; none with `add_special_tokens=False`), and is followed by
+    </s>. With `pack`, documents are concatenated and split into rows of `seq_len` (long documents
+    continue on the next row; padding only in the last row of a finite pass), and rows are
+    shuffled within a window of `shuffle_window` rows so a batch mixes documents; without it,
+    each row is one document cropped or padded to `seq_len`.
     Documents are shuffled with `seed` (reshuffled every epoch when `repeat`), then sharded
     across JAX processes (`shard_index` / `shard_count`, default this process of all). The last
     partial batch is dropped. The iterator's state: `iterator_state` / `restore_iterator`.
@@ -306,7 +322,10 @@ def token_batches(
         )
     if repeat:
         docs = docs.repeat()
-    tokens = docs.map(lambda text: _document_tokens(tokenizer, text))
+    from pass_jax.tokenizer import special_affixes  # transformers: imported only when used
+
+    affixes = special_affixes(tokenizer) if add_special_tokens else ([], [])
+    tokens = docs.map(lambda text: _document_tokens(tokenizer, text, affixes))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if pack:
         rows = ConcatThenSplitIterDataset(

@@ -312,6 +312,15 @@ def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict:
 
 # --------------------------------------------------------------------------- reading
 
+def _resolve(model_dir) -> str:
+    """``model_dir``, or for a ``.gguf`` file the Hugging Face directory it converts to."""
+    if not str(model_dir).lower().endswith(".gguf"):
+        return str(model_dir)
+    from .gguf_file import resolve_model  # imported here: gguf_file writes through this module
+
+    return resolve_model(model_dir)
+
+
 def _check_model_dir(model_dir) -> Path:
     d = Path(model_dir)
     if not d.exists():
@@ -376,9 +385,10 @@ def load_hf(model_dir, dtype: str = "float32", param_dtype: str | None = None,
     cast to. ``stacked=False`` gives per-layer params (``model.unstack_layers``, for decoding)
     with no stacked copy on the device (the host reads each weight stacked, once). Raises a
     clear error for a missing directory or config, pickle-only checkpoints, an unsupported
-    ``model_type``, and missing, unexpected or mis-shaped tensors.
+    ``model_type``, and missing, unexpected or mis-shaped tensors. A ``.gguf`` file is read
+    through its cached conversion (``gguf_file.resolve_model``).
     """
-    d = _check_model_dir(model_dir)
+    d = _check_model_dir(_resolve(model_dir))
     cfg = config_from_hf(read_hf_config(d), dtype=dtype, param_dtype=param_dtype)
     files = _weight_files(d)
     with contextlib.ExitStack() as stack:
@@ -461,9 +471,9 @@ def _per_layer(flat: dict, n_layers: int) -> dict:
 
 
 def load_tokenizer(model_dir):
-    """``transformers.AutoTokenizer`` of a local model directory, or None without tokenizer
-    files."""
-    d = Path(model_dir)
+    """``transformers.AutoTokenizer`` of a local model directory (or ``.gguf`` file), or None
+    without tokenizer files."""
+    d = Path(_resolve(model_dir))
     if not d.is_dir():
         raise NotADirectoryError(f"{str(d)!r} is not a directory")
     if not any((d / f).is_file() for f in _TOKENIZER_FILES):
@@ -505,21 +515,38 @@ def hf_state_dict(cfg: ModelConfig, params) -> dict[str, np.ndarray]:
     return out
 
 
+def checkpoint_names(cfg: ModelConfig) -> list[str]:
+    """The tensor names a Hugging Face checkpoint of ``cfg`` holds (no ``lm_head`` when tied)."""
+    prefix, layout = _layout(cfg, set(_param_shapes(cfg)))
+    names = []
+    for t in layout:
+        for i in range(cfg.n_layers) if t.per_layer else [None]:
+            name = t.name.format(i=i)
+            names.append(name if name == "lm_head.weight" else prefix + name)
+    return names
+
+
 def save_hf(cfg: ModelConfig, params, out_dir, tokenizer=None) -> Path:
     """Write ``cfg`` + ``params`` as a Hugging Face model directory at ``out_dir``.
 
     Writes ``config.json`` (via the matching transformers config class), ``generation_config.json``,
     ``model.safetensors`` (params in ``cfg.param_dtype``) and the tokenizer files if
-    ``tokenizer`` is given. Everything is written to a temporary sibling directory first and
-    then renamed into place, so a crash never leaves a half-written directory where a good one
-    was. Returns the output path.
+    ``tokenizer`` is given; see :func:`write_hf_dir` for the atomic write. Returns the path.
+    """
+    return write_hf_dir(to_hf_config(cfg), hf_state_dict(cfg, params), out_dir, tokenizer)
+
+
+def write_hf_dir(hf_config, tensors: dict[str, np.ndarray], out_dir, tokenizer=None) -> Path:
+    """Write a transformers config, ``{checkpoint name: array}`` tensors and a tokenizer as a
+    Hugging Face model directory at ``out_dir``.
+
+    Everything is written to a temporary sibling directory first and then renamed into place,
+    so a crash never leaves a half-written directory where a good one was. Returns the path.
     """
     from safetensors.numpy import save_file
     import transformers
 
     out = Path(out_dir)
-    hf_config = to_hf_config(cfg)
-    tensors = hf_state_dict(cfg, params)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{str(out)!r} exists and is not a directory")
@@ -557,4 +584,5 @@ def save_hf(cfg: ModelConfig, params, out_dir, tokenizer=None) -> Path:
 
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "config_from_hf", "to_hf_config", "read_hf_config",
-           "load_hf", "load_tokenizer", "hf_state_dict", "save_hf"]
+           "load_hf", "load_tokenizer", "hf_state_dict", "save_hf", "write_hf_dir",
+           "checkpoint_names"]

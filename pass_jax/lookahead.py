@@ -52,21 +52,51 @@ def default_init_token(cfg: ModelConfig) -> int:
     return 0
 
 
-def init_lookahead(cfg: ModelConfig, base_params, num_lookahead: int, token_id: int | None = None,
-                   dtype=None):
-    """``la_LxD``: every one of the ``num_lookahead`` rows is the embedding of ``token_id``.
+INIT_FORMS = ("mean", "unk", "zeros", "token:ID")
 
-    ``token_id`` defaults to :func:`default_init_token` (unk, else pad, else BOS, else 0).
-    ``dtype`` defaults to the dtype of the base embedding matrix (pass float32 to train a
-    bfloat16 model's LA embeddings in full precision).
+
+def parse_init(init: str) -> str | int:
+    """An LA initialisation spec: ``'mean'`` (the mean token embedding), ``'unk'`` (the unk
+    token's embedding, the paper's choice), ``'zeros'``, or ``'token:ID'`` (that token's
+    embedding; returned as the int ID). Raises ValueError naming the accepted forms."""
+    if init in ("mean", "unk", "zeros"):
+        return init
+    kind, _, rest = init.partition(":")
+    if kind == "token" and rest.strip().lstrip("-").isdigit():
+        return int(rest)
+    raise ValueError(f"unknown look-ahead init {init!r}; expected one of {', '.join(INIT_FORMS)}")
+
+
+def init_lookahead(cfg: ModelConfig, base_params, num_lookahead: int, token_id: int | None = None,
+                   dtype=None, init: str | int | None = None, unk_token_id: int | None = None):
+    """``la_LxD``: every one of the ``num_lookahead`` rows starts from the same vector.
+
+    ``init`` (see :func:`parse_init`): ``'mean'`` the mean of the token embedding table,
+    ``'zeros'``, ``'unk'`` the embedding of ``unk_token_id`` (default :func:`default_init_token`:
+    unk, else pad, else BOS, else 0), or a token id. Without ``init``, ``token_id`` (default: as
+    ``'unk'``) picks the token, so ``init_lookahead(cfg, params, L)`` is the paper's [UNK]
+    initialisation. ``dtype`` defaults to the dtype of the base embedding matrix (pass float32
+    to train a bfloat16 model's LA embeddings in full precision).
     """
     if num_lookahead < 1:
         raise ValueError(f"num_lookahead must be >= 1, got {num_lookahead}")
-    tok = default_init_token(cfg) if token_id is None else int(token_id)
-    if not 0 <= tok < cfg.vocab_size:
-        raise ValueError(f"init token id {tok} is outside the vocabulary [0, {cfg.vocab_size})")
     table_VxD = jnp.asarray(base_params["embed"]["embedding"])
-    row_D = table_VxD[tok].astype(table_VxD.dtype if dtype is None else dtype)
+    init = parse_init(init) if isinstance(init, str) else init
+    if init == "mean":
+        row_D = table_VxD.astype(jnp.float32).mean(axis=0)
+    elif init == "zeros":
+        row_D = jnp.zeros(table_VxD.shape[1], jnp.float32)
+    else:
+        if isinstance(init, int):
+            tok = init
+        elif token_id is not None and init is None:
+            tok = int(token_id)
+        else:
+            tok = default_init_token(cfg) if unk_token_id is None else int(unk_token_id)
+        if not 0 <= tok < cfg.vocab_size:
+            raise ValueError(f"init token id {tok} is outside the vocabulary [0, {cfg.vocab_size})")
+        row_D = table_VxD[tok]
+    row_D = row_D.astype(table_VxD.dtype if dtype is None else dtype)
     return jnp.tile(row_D[None, :], (num_lookahead, 1))
 
 

@@ -16,15 +16,32 @@ from .config import SamplerConfig
 NEG_INF = -jnp.inf
 
 
+def scale_logits(logits_xV: jax.Array, temperature: float) -> jax.Array:
+    """``(logits - max) / temperature``, with the maximal entries exactly 0: finite for any
+    temperature > 0.
+
+    Dividing first (``logits / T``) breaks at tiny T: the scaled logits reach ~1e30 (or overflow
+    to inf), and inside jit XLA may recompute them in a fused softmax with a different rounding
+    than the row maximum it subtracts, so ``exp(x - max)`` overflows and the probabilities become
+    inf / inf = NaN (the sampler then drew token 0). Shifting first keeps every entry <= 0 and
+    the maxima at exactly 0 however it is recomputed, so a tiny T gives a one-hot (greedy)
+    distribution; a T that underflows float32 sends the other entries to -inf.
+    """
+    max_x1 = jnp.max(logits_xV, axis=-1, keepdims=True)
+    shifted_xV = logits_xV - max_x1
+    return jnp.where(shifted_xV == 0, 0.0, shifted_xV / jnp.float32(temperature))
+
+
 def warp_logits(logits_xV: jax.Array, sampler: SamplerConfig) -> jax.Array:
     """Temperature, then top-k, then top-p; filtered entries become -inf. Float32 out.
 
     Greedy samplers (temperature 0) get the raw logits back (argmax is unaffected by warps).
+    Otherwise the result is shifted so that its maximum is exactly 0 (see ``scale_logits``).
     """
     logits = logits_xV.astype(jnp.float32)
     if sampler.greedy:
         return logits
-    logits = logits / sampler.temperature
+    logits = scale_logits(logits, sampler.temperature)
     V = logits.shape[-1]
     if 0 < sampler.top_k < V:  # keep exactly the k largest (scattered: a threshold compare
         # after top_k is ~20x slower on XLA:CPU, which re-runs top_k inside the elementwise loop)

@@ -4,7 +4,8 @@
 encodes and decodes back exactly; no <unk> is ever produced), wraps it as a
 `transformers.PreTrainedTokenizerFast` with <unk>/<s>/</s>/<pad> set, and `save_pretrained`s it, so
 `AutoTokenizer.from_pretrained(out_dir)` loads it like any Hub tokenizer. Encoding adds no special
-tokens by itself (the data pipeline appends </s> between documents).
+tokens by itself (the data pipeline appends </s> between documents). `special_affixes` tells
+which special tokens any Hugging Face tokenizer adds by default (e.g. LLaMA's <s>).
 """
 
 from __future__ import annotations
@@ -72,6 +73,31 @@ def train_bpe(
     wrapped = _wrap(tokenizer)
     wrapped.save_pretrained(str(out_dir))
     return wrapped
+
+
+def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
+    """(prefix, suffix): the special token ids the tokenizer adds around a text's tokens by
+    default, as ``tokenizer(text)`` and transformers' ``generate`` inputs have them.
+
+    LLaMA-family tokenizers give ``([bos], [])``; GPT-2-style ones and `train_bpe`'s give
+    ``([], [])``. Found by encoding a probe text with and without special tokens (tokenizers
+    add them by a template that does not depend on the text). Raises ValueError if the plain
+    tokens are not a contiguous part of the full ones.
+    """
+    probe = "a"
+    plain = tokenizer.encode(probe, add_special_tokens=False)
+    full = tokenizer.encode(probe, add_special_tokens=True)
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return full[:start], full[start + len(plain):]
+    raise ValueError(f"cannot tell which special tokens the tokenizer adds: {probe!r} encodes "
+                     f"to {plain} plain and to {full} with special tokens")
+
+
+def with_special_tokens(tokenizer, ids_list: list[list[int]]) -> list[list[int]]:
+    """Each token list inside the tokenizer's default special tokens (see `special_affixes`)."""
+    prefix, suffix = special_affixes(tokenizer)
+    return [prefix + list(ids) + suffix for ids in ids_list]
 
 
 def load_tokenizer(path: str | pathlib.Path) -> transformers.PreTrainedTokenizerBase:

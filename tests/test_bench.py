@@ -166,3 +166,36 @@ def test_random_model_report(tmp_path):
     md = (tmp_path / "ar.md").read_text()
     assert "| PaSS fused |" in md and "vs autoregressive" in md
     assert json.loads(out.read_text())["call_ms"] == result["call_ms"]
+
+
+def test_prompts_get_the_tokenizers_special_tokens(tmp_path, monkeypatch, sp_tokenizer):
+    """With a LLaMA-style tokenizer every prompt is BOS + --prompt-tokens text tokens (as
+    ``tokenizer(text)`` starts); --no-special-tokens leaves the text tokens alone."""
+    from pass_jax.config import ModelConfig
+    from pass_jax.hf import save_hf
+    from pass_jax.model import init_params
+
+    cfg = ModelConfig(vocab_size=len(sp_tokenizer), d_model=32, n_layers=1, n_heads=4,
+                      n_kv_heads=2, ffn_dim=64, bos_token_id=1, eos_token_ids=(2,))
+    save_hf(cfg, init_params(cfg, jax.random.PRNGKey(0)), tmp_path / "model",
+            tokenizer=sp_tokenizer)
+    seen = []
+    ours_runner = bench.ours_runner
+
+    def recording_runner(*args, **kwargs):
+        run = ours_runner(*args, **kwargs)
+        return lambda prompts, *rest: seen.append(prompts) or run(prompts, *rest)
+
+    monkeypatch.setattr(bench, "ours_runner", recording_runner)
+    spec = f"files:{_corpus(tmp_path)}/*.py"
+    common = ["--model", str(tmp_path / "model"), "--methods", "ar", "--no-hf-baselines",
+              "--temperatures", "0", "--repeats", "1", "--num-prompts", "1", "--prompt-tokens",
+              "8", "--max-new-tokens", "4", "--data", spec, "--no-plots", "--quiet"]
+    result = bench.main(common + ["--out-dir", str(tmp_path / "a")])
+    assert result["settings"]["add_special_tokens"] is True
+    with_bos = seen[-1]
+    assert len(with_bos) == 1 and len(with_bos[0]) == 9 and with_bos[0][0] == 1
+
+    result = bench.main(common + ["--out-dir", str(tmp_path / "b"), "--no-special-tokens"])
+    assert result["settings"]["add_special_tokens"] is False
+    assert seen[-1] == [p[1:] for p in with_bos]

@@ -1,9 +1,12 @@
-"""The generate CLI end to end on a tiny model directory with a real tokenizer."""
+"""The generate CLI end to end on a tiny model directory with a real tokenizer; prompt
+tokenization and streamed text."""
+import io
 import json
 import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 import infer.generate as generate_cli
@@ -90,11 +93,112 @@ def test_mesh_flag_gives_the_same_tokens(model_dir):
     (["--temperature", "-1"], "temperature"),
     (["--top-p", "0"], "top_p"),
     (["--max-new-tokens", "5000", "--max-len", "64"], "cache too small"),
+    (["--method", "ar", "--lookahead", "LA"], "error: --method ar uses no look-ahead"),
+    (["--method", "unk", "--lookahead", "LA"], "uses no trained embeddings"),
 ])
 def test_bad_flags_give_clear_errors(model_dir, args, message):
-    args = [str(model_dir / "la_other") if a == "LA_OTHER" else a for a in args]
+    named = {"LA_OTHER": str(model_dir / "la_other"), "LA": str(model_dir / "la")}
+    args = [named.get(a, a) for a in args]
     assert message in _error("--model", model_dir / "model", "--prompt", "x", *args)
 
 
 def test_not_a_model_dir(tmp_path):
     assert "config.json" in _error("--model", tmp_path, "--prompt", "x")
+
+
+def test_lookahead_without_method_means_pass_fused(model_dir, capsys):
+    out = _main("--model", model_dir / "model", "--lookahead", model_dir / "la", "--prompt",
+                "def add(", "--max-new-tokens", 10, "--json")
+    capsys.readouterr()
+    assert out["method"] == "pass-fused"
+    assert len(out["stats"]["acceptance_per_position"]) == 3
+    assert out["stats"]["tokens_per_call"] > 0
+
+
+# ----------------------------------------------------------------------------- tokenization
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory, sp_tokenizer):
+    """A tiny random transformers LLaMA saved with a LLaMA-style tokenizer (adds <s>); weights
+    large enough that the logits are far from ties."""
+    import torch
+    import transformers
+
+    d = tmp_path_factory.mktemp("llama")
+    cfg = transformers.LlamaConfig(
+        vocab_size=len(sp_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(1.0 + 0.1 * torch.randn(p.shape) if p.ndim == 1 else 0.1 * torch.randn(p.shape))
+    model.save_pretrained(d)
+    sp_tokenizer.save_pretrained(d)
+    return d, model
+
+
+def test_prompt_gets_the_tokenizers_special_tokens_like_transformers(llama_dir, sp_tokenizer,
+                                                                     capsys):
+    """BOS in front as ``tokenizer(text)`` puts it, and then the same greedy tokens as
+    transformers' ``generate``; ``--no-special-tokens`` feeds the bare text tokens."""
+    import torch
+
+    d, model = llama_dir
+    text = "hello world, the quick"
+    out = _main("--model", d, "--prompt", text, "--max-new-tokens", 24, "--json")
+    enc = sp_tokenizer(text, return_tensors="pt")
+    assert out["prompt_ids"] == enc["input_ids"][0].tolist()
+    assert out["prompt_ids"][0] == sp_tokenizer.bos_token_id
+    with torch.no_grad():
+        ref = model.generate(**enc, max_new_tokens=24, do_sample=False)
+    assert out["token_ids"] == ref[0, enc["input_ids"].shape[1]:].tolist()
+
+    plain = _main("--model", d, "--prompt", text, "--max-new-tokens", 4, "--json",
+                  "--no-special-tokens")
+    capsys.readouterr()
+    assert plain["prompt_ids"] == sp_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert sp_tokenizer.bos_token_id not in plain["prompt_ids"]
+
+
+def test_text_keeps_the_space_after_the_prompt(sp_tokenizer):
+    """SentencePiece-style decoding of a continuation alone drops its leading space; decoded in
+    the context of the prompt it is kept, in the JSON text and in the stream."""
+    prompt_ids = sp_tokenizer("hello")["input_ids"]
+    full_ids = sp_tokenizer("hello world, hello there")["input_ids"]
+    assert full_ids[:len(prompt_ids)] == prompt_ids
+    new_ids = full_ids[len(prompt_ids):]
+    assert sp_tokenizer.decode(new_ids) == "world, hello there"  # the problem
+    assert generate_cli.continuation_text(sp_tokenizer, prompt_ids, new_ids) == \
+        " world, hello there"
+    out = io.StringIO()
+    stream = generate_cli.TextStream(sp_tokenizer, prompt_ids, out)
+    for n in range(len(new_ids) + 1):
+        stream.put(new_ids[:n])
+    stream.end(new_ids)
+    assert out.getvalue() == " world, hello there"
+
+
+@pytest.mark.parametrize("prompt,continuation", [("Text:", " 日本語のテキスト"),
+                                                 ("def f():", " # I love 🍕 pizza\n")])
+def test_stream_holds_back_incomplete_characters(tmp_path, prompt, continuation):
+    """A byte-level tokenizer splits multi-byte characters over tokens: the stream prints no
+    U+FFFD and loses nothing, token by token, called as ``decode.generate`` calls it."""
+    tok = train_bpe(TEXT, 300, tmp_path / "tok")
+    prompt_ids = tok(prompt)["input_ids"]
+    full_ids = tok(prompt + continuation)["input_ids"]
+    assert full_ids[:len(prompt_ids)] == prompt_ids
+    new_ids = full_ids[len(prompt_ids):]
+    assert any("\ufffd" in tok.decode(new_ids[:n]) for n in range(len(new_ids)))  # split chars
+    writes = []
+    out = io.StringIO()
+    out.write = lambda s: writes.append(s)
+    stream = generate_cli.TextStream(tok, prompt_ids, out)
+    out_BxN = np.asarray([new_ids + [0] * 5, [0] * (len(new_ids) + 5)])
+    for n in range(len(new_ids) + 1):
+        stream(out_BxN, np.asarray([n, 0]))
+    assert "".join(writes) == continuation  # complete before end()
+    stream.end(new_ids)
+    assert "".join(writes) == continuation and not any("\ufffd" in w for w in writes)

@@ -221,6 +221,30 @@ def test_seed_changes_order_and_shards_are_disjoint(tokenizer):
     assert sorted(shards[0] + shards[1]) == sorted(first_tokens(0))
 
 
+def test_documents_get_the_tokenizers_special_tokens(sp_tokenizer, tokenizer):
+    """A LLaMA-style tokenizer's <s> starts every document, as ``tokenizer(text)`` has it (then
+    </s> ends it); ``add_special_tokens=False`` leaves it out; the byte-level BPE adds none."""
+    texts = ["hello world, hello there", "the quick brown fox", "I love pizza and pasta"]
+    bos, eos = sp_tokenizer.bos_token_id, sp_tokenizer.eos_token_id
+
+    def rows(tok, **kw):
+        batch = next(data.token_batches(texts, tok, SEQ_LEN, 3, 0, shuffle=False, pack=False,
+                                        **kw))
+        return [row[mask].tolist() for row, mask in zip(batch["tokens"], batch["mask"])]
+
+    assert rows(sp_tokenizer) == [sp_tokenizer(t)["input_ids"] + [eos] for t in texts]
+    assert all(row[0] == bos for row in rows(sp_tokenizer))
+    bare = [sp_tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts]
+    assert rows(sp_tokenizer, add_special_tokens=False) == bare
+    assert rows(tokenizer) == [tokenizer.encode(t) + [tokenizer.eos_token_id] for t in texts]
+    assert tokenizer.bos_token_id not in sum(rows(tokenizer), [])
+
+    packed = data.token_batches(texts, sp_tokenizer, 16, 2, 0, shuffle=False)
+    stream = np.concatenate([b["tokens"][b["mask"]] for b in take(packed, 4)])
+    after_eos = stream[1:][stream[:-1] == eos]
+    assert stream[0] == bos and len(after_eos) >= 3 and (after_eos == bos).all()
+
+
 # ----------------------------------------------------------------------------- tokenizer
 
 

@@ -187,3 +187,18 @@ def test_bad_input_errors():
     for top_p in (0.0, 1.5):
         with pytest.raises(ValueError, match="top_p"):
             SamplerConfig(temperature=1.0, top_p=top_p)
+
+
+@pytest.mark.parametrize("sampler", [SamplerConfig(1e-30), SamplerConfig(1e-10),
+                                     SamplerConfig(1e-30, top_k=5, top_p=0.9)],
+                         ids=["t1e-30", "t1e-10", "t1e-30k5p.9"])
+def test_tiny_temperature_samples_like_greedy(sampler):
+    """A temperature near 0 is a one-hot distribution: every method's sampled tokens equal the
+    greedy ones (they were token 0 from NaN probabilities once)."""
+    params = _params(6)
+    la = _la(3, 1, params)
+    greedy = generate(CFG, params, PROMPTS, max_new_tokens=16, method="ar", eos_ids=())
+    for method in ("ar", "pass", "pass-fused"):
+        out = generate(CFG, params, PROMPTS, max_new_tokens=16, method=method, la_LxD=la,
+                       sampler=sampler, eos_ids=(), seed=2)
+        assert out.tokens == greedy.tokens, method

@@ -50,6 +50,63 @@ def test_init_rows_are_the_token_embedding_with_documented_fallback(params):
     assert lookahead.default_init_token(CFG.replace(pad_token_id=5)) == 3
 
 
+def test_parse_init_accepted_and_bad_forms():
+    assert [lookahead.parse_init(s) for s in ("mean", "unk", "zeros")] == ["mean", "unk", "zeros"]
+    assert lookahead.parse_init("token:5") == 5 and lookahead.parse_init("token:0") == 0
+    assert isinstance(lookahead.parse_init("token:17"), int)
+    for bad in ("", "Mean", "uniform", "token", "token:", "token:abc", "token:1.5", "tok:5",
+                "5", "zero"):
+        with pytest.raises(ValueError, match=f"unknown look-ahead init {bad!r}; expected one "
+                                             "of mean, unk, zeros, token:ID"):
+            lookahead.parse_init(bad)
+
+
+def test_init_forms(params):
+    table = np.asarray(params["embed"]["embedding"])
+    D = CFG.d_model
+    mean = lookahead.init_lookahead(CFG, params, 3, init="mean")
+    assert mean.shape == (3, D) and mean.dtype == table.dtype
+    np.testing.assert_allclose(np.asarray(mean), np.tile(table.mean(0), (3, 1)), rtol=1e-6,
+                               atol=1e-7)
+    assert float(jnp.abs(mean - table[3]).max()) > 1e-3  # not the unk row by accident
+    zeros = lookahead.init_lookahead(CFG, params, 2, init="zeros")
+    assert zeros.shape == (2, D) and zeros.dtype == table.dtype
+    assert not np.asarray(zeros).any()
+    for spec in ("token:5", 5):
+        np.testing.assert_array_equal(
+            np.asarray(lookahead.init_lookahead(CFG, params, 2, init=spec)),
+            np.tile(table[5], (2, 1)))
+    unk = lookahead.init_lookahead(CFG, params, 2, init="unk", unk_token_id=7)
+    np.testing.assert_array_equal(np.asarray(unk), np.tile(table[7], (2, 1)))
+    np.testing.assert_array_equal(np.asarray(lookahead.init_lookahead(CFG, params, 1, init="unk")),
+                                  table[None, 3])  # default: the config's unk token (3)
+    # an explicit init wins over token_id, which only applies without one
+    np.testing.assert_array_equal(
+        np.asarray(lookahead.init_lookahead(CFG, params, 1, token_id=9, init="token:5")),
+        table[None, 5])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        lookahead.init_lookahead(CFG, params, 1, init=f"token:{CFG.vocab_size}")
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        lookahead.init_lookahead(CFG, params, 1, init="token:-1")
+    with pytest.raises(ValueError, match="expected one of"):
+        lookahead.init_lookahead(CFG, params, 1, init="uniform")
+
+
+@pytest.mark.parametrize("init", ["mean", "unk", "zeros", "token:5"])
+def test_init_dtype(params, init):
+    params_bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+    table_bf16 = np.asarray(params_bf16["embed"]["embedding"], np.float32)
+    assert lookahead.init_lookahead(CFG, params_bf16, 2, init=init).dtype == jnp.bfloat16
+    la = lookahead.init_lookahead(CFG, params_bf16, 2, init=init, dtype=jnp.float32)
+    assert la.dtype == jnp.float32
+    assert lookahead.init_lookahead(CFG, params, 2, init=init, dtype=jnp.bfloat16).dtype == \
+        jnp.bfloat16
+    expected_D = {"mean": table_bf16.mean(0), "unk": table_bf16[3],
+                  "zeros": np.zeros(CFG.d_model), "token:5": table_bf16[5]}[init]
+    # float32 LAs of a bfloat16 model: the mean is taken in float32, not rounded to bfloat16
+    np.testing.assert_allclose(np.asarray(la), np.tile(expected_D, (2, 1)), rtol=1e-6, atol=1e-7)
+
+
 def test_round_trip(export, params):
     out, la = export
     assert sorted(os.listdir(out)) == ["lookahead.json", "lookahead.safetensors"]

@@ -1,5 +1,8 @@
 """Look-ahead training losses: packed == separate passes, the packed mask, training works, base frozen.
 
+The packed LA logits also match transformers' PyTorch llama run on the paper's single-insertion
+input (``inputs_embeds``).
+
 Compilation dominates the run time on CPU, so each jitted function is compiled once per module
 (fixtures with module scope) and reused.
 """
@@ -300,3 +303,62 @@ def test_bad_input(random_params):
         losses.make_la_train_step(CFG, optax.adam(1e-2), "mse")
     with pytest.raises(ValueError, match="warmup"):
         losses.paper_optimizer(steps=10, warmup=10)
+
+
+# ------------------------------------------------- (g) parity with transformers on inputs_embeds
+
+def test_packed_logits_match_transformers_single_insertion(tmp_path):
+    """Each group's LA rows in the packed pass compute what transformers' PyTorch
+    LlamaForCausalLM computes on the paper's single-insertion input
+    ``[embed(x_0..x_p), LA_1..LA_L]`` at positions ``0..p+L`` (fed as ``inputs_embeds``); the
+    matching base rows are its logits on the plain token sequence."""
+    import torch
+    import transformers
+
+    from pass_jax import hf
+
+    config = transformers.LlamaConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        rms_norm_eps=1e-5, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(
+        config, attn_implementation="eager").eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # weights large enough that attention is far from uniform
+        for _, w in model.named_parameters():
+            noise = torch.randn(w.shape, generator=g)
+            w.copy_(1.0 + 0.1 * noise if w.ndim == 1 else 0.2 * noise)
+    model.save_pretrained(tmp_path)
+    cfg, params = hf.load_hf(tmp_path)
+
+    B, N, L = 2, 12, 3
+    tokens_BxN = np.array(jax.random.randint(jax.random.PRNGKey(0), (B, N), 0, 128), np.int32)
+    # p=8 leaves LA_3 without a target, p=9 LA_2 and LA_3: their logits are still compared
+    ins_BxM = np.array([[0, 4, 8], [2, 6, 9]], np.int32)
+    la_LxD = 0.5 * jax.random.normal(jax.random.PRNGKey(1), (L, cfg.d_model))
+    q_BxRxV, p_BxRxV, targets_BxR, valid_BxR = jax.jit(
+        losses.packed_logits, static_argnums=0)(cfg, params, la_LxD, tokens_BxN, ins_BxM)
+    q_BxRxV, p_BxRxV = np.asarray(q_BxRxV), np.asarray(p_BxRxV)
+    valid_BxR = np.asarray(valid_BxR)
+    assert valid_BxR.sum() == B * 3 * L - 3 and np.abs(q_BxRxV).max() > 0.5
+
+    la_t_LxD = torch.from_numpy(np.array(la_LxD))
+    embed = model.get_input_embeddings()
+    with torch.no_grad():
+        for b in range(B):
+            seq_NxV = model(torch.from_numpy(tokens_BxN[b:b + 1]).long()).logits[0].numpy()
+            for grp, p in enumerate(ins_BxM[b]):
+                x_TxD = torch.cat([embed(torch.from_numpy(tokens_BxN[b, :p + 1]).long()),
+                                   la_t_LxD])  # T = p + 1 + L
+                ref_TxV = model(inputs_embeds=x_TxD[None]).logits[0].numpy()
+                rows = slice(grp * L, (grp + 1) * L)
+                np.testing.assert_allclose(q_BxRxV[b, rows], ref_TxV[p + 1:], atol=1e-4, rtol=0)
+                for i in range(1, L + 1):  # LA_i drafts x_{p+1+i}: the model's row p+i
+                    r = grp * L + i - 1
+                    if valid_BxR[b, r]:
+                        np.testing.assert_allclose(p_BxRxV[b, r], seq_NxV[p + i], atol=1e-4,
+                                                   rtol=0)
+                        assert int(targets_BxR[b, r]) == tokens_BxN[b, p + 1 + i]
+    # the LA rows depend on their group's context: equal LAs, different outputs
+    assert np.abs(q_BxRxV[0, :L] - q_BxRxV[0, L:2 * L]).max() > 0.1

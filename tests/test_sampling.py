@@ -6,6 +6,7 @@ empirical distribution of the first 3 new tokens against the exact autoregressiv
 deliberately broken acceptance rule (always accept) must be rejected by the same test.
 """
 import itertools
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -139,3 +140,19 @@ def test_speculative_accept_greedy_and_residual():
     assert abs((n == 2).mean() - 0.6 * 0.05) < 0.015  # accept d_1 w.p. 0.6, then d_2 w.p. 0.05
     assert not np.any(nxt[n == 1] == 3)
     assert not np.any(nxt[n == 0] == 1)
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 1e-30, 1e-10, 1e-3, 1.0, 1e30])
+@pytest.mark.parametrize("jit", [False, True])
+def test_warp_probs_finite_and_normalised_at_any_temperature(temperature, jit):
+    """Finite probabilities summing to 1 (one-hot at the argmax for tiny T), jitted or not."""
+    logits = jax.random.normal(jax.random.PRNGKey(0), (4, 50)) * 30
+    for sampler in (SamplerConfig(temperature), SamplerConfig(temperature, top_k=5, top_p=0.9)):
+        warp = jax.jit(lambda x: warp_probs(x, sampler)) if jit else partial(warp_probs,
+                                                                              sampler=sampler)
+        probs = np.asarray(warp(logits))
+        assert np.isfinite(probs).all() and (probs >= 0).all(), (temperature, sampler)
+        np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+        if temperature <= 1e-3:
+            np.testing.assert_array_equal(probs.argmax(-1), np.argmax(logits, -1))
+            np.testing.assert_allclose(probs.max(-1), 1.0, rtol=1e-5)

@@ -97,7 +97,7 @@ def test_lookahead_cli_json_then_sigterm_and_exact_resume(tiny_model, corpus, tm
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads(proc.stdout)
-    for key in ("acceptance", "acceptance_unk"):
+    for key in ("acceptance", "acceptance_init"):
         assert set(metrics[key]) == {"greedy", "sampled"}
         assert all(len(v) == 2 and all(0 <= a <= 1 for a in v) for v in metrics[key].values())
     assert metrics["steps"] == 8 and metrics["tokens_per_s"] > 0
@@ -109,7 +109,7 @@ def test_lookahead_cli_json_then_sigterm_and_exact_resume(tiny_model, corpus, tm
     assert json.loads((straight / "lookahead.json").read_text())["init_token_id"] == unk
     evals = [json.loads(line) for line in (straight / lookahead.EVAL_FILE).read_text().splitlines()]
     assert [e["step"] for e in evals] == [0, 4, 8]
-    assert evals[0]["sampled"] == metrics["acceptance_unk"]["sampled"]
+    assert evals[0]["sampled"] == metrics["acceptance_init"]["sampled"]
 
     make_step = losses.make_la_train_step
 

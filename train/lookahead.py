@@ -3,7 +3,8 @@
 ``python -m train.lookahead --model DIR --data SPEC --num-lookahead L --out DIR [--steps N] ...``
 
 Loads a Hugging Face model directory (tokenizer included), builds the ``--data`` pipeline,
-initialises every LA embedding from the unk token's embedding and trains only them (base params
+initialises every LA embedding (``--init``: the mean token embedding by default, or the unk
+token's as in the paper) and trains only them (base params
 are constants; optimizer state exists only for the L x d_model LA array) with the packed
 insertion loss of ``pass_jax.losses`` (M groups of L LA tokens per sequence; M = 1 is the paper's
 recipe). Defaults come from the ``lookahead`` section of ``--config`` (configs/paper.yaml: the
@@ -15,7 +16,7 @@ Output directory ``--out``:
                              the same command resumes from the latest one
   eval.jsonl                 held-out acceptance estimate per LA position (greedy agreement and
                              sum_v min(p, q) at the configured temperature / top-k), one line per
-                             evaluation (step 0 is the unk initialisation)
+                             evaluation (step 0 is the initialisation)
   lookahead.safetensors/.json  the final export (``pass_jax.lookahead.save_lookahead``) with the
                              final metrics; a finished run re-run with the same settings just
                              reports them.
@@ -35,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pass_jax import checkpoint, data, decode, hf, lookahead, losses, sharding
+from pass_jax import checkpoint, data, decode, gguf_file, hf, lookahead, losses, sharding
 from pass_jax.config import SamplerConfig, load_yaml
 from train import PREEMPTED_EXIT_CODE, require, run_cli, train_loop
 
@@ -44,19 +45,20 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 EVAL_FILE = "eval.jsonl"
 # Settings a checkpoint must agree with to be resumed (the rest only changes logging cadence).
 _RESUME_KEYS = ("data", "num_lookahead", "loss", "groups", "lr", "weight_decay", "steps",
-                "warmup", "batch_size", "seq_len", "seed", "dtype")
+                "warmup", "batch_size", "seq_len", "seed", "dtype", "init")
 _REQUIRED = ("lr", "batch_size", "seq_len", "steps", "groups", "loss", "dtype", "seed",
              "temperature", "top_k", "eval_every", "eval_batches", "save_every")
 # Flags that override the config section, with their types.
 _OVERRIDES = {"steps": int, "loss": str, "groups": int, "batch_size": int, "seq_len": int,
               "lr": float, "warmup": int, "dtype": str, "eval_every": int, "save_every": int,
-              "seed": int, "temperature": float, "top_k": int}
+              "seed": int, "temperature": float, "top_k": int, "init": str}
 
 
 def _parse(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train.lookahead",
                                 description="Train the look-ahead embeddings of a frozen model.")
-    p.add_argument("--model", required=True, help="Hugging Face model directory (with tokenizer)")
+    p.add_argument("--model", required=True,
+                   help="Hugging Face model directory (with tokenizer) or GGUF file")
     p.add_argument("--data", required=True,
                    help="corpus: tfds:NAME[/CONFIG][:SPLIT], files:GLOB, stdlib or self")
     p.add_argument("--num-lookahead", "-L", type=int, required=True, help="L, LA tokens")
@@ -77,6 +79,11 @@ def _parse(argv) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int)
     p.add_argument("--save-every", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--init", help="LA initialisation: mean (mean token embedding; the default), "
+                   "unk (the paper's), zeros or token:ID")
+    p.add_argument("--no-special-tokens", dest="add_special_tokens", action="store_false",
+                   help="documents without the special tokens the tokenizer adds by default "
+                   "(e.g. LLaMA's BOS)")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     sharding.add_mesh_arg(p)
     return p.parse_args(argv)
@@ -92,7 +99,10 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     require(s, _REQUIRED, f"config {args.config}: the 'lookahead' section")
     if args.warmup is None:
         s["warmup"] = int(round(s.get("warmup_fraction", 0.2) * s["steps"]))
-    s.update(data=args.data, num_lookahead=args.num_lookahead)
+    s.update(data=args.data, num_lookahead=args.num_lookahead,
+             add_special_tokens=args.add_special_tokens)
+    s.setdefault("init", "mean")
+    lookahead.parse_init(s["init"])
     if s["num_lookahead"] < 1:
         raise ValueError(f"--num-lookahead must be >= 1, got {s['num_lookahead']}")
     if s["groups"] < 1:
@@ -148,7 +158,8 @@ def _eval_set(texts, tok, s: dict) -> list[tuple[jax.Array, jax.Array]]:
     N, L, B = s["seq_len"], s["num_lookahead"], s["batch_size"]
     M = min(s.get("eval_groups", 8), N - 1 - L)
     batches = itertools.islice(
-        data.token_batches(texts, tok, N, B, s["seed"], shuffle=False), s["eval_batches"])
+        data.token_batches(texts, tok, N, B, s["seed"], shuffle=False,
+                           add_special_tokens=s["add_special_tokens"]), s["eval_batches"])
     key = jax.random.PRNGKey(s["seed"] + 1)
     return [(jnp.asarray(b["tokens"]),
              losses.sample_insertion_points(jax.random.fold_in(key, i), B, M, N, L))
@@ -184,6 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     spec = data.parse_spec(s["data"])
     L, B, N, M = s["num_lookahead"], s["batch_size"], s["seq_len"], s["groups"]
     resume_key = {k: s[k] for k in _RESUME_KEYS}
+    args.model = gguf_file.resolve_model(args.model)  # a .gguf file: its cached conversion
     # on --mesh: base params in their shards, LA state replicated, batch rows split
     mesh, cfg, base_params = sharding.load_model_for_args(args, args.model, s["dtype"])
     tok = hf.load_tokenizer(args.model)
@@ -213,10 +225,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not eval_set:
         raise ValueError(f"empty corpus: the held-out split of {s['data']} gives no batch")
 
-    # the unk token (as in the paper); HF configs rarely record it, the tokenizer does
-    init_token = next((t for t in (cfg.unk_token_id, tok.unk_token_id) if t is not None),
-                      lookahead.default_init_token(cfg))
-    la_init_LxD = lookahead.init_lookahead(cfg, base_params, L, init_token, dtype=jnp.float32)
+    # the unk token (the paper's start and the [UNK] baseline); HF configs rarely record it,
+    # the tokenizer does
+    unk_token = next((t for t in (cfg.unk_token_id, tok.unk_token_id) if t is not None),
+                     lookahead.default_init_token(cfg))
+    init = lookahead.parse_init(s["init"])
+    init_token = unk_token if init == "unk" else init if isinstance(init, int) else None
+    la_init_LxD = lookahead.init_lookahead(cfg, base_params, L, dtype=jnp.float32, init=init,
+                                           unk_token_id=unk_token)
     optimizer = losses.paper_optimizer(s["lr"], s["steps"], s["warmup"],
                                        s.get("weight_decay", 0.0))
     la_state = losses.init_la_state(jnp.array(la_init_LxD), optimizer)  # a copy: donated
@@ -234,7 +250,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     os.makedirs(args.out, exist_ok=True)
     mngr = checkpoint.manager(os.path.join(args.out, "checkpoints"),
                               save_every=s["save_every"], keep=s.get("keep", 2))
-    batches = data.token_batches(train_texts, tok, N, B, s["seed"])
+    batches = data.token_batches(train_texts, tok, N, B, s["seed"],
+                                 add_special_tokens=s["add_special_tokens"])
     if checkpoint.latest_step(mngr) is not None:
         restored = checkpoint.restore(mngr, state)
         if restored.meta.get("resume_key") != resume_key:
@@ -246,7 +263,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"resuming from step {restored.step} ({mngr.directory})", file=sys.stderr)
 
     temperature, top_k = s["temperature"], s["top_k"]
-    unk = heldout_estimate(cfg, base_params, la_init_LxD, eval_set, temperature, top_k)
+    at_init = heldout_estimate(cfg, base_params, la_init_LxD, eval_set, temperature, top_k)
     start_step = int(state["la"].step)
     log_path = os.path.join(args.out, EVAL_FILE)
     history = _eval_log_upto(log_path, start_step)
@@ -258,7 +275,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f.write(json.dumps(record) + "\n")
 
     if start_step == 0:
-        log_eval(0, unk)
+        log_eval(0, at_init)
 
     def evaluate(state, step):
         est = heldout_estimate(cfg, base_params, state["la"].la, eval_set, temperature, top_k)
@@ -295,7 +312,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "heldout_ce": final["ce"],
         "heldout_kl": final["kl"],
         "acceptance": {"greedy": final["greedy"], "sampled": final["sampled"]},
-        "acceptance_unk": {"greedy": unk["greedy"], "sampled": unk["sampled"]},
+        "acceptance_init": {"greedy": at_init["greedy"], "sampled": at_init["sampled"]},
+        "init": s["init"],
         "temperature": temperature,
         "top_k": top_k,
         "steps": s["steps"],
@@ -322,10 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        acc, unk = metrics["acceptance"], metrics["acceptance_unk"]
+        acc, ini = metrics["acceptance"], metrics["acceptance_init"]
         print(f"wrote {args.out}: held-out acceptance per LA position at T="
-              f"{metrics['temperature']}, top-k {metrics['top_k']}: {acc['sampled']} (unk init "
-              f"{unk['sampled']}); greedy {acc['greedy']} (unk init {unk['greedy']}); "
+              f"{metrics['temperature']}, top-k {metrics['top_k']}: {acc['sampled']} ({metrics['init']} "
+              f"init {ini['sampled']}); greedy {acc['greedy']} (init {ini['greedy']}); "
               f"{metrics['tokens_per_s'] or 0:.0f} tokens/s", file=sys.stderr)
     return 0
 
