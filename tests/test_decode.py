@@ -142,7 +142,7 @@ def test_unjitted_step_matches_jitted():
     jitted = jax.jit(pass_step, static_argnums=0)(spec, params, la, state)
     with jax.disable_jit():
         eager = pass_step(spec, params, la, state)
-    for name in ("out_BxN", "n_B", "drafts_BxL", "y_B", "accepted_BxL"):
+    for name in ("out_BxN", "n_B", "drafts_BxLxW", "y_B", "accepted_BxLxW"):
         np.testing.assert_array_equal(getattr(eager, name), getattr(jitted, name), err_msg=name)
     np.testing.assert_allclose(eager.q_BxLxV, jitted.q_BxLxV, atol=1e-5)
 
