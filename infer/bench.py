@@ -22,6 +22,9 @@ interleaved (the order rotates every repeat); the median wall time counts. Metho
 * ``unk``        the paper's [UNK] baseline: PaSS with every LA embedding = the unk token's
 * ``pass``       PaSS, the paper's schedule (drafting call + validation call), trained LA
 * ``pass-fused`` PaSS with verification and drafting fused in one call per iteration
+* ``tree-3x2x1x1`` a fused draft tree (widths per depth, depth <= L; benchmarked for every L
+  at least its depth): several draws per position verified at once, lossless by recursive
+  rejection sampling
 * ``hf-generate``, ``hf-prompt-lookup``: the same model dir in transformers (PyTorch)
   ``generate`` (greedy, or sampling with the same temperature / top-k / top-p) and its
   prompt-lookup decoding (batch 1 only), when torch is importable (``--hf-baselines``); on
@@ -30,9 +33,10 @@ interleaved (the order rotates every repeat); the median wall time counts. Metho
 Generation runs ``--max-new-tokens`` tokens per prompt, EOS ignored (``--stop-at-eos`` to stop),
 so every method does the same work. Reported per cell: median seconds per generate call (N new
 tokens per row; at batch 1 the paper's "s for N tokens"), speedup vs ``ar``, tokens/s, tokens per
-forward call, acceptance per LA position, for temperature 0 whether the output is identical to
-``ar`` (it must be: PaSS is lossless), and the share of completions (prompt + completion up to its
-last complete line) that parse with ``ast``.
+forward call, the cost of a call vs ``ar``, the draft tree and the tokens of a call,
+acceptance per LA position, for temperature 0 whether the output is identical to ``ar`` (it must
+be: PaSS is lossless), and the share of completions (prompt + completion up to its last complete
+line) that parse with ``ast``.
 
 Outputs (``--out-dir``): ``bench.json`` (or ``--json OUT``), ``bench.md`` (tables shaped like the
 paper's Table 1, the L ablation, details, quality, transformers baselines; also printed),
@@ -67,6 +71,33 @@ LABELS = {"ar": "autoregressive", "unk": "[UNK] look-ahead", "pass": "PaSS",
 COLORS = {"ar": "tab:gray", "unk": "tab:orange", "pass": "tab:blue", "pass-fused": "tab:green"}
 
 
+def is_ours(method: str) -> bool:
+    """One of our decoding methods (a draft tree ``tree-WxW..`` included)."""
+    from pass_jax.layout import parse_tree
+
+    return method in OUR_METHODS or parse_tree(method) is not None
+
+
+def label(method: str) -> str:
+    return LABELS.get(method) or "PaSS " + method.replace("-", " ")
+
+
+def color(method: str) -> str | None:
+    return COLORS.get(method)
+
+
+def layout_text(method: str, L: int | None) -> str:
+    """The draft tree (widths per depth) and the tokens of each call of ``method`` at L:
+    ``3x2x1x1, 110``; ``1x1x1x1, 2 calls: 5 + 5``; ``-, 1``."""
+    from pass_jax.layout import make_schedule, parse_tree
+
+    schedule = make_schedule("pass" if method == "unk" else method, L or 0)
+    widths = parse_tree(method) or (1,) * schedule.num_lookahead
+    calls = [str(lay.T) for lay in schedule.step]
+    return ("x".join(map(str, widths)) or "-") + ", " + (
+        f"{len(calls)} calls: " if len(calls) > 1 else "") + " + ".join(calls)
+
+
 # --------------------------------------------------------------------------- flags
 
 
@@ -95,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--top-k", type=int, default=10, help="0 = off")
     ap.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     ap.add_argument("--methods", default="ar,unk,pass,pass-fused",
-                    help=f"comma separated, of {','.join(OUR_METHODS)}")
+                    help=f"comma separated, of {','.join(OUR_METHODS)} and draft trees "
+                         "tree-WxWx.. (e.g. tree-3x2x1x1)")
     ap.add_argument("--batch-size", type=_ints, default=[1], help="comma separated, e.g. 1,4")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--main-lookahead", type=int,
@@ -129,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cache sizes for the per-step time of --random-model")
     rm.add_argument("--rm-batch-size", type=_ints, default=[1, 8],
                     help="batch sizes of --random-model")
+    rm.add_argument("--call-cost-methods", default="ar,pass,pass-fused,tree-2x2x1x1,tree-3x2x1x1",
+                    help="methods (L = 4) whose cost of one call --random-model measures")
     add_mesh_arg(ap)
     return ap
 
@@ -319,8 +353,8 @@ def _chunks(prompts, B):
 
 
 def ours_runner(cfg, params, method: str, la, eos_ids, mesh=None):
-    """A runner of our ``generate`` (``method`` 'ar', 'pass' or 'pass-fused'), on ``mesh``
-    when one is given."""
+    """A runner of our ``generate`` (``method`` 'ar', 'pass', 'pass-fused' or a draft tree), on
+    ``mesh`` when one is given."""
     from pass_jax.decode import generate
 
     def run(prompts, B, sampler, seed, max_new_tokens):
@@ -417,7 +451,8 @@ def summarise(variant: Variant, runs: list[Run], ar_rows: dict | None, prompts, 
            "key": variant.key, "wall_s": [round(w, 5) for w in walls], "median_s": med,
            "s_per_call": med / num_calls_per_run,
            "new_tokens": new_tokens[0], "tokens_per_s": statistics.median(new_tokens) / med}
-    if variant.method in ("ar", "unk", "pass", "pass-fused"):
+    if is_ours(variant.method):
+        row["layout"] = layout_text(variant.method, variant.L)
         calls = sum(r.calls for r in runs)
         row["forward_calls"] = calls // len(runs)
         row["tokens_per_call"] = sum(new_tokens) / max(calls, 1)
@@ -456,13 +491,15 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
 
     from pass_jax.config import SamplerConfig
     from pass_jax.hf import load_tokenizer
+    from pass_jax.layout import method_lookahead
     from pass_jax.lookahead import init_lookahead
 
     info = machine_info()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
-        if m not in OUR_METHODS:
-            raise SystemExit(f"unknown method {m!r}; expected some of {','.join(OUR_METHODS)}")
+        if not is_ours(m):
+            raise SystemExit(f"unknown method {m!r}; expected some of {','.join(OUR_METHODS)} "
+                             "or a draft tree tree-WxWx..")
     if "ar" not in methods:
         methods.insert(0, "ar")  # speedups are relative to it
     mesh, cfg, params = load_model_for_args(args, args.model, args.dtype, stacked=False)
@@ -470,8 +507,8 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
     if tok is None:
         raise SystemExit(f"{args.model} has no tokenizer files: prompts need a tokenizer")
     las = load_lookaheads(args.lookahead, cfg, params) if args.lookahead else {}
-    if any(m in methods for m in ("pass", "pass-fused")) and not las:
-        raise SystemExit("methods pass / pass-fused need --lookahead DIR[,DIR...]")
+    if any(m not in ("ar", "unk") for m in methods) and not las:
+        raise SystemExit("methods pass / pass-fused / tree-.. need --lookahead DIR[,DIR...]")
     Ls = sorted(las) or ([args.main_lookahead or 4] if "unk" in methods else [])
     main_L = args.main_lookahead or (4 if 4 in Ls else (Ls[0] if Ls else None))
     eos_ids = tuple(cfg.eos_token_ids) if args.stop_at_eos else ()
@@ -489,6 +526,8 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
                                                                   eos_ids, mesh)))
             continue
         for L in Ls:
+            if method_lookahead(m, L) > L:
+                continue  # a tree deeper than L
             la = init_lookahead(cfg, params, L) if m == "unk" else las[L][1]
             variants.append(Variant(f"{m}@L{L}", m, L, ours_runner(
                 cfg, params, "pass" if m == "unk" else m, la, eos_ids, mesh)))
@@ -653,7 +692,7 @@ def markdown(result: dict) -> str:
                              f"{r['s_per_call']:.3f} ({r['speedup_vs_ar']:.2f}x)")
             if all(c == "-" for c in cells):
                 continue
-            name = LABELS[m] + (f" (L={L0})" if m in ("unk", "pass", "pass-fused") else "")
+            name = label(m) + (f" (L={L0})" if m != "ar" and not m.startswith("hf") else "")
             out.append(f"| {name} | " + " | ".join(cells) + " |")
     if len(Ls) > 1:
         B = Bs[0]
@@ -667,25 +706,26 @@ def markdown(result: dict) -> str:
                     r = _row(rows, T, B, m, L)
                     cells.append("-" if r is None else
                                  f"{r['s_per_call']:.3f} ({r['speedup_vs_ar']:.2f}x)")
-                out.append(f"| {LABELS[m]} | {L} | " + " | ".join(cells) + " |")
+                if any(c != "-" for c in cells):
+                    out.append(f"| {label(m)} | {L} | " + " | ".join(cells) + " |")
     out.append("\n### Details: tokens/s, tokens per forward call, cost of a call, acceptance\n")
     out.append("Speedup = tokens per call / call cost vs autoregressive: the first is draft "
                "quality, the second what a call of the layout's tokens costs on this machine "
                "(ms per call = wall time x batch / forward calls, prefill included).\n")
-    out.append("| batch | method | L | temperature | tokens/s | tokens/call | ms/call (vs AR) | "
-               "acceptance per position | ast parses (to last line / to last top-level line) | "
-               "greedy == AR |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    out.append("| batch | method | L | draft tree, tokens per call | temperature | tokens/s | "
+               "tokens/call | ms/call (vs AR) | acceptance per position | ast parses (to last "
+               "line / to last top-level line) | greedy == AR |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['batch_size']} | {LABELS[r['method']]} | - | {_tname(r['temperature'])}"
-                       f" | error: {r['error'][:80]} | | | | | |")
+            out.append(f"| {r['batch_size']} | {label(r['method'])} | - | - | "
+                       f"{_tname(r['temperature'])} | error: {r['error'][:80]} | | | | | |")
             continue
         acc = r.get("acceptance_per_position")
         g = r.get("greedy_identical_to_ar")
         out.append(
-            f"| {r['batch_size']} | {LABELS[r['method']]} | {r['L'] or '-'} | "
-            f"{_tname(r['temperature'])} | {r['tokens_per_s']:.1f} | "
+            f"| {r['batch_size']} | {label(r['method'])} | {r['L'] or '-'} | "
+            f"{r.get('layout', '-')} | {_tname(r['temperature'])} | {r['tokens_per_s']:.1f} | "
             + (f"{r['tokens_per_call']:.2f}" if "tokens_per_call" in r else "-") + " | "
             + (f"{r['ms_per_forward_call']:.2f} ({r['call_cost_vs_ar']:.2f}x)"
                if "call_cost_vs_ar" in r else "-") + " | "
@@ -723,9 +763,9 @@ def plots(result: dict, out_dir: str) -> list[str]:
             pts = [(T, _row(rows, T, B, m, None if m == "ar" else L0)) for T in Ts]
             pts = [(T, r["speedup_vs_ar"]) for T, r in pts if r is not None]
             if pts:
-                ax.plot(*zip(*sorted(pts)), marker="o", color=COLORS[m],
+                ax.plot(*zip(*sorted(pts)), marker="o", color=color(m),
                         ls=":" if m == "ar" else "-",
-                        label=LABELS[m] + (f" L={L0}" if m != "ar" else ""))
+                        label=label(m) + (f" L={L0}" if m != "ar" else ""))
         ax.set_xlabel("temperature (0 = greedy)")
         ax.set_ylabel("speedup vs autoregressive (wall time)")
         ax.set_title(f"batch {B}")
@@ -747,7 +787,7 @@ def plots(result: dict, out_dir: str) -> list[str]:
             pts = [(L, _row(rows, T, B, m, L)) for L in Ls]
             pts = [(L, r["s_per_call"]) for L, r in pts if r is not None]
             if pts:
-                ax.plot(*zip(*pts), marker="o", color=COLORS[m], label=LABELS[m])
+                ax.plot(*zip(*pts), marker="o", color=color(m), label=label(m))
         ax.set_xlabel("L (look-ahead tokens)")
         ax.set_title(_tname(T))
         ax.set_xticks(Ls)
@@ -894,9 +934,10 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
         prompt = [rng.integers(4, cfg.vocab_size, P).tolist()]
         la = init_lookahead(cfg, params, 4)  # [UNK] drafts: the cost of a call, not its yield
 
-        # every method at one cache size: enough for the fused steps after a long prompt too
-        slots = max(CALL_COST_SLOTS,
-                    round_cache_len(step_timing_slots(P, make_schedule("pass-fused", 4))))
+        # every method at one cache size: enough for its steps after a long prompt too
+        cost_methods = [m.strip() for m in args.call_cost_methods.split(",") if m.strip()]
+        slots = max([CALL_COST_SLOTS] + [round_cache_len(step_timing_slots(
+            P, make_schedule(m, 4))) for m in cost_methods])
 
         def call_ms(method: str, max_len: int = slots, params=params) -> float:
             return 1000 * step_seconds(cfg, params, method, la, prompt, reps, max_len)
@@ -907,7 +948,7 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
             results["step_ms_scanned"][str(max_len)] = call_ms("ar", max_len, scanned)
         del scanned
         results["call_slots"] = slots
-        for method in ("ar", "pass", "pass-fused"):  # the step-cost side of a PaSS speedup
+        for method in cost_methods:  # the step-cost side of a PaSS speedup
             results["call_ms"][method] = call_ms(method)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -928,11 +969,13 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
     ar_ms = results["call_ms"]["ar"]
     lines += ["", f"Cost of one forward call, batch 1, L=4, {results['call_slots']} cache slots "
               "(PaSS: the mean of a drafting and a validation call; fused: 1 + L + L(L+1) = 25 "
-              "tokens). A method is faster than autoregressive only when it yields more tokens "
-              "per call than this ratio:", "",
-              "| method | ms per call | vs autoregressive |", "|---|---|---|"]
+              "tokens; a draft tree: its nodes, each with a group of LA tokens). A method is "
+              "faster than autoregressive only when it yields more tokens per call than this "
+              "ratio:", "",
+              "| method | draft tree, tokens per call | ms per call | vs autoregressive |",
+              "|---|---|---|---|"]
     for m, ms in results["call_ms"].items():
-        lines.append(f"| {LABELS[m]} | {ms:.2f} | {ms / ar_ms:.2f}x |")
+        lines.append(f"| {label(m)} | {layout_text(m, 4)} | {ms:.2f} | {ms / ar_ms:.2f}x |")
     text = "\n".join(lines) + "\n"
     results["markdown"] = text
     if args.json:

@@ -1,7 +1,12 @@
-"""Generate text with a Hugging Face model directory: autoregressive, PaSS, fused PaSS, [UNK].
+"""Generate text with a Hugging Face model directory: autoregressive, PaSS, fused PaSS, [UNK],
+draft trees.
 
-    python -m infer.generate --model DIR [--lookahead DIR] --method {ar,pass,pass-fused,unk}
-        --prompt TEXT --max-new-tokens N [--temperature T --top-k K --top-p P --seed S] [--json]
+    python -m infer.generate --model DIR [--lookahead DIR]
+        --method {ar,pass,pass-fused,unk,tree-WxWx..} --prompt TEXT --max-new-tokens N
+        [--temperature T --top-k K --top-p P --seed S] [--json]
+
+``tree-3x2x1x1`` is a fused draft tree: 3 draws for the first position, 2 for the second under
+each of those, ..; its depth must not exceed the number of look-ahead embeddings.
 
 Text is streamed to stdout as it is generated; with ``--json`` one JSON object is printed at the
 end instead (token ids, text, and stats: forward calls, tokens per call, acceptance per LA
@@ -18,11 +23,22 @@ from pass_jax.sharding import add_mesh_arg, load_model_for_args
 METHODS = ("ar", "pass", "pass-fused", "unk")
 
 
+def method_arg(text: str) -> str:
+    """``--method``: one of METHODS or a draft tree ``tree-WxWx..``."""
+    from pass_jax.layout import parse_tree
+
+    if text not in METHODS and parse_tree(text) is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose from {', '.join(METHODS)}, tree-WxWx..)")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m infer.generate", description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="Hugging Face model directory")
     ap.add_argument("--lookahead", help="trained look-ahead embeddings (train.lookahead --out)")
-    ap.add_argument("--method", choices=METHODS, default="ar")
+    ap.add_argument("--method", type=method_arg, default="ar",
+                    help=f"{', '.join(METHODS)} or a draft tree such as tree-3x2x1x1")
     ap.add_argument("--num-lookahead", type=int,
                     help="L for --method unk, or untrained (unk-initialised) pass runs")
     ap.add_argument("--prompt", required=True, help="prompt text")

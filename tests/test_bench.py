@@ -57,11 +57,16 @@ def test_quick_demo_end_to_end(tmp_path):
     stamps = (base.stat().st_mtime_ns, la.stat().st_mtime_ns)
     again = demo.main(["--quick", "--artifacts", str(art), "--out-dir", str(tmp_path / "again"),
                        "--temperatures", "0", "--batch-size", "2", "--repeats", "1",
-                       "--no-hf-baselines", "--", "--mesh", "data=2,fsdp=2,tensor=2"])
+                       "--no-hf-baselines", "--", "--mesh", "data=2,fsdp=2,tensor=2",
+                       "--methods", "ar,pass-fused,tree-2x2"])
     assert (base.stat().st_mtime_ns, la.stat().st_mtime_ns) == stamps
     assert (tmp_path / "again" / "bench.json").exists()
-    # the benchmark on a device mesh (8 simulated devices): still lossless
-    assert again["greedy_identical_to_ar"] and all(again["greedy_identical_to_ar"].values())
+    # the benchmark on a device mesh (8 simulated devices), a draft tree too: still lossless
+    assert set(again["greedy_identical_to_ar"]) == {"pass-fused@L4", "tree-2x2@L4"}
+    assert all(again["greedy_identical_to_ar"].values())
+    tree = next(r for r in again["cells"] if r["method"] == "tree-2x2")
+    assert tree["layout"] == "2x2, 21" and tree["tokens_per_call"] >= 1.0
+    assert "| PaSS tree 2x2 | 4 | 2x2, 21 | greedy |" in (tmp_path / "again" / "bench.md").read_text()
 
     # --ablation: trains L = 2, 6, 8 next to the cached L = 4 and benchmarks all four
     abl = demo.main(["--quick", "--ablation", "--artifacts", str(art), "--out-dir",
@@ -155,14 +160,16 @@ def test_random_model_report(tmp_path):
     out = tmp_path / "ar.json"
     result = bench.main(["--random-model", "tiny", "--max-new-tokens", "16", "--repeats", "1",
                          "--prompt-tokens", "300", "--max-len", "1024", "--rm-batch-size", "1,2",
-                         "--json", str(out)])
+                         "--call-cost-methods", "ar,pass,pass-fused,tree-2x1", "--json", str(out)])
     for B in ("1", "2"):
         r = result["tokens_per_s"][B]
         assert r["greedy_identical"] is True and r["ours"] > 0 and r["transformers"] > 0
     assert result["step_ms"]["1024"] > 0 and result["step_ms_scanned"]["1024"] > 0
     assert result["call_slots"] == 768  # 512 prompt + 8 + 8 fused steps x 25 + 25, rounded up
-    assert set(result["call_ms"]) == {"ar", "pass", "pass-fused"}
+    assert set(result["call_ms"]) == {"ar", "pass", "pass-fused", "tree-2x1"}
     assert all(ms > 0 for ms in result["call_ms"].values())
     md = (tmp_path / "ar.md").read_text()
-    assert "| PaSS fused |" in md and "vs autoregressive" in md
+    assert "| PaSS fused | 1x1x1x1, 25 |" in md and "vs autoregressive" in md
+    assert "| PaSS tree 2x1 | 2x1, 15 |" in md and "| PaSS | 1x1x1x1, 2 calls: 5 + 5 |" in md
     assert json.loads(out.read_text())["call_ms"] == result["call_ms"]
+

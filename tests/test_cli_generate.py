@@ -55,7 +55,8 @@ def _error(*args) -> str:
 def test_methods_agree_greedy_and_json_has_stats(model_dir, capsys):
     outs = {}
     for method, extra in [("ar", []), ("pass-fused", ["--lookahead", model_dir / "la"]),
-                          ("unk", ["--num-lookahead", 2])]:
+                          ("unk", ["--num-lookahead", 2]),
+                          ("tree-2x2", ["--lookahead", model_dir / "la"])]:
         _main("--model", model_dir / "model", "--method", method, "--prompt", "def add(",
               "--max-new-tokens", 10, "--json", *extra)
         outs[method] = json.loads(capsys.readouterr().out)
@@ -63,6 +64,9 @@ def test_methods_agree_greedy_and_json_has_stats(model_dir, capsys):
         assert {"forward_calls", "tokens_per_call", "acceptance_per_position",
                 "wall_time_s"} <= set(stats)
     assert outs["ar"]["token_ids"] == outs["pass-fused"]["token_ids"] == outs["unk"]["token_ids"]
+    assert outs["tree-2x2"]["token_ids"] == outs["ar"]["token_ids"]
+    assert outs["tree-2x2"]["stats"]["method"] == "tree-2x2"
+    assert len(outs["tree-2x2"]["stats"]["acceptance_per_position_and_rank"]) == 2
     assert len(outs["pass-fused"]["stats"]["acceptance_per_position"]) == 3
     assert isinstance(outs["ar"]["text"], str)
 
@@ -90,9 +94,11 @@ def test_mesh_flag_gives_the_same_tokens(model_dir):
     (["--temperature", "-1"], "temperature"),
     (["--top-p", "0"], "top_p"),
     (["--max-new-tokens", "5000", "--max-len", "64"], "cache too small"),
+    (["--method", "tree-2x2x2x2", "--lookahead", "LA"], "needs at least 4 look-ahead tokens"),
 ])
 def test_bad_flags_give_clear_errors(model_dir, args, message):
-    args = [str(model_dir / "la_other") if a == "LA_OTHER" else a for a in args]
+    args = [str(model_dir / "la_other") if a == "LA_OTHER" else
+            str(model_dir / "la") if a == "LA" else a for a in args]
     assert message in _error("--model", model_dir / "model", "--prompt", "x", *args)
 
 
