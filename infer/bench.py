@@ -22,6 +22,9 @@ interleaved (the order rotates every repeat); the median wall time counts. Metho
 * ``unk``        the paper's [UNK] baseline: PaSS with every LA embedding = the unk token's
 * ``pass``       PaSS, the paper's schedule (drafting call + validation call), trained LA
 * ``pass-fused`` PaSS with verification and drafting fused in one call per iteration
+* ``auto``       the layout of the best expected tokens per second on this machine, chosen
+  every 32 tokens from timed call costs and running acceptance statistics (``pass_jax.auto``;
+  the share of tokens each layout produced is in the table)
 * ``tree-3x2x1x1`` a fused draft tree (widths per depth, depth <= L; benchmarked for every L
   at least its depth): several draws per position verified at once, lossless by recursive
   rejection sampling
@@ -63,10 +66,10 @@ import numpy as np
 
 from pass_jax.sharding import add_mesh_arg, load_model_for_args
 
-OUR_METHODS = ("ar", "unk", "pass", "pass-fused")
+OUR_METHODS = ("ar", "unk", "pass", "pass-fused", "auto")
 HF_METHODS = ("hf-generate", "hf-prompt-lookup")
 LABELS = {"ar": "autoregressive", "unk": "[UNK] look-ahead", "pass": "PaSS",
-          "pass-fused": "PaSS fused", "hf-generate": "transformers generate",
+          "pass-fused": "PaSS fused", "auto": "PaSS auto", "hf-generate": "transformers generate",
           "hf-prompt-lookup": "transformers prompt lookup"}
 COLORS = {"ar": "tab:gray", "unk": "tab:orange", "pass": "tab:blue", "pass-fused": "tab:green"}
 
@@ -128,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--methods", default="ar,unk,pass,pass-fused",
                     help=f"comma separated, of {','.join(OUR_METHODS)} and draft trees "
                          "tree-WxWx.. (e.g. tree-3x2x1x1)")
+    ap.add_argument("--auto-methods",
+                    help="comma separated candidates of method auto (default: ar, pass, fused "
+                         "chains of every depth <= L and a few trees)")
     ap.add_argument("--batch-size", type=_ints, default=[1], help="comma separated, e.g. 1,4")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--main-lookahead", type=int,
@@ -333,6 +339,7 @@ class Run:
     calls: int = 0
     verify_calls: int = 0
     accepted: np.ndarray | None = None
+    layouts: dict = field(default_factory=dict)  # auto: tokens per chosen method
 
 
 @dataclass
@@ -352,9 +359,9 @@ def _chunks(prompts, B):
     return [prompts[i:i + B] for i in range(0, len(prompts), B)]
 
 
-def ours_runner(cfg, params, method: str, la, eos_ids, mesh=None):
-    """A runner of our ``generate`` (``method`` 'ar', 'pass', 'pass-fused' or a draft tree), on
-    ``mesh`` when one is given."""
+def ours_runner(cfg, params, method: str, la, eos_ids, mesh=None, auto_methods=None):
+    """A runner of our ``generate`` (``method`` 'ar', 'pass', 'pass-fused', a draft tree or
+    'auto' choosing among ``auto_methods``), on ``mesh`` when one is given."""
     from pass_jax.decode import generate
 
     def run(prompts, B, sampler, seed, max_new_tokens):
@@ -362,13 +369,15 @@ def ours_runner(cfg, params, method: str, la, eos_ids, mesh=None):
         for i, chunk in enumerate(_chunks(prompts, B)):
             res = generate(cfg, params, chunk, max_new_tokens=max_new_tokens, method=method,
                            la_LxD=la, sampler=sampler, eos_ids=eos_ids, seed=seed + i,
-                           mesh=mesh)
+                           mesh=mesh, auto_methods=auto_methods)
             out.tokens += res.tokens
             out.wall += res.wall_time
             out.calls += sum(res.calls)
             out.verify_calls += sum(res.verify_calls)
             acc = res.accepted.sum(0)
             out.accepted = acc if out.accepted is None else out.accepted + acc
+            for m, t in (res.auto.tokens.items() if res.auto else ()):
+                out.layouts[m] = out.layouts.get(m, 0) + t
         return out
     return run
 
@@ -451,8 +460,14 @@ def summarise(variant: Variant, runs: list[Run], ar_rows: dict | None, prompts, 
            "key": variant.key, "wall_s": [round(w, 5) for w in walls], "median_s": med,
            "s_per_call": med / num_calls_per_run,
            "new_tokens": new_tokens[0], "tokens_per_s": statistics.median(new_tokens) / med}
-    if is_ours(variant.method):
+    if variant.method == "auto":
+        total = max(sum(runs[0].layouts.values()), 1)
+        row["auto_token_share"] = {m: round(t / total, 4) for m, t in sorted(
+            runs[0].layouts.items(), key=lambda kv: -kv[1])}
+        row["layout"] = ", ".join(f"{m} {s:.0%}" for m, s in row["auto_token_share"].items())
+    elif is_ours(variant.method):
         row["layout"] = layout_text(variant.method, variant.L)
+    if is_ours(variant.method):
         calls = sum(r.calls for r in runs)
         row["forward_calls"] = calls // len(runs)
         row["tokens_per_call"] = sum(new_tokens) / max(calls, 1)
@@ -512,6 +527,8 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
     Ls = sorted(las) or ([args.main_lookahead or 4] if "unk" in methods else [])
     main_L = args.main_lookahead or (4 if 4 in Ls else (Ls[0] if Ls else None))
     eos_ids = tuple(cfg.eos_token_ids) if args.stop_at_eos else ()
+    auto_methods = args.auto_methods and [m.strip() for m in args.auto_methods.split(",")
+                                          if m.strip()]
     eos_for_cut = set(cfg.eos_token_ids)
 
     prompts, origin = make_prompts(tok, args.data, args.data_dir, args.num_prompts,
@@ -530,7 +547,7 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
                 continue  # a tree deeper than L
             la = init_lookahead(cfg, params, L) if m == "unk" else las[L][1]
             variants.append(Variant(f"{m}@L{L}", m, L, ours_runner(
-                cfg, params, "pass" if m == "unk" else m, la, eos_ids, mesh)))
+                cfg, params, "pass" if m == "unk" else m, la, eos_ids, mesh, auto_methods)))
     hf_note = None
     if args.hf_baselines:
         try:
@@ -834,62 +851,13 @@ RANDOM_MODELS = {
 CALL_COST_SLOTS = 512  # one cache size for every method's call cost (more for long prompts)
 
 
-def step_timing_slots(prompt_len: int, schedule, steps: int = 8) -> int:
-    """Cache slots ``step_seconds`` needs: the padded prompt, 8 generated tokens, ``steps``
-    iterations' tokens and one iteration's scratch."""
-    from pass_jax.decode import bucket, required_cache_len
-
-    return required_cache_len(bucket(prompt_len), 8 + steps * schedule.step_tokens, schedule)
-
-
-def step_seconds(cfg, params, method: str, la_LxD, prompt: list[list[int]], repeats: int,
-                 max_len: int | None = None, steps: int = 8) -> float:
-    """Seconds per forward call of ``method`` for the batch ``prompt`` (padded to its batch
-    bucket; every row active): ``steps`` iterations of the decode step in one jitted
-    ``fori_loop``, on the state a short greedy generation (8 tokens) left, its rows made active
-    again; warm-up, then the median of ``repeats``, divided by the calls per iteration (paper
-    schedule: 2, the mean of a drafting and a validation call). ``max_len``: cache slots
-    (default: just enough, rounded up to 128)."""
-    import jax
-    import jax.numpy as jnp
-
-    from pass_jax.config import SamplerConfig
-    from pass_jax.decode import DecodeSpec, generate, pass_step, round_cache_len
-    from pass_jax.layout import make_schedule
-
-    la = None if method == "ar" else la_LxD
-    schedule = make_schedule(method, 0 if la is None else int(np.shape(la)[0]))
-    N = steps * schedule.step_tokens  # at most the tokens the timed steps emit
-    need = step_timing_slots(max(map(len, prompt)), schedule, steps)
-    if max_len is not None and max_len < need:
-        raise ValueError(f"max_len {max_len} is too small to time {steps} {method} steps "
-                         f"after the prompt ({need} slots needed)")
-    _, state = generate(cfg, params, prompt, max_new_tokens=8, eos_ids=(), method=method,
-                        la_LxD=la, max_len=max_len or round_cache_len(need), return_state=True)
-    spec = DecodeSpec(cfg, schedule, SamplerConfig(), N)
-    B = state.y_B.shape[0]
-    live = state.replace(out_BxN=jnp.zeros((B, N), jnp.int32), n_B=jnp.zeros((B,), jnp.int32),
-                         done_B=jnp.zeros((B,), bool))
-    la = jnp.zeros((0, cfg.d_model), cfg.param_dtype) if la is None else la
-    run = jax.jit(lambda p, l, s: jax.lax.fori_loop(
-        0, steps, lambda i, s: pass_step(spec, p, l, s), s), donate_argnums=2)
-
-    def timed() -> float:  # on a fresh copy of the state, donated: the cache is updated in place
-        state = jax.block_until_ready(jax.tree.map(jnp.copy, live))
-        t0 = time.perf_counter()
-        jax.block_until_ready(run(params, la, state))
-        return time.perf_counter() - t0
-
-    timed()  # warm-up (compile)
-    return _median([timed() for _ in range(max(repeats, 1))]) / (steps * len(schedule.step))
-
-
 def random_model_report(args, out_stream=sys.stdout) -> dict:
     """AR tokens/s of a random LLaMA (ours vs transformers, same weights), our per-step time at
     several cache sizes with per-layer params (how the programs decode) and with the stacked,
     scanned params training uses, and the cost of one call per method (issue 2's report)."""
     import jax
 
+    from pass_jax.auto import iteration_seconds, timing_slots
     from pass_jax.config import ModelConfig, SamplerConfig
     from pass_jax.decode import round_cache_len
     from pass_jax.hf import load_hf, save_hf
@@ -936,11 +904,14 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
 
         # every method at one cache size: enough for its steps after a long prompt too
         cost_methods = [m.strip() for m in args.call_cost_methods.split(",") if m.strip()]
-        slots = max([CALL_COST_SLOTS] + [round_cache_len(step_timing_slots(
+        slots = max([CALL_COST_SLOTS] + [round_cache_len(timing_slots(
             P, make_schedule(m, 4))) for m in cost_methods])
 
         def call_ms(method: str, max_len: int = slots, params=params) -> float:
-            return 1000 * step_seconds(cfg, params, method, la, prompt, reps, max_len)
+            # the paper's schedule: the mean of a drafting and a validation call
+            calls = len(make_schedule(method, 4).step)
+            return 1000 * iteration_seconds(cfg, params, method, la, prompt, reps,
+                                            max_len) / calls
 
         scanned = stack_layers(params)
         for max_len in args.max_len:

@@ -2,11 +2,14 @@
 draft trees.
 
     python -m infer.generate --model DIR [--lookahead DIR]
-        --method {ar,pass,pass-fused,unk,tree-WxWx..} --prompt TEXT --max-new-tokens N
+        --method {ar,pass,pass-fused,unk,auto,tree-WxWx..} --prompt TEXT --max-new-tokens N
         [--temperature T --top-k K --top-p P --seed S] [--json]
 
 ``tree-3x2x1x1`` is a fused draft tree: 3 draws for the first position, 2 for the second under
-each of those, ..; its depth must not exceed the number of look-ahead embeddings.
+each of those, ..; its depth must not exceed the number of look-ahead embeddings. ``auto`` times
+the candidate layouts on this machine (once per process) and decodes with the one of the best
+expected tokens per second (autoregressive when none pays), re-chosen every 32 tokens; its
+choices are in the stats.
 
 Text is streamed to stdout as it is generated; with ``--json`` one JSON object is printed at the
 end instead (token ids, text, and stats: forward calls, tokens per call, acceptance per LA
@@ -20,7 +23,7 @@ import sys
 
 from pass_jax.sharding import add_mesh_arg, load_model_for_args
 
-METHODS = ("ar", "pass", "pass-fused", "unk")
+METHODS = ("ar", "pass", "pass-fused", "unk", "auto")
 
 
 def method_arg(text: str) -> str:
@@ -39,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lookahead", help="trained look-ahead embeddings (train.lookahead --out)")
     ap.add_argument("--method", type=method_arg, default="ar",
                     help=f"{', '.join(METHODS)} or a draft tree such as tree-3x2x1x1")
+    ap.add_argument("--auto-methods",
+                    help="comma separated candidates of --method auto (default: ar, pass, fused "
+                         "chains of every depth <= L and a few trees)")
     ap.add_argument("--num-lookahead", type=int,
                     help="L for --method unk, or untrained (unk-initialised) pass runs")
     ap.add_argument("--prompt", required=True, help="prompt text")
@@ -106,7 +112,9 @@ def main(argv=None) -> dict:
         res = generate(cfg, params, [ids], max_new_tokens=args.max_new_tokens,
                        method="pass" if args.method == "unk" else args.method, la_LxD=la,
                        sampler=sampler, seed=args.seed, max_len=args.max_len,
-                       stream=None if args.json else stream, mesh=mesh)
+                       stream=None if args.json else stream, mesh=mesh,
+                       auto_methods=args.auto_methods and [
+                           m.strip() for m in args.auto_methods.split(",") if m.strip()])
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:
         raise SystemExit(f"error: {e}") from None
     result = {"method": args.method, "prompt": args.prompt, "prompt_ids": ids,

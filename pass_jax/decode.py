@@ -184,31 +184,56 @@ def _stream_host(callback, out_BxN, n_B):
     callback(np.asarray(out_BxN), np.asarray(n_B))
 
 
-@partial(jax.jit, static_argnames=("spec", "stream"), donate_argnames=("cache",))
-def generate_jit(spec: DecodeSpec, params, la_LxD, prompt_BxP, prompt_len_B, active_B, eos_E,
-                 cache: KVCache, rng, stream: Callable | None = None) -> DecodeState:
-    """Prefill, bootstrap calls, then ``pass_step`` in a ``lax.while_loop`` until every row is
-    done (EOS or ``max_new_tokens``) or the cache cannot take another call."""
-    state = prefill(spec, params, prompt_BxP, prompt_len_B, active_B, eos_E, cache, rng)
-    for layout in spec.schedule.bootstrap:
+def decode_loop(spec: DecodeSpec, params, la_LxD, state: DecodeState, stop_B=None,
+                stream: Callable | None = None, bootstrap: bool = True) -> DecodeState:
+    """Bootstrap calls (unless ``bootstrap`` is False), then ``pass_step`` in a
+    ``lax.while_loop`` until every row is done (EOS or ``max_new_tokens``) or has ``stop_B``
+    tokens, or the cache cannot take another call."""
+    for layout in spec.schedule.bootstrap if bootstrap else ():
         state = layout_call(spec, layout, params, la_LxD, state)
     need = spec.schedule.step_tokens
 
     def cond(s: DecodeState):
         fits = jnp.max(jnp.where(s.done_B, 0, s.cache.lengths)) + need <= s.cache.max_len
-        return jnp.any(~s.done_B) & fits
+        going_B = ~s.done_B if stop_B is None else ~s.done_B & (s.n_B < stop_B)
+        return jnp.any(going_B) & fits
 
     def body(s: DecodeState):
         s = pass_step(spec, params, la_LxD, s)
         if stream is not None:
-            io_callback(partial(_stream_host, stream), None, s.out_BxN, s.n_B,
-                                         ordered=True)
+            io_callback(partial(_stream_host, stream), None, s.out_BxN, s.n_B, ordered=True)
         return s
 
     if stream is not None:
-        io_callback(partial(_stream_host, stream), None, state.out_BxN,
-                                     state.n_B, ordered=True)
+        io_callback(partial(_stream_host, stream), None, state.out_BxN, state.n_B, ordered=True)
     return jax.lax.while_loop(cond, body, state)
+
+
+@partial(jax.jit, static_argnames=("spec", "stream"), donate_argnames=("cache",))
+def generate_jit(spec: DecodeSpec, params, la_LxD, prompt_BxP, prompt_len_B, active_B, eos_E,
+                 cache: KVCache, rng, stream: Callable | None = None) -> DecodeState:
+    """Prefill, then ``decode_loop`` until every row is done or the cache is full."""
+    state = prefill(spec, params, prompt_BxP, prompt_len_B, active_B, eos_E, cache, rng)
+    return decode_loop(spec, params, la_LxD, state, None, stream)
+
+
+def switch_schedule(state: DecodeState, schedule: Schedule) -> DecodeState:
+    """``state`` with empty draft arrays shaped for ``schedule`` (its bootstrap calls, or the
+    paper's drafting call, draw them) and acceptance counts restarted."""
+    B, V = state.y_B.shape[0], state.q_BxLxV.shape[-1]
+    L, W = schedule.num_lookahead, schedule.width
+    return state.replace(drafts_BxLxW=jnp.zeros((B, L, W), jnp.int32),
+                         q_BxLxV=jnp.zeros((B, L, V), jnp.float32),
+                         accepted_BxLxW=jnp.zeros((B, L, W), jnp.int32))
+
+
+@partial(jax.jit, static_argnames=("spec", "bootstrap"), donate_argnames=("state",))
+def resume_jit(spec: DecodeSpec, params, la_LxD, state: DecodeState, stop_B,
+               bootstrap: bool) -> DecodeState:
+    """Go on decoding ``state`` with ``spec``'s schedule until each row has ``stop_B`` tokens
+    (or is done, or the cache is full); ``bootstrap``: first run the schedule's bootstrap calls
+    (after ``switch_schedule``; a state the same schedule left has its drafts already)."""
+    return decode_loop(spec, params, la_LxD, state, stop_B, bootstrap=bootstrap)
 
 
 @dataclass
@@ -221,6 +246,7 @@ class GenerationResult:
     verify_calls: list[int]  # calls that verified drafts, per row
     wall_time: float  # seconds (includes compilation on the first call of a shape)
     method: str = ""
+    auto: object = None  # method "auto": its choices (``auto.AutoLog``)
 
     @property
     def accepted(self) -> np.ndarray:
@@ -244,6 +270,8 @@ class GenerationResult:
         if self.accepted_by_rank.shape[-1] > 1:
             out["acceptance_per_position_and_rank"] = (
                 self.accepted_by_rank.sum(0) / vc).round(4).tolist()
+        if self.auto is not None:
+            out["auto"] = self.auto.stats()
         return out
 
 
@@ -308,7 +336,8 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
              method: str = "ar", la_LxD=None, sampler: SamplerConfig = SamplerConfig(),
              eos_ids: Sequence[int] | None = None, seed: int = 0, max_len: int | None = None,
              stream: Callable[[np.ndarray, np.ndarray], None] | None = None, mesh=None,
-             return_state: bool = False) -> GenerationResult:
+             return_state: bool = False, auto_methods: Sequence[str] | None = None
+             ) -> GenerationResult:
     """Generate continuations of token-id prompts.
 
     ``params`` may be stacked (``hf.load_hf``) or per layer (``hf.load_hf(..., stacked=False)``,
@@ -317,7 +346,9 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
     Args:
       method: ``ar``, ``pass`` (paper schedule), ``pass-fused``, or a fused draft tree
         ``tree-3x2x1x1`` (widths per depth, depth <= L; ``tree-1x1`` is ``pass-fused`` with
-        L = 2); PaSS needs ``la_LxD`` (trained look-ahead embeddings, or
+        L = 2), or ``auto`` (the layout of the best expected tokens per second on this device,
+        re-chosen every 32 tokens: ``auto.generate_auto``; one device, ``stream`` called per
+        segment); PaSS needs ``la_LxD`` (trained look-ahead embeddings, or
         ``lookahead.init_lookahead`` for the [UNK] baseline).
       eos_ids: ids that end a row (default: the config's ``eos_token_ids``).
       max_len: KV-cache slots (default: just enough, rounded up to a multiple of 128).
@@ -325,9 +356,17 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
       mesh: a ``jax.sharding.Mesh`` (``sharding.make_mesh``): rows are split over its batch axes
         and the cache by the partition rules; ``params`` should already be on it.
       return_state: also return the final ``DecodeState`` (``(result, state)``).
+      auto_methods: the candidates of ``auto`` (default ``auto.candidates(L)``).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if method == "auto":
+        if mesh is not None or return_state:
+            raise ValueError("method 'auto' runs on one device and returns no state")
+        from .auto import generate_auto
+        return generate_auto(cfg, params, prompts, max_new_tokens=max_new_tokens, la_LxD=la_LxD,
+                             sampler=sampler, eos_ids=eos_ids, seed=seed, max_len=max_len,
+                             methods=auto_methods, stream=stream)
     L = 0 if method == "ar" else (None if la_LxD is None else int(np.shape(la_LxD)[0]))
     if method != "ar" and la_LxD is None:
         raise ValueError(f"method {method!r} needs look-ahead embeddings (la_LxD)")

@@ -173,3 +173,36 @@ def test_random_model_report(tmp_path):
     assert "| PaSS tree 2x1 | 2x1, 15 |" in md and "| PaSS | 1x1x1x1, 2 calls: 5 + 5 |" in md
     assert json.loads(out.read_text())["call_ms"] == result["call_ms"]
 
+
+def test_bench_trees_and_auto(tmp_path):
+    """A tiny random model: a draft tree and auto as benchmark methods (greedy, lossless), with
+    the tree shape, the tokens of a call and auto's choices in the JSON and the table."""
+    from pass_jax import data, tokenizer
+    from pass_jax.config import ModelConfig
+    from pass_jax.hf import save_hf
+    from pass_jax.lookahead import init_lookahead, model_fingerprint, save_lookahead
+    from pass_jax.model import init_params
+
+    spec = f"files:{_corpus(tmp_path)}/*.py"
+    texts = data.text_source(spec, "train")
+    tok = tokenizer.train_bpe((texts[i] for i in range(len(texts))), 300, tmp_path / "tok")
+    cfg = ModelConfig(vocab_size=len(tok), d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                      ffn_dim=64, bos_token_id=tok.bos_token_id, eos_token_ids=(tok.eos_token_id,),
+                      pad_token_id=tok.pad_token_id, unk_token_id=tok.unk_token_id)
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    save_hf(cfg, params, tmp_path / "model", tokenizer=tok)
+    save_lookahead(str(tmp_path / "la"), init_lookahead(cfg, params, 2) + 0.01, cfg,
+                   model_fingerprint(cfg, params))
+    result = bench.main(["--model", str(tmp_path / "model"), "--lookahead", str(tmp_path / "la"),
+                         "--data", spec, "--num-prompts", "2", "--prompt-tokens", "8",
+                         "--max-new-tokens", "12", "--temperatures", "0", "--repeats", "1",
+                         "--methods", "ar,tree-2x1,auto", "--auto-methods", "ar,tree-1,tree-2x1",
+                         "--no-hf-baselines", "--no-plots", "--quiet",
+                         "--out-dir", str(tmp_path / "out")])
+    assert result["greedy_identical_to_ar"] == {"tree-2x1@L2": True, "auto@L2": True}
+    rows = {r["method"]: r for r in result["cells"]}
+    assert rows["tree-2x1"]["layout"] == "2x1, 15" and rows["ar"]["layout"] == "-, 1"
+    assert rows["auto"]["layout"].startswith("tree-2x1")  # the first segment measures
+    assert abs(sum(rows["auto"]["auto_token_share"].values()) - 1) < 1e-3
+    md = (tmp_path / "out" / "bench.md").read_text()
+    assert "| PaSS tree 2x1 | 2 | 2x1, 15 | greedy |" in md and "| PaSS auto | 2 | tree-2x1 " in md
