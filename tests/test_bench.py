@@ -66,7 +66,8 @@ def test_quick_demo_end_to_end(tmp_path):
     assert all(again["greedy_identical_to_ar"].values())
     tree = next(r for r in again["cells"] if r["method"] == "tree-2x2")
     assert tree["layout"] == "2x2, 21" and tree["tokens_per_call"] >= 1.0
-    assert "| PaSS tree 2x2 | 4 | 2x2, 21 | greedy |" in (tmp_path / "again" / "bench.md").read_text()
+    md = (tmp_path / "again" / "bench.md").read_text()
+    assert "| PaSS tree 2x2 | 4 | 2x2, 21 | greedy |" in md
 
     # --ablation: trains L = 2, 6, 8 next to the cached L = 4 and benchmarks all four
     abl = demo.main(["--quick", "--ablation", "--artifacts", str(art), "--out-dir",
