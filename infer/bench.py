@@ -22,6 +22,12 @@ interleaved (the order rotates every repeat); the median wall time counts. Metho
 * ``unk``        the paper's [UNK] baseline: PaSS with every LA embedding = the unk token's
 * ``pass``       PaSS, the paper's schedule (drafting call + validation call), trained LA
 * ``pass-fused`` PaSS with verification and drafting fused in one call per iteration
+* ``auto``       the layout of the best expected tokens per second on this machine, chosen
+  every 32 tokens from timed call costs and running acceptance statistics (``pass_jax.auto``;
+  the share of tokens each layout produced is in the table)
+* ``tree-3x2x1x1`` a fused draft tree (widths per depth, depth <= L; benchmarked for every L
+  at least its depth): several draws per position verified at once, lossless by recursive
+  rejection sampling
 * ``hf-generate``, ``hf-prompt-lookup``: the same model dir in transformers (PyTorch)
   ``generate`` (greedy, or sampling with the same temperature / top-k / top-p) and its
   prompt-lookup decoding (batch 1 only), when torch is importable (``--hf-baselines``); on
@@ -30,9 +36,10 @@ interleaved (the order rotates every repeat); the median wall time counts. Metho
 Generation runs ``--max-new-tokens`` tokens per prompt, EOS ignored (``--stop-at-eos`` to stop),
 so every method does the same work. Reported per cell: median seconds per generate call (N new
 tokens per row; at batch 1 the paper's "s for N tokens"), speedup vs ``ar``, tokens/s, tokens per
-forward call, acceptance per LA position, for temperature 0 whether the output is identical to
-``ar`` (it must be: PaSS is lossless), and the share of completions (prompt + completion up to its
-last complete line) that parse with ``ast``.
+forward call, the cost of a call vs ``ar``, the draft tree and the tokens of a call,
+acceptance per LA position, for temperature 0 whether the output is identical to ``ar`` (it must
+be: PaSS is lossless), and the share of completions (prompt + completion up to its last complete
+line) that parse with ``ast``.
 
 Outputs (``--out-dir``): ``bench.json`` (or ``--json OUT``), ``bench.md`` (tables shaped like the
 paper's Table 1, the L ablation, details, quality, transformers baselines; also printed),
@@ -61,12 +68,39 @@ from infer.prompts import make_chat_prompts, strip_chat_answer
 from pass_jax.gguf_file import resolve_model
 from pass_jax.sharding import add_mesh_arg, load_model_for_args
 
-OUR_METHODS = ("ar", "unk", "pass", "pass-fused")
+OUR_METHODS = ("ar", "unk", "pass", "pass-fused", "auto")
 HF_METHODS = ("hf-generate", "hf-prompt-lookup")
 LABELS = {"ar": "autoregressive", "unk": "[UNK] look-ahead", "pass": "PaSS",
-          "pass-fused": "PaSS fused", "hf-generate": "transformers generate",
+          "pass-fused": "PaSS fused", "auto": "PaSS auto", "hf-generate": "transformers generate",
           "hf-prompt-lookup": "transformers prompt lookup"}
 COLORS = {"ar": "tab:gray", "unk": "tab:orange", "pass": "tab:blue", "pass-fused": "tab:green"}
+
+
+def is_ours(method: str) -> bool:
+    """One of our decoding methods (a draft tree ``tree-WxW..`` included)."""
+    from pass_jax.layout import parse_tree
+
+    return method in OUR_METHODS or parse_tree(method) is not None
+
+
+def label(method: str) -> str:
+    return LABELS.get(method) or "PaSS " + method.replace("-", " ")
+
+
+def color(method: str) -> str | None:
+    return COLORS.get(method)
+
+
+def layout_text(method: str, L: int | None) -> str:
+    """The draft tree (widths per depth) and the tokens of each call of ``method`` at L:
+    ``3x2x1x1, 110``; ``1x1x1x1, 2 calls: 5 + 5``; ``-, 1``."""
+    from pass_jax.layout import make_schedule, parse_tree
+
+    schedule = make_schedule("pass" if method == "unk" else method, L or 0)
+    widths = parse_tree(method) or (1,) * schedule.num_lookahead
+    calls = [str(lay.T) for lay in schedule.step]
+    return ("x".join(map(str, widths)) or "-") + ", " + (
+        f"{len(calls)} calls: " if len(calls) > 1 else "") + " + ".join(calls)
 
 
 # --------------------------------------------------------------------------- flags
@@ -98,7 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--top-k", type=int, default=10, help="0 = off")
     ap.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     ap.add_argument("--methods", default="ar,unk,pass,pass-fused",
-                    help=f"comma separated, of {','.join(OUR_METHODS)}")
+                    help=f"comma separated, of {','.join(OUR_METHODS)} and draft trees "
+                         "tree-WxWx.. (e.g. tree-3x2x1x1)")
+    ap.add_argument("--auto-methods",
+                    help="comma separated candidates of method auto (default: ar, pass, fused "
+                         "chains of every depth <= L and a few trees)")
     ap.add_argument("--batch-size", type=_ints, default=[1], help="comma separated, e.g. 1,4")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--main-lookahead", type=int,
@@ -138,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cache sizes for the per-step time of --random-model")
     rm.add_argument("--rm-batch-size", type=_ints, default=[1, 8],
                     help="batch sizes of --random-model")
+    rm.add_argument("--call-cost-methods", default="ar,pass,pass-fused,tree-2x2x1x1,tree-3x2x1x1",
+                    help="methods (L = 4) whose cost of one call --random-model measures")
     add_mesh_arg(ap)
     return ap
 
@@ -323,6 +363,7 @@ class Run:
     calls: int = 0
     verify_calls: int = 0
     accepted: np.ndarray | None = None
+    layouts: dict = field(default_factory=dict)  # auto: tokens per chosen method
 
 
 @dataclass
@@ -342,9 +383,9 @@ def _chunks(prompts, B):
     return [prompts[i:i + B] for i in range(0, len(prompts), B)]
 
 
-def ours_runner(cfg, params, method: str, la, eos_ids, mesh=None):
-    """A runner of our ``generate`` (``method`` 'ar', 'pass' or 'pass-fused'), on ``mesh``
-    when one is given."""
+def ours_runner(cfg, params, method: str, la, eos_ids, mesh=None, auto_methods=None):
+    """A runner of our ``generate`` (``method`` 'ar', 'pass', 'pass-fused', a draft tree or
+    'auto' choosing among ``auto_methods``), on ``mesh`` when one is given."""
     from pass_jax.decode import generate
 
     def run(prompts, B, sampler, seed, max_new_tokens):
@@ -352,13 +393,15 @@ def ours_runner(cfg, params, method: str, la, eos_ids, mesh=None):
         for i, chunk in enumerate(_chunks(prompts, B)):
             res = generate(cfg, params, chunk, max_new_tokens=max_new_tokens, method=method,
                            la_LxD=la, sampler=sampler, eos_ids=eos_ids, seed=seed + i,
-                           mesh=mesh)
+                           mesh=mesh, auto_methods=auto_methods)
             out.tokens += res.tokens
             out.wall += res.wall_time
             out.calls += sum(res.calls)
             out.verify_calls += sum(res.verify_calls)
             acc = res.accepted.sum(0)
             out.accepted = acc if out.accepted is None else out.accepted + acc
+            for m, t in (res.auto.tokens.items() if res.auto else ()):
+                out.layouts[m] = out.layouts.get(m, 0) + t
         return out
     return run
 
@@ -442,7 +485,14 @@ def summarise(variant: Variant, runs: list[Run], ar_rows: dict | None, prompts, 
            "key": variant.key, "wall_s": [round(w, 5) for w in walls], "median_s": med,
            "s_per_call": med / num_calls_per_run,
            "new_tokens": new_tokens[0], "tokens_per_s": statistics.median(new_tokens) / med}
-    if variant.method in ("ar", "unk", "pass", "pass-fused"):
+    if variant.method == "auto":
+        total = max(sum(runs[0].layouts.values()), 1)
+        row["auto_token_share"] = {m: round(t / total, 4) for m, t in sorted(
+            runs[0].layouts.items(), key=lambda kv: -kv[1])}
+        row["layout"] = ", ".join(f"{m} {s:.0%}" for m, s in row["auto_token_share"].items())
+    elif is_ours(variant.method):
+        row["layout"] = layout_text(variant.method, variant.L)
+    if is_ours(variant.method):
         calls = sum(r.calls for r in runs)
         row["forward_calls"] = calls // len(runs)
         row["tokens_per_call"] = sum(new_tokens) / max(calls, 1)
@@ -487,13 +537,15 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
     from pass_jax.config import SamplerConfig
     from pass_jax.decode import batch_bucket, bucket
     from pass_jax.hf import load_tokenizer
+    from pass_jax.layout import method_lookahead
     from pass_jax.lookahead import init_lookahead
 
     info = machine_info()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
-        if m not in OUR_METHODS:
-            raise SystemExit(f"unknown method {m!r}; expected some of {','.join(OUR_METHODS)}")
+        if not is_ours(m):
+            raise SystemExit(f"unknown method {m!r}; expected some of {','.join(OUR_METHODS)} "
+                             "or a draft tree tree-WxWx..")
     if "ar" not in methods:
         methods.insert(0, "ar")  # speedups are relative to it
     mesh, cfg, params = load_model_for_args(args, args.model, args.dtype, stacked=False)
@@ -501,11 +553,13 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
     if tok is None:
         raise SystemExit(f"{args.model} has no tokenizer files: prompts need a tokenizer")
     las = load_lookaheads(args.lookahead, cfg, params) if args.lookahead else {}
-    if any(m in methods for m in ("pass", "pass-fused")) and not las:
-        raise SystemExit("methods pass / pass-fused need --lookahead DIR[,DIR...]")
+    if any(m not in ("ar", "unk") for m in methods) and not las:
+        raise SystemExit("methods pass / pass-fused / tree-.. need --lookahead DIR[,DIR...]")
     Ls = sorted(las) or ([args.main_lookahead or 4] if "unk" in methods else [])
     main_L = args.main_lookahead or (4 if 4 in Ls else (Ls[0] if Ls else None))
     eos_ids = tuple(cfg.eos_token_ids) if args.stop_at_eos else ()
+    auto_methods = args.auto_methods and [m.strip() for m in args.auto_methods.split(",")
+                                          if m.strip()]
     eos_for_cut = set(cfg.eos_token_ids)
 
     prompts, origin = prompt_set(args, tok)
@@ -521,9 +575,11 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
                                                                   eos_ids, mesh)))
             continue
         for L in Ls:
+            if method_lookahead(m, L) > L:
+                continue  # a tree deeper than L
             la = init_lookahead(cfg, params, L) if m == "unk" else las[L][1]
             variants.append(Variant(f"{m}@L{L}", m, L, ours_runner(
-                cfg, params, "pass" if m == "unk" else m, la, eos_ids, mesh)))
+                cfg, params, "pass" if m == "unk" else m, la, eos_ids, mesh, auto_methods)))
     hf_note = None
     if args.hf_baselines:
         try:
@@ -694,7 +750,7 @@ def markdown(result: dict) -> str:
                              f"{r['s_per_call']:.3f} ({r['speedup_vs_ar']:.2f}x)")
             if all(c == "-" for c in cells):
                 continue
-            name = LABELS[m] + (f" (L={L0})" if m in ("unk", "pass", "pass-fused") else "")
+            name = label(m) + (f" (L={L0})" if m != "ar" and not m.startswith("hf") else "")
             out.append(f"| {name} | " + " | ".join(cells) + " |")
     if len(Ls) > 1:
         B = Bs[0]
@@ -708,25 +764,26 @@ def markdown(result: dict) -> str:
                     r = _row(rows, T, B, m, L)
                     cells.append("-" if r is None else
                                  f"{r['s_per_call']:.3f} ({r['speedup_vs_ar']:.2f}x)")
-                out.append(f"| {LABELS[m]} | {L} | " + " | ".join(cells) + " |")
+                if any(c != "-" for c in cells):
+                    out.append(f"| {label(m)} | {L} | " + " | ".join(cells) + " |")
     out.append("\n### Details: tokens/s, tokens per forward call, cost of a call, acceptance\n")
     out.append("Speedup = tokens per call / call cost vs autoregressive: the first is draft "
                "quality, the second what a call of the layout's tokens costs on this machine "
                "(ms per call = wall time x batch / forward calls, prefill included).\n")
-    out.append("| batch | method | L | temperature | tokens/s | tokens/call | ms/call (vs AR) | "
-               "acceptance per position | ast parses (to last line / to last top-level line) | "
-               "greedy == AR |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    out.append("| batch | method | L | draft tree, tokens per call | temperature | tokens/s | "
+               "tokens/call | ms/call (vs AR) | acceptance per position | ast parses (to last "
+               "line / to last top-level line) | greedy == AR |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['batch_size']} | {LABELS[r['method']]} | - | {_tname(r['temperature'])}"
-                       f" | error: {r['error'][:80]} | | | | | |")
+            out.append(f"| {r['batch_size']} | {label(r['method'])} | - | - | "
+                       f"{_tname(r['temperature'])} | error: {r['error'][:80]} | | | | | |")
             continue
         acc = r.get("acceptance_per_position")
         g = r.get("greedy_identical_to_ar")
         out.append(
-            f"| {r['batch_size']} | {LABELS[r['method']]} | {r['L'] or '-'} | "
-            f"{_tname(r['temperature'])} | {r['tokens_per_s']:.1f} | "
+            f"| {r['batch_size']} | {label(r['method'])} | {r['L'] or '-'} | "
+            f"{r.get('layout', '-')} | {_tname(r['temperature'])} | {r['tokens_per_s']:.1f} | "
             + (f"{r['tokens_per_call']:.2f}" if "tokens_per_call" in r else "-") + " | "
             + (f"{r['ms_per_forward_call']:.2f} ({r['call_cost_vs_ar']:.2f}x)"
                if "call_cost_vs_ar" in r else "-") + " | "
@@ -764,9 +821,9 @@ def plots(result: dict, out_dir: str) -> list[str]:
             pts = [(T, _row(rows, T, B, m, None if m == "ar" else L0)) for T in Ts]
             pts = [(T, r["speedup_vs_ar"]) for T, r in pts if r is not None]
             if pts:
-                ax.plot(*zip(*sorted(pts)), marker="o", color=COLORS[m],
+                ax.plot(*zip(*sorted(pts)), marker="o", color=color(m),
                         ls=":" if m == "ar" else "-",
-                        label=LABELS[m] + (f" L={L0}" if m != "ar" else ""))
+                        label=label(m) + (f" L={L0}" if m != "ar" else ""))
         ax.set_xlabel("temperature (0 = greedy)")
         ax.set_ylabel("speedup vs autoregressive (wall time)")
         ax.set_title(f"batch {B}")
@@ -788,7 +845,7 @@ def plots(result: dict, out_dir: str) -> list[str]:
             pts = [(L, _row(rows, T, B, m, L)) for L in Ls]
             pts = [(L, r["s_per_call"]) for L, r in pts if r is not None]
             if pts:
-                ax.plot(*zip(*pts), marker="o", color=COLORS[m], label=LABELS[m])
+                ax.plot(*zip(*pts), marker="o", color=color(m), label=label(m))
         ax.set_xlabel("L (look-ahead tokens)")
         ax.set_title(_tname(T))
         ax.set_xticks(Ls)
@@ -835,62 +892,13 @@ RANDOM_MODELS = {
 CALL_COST_SLOTS = 512  # one cache size for every method's call cost (more for long prompts)
 
 
-def step_timing_slots(prompt_len: int, schedule, steps: int = 8) -> int:
-    """Cache slots ``step_seconds`` needs: the padded prompt, 8 generated tokens, ``steps``
-    iterations' tokens and one iteration's scratch."""
-    from pass_jax.decode import bucket, required_cache_len
-
-    return required_cache_len(bucket(prompt_len), 8 + steps * schedule.step_tokens, schedule)
-
-
-def step_seconds(cfg, params, method: str, la_LxD, prompt: list[list[int]], repeats: int,
-                 max_len: int | None = None, steps: int = 8) -> float:
-    """Seconds per forward call of ``method`` for the batch ``prompt`` (padded to its batch
-    bucket; every row active): ``steps`` iterations of the decode step in one jitted
-    ``fori_loop``, on the state a short greedy generation (8 tokens) left, its rows made active
-    again; warm-up, then the median of ``repeats``, divided by the calls per iteration (paper
-    schedule: 2, the mean of a drafting and a validation call). ``max_len``: cache slots
-    (default: just enough, rounded up to 128)."""
-    import jax
-    import jax.numpy as jnp
-
-    from pass_jax.config import SamplerConfig
-    from pass_jax.decode import DecodeSpec, generate, pass_step, round_cache_len
-    from pass_jax.layout import make_schedule
-
-    la = None if method == "ar" else la_LxD
-    schedule = make_schedule(method, 0 if la is None else int(np.shape(la)[0]))
-    N = steps * schedule.step_tokens  # at most the tokens the timed steps emit
-    need = step_timing_slots(max(map(len, prompt)), schedule, steps)
-    if max_len is not None and max_len < need:
-        raise ValueError(f"max_len {max_len} is too small to time {steps} {method} steps "
-                         f"after the prompt ({need} slots needed)")
-    _, state = generate(cfg, params, prompt, max_new_tokens=8, eos_ids=(), method=method,
-                        la_LxD=la, max_len=max_len or round_cache_len(need), return_state=True)
-    spec = DecodeSpec(cfg, schedule, SamplerConfig(), N)
-    B = state.y_B.shape[0]
-    live = state.replace(out_BxN=jnp.zeros((B, N), jnp.int32), n_B=jnp.zeros((B,), jnp.int32),
-                         done_B=jnp.zeros((B,), bool))
-    la = jnp.zeros((0, cfg.d_model), cfg.param_dtype) if la is None else la
-    run = jax.jit(lambda p, l, s: jax.lax.fori_loop(
-        0, steps, lambda i, s: pass_step(spec, p, l, s), s), donate_argnums=2)
-
-    def timed() -> float:  # on a fresh copy of the state, donated: the cache is updated in place
-        state = jax.block_until_ready(jax.tree.map(jnp.copy, live))
-        t0 = time.perf_counter()
-        jax.block_until_ready(run(params, la, state))
-        return time.perf_counter() - t0
-
-    timed()  # warm-up (compile)
-    return _median([timed() for _ in range(max(repeats, 1))]) / (steps * len(schedule.step))
-
-
 def random_model_report(args, out_stream=sys.stdout) -> dict:
     """AR tokens/s of a random LLaMA (ours vs transformers, same weights), our per-step time at
     several cache sizes with per-layer params (how the programs decode) and with the stacked,
     scanned params training uses, and the cost of one call per method (issue 2's report)."""
     import jax
 
+    from pass_jax.auto import iteration_seconds, timing_slots
     from pass_jax.config import ModelConfig, SamplerConfig
     from pass_jax.decode import round_cache_len
     from pass_jax.hf import load_hf, save_hf
@@ -935,12 +943,16 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
         prompt = [rng.integers(4, cfg.vocab_size, P).tolist()]
         la = init_lookahead(cfg, params, 4)  # [UNK] drafts: the cost of a call, not its yield
 
-        # every method at one cache size: enough for the fused steps after a long prompt too
-        slots = max(CALL_COST_SLOTS,
-                    round_cache_len(step_timing_slots(P, make_schedule("pass-fused", 4))))
+        # every method at one cache size: enough for its steps after a long prompt too
+        cost_methods = [m.strip() for m in args.call_cost_methods.split(",") if m.strip()]
+        slots = max([CALL_COST_SLOTS] + [round_cache_len(timing_slots(
+            P, make_schedule(m, 4))) for m in cost_methods])
 
         def call_ms(method: str, max_len: int = slots, params=params) -> float:
-            return 1000 * step_seconds(cfg, params, method, la, prompt, reps, max_len)
+            # the paper's schedule: the mean of a drafting and a validation call
+            calls = len(make_schedule(method, 4).step)
+            return 1000 * iteration_seconds(cfg, params, method, la, prompt, reps,
+                                            max_len) / calls
 
         scanned = stack_layers(params)
         for max_len in args.max_len:
@@ -948,7 +960,7 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
             results["step_ms_scanned"][str(max_len)] = call_ms("ar", max_len, scanned)
         del scanned
         results["call_slots"] = slots
-        for method in ("ar", "pass", "pass-fused"):  # the step-cost side of a PaSS speedup
+        for method in cost_methods:  # the step-cost side of a PaSS speedup
             results["call_ms"][method] = call_ms(method)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -969,11 +981,13 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
     ar_ms = results["call_ms"]["ar"]
     lines += ["", f"Cost of one forward call, batch 1, L=4, {results['call_slots']} cache slots "
               "(PaSS: the mean of a drafting and a validation call; fused: 1 + L + L(L+1) = 25 "
-              "tokens). A method is faster than autoregressive only when it yields more tokens "
-              "per call than this ratio:", "",
-              "| method | ms per call | vs autoregressive |", "|---|---|---|"]
+              "tokens; a draft tree: its nodes, each with a group of LA tokens). A method is "
+              "faster than autoregressive only when it yields more tokens per call than this "
+              "ratio:", "",
+              "| method | draft tree, tokens per call | ms per call | vs autoregressive |",
+              "|---|---|---|---|"]
     for m, ms in results["call_ms"].items():
-        lines.append(f"| {LABELS[m]} | {ms:.2f} | {ms / ar_ms:.2f}x |")
+        lines.append(f"| {label(m)} | {layout_text(m, 4)} | {ms:.2f} | {ms / ar_ms:.2f}x |")
     text = "\n".join(lines) + "\n"
     results["markdown"] = text
     if args.json:

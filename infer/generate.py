@@ -1,7 +1,15 @@
-"""Generate text with a Hugging Face model directory or GGUF file: autoregressive, PaSS, fused PaSS, [UNK].
+"""Generate text with a Hugging Face model directory or GGUF file: autoregressive, PaSS,
+fused PaSS, [UNK], draft trees, or the fastest of them on this machine.
 
-    python -m infer.generate --model DIR [--lookahead DIR] [--method {ar,pass,pass-fused,unk}]
-        --prompt TEXT --max-new-tokens N [--temperature T --top-k K --top-p P --seed S] [--json]
+    python -m infer.generate --model DIR|FILE.gguf [--lookahead DIR]
+        [--method {ar,pass,pass-fused,unk,auto,tree-WxWx..}] --prompt TEXT --max-new-tokens N
+        [--temperature T --top-k K --top-p P --seed S] [--json]
+
+``tree-3x2x1x1`` is a fused draft tree: 3 draws for the first position, 2 for the second under
+each of those, ..; its depth must not exceed the number of look-ahead embeddings. ``auto`` times
+the candidate layouts on this machine (once per process) and decodes with the one of the best
+expected tokens per second (autoregressive when none pays), re-chosen every 32 tokens; its
+choices are in the stats.
 
 The prompt is tokenized as transformers' ``tokenizer(text)`` does, with the special tokens the
 tokenizer adds by default (BOS for LLaMA-family tokenizers; ``--no-special-tokens``: none). The
@@ -22,8 +30,18 @@ import sys
 from pass_jax.gguf_file import resolve_model
 from pass_jax.sharding import add_mesh_arg, load_model_for_args
 
-METHODS = ("ar", "pass", "pass-fused", "unk")
+METHODS = ("ar", "pass", "pass-fused", "unk", "auto")
 REPLACEMENT_CHAR = "\ufffd"  # what decoding shows for the bytes of an incomplete character
+
+
+def method_arg(text: str) -> str:
+    """``--method``: one of METHODS or a draft tree ``tree-WxWx..``."""
+    from pass_jax.layout import parse_tree
+
+    if text not in METHODS and parse_tree(text) is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose from {', '.join(METHODS)}, tree-WxWx..)")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,8 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", required=True,
                     help="Hugging Face model directory or GGUF file (converted once, cached)")
     ap.add_argument("--lookahead", help="trained look-ahead embeddings (train.lookahead --out)")
-    ap.add_argument("--method", choices=METHODS,
-                    help="decoding method (default: pass-fused with --lookahead, else ar)")
+    ap.add_argument("--method", type=method_arg,
+                    help=f"{', '.join(METHODS)} or a draft tree such as tree-3x2x1x1 (default: "
+                         "pass-fused with --lookahead, else ar)")
+    ap.add_argument("--auto-methods",
+                    help="comma separated candidates of --method auto (default: ar, pass, fused "
+                         "chains of every depth <= L and a few trees)")
     ap.add_argument("--num-lookahead", type=int,
                     help="L for --method unk, or untrained (unk-initialised) pass runs")
     ap.add_argument("--prompt", required=True, help="prompt text")
@@ -159,7 +181,8 @@ def main(argv=None) -> dict:
         res = generate(cfg, params, [ids], max_new_tokens=args.max_new_tokens,
                        method="pass" if args.method == "unk" else args.method, la_LxD=la,
                        sampler=sampler, seed=args.seed, max_len=args.max_len, stream=stream,
-                       mesh=mesh)
+                       mesh=mesh, auto_methods=args.auto_methods and [
+                           m.strip() for m in args.auto_methods.split(",") if m.strip()])
         if stream is not None:
             stream.end(res.tokens[0])
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:

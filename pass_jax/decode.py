@@ -1,11 +1,13 @@
 """Generation: autoregressive and PaSS decoding as one jitted ``lax.while_loop``.
 
 Every method is a schedule of layout calls (see ``layout.py``) run by one generic function,
-``layout_call``: feed the layout's tokens (root y, drafts, LA embeddings), verify the drafts with
-speculative sampling, commit root + accepted drafts (a change of ``cache.lengths``), emit the
-accepted drafts and the correction/bonus token, and take the next drafts from the LA group that
-hangs after the accepted prefix. Autoregressive decoding is the layout [y]; the paper's PaSS is a
-drafting call then a validation call; fused PaSS is one call per iteration.
+``layout_call``: feed the layout's tokens (root y, draft tree, LA embeddings), verify the tree
+with (multi-candidate) speculative sampling, commit root + accepted path (moved next to the cache
+when it is not contiguous, then a change of ``cache.lengths``), emit the accepted drafts and the
+correction/bonus token, and draw the next drafts from the LA group that hangs under the last
+accepted node. Autoregressive decoding is the layout [y]; the paper's PaSS is a drafting call
+then a validation call; fused PaSS is one call per iteration; a draft tree is a fused call whose
+drafts branch (several draws per position).
 
 Emitted tokens go to ``out[B, max_new_tokens]``; EOS (inside accepted drafts too) ends a row and
 ``max_new_tokens`` is exact. Finished rows are frozen while other rows continue.
@@ -27,7 +29,8 @@ from .cache import KVCache, init_cache
 from .config import ModelConfig, SamplerConfig
 from .layout import Layout, Schedule, make_schedule
 from .model import embed_tokens, forward, is_stacked, logits_from_hidden
-from .sampling import sample_logits, sample_probs, speculative_accept, support_size, warp_probs
+from .sampling import (draw_without_replacement, sample_logits, support_size, verify_tree,
+                       warp_probs)
 
 PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
@@ -48,7 +51,7 @@ class DecodeState:
 
     cache: KVCache
     y_B: jax.Array  # int32
-    drafts_BxL: jax.Array  # int32, drafts for the positions after y
+    drafts_BxLxW: jax.Array  # int32, per position j after y: W ordered draws from q_j
     q_BxLxV: jax.Array  # float32, warped draft distributions they were drawn from
     out_BxN: jax.Array  # int32 emitted tokens, N = max_new_tokens
     n_B: jax.Array  # int32 emitted count
@@ -56,8 +59,8 @@ class DecodeState:
     rng: jax.Array
     eos_E: jax.Array  # int32 ids that end a row (-1 pads)
     calls_B: jax.Array  # int32 forward calls made while the row was active
-    verify_calls_B: jax.Array  # int32 calls that verified L drafts
-    accepted_BxL: jax.Array  # int32 times draft position j was accepted
+    verify_calls_B: jax.Array  # int32 calls that verified drafts
+    accepted_BxLxW: jax.Array  # int32 times the draft of rank r at depth j was accepted
 
 
 def _emit(spec: DecodeSpec, state: DecodeState, new_BxE: jax.Array, count_B: jax.Array,
@@ -79,16 +82,17 @@ def _emit(spec: DecodeSpec, state: DecodeState, new_BxE: jax.Array, count_B: jax
 
 
 def layout_call(spec: DecodeSpec, layout: Layout, params, la_LxD, state: DecodeState):
-    """One forward call of ``layout``: verify its drafts, commit, emit, draw the next drafts."""
+    """One forward call of ``layout``: verify its draft tree, commit the accepted path, emit, and
+    draw the next drafts from the LA group under the last accepted node."""
     cfg, sampler = spec.cfg, spec.sampler
     B = state.y_B.shape[0]
-    D = layout.num_drafts
+    N, D = layout.num_tree, layout.draft_depth
     rng, rng_acc, rng_draft = jax.random.split(state.rng, 3)
     active_B = ~state.done_B
 
-    tokens_BxT = jnp.concatenate(
-        [state.y_B[:, None], state.drafts_BxL[:, :D],
-         jnp.zeros((B, layout.T - 1 - D), jnp.int32)], axis=1)
+    draft_j, draft_r = layout.draft_slots
+    tree_BxN = jnp.concatenate([state.y_B[:, None], state.drafts_BxLxW[:, draft_j, draft_r]], 1)
+    tokens_BxT = jnp.concatenate([tree_BxN, jnp.zeros((B, layout.T - N), jnp.int32)], axis=1)
     x_BxTxD = embed_tokens(cfg, params, tokens_BxT)
     if layout.num_lookahead:
         la_TxD = jnp.asarray(la_LxD, x_BxTxD.dtype)[layout.la_index]
@@ -97,38 +101,52 @@ def layout_call(spec: DecodeSpec, layout: Layout, params, la_LxD, state: DecodeS
     h_BxTxD, cache = forward(cfg, params, tokens_BxT, positions_BxT, state.cache,
                              layout.mask, x_BxTxD, return_hidden=True)
 
-    # Verify: outputs at the root and d_1..d_D give p_1..p_{D+1}.
-    p_BxD1xV = warp_probs(logits_from_hidden(cfg, params, h_BxTxD[:, :D + 1]), sampler)
+    # Verify: the outputs at the tree nodes are the target distributions after them.
+    p_BxNxV = warp_probs(logits_from_hidden(cfg, params, h_BxTxD[:, :N]), sampler)
     support = support_size(sampler, cfg.vocab_size)
-    n_acc_B, next_B, accepted_BxD = speculative_accept(
-        rng_acc, p_BxD1xV, state.q_BxLxV[:, :D], state.drafts_BxL[:, :D], sampler.greedy,
-        support)
+    node_B, ranks_BxD, next_B = verify_tree(rng_acc, p_BxNxV, layout.children,
+                                            state.drafts_BxLxW, state.q_BxLxV, sampler.greedy,
+                                            support)
+    n_acc_B = (ranks_BxD >= 0).sum(1).astype(jnp.int32)
 
-    # Commit root + accepted drafts; emit accepted drafts then the correction/bonus token.
+    # Commit root + accepted path (moved to the slots after the cache first when it is not
+    # there already); emit its drafts then the correction/bonus token.
+    path_BxD = jnp.asarray(layout.paths)[node_B][:, 1:]
+    if not layout.is_chain:
+        lengths_Bx1 = cache.lengths[:, None]
+        cache = cache.move(lengths_Bx1 + path_BxD, lengths_Bx1 + jnp.arange(1, D + 1)[None])
     cache = cache.advance(jnp.where(active_B, n_acc_B + 1, 0))
-    new_BxE = jnp.concatenate([state.drafts_BxL[:, :D], next_B[:, None]], axis=1)
+    new_BxE = jnp.concatenate([jnp.take_along_axis(tree_BxN, path_BxD, axis=1),
+                               next_B[:, None]], axis=1)
     new_BxE = jnp.where(jnp.arange(D + 1)[None, :] == n_acc_B[:, None], next_B[:, None], new_BxE)
     state = _emit(spec, state, new_BxE, n_acc_B + 1, active_B)
 
-    drafts_BxL, q_BxLxV = state.drafts_BxL, state.q_BxLxV
-    if layout.num_lookahead:  # next drafts from group G_{n_acc}
-        nodes_BxL = jnp.asarray(layout.groups)[n_acc_B]
-        h_BxLxD = jnp.take_along_axis(h_BxTxD, nodes_BxL[..., None], axis=1)
-        q_BxLxV = warp_probs(logits_from_hidden(cfg, params, h_BxLxD), sampler)
-        drafts_BxL = sample_probs(rng_draft, q_BxLxV, sampler.greedy, support)
+    drafts_BxLxW, q_BxLxV = state.drafts_BxLxW, state.q_BxLxV
+    if layout.num_lookahead:  # next drafts from the group under the last accepted node
+        nodes_BxG = jnp.asarray(layout.groups)[node_B]
+        h_BxGxD = jnp.take_along_axis(h_BxTxD, nodes_BxG[..., None], axis=1)
+        logits_BxGxV = logits_from_hidden(cfg, params, h_BxGxD)
+        q_BxLxV = warp_probs(logits_BxGxV, sampler)
+        W = drafts_BxLxW.shape[2]
+        if sampler.greedy:
+            drafts_BxLxW = jax.lax.top_k(logits_BxGxV, W)[1].astype(jnp.int32)
+        else:
+            drafts_BxLxW = draw_without_replacement(rng_draft, q_BxLxV, W, support)
 
     keep = lambda new, old: jnp.where(active_B.reshape((B,) + (1,) * (new.ndim - 1)), new, old)
-    acc_BxL = state.accepted_BxL
+    acc_BxLxW = state.accepted_BxLxW
     if D:
-        acc_BxL = acc_BxL + (accepted_BxD & active_B[:, None]).astype(jnp.int32)
+        hit_BxDxW = ranks_BxD[..., None] == jnp.arange(acc_BxLxW.shape[2])
+        acc_BxLxW = acc_BxLxW.at[:, :D].add((hit_BxDxW & active_B[:, None, None]).astype(
+            jnp.int32))
     return state.replace(
         cache=cache, rng=rng,
         y_B=keep(next_B, state.y_B),
-        drafts_BxL=keep(drafts_BxL, state.drafts_BxL),
+        drafts_BxLxW=keep(drafts_BxLxW, state.drafts_BxLxW),
         q_BxLxV=keep(q_BxLxV, state.q_BxLxV),
         calls_B=state.calls_B + active_B,
         verify_calls_B=state.verify_calls_B + (active_B if D else 0),
-        accepted_BxL=acc_BxL)
+        accepted_BxLxW=acc_BxLxW)
 
 
 def pass_step(spec: DecodeSpec, params, la_LxD, state: DecodeState) -> DecodeState:
@@ -143,7 +161,7 @@ def prefill(spec: DecodeSpec, params, prompt_BxP, prompt_len_B, active_B, eos_E,
     """Feed the right-padded prompts (a causal call) and draw the first new token."""
     cfg = spec.cfg
     B, P = prompt_BxP.shape
-    L = spec.schedule.num_lookahead
+    L, W = spec.schedule.num_lookahead, spec.schedule.width
     positions_BxP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
     h_BxPxD, cache = forward(cfg, params, prompt_BxP, positions_BxP, cache, None,
                              return_hidden=True)
@@ -153,11 +171,12 @@ def prefill(spec: DecodeSpec, params, prompt_BxP, prompt_len_B, active_B, eos_E,
     cache = cache.replace(lengths=prompt_len_B.astype(jnp.int32))
     zeros = lambda *s, dt=jnp.int32: jnp.zeros(s, dt)
     state = DecodeState(
-        cache=cache, y_B=y_B, drafts_BxL=zeros(B, L), q_BxLxV=zeros(B, L, cfg.vocab_size,
-                                                                    dt=jnp.float32),
+        cache=cache, y_B=y_B, drafts_BxLxW=zeros(B, L, W),
+        q_BxLxV=zeros(B, L, cfg.vocab_size, dt=jnp.float32),
         out_BxN=zeros(B, spec.max_new_tokens), n_B=zeros(B), done_B=~active_B, rng=rng,
         eos_E=jnp.asarray(eos_E, jnp.int32),
-        calls_B=active_B.astype(jnp.int32), verify_calls_B=zeros(B), accepted_BxL=zeros(B, L))
+        calls_B=active_B.astype(jnp.int32), verify_calls_B=zeros(B),
+        accepted_BxLxW=zeros(B, L, W))
     return _emit(spec, state, y_B[:, None], jnp.ones((B,), jnp.int32), active_B)
 
 
@@ -165,31 +184,56 @@ def _stream_host(callback, out_BxN, n_B):
     callback(np.asarray(out_BxN), np.asarray(n_B))
 
 
-@partial(jax.jit, static_argnames=("spec", "stream"), donate_argnames=("cache",))
-def generate_jit(spec: DecodeSpec, params, la_LxD, prompt_BxP, prompt_len_B, active_B, eos_E,
-                 cache: KVCache, rng, stream: Callable | None = None) -> DecodeState:
-    """Prefill, bootstrap calls, then ``pass_step`` in a ``lax.while_loop`` until every row is
-    done (EOS or ``max_new_tokens``) or the cache cannot take another call."""
-    state = prefill(spec, params, prompt_BxP, prompt_len_B, active_B, eos_E, cache, rng)
-    for layout in spec.schedule.bootstrap:
+def decode_loop(spec: DecodeSpec, params, la_LxD, state: DecodeState, stop_B=None,
+                stream: Callable | None = None, bootstrap: bool = True) -> DecodeState:
+    """Bootstrap calls (unless ``bootstrap`` is False), then ``pass_step`` in a
+    ``lax.while_loop`` until every row is done (EOS or ``max_new_tokens``) or has ``stop_B``
+    tokens, or the cache cannot take another call."""
+    for layout in spec.schedule.bootstrap if bootstrap else ():
         state = layout_call(spec, layout, params, la_LxD, state)
     need = spec.schedule.step_tokens
 
     def cond(s: DecodeState):
         fits = jnp.max(jnp.where(s.done_B, 0, s.cache.lengths)) + need <= s.cache.max_len
-        return jnp.any(~s.done_B) & fits
+        going_B = ~s.done_B if stop_B is None else ~s.done_B & (s.n_B < stop_B)
+        return jnp.any(going_B) & fits
 
     def body(s: DecodeState):
         s = pass_step(spec, params, la_LxD, s)
         if stream is not None:
-            io_callback(partial(_stream_host, stream), None, s.out_BxN, s.n_B,
-                                         ordered=True)
+            io_callback(partial(_stream_host, stream), None, s.out_BxN, s.n_B, ordered=True)
         return s
 
     if stream is not None:
-        io_callback(partial(_stream_host, stream), None, state.out_BxN,
-                                     state.n_B, ordered=True)
+        io_callback(partial(_stream_host, stream), None, state.out_BxN, state.n_B, ordered=True)
     return jax.lax.while_loop(cond, body, state)
+
+
+@partial(jax.jit, static_argnames=("spec", "stream"), donate_argnames=("cache",))
+def generate_jit(spec: DecodeSpec, params, la_LxD, prompt_BxP, prompt_len_B, active_B, eos_E,
+                 cache: KVCache, rng, stream: Callable | None = None) -> DecodeState:
+    """Prefill, then ``decode_loop`` until every row is done or the cache is full."""
+    state = prefill(spec, params, prompt_BxP, prompt_len_B, active_B, eos_E, cache, rng)
+    return decode_loop(spec, params, la_LxD, state, None, stream)
+
+
+def switch_schedule(state: DecodeState, schedule: Schedule) -> DecodeState:
+    """``state`` with empty draft arrays shaped for ``schedule`` (its bootstrap calls, or the
+    paper's drafting call, draw them) and acceptance counts restarted."""
+    B, V = state.y_B.shape[0], state.q_BxLxV.shape[-1]
+    L, W = schedule.num_lookahead, schedule.width
+    return state.replace(drafts_BxLxW=jnp.zeros((B, L, W), jnp.int32),
+                         q_BxLxV=jnp.zeros((B, L, V), jnp.float32),
+                         accepted_BxLxW=jnp.zeros((B, L, W), jnp.int32))
+
+
+@partial(jax.jit, static_argnames=("spec", "bootstrap"), donate_argnames=("state",))
+def resume_jit(spec: DecodeSpec, params, la_LxD, state: DecodeState, stop_B,
+               bootstrap: bool) -> DecodeState:
+    """Go on decoding ``state`` with ``spec``'s schedule until each row has ``stop_B`` tokens
+    (or is done, or the cache is full); ``bootstrap``: first run the schedule's bootstrap calls
+    (after ``switch_schedule``; a state the same schedule left has its drafts already)."""
+    return decode_loop(spec, params, la_LxD, state, stop_B, bootstrap=bootstrap)
 
 
 @dataclass
@@ -198,22 +242,37 @@ class GenerationResult:
 
     tokens: list[list[int]]
     calls: list[int]  # forward calls per row, prefill included
-    accepted: np.ndarray  # [rows, L] accepted drafts per LA position
+    accepted_by_rank: np.ndarray  # [rows, L, W] accepted drafts per LA position and rank
     verify_calls: list[int]  # calls that verified drafts, per row
     wall_time: float  # seconds (includes compilation on the first call of a shape)
+    method: str = ""
+    auto: object = None  # method "auto": its choices (``auto.AutoLog``)
+
+    @property
+    def accepted(self) -> np.ndarray:
+        """``[rows, L]`` accepted drafts per LA position (any rank)."""
+        return self.accepted_by_rank.sum(-1)
 
     def stats(self) -> dict:
-        """Summary: forward calls, tokens per call, acceptance rate per LA position."""
+        """Summary: method, forward calls, tokens per call, acceptance rate per LA position
+        (and per rank of the draws, for trees)."""
         tokens = sum(len(t) for t in self.tokens)
         calls = sum(self.calls)
         vc = max(sum(self.verify_calls), 1)
-        return {
+        out = {
+            "method": self.method,
             "forward_calls": calls,
             "new_tokens": tokens,
             "tokens_per_call": tokens / max(calls, 1),
             "acceptance_per_position": (self.accepted.sum(0) / vc).round(4).tolist(),
             "wall_time_s": self.wall_time,
         }
+        if self.accepted_by_rank.shape[-1] > 1:
+            out["acceptance_per_position_and_rank"] = (
+                self.accepted_by_rank.sum(0) / vc).round(4).tolist()
+        if self.auto is not None:
+            out["auto"] = self.auto.stats()
+        return out
 
 
 def eos_array(eos_ids: Sequence[int]) -> np.ndarray:
@@ -277,24 +336,37 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
              method: str = "ar", la_LxD=None, sampler: SamplerConfig = SamplerConfig(),
              eos_ids: Sequence[int] | None = None, seed: int = 0, max_len: int | None = None,
              stream: Callable[[np.ndarray, np.ndarray], None] | None = None, mesh=None,
-             return_state: bool = False) -> GenerationResult:
+             return_state: bool = False, auto_methods: Sequence[str] | None = None
+             ) -> GenerationResult:
     """Generate continuations of token-id prompts.
 
     ``params`` may be stacked (``hf.load_hf``) or per layer (``hf.load_hf(..., stacked=False)``,
     ``model.unstack_layers``: a layer loop and a per-layer cache, faster on XLA:CPU).
 
     Args:
-      method: ``ar``, ``pass`` (paper schedule) or ``pass-fused``; PaSS needs ``la_LxD``
-        (trained look-ahead embeddings, or ``lookahead.init_lookahead`` for the [UNK] baseline).
+      method: ``ar``, ``pass`` (paper schedule), ``pass-fused``, or a fused draft tree
+        ``tree-3x2x1x1`` (widths per depth, depth <= L; ``tree-1x1`` is ``pass-fused`` with
+        L = 2), or ``auto`` (the layout of the best expected tokens per second on this device,
+        re-chosen every 32 tokens: ``auto.generate_auto``; one device, ``stream`` called per
+        segment); PaSS needs ``la_LxD`` (trained look-ahead embeddings, or
+        ``lookahead.init_lookahead`` for the [UNK] baseline).
       eos_ids: ids that end a row (default: the config's ``eos_token_ids``).
       max_len: KV-cache slots (default: just enough, rounded up to a multiple of 128).
       stream: ``fn(out_BxN, n_B)`` called on the host after every loop step.
       mesh: a ``jax.sharding.Mesh`` (``sharding.make_mesh``): rows are split over its batch axes
         and the cache by the partition rules; ``params`` should already be on it.
       return_state: also return the final ``DecodeState`` (``(result, state)``).
+      auto_methods: the candidates of ``auto`` (default ``auto.candidates(L)``).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if method == "auto":
+        if mesh is not None or return_state:
+            raise ValueError("method 'auto' runs on one device and returns no state")
+        from .auto import generate_auto
+        return generate_auto(cfg, params, prompts, max_new_tokens=max_new_tokens, la_LxD=la_LxD,
+                             sampler=sampler, eos_ids=eos_ids, seed=seed, max_len=max_len,
+                             methods=auto_methods, stream=stream)
     L = 0 if method == "ar" else (None if la_LxD is None else int(np.shape(la_LxD)[0]))
     if method != "ar" and la_LxD is None:
         raise ValueError(f"method {method!r} needs look-ahead embeddings (la_LxD)")
@@ -342,7 +414,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
     result = GenerationResult(
         tokens=[out[i, :n[i]].tolist() for i in range(rows)],
         calls=to_host(state.calls_B)[:rows].tolist(),
-        accepted=to_host(state.accepted_BxL)[:rows],
+        accepted_by_rank=to_host(state.accepted_BxLxW)[:rows],
         verify_calls=to_host(state.verify_calls_B)[:rows].tolist(),
-        wall_time=wall)
+        wall_time=wall, method=method)
     return (result, state) if return_state else result

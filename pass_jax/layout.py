@@ -1,20 +1,29 @@
 """Draft layouts: the static token tree of one forward call, and schedules of calls.
 
 A layout lists the nodes of one call. Node 0 is the root: the newest token y, not yet in the
-cache. DRAFT nodes d_1..d_D form a chain under the root (nodes 1..D) and are verified by this
-call. LA nodes are look-ahead tokens; a group G_j of LA_1..LA_L hangs under the prefix
-(y, d_1..d_j) and drafts the tokens that follow once j drafts are accepted.
+cache. The *tree nodes* are the root and the DRAFT nodes under it (nodes 0..N-1, parents first);
+a draft at depth j is one of the tokens drawn from the draft distribution q_j: the (r+1)-th draw
+(its *rank* r) of an ordered sample without replacement, so a node's children are ranks 0..k-1.
+A chain (every rank 0) is the paper's d_1..d_D. LA nodes come after the tree: a group LA_1..LA_G
+hangs under a tree node and drafts the G tokens that follow once the path to that node is
+accepted (the fused schedule hangs one under every tree node).
 
-Everything else is derived from the parents: the in-call attention mask (a node sees itself and
-its ancestors), positions (cache length + depth) and cache slots (node t is written at slot
-``lengths + t``; the committed path root, d_1..d_a is nodes 0..a, so committing is a change of
-``lengths``). The decode step reads only these derived tables, never the layout's name.
+Everything else is derived from the tables: the in-call attention mask (a node sees itself and
+its ancestors), positions (cache length + depth), cache slots (node t is written at slot
+``lengths + t``), each tree node's children by rank, and each tree node's path from the root.
+After acceptance the path root, n_1..n_a is moved to slots ``lengths + 0..a`` (a chain is already
+there, so committing it is a change of ``lengths``). The decode step reads only these derived
+tables, never the layout's name.
 
-Schedules: ``ar`` = [y]; ``paper`` = drafting call [y, LA_1..LA_L] then validation call
-[z, d_1..d_L]; ``fused`` = [y, d_1..d_L, G_0, .., G_L] every call, after one drafting call.
+Schedules: ``ar`` = [y]; ``pass`` = drafting call [y, LA_1..LA_L] then validation call
+[z, d_1..d_L]; ``pass-fused`` = [y, d_1..d_L, G_0, .., G_L] every call, after one drafting call;
+``tree-3x2x1x1`` = a fused draft tree with 3 children under the root, 2 under each of those, ..
+(widths per depth; depth <= L), an LA group under each of its nodes, after one drafting call.
+A tree of widths 1x1x..x1 of depth L is ``pass-fused`` with L look-ahead tokens.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -30,22 +39,45 @@ class Layout:
     name: str
     kind: tuple[int, ...]  # ROOT / DRAFT / LA per node
     parent: tuple[int, ...]  # parent node, -1 for the root
-    index: tuple[int, ...]  # DRAFT: j in 1..D; LA: i in 1..L; ROOT: 0
-    group: tuple[int, ...]  # LA: the j of G_j it belongs to; else -1
+    index: tuple[int, ...]  # DRAFT: its depth j (drawn from q_j); LA: i in 1..G; ROOT: 0
+    rank: tuple[int, ...]  # DRAFT: r, the (r+1)-th draw from q_j; else 0
+    group: tuple[int, ...]  # LA: the tree node its group hangs under; else -1
 
     def __post_init__(self):
         n = len(self.kind)
-        if not (len(self.parent) == len(self.index) == len(self.group) == n):
+        if not (len(self.parent) == len(self.index) == len(self.rank) == len(self.group) == n):
             raise ValueError("layout tables must have one entry per node")
         if n == 0 or self.kind[0] != ROOT or self.parent[0] != -1:
             raise ValueError("node 0 must be the root")
         for t in range(1, n):
             if not 0 <= self.parent[t] < t:
                 raise ValueError(f"node {t}: parent must be an earlier node")
-        D = self.num_drafts
-        if tuple(self.kind[1:D + 1]) != (DRAFT,) * D or tuple(self.index[1:D + 1]) != tuple(
-                range(1, D + 1)) or tuple(self.parent[1:D + 1]) != tuple(range(D)):
-            raise ValueError("drafts must be a chain d_1..d_D at nodes 1..D")
+        N = self.num_tree
+        if ROOT in self.kind[1:] or DRAFT in self.kind[N:]:
+            raise ValueError("the draft tree (root, drafts) must come before the LA nodes")
+        kids: dict[int, list[int]] = {}
+        for t in range(1, N):
+            if self.index[t] != self.depth[t]:
+                raise ValueError(f"draft node {t}: index must be its depth")
+            kids.setdefault(self.parent[t], []).append(self.rank[t])
+        if any(sorted(r) != list(range(len(r))) for r in kids.values()):
+            raise ValueError("the children of a node must have ranks 0..k-1")
+        self._check_groups()
+
+    def _check_groups(self):
+        N = self.num_tree
+        anchors = [self.group[t] for t in range(N, self.T)]
+        if any(not 0 <= a < N for a in anchors):
+            raise ValueError("LA groups must hang under tree nodes")
+        if anchors and sorted(set(anchors)) != list(range(N)):
+            raise ValueError("LA groups must hang under every tree node or none")
+        for a in set(anchors):
+            nodes = [t for t in range(N, self.T) if self.group[t] == a]
+            if (len(nodes) != len(anchors) // N
+                    or [self.index[t] for t in nodes] != list(range(1, len(nodes) + 1))
+                    or [self.parent[t] for t in nodes] != [a] + nodes[:-1]):
+                raise ValueError(f"the group under node {a} must be a chain LA_1..LA_G, the "
+                                 "same G for every group")
 
     @property
     def T(self) -> int:
@@ -53,8 +85,13 @@ class Layout:
         return len(self.kind)
 
     @property
+    def num_tree(self) -> int:
+        """Tree nodes N (the root and the drafts: nodes 0..N-1)."""
+        return sum(k != LA for k in self.kind)
+
+    @property
     def num_drafts(self) -> int:
-        return sum(k == DRAFT for k in self.kind)
+        return self.num_tree - 1
 
     @cached_property
     def depth(self) -> np.ndarray:
@@ -63,6 +100,16 @@ class Layout:
         for t in range(1, self.T):
             d[t] = d[self.parent[t]] + 1
         return d
+
+    @property
+    def draft_depth(self) -> int:
+        """Depth D of the draft tree (0 without drafts): drafts come from q_1..q_D."""
+        return int(self.depth[:self.num_tree].max())
+
+    @property
+    def width(self) -> int:
+        """Most children of one tree node (0 without drafts): draws per depth it reads."""
+        return max((r + 1 for k, r in zip(self.kind, self.rank) if k == DRAFT), default=0)
 
     @cached_property
     def mask(self) -> np.ndarray:
@@ -76,19 +123,49 @@ class Layout:
         return m
 
     @cached_property
+    def children(self) -> np.ndarray:
+        """Tree node ids ``[N, W]``: row n lists n's children by rank, -1 past the last."""
+        c = np.full((self.num_tree, max(self.width, 1)), -1, np.int32)
+        for t in range(1, self.num_tree):
+            c[self.parent[t], self.rank[t]] = t
+        return c
+
+    @cached_property
+    def paths(self) -> np.ndarray:
+        """Ancestors ``[N, D + 1]``: row n is the path root, n_1, .., n (its nodes at depths
+        0..depth(n)), then k at column k past depth(n) (so moving slot ``lengths + paths[n, k]``
+        to ``lengths + k`` for every k commits the path and leaves the other slots alone)."""
+        D = self.draft_depth
+        p = np.tile(np.arange(D + 1, dtype=np.int32), (self.num_tree, 1))
+        for n in range(self.num_tree):
+            a = n
+            while a >= 0:
+                p[n, self.depth[a]] = a
+                a = self.parent[a]
+        return p
+
+    @property
+    def is_chain(self) -> bool:
+        """Drafts d_1..d_D at nodes 1..D: every path is already at its committed slots."""
+        return self.width <= 1
+
+    @cached_property
+    def draft_slots(self) -> tuple[np.ndarray, np.ndarray]:
+        """(depth - 1, rank) of draft nodes 1..N-1: where their tokens sit in ``drafts_BxLxW``."""
+        N = self.num_tree
+        return (np.asarray(self.index[1:N], np.int32) - 1, np.asarray(self.rank[1:N], np.int32))
+
+    @cached_property
     def groups(self) -> np.ndarray:
-        """LA node indices ``[D + 1, L]``: row j is group G_j (LA_1..LA_L); ``[0, 0]`` if none."""
-        gs = sorted({g for g in self.group if g >= 0})
-        if not gs:
-            return np.zeros((0, 0), np.int32)
-        if gs != list(range(len(gs))):
-            raise ValueError("LA groups must be G_0..G_k")
-        table = [[t for t in range(self.T) if self.group[t] == g] for g in gs]
-        table = [sorted(row, key=lambda t: self.index[t]) for row in table]
-        return np.asarray(table, np.int32)
+        """LA node indices ``[N, G]``: row n is the group under tree node n (LA_1..LA_G);
+        ``[N, 0]`` without groups."""
+        N = self.num_tree
+        table = [[t for t in range(N, self.T) if self.group[t] == n] for n in range(N)]
+        return np.asarray(table, np.int32).reshape(N, -1)
 
     @property
     def num_lookahead(self) -> int:
+        """G, the LA tokens of each group (0 without groups)."""
         return self.groups.shape[1]
 
     @cached_property
@@ -102,37 +179,56 @@ class Layout:
         return np.asarray([k == LA for k in self.kind])
 
 
-def _build(name: str, num_drafts: int, groups: list[int], L: int) -> Layout:
-    """Root, a chain of ``num_drafts`` drafts, then one LA group after each prefix in ``groups``."""
-    kind, parent, index, group = [ROOT], [-1], [0], [-1]
-    for j in range(1, num_drafts + 1):
-        kind.append(DRAFT); parent.append(j - 1); index.append(j); group.append(-1)
-    for g in groups:
-        prev = g  # G_g hangs under d_g (node g), or under the root for g = 0
-        for i in range(1, L + 1):
-            kind.append(LA); parent.append(prev); index.append(i); group.append(g)
+def _build(name: str, widths: tuple[int, ...], G: int) -> Layout:
+    """Root; ``widths[j-1]`` draft children (ranks 0..w-1) under every tree node at depth j-1,
+    breadth first; then, when ``G`` > 0, a group LA_1..LA_G under every tree node."""
+    kind, parent, index, rank, group = [ROOT], [-1], [0], [0], [-1]
+    level = [0]
+    for j, w in enumerate(widths, start=1):
+        nxt = []
+        for p in level:
+            for r in range(w):
+                nxt.append(len(kind))
+                kind.append(DRAFT); parent.append(p); index.append(j); rank.append(r)
+                group.append(-1)
+        level = nxt
+    for a in range(len(kind) if G else 0):
+        prev = a
+        for i in range(1, G + 1):
+            kind.append(LA); parent.append(prev); index.append(i); rank.append(0)
+            group.append(a)
             prev = len(kind) - 1
-    return Layout(name, tuple(kind), tuple(parent), tuple(index), tuple(group))
+    return Layout(name, tuple(kind), tuple(parent), tuple(index), tuple(rank), tuple(group))
 
 
 def root_layout() -> Layout:
     """[y]: one autoregressive step."""
-    return _build("ar", 0, [], 0)
+    return _build("ar", (), 0)
 
 
 def draft_layout(L: int) -> Layout:
     """The paper's drafting call [y, LA_1..LA_L]."""
-    return _build(f"draft{L}", 0, [0], L)
+    return _build(f"draft{L}", (), L)
 
 
 def verify_layout(L: int) -> Layout:
     """The paper's validation call [z, d_1..d_L]."""
-    return _build(f"verify{L}", L, [], L)
+    return _build(f"verify{L}", (1,) * L, 0)
 
 
 def fused_layout(L: int) -> Layout:
     """Verify d_1..d_L and draft the next L in one call: [y, d_1..d_L, G_0, .., G_L]."""
-    return _build(f"fused{L}", L, list(range(L + 1)), L)
+    return _build(f"fused{L}", (1,) * L, L)
+
+
+def tree_layout(widths: tuple[int, ...]) -> Layout:
+    """A fused draft tree: ``widths[j-1]`` children under every node at depth j-1, and an LA
+    group of ``len(widths)`` tokens under every tree node (drafting the next call's tree)."""
+    return _build(tree_name(widths), tuple(widths), len(widths))
+
+
+def tree_name(widths: tuple[int, ...]) -> str:
+    return "tree-" + "x".join(map(str, widths))
 
 
 @dataclass(frozen=True)
@@ -149,18 +245,44 @@ class Schedule:
         """Tokens (cache slots written) in one loop iteration's calls."""
         return sum(lay.T for lay in self.step)
 
+    @property
+    def width(self) -> int:
+        """Draws kept per depth: the widest layout's (1 for chains and ``ar``)."""
+        return max([1] + [lay.width for lay in self.bootstrap + self.step])
 
-METHODS = ("ar", "pass", "pass-fused")
+
+METHODS = ("ar", "pass", "pass-fused", "tree-WxWx..")
+_TREE = re.compile(r"tree-([1-9][0-9]*(?:x[1-9][0-9]*)*)")
+
+
+def parse_tree(method: str) -> tuple[int, ...] | None:
+    """The widths of a ``tree-3x2x1x1`` method name, or None for other names."""
+    m = _TREE.fullmatch(method)
+    return None if m is None else tuple(int(w) for w in m.group(1).split("x"))
+
+
+def method_lookahead(method: str, L: int) -> int:
+    """Look-ahead tokens ``method`` uses of the L available: the tree depth for trees."""
+    widths = parse_tree(method)
+    return 0 if method == "ar" else (L if widths is None else len(widths))
 
 
 def make_schedule(method: str, L: int = 0) -> Schedule:
-    """``ar``, ``pass`` (the paper's two calls) or ``pass-fused`` (one call per iteration)."""
+    """``ar``, ``pass`` (the paper's two calls), ``pass-fused`` (one call per iteration) or
+    ``tree-3x2x1x1`` (a fused draft tree; its depth must be <= L)."""
     if method == "ar":
         return Schedule("ar", 0, (), (root_layout(),))
-    if method not in METHODS:
+    widths = parse_tree(method)
+    if method not in METHODS and widths is None:
         raise ValueError(f"unknown decoding method {method!r}; expected one of {METHODS}")
     if not isinstance(L, int) or L < 1:
         raise ValueError(f"number of look-ahead tokens must be >= 1, got {L}")
     if method == "pass":
         return Schedule("pass", L, (), (draft_layout(L), verify_layout(L)))
-    return Schedule("pass-fused", L, (draft_layout(L),), (fused_layout(L),))
+    if method == "pass-fused":
+        return Schedule("pass-fused", L, (draft_layout(L),), (fused_layout(L),))
+    if len(widths) > L:
+        raise ValueError(f"{method} is {len(widths)} drafts deep: it needs at least "
+                         f"{len(widths)} look-ahead tokens, there are {L}")
+    D = len(widths)
+    return Schedule(method, D, (draft_layout(D),), (tree_layout(widths),))

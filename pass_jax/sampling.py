@@ -5,11 +5,16 @@ d_1..d_D drawn from q_1..q_D, accept d_j with probability min(1, p_j(d_j) / q_j(
 the first rejection; on a reject at j draw the correction from norm(max(0, p_j - q_j)); when all
 D drafts are accepted draw a bonus token from p_{D+1}. p and q are both the *warped*
 distributions. Greedy (temperature 0): accept iff d_j == argmax p_j, the correction is the argmax.
+
+A draft tree generalises the chain: the children of a node at depth j-1 are ordered draws
+without replacement from q_j, tried in turn with the recursive rejection rule
+(``recursive_accept``); ``verify_tree`` walks the tree per row. A chain is the case of one child.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .config import SamplerConfig
 
@@ -99,41 +104,143 @@ def sample_logits(rng: jax.Array, logits_xV: jax.Array, sampler: SamplerConfig) 
                         support_size(sampler, logits_xV.shape[-1]))
 
 
-def speculative_accept(rng: jax.Array, p_BxD1xV: jax.Array, q_BxDxV: jax.Array,
-                       drafts_BxD: jax.Array, greedy: bool, support: int = 0):
-    """Verify a chain of D drafts per row.
+def draw_without_replacement(rng: jax.Array, probs_xV: jax.Array, k: int, support: int = 0
+                             ) -> jax.Array:
+    """An ordered sample of ``k`` distinct tokens per row without replacement (Gumbel-top-k:
+    the j-th is drawn from ``probs`` with the first j-1 removed, renormalised), int32 ``[..., k]``.
+
+    k = 1 is one ordinary draw. Draws past the support (entries of probability 0) come last and
+    are meaningless; callers drop them. ``support`` as in ``sample_probs``.
+    """
+    V = probs_xV.shape[-1]
+    if k <= support < V:
+        vals_xs, idx_xs = jax.lax.top_k(probs_xV, support)
+        _, pick_xk = jax.lax.top_k(jnp.log(vals_xs) + jax.random.gumbel(rng, vals_xs.shape), k)
+        return jnp.take_along_axis(idx_xs, pick_xk, axis=-1).astype(jnp.int32)
+    _, idx_xk = jax.lax.top_k(jnp.log(probs_xV) + jax.random.gumbel(rng, probs_xV.shape), k)
+    return idx_xk.astype(jnp.int32)
+
+
+def without_replacement_proposals(q_BxV: jax.Array, tokens_BxW: jax.Array) -> jax.Array:
+    """The distribution each of W ordered draws without replacement came from, ``[B, W, V]``:
+    q with the earlier draws removed, renormalised (0 once nothing is left)."""
+    B, W = tokens_BxW.shape
+    if W == 1:
+        return q_BxV[:, None]
+    seen_BxWxV = jnp.cumsum(jax.nn.one_hot(tokens_BxW, q_BxV.shape[-1], dtype=bool), axis=1)
+    earlier_BxWxV = jnp.concatenate(
+        [jnp.zeros_like(seen_BxWxV[:, :1]), seen_BxWxV[:, :-1]], axis=1) > 0
+    left_BxWxV = jnp.where(earlier_BxWxV, 0.0, q_BxV[:, None, :])
+    mass_BxWx1 = left_BxWxV.sum(-1, keepdims=True)
+    return jnp.where(mass_BxWx1 > 0, left_BxWxV / jnp.where(mass_BxWx1 > 0, mass_BxWx1, 1.0), 0.0)
+
+
+def residual_probs(p_BxV: jax.Array, q_BxV: jax.Array) -> jax.Array:
+    """What is left of p after a draft from q is rejected: norm(max(0, p - q)); p itself where
+    that is empty (p <= q everywhere, so a rejection had probability 0)."""
+    resid_BxV = jnp.maximum(p_BxV - q_BxV, 0.0)
+    mass_Bx1 = resid_BxV.sum(-1, keepdims=True)
+    return jnp.where(mass_Bx1 > 0, resid_BxV / jnp.where(mass_Bx1 > 0, mass_Bx1, 1.0), p_BxV)
+
+
+def recursive_accept(u_BxW: jax.Array, p_BxV: jax.Array, q_BxWxV: jax.Array,
+                     tokens_BxW: jax.Array, valid_BxW: jax.Array):
+    """Multi-candidate speculative sampling at one tree node: try the children in turn.
+
+    The recursive rejection rule of SpecInfer (Miao et al. 2024, arXiv 2305.09781, "multi-step
+    speculative sampling") and EAGLE (Li et al. 2024, arXiv 2401.15077), with the proposals of
+    sampling without replacement from Recursive Speculative Decoding (Jeon et al. 2024, arXiv
+    2402.14160): child c_r, drawn from q_r, is accepted with probability min(1, p(c_r) / q_r(c_r))
+    (``u_r q_r(c_r) < p(c_r)``); on a rejection p <- norm(max(0, p - q_r)) and the next child
+    is tried; if none is accepted the caller samples the returned p. The emitted token is then
+    distributed as p exactly, whatever the q_r, as long as each c_r ~ q_r given the tokens before
+    it (deterministic children: q_r = one_hot(c_r), and the rule is "draw x ~ p, descend if x is
+    a child").
 
     Args:
-      p_BxD1xV: warped target distributions for draft positions 1..D and the bonus position.
-      q_BxDxV: warped draft distributions the drafts were drawn from.
-      drafts_BxD: the drafts.
+      u_BxW: uniforms, one per child.
+      p_BxV: the target distribution after the node.
+      q_BxWxV: the proposal each child was drawn from (``without_replacement_proposals``).
+      tokens_BxW: the children's tokens, in the order they are tried.
+      valid_BxW: which children exist (a prefix of each row).
+    Returns:
+      rank_B: the accepted child (-1: none); p_BxV: what is left of p (p itself after an
+      acceptance, the residual after the rejections otherwise).
+    """
+    B, W = tokens_BxW.shape
+    rank_B = jnp.full((B,), -1, jnp.int32)
+    for r in range(W):
+        c_Bx1 = tokens_BxW[:, r, None]
+        try_B = valid_BxW[:, r] & (rank_B < 0)
+        q_BxV = q_BxWxV[:, r]
+        ok_B = try_B & (u_BxW[:, r] * jnp.take_along_axis(q_BxV, c_Bx1, -1)[:, 0]
+                        < jnp.take_along_axis(p_BxV, c_Bx1, -1)[:, 0])
+        rank_B = jnp.where(ok_B, r, rank_B)
+        p_BxV = jnp.where((try_B & ~ok_B)[:, None], residual_probs(p_BxV, q_BxV), p_BxV)
+    return rank_B, p_BxV
+
+
+def tree_depth(children_NxW) -> int:
+    """Depth of the tree a static children table (``Layout.children``) describes."""
+    depth = np.zeros(len(children_NxW), np.int32)
+    for n, kids in enumerate(np.asarray(children_NxW)):
+        depth[kids[kids >= 0]] = depth[n] + 1
+    return int(depth.max())
+
+
+def verify_tree(rng: jax.Array, p_BxNxV: jax.Array, children_NxW, drafts_BxDxW: jax.Array,
+                q_BxDxV: jax.Array, greedy: bool, support: int = 0):
+    """Verify a draft tree per row: walk down from the root, one depth at a time.
+
+    Greedy: descend into the child equal to the target's argmax; the next token is the argmax
+    after the last accepted node. Sampling: ``recursive_accept`` at each node; the next token is
+    drawn from what is left of p after the last accepted node (the correction), or from p after a
+    leaf (the bonus). A chain (W = 1) is the paper's speculative sampling.
+
+    Args:
+      p_BxNxV: warped target distributions after each tree node (the root and the drafts).
+      children_NxW: static ``Layout.children``: node n's children by rank, -1 past the last.
+        A child of rank r at depth j is the token ``drafts_BxDxW[:, j - 1, r]``.
+      drafts_BxDxW: per depth j, ordered draws without replacement from q_j (greedy: the top
+        tokens); D >= the tree's depth, W >= its width.
+      q_BxDxV: the warped draft distributions q_j they were drawn from.
       support: at most this many non-zero entries in each p (``support_size``; 0: unknown).
     Returns:
-      n_acc_B: accepted drafts per row (0..D); next_B: the correction or bonus token;
-      accepted_BxD: which draft positions were accepted (a prefix mask).
+      node_B: the last accepted tree node (0: none); ranks_BxD: the rank accepted at each depth
+      (-1 from the first depth where nothing was); next_B: the correction or bonus token.
     """
-    B, D1, V = p_BxD1xV.shape
-    D = D1 - 1
+    children = jnp.asarray(children_NxW)
+    N, W = children_NxW.shape
+    B = p_BxNxV.shape[0]
+    D = tree_depth(children_NxW)
     rng_u, rng_c = jax.random.split(rng)
-    if D == 0:
-        return (jnp.zeros((B,), jnp.int32),
-                sample_probs(rng_c, p_BxD1xV[:, 0], greedy, support), jnp.zeros((B, 0), bool))
-    p_d_BxD = jnp.take_along_axis(p_BxD1xV[:, :D], drafts_BxD[..., None], axis=-1)[..., 0]
-    if greedy:
-        ok_BxD = drafts_BxD == jnp.argmax(p_BxD1xV[:, :D], axis=-1)
-    else:
-        q_d_BxD = jnp.take_along_axis(q_BxDxV, drafts_BxD[..., None], axis=-1)[..., 0]
-        u_BxD = jax.random.uniform(rng_u, (B, D))
-        ok_BxD = u_BxD * q_d_BxD < p_d_BxD  # u < p/q without dividing; q(d) > 0 as d ~ q
-    accepted_BxD = jnp.cumprod(ok_BxD.astype(jnp.int32), axis=1).astype(bool)
-    n_acc_B = accepted_BxD.sum(axis=1).astype(jnp.int32)
-    p_next_BxV = jnp.take_along_axis(p_BxD1xV, n_acc_B[:, None, None], axis=1)[:, 0]
-    if greedy:
-        return n_acc_B, jnp.argmax(p_next_BxV, axis=-1).astype(jnp.int32), accepted_BxD
-    q_pad_BxD1xV = jnp.concatenate([q_BxDxV, jnp.zeros_like(q_BxDxV[:, :1])], axis=1)
-    q_next_BxV = jnp.take_along_axis(q_pad_BxD1xV, n_acc_B[:, None, None], axis=1)[:, 0]
-    resid_BxV = jnp.maximum(p_next_BxV - q_next_BxV, 0.0)  # q_next = 0 on the bonus position
-    empty_B1 = resid_BxV.sum(-1, keepdims=True) <= 0.0  # p <= q everywhere: fall back to p
-    resid_BxV = jnp.where(empty_B1, p_next_BxV, resid_BxV)
-    next_B = sample_probs(rng_c, resid_BxV, False, support)
-    return n_acc_B, next_B, accepted_BxD
+    u_BxDxW = jax.random.uniform(rng_u, (B, max(D, 1), W))
+    node_B = jnp.zeros((B,), jnp.int32)
+    alive_B = jnp.ones((B,), bool)
+    p_end_BxV = p_BxNxV[:, 0]
+    ranks = []
+    for j in range(D):
+        p_BxV = jnp.take_along_axis(p_BxNxV, node_B[:, None, None], axis=1)[:, 0]
+        kids_BxW = children[node_B]
+        tokens_BxW = drafts_BxDxW[:, j, :W]
+        valid_BxW = alive_B[:, None] & (kids_BxW >= 0)
+        if greedy:
+            hit_BxW = valid_BxW & (tokens_BxW == jnp.argmax(p_BxV, -1)[:, None])
+            rank_B = jnp.where(hit_BxW.any(1), jnp.argmax(hit_BxW, 1), -1).astype(jnp.int32)
+            left_BxV = p_BxV
+        else:
+            q_BxWxV = without_replacement_proposals(q_BxDxV[:, j], tokens_BxW)
+            valid_BxW &= jnp.take_along_axis(q_BxDxV[:, j], tokens_BxW, -1) > 0
+            rank_B, left_BxV = recursive_accept(u_BxDxW[:, j], p_BxV, q_BxWxV, tokens_BxW,
+                                                valid_BxW)
+        stop_B = alive_B & (rank_B < 0)
+        p_end_BxV = jnp.where(stop_B[:, None], left_BxV, p_end_BxV)
+        alive_B = alive_B & ~stop_B
+        child_B = jnp.take_along_axis(kids_BxW, jnp.maximum(rank_B, 0)[:, None], 1)[:, 0]
+        node_B = jnp.where(rank_B >= 0, child_B, node_B)
+        ranks.append(rank_B)
+    p_leaf_BxV = jnp.take_along_axis(p_BxNxV, node_B[:, None, None], axis=1)[:, 0]
+    p_end_BxV = jnp.where(alive_B[:, None], p_leaf_BxV, p_end_BxV)
+    next_B = sample_probs(rng_c, p_end_BxV, greedy, support)
+    ranks_BxD = jnp.stack(ranks, 1) if ranks else jnp.zeros((B, 0), jnp.int32)
+    return node_B, ranks_BxD, next_B

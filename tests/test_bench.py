@@ -57,11 +57,17 @@ def test_quick_demo_end_to_end(tmp_path):
     stamps = (base.stat().st_mtime_ns, la.stat().st_mtime_ns)
     again = demo.main(["--quick", "--artifacts", str(art), "--out-dir", str(tmp_path / "again"),
                        "--temperatures", "0", "--batch-size", "2", "--repeats", "1",
-                       "--no-hf-baselines", "--", "--mesh", "data=2,fsdp=2,tensor=2"])
+                       "--no-hf-baselines", "--", "--mesh", "data=2,fsdp=2,tensor=2",
+                       "--methods", "ar,pass-fused,tree-2x2"])
     assert (base.stat().st_mtime_ns, la.stat().st_mtime_ns) == stamps
     assert (tmp_path / "again" / "bench.json").exists()
-    # the benchmark on a device mesh (8 simulated devices): still lossless
-    assert again["greedy_identical_to_ar"] and all(again["greedy_identical_to_ar"].values())
+    # the benchmark on a device mesh (8 simulated devices), a draft tree too: still lossless
+    assert set(again["greedy_identical_to_ar"]) == {"pass-fused@L4", "tree-2x2@L4"}
+    assert all(again["greedy_identical_to_ar"].values())
+    tree = next(r for r in again["cells"] if r["method"] == "tree-2x2")
+    assert tree["layout"] == "2x2, 21" and tree["tokens_per_call"] >= 1.0
+    md = (tmp_path / "again" / "bench.md").read_text()
+    assert "| PaSS tree 2x2 | 4 | 2x2, 21 | greedy |" in md
 
     # --ablation: trains L = 2, 6, 8 next to the cached L = 4 and benchmarks all four
     abl = demo.main(["--quick", "--ablation", "--artifacts", str(art), "--out-dir",
@@ -155,16 +161,17 @@ def test_random_model_report(tmp_path):
     out = tmp_path / "ar.json"
     result = bench.main(["--random-model", "tiny", "--max-new-tokens", "16", "--repeats", "1",
                          "--prompt-tokens", "300", "--max-len", "1024", "--rm-batch-size", "1,2",
-                         "--json", str(out)])
+                         "--call-cost-methods", "ar,pass,pass-fused,tree-2x1", "--json", str(out)])
     for B in ("1", "2"):
         r = result["tokens_per_s"][B]
         assert r["greedy_identical"] is True and r["ours"] > 0 and r["transformers"] > 0
     assert result["step_ms"]["1024"] > 0 and result["step_ms_scanned"]["1024"] > 0
     assert result["call_slots"] == 768  # 512 prompt + 8 + 8 fused steps x 25 + 25, rounded up
-    assert set(result["call_ms"]) == {"ar", "pass", "pass-fused"}
+    assert set(result["call_ms"]) == {"ar", "pass", "pass-fused", "tree-2x1"}
     assert all(ms > 0 for ms in result["call_ms"].values())
     md = (tmp_path / "ar.md").read_text()
-    assert "| PaSS fused |" in md and "vs autoregressive" in md
+    assert "| PaSS fused | 1x1x1x1, 25 |" in md and "vs autoregressive" in md
+    assert "| PaSS tree 2x1 | 2x1, 15 |" in md and "| PaSS | 1x1x1x1, 2 calls: 5 + 5 |" in md
     assert json.loads(out.read_text())["call_ms"] == result["call_ms"]
 
 
@@ -199,3 +206,37 @@ def test_prompts_get_the_tokenizers_special_tokens(tmp_path, monkeypatch, sp_tok
     result = bench.main(common + ["--out-dir", str(tmp_path / "b"), "--no-special-tokens"])
     assert result["settings"]["add_special_tokens"] is False
     assert seen[-1] == [p[1:] for p in with_bos]
+
+
+def test_bench_trees_and_auto(tmp_path):
+    """A tiny random model: a draft tree and auto as benchmark methods (greedy, lossless), with
+    the tree shape, the tokens of a call and auto's choices in the JSON and the table."""
+    from pass_jax import data, tokenizer
+    from pass_jax.config import ModelConfig
+    from pass_jax.hf import save_hf
+    from pass_jax.lookahead import init_lookahead, model_fingerprint, save_lookahead
+    from pass_jax.model import init_params
+
+    spec = f"files:{_corpus(tmp_path)}/*.py"
+    texts = data.text_source(spec, "train")
+    tok = tokenizer.train_bpe((texts[i] for i in range(len(texts))), 300, tmp_path / "tok")
+    cfg = ModelConfig(vocab_size=len(tok), d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                      ffn_dim=64, bos_token_id=tok.bos_token_id, eos_token_ids=(tok.eos_token_id,),
+                      pad_token_id=tok.pad_token_id, unk_token_id=tok.unk_token_id)
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    save_hf(cfg, params, tmp_path / "model", tokenizer=tok)
+    save_lookahead(str(tmp_path / "la"), init_lookahead(cfg, params, 2) + 0.01, cfg,
+                   model_fingerprint(cfg, params))
+    result = bench.main(["--model", str(tmp_path / "model"), "--lookahead", str(tmp_path / "la"),
+                         "--data", spec, "--num-prompts", "2", "--prompt-tokens", "8",
+                         "--max-new-tokens", "12", "--temperatures", "0", "--repeats", "1",
+                         "--methods", "ar,tree-2x1,auto", "--auto-methods", "ar,tree-1,tree-2x1",
+                         "--no-hf-baselines", "--no-plots", "--quiet",
+                         "--out-dir", str(tmp_path / "out")])
+    assert result["greedy_identical_to_ar"] == {"tree-2x1@L2": True, "auto@L2": True}
+    rows = {r["method"]: r for r in result["cells"]}
+    assert rows["tree-2x1"]["layout"] == "2x1, 15" and rows["ar"]["layout"] == "-, 1"
+    assert rows["auto"]["layout"].startswith("tree-2x1")  # the first segment measures
+    assert abs(sum(rows["auto"]["auto_token_share"].values()) - 1) < 1e-3
+    md = (tmp_path / "out" / "bench.md").read_text()
+    assert "| PaSS tree 2x1 | 2 | 2x1, 15 | greedy |" in md and "| PaSS auto | 2 | tree-2x1 " in md

@@ -58,7 +58,10 @@ def _error(*args) -> str:
 def test_methods_agree_greedy_and_json_has_stats(model_dir, capsys):
     outs = {}
     for method, extra in [("ar", []), ("pass-fused", ["--lookahead", model_dir / "la"]),
-                          ("unk", ["--num-lookahead", 2])]:
+                          ("unk", ["--num-lookahead", 2]),
+                          ("tree-2x2", ["--lookahead", model_dir / "la"]),
+                          ("auto", ["--lookahead", model_dir / "la", "--auto-methods",
+                                    "ar,tree-1x1,tree-2"])]:
         _main("--model", model_dir / "model", "--method", method, "--prompt", "def add(",
               "--max-new-tokens", 10, "--json", *extra)
         outs[method] = json.loads(capsys.readouterr().out)
@@ -66,6 +69,12 @@ def test_methods_agree_greedy_and_json_has_stats(model_dir, capsys):
         assert {"forward_calls", "tokens_per_call", "acceptance_per_position",
                 "wall_time_s"} <= set(stats)
     assert outs["ar"]["token_ids"] == outs["pass-fused"]["token_ids"] == outs["unk"]["token_ids"]
+    assert outs["tree-2x2"]["token_ids"] == outs["auto"]["token_ids"] == outs["ar"]["token_ids"]
+    chosen = outs["auto"]["stats"]["auto"]
+    assert set(chosen["ms_per_iteration"]) == {"ar", "tree-1x1", "tree-2"}
+    assert chosen["chosen_segments"][0] == "tree-1x1"  # the widest candidate measures first
+    assert outs["tree-2x2"]["stats"]["method"] == "tree-2x2"
+    assert len(outs["tree-2x2"]["stats"]["acceptance_per_position_and_rank"]) == 2
     assert len(outs["pass-fused"]["stats"]["acceptance_per_position"]) == 3
     assert isinstance(outs["ar"]["text"], str)
 
@@ -95,6 +104,7 @@ def test_mesh_flag_gives_the_same_tokens(model_dir):
     (["--max-new-tokens", "5000", "--max-len", "64"], "cache too small"),
     (["--method", "ar", "--lookahead", "LA"], "error: --method ar uses no look-ahead"),
     (["--method", "unk", "--lookahead", "LA"], "uses no trained embeddings"),
+    (["--method", "tree-2x2x2x2", "--lookahead", "LA"], "needs at least 4 look-ahead tokens"),
 ])
 def test_bad_flags_give_clear_errors(model_dir, args, message):
     named = {"LA_OTHER": str(model_dir / "la_other"), "LA": str(model_dir / "la")}

@@ -1,4 +1,5 @@
-"""Decoding: greedy losslessness, step invariants, compilation count, streaming, bad input."""
+"""Decoding: greedy losslessness (chains and draft trees), step invariants, the cache a tree
+commits, compilation count, streaming, bad input."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,6 +47,91 @@ def test_greedy_pass_equals_autoregressive(L):
     assert accepted > 0, "no draft was ever accepted: the acceptance path went untested"
 
 
+@pytest.mark.parametrize("widths,per_layer", [((2,), False), ((2, 2), True),
+                                              ((3, 2, 1, 1), False), ((2, 3, 1), False)])
+def test_greedy_trees_equal_autoregressive(widths, per_layer):
+    """Draft trees (L = 4 embeddings, depth <= 4), batch of 3, an EOS that occurs mid-row:
+    the same tokens as autoregressive decoding; branches (ranks > 0) are accepted, so paths that
+    are not contiguous in the call get compacted into the cache."""
+    method = "tree-" + "x".join(map(str, widths))
+    by_rank = 0
+    for seed in range(3):
+        params = _params(seed)
+        if per_layer:
+            params = unstack_layers(params)
+        plain = generate(CFG, params, PROMPTS, max_new_tokens=24, method="ar", eos_ids=())
+        eos = (plain.tokens[1][len(plain.tokens[1]) // 2],)
+        ar = generate(CFG, params, PROMPTS, max_new_tokens=24, method="ar", eos_ids=eos)
+        for la_seed in (seed, seed + 1):
+            out = generate(CFG, params, PROMPTS, max_new_tokens=24, method=method,
+                           la_LxD=_la(4, la_seed, _params(seed)), eos_ids=eos)
+            assert out.tokens == ar.tokens, (method, seed, la_seed)
+            assert out.accepted_by_rank.shape[1:] == (len(widths), max(widths))
+            by_rank += int(out.accepted_by_rank[:, :, 1:].sum())
+    assert by_rank > 0, "no branch was ever accepted: compaction went untested"
+
+
+def test_eos_accepted_inside_a_branch_ends_the_row():
+    """Planted drafts: at depths 1 and 2 the rank-1 draw is the autoregressive continuation and
+    the others are wrong, so the accepted path is a branch whose nodes are not contiguous in the
+    call. The EOS is the branch's first token for row 0: that row stops there, the others emit
+    their three tokens, and the committed cache is autoregressive decoding's; the generation
+    then goes on to the same output as autoregressive decoding with that EOS."""
+    params = _params(2)
+    la = _la(2, 3, params)
+    want = generate(CFG, params, PROMPTS, max_new_tokens=24, method="ar", eos_ids=()).tokens
+    eos = want[0][1]
+    assert eos != want[0][0]
+    spec = DecodeSpec(CFG, make_schedule("tree-3x2", 2), SamplerConfig(), 24)
+    p, lens, active = map(jnp.asarray, prepare_batch(PROMPTS, CFG.vocab_size))
+    state = prefill(spec, params, p, lens, active, eos_array((eos,)),
+                    init_cache(CFG, p.shape[0], 128), jax.random.PRNGKey(0))
+    A_Bx3 = np.zeros((p.shape[0], 3), np.int32)
+    A_Bx3[:len(PROMPTS)] = [t[1:4] for t in want]
+    wrong = lambda k: (A_Bx3[:, :2] + k) % CFG.vocab_size
+    drafts = np.stack([wrong(1), A_Bx3[:, :2], wrong(2)], axis=-1)  # [B, depth, rank]
+    state = state.replace(drafts_BxLxW=jnp.asarray(drafts))
+    state = jax.jit(layout_call, static_argnums=(0, 1))(spec, spec.schedule.step[0], params,
+                                                         la, state)
+    n = np.asarray(state.n_B)[:len(PROMPTS)]
+    assert n[0] == 2 and bool(state.done_B[0])
+    for b in range(1, len(PROMPTS)):
+        stop = [i for i, t in enumerate(want[b][:4]) if t == eos]
+        assert n[b] == (stop[0] + 1 if stop else 4)
+    np.testing.assert_array_equal(np.asarray(state.accepted_BxLxW)[1], [[0, 1, 0], [0, 1, 0]])
+    # the committed cache holds what autoregressive decoding writes
+    _, ar_state = generate(CFG, params, PROMPTS, max_new_tokens=24, method="ar", eos_ids=(),
+                           max_len=128, return_state=True)
+    for got, ref in zip(jax.tree.leaves(state.cache), jax.tree.leaves(ar_state.cache)):
+        if got.ndim > 1:  # [N, B, K, S, E]
+            for b in range(len(PROMPTS)):
+                m = int(state.cache.lengths[b])
+                np.testing.assert_allclose(got[:, b, :, :m], ref[:, b, :, :m], atol=1e-5)
+    step = jax.jit(pass_step, static_argnums=0)
+    for _ in range(24):
+        state = step(spec, params, la, state)
+    out, n = np.asarray(state.out_BxN), np.asarray(state.n_B)
+    ar = generate(CFG, params, PROMPTS, max_new_tokens=24, method="ar", eos_ids=(eos,))
+    assert [out[b, :n[b]].tolist() for b in range(len(PROMPTS))] == ar.tokens
+
+
+def test_tree_commits_the_cache_autoregressive_decoding_does():
+    """After a greedy tree generation with accepted branches, every committed cache slot holds
+    the keys/values autoregressive decoding wrote there (stacked and per-layer caches)."""
+    for params in (_params(1), unstack_layers(_params(1))):
+        kw = dict(max_new_tokens=24, eos_ids=(), return_state=True)
+        ar, ar_state = generate(CFG, params, PROMPTS, method="ar", **kw)
+        tree, state = generate(CFG, params, PROMPTS, method="tree-3x2x1", la_LxD=_la(
+            3, 1, _params(1)), **kw)
+        assert tree.tokens == ar.tokens and tree.accepted_by_rank[:, :, 1:].sum() > 0
+        lengths = np.minimum(state.cache.lengths, ar_state.cache.lengths)
+        for got, want in zip(jax.tree.leaves((state.cache.k, state.cache.v)),
+                             jax.tree.leaves((ar_state.cache.k, ar_state.cache.v))):
+            for b, n in enumerate(lengths[:len(PROMPTS)]):  # [.., B, K, S, E]
+                np.testing.assert_allclose(got[..., b, :, :n, :], want[..., b, :, :n, :],
+                                           atol=1e-5)
+
+
 def test_per_layer_params_decode_like_stacked():
     """``unstack_layers`` params (a loop over layers, a per-layer cache updated in place) give
     the same tokens, calls and acceptances as the stacked, scanned params (every method sampled,
@@ -90,7 +176,8 @@ def _run_steps(spec, params, la, prompts, steps):
     return np.stack(counts)[:, :len(prompts)]
 
 
-@pytest.mark.parametrize("method,min_per_step", [("pass", 2), ("pass-fused", 1)])
+@pytest.mark.parametrize("method,min_per_step", [("pass", 2), ("pass-fused", 1),
+                                                 ("tree-2x2x1", 1)])
 def test_tokens_per_step_lower_bound(method, min_per_step):
     L = 3
     params = _params(7)
@@ -142,7 +229,7 @@ def test_unjitted_step_matches_jitted():
     jitted = jax.jit(pass_step, static_argnums=0)(spec, params, la, state)
     with jax.disable_jit():
         eager = pass_step(spec, params, la, state)
-    for name in ("out_BxN", "n_B", "drafts_BxL", "y_B", "accepted_BxL"):
+    for name in ("out_BxN", "n_B", "drafts_BxLxW", "y_B", "accepted_BxLxW"):
         np.testing.assert_array_equal(getattr(eager, name), getattr(jitted, name), err_msg=name)
     np.testing.assert_allclose(eager.q_BxLxV, jitted.q_BxLxV, atol=1e-5)
 

@@ -3,7 +3,10 @@
 The statistical test draws N=32768 continuations of one prompt as a single batch and compares the
 empirical distribution of the first 3 new tokens against the exact autoregressive probabilities
 (enumerated from the model). Each test uses a false-alarm rate of 1e-3 (p-value threshold); a
-deliberately broken acceptance rule (always accept) must be rejected by the same test.
+deliberately broken acceptance rule (always accept) and a broken residual update (p kept after a
+rejection) must be rejected by the same test. The multi-candidate rule of draft trees is also
+tested on its own, at one node, with both kinds of children (draws without replacement and
+deterministic top-k).
 """
 import itertools
 from functools import partial
@@ -17,7 +20,10 @@ from scipy import stats
 import pass_jax.decode as decode
 from pass_jax.config import ModelConfig, SamplerConfig
 from pass_jax.model import forward, init_params
-from pass_jax.sampling import speculative_accept, warp_logits, warp_probs
+import pass_jax.sampling as sampling
+from pass_jax.sampling import (draw_without_replacement, recursive_accept, sample_probs,
+                               verify_tree, warp_logits, warp_probs,
+                               without_replacement_proposals)
 
 ALPHA = 1e-3
 N = 2 ** 15  # a power of two: no padding rows in the batch bucket
@@ -71,40 +77,49 @@ SAMPLERS = [SamplerConfig(temperature=1.0), SamplerConfig(temperature=0.7, top_k
             SamplerConfig(temperature=1.2, top_p=0.8)]
 
 
+def _la():
+    return 0.5 * jax.random.normal(jax.random.PRNGKey(5), (2, CFG.d_model))
+
+
 @pytest.mark.parametrize("method,sampler", [("ar", SAMPLERS[0]), ("ar", SAMPLERS[1])] + [
-    (m, s) for m in ("pass", "pass-fused") for s in SAMPLERS],
+    (m, s) for m in ("pass", "pass-fused", "tree-2x2") for s in SAMPLERS] + [
+    ("tree-3", SAMPLERS[0])],
     ids=["ar-t1", "ar-t.7k4", "pass-t1", "pass-t.7k4", "pass-t1.2p.8", "fused-t1", "fused-t.7k4",
-         "fused-t1.2p.8"])
+         "fused-t1.2p.8", "tree2x2-t1", "tree2x2-t.7k4", "tree2x2-t1.2p.8", "tree3-t1"])
 def test_samples_match_base_distribution(method, sampler):
-    """Autoregressive sampling (a check of the test itself), then PaSS and fused PaSS."""
+    """Autoregressive sampling (a check of the test itself), then PaSS, fused PaSS and draft
+    trees (several children per node: the recursive rejection rule)."""
     params = _params()
-    la = 0.5 * jax.random.normal(jax.random.PRNGKey(5), (2, CFG.d_model))
-    p = _chi2_pvalue(_samples(params, method, sampler, la), _exact_probs(params, sampler))
+    p = _chi2_pvalue(_samples(params, method, sampler, _la()), _exact_probs(params, sampler))
     assert p > ALPHA, (method, p)
+
+
+def _broken_run(monkeypatch, name, broken, method):
+    """Chi-square p-value of ``method`` with ``sampling.<name>`` replaced by ``broken``."""
+    sampler = SAMPLERS[0]
+    params = _params()
+    monkeypatch.setattr(sampling, name, broken)
+    decode.generate_jit.clear_cache()
+    try:
+        return _chi2_pvalue(_samples(params, method, sampler, _la()),
+                            _exact_probs(params, sampler))
+    finally:
+        monkeypatch.undo()
+        decode.generate_jit.clear_cache()
 
 
 def test_broken_acceptance_rule_is_detected(monkeypatch):
     """Accepting every draft samples from the LA drafts, not the model: the test must fail."""
-    sampler = SAMPLERS[0]
-    params = _params()
-    probs = _exact_probs(params, sampler)
-    la = 0.5 * jax.random.normal(jax.random.PRNGKey(5), (2, CFG.d_model))
+    def always_accept(u_BxW, p_BxV, q_BxWxV, tokens_BxW, valid_BxW):
+        return jnp.where(valid_BxW[:, 0], 0, -1).astype(jnp.int32), p_BxV
 
-    def always_accept(rng, p_BxD1xV, q_BxDxV, drafts_BxD, greedy, support=0):
-        n, nxt, acc = speculative_accept(rng, p_BxD1xV, q_BxDxV, drafts_BxD, greedy, support)
-        D = drafts_BxD.shape[1]
-        if D == 0:
-            return n, nxt, acc
-        bonus = jax.random.categorical(rng, jnp.log(p_BxD1xV[:, D]), axis=-1).astype(jnp.int32)
-        return jnp.full_like(n, D), bonus, jnp.ones_like(acc)
+    assert _broken_run(monkeypatch, "recursive_accept", always_accept, "pass-fused") < ALPHA
 
-    monkeypatch.setattr(decode, "speculative_accept", always_accept)
-    decode.generate_jit.clear_cache()
-    try:
-        p = _chi2_pvalue(_samples(params, "pass-fused", sampler, la), probs)
-    finally:
-        decode.generate_jit.clear_cache()
-    assert p < ALPHA
+
+def test_broken_residual_update_is_detected(monkeypatch):
+    """Keeping p after a rejected child (instead of norm(max(0, p - q))) over-samples the
+    rejected tokens: the tree's samples must fail the test."""
+    assert _broken_run(monkeypatch, "residual_probs", lambda p, q: p, "tree-2x2") < ALPHA
 
 
 def test_top_k_top_p_never_emit_filtered_tokens():
@@ -123,25 +138,6 @@ def test_top_k_top_p_never_emit_filtered_tokens():
         assert allowed[np.arange(4)[None, :], np.asarray(draws)].all()
 
 
-def test_speculative_accept_greedy_and_residual():
-    p = jnp.asarray([[[0.1, 0.6, 0.1, 0.1, 0.1], [0.2, 0.2, 0.5, 0.05, 0.05],
-                      [0.7, 0.1, 0.1, 0.05, 0.05]]])
-    q = jnp.asarray([[[0.0, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0, 0.0]]])
-    drafts = jnp.asarray([[1, 3]])
-    n, nxt, acc = speculative_accept(jax.random.PRNGKey(0), p, q, drafts, greedy=True)
-    assert int(n[0]) == 1 and int(nxt[0]) == 2 and acc.tolist() == [[True, False]]
-    # sampling: d_2=3 has p=0.05 vs q=1 -> accepted w.p. 0.05; the residual excludes token 3
-    keys = jax.random.split(jax.random.PRNGKey(1), 4000)
-    batch = lambda x: jnp.broadcast_to(x, (4000,) + x.shape[1:])
-    n, nxt, _ = jax.vmap(lambda k, pp, qq, dd: speculative_accept(k, pp[None], qq[None],
-                                                                  dd[None], False))(
-        keys, batch(p), batch(q), batch(drafts))
-    n, nxt = np.asarray(n)[:, 0], np.asarray(nxt)[:, 0]
-    assert abs((n == 2).mean() - 0.6 * 0.05) < 0.015  # accept d_1 w.p. 0.6, then d_2 w.p. 0.05
-    assert not np.any(nxt[n == 1] == 3)
-    assert not np.any(nxt[n == 0] == 1)
-
-
 @pytest.mark.parametrize("temperature", [1e-45, 1e-30, 1e-10, 1e-3, 1.0, 1e30])
 @pytest.mark.parametrize("jit", [False, True])
 def test_warp_probs_finite_and_normalised_at_any_temperature(temperature, jit):
@@ -156,3 +152,90 @@ def test_warp_probs_finite_and_normalised_at_any_temperature(temperature, jit):
         if temperature <= 1e-3:
             np.testing.assert_array_equal(probs.argmax(-1), np.argmax(logits, -1))
             np.testing.assert_allclose(probs.max(-1), 1.0, rtol=1e-5)
+
+
+def _chisquare(counts, probs):
+    """Chi-square p-value of counts against probabilities (normalised to the counts' total)."""
+    probs = np.asarray(probs, np.float64)
+    return stats.chisquare(counts, probs / probs.sum() * counts.sum()).pvalue
+
+
+def _node_distributions():
+    p = np.array([0.05, 0.3, 0.0, 0.25, 0.1, 0.2, 0.1, 0.0])
+    q = np.array([0.3, 0.05, 0.2, 0.25, 0.0, 0.05, 0.1, 0.05])
+    return jnp.asarray(p, jnp.float32), jnp.asarray(q, jnp.float32)
+
+
+def _node_samples(children: str, n=2 ** 17, W=3, proposals=None):
+    """One tree node, n times: W children (draws without replacement from q, or q's top W
+    tokens), the recursive rule, then the residual draw when no child is accepted."""
+    p, q = _node_distributions()
+    k_draw, k_u, k_res = jax.random.split(jax.random.PRNGKey(0), 3)
+    q_nxV = jnp.broadcast_to(q, (n, len(q)))
+    if children == "without_replacement":
+        tokens = draw_without_replacement(k_draw, q_nxV, W)
+        q_nxWxV = without_replacement_proposals(q_nxV, tokens)
+    else:  # deterministic: the proposal of each child is a point mass
+        tokens = jnp.broadcast_to(jax.lax.top_k(q, W)[1], (n, W))
+        q_nxWxV = jax.nn.one_hot(tokens, len(q))
+    if proposals is not None:
+        q_nxWxV = proposals(q_nxV, tokens)
+    rank, left = jax.jit(recursive_accept)(jax.random.uniform(k_u, (n, W)),
+                                           jnp.broadcast_to(p, q_nxV.shape), q_nxWxV, tokens,
+                                           jnp.ones((n, W), bool))
+    picked = jnp.take_along_axis(tokens, jnp.maximum(rank, 0)[:, None], 1)[:, 0]
+    out = jnp.where(rank >= 0, picked, sample_probs(k_res, left, False))
+    return np.asarray(out), np.asarray(p, np.float64), np.asarray(rank)
+
+
+@pytest.mark.parametrize("children", ["without_replacement", "top_k"])
+def test_recursive_rule_samples_the_target_at_one_node(children):
+    """Whatever the children, the emitted token is distributed as p (chi-square over tokens)."""
+    out, p, rank = _node_samples(children)
+    counts = np.bincount(out, minlength=len(p))
+    assert counts[p == 0].sum() == 0
+    assert _chisquare(counts[p > 0], p[p > 0]) > ALPHA
+    assert (rank >= 1).mean() > 0.05  # later children do get tried and accepted
+
+
+def test_recursive_rule_with_iid_proposals_for_distinct_draws_is_detected():
+    """Draws without replacement tested as if each came from q itself (the i.i.d. rule): biased,
+    and the node-level test sees it."""
+    out, p, _ = _node_samples("without_replacement",
+                              proposals=lambda q, tok: jnp.broadcast_to(q[:, None], (*tok.shape,
+                                                                                     q.shape[-1])))
+    counts = np.bincount(out, minlength=len(p))
+    assert _chisquare(counts[p > 0], p[p > 0]) < ALPHA
+
+
+@pytest.mark.parametrize("support", [0, 5])
+def test_draws_without_replacement_follow_plackett_luce(support):
+    """P(first = a, second = b) = q(a) q(b) / (1 - q(a)); distinct; none outside the support."""
+    q = jnp.asarray([0.4, 0.25, 0.15, 0.1, 0.1, 0.0, 0.0])
+    n = 2 ** 16
+    draws = np.asarray(draw_without_replacement(jax.random.PRNGKey(2), jnp.broadcast_to(
+        q, (n, 7)), 3, support))
+    assert (draws[:, 0] != draws[:, 1]).all() and (draws[:, 1] != draws[:, 2]).all()
+    assert (draws[:, :2] < 5).all()
+    qn = np.asarray(q, np.float64)[:5]
+    want = qn[:, None] * qn[None, :] / (1 - qn[:, None])
+    np.fill_diagonal(want, 0.0)
+    counts = np.zeros((5, 5))
+    np.add.at(counts, (draws[:, 0], draws[:, 1]), 1)
+    off = ~np.eye(5, dtype=bool)
+    assert _chisquare(counts[off], want[off]) > ALPHA
+
+
+def test_verify_tree_greedy_descends_into_the_argmax_child():
+    """Root with children (ranks 0, 1) = nodes 1, 2; node 2 has one child, node 3."""
+    children = np.array([[1, 2], [-1, -1], [3, -1], [-1, -1]], np.int32)
+    V = 5
+    argmax_N = jnp.asarray([[4, 0, 1, 2], [3, 0, 2, 2]])  # target argmax after each node, 2 rows
+    p = jax.nn.one_hot(argmax_N, V)
+    drafts = jnp.asarray([[[0, 4], [1, 0]], [[3, 1], [2, 0]]])  # [row, depth, rank]
+    node, ranks, nxt = verify_tree(jax.random.PRNGKey(0), p, children, drafts,
+                                   jnp.zeros((2, 2, V)), greedy=True)
+    # row 0: argmax 4 = rank 1 (node 2), then argmax 1 = node 3's token, then node 3's argmax 2
+    # row 1: argmax 3 = rank 0 (node 1), a leaf: the bonus is node 1's argmax 0
+    assert node.tolist() == [3, 1] and ranks.tolist() == [[1, 0], [0, -1]]
+    assert nxt.tolist() == [2, 0]

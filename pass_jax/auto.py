@@ -1,0 +1,279 @@
+"""``method="auto"``: decode with the layout that gives the most tokens per second here.
+
+Candidates, for L look-ahead embeddings (``candidates``): autoregressive, the paper's two
+calls, fused chains of every depth L' <= L (``tree-1x..x1``) and a few draft trees. Once per
+model, batch size, cache size and device, one loop iteration of each is timed
+(``iteration_seconds``; the table is cached in the process). The generation then runs in
+segments of ``segment`` tokens per row, each with the candidate of the highest expected tokens
+per iteration / seconds per iteration, switching schedules between segments (the cache and the
+emitted tokens carry over; the new schedule's bootstrap call draws its drafts).
+
+Acceptance statistics are kept while decoding, per depth j and rank r of the draws:
+c(j, r) = P(the rank-r draw at depth j is accepted | depth j - 1 reached, ranks < r rejected),
+counts decayed every segment, a Beta(1, 1) prior. A layout of widths w accepts at depth j with
+a_j = 1 - prod_{r < w_j} (1 - c(j, r)); it is expected to accept sum_i prod_{j <= i} a_j drafts
+(depths taken as independent: an approximation), and an iteration yields that + 1 (fused),
++ 2 (the paper's two calls) or 1 token (autoregressive, which wins when nothing pays).
+
+The first segment runs the candidate with the most draft nodes (of the default candidates, the
+one that draws every depth and rank the others do); after ``explore_every`` autoregressive
+segments in a row, one segment runs it again, so that statistics that improve (a different kind
+of text) are seen.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .config import ModelConfig, SamplerConfig
+from .layout import Schedule, make_schedule, parse_tree, tree_name
+
+TREES = ((2, 1, 1, 1), (2, 2, 1, 1), (3, 2, 1, 1))  # cut to depth L
+
+
+def candidates(L: int) -> tuple[str, ...]:
+    """The methods ``auto`` chooses from with L look-ahead embeddings."""
+    if L < 1:
+        return ("ar",)
+    chains = [tree_name((1,) * k) for k in range(1, L + 1)]
+    trees = sorted({w[:L] for w in TREES} - {(1,) * min(L, 4)}, key=lambda w: (len(w), w))
+    return ("ar", "pass", *chains, *(tree_name(w) for w in trees))
+
+
+def widths(method: str, L: int) -> tuple[int, ...]:
+    """Draws per depth that ``method`` verifies (a chain: ones; autoregressive: none)."""
+    if method == "ar":
+        return ()
+    return parse_tree(method) or (1,) * L
+
+
+def base_tokens(method: str) -> int:
+    """Tokens an iteration yields besides accepted drafts: 2 for the paper's two calls."""
+    return 2 if method == "pass" else 1
+
+
+def explorer(methods: Sequence[str], L: int) -> str:
+    """The candidate with the most draft nodes (then the deepest): the first to run."""
+    return max(methods, key=lambda m: (int(np.cumprod(widths(m, L)).sum()), len(widths(m, L))))
+
+
+# --------------------------------------------------------------------------- acceptance
+
+
+@dataclass
+class AcceptanceStats:
+    """Decayed counts per depth and rank: accepted ``[L, W]`` and tried ``[L, W]``."""
+
+    accepted_LxW: np.ndarray
+    tried_LxW: np.ndarray
+
+    @classmethod
+    def empty(cls, L: int, W: int) -> "AcceptanceStats":
+        return cls(np.zeros((L, W)), np.zeros((L, W)))
+
+    def update(self, accepted_LxW: np.ndarray, verifications: int, w: tuple[int, ...],
+               decay: float):
+        """Add one segment of ``verifications`` calls of a layout of widths ``w``:
+        ``accepted_LxW`` counts the accepted draws per depth and rank."""
+        self.accepted_LxW *= decay
+        self.tried_LxW *= decay
+        reach = float(verifications)
+        for j, wj in enumerate(w):
+            acc = accepted_LxW[j, :wj].astype(float)
+            self.accepted_LxW[j, :wj] += acc
+            self.tried_LxW[j, :wj] += reach - np.concatenate([[0.0], np.cumsum(acc)[:-1]])
+            reach = acc.sum()
+
+    def conditional(self) -> np.ndarray:
+        """c(j, r) ``[L, W]`` (posterior mean under a Beta(1, 1) prior)."""
+        return (self.accepted_LxW + 1.0) / (self.tried_LxW + 2.0)
+
+    def expected_tokens(self, method: str, L: int) -> float:
+        """Expected tokens per loop iteration of ``method``."""
+        c = self.conditional()
+        total, reach = float(base_tokens(method)), 1.0
+        for j, wj in enumerate(widths(method, L)):
+            reach *= 1.0 - np.prod(1.0 - c[j, :wj])
+            total += reach
+        return total
+
+
+# --------------------------------------------------------------------------- call costs
+
+
+def timing_slots(prompt_len: int, schedule: Schedule, steps: int = 8) -> int:
+    """Cache slots ``iteration_seconds`` needs: the padded prompt, 8 generated tokens,
+    ``steps`` iterations' tokens and one iteration's scratch."""
+    from .decode import bucket, required_cache_len
+
+    return required_cache_len(bucket(prompt_len), 8 + steps * schedule.step_tokens, schedule)
+
+
+def iteration_seconds(cfg: ModelConfig, params, method: str, la_LxD, prompts: list[list[int]],
+                      repeats: int, max_len: int | None = None, steps: int = 8) -> float:
+    """Seconds per loop iteration of ``method`` for the batch ``prompts`` (padded to its batch
+    bucket; every row active): ``steps`` iterations in one jitted ``fori_loop``, on the state a
+    short greedy generation (8 tokens) left, its rows made active again; warm-up, then the
+    median of ``repeats``. ``max_len``: cache slots (default: just enough, rounded up to 128)."""
+    from .decode import DecodeSpec, generate, pass_step, round_cache_len
+
+    la = None if method == "ar" else la_LxD
+    schedule = make_schedule(method, 0 if la is None else int(np.shape(la)[0]))
+    N = steps * schedule.step_tokens  # at most the tokens the timed steps emit
+    need = timing_slots(max(map(len, prompts)), schedule, steps)
+    if max_len is not None and max_len < need:
+        raise ValueError(f"max_len {max_len} is too small to time {steps} {method} steps "
+                         f"after the prompt ({need} slots needed)")
+    _, state = generate(cfg, params, prompts, max_new_tokens=8, eos_ids=(), method=method,
+                        la_LxD=la, max_len=max_len or round_cache_len(need), return_state=True)
+    spec = DecodeSpec(cfg, schedule, SamplerConfig(), N)
+    B = state.y_B.shape[0]
+    live = state.replace(out_BxN=jnp.zeros((B, N), jnp.int32), n_B=jnp.zeros((B,), jnp.int32),
+                         done_B=jnp.zeros((B,), bool))
+    la = jnp.zeros((0, cfg.d_model), cfg.param_dtype) if la is None else la
+    run = jax.jit(lambda p, l, s: jax.lax.fori_loop(
+        0, steps, lambda i, s: pass_step(spec, p, l, s), s), donate_argnums=2)
+
+    def timed() -> float:  # on a fresh copy of the state, donated: the cache is updated in place
+        state = jax.block_until_ready(jax.tree.map(jnp.copy, live))
+        t0 = time.perf_counter()
+        jax.block_until_ready(run(params, la, state))
+        return time.perf_counter() - t0
+
+    timed()  # warm-up (compile)
+    return float(np.median([timed() for _ in range(max(repeats, 1))])) / steps
+
+
+_COSTS: dict[tuple, float] = {}
+
+
+def iteration_costs(cfg: ModelConfig, params, la_LxD, methods: Sequence[str],
+                    prompts: list[list[int]], max_len: int, repeats: int = 3) -> dict[str, float]:
+    """Seconds per loop iteration of each method at this batch size and cache size on the
+    default device, timed once per process (``iteration_seconds``)."""
+    from .decode import batch_bucket, round_cache_len
+    from .model import is_stacked
+
+    L = int(np.shape(la_LxD)[0])
+    key = (cfg, batch_bucket(len(prompts)), max_len, is_stacked(params), L,
+           jax.devices()[0].device_kind)
+    out = {}
+    for m in methods:
+        if key + (m,) not in _COSTS:
+            slots = max(max_len, round_cache_len(timing_slots(
+                max(map(len, prompts)), make_schedule(m, L))))
+            _COSTS[key + (m,)] = iteration_seconds(cfg, params, m, la_LxD, prompts, repeats,
+                                                   slots)
+        out[m] = _COSTS[key + (m,)]
+    return out
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@dataclass
+class AutoLog:
+    """What ``auto`` chose: per method its segments, calls and tokens (all rows)."""
+
+    seconds_per_iteration: dict[str, float]
+    segments: list[str] = field(default_factory=list)
+    calls: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
+    expected_tokens: dict[str, float] = field(default_factory=dict)
+
+    def stats(self) -> dict:
+        return {"chosen_segments": self.segments, "calls_per_method": self.calls,
+                "tokens_per_method": self.tokens,
+                "ms_per_iteration": {m: round(1e3 * s, 4)
+                                     for m, s in self.seconds_per_iteration.items()},
+                "expected_tokens_per_iteration": {m: round(t, 3)
+                                                  for m, t in self.expected_tokens.items()}}
+
+
+def choose(stats: AcceptanceStats, costs: dict[str, float], L: int) -> tuple[str, dict]:
+    """The method of the highest expected tokens per second, and every method's expected
+    tokens per iteration."""
+    expected = {m: stats.expected_tokens(m, L) for m in costs}
+    return max(costs, key=lambda m: expected[m] / costs[m]), expected
+
+
+def generate_auto(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
+                  max_new_tokens: int, la_LxD, sampler: SamplerConfig = SamplerConfig(),
+                  eos_ids: Sequence[int] | None = None, seed: int = 0,
+                  max_len: int | None = None, methods: Sequence[str] | None = None,
+                  segment: int = 32, decay: float = 0.8, explore_every: int = 8,
+                  stream: Callable[[np.ndarray, np.ndarray], None] | None = None):
+    """``decode.generate(..., method="auto")``: see the module docstring. ``methods``: the
+    candidates (default ``candidates(L)``); ``segment``: tokens per row between choices;
+    ``stream`` is called after every segment. Returns a ``GenerationResult`` whose ``auto``
+    holds the choices (``AutoLog``)."""
+    from .cache import init_cache
+    from .decode import (DecodeSpec, GenerationResult, eos_array, prefill, prepare_batch,
+                         required_cache_len, resume_jit, round_cache_len, switch_schedule)
+    from .model import is_stacked
+
+    if la_LxD is None:
+        raise ValueError("method 'auto' needs look-ahead embeddings (la_LxD)")
+    L = int(np.shape(la_LxD)[0])
+    methods = tuple(methods or candidates(L))
+    schedules = {m: make_schedule(m, L) for m in methods}
+    prompt_BxP, prompt_len_B, active_B = prepare_batch(prompts, cfg.vocab_size)
+    B, P = prompt_BxP.shape
+    N = int(max_new_tokens)
+    need = max(required_cache_len(P, N, s) for s in schedules.values())
+    if max_len is None:
+        max_len = round_cache_len(need)
+    elif need > max_len:
+        raise ValueError(f"cache too small: auto needs {need} slots, the cache has {max_len}")
+    log = AutoLog(iteration_costs(cfg, params, la_LxD, methods, [list(p) for p in prompts],
+                                  max_len))
+    W = max(s.width for s in schedules.values())
+    stats = AcceptanceStats.empty(L, W)
+    accepted_BxLxW = np.zeros((B, L, W), np.int64)
+    first = explorer(methods, L)
+    t0 = time.perf_counter()
+    spec = DecodeSpec(cfg, schedules[first], sampler, N)
+    state = jax.jit(prefill, static_argnums=0)(
+        spec, params, *map(jnp.asarray, (prompt_BxP, prompt_len_B, active_B)),
+        jnp.asarray(eos_array(cfg.eos_token_ids if eos_ids is None else eos_ids)),
+        init_cache(cfg, B, max_len, per_layer=not is_stacked(params)), jax.random.PRNGKey(seed))
+    current, ar_run = None, 0
+    while not bool(jnp.all(state.done_B)):
+        method = first if current is None or ar_run >= explore_every else choose(
+            stats, log.seconds_per_iteration, L)[0]
+        ar_run = ar_run + 1 if method == "ar" else 0
+        spec = DecodeSpec(cfg, schedules[method], sampler, N)
+        if method != current:
+            state = switch_schedule(state, schedules[method])
+        before = [np.array(x) for x in (state.accepted_BxLxW, state.verify_calls_B,
+                                        state.calls_B, state.n_B)]  # copies: state is donated
+        state = resume_jit(spec, params, la_LxD, state, state.n_B + segment,
+                           bootstrap=method != current)
+        acc, vc, calls, n = [np.asarray(x) - b for x, b in zip(
+            (state.accepted_BxLxW, state.verify_calls_B, state.calls_B, state.n_B), before)]
+        if n.sum() == 0:  # the cache is full
+            break
+        Lm, Wm = acc.shape[1:]
+        accepted_BxLxW[:, :Lm, :Wm] += acc
+        stats.update(acc.sum(0), int(vc.sum()), widths(method, L), decay)
+        log.segments.append(method)
+        log.calls[method] = log.calls.get(method, 0) + int(calls.sum())
+        log.tokens[method] = log.tokens.get(method, 0) + int(n.sum())
+        current = method
+        if stream is not None:
+            stream(np.asarray(state.out_BxN), np.asarray(state.n_B))
+    wall = time.perf_counter() - t0
+    log.expected_tokens = choose(stats, log.seconds_per_iteration, L)[1]
+    out, n = np.asarray(state.out_BxN), np.asarray(state.n_B)
+    rows = len(prompts)
+    return GenerationResult(
+        tokens=[out[i, :n[i]].tolist() for i in range(rows)],
+        calls=np.asarray(state.calls_B)[:rows].tolist(),
+        accepted_by_rank=accepted_BxLxW[:rows],
+        verify_calls=np.asarray(state.verify_calls_B)[:rows].tolist(),
+        wall_time=wall, method="auto", auto=log)

@@ -1,0 +1,84 @@
+"""``method="auto"``: the acceptance model, the choice (autoregressive when nothing pays), and
+lossless decoding while the schedule changes between segments."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import pass_jax.auto as auto
+from pass_jax.config import ModelConfig
+from pass_jax.decode import generate
+from pass_jax.model import init_params
+
+CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64)
+PROMPTS = [[3, 9, 27], [5, 1, 4, 1, 5, 9, 2, 6], [7] * 13]
+
+
+def test_candidates():
+    assert auto.candidates(2) == ("ar", "pass", "tree-1", "tree-1x1", "tree-2x1", "tree-2x2",
+                                  "tree-3x2")
+    assert auto.candidates(6)[:8] == ("ar", "pass", "tree-1", "tree-1x1", "tree-1x1x1",
+                                      "tree-1x1x1x1", "tree-1x1x1x1x1", "tree-1x1x1x1x1x1")
+    assert auto.explorer(auto.candidates(4), 4) == "tree-3x2x1x1"
+    assert auto.widths("pass", 3) == (1, 1, 1) and auto.widths("ar", 3) == ()
+
+
+def test_acceptance_statistics_and_expected_tokens():
+    """A segment of 10 verifications of a 2x2 tree: depth 1 accepted 6 times at rank 0 and twice
+    at rank 1 (so rank 1 was tried 4 times), depth 2 once at rank 0 (tried 8 times)."""
+    stats = auto.AcceptanceStats.empty(2, 3)
+    stats.update(np.array([[6, 2, 0], [1, 0, 0]]), 10, (2, 2), decay=1.0)
+    np.testing.assert_array_equal(stats.tried_LxW, [[10, 4, 0], [8, 7, 0]])
+    c = stats.conditional()
+    np.testing.assert_allclose(c[:, 0], [7 / 12, 2 / 10])
+    a1 = 1 - (1 - c[0, 0]) * (1 - c[0, 1])
+    a2 = 1 - (1 - c[1, 0]) * (1 - c[1, 1])
+    assert stats.expected_tokens("tree-2x2", 2) == pytest.approx(1 + a1 + a1 * a2)
+    assert stats.expected_tokens("tree-1x1", 2) == pytest.approx(1 + c[0, 0] + c[0, 0] * c[1, 0])
+    assert stats.expected_tokens("pass", 2) == pytest.approx(2 + c[0, 0] + c[0, 0] * c[1, 0])
+    assert stats.expected_tokens("ar", 2) == 1.0
+    stats.update(np.zeros((2, 3)), 0, (1,), decay=0.5)  # decay halves the counts
+    np.testing.assert_allclose(stats.tried_LxW, [[5, 2, 0], [4, 3.5, 0]])
+
+
+def test_choice_follows_costs_and_falls_back_to_autoregressive():
+    stats = auto.AcceptanceStats.empty(2, 2)
+    stats.update(np.array([[80, 10], [60, 5]]), 100, (2, 2), decay=1.0)
+    cheap = {"ar": 1.0, "tree-1x1": 1.1, "tree-2x2": 1.2}  # a big call costs about one token
+    assert auto.choose(stats, cheap, 2)[0] == "tree-2x2"
+    assert auto.choose(stats, {**cheap, "tree-2x2": 1.9}, 2)[0] == "tree-1x1"
+    costly = {"ar": 1.0, "tree-1x1": 3.0, "tree-2x2": 8.0}  # a CPU: calls cost their tokens
+    best, expected = auto.choose(stats, costly, 2)
+    assert best == "ar" and expected["tree-1x1"] < 3.0
+
+
+def test_switching_schedules_every_segment_stays_lossless(monkeypatch):
+    """Greedy auto with a policy that cycles through every kind of schedule every 3 tokens
+    (fake call costs: nothing is timed), batch of 3 with an EOS mid-row: autoregressive output.
+    A second generation reuses the cost table."""
+    params = init_params(CFG, jax.random.PRNGKey(4))
+    la = 0.05 * jax.random.normal(jax.random.PRNGKey(101), (2, CFG.d_model)) + \
+        params["embed"]["embedding"][jnp.arange(2)]
+    methods = ("ar", "pass", "tree-1x1", "tree-3x2", "tree-2")
+    timed = []
+    monkeypatch.setattr(auto, "iteration_seconds",
+                        lambda cfg, p, m, *a: timed.append(m) or 1.0)
+    cycle = itertools.cycle(methods)
+    monkeypatch.setattr(auto, "choose", lambda stats, costs, L: (next(cycle), {}))
+    plain = generate(CFG, params, PROMPTS, max_new_tokens=30, eos_ids=()).tokens
+    late = [(b, t) for b, row in enumerate(plain) for i, t in enumerate(row)
+            if i >= 15 and t not in row[:i] and all(t not in r for r in plain[:b])]
+    row, eos = late[0]  # a token first emitted late in a row, absent from the rows before
+    want = generate(CFG, params, PROMPTS, max_new_tokens=30, eos_ids=(eos,))
+    res = auto.generate_auto(CFG, params, PROMPTS, max_new_tokens=30, la_LxD=la,
+                             eos_ids=(eos,), methods=methods, segment=3)
+    assert res.tokens == want.tokens and len(res.tokens[row]) < 30
+    assert res.auto.segments[0] == "tree-3x2" and set(res.auto.segments) == set(methods)
+    assert sorted(timed) == sorted(methods)
+    assert sum(res.auto.tokens.values()) == sum(map(len, res.tokens)) - len(PROMPTS)  # + prefill
+    assert res.stats()["auto"]["chosen_segments"] == res.auto.segments
+    assert res.accepted_by_rank.shape == (3, 2, 3) and res.accepted.sum() > 0
+    auto.generate_auto(CFG, params, PROMPTS, max_new_tokens=30, la_LxD=la, methods=methods)
+    assert len(timed) == len(methods)  # the table is cached per model, batch and cache size
