@@ -54,7 +54,7 @@ QUICK_LA = ["--steps", "40", "--seq-len", "64", "--batch-size", "8", "--eval-eve
 # Benchmark sizes. smollm2: CPU-sized (a 135M model decodes ~16 tokens/s on 2 cores);
 # tiny: a CPU-sized version of the paper's protocol; quick: smoke test. transformers'
 # generate runs at two temperatures only, timed once.
-SMOLLM2_BENCH = dict(num_prompts=4, max_new_tokens=64, temperatures="0,0.8", batch_size="1",
+SMOLLM2_BENCH = dict(num_prompts=3, max_new_tokens=64, temperatures="0,0.8", batch_size="1",
                      repeats=1, hf_temperatures="0", hf_repeats=1)
 FULL_BENCH = dict(num_prompts=12, max_new_tokens=128, temperatures="0.8,0.5,0.2,0",
                   batch_size="1,4", repeats=3, hf_temperatures="0.8,0", hf_repeats=1)
@@ -188,7 +188,8 @@ def run_smollm2(args) -> dict:
                  f"({os.path.relpath(PRETRAINED_LA, REPO)})")
         results[prompts] = _step(
             f"benchmark, {prompts} prompts", "infer.bench",
-            _bench_argv(args, sizes, model, PRETRAINED_LA, "ar,unk,pass,pass-fused",
+            _bench_argv(args, sizes, model, PRETRAINED_LA,
+                        "ar,unk,pass,pass-fused" if prompts == "code" else "ar,pass,pass-fused",
                         os.path.join(out_dir, prompts), title, ["--prompts", prompts]))
     if args.la_steps > 0:
         own_sizes = dict(sizes, temperatures="0", hf_temperatures="0")
