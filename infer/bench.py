@@ -383,9 +383,11 @@ def _chunks(prompts, B):
     return [prompts[i:i + B] for i in range(0, len(prompts), B)]
 
 
-def ours_runner(cfg, params, method: str, la, eos_ids, mesh=None, auto_methods=None):
+def ours_runner(cfg, params, method: str, la, eos_ids, mesh=None, auto_methods=None,
+                auto_prior: dict | None = None):
     """A runner of our ``generate`` (``method`` 'ar', 'pass', 'pass-fused', a draft tree or
-    'auto' choosing among ``auto_methods``), on ``mesh`` when one is given."""
+    'auto' choosing among ``auto_methods``, its statistics starting from ``auto_prior``: the
+    export's recorded acceptance, greedy or sampled), on ``mesh`` when one is given."""
     from pass_jax.decode import generate
 
     def run(prompts, B, sampler, seed, max_new_tokens):
@@ -393,7 +395,8 @@ def ours_runner(cfg, params, method: str, la, eos_ids, mesh=None, auto_methods=N
         for i, chunk in enumerate(_chunks(prompts, B)):
             res = generate(cfg, params, chunk, max_new_tokens=max_new_tokens, method=method,
                            la_LxD=la, sampler=sampler, eos_ids=eos_ids, seed=seed + i,
-                           mesh=mesh, auto_methods=auto_methods)
+                           mesh=mesh, auto_methods=auto_methods, auto_prior=auto_prior and
+                           auto_prior["greedy" if sampler.greedy else "sampled"])
             out.tokens += res.tokens
             out.wall += res.wall_time
             out.calls += sum(res.calls)
@@ -538,7 +541,7 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
     from pass_jax.decode import batch_bucket, bucket
     from pass_jax.hf import load_tokenizer
     from pass_jax.layout import method_lookahead
-    from pass_jax.lookahead import init_lookahead
+    from pass_jax.lookahead import init_lookahead, recorded_acceptance
 
     info = machine_info()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -578,8 +581,10 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
             if method_lookahead(m, L) > L:
                 continue  # a tree deeper than L
             la = init_lookahead(cfg, params, L) if m == "unk" else las[L][1]
+            prior = recorded_acceptance(las[L][0]) if m == "auto" else None
             variants.append(Variant(f"{m}@L{L}", m, L, ours_runner(
-                cfg, params, "pass" if m == "unk" else m, la, eos_ids, mesh, auto_methods)))
+                cfg, params, "pass" if m == "unk" else m, la, eos_ids, mesh, auto_methods,
+                prior)))
     hf_note = None
     if args.hf_baselines:
         try:

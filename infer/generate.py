@@ -157,6 +157,17 @@ class TextStream:
             self.shown = text
 
 
+def auto_prior(args, sampler) -> list[float] | None:
+    """``--method auto``'s starting acceptance per depth: what the ``--lookahead`` export
+    recorded at training (greedy or sampled), if anything."""
+    from pass_jax.lookahead import recorded_acceptance
+
+    if args.method != "auto" or not args.lookahead:
+        return None
+    acc = recorded_acceptance(args.lookahead)
+    return acc and acc["greedy" if sampler.greedy else "sampled"]
+
+
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     from pass_jax.config import SamplerConfig
@@ -182,7 +193,8 @@ def main(argv=None) -> dict:
                        method="pass" if args.method == "unk" else args.method, la_LxD=la,
                        sampler=sampler, seed=args.seed, max_len=args.max_len, stream=stream,
                        mesh=mesh, auto_methods=args.auto_methods and [
-                           m.strip() for m in args.auto_methods.split(",") if m.strip()])
+                           m.strip() for m in args.auto_methods.split(",") if m.strip()],
+                       auto_prior=auto_prior(args, sampler))
         if stream is not None:
             stream.end(res.tokens[0])
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:

@@ -15,10 +15,14 @@ a_j = 1 - prod_{r < w_j} (1 - c(j, r)); it is expected to accept sum_i prod_{j <
 (depths taken as independent: an approximation), and an iteration yields that + 1 (fused),
 + 2 (the paper's two calls) or 1 token (autoregressive, which wins when nothing pays).
 
-The first segment runs the candidate with the most draft nodes (of the default candidates, the
-one that draws every depth and rank the others do); after ``explore_every`` autoregressive
-segments in a row, one segment runs it again, so that statistics that improve (a different kind
-of text) are seen.
+Without a prior, the first segment runs the candidate with the most draft nodes (of the default
+candidates, the one that draws every depth and rank the others do), and after ``explore_every``
+(8) autoregressive segments in a row one segment runs it again, so that statistics that improve
+(a different kind of text) are seen. Exploring costs: on a CPU a wide tree's call costs several
+autoregressive calls. With a ``prior`` (the held-out acceptance estimate a look-ahead export
+records, which ``infer.generate`` and ``infer.bench`` pass), the statistics start from it, the
+first segment is already the best expected layout, and the best speculative candidate runs
+once every 32 autoregressive segments.
 """
 from __future__ import annotations
 
@@ -195,6 +199,18 @@ class AutoLog:
                                                   for m, t in self.expected_tokens.items()}}
 
 
+def prior_stats(prior_L: Sequence[float], L: int, W: int, strength: float = 16.0
+                ) -> AcceptanceStats:
+    """Statistics that start from a known acceptance per depth (e.g. the held-out estimate an
+    export records): ``strength`` pseudo-tries at every depth and rank, accepted at that
+    depth's rate (a missing depth: the Beta(1, 1) prior alone)."""
+    stats = AcceptanceStats.empty(L, W)
+    for j, a in enumerate(list(prior_L)[:L]):
+        stats.accepted_LxW[j] = strength * float(a)
+        stats.tried_LxW[j] = strength
+    return stats
+
+
 def choose(stats: AcceptanceStats, costs: dict[str, float], L: int) -> tuple[str, dict]:
     """The method of the highest expected tokens per second, and every method's expected
     tokens per iteration."""
@@ -206,12 +222,17 @@ def generate_auto(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
                   max_new_tokens: int, la_LxD, sampler: SamplerConfig = SamplerConfig(),
                   eos_ids: Sequence[int] | None = None, seed: int = 0,
                   max_len: int | None = None, methods: Sequence[str] | None = None,
-                  segment: int = 32, decay: float = 0.8, explore_every: int = 8,
+                  segment: int = 32, decay: float = 0.8, explore_every: int | None = None,
+                  prior: Sequence[float] | None = None,
                   stream: Callable[[np.ndarray, np.ndarray], None] | None = None):
     """``decode.generate(..., method="auto")``: see the module docstring. ``methods``: the
     candidates (default ``candidates(L)``); ``segment``: tokens per row between choices;
-    ``stream`` is called after every segment. Returns a ``GenerationResult`` whose ``auto``
-    holds the choices (``AutoLog``)."""
+    ``stream`` is called after every segment. ``prior``: a known acceptance per depth (the
+    export's held-out estimate): the statistics start from it, the first segment is already
+    chosen by expected tokens per second, and exploring runs the best speculative candidate
+    every ``explore_every`` (default 32) autoregressive segments; without it the first segment
+    runs the widest candidate and exploring comes every 8. Returns a ``GenerationResult``
+    whose ``auto`` holds the choices (``AutoLog``)."""
     from .cache import init_cache
     from .decode import (DecodeSpec, GenerationResult, eos_array, prefill, prepare_batch,
                          required_cache_len, resume_jit, round_cache_len, switch_schedule)
@@ -233,9 +254,16 @@ def generate_auto(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
     log = AutoLog(iteration_costs(cfg, params, la_LxD, methods, [list(p) for p in prompts],
                                   max_len))
     W = max(s.width for s in schedules.values())
-    stats = AcceptanceStats.empty(L, W)
+    stats = AcceptanceStats.empty(L, W) if prior is None else prior_stats(prior, L, W)
     accepted_BxLxW = np.zeros((B, L, W), np.int64)
-    first = explorer(methods, L)
+    costs = log.seconds_per_iteration
+    if prior is None:
+        first = explore = explorer(methods, L)
+        explore_every = explore_every or 8
+    else:
+        first = choose(stats, costs, L)[0]
+        explore = choose(stats, {m: c for m, c in costs.items() if m != "ar"} or costs, L)[0]
+        explore_every = explore_every or 32
     t0 = time.perf_counter()
     spec = DecodeSpec(cfg, schedules[first], sampler, N)
     state = jax.jit(prefill, static_argnums=0)(
@@ -244,8 +272,8 @@ def generate_auto(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
         init_cache(cfg, B, max_len, per_layer=not is_stacked(params)), jax.random.PRNGKey(seed))
     current, ar_run = None, 0
     while not bool(jnp.all(state.done_B)):
-        method = first if current is None or ar_run >= explore_every else choose(
-            stats, log.seconds_per_iteration, L)[0]
+        method = first if current is None else explore if ar_run >= explore_every else \
+            choose(stats, costs, L)[0]
         ar_run = ar_run + 1 if method == "ar" else 0
         spec = DecodeSpec(cfg, schedules[method], sampler, N)
         if method != current:
@@ -260,7 +288,8 @@ def generate_auto(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
             break
         Lm, Wm = acc.shape[1:]
         accepted_BxLxW[:, :Lm, :Wm] += acc
-        stats.update(acc.sum(0), int(vc.sum()), widths(method, L), decay)
+        if method != "ar":  # nothing observed: the statistics (and a prior) stay as they are
+            stats.update(acc.sum(0), int(vc.sum()), widths(method, L), decay)
         log.segments.append(method)
         log.calls[method] = log.calls.get(method, 0) + int(calls.sum())
         log.tokens[method] = log.tokens.get(method, 0) + int(n.sum())

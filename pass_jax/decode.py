@@ -336,7 +336,8 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
              method: str = "ar", la_LxD=None, sampler: SamplerConfig = SamplerConfig(),
              eos_ids: Sequence[int] | None = None, seed: int = 0, max_len: int | None = None,
              stream: Callable[[np.ndarray, np.ndarray], None] | None = None, mesh=None,
-             return_state: bool = False, auto_methods: Sequence[str] | None = None
+             return_state: bool = False, auto_methods: Sequence[str] | None = None,
+             auto_prior: Sequence[float] | None = None
              ) -> GenerationResult:
     """Generate continuations of token-id prompts.
 
@@ -357,6 +358,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
         and the cache by the partition rules; ``params`` should already be on it.
       return_state: also return the final ``DecodeState`` (``(result, state)``).
       auto_methods: the candidates of ``auto`` (default ``auto.candidates(L)``).
+      auto_prior: ``auto``'s starting acceptance per depth (``auto.generate_auto``'s ``prior``).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -366,7 +368,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
         from .auto import generate_auto
         return generate_auto(cfg, params, prompts, max_new_tokens=max_new_tokens, la_LxD=la_LxD,
                              sampler=sampler, eos_ids=eos_ids, seed=seed, max_len=max_len,
-                             methods=auto_methods, stream=stream)
+                             methods=auto_methods, prior=auto_prior, stream=stream)
     L = 0 if method == "ar" else (None if la_LxD is None else int(np.shape(la_LxD)[0]))
     if method != "ar" and la_LxD is None:
         raise ValueError(f"method {method!r} needs look-ahead embeddings (la_LxD)")

@@ -183,6 +183,13 @@ def lookahead_metadata(la_dir: str) -> dict[str, Any]:
         raise ValueError(f"look-ahead file {path} has corrupt metadata: {e}") from e
 
 
+def recorded_acceptance(la_dir: str) -> dict[str, list[float]] | None:
+    """The held-out acceptance estimate per LA position an export recorded at training
+    (``{'greedy': [L], 'sampled': [L]}``; ``train.lookahead`` writes it), or None."""
+    acc = lookahead_metadata(la_dir).get("metrics", {}).get("acceptance")
+    return acc if isinstance(acc, dict) and "greedy" in acc and "sampled" in acc else None
+
+
 def load_lookahead(la_dir: str, cfg: ModelConfig, base_params=None,
                    num_lookahead: int | None = None):
     """Load ``la_LxD`` from an export, checking that it belongs to this model.

@@ -82,3 +82,29 @@ def test_switching_schedules_every_segment_stays_lossless(monkeypatch):
     assert res.accepted_by_rank.shape == (3, 2, 3) and res.accepted.sum() > 0
     auto.generate_auto(CFG, params, PROMPTS, max_new_tokens=30, la_LxD=la, methods=methods)
     assert len(timed) == len(methods)  # the table is cached per model, batch and cache size
+
+
+def test_prior_skips_the_costly_exploration(monkeypatch):
+    """With the export's acceptance as a prior and CPU-like costs (calls cost their tokens),
+    auto decodes autoregressively from the first segment (output still AR's) and explores only
+    every 32 autoregressive segments, with the best speculative candidate, not the widest."""
+    params = init_params(CFG, jax.random.PRNGKey(4))
+    la = params["embed"]["embedding"][jnp.arange(2)]
+    methods = ("ar", "pass", "tree-1x1", "tree-3x2")
+    costs = {"ar": 1.0, "pass": 2.5, "tree-1x1": 3.0, "tree-3x2": 12.0}
+    monkeypatch.setattr(auto, "_COSTS", {})  # no cost table from another test
+    monkeypatch.setattr(auto, "iteration_seconds", lambda cfg, p, m, *a: costs[m])
+    stats = auto.prior_stats([0.2, 0.05], 2, 3)
+    np.testing.assert_allclose(stats.conditional()[:, 0], [(3.2 + 1) / 18, (0.8 + 1) / 18])
+    want = generate(CFG, params, PROMPTS, max_new_tokens=12, eos_ids=()).tokens
+    res = auto.generate_auto(CFG, params, PROMPTS, max_new_tokens=12, la_LxD=la, eos_ids=(),
+                             methods=methods, segment=3, prior=[0.2, 0.05])
+    assert res.tokens == want and set(res.auto.segments) == {"ar"}
+    # without the prior the first segment runs the widest tree
+    res = auto.generate_auto(CFG, params, PROMPTS, max_new_tokens=12, la_LxD=la, eos_ids=(),
+                             methods=methods, segment=3)
+    assert res.tokens == want and res.auto.segments[0] == "tree-3x2"
+    # after 32 autoregressive segments, one segment of the best speculative candidate
+    res = auto.generate_auto(CFG, params, PROMPTS, max_new_tokens=40, la_LxD=la, eos_ids=(),
+                             methods=methods, segment=1, prior=[0.2, 0.05])
+    assert res.auto.segments[:33] == ["ar"] * 32 + ["pass"], res.auto.segments
