@@ -22,7 +22,8 @@ candidates, the one that draws every depth and rank the others do), and after ``
 autoregressive calls. With a ``prior`` (the held-out acceptance estimate a look-ahead export
 records, which ``infer.generate`` and ``infer.bench`` pass), the statistics start from it, the
 first segment is already the best expected layout, and the best speculative candidate runs
-once every 32 autoregressive segments.
+once every 32 autoregressive segments; when that is autoregressive and no exploration would
+come before the end, the plain autoregressive loop runs (no segments, no host round trips).
 """
 from __future__ import annotations
 
@@ -234,8 +235,9 @@ def generate_auto(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
     runs the widest candidate and exploring comes every 8. Returns a ``GenerationResult``
     whose ``auto`` holds the choices (``AutoLog``)."""
     from .cache import init_cache
-    from .decode import (DecodeSpec, GenerationResult, eos_array, prefill, prepare_batch,
-                         required_cache_len, resume_jit, round_cache_len, switch_schedule)
+    from .decode import (DecodeSpec, GenerationResult, eos_array, generate, prefill_jit,
+                         prepare_batch, required_cache_len, resume_jit, round_cache_len,
+                         switch_schedule)
     from .model import is_stacked
 
     if la_LxD is None:
@@ -264,9 +266,23 @@ def generate_auto(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
         first = choose(stats, costs, L)[0]
         explore = choose(stats, {m: c for m, c in costs.items() if m != "ar"} or costs, L)[0]
         explore_every = explore_every or 32
+    rows = len(prompts)
+    if first == "ar" and prior is not None and explore_every * segment >= N:
+        # autoregressive, and nothing would be explored before the end: the plain loop, which
+        # saves the segments' host round trips
+        res = generate(cfg, params, prompts, max_new_tokens=N, method="ar", sampler=sampler,
+                       eos_ids=eos_ids, seed=seed, max_len=max_len, stream=stream)
+        log.segments.append("ar")
+        log.calls["ar"] = int(sum(res.calls))
+        log.tokens["ar"] = sum(map(len, res.tokens)) - rows  # the prefill's token aside
+        log.expected_tokens = choose(stats, costs, L)[1]
+        return GenerationResult(tokens=res.tokens, calls=res.calls,
+                                accepted_by_rank=np.zeros((rows, L, W), np.int64),
+                                verify_calls=res.verify_calls, wall_time=res.wall_time,
+                                method="auto", auto=log)
     t0 = time.perf_counter()
     spec = DecodeSpec(cfg, schedules[first], sampler, N)
-    state = jax.jit(prefill, static_argnums=0)(
+    state = prefill_jit(
         spec, params, *map(jnp.asarray, (prompt_BxP, prompt_len_B, active_B)),
         jnp.asarray(eos_array(cfg.eos_token_ids if eos_ids is None else eos_ids)),
         init_cache(cfg, B, max_len, per_layer=not is_stacked(params)), jax.random.PRNGKey(seed))
@@ -299,7 +315,6 @@ def generate_auto(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
     wall = time.perf_counter() - t0
     log.expected_tokens = choose(stats, log.seconds_per_iteration, L)[1]
     out, n = np.asarray(state.out_BxN), np.asarray(state.n_B)
-    rows = len(prompts)
     return GenerationResult(
         tokens=[out[i, :n[i]].tolist() for i in range(rows)],
         calls=np.asarray(state.calls_B)[:rows].tolist(),

@@ -227,6 +227,9 @@ def switch_schedule(state: DecodeState, schedule: Schedule) -> DecodeState:
                          accepted_BxLxW=jnp.zeros((B, L, W), jnp.int32))
 
 
+prefill_jit = jax.jit(prefill, static_argnums=0)  # one wrapper, so its compilation is reused
+
+
 @partial(jax.jit, static_argnames=("spec", "bootstrap"), donate_argnames=("state",))
 def resume_jit(spec: DecodeSpec, params, la_LxD, state: DecodeState, stop_B,
                bootstrap: bool) -> DecodeState:

@@ -433,8 +433,8 @@ def test_demo_smollm2_end_to_end(tiny_model, tmp_path, monkeypatch, restore_jax_
         assert result["settings"]["num_prompts"] == 2
         assert result["model"] == os.path.abspath(tiny_model)
         greedy = result["greedy_identical_to_ar"]
-        expected = {"unk@L4", "pass@L4", "pass-fused@L4"} if key != "demo_trained" else \
-            {"pass-fused@L4"}
+        expected = {"code": {"unk@L4", "pass@L4", "pass-fused@L4"},  # [UNK] on code only
+                    "chat": {"pass@L4", "pass-fused@L4"}, "demo_trained": {"pass-fused@L4"}}[key]
         assert set(greedy) == expected and all(greedy.values()), (key, greedy)
         for row in result["cells"]:
             assert "error" not in row
