@@ -249,6 +249,7 @@ def generate_auto(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
     B, P = prompt_BxP.shape
     N = int(max_new_tokens)
     need = max(required_cache_len(P, N, s) for s in schedules.values())
+    asked_len = max_len  # the plain loop below sizes its own cache when none was asked for
     if max_len is None:
         max_len = round_cache_len(need)
     elif need > max_len:
@@ -271,7 +272,7 @@ def generate_auto(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
         # autoregressive, and nothing would be explored before the end: the plain loop, which
         # saves the segments' host round trips
         res = generate(cfg, params, prompts, max_new_tokens=N, method="ar", sampler=sampler,
-                       eos_ids=eos_ids, seed=seed, max_len=max_len, stream=stream)
+                       eos_ids=eos_ids, seed=seed, max_len=asked_len, stream=stream)
         log.segments.append("ar")
         log.calls["ar"] = int(sum(res.calls))
         log.tokens["ar"] = sum(map(len, res.tokens)) - rows  # the prefill's token aside
