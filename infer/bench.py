@@ -10,6 +10,9 @@
 
 ``--lookahead`` takes one or more look-ahead exports (``train.lookahead --out``), comma separated,
 or a directory whose subdirectories are exports (one per L, e.g. ``la/L2 la/L4 ..``).
+``--depths 2,3`` also benchmarks the first L' rows of an export for each L' listed: the look-ahead
+positions are causal (LA_i sees LA_1..i-1 only), so they are an L'-export trained jointly, and one
+L = 8 training gives the whole L ablation.
 
 Protocol (the paper's, sized by flags): the prompts are the first ``--prompt-tokens`` tokens of
 random held-out documents of ``--data`` (when more prompts than documents are asked for, further
@@ -122,7 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "GGUF file")
     ap.add_argument("--lookahead", default="",
                     help="look-ahead exports DIR[,DIR...], or a directory of per-L exports")
-    ap.add_argument("--json", help="write the JSON results here (default OUT_DIR/bench.json)")
+    ap.add_argument("--depths", type=_ints, default=[],
+                    help="comma separated L' < L: also benchmark the first L' look-ahead rows of "
+                         "the deepest export (an L ablation from one training)")
+    ap.add_argument("--json", help="write the JSON results here (default OUT_DIR/bench.json); "
+                    "rewritten after every cell, so an interrupted run keeps what it measured")
     ap.add_argument("--out-dir", default="results", help="JSON, Markdown and PNG outputs")
     ap.add_argument("--num-prompts", type=int, default=16)
     ap.add_argument("--prompt-tokens", type=int, default=32)
@@ -254,8 +261,9 @@ def find_lookaheads(spec: str) -> list[str]:
     return dirs
 
 
-def load_lookaheads(spec: str, cfg, params) -> dict[int, tuple[str, object]]:
-    """``{L: (dir, la_LxD)}`` for every export of ``--lookahead`` (one per L)."""
+def load_lookaheads(spec: str, cfg, params, depths=()) -> dict[int, tuple[str, object]]:
+    """``{L: (dir, la_LxD)}`` for every export of ``--lookahead`` (one per L), plus, for each L'
+    of ``depths`` without an export of its own, the first L' rows of the deepest export."""
     from pass_jax.lookahead import load_lookahead
 
     out: dict[int, tuple[str, object]] = {}
@@ -265,6 +273,11 @@ def load_lookaheads(spec: str, cfg, params) -> dict[int, tuple[str, object]]:
         if L in out:
             raise ValueError(f"two look-ahead exports with L={L}: {out[L][0]} and {d}")
         out[L] = (d, la)
+    deepest = max(out)
+    for L in depths:
+        if not 1 <= L <= deepest:
+            raise ValueError(f"--depths {L}: the deepest look-ahead export has L={deepest}")
+        out.setdefault(L, (out[deepest][0], out[deepest][1][:L]))
     return dict(sorted(out.items()))
 
 
@@ -555,7 +568,7 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
     tok = load_tokenizer(args.model)
     if tok is None:
         raise SystemExit(f"{args.model} has no tokenizer files: prompts need a tokenizer")
-    las = load_lookaheads(args.lookahead, cfg, params) if args.lookahead else {}
+    las = load_lookaheads(args.lookahead, cfg, params, args.depths) if args.lookahead else {}
     if any(m not in ("ar", "unk") for m in methods) and not las:
         raise SystemExit("methods pass / pass-fused / tree-.. need --lookahead DIR[,DIR...]")
     Ls = sorted(las) or ([args.main_lookahead or 4] if "unk" in methods else [])
@@ -582,6 +595,7 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
                 continue  # a tree deeper than L
             la = init_lookahead(cfg, params, L) if m == "unk" else las[L][1]
             prior = recorded_acceptance(las[L][0]) if m == "auto" else None
+            prior = prior and {k: v[:L] for k, v in prior.items()}  # an export cut to L rows
             variants.append(Variant(f"{m}@L{L}", m, L, ours_runner(
                 cfg, params, "pass" if m == "unk" else m, la, eos_ids, mesh, auto_methods,
                 prior)))
@@ -604,6 +618,31 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
             print(hf_note, file=sys.stderr)
 
     cells = [(T, B) for B in args.batch_size for T in args.temperatures]
+    result = {
+        "title": args.title, "machine": info, "machine_line": machine_line(info),
+        "model": os.path.abspath(args.model), "model_params": cfg.num_params(),
+        "model_config": {k: v for k, v in cfg.to_dict().items()
+                         if k in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
+                                  "ffn_dim", "dtype")},
+        "lookahead": {str(L): os.path.abspath(d) for L, (d, _) in las.items()},
+        "settings": {"num_prompts": len(prompts), "prompt_tokens": args.prompt_tokens,
+                     "max_new_tokens": args.max_new_tokens, "temperatures": args.temperatures,
+                     "top_k": args.top_k, "top_p": args.top_p, "methods": methods,
+                     "L": Ls, "main_L": main_L, "batch_sizes": args.batch_size,
+                     "repeats": args.repeats, "data": args.data, "prompts": args.prompts,
+                     "seed": args.seed,
+                     "stop_at_eos": args.stop_at_eos,
+                     "add_special_tokens": args.add_special_tokens,
+                     "prompt_lookup_tokens": args.prompt_lookup_tokens,
+                     "hf_temperatures": args.hf_temperatures or args.temperatures,
+                     "hf_repeats": args.repeats if args.hf_repeats is None else args.hf_repeats,
+                     "hf_baselines": bool(args.hf_baselines) and hf_note is None},
+        "prompts": origin,
+        "complete": False,
+        "cells": [],
+    }
+    if hf_note:
+        result["hf_note"] = hf_note
     rows: list[dict] = []
     def in_cell(v, T, B):
         return ((v.batch_sizes is None or B in v.batch_sizes)
@@ -663,49 +702,29 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
             row = summarise(v, runs[v.key], ar_row, prompts, tok, eos_for_cut, n_calls, T, B,
                             chat)
             rows.append(row)
+        result.update(greedy_summary(rows))
+        write_json(result, json_path(args))  # an interrupted run keeps the cells measured
     bar.close()
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["complete"] = True
+    write_outputs(result, args, out_stream)
+    return result
 
-    greedy = {}
+
+# --------------------------------------------------------------------------- reports
+
+
+def greedy_summary(rows: list[dict]) -> dict:
+    """The cells (without their tokens) and, per method, whether greedy output equalled ``ar``."""
+    greedy: dict[str, bool] = {}
     for row in rows:
         if "greedy_identical_to_ar" in row and not row["method"].startswith("hf"):
             key = row["key"]
             greedy[key] = greedy.get(key, True) and row["greedy_identical_to_ar"]
     hf_greedy = {f"{r['key']}@B{r['batch_size']}": r["greedy_identical_to_ar"] for r in rows
                  if r["method"].startswith("hf") and "greedy_identical_to_ar" in r}
-    for row in rows:
-        row.pop("_tokens", None)
-    result = {
-        "title": args.title, "machine": info, "machine_line": machine_line(info),
-        "model": os.path.abspath(args.model), "model_params": cfg.num_params(),
-        "model_config": {k: v for k, v in cfg.to_dict().items()
-                         if k in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
-                                  "ffn_dim", "dtype")},
-        "lookahead": {str(L): os.path.abspath(d) for L, (d, _) in las.items()},
-        "settings": {"num_prompts": len(prompts), "prompt_tokens": args.prompt_tokens,
-                     "max_new_tokens": args.max_new_tokens, "temperatures": args.temperatures,
-                     "top_k": args.top_k, "top_p": args.top_p, "methods": methods,
-                     "L": Ls, "main_L": main_L, "batch_sizes": args.batch_size,
-                     "repeats": args.repeats, "data": args.data, "prompts": args.prompts,
-                     "seed": args.seed,
-                     "stop_at_eos": args.stop_at_eos,
-                     "add_special_tokens": args.add_special_tokens,
-                     "prompt_lookup_tokens": args.prompt_lookup_tokens,
-                     "hf_temperatures": args.hf_temperatures or args.temperatures,
-                     "hf_repeats": args.repeats if args.hf_repeats is None else args.hf_repeats,
-                     "hf_baselines": bool(args.hf_baselines) and hf_note is None},
-        "prompts": origin,
-        "greedy_identical_to_ar": greedy,
-        "hf_greedy_identical_to_ours": hf_greedy,
-        "cells": rows,
-    }
-    if hf_note:
-        result["hf_note"] = hf_note
-    write_outputs(result, args, out_stream)
-    return result
-
-
-# --------------------------------------------------------------------------- reports
+    return {"greedy_identical_to_ar": greedy, "hf_greedy_identical_to_ours": hf_greedy,
+            "cells": [{k: v for k, v in r.items() if k != "_tokens"} for r in rows]}
 
 
 def _row(rows, T, B, method, L=None):
@@ -730,6 +749,8 @@ def markdown(result: dict) -> str:
     if result.get("title"):
         out.append(f"**{result['title']}**\n")
     out.append(result["machine_line"] + "\n")
+    if not result.get("complete", True):
+        out.append("**Incomplete run** (interrupted): only the cells measured before it stopped.\n")
     mc = result["model_config"]
     out.append(f"Model: {result['model_params'] / 1e6:.2f}M params (d={mc['d_model']}, "
                f"{mc['n_layers']} layers, vocab {mc['vocab_size']}, {mc['dtype']}); "
@@ -864,23 +885,49 @@ def plots(result: dict, out_dir: str) -> list[str]:
     return paths
 
 
+def json_path(args) -> str:
+    """Where the JSON results go: ``--json`` or ``OUT_DIR/bench.json``."""
+    return args.json or os.path.join(args.out_dir, "bench.json")
+
+
+def check_outputs(args) -> None:
+    """Creates ``--out-dir`` and the JSON's folder, or raises ValueError naming the path that
+    cannot be written: before any model call, so no measurement is lost at the end."""
+    path = json_path(args)
+    for d in (args.out_dir, os.path.dirname(path) or "."):
+        if os.path.exists(d) and not os.path.isdir(d):
+            raise ValueError(f"output folder {d} is an existing file")
+        os.makedirs(d, exist_ok=True)
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise ValueError(f"output folder {d} is not writable")
+    if os.path.isdir(path):
+        raise ValueError(f"--json {path} is a directory; give a file name")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise ValueError(f"--json {path} is not writable")
+
+
+def write_json(result: dict, path: str) -> None:
+    """Writes ``result`` to ``path`` atomically (a temporary file renamed over it)."""
+    fd, tmp = tempfile.mkstemp(prefix=".bench-", suffix=".json", dir=os.path.dirname(path) or ".")
+    with os.fdopen(fd, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, path)
+
+
 def write_outputs(result: dict, args, out_stream=sys.stdout):
-    os.makedirs(args.out_dir, exist_ok=True)
-    json_path = args.json or os.path.join(args.out_dir, "bench.json")
-    if os.path.dirname(json_path):
-        os.makedirs(os.path.dirname(json_path), exist_ok=True)
+    check_outputs(args)
+    json_path_ = json_path(args)
     md = markdown(result)
     md_path = os.path.join(args.out_dir, "bench.md")
     with open(md_path, "w") as f:
         f.write(md)
-    result["outputs"] = {"json": json_path, "markdown": md_path}
+    result["outputs"] = {"json": json_path_, "markdown": md_path}
     if not args.no_plots:
         result["outputs"]["plots"] = plots(result, args.out_dir)
-    with open(json_path, "w") as f:
-        json.dump(result, f, indent=1)
+    write_json(result, json_path_)
     if out_stream is not None:
         out_stream.write(md)
-        out_stream.write(f"\nwritten: {json_path}, {md_path}"
+        out_stream.write(f"\nwritten: {json_path_}, {md_path}"
                          + "".join(f", {p}" for p in result["outputs"].get("plots", [])) + "\n")
 
 
@@ -1007,19 +1054,52 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
     return results
 
 
+def check_args(args) -> None:
+    """Raises ValueError naming the first flag whose value cannot work."""
+    for flag, value in (("--repeats", args.repeats), ("--num-prompts", args.num_prompts),
+                        ("--prompt-tokens", args.prompt_tokens),
+                        ("--max-new-tokens", args.max_new_tokens),
+                        ("--hf-repeats", 1 if args.hf_repeats is None else args.hf_repeats)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    for flag, values in (("--batch-size", args.batch_size), ("--depths", args.depths)):
+        if any(v < 1 for v in values):
+            raise ValueError(f"{flag} must be >= 1, got {','.join(map(str, values))}")
+    if any(T < 0 for T in args.temperatures):
+        raise ValueError(f"--temperatures must be >= 0, got {args.temperatures}")
+
+
+def read_results(path: str) -> dict:
+    """A results JSON written by this program (``--from-json``), or ValueError saying why not."""
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--from-json {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"--from-json {path}: not a results JSON ({e})") from None
+    missing = [k for k in ("settings", "cells", "machine_line", "model_config")
+               if not isinstance(result, dict) or k not in result]
+    if missing:
+        raise ValueError(f"--from-json {path}: not a results JSON of infer.bench "
+                         f"(missing {', '.join(missing)})")
+    return result
+
+
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     if args.random_model:
         return random_model_report(args)
-    if args.from_json:
-        with open(args.from_json) as f:
-            result = json.load(f)
-        args.json = args.json or os.path.join(args.out_dir, "bench.json")
-        write_outputs(result, args)
-        return result
-    if not args.model:
-        raise SystemExit("--model DIR is required (or --random-model / --from-json)")
     try:
+        if args.from_json:
+            result = read_results(args.from_json)
+            args.json = args.json or os.path.join(args.out_dir, "bench.json")
+            write_outputs(result, args)
+            return result
+        if not args.model:
+            raise SystemExit("--model DIR is required (or --random-model / --from-json)")
+        check_args(args)
+        check_outputs(args)
         args.model = resolve_model(args.model)  # a .gguf file: its cached conversion
         return run_benchmark(args)
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:

@@ -144,6 +144,13 @@ def test_find_lookaheads_directory_of_exports(tmp_path):
         bench.load_lookaheads(f"{tmp_path / 'la' / 'L2'},{tmp_path / 'la' / 'L2'}", cfg, params)
     with pytest.raises(FileNotFoundError):
         bench.load_lookaheads(str(tmp_path / "missing"), cfg, params)
+    # --depths: the first L' rows of the deepest export, unless an export of that L exists
+    cut = bench.load_lookaheads(str(tmp_path / "la"), cfg, params, depths=[1, 2, 3])
+    assert list(cut) == [1, 2, 3, 4]
+    assert cut[2][0] == las[2][0] and cut[3][0] == cut[1][0] == las[4][0]
+    assert (cut[3][1] == las[4][1][:3]).all() and cut[1][1].shape == (1, 32)
+    with pytest.raises(ValueError, match="--depths 5: the deepest look-ahead export has L=4"):
+        bench.load_lookaheads(str(tmp_path / "la"), cfg, params, depths=[5])
 
 
 def test_machine_line_names_the_machine():
@@ -206,6 +213,77 @@ def test_prompts_get_the_tokenizers_special_tokens(tmp_path, monkeypatch, sp_tok
     result = bench.main(common + ["--out-dir", str(tmp_path / "b"), "--no-special-tokens"])
     assert result["settings"]["add_special_tokens"] is False
     assert seen[-1] == [p[1:] for p in with_bos]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--repeats", "0"], "--repeats must be >= 1, got 0"),
+    (["--batch-size", "1,0"], "--batch-size must be >= 1, got 1,0"),
+    (["--num-prompts", "0"], "--num-prompts must be >= 1, got 0"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
+    (["--temperatures", "0,-1"], "--temperatures must be >= 0"),
+    (["--depths", "0"], "--depths must be >= 1"),
+    (["--out-dir", "{file}"], "output folder {file} is an existing file"),
+    (["--json", "{dir}"], "--json {dir} is a directory; give a file name"),
+])
+def test_bench_bad_flags_fail_before_any_work(tmp_path, flags, message):
+    """Each bad flag is one ``error:`` line before the model is even looked at (the model path
+    does not exist, so any later failure would name it instead)."""
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "a-dir").mkdir()
+    fill = {"file": str(tmp_path / "a-file"), "dir": str(tmp_path / "a-dir")}
+    flags = [f.format(**fill) for f in flags]
+    argv = ["--model", str(tmp_path / "no-model"), "--out-dir", str(tmp_path / "out")] + flags
+    with pytest.raises(SystemExit) as e:
+        bench.main(argv)
+    assert str(e.value).startswith("error: " + message.format(**fill)), e.value
+
+
+def test_bench_from_json_errors(tmp_path):
+    with pytest.raises(SystemExit, match=r"error: --from-json .*missing.json: no such file"):
+        bench.main(["--from-json", str(tmp_path / "missing.json"), "--out-dir", str(tmp_path)])
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(SystemExit, match=r"error: --from-json .*bad.json: not a results JSON"):
+        bench.main(["--from-json", str(tmp_path / "bad.json"), "--out-dir", str(tmp_path)])
+    (tmp_path / "other.json").write_text('{"a": 1}')
+    with pytest.raises(SystemExit, match=r"not a results JSON of infer.bench \(missing settings"):
+        bench.main(["--from-json", str(tmp_path / "other.json"), "--out-dir", str(tmp_path)])
+
+
+def test_bench_interrupted_keeps_the_cells_measured(tmp_path, monkeypatch, sp_tokenizer):
+    """An interruption in the second cell (T = 0.8) leaves a JSON with the first cell, marked
+    incomplete, which --from-json renders."""
+    from pass_jax.config import ModelConfig
+    from pass_jax.hf import save_hf
+    from pass_jax.model import init_params
+
+    cfg = ModelConfig(vocab_size=len(sp_tokenizer), d_model=32, n_layers=1, n_heads=4,
+                      n_kv_heads=2, ffn_dim=64, bos_token_id=1, eos_token_ids=(2,))
+    save_hf(cfg, init_params(cfg, jax.random.PRNGKey(0)), tmp_path / "model",
+            tokenizer=sp_tokenizer)
+    ours_runner = bench.ours_runner
+
+    def interrupted_at_sampling(*args, **kwargs):
+        run = ours_runner(*args, **kwargs)
+
+        def go(prompts, B, sampler, *rest):
+            if sampler.temperature > 0:
+                raise KeyboardInterrupt
+            return run(prompts, B, sampler, *rest)
+        return go
+
+    monkeypatch.setattr(bench, "ours_runner", interrupted_at_sampling)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--model", str(tmp_path / "model"), "--methods", "ar", "--no-hf-baselines",
+                    "--temperatures", "0,0.8", "--repeats", "1", "--num-prompts", "1",
+                    "--prompt-tokens", "8", "--max-new-tokens", "4", "--no-plots", "--quiet",
+                    "--data", f"files:{_corpus(tmp_path)}/*.py", "--out-dir", str(out)])
+    saved = json.loads((out / "bench.json").read_text())
+    assert saved["complete"] is False
+    assert [(r["temperature"], r["method"]) for r in saved["cells"]] == [(0.0, "ar")]
+    assert saved["cells"][0]["median_s"] > 0 and "_tokens" not in saved["cells"][0]
+    bench.main(["--from-json", str(out / "bench.json"), "--out-dir", str(out), "--no-plots"])
+    assert "**Incomplete run** (interrupted)" in (out / "bench.md").read_text()
 
 
 def test_bench_trees_and_auto(tmp_path):
