@@ -68,6 +68,7 @@ from typing import Callable
 import numpy as np
 
 from infer.prompts import make_chat_prompts, strip_chat_answer
+from pass_jax.decode import PRECISIONS
 from pass_jax.gguf_file import resolve_model
 from pass_jax.sharding import add_mesh_arg, load_model_for_args
 
@@ -156,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data-dir", help="TFDS data dir (stdlib: where it is prepared)")
     ap.add_argument("--seed", type=int, default=0, help="prompt choice and sampling seeds")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
+                    help="matmul precision of our decode step: auto = highest for greedy "
+                         "float32 (exact greedy on GPUs, whose float32 default is TF32), else "
+                         "JAX's default")
     ap.add_argument("--no-special-tokens", dest="add_special_tokens", action="store_false",
                     help="prompts without the special tokens the tokenizer adds by default (e.g. "
                          "LLaMA's BOS, which otherwise comes on top of --prompt-tokens)")
@@ -397,10 +402,11 @@ def _chunks(prompts, B):
 
 
 def ours_runner(cfg, params, method: str, la, eos_ids, mesh=None, auto_methods=None,
-                auto_prior: dict | None = None):
+                auto_prior: dict | None = None, precision: str = "auto"):
     """A runner of our ``generate`` (``method`` 'ar', 'pass', 'pass-fused', a draft tree or
     'auto' choosing among ``auto_methods``, its statistics starting from ``auto_prior``: the
-    export's recorded acceptance, greedy or sampled), on ``mesh`` when one is given."""
+    export's recorded acceptance, greedy or sampled), on ``mesh`` when one is given, at matmul
+    ``precision`` (``decode.decode_precision``)."""
     from pass_jax.decode import generate
 
     def run(prompts, B, sampler, seed, max_new_tokens):
@@ -409,7 +415,8 @@ def ours_runner(cfg, params, method: str, la, eos_ids, mesh=None, auto_methods=N
             res = generate(cfg, params, chunk, max_new_tokens=max_new_tokens, method=method,
                            la_LxD=la, sampler=sampler, eos_ids=eos_ids, seed=seed + i,
                            mesh=mesh, auto_methods=auto_methods, auto_prior=auto_prior and
-                           auto_prior["greedy" if sampler.greedy else "sampled"])
+                           auto_prior["greedy" if sampler.greedy else "sampled"],
+                           precision=precision)
             out.tokens += res.tokens
             out.wall += res.wall_time
             out.calls += sum(res.calls)
@@ -587,8 +594,8 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
     variants: list[Variant] = []
     for m in methods:
         if m == "ar":
-            variants.append(Variant("ar", "ar", None, ours_runner(cfg, params, "ar", None,
-                                                                  eos_ids, mesh)))
+            variants.append(Variant("ar", "ar", None, ours_runner(
+                cfg, params, "ar", None, eos_ids, mesh, precision=args.precision)))
             continue
         for L in Ls:
             if method_lookahead(m, L) > L:
@@ -598,7 +605,7 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
             prior = prior and {k: v[:L] for k, v in prior.items()}  # an export cut to L rows
             variants.append(Variant(f"{m}@L{L}", m, L, ours_runner(
                 cfg, params, "pass" if m == "unk" else m, la, eos_ids, mesh, auto_methods,
-                prior)))
+                prior, args.precision)))
     hf_note = None
     if args.hf_baselines:
         try:
@@ -630,7 +637,7 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
                      "top_k": args.top_k, "top_p": args.top_p, "methods": methods,
                      "L": Ls, "main_L": main_L, "batch_sizes": args.batch_size,
                      "repeats": args.repeats, "data": args.data, "prompts": args.prompts,
-                     "seed": args.seed,
+                     "seed": args.seed, "precision": args.precision,
                      "stop_at_eos": args.stop_at_eos,
                      "add_special_tokens": args.add_special_tokens,
                      "prompt_lookup_tokens": args.prompt_lookup_tokens,

@@ -27,6 +27,7 @@ import json
 import os
 import sys
 
+from pass_jax.decode import PRECISIONS
 from pass_jax.gguf_file import resolve_model
 from pass_jax.sharding import add_mesh_arg, load_model_for_args
 
@@ -69,9 +70,28 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-len", type=int, help="KV-cache slots (default: just enough)")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                     help="compute dtype")
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
+                    help="matmul precision of the decode step: auto = highest for greedy float32 "
+                         "(greedy output exactly autoregressive's on GPUs too, whose float32 "
+                         "default is TF32), else JAX's default")
     ap.add_argument("--json", action="store_true", help="print one JSON object at the end")
     add_mesh_arg(ap)
     return ap
+
+
+def check_flags(args) -> None:
+    """Raises ValueError naming the first flag whose value cannot work (before any loading)."""
+    from pass_jax.layout import MAX_LOOKAHEAD, make_schedule
+
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.num_lookahead is not None and not 1 <= args.num_lookahead <= MAX_LOOKAHEAD:
+        raise ValueError(f"--num-lookahead must be in [1, {MAX_LOOKAHEAD}], got "
+                         f"{args.num_lookahead}")
+    if args.method not in ("ar", "unk", "auto"):  # a tree too wide or deep for one call
+        make_schedule(args.method, args.num_lookahead or MAX_LOOKAHEAD)
+    if args.max_len is not None and args.max_len < 1:
+        raise ValueError(f"--max-len must be >= 1, got {args.max_len}")
 
 
 def resolve_method(args) -> str:
@@ -176,6 +196,7 @@ def main(argv=None) -> dict:
 
     try:
         args.method = resolve_method(args)
+        check_flags(args)
         sampler = SamplerConfig(args.temperature, args.top_k, args.top_p)
         args.model = resolve_model(args.model)  # a .gguf file: its cached conversion
         mesh, cfg, params = load_model_for_args(args, args.model, args.dtype, stacked=False)
@@ -194,7 +215,7 @@ def main(argv=None) -> dict:
                        sampler=sampler, seed=args.seed, max_len=args.max_len, stream=stream,
                        mesh=mesh, auto_methods=args.auto_methods and [
                            m.strip() for m in args.auto_methods.split(",") if m.strip()],
-                       auto_prior=auto_prior(args, sampler))
+                       auto_prior=auto_prior(args, sampler), precision=args.precision)
         if stream is not None:
             stream.end(res.tokens[0])
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:

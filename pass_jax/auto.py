@@ -125,7 +125,7 @@ def iteration_seconds(cfg: ModelConfig, params, method: str, la_LxD, prompts: li
     bucket; every row active): ``steps`` iterations in one jitted ``fori_loop``, on the state a
     short greedy generation (8 tokens) left, its rows made active again; warm-up, then the
     median of ``repeats``. ``max_len``: cache slots (default: just enough, rounded up to 128)."""
-    from .decode import DecodeSpec, generate, pass_step, round_cache_len
+    from .decode import DecodeSpec, decode_precision, generate, pass_step, round_cache_len
 
     la = None if method == "ar" else la_LxD
     schedule = make_schedule(method, 0 if la is None else int(np.shape(la)[0]))
@@ -136,7 +136,7 @@ def iteration_seconds(cfg: ModelConfig, params, method: str, la_LxD, prompts: li
                          f"after the prompt ({need} slots needed)")
     _, state = generate(cfg, params, prompts, max_new_tokens=8, eos_ids=(), method=method,
                         la_LxD=la, max_len=max_len or round_cache_len(need), return_state=True)
-    spec = DecodeSpec(cfg, schedule, SamplerConfig(), N)
+    spec = DecodeSpec(cfg, schedule, SamplerConfig(), N, decode_precision(cfg, SamplerConfig()))
     B = state.y_B.shape[0]
     live = state.replace(out_BxN=jnp.zeros((B, N), jnp.int32), n_B=jnp.zeros((B,), jnp.int32),
                          done_B=jnp.zeros((B,), bool))
@@ -225,18 +225,20 @@ def generate_auto(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
                   max_len: int | None = None, methods: Sequence[str] | None = None,
                   segment: int = 32, decay: float = 0.8, explore_every: int | None = None,
                   prior: Sequence[float] | None = None,
-                  stream: Callable[[np.ndarray, np.ndarray], None] | None = None):
+                  stream: Callable[[np.ndarray, np.ndarray], None] | None = None,
+                  precision: str = "auto"):
     """``decode.generate(..., method="auto")``: see the module docstring. ``methods``: the
     candidates (default ``candidates(L)``); ``segment``: tokens per row between choices;
     ``stream`` is called after every segment. ``prior``: a known acceptance per depth (the
     export's held-out estimate): the statistics start from it, the first segment is already
     chosen by expected tokens per second, and exploring runs the best speculative candidate
     every ``explore_every`` (default 32) autoregressive segments; without it the first segment
-    runs the widest candidate and exploring comes every 8. Returns a ``GenerationResult``
+    runs the widest candidate and exploring comes every 8. ``precision``: as in
+    ``decode.generate``. Returns a ``GenerationResult``
     whose ``auto`` holds the choices (``AutoLog``)."""
     from .cache import init_cache
-    from .decode import (DecodeSpec, GenerationResult, eos_array, generate, prefill_jit,
-                         prepare_batch, required_cache_len, resume_jit, round_cache_len,
+    from .decode import (DecodeSpec, GenerationResult, decode_precision, eos_array, generate,
+                         prefill_jit, prepare_batch, required_cache_len, resume_jit, round_cache_len,
                          switch_schedule)
     from .model import is_stacked
 
@@ -272,7 +274,8 @@ def generate_auto(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
         # autoregressive, and nothing would be explored before the end: the plain loop, which
         # saves the segments' host round trips
         res = generate(cfg, params, prompts, max_new_tokens=N, method="ar", sampler=sampler,
-                       eos_ids=eos_ids, seed=seed, max_len=asked_len, stream=stream)
+                       eos_ids=eos_ids, seed=seed, max_len=asked_len, stream=stream,
+                       precision=precision)
         log.segments.append("ar")
         log.calls["ar"] = int(sum(res.calls))
         log.tokens["ar"] = sum(map(len, res.tokens)) - rows  # the prefill's token aside
@@ -282,7 +285,8 @@ def generate_auto(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
                                 verify_calls=res.verify_calls, wall_time=res.wall_time,
                                 method="auto", auto=log)
     t0 = time.perf_counter()
-    spec = DecodeSpec(cfg, schedules[first], sampler, N)
+    exact = decode_precision(cfg, sampler, precision)
+    spec = DecodeSpec(cfg, schedules[first], sampler, N, exact)
     state = prefill_jit(
         spec, params, *map(jnp.asarray, (prompt_BxP, prompt_len_B, active_B)),
         jnp.asarray(eos_array(cfg.eos_token_ids if eos_ids is None else eos_ids)),
@@ -292,7 +296,7 @@ def generate_auto(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
         method = first if current is None else explore if ar_run >= explore_every else \
             choose(stats, costs, L)[0]
         ar_run = ar_run + 1 if method == "ar" else 0
-        spec = DecodeSpec(cfg, schedules[method], sampler, N)
+        spec = DecodeSpec(cfg, schedules[method], sampler, N, exact)
         if method != current:
             state = switch_schedule(state, schedules[method])
         before = [np.array(x) for x in (state.accepted_BxLxW, state.verify_calls_B,

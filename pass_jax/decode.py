@@ -14,6 +14,8 @@ Emitted tokens go to ``out[B, max_new_tokens]``; EOS (inside accepted drafts too
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -43,6 +45,37 @@ class DecodeSpec:
     schedule: Schedule
     sampler: SamplerConfig
     max_new_tokens: int
+    precision: str | None = None  # matmul precision inside the step (None: JAX's default)
+
+
+PRECISIONS = ("auto", "default", "highest")
+
+
+def decode_precision(cfg: ModelConfig, sampler: SamplerConfig, precision: str = "auto"
+                     ) -> str | None:
+    """The matmul precision of a decode step (``DecodeSpec.precision``).
+
+    ``auto``: ``highest`` for greedy decoding of a float32 model, else JAX's default. Calls over
+    different token counts round differently; at TF32 (the GPU default for float32 matmuls) a
+    near-tie between two tokens can then flip, and greedy PaSS would differ from greedy
+    autoregressive decoding. On a CPU both are full float32, so the choice costs nothing there.
+    ``default``: JAX's default precision; ``highest``: always full precision.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "highest" if sampler.greedy and cfg.dtype == "float32" else None
+    return None if precision == "default" else precision
+
+
+def _at_spec_precision(fn):
+    """Runs ``fn(spec, ...)`` (traced) under ``spec.precision``'s default matmul precision."""
+    @functools.wraps(fn)
+    def wrapped(spec: DecodeSpec, *args, **kwargs):
+        with (contextlib.nullcontext() if spec.precision is None
+              else jax.default_matmul_precision(spec.precision)):
+            return fn(spec, *args, **kwargs)
+    return wrapped
 
 
 @flax.struct.dataclass
@@ -156,6 +189,7 @@ def pass_step(spec: DecodeSpec, params, la_LxD, state: DecodeState) -> DecodeSta
     return state
 
 
+@_at_spec_precision
 def prefill(spec: DecodeSpec, params, prompt_BxP, prompt_len_B, active_B, eos_E,
             cache: KVCache, rng) -> DecodeState:
     """Feed the right-padded prompts (a causal call) and draw the first new token."""
@@ -184,6 +218,7 @@ def _stream_host(callback, out_BxN, n_B):
     callback(np.asarray(out_BxN), np.asarray(n_B))
 
 
+@_at_spec_precision
 def decode_loop(spec: DecodeSpec, params, la_LxD, state: DecodeState, stop_B=None,
                 stream: Callable | None = None, bootstrap: bool = True) -> DecodeState:
     """Bootstrap calls (unless ``bootstrap`` is False), then ``pass_step`` in a
@@ -335,12 +370,24 @@ def prepare_batch(prompts: Sequence[Sequence[int]], vocab_size: int, row_multipl
     return prompt_BxP, prompt_len_B, active_B
 
 
+def check_positions(cfg: ModelConfig, prompt_len: int, max_new_tokens: int) -> None:
+    """Raises ValueError when the longest prompt plus ``max_new_tokens`` passes the model's
+    maximum position (``max_position_embeddings``): the model was never trained there (RoPE)
+    or has no embedding for it (learned positions)."""
+    if prompt_len + max_new_tokens > cfg.max_position:
+        raise ValueError(
+            f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) = "
+            f"{prompt_len + max_new_tokens} exceeds the model's maximum position "
+            f"({cfg.max_position}, max_position_embeddings); shorten the prompt or generate "
+            f"at most {max(cfg.max_position - prompt_len, 0)} tokens")
+
+
 def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              method: str = "ar", la_LxD=None, sampler: SamplerConfig = SamplerConfig(),
              eos_ids: Sequence[int] | None = None, seed: int = 0, max_len: int | None = None,
              stream: Callable[[np.ndarray, np.ndarray], None] | None = None, mesh=None,
              return_state: bool = False, auto_methods: Sequence[str] | None = None,
-             auto_prior: Sequence[float] | None = None
+             auto_prior: Sequence[float] | None = None, precision: str = "auto"
              ) -> GenerationResult:
     """Generate continuations of token-id prompts.
 
@@ -362,16 +409,20 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
       return_state: also return the final ``DecodeState`` (``(result, state)``).
       auto_methods: the candidates of ``auto`` (default ``auto.candidates(L)``).
       auto_prior: ``auto``'s starting acceptance per depth (``auto.generate_auto``'s ``prior``).
+      precision: matmul precision of the decode step (``decode_precision``): ``auto`` (exact
+        greedy decoding of float32 models), ``default`` or ``highest``.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    check_positions(cfg, max((len(p) for p in prompts), default=0), max_new_tokens)
     if method == "auto":
         if mesh is not None or return_state:
             raise ValueError("method 'auto' runs on one device and returns no state")
         from .auto import generate_auto
         return generate_auto(cfg, params, prompts, max_new_tokens=max_new_tokens, la_LxD=la_LxD,
                              sampler=sampler, eos_ids=eos_ids, seed=seed, max_len=max_len,
-                             methods=auto_methods, prior=auto_prior, stream=stream)
+                             methods=auto_methods, prior=auto_prior, stream=stream,
+                             precision=precision)
     L = 0 if method == "ar" else (None if la_LxD is None else int(np.shape(la_LxD)[0]))
     if method != "ar" and la_LxD is None:
         raise ValueError(f"method {method!r} needs look-ahead embeddings (la_LxD)")
@@ -396,7 +447,8 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
     if cfg.family == "gpt2" and need > cfg.max_position:
         raise ValueError(f"prompt + max_new_tokens + scratch ({need}) exceeds the model's "
                          f"maximum position ({cfg.max_position})")
-    spec = DecodeSpec(cfg, schedule, sampler, int(max_new_tokens))
+    spec = DecodeSpec(cfg, schedule, sampler, int(max_new_tokens),
+                      decode_precision(cfg, sampler, precision))
     per_layer = not is_stacked(params)  # model.unstack_layers params: a per-layer cache
     la = jnp.zeros((0, cfg.d_model), cfg.param_dtype) if la_LxD is None else la_LxD
     inputs = (la, prompt_BxP, prompt_len_B, active_B,

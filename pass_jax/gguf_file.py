@@ -21,6 +21,7 @@ dequantized numpy array is ``[out, in]`` again.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from . import hf
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 CACHE_ENV = "PASS_JAX_CACHE"
-_CONVERTER_VERSION = "1"  # bump when the output of convert_gguf changes
+_CONVERTER_VERSION = "2"  # bump when the output of convert_gguf changes
 
 _GLOBAL_TENSORS = {"token_embd.weight": "model.embed_tokens.weight",
                    "output_norm.weight": "model.norm.weight",
@@ -65,13 +66,9 @@ def _reader(path: Path):
                         "b'GGUF')")
     try:
         reader = gguf.GGUFReader(str(path))
-    except Exception as e:  # the reader raises ValueError / IndexError / struct errors
+    except Exception as e:  # ValueError / IndexError / struct errors; a tensor past the end
+        # of the file too (its memory map cannot be made)
         raise GGUFError(f"GGUF file {str(path)!r} is corrupt or truncated: {e}") from None
-    size = path.stat().st_size
-    for t in reader.tensors:
-        if t.data_offset + t.n_bytes > size:
-            raise GGUFError(f"GGUF file {str(path)!r} is truncated: tensor {t.name!r} ends at "
-                            f"byte {t.data_offset + t.n_bytes}, the file has {size} bytes")
     return reader
 
 
@@ -172,6 +169,27 @@ def load_tokenizer(path):
         raise GGUFError(f"cannot build a tokenizer from the metadata of {str(p)!r}: {e}") from None
 
 
+def within_vocab(tokenizer, vocab_size: int):
+    """``tokenizer`` without added tokens whose ids are past the model's ``vocab_size``.
+
+    transformers' GGUF builder for byte-level BPE adds GPT-2's ``<|endoftext|>`` when the
+    vocabulary lacks it, as id ``vocab_size``: text containing it would give an id the model
+    has no embedding for. The backend is rebuilt without such tokens (special token roles that
+    pointed at them are dropped); a tokenizer with none is returned as is."""
+    import tokenizers
+
+    past = {t for t, i in tokenizer.get_added_vocab().items() if i >= vocab_size}
+    if not past:
+        return tokenizer
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state["added_tokens"] = [t for t in state["added_tokens"] if t["id"] < vocab_size]
+    backend = tokenizers.Tokenizer.from_str(json.dumps(state))
+    kwargs = {k: v for k, v in tokenizer.init_kwargs.items()
+              if k not in ("added_tokens_decoder", "tokenizer_object", "tokenizer_file")
+              and not (isinstance(v, str) and v in past)}
+    return type(tokenizer)(tokenizer_object=backend, **kwargs)
+
+
 def convert_gguf(path, out_dir) -> Path:
     """Convert a llama-architecture GGUF file into a Hugging Face model directory at
     ``out_dir`` (float32 safetensors, config, tokenizer with its chat template), written
@@ -192,6 +210,7 @@ def convert_gguf(path, out_dir) -> Path:
     if missing:
         raise GGUFError(f"GGUF file {str(path)!r} is missing tensors: {', '.join(missing[:8])}")
     tokenizer = load_tokenizer(path) if "tokenizer.ggml.tokens" in reader.fields else None
+    tokenizer = tokenizer and within_vocab(tokenizer, cfg.vocab_size)
     return hf.write_hf_dir(hf_config, tensors, out_dir, tokenizer)
 
 

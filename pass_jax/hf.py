@@ -314,8 +314,6 @@ def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict:
 
 def _resolve(model_dir) -> str:
     """``model_dir``, or for a ``.gguf`` file the Hugging Face directory it converts to."""
-    if not str(model_dir).lower().endswith(".gguf"):
-        return str(model_dir)
     from .gguf_file import resolve_model  # imported here: gguf_file writes through this module
 
     return resolve_model(model_dir)
@@ -334,11 +332,22 @@ def _check_model_dir(model_dir) -> Path:
     return d
 
 
+def _read_json(path: Path) -> dict:
+    """A JSON object from ``path``; anything else: ValueError naming the file."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return value
+
+
 def _weight_files(d: Path) -> list[Path]:
     index = d / "model.safetensors.index.json"
     if index.is_file():
-        with open(index) as f:
-            weight_map = json.load(f).get("weight_map")
+        weight_map = _read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise ValueError(f"{index} has no 'weight_map'")
         files = sorted(set(weight_map.values()))
@@ -366,8 +375,7 @@ def read_hf_config(model_dir):
     """``transformers`` config of a local model directory (no network). The ``model_type`` is
     checked before transformers parses the file, so unknown types get our error."""
     d = _check_model_dir(model_dir)
-    with open(d / "config.json") as f:
-        raw = json.load(f)
+    raw = _read_json(d / "config.json")
     if raw.get("model_type") not in SUPPORTED_MODEL_TYPES:
         raise _unsupported(raw.get("model_type"))
     import transformers
@@ -397,13 +405,23 @@ def load_hf(model_dir, dtype: str = "float32", param_dtype: str | None = None,
     return cfg, _unflatten({p: jnp.asarray(flat.pop(p)) for p in list(flat)})
 
 
+def _open_safetensors(path: Path):
+    """``safe_open(path)``; a file safetensors cannot read (empty, truncated, not safetensors):
+    ValueError naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(path), framework="numpy")
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file (empty, truncated or "
+                         f"corrupt): {e}") from None
+
+
 def _read_tensors(d: Path, cfg: ModelConfig, files: list[Path], stack,
                   stacked: bool = True) -> dict:
     """Checkpoint tensors -> our flat ``{param path: numpy array}``, with all the checks;
     ``stacked=False``: ``('layers_{i}', ...)`` paths holding views of layer i."""
-    from safetensors import safe_open
-
-    handles = [stack.enter_context(safe_open(str(f), framework="numpy")) for f in files]
+    handles = [stack.enter_context(_open_safetensors(f)) for f in files]
     where: dict[str, int] = {}
     for i, h in enumerate(handles):
         for k in h.keys():

@@ -267,6 +267,10 @@ def method_lookahead(method: str, L: int) -> int:
     return 0 if method == "ar" else (L if widths is None else len(widths))
 
 
+MAX_LOOKAHEAD = 32  # a fused call holds about L^2 tokens; far past where drafts stop paying
+MAX_STEP_TOKENS = 4096  # tokens of one call (tree nodes and the LA groups under them)
+
+
 def make_schedule(method: str, L: int = 0) -> Schedule:
     """``ar``, ``pass`` (the paper's two calls), ``pass-fused`` (one call per iteration) or
     ``tree-3x2x1x1`` (a fused draft tree; its depth must be <= L)."""
@@ -277,6 +281,15 @@ def make_schedule(method: str, L: int = 0) -> Schedule:
         raise ValueError(f"unknown decoding method {method!r}; expected one of {METHODS}")
     if not isinstance(L, int) or L < 1:
         raise ValueError(f"number of look-ahead tokens must be >= 1, got {L}")
+    if L > MAX_LOOKAHEAD:
+        raise ValueError(f"{L} look-ahead tokens: at most {MAX_LOOKAHEAD} are supported (a fused "
+                         f"call holds about L^2 = {L * L} tokens)")
+    if widths is not None:
+        nodes = 1 + int(np.cumprod(widths).sum())
+        if nodes * (len(widths) + 1) > MAX_STEP_TOKENS:
+            raise ValueError(f"{method}: {nodes} tree nodes, each with {len(widths)} look-ahead "
+                             f"tokens, is more than one call of at most {MAX_STEP_TOKENS} tokens; "
+                             "use fewer or narrower levels")
     if method == "pass":
         return Schedule("pass", L, (), (draft_layout(L), verify_layout(L)))
     if method == "pass-fused":

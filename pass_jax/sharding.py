@@ -34,6 +34,9 @@ import logging
 import math
 import os
 import re
+import socket
+import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -130,6 +133,8 @@ def add_mesh_arg(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "default $JAX_COORDINATOR_ADDRESS")
     g.add_argument("--num-processes", type=int, default=None, help="multi-host: process count")
     g.add_argument("--process-id", type=int, default=None, help="multi-host: this process")
+    g.add_argument("--init-timeout", type=int, default=300,
+                   help="multi-host: seconds to wait for every process to join (default 300)")
     return parser
 
 
@@ -137,7 +142,8 @@ def mesh_from_args(args: argparse.Namespace) -> Mesh:
     """Initialise multi-host JAX if configured, then build the ``--mesh`` mesh."""
     maybe_initialize_distributed(getattr(args, "coordinator", None),
                                  getattr(args, "num_processes", None),
-                                 getattr(args, "process_id", None))
+                                 getattr(args, "process_id", None),
+                                 getattr(args, "init_timeout", 300))
     return make_mesh(getattr(args, "mesh", None))
 
 
@@ -148,21 +154,42 @@ def load_model_for_args(args: argparse.Namespace, model_dir, dtype: str = "float
     loads them on the default device. ``stacked=False``: per-layer params (decoding)."""
     from . import hf
 
-    mesh = mesh_from_args(args) if args.mesh or args.coordinator else None
+    multi_host = args.coordinator or args.num_processes is not None or args.process_id is not None
+    mesh = mesh_from_args(args) if args.mesh or multi_host else None
     if mesh is None:
         return None, *hf.load_hf(model_dir, dtype=dtype, stacked=stacked)
     return mesh, *load_hf_sharded(model_dir, mesh, dtype=dtype, stacked=stacked)
 
 
+def wait_for_coordinator(address: str, timeout_s: float) -> None:
+    """Waits until ``host:port`` accepts TCP connections; ValueError after ``timeout_s`` (JAX's
+    own client aborts the whole process when the coordinator never answers)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--coordinator {address!r} is not host:port")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1.0).close()
+            return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise ValueError(f"multi-host: the coordinator {address} did not answer within "
+                                 f"{timeout_s} s (--init-timeout); is process 0 running "
+                                 f"there? ({e})") from None
+            time.sleep(0.5)
+
+
 def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                                 process_id: int | None = None) -> bool:
+                                 process_id: int | None = None, timeout_s: int = 300) -> bool:
     """Call ``jax.distributed.initialize`` when multi-host is configured; returns whether it is.
 
     Configured means: ``coordinator`` given (``"host:port"``, or ``"auto"`` to let JAX detect
     the cluster: TPU pod slices, SLURM, ...), or the environment variables
     ``JAX_COORDINATOR_ADDRESS`` (+ ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``) or
     ``PASS_JAX_DISTRIBUTED=1`` (auto-detect). Must run before any other JAX computation;
-    calling it again is a no-op.
+    calling it again is a no-op. A process count or id without a coordinator, an id outside
+    [0, count), or processes that do not all join within ``timeout_s`` seconds: ValueError.
     """
     if jax.distributed.is_initialized():
         return True
@@ -175,11 +202,30 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
     auto = coordinator == "auto" or (coordinator is None
                                      and env.get("PASS_JAX_DISTRIBUTED", "") in ("1", "true"))
     if coordinator is None and not auto:
+        if num_processes is not None or process_id is not None:
+            raise ValueError("--num-processes / --process-id need --coordinator host:port (the "
+                             "address of process 0; or 'auto' on TPU pods and SLURM)")
         return False
-    if auto:
-        jax.distributed.initialize()
-    else:
-        jax.distributed.initialize(coordinator, num_processes, process_id)
+    if not auto and (num_processes is None or process_id is None):
+        raise ValueError(f"--coordinator {coordinator} needs --num-processes and --process-id")
+    if not auto and not 0 <= process_id < num_processes:
+        raise ValueError(f"--process-id {process_id} is not in [0, --num-processes "
+                         f"{num_processes})")
+    print(f"multi-host: process {'?' if auto else process_id} of "
+          f"{'?' if auto else num_processes} joining {coordinator or 'the detected cluster'} "
+          f"(waiting up to {timeout_s} s, --init-timeout)", file=sys.stderr, flush=True)
+    if not auto and process_id != 0:
+        wait_for_coordinator(coordinator, timeout_s)
+    try:
+        if auto:
+            jax.distributed.initialize(initialization_timeout=timeout_s)
+        else:
+            jax.distributed.initialize(coordinator, num_processes, process_id,
+                                       initialization_timeout=timeout_s)
+    except (RuntimeError, jax.errors.JaxRuntimeError) as e:
+        raise ValueError(f"multi-host: the processes did not all join "
+                         f"{coordinator or 'the detected cluster'} within {timeout_s} s "
+                         f"(--init-timeout): {str(e).splitlines()[0]}") from e
     log.info("jax.distributed: process %d of %d, %d local / %d global devices",
              jax.process_index(), jax.process_count(), jax.local_device_count(),
              jax.device_count())

@@ -289,3 +289,45 @@ def test_tiny_temperature_samples_like_greedy(sampler):
         out = generate(CFG, params, PROMPTS, max_new_tokens=16, method=method, la_LxD=la,
                        sampler=sampler, eos_ids=(), seed=2)
         assert out.tokens == greedy.tokens, method
+
+
+def test_greedy_float32_decodes_at_highest_matmul_precision(monkeypatch):
+    """Greedy PaSS equals greedy AR exactly only if calls over different token counts round the
+    same way: at TF32 (the GPU default for float32) a near-tie can flip. ``auto`` therefore
+    compiles the greedy float32 step with every matmul at HIGHEST precision (seen in the lowered
+    program), sampling and bfloat16 at JAX's default; ``generate`` passes the choice on."""
+    from pass_jax import decode
+
+    greedy, sampled = SamplerConfig(), SamplerConfig(temperature=0.8)
+    assert decode.decode_precision(CFG, greedy) == "highest"
+    assert decode.decode_precision(CFG, sampled) is None
+    assert decode.decode_precision(CFG.replace(dtype="bfloat16"), greedy) is None
+    assert decode.decode_precision(CFG, greedy, "default") is None
+    assert decode.decode_precision(CFG, sampled, "highest") == "highest"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        decode.decode_precision(CFG, greedy, "fast")
+
+    params, la = _params(0), _la(2, 1)
+    p, lens, active = map(jnp.asarray, prepare_batch(PROMPTS, CFG.vocab_size))
+
+    def dot_precisions(precision):
+        spec = DecodeSpec(CFG, make_schedule("pass-fused", 2), greedy, 8, precision)
+        text = generate_jit.lower(spec, params, la, p, lens, active, eos_array(()),
+                                  init_cache(CFG, p.shape[0], 128), jax.random.PRNGKey(0)
+                                  ).as_text()
+        return {line.split("precision = ")[1].split("]")[0] + "]"
+                for line in text.splitlines() if "dot_general" in line}
+
+    # the suite runs at "highest" (conftest); under a program-wide DEFAULT the spec still wins
+    with jax.default_matmul_precision("bfloat16"):
+        assert dot_precisions("highest") == {"[HIGHEST, HIGHEST]"}
+        assert dot_precisions(None) == {"[DEFAULT, DEFAULT]"}
+
+    seen = []
+    real = decode.generate_jit
+    monkeypatch.setattr(decode, "generate_jit",
+                        lambda spec, *a: seen.append(spec.precision) or real(spec, *a))
+    for sampler, precision in ((greedy, "auto"), (sampled, "auto"), (greedy, "default")):
+        generate(CFG, params, PROMPTS[:1], max_new_tokens=2, sampler=sampler,
+                 precision=precision)
+    assert seen == ["highest", None, None]

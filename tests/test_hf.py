@@ -371,3 +371,30 @@ def test_special_token_ids_round_trip(tmp_path):
     loaded, _ = hf.load_hf(tmp_path / "m")
     assert (loaded.unk_token_id, loaded.bos_token_id, loaded.eos_token_ids,
             loaded.pad_token_id) == (0, 1, (2, 5), 3)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "tail cut", "not safetensors",
+                                    "config not JSON", "config a list"])
+def test_corrupt_model_files_name_the_file(tmp_path, damage):
+    """A damaged weight or config file is one ValueError that names the file, in the plain and
+    the sharded loader (was: safetensors' SafetensorError, json's JSONDecodeError)."""
+    from pass_jax.config import ModelConfig
+    from pass_jax.hf import load_hf, save_hf
+    from pass_jax.model import init_params
+    from pass_jax.sharding import load_hf_sharded, make_mesh
+
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=64)
+    save_hf(cfg, init_params(cfg, jax.random.PRNGKey(0)), tmp_path / "m")
+    weights, config = tmp_path / "m" / "model.safetensors", tmp_path / "m" / "config.json"
+    data = weights.read_bytes()
+    target, content = {
+        "empty": (weights, b""), "truncated": (weights, data[:len(data) // 2]),
+        "tail cut": (weights, data[:-10]), "not safetensors": (weights, b"hello world" * 10),
+        "config not JSON": (config, b"{not json"), "config a list": (config, b"[1, 2]"),
+    }[damage]
+    target.write_bytes(content)
+    message = "is not a readable safetensors file" if target == weights else "is not"
+    for load in (load_hf, lambda d: load_hf_sharded(d, make_mesh("fsdp=2,tensor=2,data=2"))):
+        with pytest.raises(ValueError, match=message) as e:
+            load(tmp_path / "m")
+        assert str(target) in str(e.value)

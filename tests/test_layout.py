@@ -53,3 +53,13 @@ def test_bad_layouts_are_refused():
     # a draft after an LA node
     with pytest.raises(ValueError, match="before the LA nodes"):
         Layout("x", (ROOT, LA, DRAFT), (-1, 0, 0), (0, 1, 1), (0, 0, 0), (-1, 0, -1))
+
+
+def test_oversized_schedules_are_refused_before_any_table_is_built():
+    """L = 1000 once tried to allocate 935 GiB of masks; a huge tree likewise."""
+    assert make_schedule("pass-fused", 32).num_lookahead == 32
+    with pytest.raises(ValueError, match="1000 look-ahead tokens: at most 32"):
+        make_schedule("pass-fused", 1000)
+    with pytest.raises(ValueError, match="4369 tree nodes, each with 3 look-ahead tokens"):
+        make_schedule("tree-16x16x16", 3)
+    assert make_schedule("tree-4x4x4", 3).step_tokens == (1 + 4 + 16 + 64) * 4

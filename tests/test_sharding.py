@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -429,3 +430,29 @@ def test_two_processes_one_la_step(tmp_path, reference):
         np.testing.assert_allclose(np.asarray(res["la"]), reference["la_after"], **TOL)
         np.testing.assert_allclose(res["loss"], reference["metrics"]["loss"], **TOL)
         np.testing.assert_allclose(res["grad_norm"], reference["metrics"]["grad_norm"], **TOL)
+
+
+def test_multi_host_flags_are_checked_and_a_missing_coordinator_times_out():
+    """A process count without a coordinator used to run as one process; a missing process 0
+    used to wait forever in silence. Now: clear errors, and a bounded wait with a message."""
+    from pass_jax.sharding import maybe_initialize_distributed
+
+    with pytest.raises(ValueError, match="--num-processes / --process-id need --coordinator"):
+        maybe_initialize_distributed(None, 2, 0)
+    with pytest.raises(ValueError, match="needs --num-processes and --process-id"):
+        maybe_initialize_distributed("127.0.0.1:1", 2, None)
+    with pytest.raises(ValueError, match=r"--process-id 2 is not in \[0, --num-processes 2\)"):
+        maybe_initialize_distributed("127.0.0.1:1", 2, 2)
+    assert not jax.distributed.is_initialized()
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "infer.generate", "--model", "unused",
+                           "--prompt", "x", "--coordinator", f"127.0.0.1:{port}",
+                           "--num-processes", "2", "--process-id", "1", "--init-timeout", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and time.monotonic() - t0 < 60
+    assert "multi-host: process 1 of 2 joining" in proc.stderr
+    assert f"error: multi-host: the coordinator 127.0.0.1:{port} did not answer within 2 s" \
+        in proc.stderr
