@@ -175,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="timed repeats of the transformers baselines (default --repeats)")
     ap.add_argument("--prompt-lookup-tokens", type=int, default=10,
                     help="prompt_lookup_num_tokens of the transformers baseline")
+    ap.add_argument("--call-tokens", type=_ints, default=[],
+                    help="comma separated token counts, e.g. 1,5,25,64,128: also time one "
+                         "forward call of that many new tokens per row (after --prompt-tokens "
+                         "in the cache, at every --batch-size): where a bigger call stops being "
+                         "free on this machine")
     ap.add_argument("--title", default="", help="a line naming what is benchmarked")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--from-json", metavar="JSON",
@@ -486,6 +491,44 @@ def hf_runner(model, pad_id: int | None, prompt_lookup: int, stop_at_eos: bool):
 # --------------------------------------------------------------------------- benchmark
 
 
+def call_ms_by_tokens(cfg, params, token_counts, B: int, context: int, repeats: int,
+                      steps: int = 8) -> dict[str, float]:
+    """Milliseconds of one forward call of T new tokens per row (every layer, the KV cache
+    written, logits of every token) after ``context`` cached tokens, for each T of
+    ``token_counts``: ``steps`` calls in one jitted ``fori_loop`` (the cache carried, as in the
+    decode loop), a warm-up, then the median of ``repeats`` divided by ``steps``."""
+    import jax
+    import jax.numpy as jnp
+
+    from pass_jax.cache import init_cache
+    from pass_jax.decode import round_cache_len
+    from pass_jax.model import forward, is_stacked, logits_from_hidden
+
+    max_len = round_cache_len(context + max(token_counts))
+    out = {}
+    for T in token_counts:
+        tokens_BxT = jnp.ones((B, T), jnp.int32)
+        positions_BxT = jnp.broadcast_to(context + jnp.arange(T, dtype=jnp.int32), (B, T))
+
+        def call(i, carry):
+            cache, acc = carry
+            h_BxTxD, cache = forward(cfg, params, tokens_BxT, positions_BxT, cache,
+                                     return_hidden=True)
+            return cache, acc + logits_from_hidden(cfg, params, h_BxTxD)[..., 0].sum()
+
+        run = jax.jit(lambda params, cache: jax.lax.fori_loop(0, steps, call, (cache, 0.0)))
+        cache = init_cache(cfg, B, max_len, per_layer=not is_stacked(params))
+        cache = cache.replace(lengths=jnp.full((B,), context, jnp.int32))
+        jax.block_until_ready(run(params, cache))
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(run(params, cache))
+            times.append(time.perf_counter() - t0)
+        out[str(T)] = 1000 * _median(times) / steps
+    return out
+
+
 def _median(xs):
     return float(statistics.median(xs)) if xs else None
 
@@ -650,6 +693,11 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
     }
     if hf_note:
         result["hf_note"] = hf_note
+    if args.call_tokens:
+        context = max(map(len, prompts))
+        result["call_ms_by_tokens"] = {"context": context, "ms": {
+            str(B): call_ms_by_tokens(cfg, params, args.call_tokens, B, context, args.repeats)
+            for B in args.batch_size}}
     rows: list[dict] = []
     def in_cell(v, T, B):
         return ((v.batch_sizes is None or B in v.batch_sizes)
@@ -836,6 +884,17 @@ def markdown(result: dict) -> str:
             + ".")
     if result.get("hf_note"):
         out.append("\n" + result["hf_note"])
+    if result.get("call_ms_by_tokens"):
+        cost = result["call_ms_by_tokens"]
+        Ts = list(next(iter(cost["ms"].values())))
+        out.append(f"\n### Cost of one forward call vs the tokens in it (after {cost['context']} "
+                   "cached tokens; ms, and x the 1-token call when measured)\n")
+        out.append("| batch | " + " | ".join(f"{T} tokens" for T in Ts) + " |")
+        out.append("|---|" + "---|" * len(Ts))
+        for B, ms in cost["ms"].items():
+            one = ms.get("1")
+            out.append(f"| {B} | " + " | ".join(
+                f"{ms[T]:.2f}" + (f" ({ms[T] / one:.2f}x)" if one else "") for T in Ts) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -1069,7 +1128,8 @@ def check_args(args) -> None:
                         ("--hf-repeats", 1 if args.hf_repeats is None else args.hf_repeats)):
         if value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
-    for flag, values in (("--batch-size", args.batch_size), ("--depths", args.depths)):
+    for flag, values in (("--batch-size", args.batch_size), ("--depths", args.depths),
+                         ("--call-tokens", args.call_tokens)):
         if any(v < 1 for v in values):
             raise ValueError(f"{flag} must be >= 1, got {','.join(map(str, values))}")
     if any(T < 0 for T in args.temperatures):

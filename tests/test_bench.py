@@ -309,7 +309,7 @@ def test_bench_trees_and_auto(tmp_path):
                          "--data", spec, "--num-prompts", "2", "--prompt-tokens", "8",
                          "--max-new-tokens", "12", "--temperatures", "0", "--repeats", "1",
                          "--methods", "ar,tree-2x1,auto", "--auto-methods", "ar,tree-1,tree-2x1",
-                         "--no-hf-baselines", "--no-plots", "--quiet",
+                         "--call-tokens", "1,5,64", "--no-hf-baselines", "--no-plots", "--quiet",
                          "--out-dir", str(tmp_path / "out")])
     assert result["greedy_identical_to_ar"] == {"tree-2x1@L2": True, "auto@L2": True}
     rows = {r["method"]: r for r in result["cells"]}
@@ -318,3 +318,8 @@ def test_bench_trees_and_auto(tmp_path):
     assert abs(sum(rows["auto"]["auto_token_share"].values()) - 1) < 1e-3
     md = (tmp_path / "out" / "bench.md").read_text()
     assert "| PaSS tree 2x1 | 2 | 2x1, 15 | greedy |" in md and "| PaSS auto | 2 | tree-2x1 " in md
+    cost = result["call_ms_by_tokens"]  # the cost of a call against the tokens in it
+    assert cost["context"] == 8 and list(cost["ms"]) == ["1"]  # 8 prompt tokens (no BOS here)
+    assert list(cost["ms"]["1"]) == ["1", "5", "64"] and min(cost["ms"]["1"].values()) > 0
+    assert "### Cost of one forward call vs the tokens in it (after 8 cached tokens" in md
+    assert "| 1 | " + f"{cost['ms']['1']['1']:.2f} (1.00x) |" in md
