@@ -68,7 +68,7 @@ from typing import Callable
 import numpy as np
 
 from infer.prompts import make_chat_prompts, strip_chat_answer
-from pass_jax.decode import PRECISIONS
+from pass_jax.decode import LAYER_FORMS, PRECISIONS, decode_stacked
 from pass_jax.gguf_file import resolve_model
 from pass_jax.sharding import add_mesh_arg, load_model_for_args
 
@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data-dir", help="TFDS data dir (stdlib: where it is prepared)")
     ap.add_argument("--seed", type=int, default=0, help="prompt choice and sampling seeds")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument("--layers", default="auto", choices=LAYER_FORMS,
+                    help="decode with per-layer params (a layer loop) or scanned ones: auto = "
+                         "per-layer on a CPU, scanned on GPU/TPU")
     ap.add_argument("--precision", default="auto", choices=PRECISIONS,
                     help="matmul precision of our decode step: auto = highest for greedy "
                          "float32 (exact greedy on GPUs, whose float32 default is TF32), else "
@@ -614,7 +617,8 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
                              "or a draft tree tree-WxWx..")
     if "ar" not in methods:
         methods.insert(0, "ar")  # speedups are relative to it
-    mesh, cfg, params = load_model_for_args(args, args.model, args.dtype, stacked=False)
+    mesh, cfg, params = load_model_for_args(args, args.model, args.dtype,
+                                             stacked=decode_stacked(args.layers))
     tok = load_tokenizer(args.model)
     if tok is None:
         raise SystemExit(f"{args.model} has no tokenizer files: prompts need a tokenizer")
@@ -680,7 +684,7 @@ def run_benchmark(args, out_stream=sys.stdout) -> dict:
                      "top_k": args.top_k, "top_p": args.top_p, "methods": methods,
                      "L": Ls, "main_L": main_L, "batch_sizes": args.batch_size,
                      "repeats": args.repeats, "data": args.data, "prompts": args.prompts,
-                     "seed": args.seed, "precision": args.precision,
+                     "seed": args.seed, "precision": args.precision, "layers": args.layers,
                      "stop_at_eos": args.stop_at_eos,
                      "add_special_tokens": args.add_special_tokens,
                      "prompt_lookup_tokens": args.prompt_lookup_tokens,

@@ -27,7 +27,7 @@ import json
 import os
 import sys
 
-from pass_jax.decode import PRECISIONS
+from pass_jax.decode import LAYER_FORMS, PRECISIONS, decode_stacked
 from pass_jax.gguf_file import resolve_model
 from pass_jax.sharding import add_mesh_arg, load_model_for_args
 
@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-len", type=int, help="KV-cache slots (default: just enough)")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                     help="compute dtype")
+    ap.add_argument("--layers", default="auto", choices=LAYER_FORMS,
+                    help="decode with per-layer params (a layer loop) or scanned ones: auto = "
+                         "per-layer on a CPU, scanned on GPU/TPU")
     ap.add_argument("--precision", default="auto", choices=PRECISIONS,
                     help="matmul precision of the decode step: auto = highest for greedy float32 "
                          "(greedy output exactly autoregressive's on GPUs too, whose float32 "
@@ -199,7 +202,8 @@ def main(argv=None) -> dict:
         check_flags(args)
         sampler = SamplerConfig(args.temperature, args.top_k, args.top_p)
         args.model = resolve_model(args.model)  # a .gguf file: its cached conversion
-        mesh, cfg, params = load_model_for_args(args, args.model, args.dtype, stacked=False)
+        mesh, cfg, params = load_model_for_args(args, args.model, args.dtype,
+                                                 stacked=decode_stacked(args.layers))
         tok = load_tokenizer(args.model)
         if tok is None:
             raise ValueError(f"{args.model} has no tokenizer files; --prompt needs a tokenizer")

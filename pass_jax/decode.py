@@ -370,6 +370,19 @@ def prepare_batch(prompts: Sequence[Sequence[int]], vocab_size: int, row_multipl
     return prompt_BxP, prompt_len_B, active_B
 
 
+LAYER_FORMS = ("auto", "per-layer", "scanned")
+
+
+def decode_stacked(layers: str = "auto") -> bool:
+    """Whether to decode with stacked (scanned) layer params, for ``--layers``: ``per-layer``
+    (a layer loop, the faster form on XLA:CPU, whose scanned layer copies its weights and cache
+    slice every call), ``scanned`` (one ``lax.scan``: as fast or faster on GPU and TPU, with a
+    compile time independent of depth), ``auto``: per-layer on a CPU, scanned elsewhere."""
+    if layers not in LAYER_FORMS:
+        raise ValueError(f"layers must be one of {LAYER_FORMS}, got {layers!r}")
+    return jax.default_backend() != "cpu" if layers == "auto" else layers == "scanned"
+
+
 def check_positions(cfg: ModelConfig, prompt_len: int, max_new_tokens: int) -> None:
     """Raises ValueError when the longest prompt plus ``max_new_tokens`` passes the model's
     maximum position (``max_position_embeddings``): the model was never trained there (RoPE)

@@ -93,6 +93,19 @@ def test_mesh_flag_gives_the_same_tokens(model_dir):
     plain = _main(*common)
     meshed = _main(*common, "--mesh", "data=2,fsdp=2,tensor=2")
     assert plain["token_ids"] == meshed["token_ids"]
+    assert _main(*common, "--layers", "scanned")["token_ids"] == plain["token_ids"]
+
+
+def test_layer_form_defaults_per_backend(monkeypatch):
+    """Per-layer params (a layer loop) on a CPU, scanned ones on GPU/TPU, unless asked."""
+    from pass_jax import decode
+
+    assert decode.decode_stacked() is False  # this CPU
+    assert decode.decode_stacked("scanned") is True
+    monkeypatch.setattr(decode.jax, "default_backend", lambda: "gpu")
+    assert decode.decode_stacked() is True and decode.decode_stacked("per-layer") is False
+    with pytest.raises(ValueError, match="layers must be one of"):
+        decode.decode_stacked("rolled")
 
 
 @pytest.mark.parametrize("args,message", [
