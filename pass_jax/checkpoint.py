@@ -14,9 +14,10 @@ only once every item is written, so a save killed midway (kill -9, power loss) l
 directory that is never listed as a step and is deleted when the next manager opens the
 directory; the previous finalized step stays the latest.
 
-Preemption: ``Preemption`` turns SIGTERM (what a preempted TPU VM receives) into a flag the train
-loop polls after each step; the loop then saves a checkpoint and exits cleanly. Multi-host jobs
-also stop at orbax's preemption sync point, so every host saves the same step.
+Preemption: ``Preemption`` turns SIGTERM (what a preempted TPU VM receives) and, in the train
+loop, SIGINT (Ctrl-C) into a flag the loop polls after each step; the loop then saves a checkpoint
+and exits cleanly. Multi-host jobs also stop at orbax's preemption sync point, so every host
+saves the same step.
 """
 from __future__ import annotations
 
@@ -101,6 +102,17 @@ def abstract_like(tree: Any, shardings: Any = None) -> Any:
     return jax.tree.map(leaf, tree, shardings)
 
 
+def has_checkpoint(directory: str) -> bool:
+    """True if ``directory`` holds a finalized checkpoint (a ``<step>`` directory)."""
+    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+    """The ``meta`` item saved at ``step``, read alone: usable before a restore target exists."""
+    out = mngr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
+    return dict(out[META])
+
+
 class Restored(NamedTuple):
     """What ``restore`` returns."""
 
@@ -129,11 +141,12 @@ def restore(mngr: ocp.CheckpointManager, target: Any, step: int | None = None) -
 
 
 class Preemption:
-    """Context manager turning SIGTERM into a flag the train loop polls.
+    """Context manager turning ``signals`` (default SIGTERM) into a flag the train loop polls.
 
     ``with Preemption() as pre: ... if pre.should_stop(step): save; break``. The previous signal
-    handlers are restored on exit. A second SIGTERM while the flag is already set falls back to
-    the previous handler (so a stuck job can still be terminated).
+    handlers are restored on exit. A second signal while the flag is already set falls back to
+    the previous handler (so a stuck job can still be terminated; a second Ctrl-C raises
+    KeyboardInterrupt).
     """
 
     def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):

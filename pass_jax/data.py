@@ -22,6 +22,7 @@ Held-out split per source:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import glob
 import json
 import math
@@ -137,11 +138,30 @@ def _tfds_split(builder: tfds.core.DatasetBuilder, requested: str | None, split:
 def _tfds_texts(
     name: str, requested_split: str | None, split: str, data_dir: str | None
 ) -> grain.MapDataset:
-    """Texts of a prepared TFDS dataset (read as an array_record data source, no TensorFlow)."""
-    builder = tfds.builder(name, data_dir=data_dir)
+    """Texts of a prepared TFDS dataset (read as an array_record data source, no TensorFlow).
+
+    A name TFDS does not know, or a dataset not prepared as array_record under `data_dir`, is a
+    ValueError saying which (with close names, or the command that prepares it).
+    """
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.DatasetNotFoundError:
+        names = sorted(set(tfds.list_builders(with_community_datasets=False)))
+        close = difflib.get_close_matches(name.split("/")[0], names, n=3)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown TFDS dataset {name!r}{hint}; the names are listed at "
+                         "https://www.tensorflow.org/datasets/catalog/overview") from None
     field = _text_field(builder.info.features)
     tfds_split = _tfds_split(builder, requested_split, split)
-    source = builder.as_data_source(split=tfds_split)
+    try:
+        source = builder.as_data_source(split=tfds_split)
+    except NotImplementedError:  # TFDS's answer when there is no array_record copy to read
+        found = (f"prepared as {builder.info.file_format.value}, not array_record"
+                 if builder.is_prepared() else "not prepared")
+        raise ValueError(
+            f"TFDS dataset {name!r} is {found} in {builder.data_dir_root}; prepare it first "
+            f"(downloads it): tfds build {name} --data_dir {builder.data_dir_root} "
+            "--file_format array_record") from None
     texts = grain.MapDataset.source(source).map(lambda example: _as_str(example[field]))
     return _nonempty(texts, f"TFDS {name} split {tfds_split!r}")
 

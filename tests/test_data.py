@@ -321,3 +321,21 @@ def test_other_bad_input(tokenizer):
         train_bpe(["x"], 100, "/nonexistent")
     with pytest.raises(ValueError, match="no documents"):
         data.token_batches(["only one"], tokenizer, SEQ_LEN, BATCH, 0, shard_index=1, shard_count=2)
+
+
+def test_unprepared_or_unknown_tfds_dataset_is_one_clear_error(tmp_path):
+    """A TFDS name not prepared in the data dir says so and how to prepare it (TFDS itself
+    claims it is prepared as TFRECORD); a misspelled one names the close match in one line (TFDS
+    prints every dataset name). Nothing is downloaded or written."""
+    with pytest.raises(ValueError) as unprepared:
+        data.text_source("tfds:imdb_reviews", "train", str(tmp_path))
+    assert str(unprepared.value) == (
+        f"TFDS dataset 'imdb_reviews' is not prepared in {tmp_path}; prepare it first "
+        f"(downloads it): tfds build imdb_reviews --data_dir {tmp_path} "
+        "--file_format array_record")
+    with pytest.raises(ValueError) as unknown:
+        data.text_source("tfds:imdb_reviewz", "heldout", str(tmp_path))
+    assert str(unknown.value).startswith(
+        "unknown TFDS dataset 'imdb_reviewz' (did you mean imdb_reviews?); ")
+    assert "\n" not in str(unknown.value)
+    assert list(tmp_path.iterdir()) == []

@@ -1,10 +1,12 @@
 """Training programs and checkpoints: base pretraining writes a loadable model, look-ahead training
-end to end (--json), exact resume after SIGTERM, interrupted saves, clear errors on bad input.
+end to end (--json), exact resume after SIGTERM, Ctrl-C, interrupted saves, clear errors on bad
+input found before any work.
 
 Everything is tiny (configs/tiny.yaml, a random d=32 model, a dozen stdlib files as the corpus).
 Most runs call the programs' ``main`` in-process (one import and one compilation cache for the
 module); the CLI and the kill -9 checks run as subprocesses, since that is the real path.
 """
+import contextlib
 import glob
 import json
 import os
@@ -25,7 +27,7 @@ from pass_jax import checkpoint, hf, losses, tokenizer
 from pass_jax.config import ModelConfig
 from pass_jax.lookahead import load_lookahead
 from pass_jax.model import init_params
-from train import PREEMPTED_EXIT_CODE, base, lookahead, run_cli
+from train import base, check_types, lookahead, run_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "tiny.yaml")
@@ -62,6 +64,40 @@ def la_args(model, data, out, *extra):
             "--config", TINY, "--steps", "8", *extra]
 
 
+def signalling(make_step, signum, times=1, at_call=3):
+    """``make_step`` (e.g. ``losses.make_la_train_step``) whose steps send ``signum`` to this
+    process ``times`` times on call ``at_call``, before stepping."""
+    def make(*args, **kwargs):
+        step, calls = make_step(*args, **kwargs), []
+
+        def step_then_signal(*a):
+            calls.append(1)
+            if len(calls) == at_call:
+                for _ in range(times):
+                    os.kill(os.getpid(), signum)
+            return step(*a)
+        return step_then_signal
+    return make
+
+
+@contextlib.contextmanager
+def read_only(path):
+    """Makes directory ``path`` (created if missing) unwritable for this process, root included
+    (root writes through permission bits, not through the immutable attribute)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        undo = lambda: path.chmod(0o755)
+    elif subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0:
+        undo = lambda: subprocess.run(["chattr", "-i", str(path)], check=True)
+    else:
+        pytest.skip("running as root where chattr +i is unavailable: no read-only directory")
+    try:
+        yield path
+    finally:
+        undo()
+
+
 # ----------------------------------------------------------------------------- base model
 
 
@@ -80,6 +116,57 @@ def test_base_training_writes_loadable_model(tmp_path, corpus, capsys):
     capsys.readouterr()
     assert base.main(argv) == 0  # cached: says so, does not retrain
     assert "already a complete model directory" in capsys.readouterr().err
+
+    # model deleted, config changed: the checkpoints' settings are compared first (orbax would
+    # fail to restore the other shapes), before any work
+    shutil.rmtree(out)
+    assert run_cli(lambda: base.main([*argv, "model.n_layers=1"])) == 2
+    assert capsys.readouterr().err == (
+        f"error: the checkpoints in {tmp_path}/base.train/checkpoints were made with other "
+        f"settings (model.n_layers: 2 -> 1); delete {tmp_path}/base.train or use another --out\n")
+
+
+def test_failed_base_run_removes_the_work_dir_it_made(tmp_path, corpus, capsys):
+    """A run failing before its first checkpoint (here: after the tokenizer is trained) leaves no
+    ``<out>.train`` behind; one it did not make (an earlier run's) is kept."""
+    argv = ["--config", TINY, "--out", str(tmp_path / "m"), f"data={corpus}",
+            "train.seq_len=1000"]
+    assert run_cli(lambda: base.main(argv)) == 2
+    assert "larger than the model's maximum 128" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == []
+    (tmp_path / "m.train").mkdir()
+    (tmp_path / "m.train" / "earlier").write_text("")
+    assert run_cli(lambda: base.main(argv)) == 2
+    assert (tmp_path / "m.train" / "earlier").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.stepz=5", "unknown config key 'train.stepz'; did you mean train.steps?"),
+    ("trian.steps=5", "unknown config key 'trian'; did you mean train?"),
+    ("train.steps=abc", "config key 'train.steps' must be int, got 'abc'"),
+    ("train.steps=true", "config key 'train.steps' must be int, got True"),
+    ("model.tie_embeddings=1", "config key 'model.tie_embeddings' must be bool, got 1"),
+    ("model=4", "config key 'model' must be a section of keys, got 4"),
+])
+def test_base_config_typos_and_wrong_types_are_errors_before_any_work(tmp_path, corpus, capsys,
+                                                                     override, message):
+    argv = ["--config", TINY, "--out", str(tmp_path / "m"), f"data={corpus}", override]
+    assert run_cli(lambda: base.main(argv)) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_base_overrides_may_come_before_and_after_options():
+    args = base._parse(["data=stdlib", "--out", "m", "train.steps=5"])
+    assert args.out == "m" and args.overrides == ["data=stdlib", "train.steps=5"]
+
+
+def test_check_types_reads_floats_written_as_yaml_strings():
+    conf = {"train": {"lr": "1e-3", "steps": 5}}
+    check_types(conf, {"train": {"lr": (float, int), "steps": (int,)}})
+    assert conf == {"train": {"lr": 1e-3, "steps": 5}}
+    with pytest.raises(ValueError, match="'train.lr' must be float or int, got 'fast'"):
+        check_types({"train": {"lr": "fast"}}, {"train": {"lr": (float, int)}})
 
 
 # ------------------------------------------------------------- look-ahead CLI, SIGTERM, resume
@@ -111,24 +198,13 @@ def test_lookahead_cli_json_then_sigterm_and_exact_resume(tiny_model, corpus, tm
     assert [e["step"] for e in evals] == [0, 4, 8]
     assert evals[0]["sampled"] == metrics["acceptance_init"]["sampled"]
 
-    make_step = losses.make_la_train_step
-
-    def make_step_sending_sigterm(*args, **kwargs):
-        step, calls = make_step(*args, **kwargs), []
-
-        def step_then_signal(*a):
-            calls.append(1)
-            if len(calls) == 3:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return step(*a)
-        return step_then_signal
-
     resumed = tmp_path / "resumed"
-    monkeypatch.setattr(losses, "make_la_train_step", make_step_sending_sigterm)
+    monkeypatch.setattr(losses, "make_la_train_step",
+                        signalling(losses.make_la_train_step, signal.SIGTERM))
     capsys.readouterr()
-    assert lookahead.main(la_args(tiny_model, corpus, resumed)) == PREEMPTED_EXIT_CODE
+    assert lookahead.main(la_args(tiny_model, corpus, resumed)) == 128 + signal.SIGTERM
     stopped = capsys.readouterr()
-    assert "signal 15 at step 3: checkpoint saved" in stopped.err and stopped.out == ""
+    assert "SIGTERM at step 3: checkpoint saved" in stopped.err and stopped.out == ""
     assert sorted(os.listdir(resumed / "checkpoints")) == ["3"]
     assert not (resumed / "lookahead.safetensors").exists()
     monkeypatch.undo()
@@ -145,6 +221,45 @@ def test_lookahead_cli_json_then_sigterm_and_exact_resume(tiny_model, corpus, tm
     capsys.readouterr()  # a finished run re-run with the same settings only reports
     assert lookahead.main(la_args(tiny_model, corpus, resumed, "--json")) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 8
+
+
+@pytest.mark.parametrize("times", [1, 2])
+def test_ctrl_c_saves_a_checkpoint_and_exits_130_a_second_aborts(tiny_model, corpus, tmp_path,
+                                                                  monkeypatch, capsys, times):
+    """Ctrl-C (SIGINT) at step 3 saves that step like SIGTERM and exits 130 with a one-line
+    message; a second Ctrl-C before the save aborts at once (no checkpoint), also exit 130."""
+    monkeypatch.setattr(losses, "make_la_train_step",
+                        signalling(losses.make_la_train_step, signal.SIGINT, times))
+    out = tmp_path / "out"
+    try:
+        code = run_cli(lambda: lookahead.main(la_args(tiny_model, corpus, out)))
+    except KeyboardInterrupt:  # SIGINT left to Python: nothing saved
+        code = "KeyboardInterrupt"
+    assert code == 130
+    err = capsys.readouterr().err
+    if times == 1:
+        assert ("lookahead: SIGINT at step 3: checkpoint saved; re-run the same command to "
+                "resume\n") in err
+        assert sorted(os.listdir(out / "checkpoints")) == ["3"]
+    else:
+        assert err.endswith("\ninterrupted\n")
+        assert os.listdir(out / "checkpoints") == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_resume_with_other_settings_is_refused_before_restoring(tiny_model, corpus, tmp_path,
+                                                                capsys):
+    """Another -L into the same --out: the saved settings are compared before orbax is asked to
+    restore a state of other shapes."""
+    out = tmp_path / "out"
+    assert lookahead.main(la_args(tiny_model, corpus, out, "--steps", "2")) == 0
+    argv = la_args(tiny_model, corpus, out, "--steps", "2")
+    argv[argv.index("--num-lookahead") + 1] = "3"
+    capsys.readouterr()
+    assert run_cli(lambda: lookahead.main(argv)) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: the checkpoints in {out}/checkpoints were made with other settings "
+        "(num_lookahead: 2 -> 3); use another --out")
 
 
 def test_lookahead_training_on_a_mesh_matches_one_device(tiny_model, corpus, tmp_path):
@@ -247,3 +362,41 @@ def test_base_bad_data_spec_is_a_clear_error(tmp_path, capsys):
     argv = ["--config", TINY, "--out", str(tmp_path / "m"), "data=nope"]
     assert run_cli(lambda: base.main(argv)) == 2
     assert "unknown data spec 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("program, case, message", [
+    ("lookahead", "out is a file", "--out {out} is a file, not a directory"),
+    ("lookahead", "read-only parent", "--out {out}: {parent} is not writable"),
+    ("lookahead", "read-only checkpoints",
+     "the checkpoint directory {out}/checkpoints is not writable"),
+    ("lookahead", "--seed 9223372036854775808",
+     "--seed must be an integer from 0 to 2147483647, got 9223372036854775808"),
+    ("lookahead", "--seed -1", "--seed must be an integer from 0 to 2147483647, got -1"),
+    ("base", "out is a file", "the output directory {out} is a file, not a directory"),
+    ("base", "read-only parent", "the output directory {out}: {parent} is not writable"),
+    ("base", "train.seed=-1", "train.seed must be an integer from 0 to 2147483647, got -1"),
+])
+def test_unwritable_outputs_and_bad_seeds_are_errors_before_any_work(corpus, tmp_path, capsys,
+                                                                     program, case, message):
+    """Found up front, not after training at the first save. The look-ahead runs name a model
+    that does not exist (the check must come before loading it); base prints nothing else."""
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    out, extra = parent / "out", []
+    with contextlib.ExitStack() as stack:
+        if case == "out is a file":
+            out.write_text("")
+        elif case == "read-only parent":
+            stack.enter_context(read_only(parent))
+        elif case == "read-only checkpoints":
+            stack.enter_context(read_only(out / "checkpoints"))
+        else:
+            extra = case.split()  # '--seed N' or 'train.seed=N'
+        if program == "lookahead":
+            argv = la_args(str(tmp_path / "no-model"), corpus, out, *extra)
+            code = run_cli(lambda: lookahead.main(argv))
+        else:
+            argv = ["--config", TINY, "--out", str(out), f"data={corpus}", *extra]
+            code = run_cli(lambda: base.main(argv))
+    assert code == 2
+    assert capsys.readouterr().err == f"error: {message.format(out=out, parent=parent)}\n"

@@ -1,12 +1,17 @@
 """Training programs (``python -m train.base``, ``python -m train.lookahead``), their shared loop.
 
 ``train_loop`` is the loop both programs run: one jitted step per batch, a tqdm bar, periodic
-evaluation, orbax checkpoints (every K steps, at the end, and on SIGTERM), throughput that
-excludes compilation. ``run_cli`` turns the usual bad-input exceptions into a one-line error.
+evaluation, orbax checkpoints (every K steps, at the end, and on SIGTERM or Ctrl-C), throughput
+that excludes compilation. The checks both programs make before any work live here too (config
+types, seeds, output directories, whether a checkpoint can be resumed). ``run_cli`` turns the
+usual bad-input exceptions into a one-line error.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -18,8 +23,9 @@ from tqdm import tqdm
 
 from pass_jax import checkpoint, data
 
-PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the shell's code for "terminated", after a clean save
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
+INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT  # 130: the shell's code for Ctrl-C
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+MAX_SEED = 2**31 - 1  # grain takes seeds below 2**32, and the programs also use seed + 1
 
 
 @dataclasses.dataclass
@@ -28,10 +34,20 @@ class LoopResult:
 
     state: Any
     step: int  # steps done (the checkpoint step)
-    preempted: bool  # stopped by SIGTERM after saving; re-run the same command to resume
+    signum: int | None  # the signal (SIGTERM, SIGINT) that stopped the loop after a save, or None
     steps_run: int  # steps run in this process
     steps_per_s: float  # after the first step (compilation), evaluation and saves excluded
     wall_s: float  # this process's loop time, compilation included
+
+    @property
+    def preempted(self) -> bool:
+        """Stopped by a signal after saving; re-running the same command resumes."""
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's status for the stop: 0, or 128 + the signal (143 SIGTERM, 130 SIGINT)."""
+        return 0 if self.signum is None else 128 + self.signum
 
 
 def train_loop(state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict]],
@@ -47,11 +63,13 @@ def train_loop(state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict]],
     returns scalars for the bar. ``postfix_fn`` turns host metrics into the bar's postfix (every
     ``log_every`` steps), shown next to tokens/s when ``tokens_per_step`` is given. A checkpoint
     (``meta_fn(step)`` as metadata) is saved whenever ``mngr``'s policy says so, at the last
-    step, and when SIGTERM arrives, after which the loop stops.
+    step, and when SIGTERM or SIGINT (Ctrl-C) arrives, after which the loop stops; a second one
+    falls back to the signal's usual handling (Ctrl-C twice aborts at once).
     """
     step, shown, t_start, t_first = start_step, {}, time.perf_counter(), None
     preempted, t_aside = False, 0.0  # t_aside: evaluation and checkpoint time, not step time
-    with checkpoint.Preemption() as preemption, \
+    signum = None  # the signal that stopped the loop
+    with checkpoint.Preemption((signal.SIGTERM, signal.SIGINT)) as preemption, \
             tqdm(total=steps, initial=start_step, desc=desc, unit="step", mininterval=0.5,
                  dynamic_ncols=True) as bar:
         while step < steps:
@@ -79,8 +97,9 @@ def train_loop(state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict]],
                                 meta=meta_fn(step), force=True)
                 t_aside += time.perf_counter() - t
             if preempted:
-                bar.write(f"{desc}: signal {preemption.signum} at step {step}: checkpoint saved; "
-                          "re-run the same command to resume", file=sys.stderr)
+                signum = preemption.signum or signal.SIGTERM  # None: a multi-host preemption
+                bar.write(f"{desc}: {signal.Signals(signum).name} at step {step}: checkpoint "
+                          "saved; re-run the same command to resume", file=sys.stderr)
                 break
     mngr.wait_until_finished()
     jax.block_until_ready(state)
@@ -91,7 +110,7 @@ def train_loop(state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict]],
         rate = timed / (t_end - t_first - t_aside)
     else:
         rate = steps_run / max(t_end - t_start, 1e-9)
-    return LoopResult(state, step, preempted, steps_run, rate, t_end - t_start)
+    return LoopResult(state, step, signum, steps_run, rate, t_end - t_start)
 
 
 def _fmt(values: dict) -> dict:
@@ -111,10 +130,93 @@ def require(section: Any, keys: Iterable[str], where: str) -> dict:
     return section
 
 
+def check_types(section: dict, schema: dict, where: str = "") -> None:
+    """Checks a config mapping against ``schema`` (key -> a tuple of accepted types, or a nested
+    schema for a subsection); raises a ValueError naming the first unknown key or wrong type.
+
+    ``where`` prefixes key names (``'train.'``). A float written like ``1e-3`` (a string to YAML)
+    becomes a float in ``section``.
+    """
+    for key, value in section.items():
+        name, expected = f"{where}{key}", schema.get(key)
+        if expected is None:
+            close = difflib.get_close_matches(str(key), list(schema), n=1)
+            hint = f"did you mean {where}{close[0]}?" if close else \
+                f"the keys here are {', '.join(where + k for k in schema)}"
+            raise ValueError(f"unknown config key {name!r}; {hint}")
+        if isinstance(expected, dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"config key {name!r} must be a section of keys, got {value!r}")
+            check_types(value, expected, f"{name}.")
+            continue
+        if float in expected and isinstance(value, str):
+            try:
+                section[key] = value = float(value)
+            except ValueError:
+                pass
+        if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in expected)
+            raise ValueError(f"config key {name!r} must be {names}, got {value!r}")
+
+
+def check_seed(seed: int, name: str) -> None:
+    """Raises a ValueError unless ``seed`` (given as ``name``) is in 0..MAX_SEED."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name} must be an integer from 0 to {MAX_SEED}, got {seed}")
+
+
+def check_output_dir(path: str, name: str) -> None:
+    """Raises a user error now, before any work, if directory ``path`` (given as ``name``) could
+    not be created or written later: it or a parent is a file, or the nearest existing directory
+    on its way is read-only."""
+    existing = target = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    culprit = f"{name} {path}" + ("" if existing == target else f": {existing}")
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(f"{culprit} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{culprit} is not writable")
+
+
+def check_resume(mngr, resume_key: dict, remedy: str) -> int | None:
+    """The latest checkpoint step in ``mngr`` (None if there is none), once its saved
+    ``resume_key`` metadata is known to equal ``resume_key``; otherwise a ValueError naming the
+    settings that differ, ending with ``remedy``. Only the metadata is read: a checkpoint made
+    with other settings may hold a state of other shapes, which orbax cannot restore."""
+    step = checkpoint.latest_step(mngr)
+    if step is None:
+        return None
+    saved = checkpoint.restore_meta(mngr, step).get("resume_key")
+    if saved != resume_key:
+        changes = "; ".join(_differences(saved or {}, resume_key))
+        raise ValueError(f"the checkpoints in {mngr.directory} were made with other settings "
+                         f"({changes}); {remedy}")
+    return step
+
+
+def _differences(saved: dict, now: dict, where: str = "") -> list[str]:
+    """``key: saved -> now`` for each setting that differs (nested sections as ``a.b``)."""
+    changes = []
+    for key in sorted(set(saved) | set(now), key=str):
+        old, new = saved.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += _differences(old, new, f"{where}{key}.")
+        elif key not in saved or key not in now or old != new:
+            before, after = (repr(d[key]) if key in d else "unset" for d in (saved, now))
+            changes.append(f"{where}{key}: {before} -> {after}")
+    return changes
+
+
 def run_cli(main: Callable[[], int]) -> int:
-    """Runs a program's ``main``; bad input (ValueError, missing files): ``error: ...``, exit 2."""
+    """Runs a program's ``main``; bad input (ValueError, missing files, unwritable outputs):
+    ``error: ...``, exit 2; Ctrl-C outside the train loop (or a second one inside it):
+    ``interrupted``, exit 130."""
     try:
         return main()
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE

@@ -2,22 +2,26 @@
 
 Steps, each cached: the corpus (``data``, e.g. ``stdlib``: prepared as a TFDS dataset), a
 byte-level BPE tokenizer trained on its train split, then next-token training with AdamW and a
-warmup + cosine schedule (orbax checkpoints in ``<out>.train/checkpoints``; re-running the same
-command resumes), and finally the model as a Hugging Face directory ``<out>`` (tokenizer
-included) plus ``<out>/train_metrics.json``: final held-out loss next to a unigram baseline,
-steps, tokens/s, wall time. If ``<out>`` is already a complete model directory the program says
-so and exits.
+warmup + cosine schedule (orbax checkpoints in ``<out>.train/checkpoints``, also on SIGTERM and
+Ctrl-C; re-running the same command resumes), and finally the model as a Hugging Face directory
+``<out>`` (tokenizer included) plus ``<out>/train_metrics.json``: final held-out loss next to a
+unigram baseline, steps, tokens/s, wall time. If ``<out>`` is already a complete model directory
+the program says so and exits. A run that fails before its first checkpoint removes the
+``<out>.train`` it created.
 
 Usage: ``python -m train.base --config CONFIG [--out DIR] [section.key=value ...]``, e.g.
-``train.steps=200 model.n_layers=2``. The config's sections are described in configs/demo.yaml.
+``train.steps=200 model.n_layers=2``. The config's sections are described in configs/demo.yaml;
+an unknown key or a value of the wrong type is an error.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import itertools
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Any
@@ -30,7 +34,8 @@ import optax
 from pass_jax import checkpoint, data, hf, losses, tokenizer as tokenizer_lib
 from pass_jax.config import ModelConfig, apply_overrides, load_yaml
 from pass_jax.model import init_params
-from train import PREEMPTED_EXIT_CODE, require, run_cli, train_loop
+from train import (check_output_dir, check_resume, check_seed, check_types, require, run_cli,
+                   train_loop)
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "demo.yaml")
@@ -39,6 +44,23 @@ _TRAIN_KEYS = ("seq_len", "batch_size", "steps", "lr", "warmup", "eval_every", "
                "unigram_batches", "save_every")
 # Keys that only change how often the loop logs / evaluates / saves: free to change on resume.
 _CADENCE_KEYS = ("eval_every", "save_every", "keep", "log_every")
+_INT, _FLOAT, _STR = (int,), (float, int), (str,)
+_OPTIONAL_INT, _OPTIONAL_STR = (int, type(None)), (str, type(None))
+# The types a 'model' key may have, by its ModelConfig field annotation.
+_FIELD_TYPES = {"int": _INT, "float": _FLOAT, "str": _STR, "bool": (bool,),
+                "int | None": _OPTIONAL_INT, "RopeScaling | None": (dict, type(None))}
+_FROM_TOKENIZER = ("vocab_size", "bos_token_id", "eos_token_ids", "pad_token_id", "unk_token_id")
+# Every key a config may have, with its types (``check_types``); 'lookahead' is train.lookahead's.
+_SCHEMA = {
+    "out": _STR, "data": _STR, "data_dir": _OPTIONAL_STR, "lookahead": (dict,),
+    "tokenizer": {"vocab_size": _INT, "max_docs": _OPTIONAL_INT, "dir": _OPTIONAL_STR},
+    "model": {f.name: _FIELD_TYPES[f.type] for f in dataclasses.fields(ModelConfig)
+              if f.name not in _FROM_TOKENIZER},
+    "train": {"seq_len": _INT, "batch_size": _INT, "steps": _INT, "lr": _FLOAT, "warmup": _INT,
+              "weight_decay": _FLOAT, "b2": _FLOAT, "clip": _FLOAT, "seed": _INT,
+              "eval_every": _INT, "eval_batches": _INT, "unigram_batches": _INT,
+              "save_every": _INT, "keep": _INT, "log_every": _INT},
+}
 
 
 @flax.struct.dataclass
@@ -119,6 +141,11 @@ def _resume_key(conf: dict) -> dict:
             "train": train}
 
 
+def work_dir(out: str) -> str:
+    """Where the tokenizer and checkpoints of the model ``out`` live while it trains."""
+    return out.rstrip("/") + ".train"
+
+
 def _parse(argv):
     parser = argparse.ArgumentParser(prog="python -m train.base",
                                      description="Pretrain a small LLaMA-style base model.")
@@ -127,56 +154,59 @@ def _parse(argv):
     parser.add_argument("--out", help="output model directory (default: the config's 'out')")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. train.steps=100")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def run(conf: dict, out: str) -> dict:
     """Prepares data and tokenizer, trains (resuming if checkpointed), writes ``out``.
 
-    Returns the metrics written to ``<out>/train_metrics.json``, or ``{'preempted': step}`` if
-    SIGTERM stopped training (after a checkpoint).
+    Returns the metrics written to ``<out>/train_metrics.json``, or ``{'preempted': step,
+    'exit_code': code}`` if SIGTERM or Ctrl-C stopped training (after a checkpoint). Bad
+    settings, unwritable output directories and checkpoints made with another config are found
+    before any work.
     """
     t0 = time.perf_counter()
     require(conf, ("data", "tokenizer", "model", "train"), "the config")
-    require(conf["tokenizer"], ("vocab_size",), "the config's 'tokenizer' section")
+    tok_conf = require(conf["tokenizer"], ("vocab_size",), "the config's 'tokenizer' section")
     require(conf["model"], (), "the config's 'model' section")
     tc = require(conf["train"], _TRAIN_KEYS, "the config's 'train' section")
-    work = out.rstrip("/") + ".train"
+    seq_len, batch_size, seed = tc["seq_len"], tc["batch_size"], tc.get("seed", 0)
+    check_seed(seed, "train.seed")
+    work = work_dir(out)
+    tok_dir = tok_conf.get("dir") or os.path.join(work, "tokenizer")
+    for name, path in (("the output directory", out), ("the tokenizer directory", tok_dir),
+                       ("the checkpoint directory", os.path.join(work, "checkpoints"))):
+        check_output_dir(path, name)
     spec = data.parse_spec(conf["data"])
     if spec.kind == "self":
         raise ValueError("the base model cannot be trained on 'self' (text sampled from itself)")
+    mngr = checkpoint.manager(os.path.join(work, "checkpoints"), save_every=tc["save_every"],
+                              keep=tc.get("keep", 2))
+    resume_key = _resume_key(conf)
+    resume_step = check_resume(mngr, resume_key, f"delete {work} or use another --out")
     data_dir = conf.get("data_dir")
     train_texts = data.text_source(spec, "train", data_dir)
     heldout_texts = data.text_source(spec, "heldout", data_dir)
 
     print(f"corpus {conf['data']}: {len(train_texts)} train / {len(heldout_texts)} held-out "
           "documents", file=sys.stderr)
-    tok_conf = conf["tokenizer"]
     max_docs = tok_conf.get("max_docs") or len(train_texts)
     tok = tokenizer_lib.train_bpe(
         (train_texts[i] for i in range(min(max_docs, len(train_texts)))),
-        tok_conf["vocab_size"], tok_conf.get("dir") or os.path.join(work, "tokenizer"))
+        tok_conf["vocab_size"], tok_dir)
     cfg = _model_config(conf, tok)
-    seq_len, batch_size, seed = tc["seq_len"], tc["batch_size"], tc.get("seed", 0)
     data.check_seq_len(seq_len, cfg.max_position)
 
     steps = tc["steps"]
     optimizer = make_optimizer(tc["lr"], steps, tc["warmup"], tc.get("weight_decay", 0.1),
                                tc.get("b2", 0.95), tc.get("clip", 1.0))
-    mngr = checkpoint.manager(os.path.join(work, "checkpoints"), save_every=tc["save_every"],
-                              keep=tc.get("keep", 2))
     batches = data.token_batches(train_texts, tok, seq_len, batch_size, seed)
-    resume_key = _resume_key(conf)
     history: list[dict] = []  # held-out loss per evaluation
-    if checkpoint.latest_step(mngr) is None:
+    if resume_step is None:
         state = init_state(cfg, optimizer, seed)
     else:
         target = jax.eval_shape(lambda: init_state(cfg, optimizer, seed))
-        restored = checkpoint.restore(mngr, target)
-        if restored.meta.get("resume_key") != resume_key:
-            raise ValueError(f"the checkpoints in {mngr.directory} were made with another config "
-                             f"({restored.meta.get('resume_key')}); delete {work} or use "
-                             "another --out")
+        restored = checkpoint.restore(mngr, target, resume_step)
         state, history = restored.state, list(restored.meta["history"])
         data.restore_iterator(batches, restored.data_state)
         print(f"resuming from step {restored.step} ({mngr.directory})", file=sys.stderr)
@@ -207,7 +237,7 @@ def run(conf: dict, out: str) -> dict:
         tokens_per_step=tokens_per_step, desc="base")
     mngr.close()
     if result.preempted:
-        return {"preempted": result.step}
+        return {"preempted": result.step, "exit_code": result.exit_code}
     final = history[-1]["heldout_loss"] if history and history[-1]["step"] == steps else \
         heldout_loss(cfg, result.state.params, eval_batches)
     hf.save_hf(cfg, result.state.params, out, tokenizer=tok)
@@ -232,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     """The program; returns the exit status."""
     args = _parse(argv)
     conf = apply_overrides(load_yaml(args.config), args.overrides)
+    check_types(conf, _SCHEMA)
     out = args.out or conf.get("out")
     if not out:
         raise ValueError("no output directory: give --out or set 'out' in the config")
@@ -239,9 +270,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{out} is already a complete model directory (delete it to retrain)",
               file=sys.stderr)
         return 0
-    metrics = run(conf, out)
+    work = work_dir(out)
+    new_work = not os.path.exists(work)
+    try:
+        metrics = run(conf, out)
+    except BaseException:  # nothing saved yet: leave no half-made work directory behind
+        if new_work and not checkpoint.has_checkpoint(os.path.join(work, "checkpoints")):
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     if "preempted" in metrics:
-        return PREEMPTED_EXIT_CODE
+        return metrics["exit_code"]
     print(f"wrote {out}: held-out loss {metrics['heldout_loss']:.4f} nats/token "
           f"(unigram baseline {metrics['unigram_loss']:.4f}), {metrics['steps']} steps, "
           f"{metrics['tokens_per_s'] or 0:.0f} tokens/s, {metrics['wall_time_s']:.0f} s",

@@ -12,8 +12,9 @@ paper's AdamW lr 1e-2, batch 8, 10k steps, 20% warmup, cosine, M = 1, CE); flags
 
 Output directory ``--out``:
   checkpoints/<step>/        orbax checkpoints (LA, optimizer state, step, RNG, data position)
-                             every ``save_every`` steps, at the end and on SIGTERM; re-running
-                             the same command resumes from the latest one
+                             every ``save_every`` steps, at the end and on SIGTERM or Ctrl-C;
+                             re-running the same command resumes from the latest one (other
+                             settings need another ``--out``)
   eval.jsonl                 held-out acceptance estimate per LA position (greedy agreement and
                              sum_v min(p, q) at the configured temperature / top-k), one line per
                              evaluation (step 0 is the initialisation)
@@ -38,7 +39,7 @@ import numpy as np
 
 from pass_jax import checkpoint, data, decode, gguf_file, hf, lookahead, losses, sharding
 from pass_jax.config import SamplerConfig, load_yaml
-from train import PREEMPTED_EXIT_CODE, require, run_cli, train_loop
+from train import check_output_dir, check_resume, check_seed, require, run_cli, train_loop
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "paper.yaml")
@@ -111,6 +112,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--steps must be >= 1, got {s['steps']}")
     if s["loss"] not in losses.LOSS_KINDS:
         raise ValueError(f"unknown loss {s['loss']!r}; expected one of {losses.LOSS_KINDS}")
+    check_seed(s["seed"], "--seed")
     return s
 
 
@@ -189,9 +191,12 @@ def _finished(out: str, resume_key: dict) -> dict | None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Trains (or resumes, or reports a finished run); returns the final metrics, or
-    ``{'preempted': step}`` when SIGTERM stopped training after a checkpoint."""
+    ``{'preempted': step, 'exit_code': code}`` when SIGTERM or Ctrl-C stopped training after a
+    checkpoint. Bad settings and unwritable output directories are found before any work."""
     t0 = time.perf_counter()
     s = settings(args)
+    check_output_dir(args.out, "--out")
+    check_output_dir(os.path.join(args.out, "checkpoints"), "the checkpoint directory")
     spec = data.parse_spec(s["data"])
     L, B, N, M = s["num_lookahead"], s["batch_size"], s["seq_len"], s["groups"]
     resume_key = {k: s[k] for k in _RESUME_KEYS}
@@ -252,12 +257,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               save_every=s["save_every"], keep=s.get("keep", 2))
     batches = data.token_batches(train_texts, tok, N, B, s["seed"],
                                  add_special_tokens=s["add_special_tokens"])
-    if checkpoint.latest_step(mngr) is not None:
-        restored = checkpoint.restore(mngr, state)
-        if restored.meta.get("resume_key") != resume_key:
-            raise ValueError(f"the checkpoints in {mngr.directory} were made with other settings "
-                             f"({restored.meta.get('resume_key')}, now {resume_key}); "
-                             "use another --out")
+    resume_step = check_resume(mngr, resume_key, "use another --out")
+    if resume_step is not None:
+        restored = checkpoint.restore(mngr, state, resume_step)
         state = restored.state
         data.restore_iterator(batches, restored.data_state)
         print(f"resuming from step {restored.step} ({mngr.directory})", file=sys.stderr)
@@ -301,7 +303,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ckpt_dir = os.path.join(str(mngr.directory), str(result.step))
     mngr.close()
     if result.preempted:
-        return {"preempted": result.step}
+        return {"preempted": result.step, "exit_code": result.exit_code}
     la_LxD = result.state["la"].la
     final = history[-1] if history and history[-1]["step"] == s["steps"] else \
         heldout_estimate(cfg, base_params, la_LxD, eval_set, temperature, top_k)
@@ -336,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     metrics = run(args)
     if "preempted" in metrics:
-        return PREEMPTED_EXIT_CODE
+        return metrics["exit_code"]
     if args.json:
         print(json.dumps(metrics))
     else:
