@@ -110,8 +110,10 @@ def packed_layout(ins_BxM: jax.Array, N: int, L: int) -> PackedLayout:
     return PackedLayout(positions_BxT, mask_BxTxT, target_idx_BxR, base_row_BxR, valid_BxR)
 
 
-def packed_logits(cfg: ModelConfig, base_params, la_LxD, tokens_BxN, ins_BxM):
-    """One packed forward pass; float32 logits of the LA rows and the matching base rows.
+def packed_logits(cfg: ModelConfig, base_params, la_LxD, tokens_BxN, ins_BxM,
+                  remat: str = "none"):
+    """One packed forward pass; float32 logits of the LA rows and the matching base rows
+    (``remat``: ``model.REMAT_POLICIES``, per-layer rematerialisation).
 
     Returns ``(q_BxRxV, p_BxRxV, targets_BxR, valid_BxR)``: ``q`` the LA outputs (draft logits),
     ``p`` the frozen model's logits for the same tokens given the true prefix (stop_gradient),
@@ -126,7 +128,8 @@ def packed_logits(cfg: ModelConfig, base_params, la_LxD, tokens_BxN, ins_BxM):
     la_BxRxD = jnp.broadcast_to(jnp.tile(la_LxD, (M, 1)), (B, R, D)).astype(tok_BxNxD.dtype)
     embeds_BxTxD = jnp.concatenate([tok_BxNxD, la_BxRxD], axis=1)
     h_BxTxD, _ = forward(cfg, base_params, jnp.zeros((B, N + R), jnp.int32), lay.positions_BxT,
-                         mask=lay.mask_BxTxT, embeds_BxTxD=embeds_BxTxD, return_hidden=True)
+                         mask=lay.mask_BxTxT, embeds_BxTxD=embeds_BxTxD, return_hidden=True,
+                         remat=remat)
     h_base_BxRxD = jnp.take_along_axis(h_BxTxD[:, :N], lay.base_row_BxR[..., None], axis=1)
     both_Bx2RxV = logits_from_hidden(
         cfg, base_params, jnp.concatenate([h_BxTxD[:, N:], h_base_BxRxD], axis=1))
@@ -144,9 +147,9 @@ def _per_position(x_BxR, w_BxR, L):
     return _ratio(num_L, w_BxR.reshape(B, R // L, L).sum((0, 1)))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "kind", "temperature"))
+@functools.partial(jax.jit, static_argnames=("cfg", "kind", "temperature", "remat"))
 def la_loss(cfg: ModelConfig, base_params, la_LxD, tokens_BxN, ins_BxM, kind: str = "ce",
-            temperature: float = 1.0):
+            temperature: float = 1.0, remat: str = "none"):
     """Look-ahead training loss on a packed input, mean over valid LA targets.
 
     ``kind='ce'``: cross-entropy of each LA output against the data token it drafts.
@@ -155,7 +158,8 @@ def la_loss(cfg: ModelConfig, base_params, la_LxD, tokens_BxN, ins_BxM, kind: st
 
     Returns ``(loss, metrics)``; metrics: ``loss``, ``loss_per_position`` [L], ``ce`` and ``kl``
     (both reported whatever ``kind``; ce at temperature 1), ``greedy_acceptance`` [L]
-    (argmax agreement with the frozen model), ``num_targets``.
+    (argmax agreement with the frozen model), ``num_targets``. ``remat``: per-layer
+    rematerialisation of the forward pass (``model.REMAT_POLICIES``; same values).
     """
     if kind not in LOSS_KINDS:
         raise ValueError(f"unknown LA loss kind {kind!r}; expected one of {LOSS_KINDS}")
@@ -163,7 +167,7 @@ def la_loss(cfg: ModelConfig, base_params, la_LxD, tokens_BxN, ins_BxM, kind: st
         raise ValueError(f"loss temperature must be > 0, got {temperature}")
     L = la_LxD.shape[0]
     q_BxRxV, p_BxRxV, targets_BxR, valid_BxR = packed_logits(
-        cfg, base_params, la_LxD, tokens_BxN, ins_BxM)
+        cfg, base_params, la_LxD, tokens_BxN, ins_BxM, remat)
     w_BxR = valid_BxR.astype(jnp.float32)
     n = w_BxR.sum()
     ce_BxR = _token_ce(q_BxRxV, targets_BxR)
@@ -256,13 +260,14 @@ def paper_optimizer(lr: float = 1e-2, steps: int = 10_000, warmup: int = 2_000,
 
 def la_train_step(la_state: LAState, base_params, batch: dict, rng: jax.Array, *,
                   cfg: ModelConfig, optimizer: optax.GradientTransformation, loss_kind: str = "ce",
-                  num_groups: int = 1, temperature: float = 1.0):
+                  num_groups: int = 1, temperature: float = 1.0, remat: str = "none"):
     """One optimizer step on the LA embeddings; base params are constants (never differentiated).
 
     ``batch['tokens']`` is ``[B, N]``; insertion points come from ``batch['insertion_points']``
     ``[B, M]`` when present, else ``num_groups`` per row are drawn with ``rng`` folded with the
     step number (so one fixed key per run gives a different draw each step and exact resumes).
-    Returns ``(la_state, metrics)``: the la_loss metrics plus ``grad_norm``.
+    Returns ``(la_state, metrics)``: the la_loss metrics plus ``grad_norm``. ``remat``: per-layer
+    rematerialisation (``model.REMAT_POLICIES``).
     """
     tokens_BxN = batch["tokens"]
     B, N = tokens_BxN.shape
@@ -274,7 +279,8 @@ def la_train_step(la_state: LAState, base_params, batch: dict, rng: jax.Array, *
                                           N, L)
 
     def loss_fn(la_LxD):
-        return la_loss(cfg, base_params, la_LxD, tokens_BxN, ins_BxM, loss_kind, temperature)
+        return la_loss(cfg, base_params, la_LxD, tokens_BxN, ins_BxM, loss_kind, temperature,
+                       remat)
 
     (_, metrics), grad_LxD = jax.value_and_grad(loss_fn, has_aux=True)(la_state.la)
     updates, opt_state = optimizer.update(grad_LxD, la_state.opt_state, la_state.la)
@@ -284,7 +290,8 @@ def la_train_step(la_state: LAState, base_params, batch: dict, rng: jax.Array, *
 
 
 def make_la_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation,
-                       loss_kind: str = "ce", num_groups: int = 1, temperature: float = 1.0):
+                       loss_kind: str = "ce", num_groups: int = 1, temperature: float = 1.0,
+                       remat: str = "none"):
     """``step(la_state, base_params, batch, rng) -> (la_state, metrics)``, jitted, la_state donated.
 
     See :func:`la_train_step`; only the LA array is differentiated and has optimizer state.
@@ -294,5 +301,5 @@ def make_la_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation
     if num_groups < 1:
         raise ValueError(f"num_groups must be >= 1, got {num_groups}")
     step = functools.partial(la_train_step, cfg=cfg, optimizer=optimizer, loss_kind=loss_kind,
-                             num_groups=num_groups, temperature=temperature)
+                             num_groups=num_groups, temperature=temperature, remat=remat)
     return jax.jit(step, donate_argnums=(0,))

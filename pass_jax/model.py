@@ -192,6 +192,14 @@ class Block(nn.Module):
         return x_BxTxD + m_BxTxD, (k_BxTxKxE, v_BxTxKxE) if slots_BxT is None else kv_cache
 
 
+# Layer rematerialisation for training (``jax.checkpoint`` around each layer): ``layer`` keeps
+# only each layer's input and recomputes the layer in the backward pass; ``dots`` also keeps
+# the weight matmuls' outputs (no batch dimension) and recomputes the rest (attention, norms,
+# activations).
+REMAT_POLICIES = {"none": None, "layer": jax.checkpoint_policies.nothing_saveable,
+                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
 class Transformer(nn.Module):
     """``apply(params, tokens, positions, cache, mask) -> (logits[B,T,V] float32, cache)``.
 
@@ -201,9 +209,14 @@ class Transformer(nn.Module):
     """
     cfg: ModelConfig
     scan_layers: bool = True
+    remat: str = "none"  # REMAT_POLICIES: what the backward pass recomputes per layer
 
     def setup(self):
         cfg = self.cfg
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}")
+        block = Block if self.remat == "none" else nn.remat(
+            Block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)
         self.embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype,
                               param_dtype=cfg.param_dtype,
                               embedding_init=nn.initializers.normal(0.02), name="embed")
@@ -213,11 +226,11 @@ class Transformer(nn.Module):
                                       embedding_init=nn.initializers.normal(0.01),
                                       name="pos_embed")
         if self.scan_layers:
-            self.layers = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True},
+            self.layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                                   in_axes=(0, nn.broadcast), length=cfg.n_layers)(cfg,
                                                                                   name="layers")
         else:
-            self.layers = [Block(cfg, name=f"layers_{i}") for i in range(cfg.n_layers)]
+            self.layers = [block(cfg, name=f"layers_{i}") for i in range(cfg.n_layers)]
         self.final_norm = Norm(cfg, name="final_norm")
         if not cfg.tie_embeddings:
             self.lm_head = _dense(cfg, cfg.vocab_size, False, "lm_head")
@@ -287,10 +300,11 @@ def init_params(cfg: ModelConfig, rng: jax.Array):
 
 
 def forward(cfg: ModelConfig, params, tokens_BxT, positions_BxT, cache=None, mask=None,
-            embeds_BxTxD=None, return_hidden=False):
+            embeds_BxTxD=None, return_hidden=False, remat: str = "none"):
     """Functional entry point: ``Transformer(cfg).apply`` on ``{'params': params}``, scanned or
-    looped over layers as ``params`` are stacked or unstacked."""
-    return Transformer(cfg, is_stacked(params)).apply(
+    looped over layers as ``params`` are stacked or unstacked; ``remat``: a ``REMAT_POLICIES``
+    key (training memory against recomputation; the values are the same)."""
+    return Transformer(cfg, is_stacked(params), remat).apply(
         {"params": params}, tokens_BxT, positions_BxT, cache, mask, embeds_BxTxD, return_hidden)
 
 

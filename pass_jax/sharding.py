@@ -520,7 +520,8 @@ def shard_la_state(la_state, mesh: Mesh):
 
 
 def make_la_train_step_sharded(cfg: ModelConfig, optimizer, mesh: Mesh, *, loss_kind: str = "ce",
-                               num_groups: int = 1, temperature: float = 1.0):
+                               num_groups: int = 1, temperature: float = 1.0,
+                               remat: str = "none"):
     """``losses.la_train_step`` jitted for ``mesh``: ``step(la_state, base_params, batch, rng)``.
 
     Explicit shardings: LA state replicated in and out (donated), base params as they are
@@ -533,7 +534,7 @@ def make_la_train_step_sharded(cfg: ModelConfig, optimizer, mesh: Mesh, *, loss_
     if loss_kind not in LOSS_KINDS:
         raise ValueError(f"unknown LA loss kind {loss_kind!r}; expected one of {LOSS_KINDS}")
     step = functools.partial(la_train_step, cfg=cfg, optimizer=optimizer, loss_kind=loss_kind,
-                             num_groups=num_groups, temperature=temperature)
+                             num_groups=num_groups, temperature=temperature, remat=remat)
     rep = replicated(mesh)
     return jax.jit(step, out_shardings=(rep, rep), donate_argnums=(0,))
 

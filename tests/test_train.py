@@ -264,14 +264,18 @@ def test_resume_with_other_settings_is_refused_before_restoring(tiny_model, corp
 
 def test_lookahead_training_on_a_mesh_matches_one_device(tiny_model, corpus, tmp_path):
     """--mesh (8 simulated devices): base params sharded, batch split, LA replicated; the
-    trained LA embeddings equal the single-device run's (float32, tolerance 1e-5)."""
-    for name, extra in (("one", ()), ("mesh", ("--mesh", "data=2,fsdp=2,tensor=2"))):
+    trained LA embeddings equal the single-device run's (float32, tolerance 1e-5), with
+    per-layer rematerialisation too (--remat layer)."""
+    for name, extra in (("one", ()), ("mesh", ("--mesh", "data=2,fsdp=2,tensor=2")),
+                        ("remat", ("--mesh", "data=2,fsdp=2,tensor=2", "--remat", "layer"))):
         args = la_args(tiny_model, corpus, tmp_path / name, *extra)
         args[args.index("--steps") + 1] = "4"
         assert lookahead.main(args) == 0
     one = load_file(tmp_path / "one" / "lookahead.safetensors")["lookahead"]
     meshed = load_file(tmp_path / "mesh" / "lookahead.safetensors")["lookahead"]
     np.testing.assert_allclose(meshed, one, rtol=1e-5, atol=1e-5)
+    remat = load_file(tmp_path / "remat" / "lookahead.safetensors")["lookahead"]
+    np.testing.assert_allclose(remat, one, rtol=1e-5, atol=1e-5)
     assert not np.allclose(one[0], one[1])  # trained: the rows left their common unk init
 
 

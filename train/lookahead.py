@@ -39,6 +39,7 @@ import numpy as np
 
 from pass_jax import checkpoint, data, decode, gguf_file, hf, lookahead, losses, sharding
 from pass_jax.config import SamplerConfig, load_yaml
+from pass_jax.model import REMAT_POLICIES
 from train import check_output_dir, check_resume, check_seed, require, run_cli, train_loop
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -52,7 +53,7 @@ _REQUIRED = ("lr", "batch_size", "seq_len", "steps", "groups", "loss", "dtype", 
 # Flags that override the config section, with their types.
 _OVERRIDES = {"steps": int, "loss": str, "groups": int, "batch_size": int, "seq_len": int,
               "lr": float, "warmup": int, "dtype": str, "eval_every": int, "save_every": int,
-              "seed": int, "temperature": float, "top_k": int, "init": str}
+              "seed": int, "temperature": float, "top_k": int, "init": str, "remat": str}
 
 
 def _parse(argv) -> argparse.Namespace:
@@ -75,6 +76,10 @@ def _parse(argv) -> argparse.Namespace:
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup", type=int, help="warmup steps (default: warmup_fraction * steps)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), help="base model compute dtype")
+    p.add_argument("--remat", choices=tuple(REMAT_POLICIES),
+                   help="per-layer rematerialisation: none (default), layer (keep each layer's "
+                        "input only) or dots (also its weight matmuls): less activation memory "
+                        "for recomputation in the backward pass; same results")
     p.add_argument("--temperature", type=float, help="acceptance estimate temperature (0: greedy)")
     p.add_argument("--top-k", type=int, help="acceptance estimate top-k (0: off)")
     p.add_argument("--eval-every", type=int)
@@ -103,6 +108,9 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     s.update(data=args.data, num_lookahead=args.num_lookahead,
              add_special_tokens=args.add_special_tokens)
     s.setdefault("init", "mean")
+    s.setdefault("remat", "none")
+    if s["remat"] not in REMAT_POLICIES:
+        raise ValueError(f"remat must be one of {tuple(REMAT_POLICIES)}, got {s['remat']!r}")
     lookahead.parse_init(s["init"])
     if s["num_lookahead"] < 1:
         raise ValueError(f"--num-lookahead must be >= 1, got {s['num_lookahead']}")
@@ -243,11 +251,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     la_state = losses.init_la_state(jnp.array(la_init_LxD), optimizer)  # a copy: donated
     rng = jax.random.PRNGKey(s["seed"])
     if mesh is None:
-        la_step = losses.make_la_train_step(cfg, optimizer, s["loss"], M)
+        la_step = losses.make_la_train_step(cfg, optimizer, s["loss"], M, remat=s["remat"])
         place_batch = lambda tokens_BxN: tokens_BxN
     else:
         la_step = sharding.make_la_train_step_sharded(cfg, optimizer, mesh, loss_kind=s["loss"],
-                                                      num_groups=M)
+                                                      num_groups=M, remat=s["remat"])
         la_state = sharding.shard_la_state(la_state, mesh)
         rng = jax.device_put(rng, sharding.replicated(mesh))
         place_batch = lambda tokens_BxN: sharding.shard_batch(tokens_BxN, mesh)
