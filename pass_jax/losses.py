@@ -289,6 +289,28 @@ def la_train_step(la_state: LAState, base_params, batch: dict, rng: jax.Array, *
     return la_state.replace(step=la_state.step + 1, la=la_LxD, opt_state=opt_state), metrics
 
 
+# Dense bfloat16 peak FLOP/s per chip by JAX device kind, for model FLOPs utilisation.
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+              "TPU v6 lite": 918e12, "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12,
+              "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12}
+
+
+def la_step_flops(cfg: ModelConfig, B: int, N: int, M: int, L: int) -> float:
+    """Model FLOPs of one packed look-ahead training step (B rows of N tokens, M groups of L
+    LA tokens; multiply-add = 2). The base model is frozen, so the backward pass computes input
+    gradients only: each weight matmul costs its forward again (no weight gradient), attention
+    twice its forward (dQ, dK, dV, dP); logits for the R = M L LA rows and their R base rows,
+    backward through the LA rows only."""
+    T, R = N + M * L, M * L
+    d, hd, H, K = cfg.d_model, cfg.hd, cfg.n_heads, cfg.n_kv_heads
+    layer_weights = d * hd * (H + 2 * K) + H * hd * d + \
+        (3 if cfg.family == "llama" else 2) * d * cfg.ffn_dim
+    weights = 2 * B * T * cfg.n_layers * layer_weights
+    attention = 2 * 2 * B * T * T * H * hd * cfg.n_layers  # scores and weighted sum, dense mask
+    logits = 2 * B * cfg.vocab_size * d
+    return 2 * weights + 3 * attention + logits * (2 * R + R)
+
+
 def make_la_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation,
                        loss_kind: str = "ce", num_groups: int = 1, temperature: float = 1.0,
                        remat: str = "none"):

@@ -394,3 +394,20 @@ def test_remat_gives_the_same_loss_and_gradient_with_less_memory(random_params):
         fn = jax.jit(grad(params, remat, deep, la))
         return fn.lower(la).compile().memory_analysis().temp_size_in_bytes
     assert temp_bytes("layer") < 0.8 * temp_bytes("none")
+
+
+def test_la_step_flops_match_xla_cost_analysis():
+    """The analytic model FLOPs of a look-ahead step (what MFU is computed from) agree with
+    XLA's count for the compiled step; per-layer params, so no loop hides layers from it."""
+    from pass_jax.model import unstack_layers
+
+    cfg = CFG.replace(vocab_size=512, d_model=64, ffn_dim=256, max_position=256)
+    params = jax.eval_shape(lambda: unstack_layers(init_params(cfg, jax.random.PRNGKey(0))))
+    B, N, M, L = 2, 64, 4, 3
+    opt = optax.adamw(1e-2)
+    state = jax.eval_shape(lambda: losses.init_la_state(jnp.zeros((L, cfg.d_model)), opt))
+    step = losses.make_la_train_step(cfg, opt, "kl", M)
+    compiled = step.lower(state, params, {"tokens": jax.ShapeDtypeStruct((B, N), jnp.int32)},
+                          jax.ShapeDtypeStruct((2,), jnp.uint32)).compile()
+    xla = compiled.cost_analysis()["flops"]
+    assert losses.la_step_flops(cfg, B, N, M, L) == pytest.approx(xla, rel=0.15)

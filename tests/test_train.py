@@ -188,6 +188,13 @@ def test_lookahead_cli_json_then_sigterm_and_exact_resume(tiny_model, corpus, tm
         assert set(metrics[key]) == {"greedy", "sampled"}
         assert all(len(v) == 2 and all(0 <= a <= 1 for a in v) for v in metrics[key].values())
     assert metrics["steps"] == 8 and metrics["tokens_per_s"] > 0
+    s = metrics["settings"]  # throughput in model FLOPs; no known peak for a CPU, so no MFU
+    cfg, _ = hf.load_hf(tiny_model)
+    assert metrics["model_flops_per_step"] == losses.la_step_flops(
+        cfg, s["batch_size"], s["seq_len"], s["groups"], 2)
+    assert metrics["model_tflops_per_s_per_device"] == pytest.approx(
+        metrics["model_flops_per_step"] * metrics["steps_per_s"] / jax.device_count() / 1e12)
+    assert metrics["mfu"] is None
     assert np.isfinite(metrics["loss"])
     assert os.path.isdir(metrics["checkpoint"]) and metrics["checkpoint"].endswith("/8")
     cfg, params = hf.load_hf(tiny_model)

@@ -331,6 +331,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "steps_per_s": result.steps_per_s if result.steps_run > 1 else None,
         # sequence tokens (B x N per step; the M x L LA rows not counted), this process's steps
         "tokens_per_s": result.steps_per_s * B * N if result.steps_run > 1 else None,
+        **throughput(cfg, B, N, M, s["num_lookahead"], result.steps_per_s
+                     if result.steps_run > 1 else None),
         "wall_time_s": time.perf_counter() - t0,
         "checkpoint": ckpt_dir,
         "lookahead": os.path.abspath(args.out),
@@ -339,6 +341,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     lookahead.save_lookahead(args.out, la_LxD, cfg, identity, init_token_id=init_token,
                              metrics=metrics)
     return metrics
+
+
+def throughput(cfg, B: int, N: int, M: int, L: int, steps_per_s: float | None) -> dict:
+    """Model FLOPs per step (``losses.la_step_flops``), TFLOP/s per device and the model FLOPs
+    utilisation against the device's bf16 peak (None where the peak is not known, e.g. CPUs)."""
+    flops = losses.la_step_flops(cfg, B, N, M, L)
+    per_device = None if steps_per_s is None else flops * steps_per_s / jax.device_count()
+    peak = losses.PEAK_FLOPS.get(jax.devices()[0].device_kind)
+    return {"model_flops_per_step": flops,
+            "model_tflops_per_s_per_device": per_device and per_device / 1e12,
+            "mfu": per_device / peak if per_device and peak else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,7 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out}: held-out acceptance per LA position at T="
               f"{metrics['temperature']}, top-k {metrics['top_k']}: {acc['sampled']} ({metrics['init']} "
               f"init {ini['sampled']}); greedy {acc['greedy']} (init {ini['greedy']}); "
-              f"{metrics['tokens_per_s'] or 0:.0f} tokens/s", file=sys.stderr)
+              f"{metrics['tokens_per_s'] or 0:.0f} tokens/s, "
+              f"{metrics['model_tflops_per_s_per_device'] or 0:.3g} model TFLOP/s per device"
+              + (f" (MFU {metrics['mfu']:.1%} of bf16 peak)" if metrics["mfu"] else ""),
+              file=sys.stderr)
     return 0
 
 
