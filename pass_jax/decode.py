@@ -15,11 +15,12 @@ Emitted tokens go to ``out[B, max_new_tokens]``; EOS (inside accepted drafts too
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.struct
 import jax
@@ -46,6 +47,8 @@ class DecodeSpec:
     sampler: SamplerConfig
     max_new_tokens: int
     precision: str | None = None  # matmul precision inside the step (None: JAX's default)
+    # a DecodeState of shardings pinned inside the loop (``sharding.decode_state_sharding``)
+    state_sharding: Any = None
 
 
 PRECISIONS = ("auto", "default", "highest")
@@ -234,7 +237,11 @@ def decode_loop(spec: DecodeSpec, params, la_LxD, state: DecodeState, stop_B=Non
         return jnp.any(going_B) & fits
 
     def body(s: DecodeState):
+        if spec.state_sharding is not None:  # the cache stays split as it came in
+            s = jax.lax.with_sharding_constraint(s, spec.state_sharding)
         s = pass_step(spec, params, la_LxD, s)
+        if spec.state_sharding is not None:
+            s = jax.lax.with_sharding_constraint(s, spec.state_sharding)
         if stream is not None:
             io_callback(partial(_stream_host, stream), None, s.out_BxN, s.n_B, ordered=True)
         return s
@@ -473,6 +480,8 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
         cache = init_cache(cfg, B, max_len, per_layer=per_layer)
     else:
         run, to_host = sharding.sharded_generate_fn(mesh, B, cfg, per_layer), sharding.to_host
+        spec = dataclasses.replace(spec, state_sharding=sharding.decode_state_sharding(
+            mesh, B, cfg, per_layer))
         la, prompt, lens, active, eos, rng = sharding.place_decode_inputs(inputs, mesh)
         cache = sharding.init_cache_sharded(cfg, B, max_len, mesh, per_layer=per_layer)
     t0 = time.perf_counter()

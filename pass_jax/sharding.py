@@ -481,17 +481,12 @@ def place_decode_inputs(inputs, mesh: Mesh):
 
 
 @functools.lru_cache(maxsize=32)
-def sharded_generate_fn(mesh: Mesh, batch: int, cfg: ModelConfig, per_layer: bool = False):
-    """``decode.generate_jit`` (the same function, re-jitted) with explicit output shardings:
-    the cache by the rules, per-row fields (``*_B``, ``*_Bx*``) over the batch axes, the rest
-    replicated. Inside the while loop XLA still picks the layout (it may split the cache over
-    slots instead of kv heads: the same bytes per device); a ``with_sharding_constraint`` hook in
-    decode.py would pin it (see the report / docs)."""
-    from .decode import DecodeState, generate_jit
+def decode_state_sharding(mesh: Mesh, batch: int, cfg: ModelConfig, per_layer: bool = False):
+    """A ``decode.DecodeState`` of shardings: the cache by the rules, per-row fields (``*_B``,
+    ``*_Bx*``) over the batch axes, the rest replicated. ``decode.generate`` pins the loop state
+    to it inside the ``while_loop`` (``DecodeSpec.state_sharding``) and returns it so."""
+    from .decode import DecodeState
 
-    fn = getattr(generate_jit, "__wrapped__", None)
-    if fn is None:  # not a jax.jit wrapper any more: run it as it is
-        return generate_jit
     rows, rep = batch_sharding(mesh, (batch,)), replicated(mesh)
     cache = cache_sharding(cfg, mesh, batch, per_layer)
 
@@ -500,9 +495,19 @@ def sharded_generate_fn(mesh: Mesh, batch: int, cfg: ModelConfig, per_layer: boo
             return cache
         return rows if name.endswith("_B") or "_Bx" in name else rep
 
-    out = DecodeState(**{f.name: field(f.name) for f in dataclasses.fields(DecodeState)})
+    return DecodeState(**{f.name: field(f.name) for f in dataclasses.fields(DecodeState)})
+
+
+def sharded_generate_fn(mesh: Mesh, batch: int, cfg: ModelConfig, per_layer: bool = False):
+    """``decode.generate_jit`` (the same function, re-jitted) with the output shardings of
+    :func:`decode_state_sharding`."""
+    from .decode import generate_jit
+
+    fn = getattr(generate_jit, "__wrapped__", None)
+    if fn is None:  # not a jax.jit wrapper any more: run it as it is
+        return generate_jit
     return jax.jit(fn, static_argnames=("spec", "stream"), donate_argnames=("cache",),
-                   out_shardings=out)
+                   out_shardings=decode_state_sharding(mesh, batch, cfg, per_layer))
 
 
 def to_host(x) -> np.ndarray:

@@ -456,3 +456,47 @@ def test_multi_host_flags_are_checked_and_a_missing_coordinator_times_out():
     assert "multi-host: process 1 of 2 joining" in proc.stderr
     assert f"error: multi-host: the coordinator 127.0.0.1:{port} did not answer within 2 s" \
         in proc.stderr
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_decode_loop_keeps_the_cache_split_without_gathering_it(reference, per_layer):
+    """The compiled sharded decode loop (fused PaSS, 8 simulated devices) carries the KV cache
+    split over batch and kv heads as the rules say (pinned inside the while_loop by
+    ``DecodeSpec.state_sharding``) and moves none of it between devices: no collective has the
+    cache's slot dimension (256 here, a size no other array has)."""
+    from pass_jax.config import SamplerConfig
+    from pass_jax.decode import DecodeSpec, eos_array, prepare_batch
+    from pass_jax.layout import make_schedule
+    from pass_jax.model import unstack_layers
+
+    mesh = sh.make_mesh("data=2,fsdp=2,tensor=2")
+    params = reference["params"]
+    params = sh.shard_params(unstack_layers(params) if per_layer else params, mesh)
+    B, S = 4, 256
+    inputs = (reference["la"], *prepare_batch(PROMPTS[:1] * B, CFG.vocab_size, B),
+              eos_array(()), jax.random.PRNGKey(0))
+    la, prompt, lens, active, eos, rng = sh.place_decode_inputs(inputs, mesh)
+    cache = sh.init_cache_sharded(CFG, B, S, mesh, per_layer=per_layer)
+    pinned = sh.decode_state_sharding(mesh, B, CFG, per_layer)
+
+    def compiled(state_sharding):
+        spec = DecodeSpec(CFG, make_schedule("pass-fused", L), SamplerConfig(), 12, None,
+                          state_sharding)
+        return sh.sharded_generate_fn(mesh, B, CFG, per_layer).lower(
+            spec, params, la, prompt, lens, active, eos, cache, rng).compile().as_text()
+
+    def cache_collectives(hlo):
+        ops = ("all-gather", "all-to-all", "collective-permute", "all-reduce", "reduce-scatter")
+        return [line.strip()[:120] for line in hlo.splitlines()
+                if any(f" {op}(" in line or f" {op}-start(" in line for op in ops)
+                and f",{S}," in line.split("=", 1)[-1].split("(", 1)[0]]
+
+    hlo = compiled(pinned)
+    local = f"f32[{'' if per_layer else f'{CFG.n_layers},'}1,2,{S},{CFG.hd}]"  # B/4, K/2
+    loops = [line for line in hlo.splitlines() if " while(" in line and local in line]
+    assert loops, "the decode loop does not carry the cache split over batch and kv heads"
+    assert not cache_collectives(hlo), cache_collectives(hlo)
+    if not per_layer:  # the check sees a cache that moves: pinned replicated, it is gathered
+        rep = sh.replicated(mesh)
+        assert cache_collectives(compiled(pinned.replace(
+            cache=jax.tree.map(lambda _: rep, pinned.cache))))
