@@ -331,3 +331,20 @@ def test_greedy_float32_decodes_at_highest_matmul_precision(monkeypatch):
         generate(CFG, params, PROMPTS[:1], max_new_tokens=2, sampler=sampler,
                  precision=precision)
     assert seen == ["highest", None, None]
+
+
+def test_greedy_pass_equals_autoregressive_in_bfloat16():
+    """bfloat16 params and compute (LA embeddings in bfloat16 too): greedy PaSS, fused and a
+    draft tree emit the autoregressive tokens of the same bfloat16 model, drafts accepted."""
+    cfg = CFG.replace(dtype="bfloat16", param_dtype="bfloat16")
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    assert params["embed"]["embedding"].dtype == jnp.bfloat16
+    la = params["embed"]["embedding"][:3] + 0.05  # real token embeddings: drafts get accepted
+    ar = generate(cfg, params, PROMPTS, max_new_tokens=24, eos_ids=())
+    accepted = 0
+    for method in ("pass-fused", "tree-2x2"):
+        out = generate(cfg, params, PROMPTS, max_new_tokens=24, method=method, la_LxD=la,
+                       eos_ids=())
+        assert out.tokens == ar.tokens, method
+        accepted += int(out.accepted.sum())
+    assert accepted > 0
