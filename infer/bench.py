@@ -67,8 +67,9 @@ from typing import Callable
 
 import numpy as np
 
+from infer.generate import add_decode_args
 from infer.prompts import make_chat_prompts, strip_chat_answer
-from pass_jax.decode import LAYER_FORMS, PRECISIONS, decode_stacked
+from pass_jax.decode import decode_stacked
 from pass_jax.gguf_file import resolve_model
 from pass_jax.sharding import add_mesh_arg, load_model_for_args
 
@@ -157,13 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data-dir", help="TFDS data dir (stdlib: where it is prepared)")
     ap.add_argument("--seed", type=int, default=0, help="prompt choice and sampling seeds")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    ap.add_argument("--layers", default="auto", choices=LAYER_FORMS,
-                    help="decode with per-layer params (a layer loop) or scanned ones: auto = "
-                         "per-layer on a CPU, scanned on GPU/TPU")
-    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
-                    help="matmul precision of our decode step: auto = highest for greedy "
-                         "float32 (exact greedy on GPUs, whose float32 default is TF32), else "
-                         "JAX's default")
+    add_decode_args(ap)
     ap.add_argument("--no-special-tokens", dest="add_special_tokens", action="store_false",
                     help="prompts without the special tokens the tokenizer adds by default (e.g. "
                          "LLaMA's BOS, which otherwise comes on top of --prompt-tokens)")

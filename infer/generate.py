@@ -45,6 +45,17 @@ def method_arg(text: str) -> str:
     return text
 
 
+def add_decode_args(ap: argparse.ArgumentParser) -> None:
+    """``--layers`` and ``--precision``: how our decode step runs (generate and bench)."""
+    ap.add_argument("--layers", default="auto", choices=LAYER_FORMS,
+                    help="decode with per-layer params (a layer loop) or scanned ones: auto = "
+                         "per-layer on a CPU, scanned on GPU/TPU")
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
+                    help="matmul precision of the decode step: auto = highest for greedy float32 "
+                         "(greedy output exactly autoregressive's on GPUs too, whose float32 "
+                         "default is TF32), else JAX's default")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m infer.generate", description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True,
@@ -70,13 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-len", type=int, help="KV-cache slots (default: just enough)")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                     help="compute dtype")
-    ap.add_argument("--layers", default="auto", choices=LAYER_FORMS,
-                    help="decode with per-layer params (a layer loop) or scanned ones: auto = "
-                         "per-layer on a CPU, scanned on GPU/TPU")
-    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
-                    help="matmul precision of the decode step: auto = highest for greedy float32 "
-                         "(greedy output exactly autoregressive's on GPUs too, whose float32 "
-                         "default is TF32), else JAX's default")
+    add_decode_args(ap)
     ap.add_argument("--json", action="store_true", help="print one JSON object at the end")
     add_mesh_arg(ap)
     return ap
