@@ -231,15 +231,28 @@ def cache_root() -> Path:
 def resolve_model(path, cache_dir=None) -> str:
     """A Hugging Face model directory for ``path``: ``path`` itself unless it is a ``.gguf``
     file, which is converted once into ``cache_dir`` (default ``cache_root()/gguf``) under a
-    name keyed by its content hash and reused afterwards."""
+    name keyed by its content hash and reused afterwards. The hash of a file is remembered by
+    path, size and modification time, so a later start reads nothing of the file."""
     if not is_gguf(path):
         return str(path)
     p = Path(path)
-    _reader(p)  # clear errors before hashing or converting
-    key = hashlib.sha256(f"{file_digest(p)}:{_CONVERTER_VERSION}".encode()).hexdigest()[:16]
-    out = Path(cache_dir or cache_root() / "gguf") / f"{p.stem}-{key}"
+    root = Path(cache_dir or cache_root() / "gguf")
+    stat = p.stat() if p.is_file() else None
+    stamp = stat and root / "digests" / hashlib.sha256(
+        f"{p.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    digest = stamp.read_text().strip() if stamp and stamp.is_file() else None
+    if digest is None:
+        _reader(p)  # clear errors before hashing or converting
+        digest = file_digest(p)
+    key = hashlib.sha256(f"{digest}:{_CONVERTER_VERSION}".encode()).hexdigest()[:16]
+    out = root / f"{p.stem}-{key}"
     if not (out / "config.json").is_file() or not (out / "model.safetensors").is_file():
         convert_gguf(p, out)
+    if not stamp.is_file():  # written last: a failed conversion leaves no shortcut behind
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stamp.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(digest)
+        os.replace(tmp, stamp)
     return str(out)
 
 

@@ -318,9 +318,17 @@ def test_resolve_model_converts_once(gguf_model, tmp_path, monkeypatch):
     def no_convert(*args, **kwargs):
         raise AssertionError("resolve_model reconverted a cached file")
 
+    hashed = []
+    digest = gguf_file.file_digest
     monkeypatch.setattr(gguf_file, "convert_gguf", no_convert)
+    monkeypatch.setattr(gguf_file, "file_digest", lambda p: hashed.append(p) or digest(p))
     assert gguf_file.resolve_model(str(path), cache_dir=cache) == first
     assert (Path(first) / "model.safetensors").stat().st_mtime_ns == mtime
+    assert hashed == []  # the file's hash is remembered: a later start reads none of it
+    stat = path.stat()  # touched: hashed again (same bytes, so the same conversion)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert gguf_file.resolve_model(str(path), cache_dir=cache) == first
+    assert hashed == [path]
     monkeypatch.undo()
     # the cache is keyed by content: another file under the same name converts anew
     other = tmp_path / "other" / path.name
