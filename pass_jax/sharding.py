@@ -582,8 +582,8 @@ def memory_plan(cfg: ModelConfig, mesh_shape, batch: int, max_len: int, dtype="b
       dtype: params, activations and cache dtype. LA params and Adam moments are float32.
       device: a key of ``DEVICES`` or a memory size in bytes.
       train_batch, train_seq_len, num_groups: the LA training batch (paper: batch 8).
-      remat: estimate activations as if each layer were rematerialised (``nn.remat`` on the
-        scanned block, saving only the layer inputs); the model does not do this today.
+      remat: estimate activations with each layer rematerialised (``train.lookahead --remat
+        layer``: ``nn.remat`` on the scanned block, saving only the layer inputs).
 
     Returns a dict of byte counts: ``params_total``, ``params_per_device`` (exact, from the
     partition rules), ``kv_per_token`` (all layers, K and V), ``kv_per_device``,
