@@ -15,11 +15,9 @@ Emitted tokens go to ``out[B, max_new_tokens]``; EOS (inside accepted drafts too
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
 import time
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, replace
+from functools import partial, wraps
 from typing import Any, Callable, Sequence
 
 import flax.struct
@@ -73,7 +71,7 @@ def decode_precision(cfg: ModelConfig, sampler: SamplerConfig, precision: str = 
 
 def _at_spec_precision(fn):
     """Runs ``fn(spec, ...)`` (traced) under ``spec.precision``'s default matmul precision."""
-    @functools.wraps(fn)
+    @wraps(fn)
     def wrapped(spec: DecodeSpec, *args, **kwargs):
         with (contextlib.nullcontext() if spec.precision is None
               else jax.default_matmul_precision(spec.precision)):
@@ -117,6 +115,7 @@ def _emit(spec: DecodeSpec, state: DecodeState, new_BxE: jax.Array, count_B: jax
     return state.replace(out_BxN=out, n_B=n_B, done_B=done_B)
 
 
+@_at_spec_precision
 def layout_call(spec: DecodeSpec, layout: Layout, params, la_LxD, state: DecodeState):
     """One forward call of ``layout``: verify its draft tree, commit the accepted path, emit, and
     draw the next drafts from the LA group under the last accepted node."""
@@ -221,7 +220,6 @@ def _stream_host(callback, out_BxN, n_B):
     callback(np.asarray(out_BxN), np.asarray(n_B))
 
 
-@_at_spec_precision
 def decode_loop(spec: DecodeSpec, params, la_LxD, state: DecodeState, stop_B=None,
                 stream: Callable | None = None, bootstrap: bool = True) -> DecodeState:
     """Bootstrap calls (unless ``bootstrap`` is False), then ``pass_step`` in a
@@ -480,7 +478,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
         cache = init_cache(cfg, B, max_len, per_layer=per_layer)
     else:
         run, to_host = sharding.sharded_generate_fn(mesh, B, cfg, per_layer), sharding.to_host
-        spec = dataclasses.replace(spec, state_sharding=sharding.decode_state_sharding(
+        spec = replace(spec, state_sharding=sharding.decode_state_sharding(
             mesh, B, cfg, per_layer))
         la, prompt, lens, active, eos, rng = sharding.place_decode_inputs(inputs, mesh)
         cache = sharding.init_cache_sharded(cfg, B, max_len, mesh, per_layer=per_layer)
