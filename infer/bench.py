@@ -71,7 +71,7 @@ from infer.generate import add_decode_args
 from infer.prompts import make_chat_prompts, strip_chat_answer
 from pass_jax.decode import decode_stacked
 from pass_jax.gguf_file import resolve_model
-from pass_jax.sharding import add_mesh_arg, load_model_for_args
+from pass_jax.cli import add_mesh_arg, load_model_for_args
 
 OUR_METHODS = ("ar", "unk", "pass", "pass-fused", "auto")
 HF_METHODS = ("hf-generate", "hf-prompt-lookup")
@@ -410,7 +410,7 @@ def ours_runner(cfg, params, method: str, la, eos_ids, mesh=None, auto_methods=N
     'auto' choosing among ``auto_methods``, its statistics starting from ``auto_prior``: the
     export's recorded acceptance, greedy or sampled), on ``mesh`` when one is given, at matmul
     ``precision`` (``decode.decode_precision``)."""
-    from pass_jax.decode import generate
+    from pass_jax.generation import generate
 
     def run(prompts, B, sampler, seed, max_new_tokens):
         out = Run(tokens=[], wall=0.0, accepted=None)

@@ -34,6 +34,14 @@ import shlex
 import sys
 import time
 
+import jax
+
+from infer import bench
+from infer.default_model import NAME, default_model_dir
+from pass_jax.lookahead import TENSOR_FILE
+from train import base as train_base
+from train import lookahead as train_lookahead
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(REPO, "configs", "demo.yaml")
 SMOLLM2_CONFIG = os.path.join(REPO, "configs", "smollm2.yaml")
@@ -94,13 +102,8 @@ def _step(title: str, program: str, argv: list[str]):
     """Print the command, then run ``program``'s main(argv) here; exit on failure."""
     print(f"\n== {title}\n$ python -m {program} {shlex.join(argv)}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    if program == "train.base":
-        from train import base as mod
-    elif program == "train.lookahead":
-        from train import lookahead as mod
-    else:
-        from infer import bench as mod
-    rc = mod.main(argv)
+    mod = {"train.base": train_base, "train.lookahead": train_lookahead, "infer.bench": bench}
+    rc = mod[program].main(argv)
     if isinstance(rc, int) and rc != 0:
         raise SystemExit(f"{program} stopped with exit status {rc}; re-run the demo to resume")
     print(f"== {title}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
@@ -108,7 +111,7 @@ def _step(title: str, program: str, argv: list[str]):
 
 
 def lookahead_done(out: str) -> bool:
-    from pass_jax.lookahead import TENSOR_FILE
+    """Whether ``out`` holds exported look-ahead embeddings."""
     return os.path.isfile(os.path.join(out, TENSOR_FILE))
 
 
@@ -160,8 +163,6 @@ def _bench_argv(args, sizes: dict, model: str, la: str, methods: str, out_dir: s
 def run_smollm2(args) -> dict:
     """The default demo on SmolLM2-135M-Instruct; returns ``{'code', 'chat', 'demo_trained'}``
     benchmark results (the last absent with ``--la-steps 0``)."""
-    from infer.default_model import NAME, default_model_dir
-
     root = os.path.join(args.artifacts, "smollm2")
     out_dir = args.out_dir or os.path.join(root, "results")
     t = time.perf_counter()
@@ -220,8 +221,7 @@ def run_tiny(args) -> dict:
 
     base_argv = ["--config", config, "--out", base_dir, f"data_dir={data_dir}",
                  "data=stdlib"] + (QUICK_BASE if args.quick else [])
-    from train.base import is_complete
-    if is_complete(base_dir):
+    if train_base.is_complete(base_dir):
         print(f"== base model: cached ({base_dir})", file=sys.stderr)
     else:
         _step("corpus, tokenizer and base model", "train.base", base_argv)
@@ -252,8 +252,6 @@ def run_tiny(args) -> dict:
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
-    import jax
-
     # compiled programs are cached, so a second run skips most compilation
     jax.config.update("jax_compilation_cache_dir",
                       os.path.abspath(os.path.join(args.artifacts, "jax_cache")))

@@ -27,9 +27,14 @@ import json
 import os
 import sys
 
+from pass_jax.cli import add_mesh_arg, load_model_for_args
+from pass_jax.config import SamplerConfig
 from pass_jax.decode import LAYER_FORMS, PRECISIONS, decode_stacked
+from pass_jax.generation import generate
 from pass_jax.gguf_file import resolve_model
-from pass_jax.sharding import add_mesh_arg, load_model_for_args
+from pass_jax.hf import load_tokenizer
+from pass_jax.layout import MAX_LOOKAHEAD, make_schedule, parse_tree
+from pass_jax.lookahead import init_lookahead, load_lookahead, recorded_acceptance
 
 METHODS = ("ar", "pass", "pass-fused", "unk", "auto")
 REPLACEMENT_CHAR = "\ufffd"  # what decoding shows for the bytes of an incomplete character
@@ -37,8 +42,6 @@ REPLACEMENT_CHAR = "\ufffd"  # what decoding shows for the bytes of an incomplet
 
 def method_arg(text: str) -> str:
     """``--method``: one of METHODS or a draft tree ``tree-WxWx..``."""
-    from pass_jax.layout import parse_tree
-
     if text not in METHODS and parse_tree(text) is None:
         raise argparse.ArgumentTypeError(
             f"invalid choice: {text!r} (choose from {', '.join(METHODS)}, tree-WxWx..)")
@@ -89,8 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_flags(args) -> None:
     """Raises ValueError naming the first flag whose value cannot work (before any loading)."""
-    from pass_jax.layout import MAX_LOOKAHEAD, make_schedule
-
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.num_lookahead is not None and not 1 <= args.num_lookahead <= MAX_LOOKAHEAD:
@@ -115,8 +116,6 @@ def resolve_method(args) -> str:
 
 def lookahead_for(args, cfg, params):
     """The LA embeddings a method needs (None for ar), with clear errors for bad flag mixes."""
-    from pass_jax.lookahead import init_lookahead, load_lookahead
-
     if args.method == "ar":
         return None
     if args.method == "unk":
@@ -188,8 +187,6 @@ class TextStream:
 def auto_prior(args, sampler) -> list[float] | None:
     """``--method auto``'s starting acceptance per depth: what the ``--lookahead`` export
     recorded at training (greedy or sampled), if anything."""
-    from pass_jax.lookahead import recorded_acceptance
-
     if args.method != "auto" or not args.lookahead:
         return None
     acc = recorded_acceptance(args.lookahead)
@@ -198,10 +195,6 @@ def auto_prior(args, sampler) -> list[float] | None:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    from pass_jax.config import SamplerConfig
-    from pass_jax.decode import generate
-    from pass_jax.hf import load_tokenizer
-
     try:
         args.method = resolve_method(args)
         check_flags(args)

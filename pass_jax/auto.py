@@ -35,8 +35,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .cache import init_cache
 from .config import ModelConfig, SamplerConfig
+from .decode import (DecodeSpec, GenerationResult, batch_bucket, bucket, check_lengths,
+                     decode_precision, eos_array, generate_fixed, pass_step, prefill_jit,
+                     prepare_batch, required_cache_len, resume_jit, round_cache_len,
+                     switch_schedule)
 from .layout import Schedule, make_schedule, parse_tree, tree_name
+from .model import is_stacked
 
 TREES = ((2, 1, 1, 1), (2, 2, 1, 1), (3, 2, 1, 1))  # cut to depth L
 
@@ -114,8 +120,6 @@ class AcceptanceStats:
 def timing_slots(prompt_len: int, schedule: Schedule, steps: int = 8) -> int:
     """Cache slots ``iteration_seconds`` needs: the padded prompt, 8 generated tokens,
     ``steps`` iterations' tokens and one iteration's scratch."""
-    from .decode import bucket, required_cache_len
-
     return required_cache_len(bucket(prompt_len), 8 + steps * schedule.step_tokens, schedule)
 
 
@@ -125,8 +129,6 @@ def iteration_seconds(cfg: ModelConfig, params, method: str, la_LxD, prompts: li
     bucket; every row active): ``steps`` iterations in one jitted ``fori_loop``, on the state a
     short greedy generation (8 tokens) left, its rows made active again; warm-up, then the
     median of ``repeats``. ``max_len``: cache slots (default: just enough, rounded up to 128)."""
-    from .decode import DecodeSpec, decode_precision, generate, pass_step, round_cache_len
-
     la = None if method == "ar" else la_LxD
     schedule = make_schedule(method, 0 if la is None else int(np.shape(la)[0]))
     N = steps * schedule.step_tokens  # at most the tokens the timed steps emit
@@ -134,7 +136,7 @@ def iteration_seconds(cfg: ModelConfig, params, method: str, la_LxD, prompts: li
     if max_len is not None and max_len < need:
         raise ValueError(f"max_len {max_len} is too small to time {steps} {method} steps "
                          f"after the prompt ({need} slots needed)")
-    _, state = generate(cfg, params, prompts, max_new_tokens=8, eos_ids=(), method=method,
+    _, state = generate_fixed(cfg, params, prompts, max_new_tokens=8, eos_ids=(), method=method,
                         la_LxD=la, max_len=max_len or round_cache_len(need), return_state=True)
     spec = DecodeSpec(cfg, schedule, SamplerConfig(), N, decode_precision(cfg, SamplerConfig()))
     B = state.y_B.shape[0]
@@ -161,9 +163,6 @@ def iteration_costs(cfg: ModelConfig, params, la_LxD, methods: Sequence[str],
                     prompts: list[list[int]], max_len: int, repeats: int = 3) -> dict[str, float]:
     """Seconds per loop iteration of each method at this batch size and cache size on the
     default device, timed once per process (``iteration_seconds``)."""
-    from .decode import batch_bucket, round_cache_len
-    from .model import is_stacked
-
     L = int(np.shape(la_LxD)[0])
     key = (cfg, batch_bucket(len(prompts)), max_len, is_stacked(params), L,
            jax.devices()[0].device_kind)
@@ -227,21 +226,16 @@ def generate_auto(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
                   prior: Sequence[float] | None = None,
                   stream: Callable[[np.ndarray, np.ndarray], None] | None = None,
                   precision: str = "auto"):
-    """``decode.generate(..., method="auto")``: see the module docstring. ``methods``: the
+    """``generation.generate(..., method="auto")``: see the module docstring. ``methods``: the
     candidates (default ``candidates(L)``); ``segment``: tokens per row between choices;
     ``stream`` is called after every segment. ``prior``: a known acceptance per depth (the
     export's held-out estimate): the statistics start from it, the first segment is already
     chosen by expected tokens per second, and exploring runs the best speculative candidate
     every ``explore_every`` (default 32) autoregressive segments; without it the first segment
     runs the widest candidate and exploring comes every 8. ``precision``: as in
-    ``decode.generate``. Returns a ``GenerationResult``
+    ``generation.generate``. Returns a ``GenerationResult``
     whose ``auto`` holds the choices (``AutoLog``)."""
-    from .cache import init_cache
-    from .decode import (DecodeSpec, GenerationResult, decode_precision, eos_array, generate,
-                         prefill_jit, prepare_batch, required_cache_len, resume_jit, round_cache_len,
-                         switch_schedule)
-    from .model import is_stacked
-
+    check_lengths(cfg, prompts, max_new_tokens)
     if la_LxD is None:
         raise ValueError("method 'auto' needs look-ahead embeddings (la_LxD)")
     L = int(np.shape(la_LxD)[0])
@@ -273,9 +267,9 @@ def generate_auto(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
     if first == "ar" and prior is not None and explore_every * segment >= N:
         # autoregressive, and nothing would be explored before the end: the plain loop, which
         # saves the segments' host round trips
-        res = generate(cfg, params, prompts, max_new_tokens=N, method="ar", sampler=sampler,
-                       eos_ids=eos_ids, seed=seed, max_len=asked_len, stream=stream,
-                       precision=precision)
+        res = generate_fixed(cfg, params, prompts, max_new_tokens=N, method="ar",
+                             sampler=sampler, eos_ids=eos_ids, seed=seed, max_len=asked_len,
+                             stream=stream, precision=precision)
         log.segments.append("ar")
         log.calls["ar"] = int(sum(res.calls))
         log.tokens["ar"] = sum(map(len, res.tokens)) - rows  # the prefill's token aside

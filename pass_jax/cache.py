@@ -16,8 +16,11 @@ from __future__ import annotations
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from .config import ModelConfig
+from .sharding import BATCH_AXES, fit_spec, mesh_shape
 
 
 @flax.struct.dataclass
@@ -49,18 +52,43 @@ class KVCache:
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None,
-               per_layer: bool = False) -> KVCache:
+               per_layer: bool = False, mesh: Mesh | None = None) -> KVCache:
     """An empty cache (all lengths 0) for ``batch`` rows of ``max_len`` slots; ``per_layer``:
-    a tuple of per-layer arrays (for ``model.unstack_layers`` params)."""
+    a tuple of per-layer arrays (for ``model.unstack_layers`` params). With a ``mesh`` it is
+    created directly in its shards (:func:`cache_sharding`)."""
     if max_len < 1:
         raise ValueError(f"cache max_len must be >= 1, got {max_len}")
     dtype = jnp.dtype(dtype or cfg.dtype)
     shape = (batch, cfg.n_kv_heads, max_len, cfg.hd)
+
+    def empty() -> KVCache:
+        if per_layer:
+            kv = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
+        else:
+            kv = lambda: jnp.zeros((cfg.n_layers, *shape), dtype)
+        return KVCache(k=kv(), v=kv(), lengths=jnp.zeros((batch,), jnp.int32))
+
+    if mesh is None:
+        return empty()
+    return jax.jit(empty, out_shardings=cache_sharding(cfg, mesh, batch, per_layer))()
+
+
+def cache_specs(cfg: ModelConfig, mesh, batch: int, per_layer: bool = False) -> KVCache:
+    """``KVCache`` of ``PartitionSpec``: k/v ``[N, B, K, S, E]`` (or N per-layer ``[B, K, S, E]``)
+    over batch and kv heads; ``mesh``: a ``Mesh`` or its axis sizes."""
+    ms = mesh_shape(mesh)
+    shape = (cfg.n_layers, batch, cfg.n_kv_heads, 1, cfg.hd)
+    kv = fit_spec(shape, (None, BATCH_AXES, "tensor", None, None), ms, "kv cache")
     if per_layer:
-        kv = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
-    else:
-        kv = lambda: jnp.zeros((cfg.n_layers, *shape), dtype)
-    return KVCache(k=kv(), v=kv(), lengths=jnp.zeros((batch,), jnp.int32))
+        kv = (P(*kv[1:]),) * cfg.n_layers
+    return KVCache(k=kv, v=kv, lengths=fit_spec((batch,), (BATCH_AXES,), ms, "cache lengths"))
+
+
+def cache_sharding(cfg: ModelConfig, mesh: Mesh, batch: int, per_layer: bool = False) -> KVCache:
+    """``KVCache`` of ``NamedSharding`` for a cache of ``batch`` rows on ``mesh``."""
+    specs = cache_specs(cfg, mesh, batch, per_layer)
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                        is_leaf=lambda x: isinstance(x, P))
 
 
 def cache_bytes_per_token(cfg: ModelConfig, dtype=None) -> int:

@@ -88,8 +88,9 @@ def abstract_like(tree: Any, shardings: Any = None) -> Any:
     """``jax.ShapeDtypeStruct`` leaves with the shapes and dtypes of ``tree`` (arrays or
     ShapeDtypeStructs, e.g. from ``jax.eval_shape``), as a restore target.
 
-    ``shardings`` (a matching pytree of ``jax.sharding.Sharding``) places the restored arrays;
-    leaves without one go to the first local device.
+    ``shardings`` (a matching pytree of ``jax.sharding.Sharding``, or one for every leaf)
+    places the restored arrays, e.g. on another mesh than they were saved from; leaves without
+    one keep their own sharding or go to the first local device.
     """
     default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
@@ -99,6 +100,8 @@ def abstract_like(tree: Any, shardings: Any = None) -> Any:
 
     if shardings is None:
         return jax.tree.map(leaf, tree)
+    if isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: leaf(x, shardings), tree)
     return jax.tree.map(leaf, tree, shardings)
 
 

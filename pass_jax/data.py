@@ -38,6 +38,7 @@ from grain.experimental import ConcatThenSplitIterDataset, WindowShuffleIterData
 from tqdm import tqdm
 
 from pass_jax import stdlib_corpus
+from pass_jax.tokenizer import special_affixes
 
 SPEC_FORMS = ("tfds:NAME[/CONFIG][:SPLIT]", "files:GLOB", "stdlib", "self")
 SPLITS = (stdlib_corpus.TRAIN_SPLIT, stdlib_corpus.HELDOUT_SPLIT)
@@ -342,8 +343,6 @@ def token_batches(
         )
     if repeat:
         docs = docs.repeat()
-    from pass_jax.tokenizer import special_affixes  # transformers: imported only when used
-
     affixes = special_affixes(tokenizer) if add_special_tokens else ([], [])
     tokens = docs.map(lambda text: _document_tokens(tokenizer, text, affixes))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, replace
-from functools import partial, wraps
+from dataclasses import dataclass, fields, replace
+from functools import lru_cache, partial, wraps
 from typing import Any, Callable, Sequence
 
 import flax.struct
@@ -25,11 +25,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
+from jax.sharding import Mesh
 
-from .cache import KVCache, init_cache
+from .cache import KVCache, cache_sharding, init_cache
 from .config import ModelConfig, SamplerConfig
 from .layout import Layout, Schedule, make_schedule
 from .model import embed_tokens, forward, is_stacked, logits_from_hidden
+from .sharding import batch_divisor, batch_sharding, replicated, shard_batch, to_host
 from .sampling import (draw_without_replacement, sample_logits, support_size, verify_tree,
                        warp_probs)
 
@@ -45,7 +47,7 @@ class DecodeSpec:
     sampler: SamplerConfig
     max_new_tokens: int
     precision: str | None = None  # matmul precision inside the step (None: JAX's default)
-    # a DecodeState of shardings pinned inside the loop (``sharding.decode_state_sharding``)
+    # a DecodeState of shardings pinned inside the loop (``decode_state_sharding``)
     state_sharding: Any = None
 
 
@@ -249,12 +251,54 @@ def decode_loop(spec: DecodeSpec, params, la_LxD, state: DecodeState, stop_B=Non
     return jax.lax.while_loop(cond, body, state)
 
 
-@partial(jax.jit, static_argnames=("spec", "stream"), donate_argnames=("cache",))
-def generate_jit(spec: DecodeSpec, params, la_LxD, prompt_BxP, prompt_len_B, active_B, eos_E,
-                 cache: KVCache, rng, stream: Callable | None = None) -> DecodeState:
+def _generate(spec: DecodeSpec, params, la_LxD, prompt_BxP, prompt_len_B, active_B, eos_E,
+              cache: KVCache, rng, stream: Callable | None = None) -> DecodeState:
     """Prefill, then ``decode_loop`` until every row is done or the cache is full."""
     state = prefill(spec, params, prompt_BxP, prompt_len_B, active_B, eos_E, cache, rng)
     return decode_loop(spec, params, la_LxD, state, None, stream)
+
+
+_GENERATE_JIT = {"static_argnames": ("spec", "stream"), "donate_argnames": ("cache",)}
+generate_jit = jax.jit(_generate, **_GENERATE_JIT)
+
+
+# --------------------------------------------------------------------------- on a mesh
+
+
+@lru_cache(maxsize=32)
+def decode_state_sharding(mesh: Mesh, batch: int, cfg: ModelConfig, per_layer: bool = False
+                          ) -> DecodeState:
+    """A ``DecodeState`` of shardings: the cache by the partition rules
+    (``cache.cache_sharding``), per-row fields (``*_B``, ``*_Bx*``) over the batch axes, the
+    rest replicated. ``generate_fixed`` pins the loop state to it inside the ``while_loop``
+    (``DecodeSpec.state_sharding``) and returns it so."""
+    rows, rep = batch_sharding(mesh, (batch,)), replicated(mesh)
+    cache = cache_sharding(cfg, mesh, batch, per_layer)
+
+    def field(name):
+        if name == "cache":
+            return cache
+        return rows if name.endswith("_B") or "_Bx" in name else rep
+
+    return DecodeState(**{f.name: field(f.name) for f in fields(DecodeState)})
+
+
+@lru_cache(maxsize=32)
+def sharded_generate_jit(mesh: Mesh, batch: int, cfg: ModelConfig, per_layer: bool = False):
+    """``generate_jit`` with the output shardings of :func:`decode_state_sharding`."""
+    return jax.jit(_generate, **_GENERATE_JIT,
+                   out_shardings=decode_state_sharding(mesh, batch, cfg, per_layer))
+
+
+def place_decode_inputs(inputs, mesh: Mesh):
+    """``generate_jit``'s host inputs on ``mesh``: ``(la_LxD, prompt_BxP, prompt_len_B,
+    active_B, eos_E, rng)`` with the LA embeddings, EOS ids and RNG replicated, the per-row
+    arrays split over the batch axes."""
+    la_LxD, prompt_BxP, prompt_len_B, active_B, eos_E, rng = inputs
+    rep = replicated(mesh)
+    rows = shard_batch((prompt_BxP, prompt_len_B, active_B), mesh, process_local=False)
+    return (jax.device_put(np.asarray(la_LxD), rep), *rows, jax.device_put(eos_E, rep),
+            jax.device_put(rng, rep))
 
 
 def switch_schedule(state: DecodeState, schedule: Schedule) -> DecodeState:
@@ -388,10 +432,14 @@ def decode_stacked(layers: str = "auto") -> bool:
     return jax.default_backend() != "cpu" if layers == "auto" else layers == "scanned"
 
 
-def check_positions(cfg: ModelConfig, prompt_len: int, max_new_tokens: int) -> None:
-    """Raises ValueError when the longest prompt plus ``max_new_tokens`` passes the model's
-    maximum position (``max_position_embeddings``): the model was never trained there (RoPE)
-    or has no embedding for it (learned positions)."""
+def check_lengths(cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int
+                  ) -> None:
+    """Raises ValueError when ``max_new_tokens`` < 1 or when the longest prompt plus
+    ``max_new_tokens`` passes the model's maximum position (``max_position_embeddings``): the
+    model was never trained there (RoPE) or has no embedding for it (learned positions)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    prompt_len = max((len(p) for p in prompts), default=0)
     if prompt_len + max_new_tokens > cfg.max_position:
         raise ValueError(
             f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) = "
@@ -400,14 +448,14 @@ def check_positions(cfg: ModelConfig, prompt_len: int, max_new_tokens: int) -> N
             f"at most {max(cfg.max_position - prompt_len, 0)} tokens")
 
 
-def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-             method: str = "ar", la_LxD=None, sampler: SamplerConfig = SamplerConfig(),
-             eos_ids: Sequence[int] | None = None, seed: int = 0, max_len: int | None = None,
-             stream: Callable[[np.ndarray, np.ndarray], None] | None = None, mesh=None,
-             return_state: bool = False, auto_methods: Sequence[str] | None = None,
-             auto_prior: Sequence[float] | None = None, precision: str = "auto"
-             ) -> GenerationResult:
-    """Generate continuations of token-id prompts.
+def generate_fixed(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
+                   max_new_tokens: int, method: str = "ar", la_LxD=None,
+                   sampler: SamplerConfig = SamplerConfig(), eos_ids: Sequence[int] | None = None,
+                   seed: int = 0, max_len: int | None = None,
+                   stream: Callable[[np.ndarray, np.ndarray], None] | None = None, mesh=None,
+                   return_state: bool = False, precision: str = "auto") -> GenerationResult:
+    """Generate continuations of token-id prompts with one method throughout (every method but
+    ``auto``; ``generation.generate`` is the entry point for all of them).
 
     ``params`` may be stacked (``hf.load_hf``) or per layer (``hf.load_hf(..., stacked=False)``,
     ``model.unstack_layers``: a layer loop and a per-layer cache, faster on XLA:CPU).
@@ -415,9 +463,7 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
     Args:
       method: ``ar``, ``pass`` (paper schedule), ``pass-fused``, or a fused draft tree
         ``tree-3x2x1x1`` (widths per depth, depth <= L; ``tree-1x1`` is ``pass-fused`` with
-        L = 2), or ``auto`` (the layout of the best expected tokens per second on this device,
-        re-chosen every 32 tokens: ``auto.generate_auto``; one device, ``stream`` called per
-        segment); PaSS needs ``la_LxD`` (trained look-ahead embeddings, or
+        L = 2); PaSS needs ``la_LxD`` (trained look-ahead embeddings, or
         ``lookahead.init_lookahead`` for the [UNK] baseline).
       eos_ids: ids that end a row (default: the config's ``eos_token_ids``).
       max_len: KV-cache slots (default: just enough, rounded up to a multiple of 128).
@@ -425,22 +471,10 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
       mesh: a ``jax.sharding.Mesh`` (``sharding.make_mesh``): rows are split over its batch axes
         and the cache by the partition rules; ``params`` should already be on it.
       return_state: also return the final ``DecodeState`` (``(result, state)``).
-      auto_methods: the candidates of ``auto`` (default ``auto.candidates(L)``).
-      auto_prior: ``auto``'s starting acceptance per depth (``auto.generate_auto``'s ``prior``).
       precision: matmul precision of the decode step (``decode_precision``): ``auto`` (exact
         greedy decoding of float32 models), ``default`` or ``highest``.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    check_positions(cfg, max((len(p) for p in prompts), default=0), max_new_tokens)
-    if method == "auto":
-        if mesh is not None or return_state:
-            raise ValueError("method 'auto' runs on one device and returns no state")
-        from .auto import generate_auto
-        return generate_auto(cfg, params, prompts, max_new_tokens=max_new_tokens, la_LxD=la_LxD,
-                             sampler=sampler, eos_ids=eos_ids, seed=seed, max_len=max_len,
-                             methods=auto_methods, prior=auto_prior, stream=stream,
-                             precision=precision)
+    check_lengths(cfg, prompts, max_new_tokens)
     L = 0 if method == "ar" else (None if la_LxD is None else int(np.shape(la_LxD)[0]))
     if method != "ar" and la_LxD is None:
         raise ValueError(f"method {method!r} needs look-ahead embeddings (la_LxD)")
@@ -448,11 +482,8 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
     if L and np.shape(la_LxD)[1] != cfg.d_model:
         raise ValueError(f"look-ahead embeddings have width {np.shape(la_LxD)[1]}, "
                          f"the model has d_model={cfg.d_model}")
-    sharding = None
-    if mesh is not None:
-        from . import sharding
     prompt_BxP, prompt_len_B, active_B = prepare_batch(
-        prompts, cfg.vocab_size, 1 if mesh is None else sharding.batch_divisor(mesh))
+        prompts, cfg.vocab_size, 1 if mesh is None else batch_divisor(mesh))
     B, P = prompt_BxP.shape
     need = required_cache_len(P, max_new_tokens, schedule)
     if max_len is None:
@@ -473,15 +504,13 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
               eos_array(cfg.eos_token_ids if eos_ids is None else eos_ids),
               jax.random.PRNGKey(seed))
     if mesh is None:
-        run, to_host = generate_jit, np.asarray
+        run = generate_jit
         la, prompt, lens, active, eos, rng = map(jnp.asarray, inputs)
-        cache = init_cache(cfg, B, max_len, per_layer=per_layer)
     else:
-        run, to_host = sharding.sharded_generate_fn(mesh, B, cfg, per_layer), sharding.to_host
-        spec = replace(spec, state_sharding=sharding.decode_state_sharding(
-            mesh, B, cfg, per_layer))
-        la, prompt, lens, active, eos, rng = sharding.place_decode_inputs(inputs, mesh)
-        cache = sharding.init_cache_sharded(cfg, B, max_len, mesh, per_layer=per_layer)
+        run = sharded_generate_jit(mesh, B, cfg, per_layer)
+        spec = replace(spec, state_sharding=decode_state_sharding(mesh, B, cfg, per_layer))
+        la, prompt, lens, active, eos, rng = place_decode_inputs(inputs, mesh)
+    cache = init_cache(cfg, B, max_len, per_layer=per_layer, mesh=mesh)
     t0 = time.perf_counter()
     state = run(spec, params, la, prompt, lens, active, eos, cache, rng, stream)
     out, n = jax.block_until_ready((state.out_BxN, state.n_B))

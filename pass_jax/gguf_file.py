@@ -26,7 +26,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
+import tokenizers
+import transformers
 
 from . import hf
 
@@ -55,8 +58,6 @@ def is_gguf(path) -> bool:
 
 
 def _reader(path: Path):
-    import gguf
-
     if not path.is_file():
         raise FileNotFoundError(f"GGUF file {str(path)!r} does not exist")
     with open(path, "rb") as f:
@@ -127,8 +128,6 @@ def unpermute_rows(w_OxI: np.ndarray, n_heads: int) -> np.ndarray:
 
 def hf_tensors(reader, config: dict[str, Any]) -> dict[str, np.ndarray]:
     """Every GGUF tensor dequantized to float32 under its Hugging Face name, q/k unpermuted."""
-    import gguf
-
     out: dict[str, np.ndarray] = {}
     unknown = []
     for t in reader.tensors:
@@ -159,8 +158,6 @@ def hf_tensors(reader, config: dict[str, Any]) -> dict[str, np.ndarray]:
 
 def load_tokenizer(path):
     """The transformers tokenizer built from a GGUF file's metadata (chat template kept)."""
-    import transformers
-
     p = Path(path)
     try:
         return transformers.AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name,
@@ -176,8 +173,6 @@ def within_vocab(tokenizer, vocab_size: int):
     vocabulary lacks it, as id ``vocab_size``: text containing it would give an id the model
     has no embedding for. The backend is rebuilt without such tokens (special token roles that
     pointed at them are dropped); a tokenizer with none is returned as is."""
-    import tokenizers
-
     past = {t for t, i in tokenizer.get_added_vocab().items() if i >= vocab_size}
     if not past:
         return tokenizer
@@ -195,8 +190,6 @@ def convert_gguf(path, out_dir) -> Path:
     ``out_dir`` (float32 safetensors, config, tokenizer with its chat template), written
     atomically. Raises :class:`GGUFError` naming the problem for a corrupt or truncated file,
     an unsupported architecture or quantization type, or missing metadata."""
-    import transformers
-
     path = Path(path)
     reader = _reader(path)
     kw = hf_config_dict(reader)

@@ -27,8 +27,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import transformers
+from jax.sharding import Mesh, NamedSharding
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from .config import ModelConfig, RopeScaling
+from .model import init_params, stack_layers
+from .sharding import PARAM_RULES, param_spec, put_sharded
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2")
 _LLAMA_TYPES = ("llama", "mistral", "qwen2")
@@ -171,8 +177,6 @@ def to_hf_config(cfg: ModelConfig):
     Raises ``ValueError`` when ``cfg`` uses a feature the target ``model_type`` cannot express
     (e.g. Qwen2 without qkv biases, Mistral with biases, LLaMA with a sliding window).
     """
-    import transformers
-
     mt = cfg.model_type
     if mt not in SUPPORTED_MODEL_TYPES:
         raise _unsupported(mt)
@@ -292,8 +296,6 @@ def _hf_shape(t: _Tensor, shapes: dict) -> tuple[int, ...]:
 
 
 def _param_shapes(cfg: ModelConfig):
-    from .model import init_params
-
     tree = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
     flat = {tuple(k.key for k in path): leaf
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
@@ -312,20 +314,15 @@ def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict:
 
 # --------------------------------------------------------------------------- reading
 
-def _resolve(model_dir) -> str:
-    """``model_dir``, or for a ``.gguf`` file the Hugging Face directory it converts to."""
-    from .gguf_file import resolve_model  # imported here: gguf_file writes through this module
-
-    return resolve_model(model_dir)
-
-
 def _check_model_dir(model_dir) -> Path:
     d = Path(model_dir)
     if not d.exists():
         raise FileNotFoundError(f"model directory {str(d)!r} does not exist")
     if not d.is_dir():
+        hint = (" (a GGUF file: convert it with gguf_file.resolve_model, as the programs do for "
+                "--model)" if d.suffix == ".gguf" else "")
         raise NotADirectoryError(f"{str(d)!r} is not a directory (expected a Hugging Face model "
-                                 "directory with config.json and *.safetensors)")
+                                 f"directory with config.json and *.safetensors){hint}")
     if not (d / "config.json").is_file():
         raise FileNotFoundError(f"{str(d)!r} has no config.json; not a Hugging Face model "
                                 "directory")
@@ -378,13 +375,11 @@ def read_hf_config(model_dir):
     raw = _read_json(d / "config.json")
     if raw.get("model_type") not in SUPPORTED_MODEL_TYPES:
         raise _unsupported(raw.get("model_type"))
-    import transformers
-
     return transformers.AutoConfig.from_pretrained(str(d), local_files_only=True)
 
 
 def load_hf(model_dir, dtype: str = "float32", param_dtype: str | None = None,
-            stacked: bool = True):
+            stacked: bool = True, mesh: Mesh | None = None, rules=PARAM_RULES):
     """Load a local Hugging Face model directory into ``(ModelConfig, params)``.
 
     ``config.json`` is read with ``transformers.AutoConfig`` (local only), weights from
@@ -393,23 +388,32 @@ def load_hf(model_dir, dtype: str = "float32", param_dtype: str | None = None,
     cast to. ``stacked=False`` gives per-layer params (``model.unstack_layers``, for decoding)
     with no stacked copy on the device (the host reads each weight stacked, once). Raises a
     clear error for a missing directory or config, pickle-only checkpoints, an unsupported
-    ``model_type``, and missing, unexpected or mis-shaped tensors. A ``.gguf`` file is read
-    through its cached conversion (``gguf_file.resolve_model``).
+    ``model_type``, and missing, unexpected or mis-shaped tensors. A ``.gguf`` file is first
+    converted to such a directory by ``gguf_file.resolve_model`` (cached).
+
+    The checkpoint is read into host numpy arrays (one host copy of the model), then each leaf
+    is handed to its device(s) and freed, so host memory peaks at one copy plus one leaf. With a
+    ``mesh``, every weight goes straight into its shards by the partition ``rules``
+    (``sharding.PARAM_RULES``): no device holds more than its shard, and with several processes
+    each one reads the files and transfers only its addressable slices.
     """
-    d = _check_model_dir(_resolve(model_dir))
+    d = _check_model_dir(model_dir)
     cfg = config_from_hf(read_hf_config(d), dtype=dtype, param_dtype=param_dtype)
     files = _weight_files(d)
     with contextlib.ExitStack() as stack:
         flat = _read_tensors(d, cfg, files, stack, stacked)
-    # convert leaf by leaf so host memory peaks at one copy of the model plus one leaf
-    return cfg, _unflatten({p: jnp.asarray(flat.pop(p)) for p in list(flat)})
+    if mesh is None:
+        place = lambda path, arr: jnp.asarray(arr)
+    else:
+        ms = dict(mesh.shape)
+        place = lambda path, arr: put_sharded(
+            arr, NamedSharding(mesh, param_spec("/".join(path), arr.shape, ms, rules)))
+    return cfg, _unflatten({p: place(p, flat.pop(p)) for p in list(flat)})
 
 
 def _open_safetensors(path: Path):
     """``safe_open(path)``; a file safetensors cannot read (empty, truncated, not safetensors):
     ValueError naming it."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         return safe_open(str(path), framework="numpy")
     except (SafetensorError, OSError) as e:
@@ -489,15 +493,13 @@ def _per_layer(flat: dict, n_layers: int) -> dict:
 
 
 def load_tokenizer(model_dir):
-    """``transformers.AutoTokenizer`` of a local model directory (or ``.gguf`` file), or None
+    """``transformers.AutoTokenizer`` of a local model directory, or None
     without tokenizer files."""
-    d = Path(_resolve(model_dir))
+    d = Path(model_dir)
     if not d.is_dir():
         raise NotADirectoryError(f"{str(d)!r} is not a directory")
     if not any((d / f).is_file() for f in _TOKENIZER_FILES):
         return None
-    import transformers
-
     return transformers.AutoTokenizer.from_pretrained(str(d), local_files_only=True)
 
 
@@ -506,8 +508,6 @@ def load_tokenizer(model_dir):
 def hf_state_dict(cfg: ModelConfig, params) -> dict[str, np.ndarray]:
     """Our params as a ``{checkpoint name: numpy array}`` dict in the HF layout of
     ``cfg.model_type`` (full ``*ForCausalLM`` names; no ``lm_head`` when tied)."""
-    from .model import stack_layers
-
     params = stack_layers(params)
     pdt = jnp.dtype(cfg.param_dtype)  # tensors are stored in the dtype config.json declares
     flat = {tuple(k.key for k in path): np.asarray(leaf).astype(pdt, copy=False)
@@ -561,9 +561,6 @@ def write_hf_dir(hf_config, tensors: dict[str, np.ndarray], out_dir, tokenizer=N
     Everything is written to a temporary sibling directory first and then renamed into place,
     so a crash never leaves a half-written directory where a good one was. Returns the path.
     """
-    from safetensors.numpy import save_file
-    import transformers
-
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not out.is_dir():

@@ -28,10 +28,12 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
 from .config import ModelConfig, SamplerConfig
 from .model import embed_tokens, forward, logits_from_hidden
 from .sampling import warp_probs
+from .sharding import replicated
 
 LOSS_KINDS = ("ce", "kl")
 
@@ -313,10 +315,13 @@ def la_step_flops(cfg: ModelConfig, B: int, N: int, M: int, L: int) -> float:
 
 def make_la_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation,
                        loss_kind: str = "ce", num_groups: int = 1, temperature: float = 1.0,
-                       remat: str = "none"):
+                       remat: str = "none", mesh: Mesh | None = None):
     """``step(la_state, base_params, batch, rng) -> (la_state, metrics)``, jitted, la_state donated.
 
     See :func:`la_train_step`; only the LA array is differentiated and has optimizer state.
+    With a ``mesh``: the LA state comes back replicated on it (``sharding.replicate`` it
+    before the first step), as do the metrics; base params and batch keep the shardings they
+    come with (``sharding.shard_params`` / ``hf.load_hf(..., mesh=)``, ``sharding.shard_batch``).
     """
     if loss_kind not in LOSS_KINDS:
         raise ValueError(f"unknown LA loss kind {loss_kind!r}; expected one of {LOSS_KINDS}")
@@ -324,4 +329,6 @@ def make_la_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation
         raise ValueError(f"num_groups must be >= 1, got {num_groups}")
     step = functools.partial(la_train_step, cfg=cfg, optimizer=optimizer, loss_kind=loss_kind,
                              num_groups=num_groups, temperature=temperature, remat=remat)
-    return jax.jit(step, donate_argnums=(0,))
+    if mesh is None:
+        return jax.jit(step, donate_argnums=(0,))
+    return jax.jit(step, out_shardings=(replicated(mesh),) * 2, donate_argnums=(0,))

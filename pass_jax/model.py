@@ -29,9 +29,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from .cache import KVCache
 from .config import ModelConfig
+from .sharding import PARAM_RULES, param_shardings
 
 
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
@@ -297,6 +299,14 @@ def init_params(cfg: ModelConfig, rng: jax.Array):
     """Random parameters for ``cfg`` (normal(0.02) weights, unit norms), jitted."""
     tokens = jnp.zeros((1, 2), jnp.int32)
     return Transformer(cfg).init(rng, tokens, jnp.arange(2)[None])["params"]
+
+
+def init_params_sharded(cfg: ModelConfig, rng: jax.Array, mesh: Mesh, rules=PARAM_RULES):
+    """Random params created directly in their shards on ``mesh``: ``jax.eval_shape`` for the
+    shapes, then ``init_params`` jitted with ``out_shardings`` (no device holds a full copy)."""
+    init = lambda key: init_params(cfg, key)
+    shardings = param_shardings(jax.eval_shape(init, rng), mesh, rules)
+    return jax.jit(init, out_shardings=shardings)(rng)
 
 
 def forward(cfg: ModelConfig, params, tokens_BxT, positions_BxT, cache=None, mask=None,

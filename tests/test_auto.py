@@ -9,7 +9,7 @@ import pytest
 
 import pass_jax.auto as auto
 from pass_jax.config import ModelConfig
-from pass_jax.decode import generate
+from pass_jax.generation import generate
 from pass_jax.model import init_params
 
 CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64)

@@ -214,7 +214,7 @@ def test_text_keeps_the_space_after_the_prompt(sp_tokenizer):
                                                  ("def f():", " # I love 🍕 pizza\n")])
 def test_stream_holds_back_incomplete_characters(tmp_path, prompt, continuation):
     """A byte-level tokenizer splits multi-byte characters over tokens: the stream prints no
-    U+FFFD and loses nothing, token by token, called as ``decode.generate`` calls it."""
+    U+FFFD and loses nothing, token by token, called as ``generation.generate`` calls it."""
     tok = train_bpe(TEXT, 300, tmp_path / "tok")
     prompt_ids = tok(prompt)["input_ids"]
     full_ids = tok(prompt + continuation)["input_ids"]

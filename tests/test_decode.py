@@ -7,8 +7,9 @@ import pytest
 
 from pass_jax.cache import init_cache
 from pass_jax.config import ModelConfig, SamplerConfig
-from pass_jax.decode import (DecodeSpec, eos_array, generate, generate_jit, layout_call,
-                              pass_step, prefill, prepare_batch)
+from pass_jax.decode import (DecodeSpec, eos_array, generate_jit, layout_call, pass_step, prefill,
+                             prepare_batch)
+from pass_jax.generation import generate
 from pass_jax.layout import make_schedule
 from pass_jax.model import forward, init_params, stack_layers, unstack_layers
 

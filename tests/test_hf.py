@@ -340,7 +340,7 @@ def test_error_pickle_only_and_paths(tmp_path, hf_model):
 @pytest.mark.parametrize("name", sorted(HF_CONFIGS))
 def test_greedy_generate_matches_transformers(hf_model, name):
     """Batched greedy decoding (prompts of different lengths, EOS) == transformers generate."""
-    from pass_jax.decode import generate
+    from pass_jax.generation import generate
 
     d, model = hf_model(name)
     cfg, params = hf.load_hf(d)
@@ -381,7 +381,7 @@ def test_corrupt_model_files_name_the_file(tmp_path, damage):
     from pass_jax.config import ModelConfig
     from pass_jax.hf import load_hf, save_hf
     from pass_jax.model import init_params
-    from pass_jax.sharding import load_hf_sharded, make_mesh
+    from pass_jax.sharding import make_mesh
 
     cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=64)
     save_hf(cfg, init_params(cfg, jax.random.PRNGKey(0)), tmp_path / "m")
@@ -394,7 +394,7 @@ def test_corrupt_model_files_name_the_file(tmp_path, damage):
     }[damage]
     target.write_bytes(content)
     message = "is not a readable safetensors file" if target == weights else "is not"
-    for load in (load_hf, lambda d: load_hf_sharded(d, make_mesh("fsdp=2,tensor=2,data=2"))):
+    for load in (load_hf, lambda d: load_hf(d, mesh=make_mesh("fsdp=2,tensor=2,data=2"))):
         with pytest.raises(ValueError, match=message) as e:
             load(tmp_path / "m")
         assert str(target) in str(e.value)

@@ -18,6 +18,7 @@ import pytest
 from scipy import stats
 
 import pass_jax.decode as decode
+import pass_jax.generation as generation
 from pass_jax.config import ModelConfig, SamplerConfig
 from pass_jax.model import forward, init_params
 import pass_jax.sampling as sampling
@@ -68,7 +69,7 @@ def _chi2_pvalue(samples_NxK, probs):
 
 
 def _samples(params, method, sampler, la=None, seed=0):
-    res = decode.generate(CFG, params, [PROMPT] * N, max_new_tokens=K, method=method, la_LxD=la,
+    res = generation.generate(CFG, params, [PROMPT] * N, max_new_tokens=K, method=method, la_LxD=la,
                           sampler=sampler, seed=seed, eos_ids=())
     return np.array(res.tokens)
 

@@ -22,11 +22,18 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from pass_jax import cli, memory_plan
 from pass_jax import sharding as sh
-from pass_jax.config import ModelConfig
-from pass_jax.decode import generate
+from pass_jax.cache import cache_specs, init_cache
+from pass_jax.checkpoint import abstract_like
+from pass_jax.config import ModelConfig, SamplerConfig
+from pass_jax.decode import (DecodeSpec, decode_state_sharding, eos_array, place_decode_inputs,
+                             prepare_batch, sharded_generate_jit)
+from pass_jax.generation import generate
+from pass_jax.hf import load_hf
+from pass_jax.layout import make_schedule
 from pass_jax.losses import init_la_state, make_la_train_step
-from pass_jax.model import forward, init_params
+from pass_jax.model import forward, init_params, init_params_sharded, unstack_layers
 
 # Every sharded dim divisible on all test meshes: V=128, D=32, H*E=K*E=32, F=64, K=4.
 CFG = ModelConfig(vocab_size=128, d_model=32, n_layers=2, n_heads=4, n_kv_heads=4, ffn_dim=64,
@@ -93,9 +100,9 @@ def test_parse_and_make_mesh():
         sh.make_mesh("data=2,fsdp=1,tensor=2")  # 4 of 8 devices: must be explicit
     assert dict(sh.make_mesh("1,1,4", devices=jax.devices()[:4]).shape)["tensor"] == 4
     import argparse
-    ap = sh.add_mesh_arg(argparse.ArgumentParser())
+    ap = cli.add_mesh_arg(argparse.ArgumentParser())
     args = ap.parse_args(["--mesh", "data=2,fsdp=1,tensor=4"])
-    assert dict(sh.mesh_from_args(args).shape) == {"data": 2, "fsdp": 1, "tensor": 4}
+    assert dict(cli.mesh_from_args(args).shape) == {"data": 2, "fsdp": 1, "tensor": 4}
     assert sh.maybe_initialize_distributed() is False  # nothing configured: no-op
 
 
@@ -125,7 +132,7 @@ def test_rules_and_fallback(caplog):
     with caplog.at_level(logging.DEBUG, logger="pass_jax.sharding"):
         os_ = sh.param_specs(jax.eval_shape(lambda: init_params(odd, jax.random.PRNGKey(0))),
                              {"data": 1, "fsdp": 1, "tensor": 32})
-        cs = sh.cache_specs(odd, {"data": 8, "fsdp": 1, "tensor": 4}, batch=4)
+        cs = cache_specs(odd, {"data": 8, "fsdp": 1, "tensor": 4}, batch=4)
     assert os_["layers"]["k"]["kernel"] == P(None, "fsdp")  # fsdp (size 1) kept, tensor dropped
     assert os_["embed"]["embedding"] == P(None, "fsdp")  # 100 % 32 != 0: vocab not split
     assert cs.k == P()  # batch 4 % 8 and 2 kv heads % 4: replicated
@@ -156,7 +163,7 @@ def _assert_sharded_as(arr, spec, mesh):
 @pytest.mark.parametrize("mesh_spec", MESHES)
 def test_sharded_equals_single_device(mesh_spec, reference):
     mesh = sh.make_mesh(mesh_spec)
-    params = sh.init_params_sharded(CFG, jax.random.PRNGKey(0), mesh)
+    params = init_params_sharded(CFG, jax.random.PRNGKey(0), mesh)
     specs = sh.param_specs(params, mesh)
     for x, want, spec in zip(jax.tree.leaves(params), jax.tree.leaves(reference["params"]),
                              jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, P))):
@@ -180,13 +187,13 @@ def test_sharded_equals_single_device(mesh_spec, reference):
                           la_LxD=reference["la"], eos_ids=(), mesh=mesh, return_state=True)
     assert out.tokens == reference["gen"].tokens
     B = final.cache.k.shape[1]
-    _assert_sharded_as(final.cache.k, sh.cache_specs(CFG, mesh, B).k, mesh)
+    _assert_sharded_as(final.cache.k, cache_specs(CFG, mesh, B).k, mesh)
     assert final.cache.k.addressable_shards[0].data.shape[1] == B // (
         ms["data"] * ms["fsdp"])
 
     # one LA train step: LA state replicated, batch split, base params sharded
-    step = sh.make_la_train_step_sharded(CFG, OPT, mesh, num_groups=2)
-    state = sh.shard_la_state(init_la_state(reference["la"], OPT), mesh)
+    step = make_la_train_step(CFG, OPT, num_groups=2, mesh=mesh)
+    state = sh.replicate(init_la_state(reference["la"], OPT), mesh)
     state, metrics = step(state, params, sh.shard_batch(_train_batch(), mesh),
                           jax.random.PRNGKey(0))
     assert state.la.sharding.is_fully_replicated
@@ -196,7 +203,7 @@ def test_sharded_equals_single_device(mesh_spec, reference):
 
 
 def test_plain_library_functions_run_on_sharded_inputs(reference):
-    """No wrapper needed: decode.generate and losses.make_la_train_step take sharded params and
+    """No wrapper needed: generation.generate and losses.make_la_train_step take sharded params and
     jit propagates the shardings (``mesh=`` adds the sharded cache and batch)."""
     mesh = sh.make_mesh("1,2,4")
     params = sh.shard_params(reference["params"], mesh)
@@ -231,7 +238,7 @@ def test_checkpoint_restores_onto_other_meshes(tmp_path, reference):
 
     mesh8 = sh.make_mesh("2,1,4")
     params = sh.shard_params(reference["params"], mesh8)
-    la_state = sh.shard_la_state(init_la_state(reference["la"], OPT), mesh8)
+    la_state = sh.replicate(init_la_state(reference["la"], OPT), mesh8)
     tree = {"params": params, "la_state": la_state}
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(tmp_path / "ckpt", tree)
@@ -240,8 +247,8 @@ def test_checkpoint_restores_onto_other_meshes(tmp_path, reference):
         spec = "1,1,1" if len(devices) == 1 else "1,2,2"
         mesh = sh.make_mesh(spec, devices=devices)
         target = {
-            "params": sh.abstract_sharded(params, sh.param_shardings(params, mesh)),
-            "la_state": sh.abstract_sharded(la_state, sh.replicated(mesh)),
+            "params": abstract_like(params, sh.param_shardings(params, mesh)),
+            "la_state": abstract_like(la_state, sh.replicated(mesh)),
         }
         with ocp.StandardCheckpointer() as ckpt:
             restored = ckpt.restore(tmp_path / "ckpt", target)
@@ -260,15 +267,15 @@ def test_project_checkpoint_restores_onto_other_mesh(tmp_path, reference):
     checkpoint = pytest.importorskip("pass_jax.checkpoint")
     mesh8 = sh.make_mesh("1,8,1")
     state = {"params": sh.shard_params(reference["params"], mesh8),
-             "la": sh.shard_la_state(init_la_state(reference["la"], OPT), mesh8)}
+             "la": sh.replicate(init_la_state(reference["la"], OPT), mesh8)}
     mngr = checkpoint.manager(str(tmp_path / "ckpts"), save_every=1)
     assert checkpoint.save(mngr, 3, state, data_state="{}", meta={"x": 1}, force=True)
     mngr.wait_until_finished()
     mngr.close()
     mesh4 = sh.make_mesh("2,1,2", devices=jax.devices()[4:])
-    target = {"params": sh.abstract_sharded(state["params"],
+    target = {"params": abstract_like(state["params"],
                                             sh.param_shardings(state["params"], mesh4)),
-              "la": sh.abstract_sharded(state["la"], sh.replicated(mesh4))}
+              "la": abstract_like(state["la"], sh.replicated(mesh4))}
     mngr = checkpoint.manager(str(tmp_path / "ckpts"), save_every=1)
     restored = checkpoint.restore(mngr, target)
     mngr.close()
@@ -285,7 +292,7 @@ def test_load_hf_sharded(tmp_path, reference):
     cfg = CFG.replace(model_type="llama")
     save_hf(cfg, reference["params"], tmp_path / "m")
     mesh = sh.make_mesh("2,1,4")
-    cfg2, params = sh.load_hf_sharded(tmp_path / "m", mesh)
+    cfg2, params = load_hf(tmp_path / "m", mesh=mesh)
     _, plain = load_hf(tmp_path / "m")
     assert cfg2 == load_hf(tmp_path / "m")[0]
     specs = sh.param_specs(params, mesh)
@@ -296,7 +303,7 @@ def test_load_hf_sharded(tmp_path, reference):
 
     # per-layer params (how the programs decode): each layer by the per-layer rules, and
     # greedy fused PaSS on the mesh with a per-layer sharded cache gives the reference tokens
-    _, per_layer = sh.load_hf_sharded(tmp_path / "m", mesh, stacked=False)
+    _, per_layer = load_hf(tmp_path / "m", stacked=False, mesh=mesh)
     assert per_layer["layers_1"]["q"]["kernel"].sharding.spec == P("fsdp", "tensor")
     assert per_layer["layers_0"]["o"]["kernel"].addressable_shards[0].data.shape[0] == 32 // 4
     out, final = generate(cfg, per_layer, PROMPTS, max_new_tokens=12, method="pass-fused",
@@ -304,16 +311,16 @@ def test_load_hf_sharded(tmp_path, reference):
     assert out.tokens == reference["gen"].tokens
     B = final.cache.lengths.shape[0]
     for k in final.cache.k:
-        _assert_sharded_as(k, sh.cache_specs(CFG, mesh, B, per_layer=True).k[0], mesh)
+        _assert_sharded_as(k, cache_specs(CFG, mesh, B, per_layer=True).k[0], mesh)
 
 
 # ---------------------------------------------------------------- memory plan
 
 def test_memory_plan_figures():
     one = {"data": 1, "fsdp": 1, "tensor": 1}
-    r = sh.memory_plan(sh.LLAMA_7B, one, batch=1, max_len=2048, dtype="bfloat16",
+    r = memory_plan.memory_plan(memory_plan.LLAMA_7B, one, batch=1, max_len=2048, dtype="bfloat16",
                        num_lookahead=4, device="h100")
-    assert sh.LLAMA_7B.num_params() == 6_738_149_376
+    assert memory_plan.LLAMA_7B.num_params() == 6_738_149_376
     norms = 2 * 32 * 4096 + 4096  # not in num_params()
     assert r["params_total"] == 2 * (6_738_149_376 + norms)  # ~13.5 GB
     assert abs(r["params_total"] / 1e9 - 13.48) < 0.01
@@ -321,39 +328,39 @@ def test_memory_plan_figures():
     assert r["kv_per_token"] == 2 * 32 * 4096 * 2 == 512 * 1024
     assert r["kv_per_device"] == 512 * 1024 * 2048  # 1 GiB for one 2048-token row
     assert r["la_state"] == 4 * 4 * 4096 * 4
-    assert r["fits_serve"] and r["device_bytes"] == 80 * sh.GiB
+    assert r["fits_serve"] and r["device_bytes"] == 80 * memory_plan.GiB
     # 70B (GQA: 8 kv heads): 320 KiB per token; 140 GB of bf16 weights fit no single device
-    r70 = sh.memory_plan(sh.LLAMA2_70B, one, 1, 2048, "bfloat16", 4, "h100")
+    r70 = memory_plan.memory_plan(memory_plan.LLAMA2_70B, one, 1, 2048, "bfloat16", 4, "h100")
     assert r70["kv_per_token"] == 2 * 80 * 8 * 128 * 2 == 320 * 1024
     assert not r70["fits"]
     # sharding divides what the rules split: 8-way tensor x 2-way fsdp
-    r16 = sh.memory_plan(sh.LLAMA2_70B, "data=1,fsdp=2,tensor=8", 16, 2048, "bfloat16", 4,
+    r16 = memory_plan.memory_plan(memory_plan.LLAMA2_70B, "data=1,fsdp=2,tensor=8", 16, 2048, "bfloat16", 4,
                          "tpu-v4")
     norms = 2 * (2 * 80 * 8192 + 8192)  # replicated
     assert r16["params_per_device"] == (r16["params_total"] - norms) // 16 + norms
     assert r16["kv_per_device"] == 320 * 1024 * 16 * 2048 // 16
     # a float32 memory plan doubles the weights
-    r32 = sh.memory_plan(sh.LLAMA_7B, one, 1, 2048, "float32", 4, "h100")
+    r32 = memory_plan.memory_plan(memory_plan.LLAMA_7B, one, 1, 2048, "float32", 4, "h100")
     assert r32["params_total"] == 2 * r["params_total"] and not r32["fits"]
     # remat shrinks the LA training activations; no-remat 70B training is activation-bound
-    rr = sh.memory_plan(sh.LLAMA_7B, one, 1, 2048, "bfloat16", 4, "h100", remat=True)
+    rr = memory_plan.memory_plan(memory_plan.LLAMA_7B, one, 1, 2048, "bfloat16", 4, "h100", remat=True)
     assert rr["train_activations"] < r["train_activations"] / 10
     # the chosen meshes fit, and half as many devices would not
-    for cfg in (sh.LLAMA_7B, sh.LLAMA2_70B):
-        for dev in sh.DEVICES:
+    for cfg in (memory_plan.LLAMA_7B, memory_plan.LLAMA2_70B):
+        for dev in memory_plan.DEVICES:
             for need, kw in (("fits_serve", {}), ("fits_train", {"remat": True})):
-                ms = sh.choose_mesh(cfg, dev, batch=8, max_len=2048, need=need, **kw)
-                assert sh.memory_plan(cfg, ms, 8, 2048, "bfloat16", 4, dev, **kw)[need]
+                ms = memory_plan.choose_mesh(cfg, dev, batch=8, max_len=2048, need=need, **kw)
+                assert memory_plan.memory_plan(cfg, ms, 8, 2048, "bfloat16", 4, dev, **kw)[need]
                 n = math.prod(ms.values())
                 if n > 1:
                     t = min(ms["tensor"], n // 2)
                     half = {"data": 1, "fsdp": n // 2 // t, "tensor": t}
-                    assert not sh.memory_plan(cfg, half, 8, 2048, "bfloat16", 4, dev, **kw)[need]
-    assert sh.choose_mesh(sh.LLAMA_7B, "h100", batch=8, max_len=2048,
+                    assert not memory_plan.memory_plan(cfg, half, 8, 2048, "bfloat16", 4, dev, **kw)[need]
+    assert memory_plan.choose_mesh(memory_plan.LLAMA_7B, "h100", batch=8, max_len=2048,
                           need="fits_serve") == one  # 13.5 GB + 8 GiB of cache on one H100
-    assert sh.choose_mesh(sh.LLAMA2_70B, "tpu-v5e", batch=8, max_len=2048,
+    assert memory_plan.choose_mesh(memory_plan.LLAMA2_70B, "tpu-v5e", batch=8, max_len=2048,
                           need="fits_serve") == {"data": 1, "fsdp": 2, "tensor": 8}
-    table = sh.memory_plan_table()
+    table = memory_plan.memory_plan_table()
     assert table.count("\n| LLaMA") == 6 and "512 KiB" in table and "320 KiB" in table
     doc = os.path.join(os.path.dirname(__file__), "..", "docs", "scaling.md")
     if os.path.exists(doc):  # the documented table is the function's output, not hand-made
@@ -379,13 +386,13 @@ coord, pid, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 assert sh.maybe_initialize_distributed(coord, 2, pid)
 assert jax.process_count() == 2 and jax.device_count() == 8
 mesh = sh.make_mesh("data=2,fsdp=2,tensor=2")
-params = sh.init_params_sharded(t.CFG, jax.random.PRNGKey(0), mesh)
+params = t.init_params_sharded(t.CFG, jax.random.PRNGKey(0), mesh)
 la = np.asarray(t._la(t.init_params(t.CFG, jax.random.PRNGKey(0))))  # local, same on both
 batch = t._train_batch()
 rows = 8 // jax.process_count()
 local = {k: v[pid * rows:(pid + 1) * rows] for k, v in batch.items()}
-step = sh.make_la_train_step_sharded(t.CFG, t.OPT, mesh, num_groups=2)
-state = sh.shard_la_state(init_la_state(jax.numpy.asarray(la), t.OPT), mesh)
+step = t.make_la_train_step(t.CFG, t.OPT, num_groups=2, mesh=mesh)
+state = sh.replicate(init_la_state(jax.numpy.asarray(la), t.OPT), mesh)
 state, metrics = step(state, params, sh.shard_batch(local, mesh), jax.random.PRNGKey(0))
 res = {"la": np.asarray(state.la.addressable_data(0)).tolist(),
        "loss": float(metrics["loss"].addressable_data(0)),
@@ -464,25 +471,20 @@ def test_decode_loop_keeps_the_cache_split_without_gathering_it(reference, per_l
     split over batch and kv heads as the rules say (pinned inside the while_loop by
     ``DecodeSpec.state_sharding``) and moves none of it between devices: no collective has the
     cache's slot dimension (256 here, a size no other array has)."""
-    from pass_jax.config import SamplerConfig
-    from pass_jax.decode import DecodeSpec, eos_array, prepare_batch
-    from pass_jax.layout import make_schedule
-    from pass_jax.model import unstack_layers
-
     mesh = sh.make_mesh("data=2,fsdp=2,tensor=2")
     params = reference["params"]
     params = sh.shard_params(unstack_layers(params) if per_layer else params, mesh)
     B, S = 4, 256
     inputs = (reference["la"], *prepare_batch(PROMPTS[:1] * B, CFG.vocab_size, B),
               eos_array(()), jax.random.PRNGKey(0))
-    la, prompt, lens, active, eos, rng = sh.place_decode_inputs(inputs, mesh)
-    cache = sh.init_cache_sharded(CFG, B, S, mesh, per_layer=per_layer)
-    pinned = sh.decode_state_sharding(mesh, B, CFG, per_layer)
+    la, prompt, lens, active, eos, rng = place_decode_inputs(inputs, mesh)
+    cache = init_cache(CFG, B, S, per_layer=per_layer, mesh=mesh)
+    pinned = decode_state_sharding(mesh, B, CFG, per_layer)
 
     def compiled(state_sharding):
         spec = DecodeSpec(CFG, make_schedule("pass-fused", L), SamplerConfig(), 12, None,
                           state_sharding)
-        return sh.sharded_generate_fn(mesh, B, CFG, per_layer).lower(
+        return sharded_generate_jit(mesh, B, CFG, per_layer).lower(
             spec, params, la, prompt, lens, active, eos, cache, rng).compile().as_text()
 
     def cache_collectives(hlo):

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pass_jax import checkpoint, data, decode, gguf_file, hf, lookahead, losses, sharding
+from pass_jax import checkpoint, cli, data, generation, gguf_file, hf, lookahead, losses, sharding
 from pass_jax.config import SamplerConfig, load_yaml
 from pass_jax.model import REMAT_POLICIES
 from train import check_output_dir, check_resume, check_seed, require, run_cli, train_loop
@@ -91,7 +91,7 @@ def _parse(argv) -> argparse.Namespace:
                    help="documents without the special tokens the tokenizer adds by default "
                    "(e.g. LLaMA's BOS)")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
-    sharding.add_mesh_arg(p)
+    cli.add_mesh_arg(p)
     return p.parse_args(argv)
 
 
@@ -132,7 +132,7 @@ def _sample_fn(cfg, params, tok, seq_len: int, seed: int):
     calls = itertools.count()
 
     def sample(n: int) -> list[str]:
-        result = decode.generate(cfg, params, [[bos]] * n, max_new_tokens=seq_len,
+        result = generation.generate(cfg, params, [[bos]] * n, max_new_tokens=seq_len,
                                  sampler=SamplerConfig(temperature=1.0),
                                  seed=seed * 100_003 + next(calls))
         return [tok.decode(t, skip_special_tokens=True) for t in result.tokens]
@@ -210,7 +210,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     resume_key = {k: s[k] for k in _RESUME_KEYS}
     args.model = gguf_file.resolve_model(args.model)  # a .gguf file: its cached conversion
     # on --mesh: base params in their shards, LA state replicated, batch rows split
-    mesh, cfg, base_params = sharding.load_model_for_args(args, args.model, s["dtype"])
+    mesh, cfg, base_params = cli.load_model_for_args(args, args.model, s["dtype"])
     tok = hf.load_tokenizer(args.model)
     if tok is None:
         raise FileNotFoundError(f"{args.model} has no tokenizer files; the data pipeline needs "
@@ -250,13 +250,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                        s.get("weight_decay", 0.0))
     la_state = losses.init_la_state(jnp.array(la_init_LxD), optimizer)  # a copy: donated
     rng = jax.random.PRNGKey(s["seed"])
+    la_step = losses.make_la_train_step(cfg, optimizer, s["loss"], M, remat=s["remat"],
+                                        mesh=mesh)
     if mesh is None:
-        la_step = losses.make_la_train_step(cfg, optimizer, s["loss"], M, remat=s["remat"])
         place_batch = lambda tokens_BxN: tokens_BxN
     else:
-        la_step = sharding.make_la_train_step_sharded(cfg, optimizer, mesh, loss_kind=s["loss"],
-                                                      num_groups=M, remat=s["remat"])
-        la_state = sharding.shard_la_state(la_state, mesh)
+        la_state = sharding.replicate(la_state, mesh)
         rng = jax.device_put(rng, sharding.replicated(mesh))
         place_batch = lambda tokens_BxN: sharding.shard_batch(tokens_BxN, mesh)
     state = {"la": la_state, "rng": rng}
