@@ -243,8 +243,6 @@ def test_round_trip_bfloat16_and_tokenizer(tmp_path):
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):
-    import safetensors.numpy
-
     cfg = ROUND_TRIP["gpt2"]
     out = tmp_path / "m"
     hf.save_hf(cfg, _perturbed_params(cfg, 1), out)
@@ -256,7 +254,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     def crash(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(safetensors.numpy, "save_file", crash)
+    monkeypatch.setattr(hf, "save_file", crash)  # the writer hf.save_hf calls
     with pytest.raises(RuntimeError, match="disk full"):
         hf.save_hf(cfg, _perturbed_params(cfg, 3), out)
     assert (out / "model.safetensors").read_bytes() == good  # old directory untouched
