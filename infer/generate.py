@@ -29,6 +29,7 @@ import sys
 
 from pass_jax.decode import LAYER_FORMS, PRECISIONS, decode_stacked
 from pass_jax.gguf_file import resolve_model
+from pass_jax.program_config import USER_ERRORS
 from pass_jax.sharding import add_mesh_arg, load_model_for_args
 
 METHODS = ("ar", "pass", "pass-fused", "unk", "auto")
@@ -227,7 +228,7 @@ def main(argv=None) -> dict:
                        auto_prior=auto_prior(args, sampler), precision=args.precision)
         if stream is not None:
             stream.end(res.tokens[0])
-    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+    except USER_ERRORS as e:
         raise SystemExit(f"error: {e}") from None
     result = {"method": args.method, "prompt": args.prompt, "prompt_ids": ids,
               "token_ids": res.tokens[0],
