@@ -82,13 +82,10 @@ def merge(values: dict[str, Any], updates: Mapping[str, Any]) -> dict[str, Any]:
     section that is not a mapping in ``values`` is left as it is (for :func:`from_dict` to
     report)."""
     for key, value in updates.items():
-        if isinstance(value, Mapping) and key in values:
-            if isinstance(values[key], dict):
-                merge(values[key], value)
-        elif isinstance(value, Mapping):
-            values[key] = merge({}, value)
-        else:
+        if not isinstance(value, Mapping):
             values[key] = value
+        elif isinstance(values.setdefault(key, {}), dict):
+            merge(values[key], value)
     return values
 
 
