@@ -72,6 +72,7 @@ from infer.prompts import make_chat_prompts, strip_chat_answer
 from pass_jax.decode import decode_stacked
 from pass_jax.gguf_file import resolve_model
 from pass_jax.cli import add_mesh_arg, load_model_for_args
+from pass_jax.program_config import USER_ERRORS
 
 OUR_METHODS = ("ar", "unk", "pass", "pass-fused", "auto")
 HF_METHODS = ("hf-generate", "hf-prompt-lookup")
@@ -1168,7 +1169,7 @@ def main(argv=None) -> dict:
         check_outputs(args)
         args.model = resolve_model(args.model)  # a .gguf file: its cached conversion
         return run_benchmark(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+    except USER_ERRORS as e:
         raise SystemExit(f"error: {e}") from None
 
 

@@ -35,6 +35,7 @@ from pass_jax.gguf_file import resolve_model
 from pass_jax.hf import load_tokenizer
 from pass_jax.layout import MAX_LOOKAHEAD, make_schedule, parse_tree
 from pass_jax.lookahead import init_lookahead, load_lookahead, recorded_acceptance
+from pass_jax.program_config import USER_ERRORS
 
 METHODS = ("ar", "pass", "pass-fused", "unk", "auto")
 REPLACEMENT_CHAR = "\ufffd"  # what decoding shows for the bytes of an incomplete character
@@ -220,7 +221,7 @@ def main(argv=None) -> dict:
                        auto_prior=auto_prior(args, sampler), precision=args.precision)
         if stream is not None:
             stream.end(res.tokens[0])
-    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+    except USER_ERRORS as e:
         raise SystemExit(f"error: {e}") from None
     result = {"method": args.method, "prompt": args.prompt, "prompt_ids": ids,
               "token_ids": res.tokens[0],

@@ -1,14 +1,13 @@
-"""Frozen configuration dataclasses: model architecture and sampler settings.
+"""Frozen configuration dataclasses: model architecture (with named presets) and sampler settings.
 
-Everything here is hashable so it can be a static argument of a jitted function.
+Everything here is hashable so it can be a static argument of a jitted function. The programs'
+own settings (YAML files, flags) are read by ``pass_jax.program_config``.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
-
-import yaml
 
 FAMILIES = ("llama", "gpt2")
 
@@ -91,6 +90,36 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    # Named shapes. Each takes field overrides, e.g. ``ModelConfig.tiny(max_position=512)``.
+
+    @classmethod
+    def tiny(cls, **overrides) -> "ModelConfig":
+        """A random-weights test model: d_model 64, 2 layers, vocab 256 (``bench --random-model
+        tiny``)."""
+        return cls(**{**dict(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                             ffn_dim=128), **overrides})
+
+    @classmethod
+    def llama_125m(cls, **overrides) -> "ModelConfig":
+        """A 125M-parameter LLaMA shape with the LLaMA-2 vocabulary (``bench --random-model
+        125m``)."""
+        return cls(**{**dict(vocab_size=32000, d_model=768, n_layers=12, n_heads=12,
+                             n_kv_heads=4, ffn_dim=2048), **overrides})
+
+    @classmethod
+    def llama_7b(cls, **overrides) -> "ModelConfig":
+        """LLaMA-7B (6.74B parameters), bfloat16 (the memory plan's reference model)."""
+        return cls(**{**dict(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32,
+                             n_kv_heads=32, ffn_dim=11008, max_position=4096, dtype="bfloat16",
+                             param_dtype="bfloat16"), **overrides})
+
+    @classmethod
+    def llama2_70b(cls, **overrides) -> "ModelConfig":
+        """LLaMA-2-70B (grouped-query attention, 8 KV heads), bfloat16."""
+        return cls(**{**dict(vocab_size=32000, d_model=8192, n_layers=80, n_heads=64,
+                             n_kv_heads=8, ffn_dim=28672, max_position=4096, dtype="bfloat16",
+                             param_dtype="bfloat16"), **overrides})
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         d = dict(d)
@@ -128,25 +157,3 @@ class SamplerConfig:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
-
-
-def load_yaml(path: str) -> dict[str, Any]:
-    """Read a YAML config file into a dict (empty file -> {})."""
-    with open(path) as f:
-        return yaml.safe_load(f) or {}
-
-
-def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` overrides (values parsed as YAML) to a nested dict, in place."""
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        key, value = item.split("=", 1)
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {p!r} is not a section")
-        node[leaf] = yaml.safe_load(value)
-    return cfg

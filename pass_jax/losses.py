@@ -38,6 +38,13 @@ from .sharding import replicated
 LOSS_KINDS = ("ce", "kl")
 
 
+def check_loss_kind(kind: str) -> str:
+    """Returns ``kind`` if it is one of ``LOSS_KINDS``; else a ValueError naming the choices."""
+    if kind not in LOSS_KINDS:
+        raise ValueError(f"unknown LA loss kind {kind!r}; expected one of {LOSS_KINDS}")
+    return kind
+
+
 def _ratio(num, den):
     return num / jnp.maximum(den, 1.0)
 
@@ -163,8 +170,7 @@ def la_loss(cfg: ModelConfig, base_params, la_LxD, tokens_BxN, ins_BxM, kind: st
     (argmax agreement with the frozen model), ``num_targets``. ``remat``: per-layer
     rematerialisation of the forward pass (``model.REMAT_POLICIES``; same values).
     """
-    if kind not in LOSS_KINDS:
-        raise ValueError(f"unknown LA loss kind {kind!r}; expected one of {LOSS_KINDS}")
+    check_loss_kind(kind)
     if not temperature > 0:
         raise ValueError(f"loss temperature must be > 0, got {temperature}")
     L = la_LxD.shape[0]
@@ -323,8 +329,7 @@ def make_la_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation
     before the first step), as do the metrics; base params and batch keep the shardings they
     come with (``sharding.shard_params`` / ``hf.load_hf(..., mesh=)``, ``sharding.shard_batch``).
     """
-    if loss_kind not in LOSS_KINDS:
-        raise ValueError(f"unknown LA loss kind {loss_kind!r}; expected one of {LOSS_KINDS}")
+    check_loss_kind(loss_kind)
     if num_groups < 1:
         raise ValueError(f"num_groups must be >= 1, got {num_groups}")
     step = functools.partial(la_train_step, cfg=cfg, optimizer=optimizer, loss_kind=loss_kind,

@@ -31,14 +31,6 @@ DEVICES = {  # name -> (memory bytes per device, description)
 }
 USABLE_FRACTION = 0.9  # leave room for XLA scratch, fragmentation, the runtime
 
-LLAMA_7B = ModelConfig(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32,
-                       ffn_dim=11008, max_position=4096, dtype="bfloat16",
-                       param_dtype="bfloat16")
-LLAMA2_70B = ModelConfig(vocab_size=32000, d_model=8192, n_layers=80, n_heads=64, n_kv_heads=8,
-                         ffn_dim=28672, max_position=4096, dtype="bfloat16",
-                         param_dtype="bfloat16")
-
-
 @functools.lru_cache(maxsize=16)
 def _abstract_params(cfg: ModelConfig):
     return jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
@@ -156,7 +148,7 @@ def memory_plan_table(models: Mapping[str, ModelConfig] | None = None,
     the model as it is (no rematerialisation) and, since that is activation-bound, the smallest
     with per-layer remat.
     """
-    models = models or {"LLaMA-7B": LLAMA_7B, "LLaMA-2-70B": LLAMA2_70B}
+    models = models or {"LLaMA-7B": ModelConfig.llama_7b(), "LLaMA-2-70B": ModelConfig.llama2_70b()}
     common = {"batch": batch, "max_len": max_len, "dtype": dtype,
               "num_lookahead": num_lookahead, "train_batch": train_batch,
               "train_seq_len": train_seq_len}

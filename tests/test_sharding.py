@@ -318,9 +318,9 @@ def test_load_hf_sharded(tmp_path, reference):
 
 def test_memory_plan_figures():
     one = {"data": 1, "fsdp": 1, "tensor": 1}
-    r = memory_plan.memory_plan(memory_plan.LLAMA_7B, one, batch=1, max_len=2048, dtype="bfloat16",
+    r = memory_plan.memory_plan(ModelConfig.llama_7b(), one, batch=1, max_len=2048, dtype="bfloat16",
                        num_lookahead=4, device="h100")
-    assert memory_plan.LLAMA_7B.num_params() == 6_738_149_376
+    assert ModelConfig.llama_7b().num_params() == 6_738_149_376
     norms = 2 * 32 * 4096 + 4096  # not in num_params()
     assert r["params_total"] == 2 * (6_738_149_376 + norms)  # ~13.5 GB
     assert abs(r["params_total"] / 1e9 - 13.48) < 0.01
@@ -330,23 +330,23 @@ def test_memory_plan_figures():
     assert r["la_state"] == 4 * 4 * 4096 * 4
     assert r["fits_serve"] and r["device_bytes"] == 80 * memory_plan.GiB
     # 70B (GQA: 8 kv heads): 320 KiB per token; 140 GB of bf16 weights fit no single device
-    r70 = memory_plan.memory_plan(memory_plan.LLAMA2_70B, one, 1, 2048, "bfloat16", 4, "h100")
+    r70 = memory_plan.memory_plan(ModelConfig.llama2_70b(), one, 1, 2048, "bfloat16", 4, "h100")
     assert r70["kv_per_token"] == 2 * 80 * 8 * 128 * 2 == 320 * 1024
     assert not r70["fits"]
     # sharding divides what the rules split: 8-way tensor x 2-way fsdp
-    r16 = memory_plan.memory_plan(memory_plan.LLAMA2_70B, "data=1,fsdp=2,tensor=8", 16, 2048, "bfloat16", 4,
+    r16 = memory_plan.memory_plan(ModelConfig.llama2_70b(), "data=1,fsdp=2,tensor=8", 16, 2048, "bfloat16", 4,
                          "tpu-v4")
     norms = 2 * (2 * 80 * 8192 + 8192)  # replicated
     assert r16["params_per_device"] == (r16["params_total"] - norms) // 16 + norms
     assert r16["kv_per_device"] == 320 * 1024 * 16 * 2048 // 16
     # a float32 memory plan doubles the weights
-    r32 = memory_plan.memory_plan(memory_plan.LLAMA_7B, one, 1, 2048, "float32", 4, "h100")
+    r32 = memory_plan.memory_plan(ModelConfig.llama_7b(), one, 1, 2048, "float32", 4, "h100")
     assert r32["params_total"] == 2 * r["params_total"] and not r32["fits"]
     # remat shrinks the LA training activations; no-remat 70B training is activation-bound
-    rr = memory_plan.memory_plan(memory_plan.LLAMA_7B, one, 1, 2048, "bfloat16", 4, "h100", remat=True)
+    rr = memory_plan.memory_plan(ModelConfig.llama_7b(), one, 1, 2048, "bfloat16", 4, "h100", remat=True)
     assert rr["train_activations"] < r["train_activations"] / 10
     # the chosen meshes fit, and half as many devices would not
-    for cfg in (memory_plan.LLAMA_7B, memory_plan.LLAMA2_70B):
+    for cfg in (ModelConfig.llama_7b(), ModelConfig.llama2_70b()):
         for dev in memory_plan.DEVICES:
             for need, kw in (("fits_serve", {}), ("fits_train", {"remat": True})):
                 ms = memory_plan.choose_mesh(cfg, dev, batch=8, max_len=2048, need=need, **kw)
@@ -356,9 +356,9 @@ def test_memory_plan_figures():
                     t = min(ms["tensor"], n // 2)
                     half = {"data": 1, "fsdp": n // 2 // t, "tensor": t}
                     assert not memory_plan.memory_plan(cfg, half, 8, 2048, "bfloat16", 4, dev, **kw)[need]
-    assert memory_plan.choose_mesh(memory_plan.LLAMA_7B, "h100", batch=8, max_len=2048,
+    assert memory_plan.choose_mesh(ModelConfig.llama_7b(), "h100", batch=8, max_len=2048,
                           need="fits_serve") == one  # 13.5 GB + 8 GiB of cache on one H100
-    assert memory_plan.choose_mesh(memory_plan.LLAMA2_70B, "tpu-v5e", batch=8, max_len=2048,
+    assert memory_plan.choose_mesh(ModelConfig.llama2_70b(), "tpu-v5e", batch=8, max_len=2048,
                           need="fits_serve") == {"data": 1, "fsdp": 2, "tensor": 8}
     table = memory_plan.memory_plan_table()
     assert table.count("\n| LLaMA") == 6 and "512 KiB" in table and "320 KiB" in table

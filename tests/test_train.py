@@ -7,6 +7,7 @@ Most runs call the programs' ``main`` in-process (one import and one compilation
 module); the CLI and the kill -9 checks run as subprocesses, since that is the real path.
 """
 import contextlib
+import dataclasses
 import glob
 import json
 import os
@@ -23,11 +24,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from pass_jax import checkpoint, hf, losses, tokenizer
+from pass_jax import checkpoint, hf, losses, program_config, tokenizer
 from pass_jax.config import ModelConfig
 from pass_jax.lookahead import load_lookahead
 from pass_jax.model import init_params
-from train import base, check_types, lookahead, run_cli
+from train import base, lookahead, run_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "tiny.yaml")
@@ -161,12 +162,22 @@ def test_base_overrides_may_come_before_and_after_options():
     assert args.out == "m" and args.overrides == ["data=stdlib", "train.steps=5"]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Train:
+    lr: float
+    steps: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    train: _Train
+
+
 def test_check_types_reads_floats_written_as_yaml_strings():
-    conf = {"train": {"lr": "1e-3", "steps": 5}}
-    check_types(conf, {"train": {"lr": (float, int), "steps": (int,)}})
-    assert conf == {"train": {"lr": 1e-3, "steps": 5}}
+    conf = program_config.from_dict(_Config, {"train": {"lr": "1e-3", "steps": 5}})
+    assert conf == _Config(train=_Train(lr=1e-3, steps=5))
     with pytest.raises(ValueError, match="'train.lr' must be float or int, got 'fast'"):
-        check_types({"train": {"lr": "fast"}}, {"train": {"lr": (float, int)}})
+        program_config.from_dict(_Config, {"train": {"lr": "fast"}})
 
 
 # ------------------------------------------------------------- look-ahead CLI, SIGTERM, resume

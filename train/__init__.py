@@ -2,19 +2,19 @@
 
 ``train_loop`` is the loop both programs run: one jitted step per batch, a tqdm bar, periodic
 evaluation, orbax checkpoints (every K steps, at the end, and on SIGTERM or Ctrl-C), throughput
-that excludes compilation. The checks both programs make before any work live here too (config
-types, seeds, output directories, whether a checkpoint can be resumed). ``run_cli`` turns the
-usual bad-input exceptions into a one-line error.
+that excludes compilation. The checks both programs make before any work live here too (seeds,
+output directories, whether a checkpoint can be resumed), and the restore that follows. The
+programs' settings are in ``train.config``. ``run_cli`` turns the usual bad-input exceptions
+(``program_config.USER_ERRORS``) into a one-line error.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -22,9 +22,9 @@ import numpy as np
 from tqdm import tqdm
 
 from pass_jax import checkpoint, data
+from pass_jax.program_config import USER_ERRORS, differences
 
 INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT  # 130: the shell's code for Ctrl-C
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
 MAX_SEED = 2**31 - 1  # grain takes seeds below 2**32, and the programs also use seed + 1
 
 
@@ -119,46 +119,6 @@ def _fmt(values: dict) -> dict:
             for k, v in values.items()}
 
 
-def require(section: Any, keys: Iterable[str], where: str) -> dict:
-    """Returns ``section`` if it is a dict with every key in ``keys``; else a ValueError naming
-    what is missing from ``where`` (a config file section)."""
-    if not isinstance(section, dict):
-        raise ValueError(f"{where} is missing or not a mapping")
-    missing = [k for k in keys if k not in section]
-    if missing:
-        raise ValueError(f"{where} is missing {', '.join(missing)}")
-    return section
-
-
-def check_types(section: dict, schema: dict, where: str = "") -> None:
-    """Checks a config mapping against ``schema`` (key -> a tuple of accepted types, or a nested
-    schema for a subsection); raises a ValueError naming the first unknown key or wrong type.
-
-    ``where`` prefixes key names (``'train.'``). A float written like ``1e-3`` (a string to YAML)
-    becomes a float in ``section``.
-    """
-    for key, value in section.items():
-        name, expected = f"{where}{key}", schema.get(key)
-        if expected is None:
-            close = difflib.get_close_matches(str(key), list(schema), n=1)
-            hint = f"did you mean {where}{close[0]}?" if close else \
-                f"the keys here are {', '.join(where + k for k in schema)}"
-            raise ValueError(f"unknown config key {name!r}; {hint}")
-        if isinstance(expected, dict):
-            if not isinstance(value, dict):
-                raise ValueError(f"config key {name!r} must be a section of keys, got {value!r}")
-            check_types(value, expected, f"{name}.")
-            continue
-        if float in expected and isinstance(value, str):
-            try:
-                section[key] = value = float(value)
-            except ValueError:
-                pass
-        if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in expected)
-            raise ValueError(f"config key {name!r} must be {names}, got {value!r}")
-
-
 def check_seed(seed: int, name: str) -> None:
     """Raises a ValueError unless ``seed`` (given as ``name``) is in 0..MAX_SEED."""
     if not 0 <= seed <= MAX_SEED:
@@ -181,7 +141,8 @@ def check_output_dir(path: str, name: str) -> None:
 
 def check_resume(mngr, resume_key: dict, remedy: str) -> int | None:
     """The latest checkpoint step in ``mngr`` (None if there is none), once its saved
-    ``resume_key`` metadata is known to equal ``resume_key``; otherwise a ValueError naming the
+    ``resume_key`` metadata is known to equal ``resume_key`` (the run's config less what may
+    change on resume: ``program_config.resume_view``); otherwise a ValueError naming the
     settings that differ, ending with ``remedy``. Only the metadata is read: a checkpoint made
     with other settings may hold a state of other shapes, which orbax cannot restore."""
     step = checkpoint.latest_step(mngr)
@@ -189,23 +150,23 @@ def check_resume(mngr, resume_key: dict, remedy: str) -> int | None:
         return None
     saved = checkpoint.restore_meta(mngr, step).get("resume_key")
     if saved != resume_key:
-        changes = "; ".join(_differences(saved or {}, resume_key))
+        changes = "; ".join(differences(saved or {}, resume_key))
         raise ValueError(f"the checkpoints in {mngr.directory} were made with other settings "
                          f"({changes}); {remedy}")
     return step
 
 
-def _differences(saved: dict, now: dict, where: str = "") -> list[str]:
-    """``key: saved -> now`` for each setting that differs (nested sections as ``a.b``)."""
-    changes = []
-    for key in sorted(set(saved) | set(now), key=str):
-        old, new = saved.get(key), now.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            changes += _differences(old, new, f"{where}{key}.")
-        elif key not in saved or key not in now or old != new:
-            before, after = (repr(d[key]) if key in d else "unset" for d in (saved, now))
-            changes.append(f"{where}{key}: {before} -> {after}")
-    return changes
+def restore(mngr, step: int | None, target: Any, batches: Iterator[dict]
+            ) -> checkpoint.Restored | None:
+    """Checkpoint ``step`` of ``mngr`` (from ``check_resume``; None: nothing to resume) restored
+    into ``target`` (a state or its abstract shapes), with the data iterator ``batches`` moved
+    to where it was; says so on stderr."""
+    if step is None:
+        return None
+    restored = checkpoint.restore(mngr, target, step)
+    data.restore_iterator(batches, restored.data_state)
+    print(f"resuming from step {restored.step} ({mngr.directory})", file=sys.stderr)
+    return restored
 
 
 def run_cli(main: Callable[[], int]) -> int:

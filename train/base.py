@@ -10,8 +10,8 @@ the program says so and exits. A run that fails before its first checkpoint remo
 ``<out>.train`` it created.
 
 Usage: ``python -m train.base --config CONFIG [--out DIR] [section.key=value ...]``, e.g.
-``train.steps=200 model.n_layers=2``. The config's sections are described in configs/demo.yaml;
-an unknown key or a value of the wrong type is an error.
+``train.steps=200 model.n_layers=2``. The config is ``train.config.BaseTrainConfig`` (its sections
+are described in configs/demo.yaml); an unknown key or a value of the wrong type is an error.
 """
 from __future__ import annotations
 
@@ -31,36 +31,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pass_jax import checkpoint, data, hf, losses, tokenizer as tokenizer_lib
-from pass_jax.config import ModelConfig, apply_overrides, load_yaml
+from pass_jax import checkpoint, data, hf, losses, program_config, tokenizer as tokenizer_lib
+from pass_jax.config import ModelConfig
 from pass_jax.model import init_params
-from train import (check_output_dir, check_resume, check_seed, check_types, require, run_cli,
-                   train_loop)
+from train import LoopResult, check_output_dir, check_resume, restore, run_cli, train_loop
+from train.config import BaseTrainConfig
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "demo.yaml")
 METRICS_FILE = "train_metrics.json"
-_TRAIN_KEYS = ("seq_len", "batch_size", "steps", "lr", "warmup", "eval_every", "eval_batches",
-               "unigram_batches", "save_every")
-# Keys that only change how often the loop logs / evaluates / saves: free to change on resume.
-_CADENCE_KEYS = ("eval_every", "save_every", "keep", "log_every")
-_INT, _FLOAT, _STR = (int,), (float, int), (str,)
-_OPTIONAL_INT, _OPTIONAL_STR = (int, type(None)), (str, type(None))
-# The types a 'model' key may have, by its ModelConfig field annotation.
-_FIELD_TYPES = {"int": _INT, "float": _FLOAT, "str": _STR, "bool": (bool,),
-                "int | None": _OPTIONAL_INT, "RopeScaling | None": (dict, type(None))}
-_FROM_TOKENIZER = ("vocab_size", "bos_token_id", "eos_token_ids", "pad_token_id", "unk_token_id")
-# Every key a config may have, with its types (``check_types``); 'lookahead' is train.lookahead's.
-_SCHEMA = {
-    "out": _STR, "data": _STR, "data_dir": _OPTIONAL_STR, "lookahead": (dict,),
-    "tokenizer": {"vocab_size": _INT, "max_docs": _OPTIONAL_INT, "dir": _OPTIONAL_STR},
-    "model": {f.name: _FIELD_TYPES[f.type] for f in dataclasses.fields(ModelConfig)
-              if f.name not in _FROM_TOKENIZER},
-    "train": {"seq_len": _INT, "batch_size": _INT, "steps": _INT, "lr": _FLOAT, "warmup": _INT,
-              "weight_decay": _FLOAT, "b2": _FLOAT, "clip": _FLOAT, "seed": _INT,
-              "eval_every": _INT, "eval_batches": _INT, "unigram_batches": _INT,
-              "save_every": _INT, "keep": _INT, "log_every": _INT},
-}
 
 
 @flax.struct.dataclass
@@ -126,21 +105,6 @@ def is_complete(model_dir: str) -> bool:
                for f in ("config.json", "model.safetensors", "tokenizer.json"))
 
 
-def _model_config(conf: dict, tok) -> ModelConfig:
-    """The architecture from the config's ``model`` section; vocab and special ids from ``tok``."""
-    return ModelConfig.from_dict({
-        **conf["model"], "vocab_size": len(tok), "bos_token_id": tok.bos_token_id,
-        "eos_token_ids": (tok.eos_token_id,), "pad_token_id": tok.pad_token_id,
-        "unk_token_id": tok.unk_token_id})
-
-
-def _resume_key(conf: dict) -> dict:
-    """The parts of the config a checkpoint must agree with to be resumed."""
-    train = {k: v for k, v in conf["train"].items() if k not in _CADENCE_KEYS}
-    return {"data": conf["data"], "tokenizer": conf["tokenizer"], "model": conf["model"],
-            "train": train}
-
-
 def work_dir(out: str) -> str:
     """Where the tokenizer and checkpoints of the model ``out`` live while it trains."""
     return out.rstrip("/") + ".train"
@@ -157,8 +121,44 @@ def _parse(argv):
     return parser.parse_intermixed_args(argv)
 
 
-def run(conf: dict, out: str) -> dict:
-    """Prepares data and tokenizer, trains (resuming if checkpointed), writes ``out``.
+@dataclasses.dataclass
+class Corpus:
+    """The training corpus's splits (grain datasets of documents) and its tokenizer."""
+
+    train: Any
+    heldout: Any
+    tok: Any
+
+
+@dataclasses.dataclass
+class HeldOut:
+    """Fixed held-out batches, the unigram baseline's loss on them, and the held-out loss of
+    each evaluation so far (``{'step', 'heldout_loss'}``, saved with every checkpoint)."""
+
+    batches: list[dict]
+    unigram: float
+    history: list[dict]
+
+    def evaluate(self, cfg: ModelConfig, params, step: int) -> float:
+        """The held-out loss of ``params`` at ``step``, added to the history."""
+        loss = heldout_loss(cfg, params, self.batches)
+        self.history.append({"step": step, "heldout_loss": loss})
+        return loss
+
+    def final(self, cfg: ModelConfig, params, steps: int) -> float:
+        """The held-out loss at the last step: evaluated there already, or now."""
+        if self.history and self.history[-1]["step"] == steps:
+            return self.history[-1]["heldout_loss"]
+        return heldout_loss(cfg, params, self.batches)
+
+
+def load_config(args: argparse.Namespace) -> BaseTrainConfig:
+    """The run's config: the YAML ``--config``, then its ``key=value`` overrides, then ``--out``."""
+    return program_config.load(BaseTrainConfig, args.config, overrides=args.overrides, args=args)
+
+
+def run(config: BaseTrainConfig) -> dict:
+    """Prepares data and tokenizer, trains (resuming if checkpointed), writes ``config.out``.
 
     Returns the metrics written to ``<out>/train_metrics.json``, or ``{'preempted': step,
     'exit_code': code}`` if SIGTERM or Ctrl-C stopped training (after a checkpoint). Bad
@@ -166,94 +166,132 @@ def run(conf: dict, out: str) -> dict:
     before any work.
     """
     t0 = time.perf_counter()
-    require(conf, ("data", "tokenizer", "model", "train"), "the config")
-    tok_conf = require(conf["tokenizer"], ("vocab_size",), "the config's 'tokenizer' section")
-    require(conf["model"], (), "the config's 'model' section")
-    tc = require(conf["train"], _TRAIN_KEYS, "the config's 'train' section")
-    seq_len, batch_size, seed = tc["seq_len"], tc["batch_size"], tc.get("seed", 0)
-    check_seed(seed, "train.seed")
-    work = work_dir(out)
-    tok_dir = tok_conf.get("dir") or os.path.join(work, "tokenizer")
-    for name, path in (("the output directory", out), ("the tokenizer directory", tok_dir),
-                       ("the checkpoint directory", os.path.join(work, "checkpoints"))):
-        check_output_dir(path, name)
-    spec = data.parse_spec(conf["data"])
-    if spec.kind == "self":
-        raise ValueError("the base model cannot be trained on 'self' (text sampled from itself)")
-    mngr = checkpoint.manager(os.path.join(work, "checkpoints"), save_every=tc["save_every"],
-                              keep=tc.get("keep", 2))
-    resume_key = _resume_key(conf)
-    resume_step = check_resume(mngr, resume_key, f"delete {work} or use another --out")
-    data_dir = conf.get("data_dir")
-    train_texts = data.text_source(spec, "train", data_dir)
-    heldout_texts = data.text_source(spec, "heldout", data_dir)
-
-    print(f"corpus {conf['data']}: {len(train_texts)} train / {len(heldout_texts)} held-out "
-          "documents", file=sys.stderr)
-    max_docs = tok_conf.get("max_docs") or len(train_texts)
-    tok = tokenizer_lib.train_bpe(
-        (train_texts[i] for i in range(min(max_docs, len(train_texts)))),
-        tok_conf["vocab_size"], tok_dir)
-    cfg = _model_config(conf, tok)
-    data.check_seq_len(seq_len, cfg.max_position)
-
-    steps = tc["steps"]
-    optimizer = make_optimizer(tc["lr"], steps, tc["warmup"], tc.get("weight_decay", 0.1),
-                               tc.get("b2", 0.95), tc.get("clip", 1.0))
-    batches = data.token_batches(train_texts, tok, seq_len, batch_size, seed)
-    history: list[dict] = []  # held-out loss per evaluation
-    if resume_step is None:
-        state = init_state(cfg, optimizer, seed)
-    else:
-        target = jax.eval_shape(lambda: init_state(cfg, optimizer, seed))
-        restored = checkpoint.restore(mngr, target, resume_step)
-        state, history = restored.state, list(restored.meta["history"])
-        data.restore_iterator(batches, restored.data_state)
-        print(f"resuming from step {restored.step} ({mngr.directory})", file=sys.stderr)
-
-    eval_batches = list(itertools.islice(
-        data.token_batches(heldout_texts, tok, seq_len, batch_size, seed, shuffle=False),
-        tc["eval_batches"]))
-    unigram = data.unigram_loss(
-        itertools.islice(data.token_batches(train_texts, tok, seq_len, batch_size, seed + 1),
-                         tc["unigram_batches"]), eval_batches, cfg.vocab_size)
-    print(f"model: {cfg.num_params() / 1e6:.2f}M params, vocab {cfg.vocab_size}; unigram "
-          f"baseline held-out loss {unigram:.4f}", file=sys.stderr)
-
-    def evaluate(state, step):
-        loss = heldout_loss(cfg, state.params, eval_batches)
-        history.append({"step": step, "heldout_loss": loss})
-        return {"heldout": loss}
-
-    step_fn = jax.jit(functools.partial(train_step, cfg=cfg, optimizer=optimizer),
-                      donate_argnums=(0,))
-    tokens_per_step = batch_size * seq_len
-    result = train_loop(
-        state, lambda s, b: step_fn(s, {"tokens": b["tokens"], "mask": b["mask"]}), batches,
-        start_step=int(state.step), steps=steps, mngr=mngr,
-        meta_fn=lambda step: {"resume_key": resume_key, "history": history},
-        evaluate=evaluate, eval_every=tc["eval_every"],
-        postfix_fn=lambda m: {"loss": float(m["loss"])}, log_every=tc.get("log_every", 10),
-        tokens_per_step=tokens_per_step, desc="base")
+    mngr, resume_step = _check_before_work(config)
+    corpus = _corpus(config)
+    cfg = _model_config(config, corpus.tok)
+    t = config.train
+    optimizer = make_optimizer(t.lr, t.steps, t.warmup, t.weight_decay, t.b2, t.clip)
+    batches = data.token_batches(corpus.train, corpus.tok, t.seq_len, t.batch_size, t.seed)
+    state, history = _start(config, cfg, optimizer, mngr, resume_step, batches)
+    heldout = _heldout(config, cfg, corpus, history)
+    result = _train(config, cfg, optimizer, state, batches, mngr, heldout)
     mngr.close()
     if result.preempted:
         return {"preempted": result.step, "exit_code": result.exit_code}
-    final = history[-1]["heldout_loss"] if history and history[-1]["step"] == steps else \
-        heldout_loss(cfg, result.state.params, eval_batches)
-    hf.save_hf(cfg, result.state.params, out, tokenizer=tok)
+    return _finish(config, cfg, corpus.tok, result, heldout, t0)
+
+
+def _check_before_work(config: BaseTrainConfig) -> tuple[Any, int | None]:
+    """The checks made before any work (writable outputs, a corpus the model can be trained on,
+    checkpoints made with this config); the checkpoint manager and the step to resume from."""
+    work = work_dir(config.out)
+    for name, path in (("the output directory", config.out),
+                       ("the tokenizer directory", _tokenizer_dir(config)),
+                       ("the checkpoint directory", os.path.join(work, "checkpoints"))):
+        check_output_dir(path, name)
+    if data.parse_spec(config.data).kind == "self":
+        raise ValueError("the base model cannot be trained on 'self' (text sampled from itself)")
+    mngr = checkpoint.manager(os.path.join(work, "checkpoints"),
+                              save_every=config.train.save_every, keep=config.train.keep)
+    resume_step = check_resume(mngr, program_config.resume_view(config),
+                               f"delete {work} or use another --out")
+    return mngr, resume_step
+
+
+def _tokenizer_dir(config: BaseTrainConfig) -> str:
+    return config.tokenizer.dir or os.path.join(work_dir(config.out), "tokenizer")
+
+
+def _corpus(config: BaseTrainConfig) -> Corpus:
+    """The corpus's train and held-out splits, and the BPE tokenizer trained on the first
+    (cached in its directory)."""
+    spec = data.parse_spec(config.data)
+    train_texts = data.text_source(spec, "train", config.data_dir)
+    heldout_texts = data.text_source(spec, "heldout", config.data_dir)
+    print(f"corpus {config.data}: {len(train_texts)} train / {len(heldout_texts)} held-out "
+          "documents", file=sys.stderr)
+    max_docs = config.tokenizer.max_docs or len(train_texts)
+    tok = tokenizer_lib.train_bpe(
+        (train_texts[i] for i in range(min(max_docs, len(train_texts)))),
+        config.tokenizer.vocab_size, _tokenizer_dir(config))
+    return Corpus(train_texts, heldout_texts, tok)
+
+
+def _model_config(config: BaseTrainConfig, tok) -> ModelConfig:
+    """The architecture from the config's ``model`` section; vocab and special ids from ``tok``."""
+    cfg = config.model_config(
+        vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_ids=(tok.eos_token_id,),
+        pad_token_id=tok.pad_token_id, unk_token_id=tok.unk_token_id)
+    data.check_seq_len(config.train.seq_len, cfg.max_position)
+    return cfg
+
+
+def _start(config: BaseTrainConfig, cfg: ModelConfig, optimizer, mngr, resume_step: int | None,
+           batches) -> tuple[TrainState, list[dict]]:
+    """Step 0 (random params), or the checkpoint to resume from with its held-out history (and
+    ``batches`` moved to its position)."""
+    seed = config.train.seed
+    if resume_step is None:
+        return init_state(cfg, optimizer, seed), []
+    target = jax.eval_shape(lambda: init_state(cfg, optimizer, seed))
+    restored = restore(mngr, resume_step, target, batches)
+    return restored.state, list(restored.meta["history"])
+
+
+def _heldout(config: BaseTrainConfig, cfg: ModelConfig, corpus: Corpus,
+             history: list[dict]) -> HeldOut:
+    """The fixed held-out batches and the unigram baseline (fit on train batches of another
+    seed); prints the model's size and the baseline."""
+    t = config.train
+    eval_batches = list(itertools.islice(
+        data.token_batches(corpus.heldout, corpus.tok, t.seq_len, t.batch_size, t.seed,
+                           shuffle=False), t.eval_batches))
+    unigram = data.unigram_loss(
+        itertools.islice(data.token_batches(corpus.train, corpus.tok, t.seq_len, t.batch_size,
+                                            t.seed + 1), t.unigram_batches),
+        eval_batches, cfg.vocab_size)
+    print(f"model: {cfg.num_params() / 1e6:.2f}M params, vocab {cfg.vocab_size}; unigram "
+          f"baseline held-out loss {unigram:.4f}", file=sys.stderr)
+    return HeldOut(eval_batches, unigram, history)
+
+
+def _train(config: BaseTrainConfig, cfg: ModelConfig, optimizer, state: TrainState, batches,
+           mngr, heldout: HeldOut) -> LoopResult:
+    """``train_loop`` from ``state`` to ``train.steps``, evaluating into ``heldout``."""
+    t = config.train
+    resume_key = program_config.resume_view(config)
+    step_fn = jax.jit(functools.partial(train_step, cfg=cfg, optimizer=optimizer),
+                      donate_argnums=(0,))
+    return train_loop(
+        state, lambda s, b: step_fn(s, {"tokens": b["tokens"], "mask": b["mask"]}), batches,
+        start_step=int(state.step), steps=t.steps, mngr=mngr,
+        meta_fn=lambda step: {"resume_key": resume_key, "history": heldout.history},
+        evaluate=lambda s, step: {"heldout": heldout.evaluate(cfg, s.params, step)},
+        eval_every=t.eval_every, postfix_fn=lambda m: {"loss": float(m["loss"])},
+        log_every=t.log_every, tokens_per_step=t.batch_size * t.seq_len, desc="base")
+
+
+def _finish(config: BaseTrainConfig, cfg: ModelConfig, tok, result: LoopResult,
+            heldout: HeldOut, t0: float) -> dict:
+    """Writes the model directory ``config.out`` and its metrics file (wall time since
+    ``t0``); returns the metrics."""
+    t = config.train
+    final = heldout.final(cfg, result.state.params, t.steps)
+    hf.save_hf(cfg, result.state.params, config.out, tokenizer=tok)
+    tokens_per_step = t.batch_size * t.seq_len
     metrics = {
         "heldout_loss": final,
-        "unigram_loss": unigram,
-        "steps": steps,
+        "unigram_loss": heldout.unigram,
+        "steps": t.steps,
         "steps_this_run": result.steps_run,
         "tokens_per_s": result.steps_per_s * tokens_per_step if result.steps_run > 1 else None,
-        "train_tokens": steps * tokens_per_step,
+        "train_tokens": t.steps * tokens_per_step,
         "wall_time_s": time.perf_counter() - t0,
         "num_params": cfg.num_params(),
-        "heldout_history": history,
-        "config": conf,
+        "heldout_history": heldout.history,
+        "config": program_config.to_dict(config),
     }
-    with open(os.path.join(out, METRICS_FILE), "w") as f:
+    with open(os.path.join(config.out, METRICS_FILE), "w") as f:
         json.dump(metrics, f, indent=2)
     return metrics
 
@@ -261,9 +299,8 @@ def run(conf: dict, out: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """The program; returns the exit status."""
     args = _parse(argv)
-    conf = apply_overrides(load_yaml(args.config), args.overrides)
-    check_types(conf, _SCHEMA)
-    out = args.out or conf.get("out")
+    config = load_config(args)
+    out = config.out
     if not out:
         raise ValueError("no output directory: give --out or set 'out' in the config")
     if is_complete(out):
@@ -273,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     work = work_dir(out)
     new_work = not os.path.exists(work)
     try:
-        metrics = run(conf, out)
+        metrics = run(config)
     except BaseException:  # nothing saved yet: leave no half-made work directory behind
         if new_work and not checkpoint.has_checkpoint(os.path.join(work, "checkpoints")):
             shutil.rmtree(work, ignore_errors=True)

@@ -7,8 +7,9 @@ initialises every LA embedding (``--init``: the mean token embedding by default,
 token's as in the paper) and trains only them (base params
 are constants; optimizer state exists only for the L x d_model LA array) with the packed
 insertion loss of ``pass_jax.losses`` (M groups of L LA tokens per sequence; M = 1 is the paper's
-recipe). Defaults come from the ``lookahead`` section of ``--config`` (configs/paper.yaml: the
-paper's AdamW lr 1e-2, batch 8, 10k steps, 20% warmup, cosine, M = 1, CE); flags override them.
+recipe). The settings (``train.config.LookaheadTrainConfig``) come from the ``lookahead``
+section of ``--config`` (configs/paper.yaml: the paper's AdamW lr 1e-2, batch 8, 10k steps, 20%
+warmup, cosine, M = 1, CE); flags override them.
 
 Output directory ``--out``:
   checkpoints/<step>/        orbax checkpoints (LA, optimizer state, step, RNG, data position)
@@ -26,6 +27,7 @@ Output directory ``--out``:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -37,23 +39,69 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pass_jax import checkpoint, cli, data, generation, gguf_file, hf, lookahead, losses, sharding
-from pass_jax.config import SamplerConfig, load_yaml
+from pass_jax import (checkpoint, cli, data, generation, gguf_file, hf, lookahead, losses,
+                      program_config, sharding)
+from pass_jax.config import ModelConfig, SamplerConfig
 from pass_jax.model import REMAT_POLICIES
-from train import check_output_dir, check_resume, check_seed, require, run_cli, train_loop
+from train import LoopResult, check_output_dir, check_resume, restore, run_cli, train_loop
+from train.config import LookaheadTrainConfig
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "paper.yaml")
 EVAL_FILE = "eval.jsonl"
-# Settings a checkpoint must agree with to be resumed (the rest only changes logging cadence).
-_RESUME_KEYS = ("data", "num_lookahead", "loss", "groups", "lr", "weight_decay", "steps",
-                "warmup", "batch_size", "seq_len", "seed", "dtype", "init")
-_REQUIRED = ("lr", "batch_size", "seq_len", "steps", "groups", "loss", "dtype", "seed",
-             "temperature", "top_k", "eval_every", "eval_batches", "save_every")
-# Flags that override the config section, with their types.
-_OVERRIDES = {"steps": int, "loss": str, "groups": int, "batch_size": int, "seq_len": int,
-              "lr": float, "warmup": int, "dtype": str, "eval_every": int, "save_every": int,
-              "seed": int, "temperature": float, "top_k": int, "init": str, "remat": str}
+
+
+@dataclasses.dataclass
+class FrozenModel:
+    """The model whose LA embeddings train: its directory (a GGUF file's cached conversion),
+    mesh (None: one device), config, params (constants), tokenizer, and identity (path and
+    embedding hash, recorded with the export)."""
+
+    path: str
+    mesh: Any
+    cfg: ModelConfig
+    params: Any
+    tok: Any
+    identity: dict
+
+
+@dataclasses.dataclass
+class EvalLog:
+    """The held-out acceptance estimate at the configured temperature / top-k on fixed batches
+    (``eval_set``), its value for the initial LA embeddings, and every evaluation so far (also
+    appended to ``path``, the output directory's ``eval.jsonl``)."""
+
+    model: FrozenModel
+    eval_set: list
+    temperature: float
+    top_k: int
+    path: str
+    at_init: dict = dataclasses.field(default_factory=dict)
+    history: list[dict] = dataclasses.field(default_factory=list)
+
+    def estimate(self, la_LxD) -> dict:
+        """``heldout_estimate`` of ``la_LxD``."""
+        return heldout_estimate(self.model.cfg, self.model.params, la_LxD, self.eval_set,
+                                self.temperature, self.top_k)
+
+    def log(self, step: int, est: dict) -> None:
+        """Records the estimate ``est`` made at ``step``."""
+        record = {"step": step, "temperature": self.temperature, "top_k": self.top_k, **est}
+        self.history.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def evaluate(self, state: dict, step: int) -> dict:
+        """The train loop's evaluation: estimate, record, mean acceptance for the bar."""
+        est = self.estimate(state["la"].la)
+        self.log(step, est)
+        return {"acc": float(np.mean(est["sampled"])), "acc_greedy": float(np.mean(est["greedy"]))}
+
+    def final(self, la_LxD, steps: int) -> dict:
+        """The estimate at the last step: made there already, or now."""
+        if self.history and self.history[-1]["step"] == steps:
+            return self.history[-1]
+        return self.estimate(la_LxD)
 
 
 def _parse(argv) -> argparse.Namespace:
@@ -95,35 +143,6 @@ def _parse(argv) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The run's settings: the config's ``lookahead`` section, overridden by the flags."""
-    s = dict(require(load_yaml(args.config).get("lookahead"), (),
-                     f"config {args.config}: the 'lookahead' section"))
-    for key in _OVERRIDES:
-        if getattr(args, key) is not None:
-            s[key] = getattr(args, key)
-    require(s, _REQUIRED, f"config {args.config}: the 'lookahead' section")
-    if args.warmup is None:
-        s["warmup"] = int(round(s.get("warmup_fraction", 0.2) * s["steps"]))
-    s.update(data=args.data, num_lookahead=args.num_lookahead,
-             add_special_tokens=args.add_special_tokens)
-    s.setdefault("init", "mean")
-    s.setdefault("remat", "none")
-    if s["remat"] not in REMAT_POLICIES:
-        raise ValueError(f"remat must be one of {tuple(REMAT_POLICIES)}, got {s['remat']!r}")
-    lookahead.parse_init(s["init"])
-    if s["num_lookahead"] < 1:
-        raise ValueError(f"--num-lookahead must be >= 1, got {s['num_lookahead']}")
-    if s["groups"] < 1:
-        raise ValueError(f"--groups must be >= 1, got {s['groups']}")
-    if s["steps"] < 1:
-        raise ValueError(f"--steps must be >= 1, got {s['steps']}")
-    if s["loss"] not in losses.LOSS_KINDS:
-        raise ValueError(f"unknown loss {s['loss']!r}; expected one of {losses.LOSS_KINDS}")
-    check_seed(s["seed"], "--seed")
-    return s
-
-
 def _sample_fn(cfg, params, tok, seq_len: int, seed: int):
     """``sample_fn(n)`` for the 'self' corpus: n texts of ``seq_len`` tokens sampled from the
     model (temperature 1) from BOS, a different seed each call."""
@@ -163,14 +182,15 @@ def heldout_estimate(cfg, base_params, la_LxD, eval_set, temperature: float,
             "ce": round(float(ce / max(n, 1)), 5), "kl": round(float(kl / max(n, 1)), 5)}
 
 
-def _eval_set(texts, tok, s: dict) -> list[tuple[jax.Array, jax.Array]]:
+def _eval_set(texts, tok, config: LookaheadTrainConfig) -> list[tuple[jax.Array, jax.Array]]:
     """Fixed held-out batches with fixed insertion points (``eval_groups`` per row)."""
-    N, L, B = s["seq_len"], s["num_lookahead"], s["batch_size"]
-    M = min(s.get("eval_groups", 8), N - 1 - L)
+    settings = config.lookahead
+    N, L, B = settings.seq_len, config.num_lookahead, settings.batch_size
+    M = min(settings.eval_groups, N - 1 - L)
     batches = itertools.islice(
-        data.token_batches(texts, tok, N, B, s["seed"], shuffle=False,
-                           add_special_tokens=s["add_special_tokens"]), s["eval_batches"])
-    key = jax.random.PRNGKey(s["seed"] + 1)
+        data.token_batches(texts, tok, N, B, settings.seed, shuffle=False,
+                           add_special_tokens=config.add_special_tokens), settings.eval_batches)
+    key = jax.random.PRNGKey(settings.seed + 1)
     return [(jnp.asarray(b["tokens"]),
              losses.sample_insertion_points(jax.random.fold_in(key, i), B, M, N, L))
             for i, b in enumerate(batches)]
@@ -197,149 +217,215 @@ def _finished(out: str, resume_key: dict) -> dict | None:
     return metrics if metrics.get("settings") == resume_key else None
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def load_config(args: argparse.Namespace) -> LookaheadTrainConfig:
+    """The run's config: the ``lookahead`` section of the YAML ``--config``, overridden by the
+    flags (each named like the field it sets)."""
+    return program_config.load(LookaheadTrainConfig, args.config, args=args,
+                               sections=("lookahead",))
+
+
+def run(config: LookaheadTrainConfig, device_args: argparse.Namespace) -> dict[str, Any]:
     """Trains (or resumes, or reports a finished run); returns the final metrics, or
     ``{'preempted': step, 'exit_code': code}`` when SIGTERM or Ctrl-C stopped training after a
-    checkpoint. Bad settings and unwritable output directories are found before any work."""
+    checkpoint. ``device_args``: the ``--mesh`` and multi-host flags (``cli.add_mesh_arg``).
+    Bad settings and unwritable output directories are found before any work."""
     t0 = time.perf_counter()
-    s = settings(args)
-    check_output_dir(args.out, "--out")
-    check_output_dir(os.path.join(args.out, "checkpoints"), "the checkpoint directory")
-    spec = data.parse_spec(s["data"])
-    L, B, N, M = s["num_lookahead"], s["batch_size"], s["seq_len"], s["groups"]
-    resume_key = {k: s[k] for k in _RESUME_KEYS}
-    args.model = gguf_file.resolve_model(args.model)  # a .gguf file: its cached conversion
-    # on --mesh: base params in their shards, LA state replicated, batch rows split
-    mesh, cfg, base_params = cli.load_model_for_args(args, args.model, s["dtype"])
-    tok = hf.load_tokenizer(args.model)
+    spec = _check_before_work(config)
+    model = load_model(config, device_args)
+    resume_key = _resume_key(config, model)
+    done = _finished(config.out, resume_key)
+    if done is not None:
+        print(f"{config.out} already holds this run's export; delete it to retrain",
+              file=sys.stderr)
+        return done
+    train_texts, eval_set = _texts(config, spec, model)
+    la_init_LxD, init_token = _la_init(config, model)
+    state, step_fn = _trainer(config, model, la_init_LxD)
+    settings = config.lookahead
+    batches = data.token_batches(train_texts, model.tok, settings.seq_len, settings.batch_size,
+                                 settings.seed, add_special_tokens=config.add_special_tokens)
+    mngr, state = _resume(config, resume_key, state, batches)
+    evals = _eval_log(config, model, eval_set, la_init_LxD, int(state["la"].step))
+    result, train_loss = _train(config, state, step_fn, batches, mngr, evals, resume_key)
+    ckpt_dir = os.path.join(str(mngr.directory), str(result.step))
+    mngr.close()
+    if result.preempted:
+        return {"preempted": result.step, "exit_code": result.exit_code}
+    la_LxD = result.state["la"].la
+    metrics = {**_metrics(config, model, result, train_loss, evals, t0), "checkpoint": ckpt_dir,
+               "lookahead": os.path.abspath(config.out), "settings": resume_key}
+    lookahead.save_lookahead(config.out, la_LxD, model.cfg, model.identity,
+                             init_token_id=init_token, metrics=metrics)
+    return metrics
+
+
+def _check_before_work(config: LookaheadTrainConfig) -> data.DataSpec:
+    """Writable output directories and a well-formed ``--data`` spec (returned), checked before
+    the model is loaded."""
+    check_output_dir(config.out, "--out")
+    check_output_dir(os.path.join(config.out, "checkpoints"), "the checkpoint directory")
+    return data.parse_spec(config.data)
+
+
+def load_model(config: LookaheadTrainConfig, device_args: argparse.Namespace) -> FrozenModel:
+    """The frozen model and its tokenizer (on ``--mesh``: base params in their shards), checked
+    against the sequence length and insertion groups."""
+    path = gguf_file.resolve_model(config.model)  # a .gguf file: its cached conversion
+    mesh, cfg, params = cli.load_model_for_args(device_args, path, config.lookahead.dtype)
+    tok = hf.load_tokenizer(path)
     if tok is None:
-        raise FileNotFoundError(f"{args.model} has no tokenizer files; the data pipeline needs "
-                                "the model's tokenizer")
+        raise FileNotFoundError(f"{path} has no tokenizer files; the data pipeline needs the "
+                                "model's tokenizer")
+    N, L, M = config.lookahead.seq_len, config.num_lookahead, config.lookahead.groups
     data.check_seq_len(N, cfg.max_position)
     if N - 1 - L < M:
         raise ValueError(f"--seq-len {N} is too short for {M} insertion groups of L={L} "
                          f"look-ahead tokens (need seq_len >= groups + L + 1)")
-    identity = {**lookahead.model_fingerprint(cfg, base_params),
-                "path": os.path.abspath(args.model)}
-    resume_key["model"] = identity["embedding_sha256"]
-    done = _finished(args.out, resume_key)
-    if done is not None:
-        print(f"{args.out} already holds this run's export; delete it to retrain",
-              file=sys.stderr)
-        return done
+    identity = {**lookahead.model_fingerprint(cfg, params), "path": os.path.abspath(path)}
+    return FrozenModel(path, mesh, cfg, params, tok, identity)
 
-    sample_fn = _sample_fn(cfg, base_params, tok, N, s["seed"]) if spec.kind == "self" else None
-    n_self = s.get("self_texts", 256)
-    train_texts = data.text_source(spec, "train", args.data_dir, sample_fn=sample_fn,
+
+def _resume_key(config: LookaheadTrainConfig, model: FrozenModel) -> dict[str, Any]:
+    """What a checkpoint or a finished export must agree with: the config less what may change
+    on resume, flat (the ``lookahead`` section's keys next to ``data``, ``num_lookahead``, ...),
+    with the model's embedding hash as ``model``."""
+    view = program_config.resume_view(config)
+    return {**view.pop("lookahead"), **view, "model": model.identity["embedding_sha256"]}
+
+
+def _texts(config: LookaheadTrainConfig, spec: data.DataSpec, model: FrozenModel
+           ) -> tuple[Any, list[tuple[jax.Array, jax.Array]]]:
+    """The training documents and the fixed held-out set (``_eval_set``); for ``self``, text
+    sampled from the model."""
+    settings = config.lookahead
+    sample_fn = _sample_fn(model.cfg, model.params, model.tok, settings.seq_len,
+                           settings.seed) if spec.kind == "self" else None
+    n_self = settings.self_texts
+    train_texts = data.text_source(spec, "train", config.data_dir, sample_fn=sample_fn,
                                    num_self_texts=n_self)
-    heldout_texts = data.text_source(spec, "heldout", args.data_dir, sample_fn=sample_fn,
+    heldout_texts = data.text_source(spec, "heldout", config.data_dir, sample_fn=sample_fn,
                                      num_self_texts=max(4, n_self // 4))
-    eval_set = _eval_set(heldout_texts, tok, s)
+    eval_set = _eval_set(heldout_texts, model.tok, config)
     if not eval_set:
-        raise ValueError(f"empty corpus: the held-out split of {s['data']} gives no batch")
+        raise ValueError(f"empty corpus: the held-out split of {config.data} gives no batch")
+    return train_texts, eval_set
 
+
+def _la_init(config: LookaheadTrainConfig, model: FrozenModel) -> tuple[jax.Array, int | None]:
+    """The initial LA embeddings (``init``) and the token they start from (None: not a token's
+    embedding)."""
     # the unk token (the paper's start and the [UNK] baseline); HF configs rarely record it,
     # the tokenizer does
-    unk_token = next((t for t in (cfg.unk_token_id, tok.unk_token_id) if t is not None),
+    cfg = model.cfg
+    unk_token = next((t for t in (cfg.unk_token_id, model.tok.unk_token_id) if t is not None),
                      lookahead.default_init_token(cfg))
-    init = lookahead.parse_init(s["init"])
+    init = lookahead.parse_init(config.lookahead.init)
     init_token = unk_token if init == "unk" else init if isinstance(init, int) else None
-    la_init_LxD = lookahead.init_lookahead(cfg, base_params, L, dtype=jnp.float32, init=init,
-                                           unk_token_id=unk_token)
-    optimizer = losses.paper_optimizer(s["lr"], s["steps"], s["warmup"],
-                                       s.get("weight_decay", 0.0))
+    la_init_LxD = lookahead.init_lookahead(cfg, model.params, config.num_lookahead,
+                                           dtype=jnp.float32, init=init, unk_token_id=unk_token)
+    return la_init_LxD, init_token
+
+
+def _trainer(config: LookaheadTrainConfig, model: FrozenModel, la_init_LxD):
+    """``(state, step_fn)``: the LA training state ``{'la': LAState, 'rng': key}`` (on a mesh:
+    replicated) and ``step_fn(state, batch) -> (state, metrics)`` (on a mesh: batch rows
+    split)."""
+    settings, mesh = config.lookahead, model.mesh
+    optimizer = losses.paper_optimizer(settings.lr, settings.steps, settings.warmup,
+                                       settings.weight_decay)
     la_state = losses.init_la_state(jnp.array(la_init_LxD), optimizer)  # a copy: donated
-    rng = jax.random.PRNGKey(s["seed"])
-    la_step = losses.make_la_train_step(cfg, optimizer, s["loss"], M, remat=s["remat"],
-                                        mesh=mesh)
+    rng = jax.random.PRNGKey(settings.seed)
+    la_step = losses.make_la_train_step(model.cfg, optimizer, settings.loss, settings.groups,
+                                        remat=settings.remat, mesh=mesh)
     if mesh is None:
         place_batch = lambda tokens_BxN: tokens_BxN
     else:
         la_state = sharding.replicate(la_state, mesh)
         rng = jax.device_put(rng, sharding.replicated(mesh))
         place_batch = lambda tokens_BxN: sharding.shard_batch(tokens_BxN, mesh)
-    state = {"la": la_state, "rng": rng}
-    os.makedirs(args.out, exist_ok=True)
-    mngr = checkpoint.manager(os.path.join(args.out, "checkpoints"),
-                              save_every=s["save_every"], keep=s.get("keep", 2))
-    batches = data.token_batches(train_texts, tok, N, B, s["seed"],
-                                 add_special_tokens=s["add_special_tokens"])
-    resume_step = check_resume(mngr, resume_key, "use another --out")
-    if resume_step is not None:
-        restored = checkpoint.restore(mngr, state, resume_step)
-        state = restored.state
-        data.restore_iterator(batches, restored.data_state)
-        print(f"resuming from step {restored.step} ({mngr.directory})", file=sys.stderr)
 
-    temperature, top_k = s["temperature"], s["top_k"]
-    at_init = heldout_estimate(cfg, base_params, la_init_LxD, eval_set, temperature, top_k)
-    start_step = int(state["la"].step)
-    log_path = os.path.join(args.out, EVAL_FILE)
-    history = _eval_log_upto(log_path, start_step)
+    def step_fn(state, batch):
+        la_state, metrics = la_step(state["la"], model.params,
+                                    {"tokens": place_batch(batch["tokens"])}, state["rng"])
+        return {"la": la_state, "rng": state["rng"]}, metrics
 
-    def log_eval(step: int, est: dict) -> None:
-        record = {"step": step, "temperature": temperature, "top_k": top_k, **est}
-        history.append(record)
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+    return {"la": la_state, "rng": rng}, step_fn
 
+
+def _resume(config: LookaheadTrainConfig, resume_key: dict, state: dict, batches
+            ) -> tuple[Any, dict]:
+    """The checkpoint manager of ``<out>/checkpoints`` and the state to start from: ``state``,
+    or the latest checkpoint's (made with the same settings; ``batches`` moved to its
+    position)."""
+    settings = config.lookahead
+    os.makedirs(config.out, exist_ok=True)
+    mngr = checkpoint.manager(os.path.join(config.out, "checkpoints"),
+                              save_every=settings.save_every, keep=settings.keep)
+    restored = restore(mngr, check_resume(mngr, resume_key, "use another --out"), state,
+                       batches)
+    return mngr, state if restored is None else restored.state
+
+
+def _eval_log(config: LookaheadTrainConfig, model: FrozenModel, eval_set, la_init_LxD,
+              start_step: int) -> EvalLog:
+    """The evaluation log, with the estimate for the initial embeddings; resuming at
+    ``start_step`` keeps the records up to it (step 0 logs the initial estimate)."""
+    settings = config.lookahead
+    evals = EvalLog(model, eval_set, settings.temperature, settings.top_k,
+                    os.path.join(config.out, EVAL_FILE))
+    evals.at_init = evals.estimate(la_init_LxD)
+    evals.history = _eval_log_upto(evals.path, start_step)
     if start_step == 0:
-        log_eval(0, at_init)
+        evals.log(0, evals.at_init)
+    return evals
 
-    def evaluate(state, step):
-        est = heldout_estimate(cfg, base_params, state["la"].la, eval_set, temperature, top_k)
-        log_eval(step, est)
-        return {"acc": float(np.mean(est["sampled"])), "acc_greedy": float(np.mean(est["greedy"]))}
 
+def _train(config: LookaheadTrainConfig, state: dict, step_fn, batches, mngr, evals: EvalLog,
+           resume_key: dict) -> tuple[LoopResult, dict[str, float]]:
+    """``train_loop`` to ``steps``; the result and the last logged train loss, ce and kl."""
+    settings = config.lookahead
     last: dict[str, float] = {}
 
     def postfix(metrics):
         last.update(loss=float(metrics["loss"]), ce=float(metrics["ce"]), kl=float(metrics["kl"]))
         return {"loss": last["loss"]}
 
-    def step_fn(state, batch):
-        la_state, metrics = la_step(state["la"], base_params,
-                                    {"tokens": place_batch(batch["tokens"])}, state["rng"])
-        return {"la": la_state, "rng": state["rng"]}, metrics
-
     result = train_loop(
-        state, step_fn, batches, start_step=start_step, steps=s["steps"], mngr=mngr,
-        meta_fn=lambda step: {"resume_key": resume_key, "eval": history[-1:]},
-        evaluate=evaluate, eval_every=s["eval_every"], postfix_fn=postfix,
-        log_every=s.get("log_every", 10), tokens_per_step=B * N, desc="lookahead")
-    ckpt_dir = os.path.join(str(mngr.directory), str(result.step))
-    mngr.close()
-    if result.preempted:
-        return {"preempted": result.step, "exit_code": result.exit_code}
-    la_LxD = result.state["la"].la
-    final = history[-1] if history and history[-1]["step"] == s["steps"] else \
-        heldout_estimate(cfg, base_params, la_LxD, eval_set, temperature, top_k)
-    metrics = {
-        "loss": last.get("loss"),
-        "train_ce": last.get("ce"),
-        "train_kl": last.get("kl"),
+        state, step_fn, batches, start_step=int(state["la"].step), steps=settings.steps,
+        mngr=mngr, meta_fn=lambda step: {"resume_key": resume_key, "eval": evals.history[-1:]},
+        evaluate=evals.evaluate, eval_every=settings.eval_every, postfix_fn=postfix,
+        log_every=settings.log_every, tokens_per_step=settings.batch_size * settings.seq_len,
+        desc="lookahead")
+    return result, last
+
+
+def _metrics(config: LookaheadTrainConfig, model: FrozenModel, result: LoopResult,
+             train_loss: dict[str, float], evals: EvalLog, t0: float) -> dict[str, Any]:
+    """The final metrics: losses, held-out acceptance (final and initial), throughput."""
+    settings = config.lookahead
+    B, N = settings.batch_size, settings.seq_len
+    final = evals.final(result.state["la"].la, settings.steps)
+    steps_per_s = result.steps_per_s if result.steps_run > 1 else None
+    return {
+        "loss": train_loss.get("loss"),
+        "train_ce": train_loss.get("ce"),
+        "train_kl": train_loss.get("kl"),
         "heldout_ce": final["ce"],
         "heldout_kl": final["kl"],
         "acceptance": {"greedy": final["greedy"], "sampled": final["sampled"]},
-        "acceptance_init": {"greedy": at_init["greedy"], "sampled": at_init["sampled"]},
-        "init": s["init"],
-        "temperature": temperature,
-        "top_k": top_k,
-        "steps": s["steps"],
+        "acceptance_init": {"greedy": evals.at_init["greedy"],
+                            "sampled": evals.at_init["sampled"]},
+        "init": settings.init,
+        "temperature": settings.temperature,
+        "top_k": settings.top_k,
+        "steps": settings.steps,
         "steps_this_run": result.steps_run,
-        "steps_per_s": result.steps_per_s if result.steps_run > 1 else None,
+        "steps_per_s": steps_per_s,
         # sequence tokens (B x N per step; the M x L LA rows not counted), this process's steps
-        "tokens_per_s": result.steps_per_s * B * N if result.steps_run > 1 else None,
-        **throughput(cfg, B, N, M, s["num_lookahead"], result.steps_per_s
-                     if result.steps_run > 1 else None),
+        "tokens_per_s": steps_per_s and steps_per_s * B * N,
+        **throughput(model.cfg, B, N, settings.groups, config.num_lookahead, steps_per_s),
         "wall_time_s": time.perf_counter() - t0,
-        "checkpoint": ckpt_dir,
-        "lookahead": os.path.abspath(args.out),
-        "settings": resume_key,
     }
-    lookahead.save_lookahead(args.out, la_LxD, cfg, identity, init_token_id=init_token,
-                             metrics=metrics)
-    return metrics
 
 
 def throughput(cfg, B: int, N: int, M: int, L: int, steps_per_s: float | None) -> dict:
@@ -356,14 +442,15 @@ def throughput(cfg, B: int, N: int, M: int, L: int, steps_per_s: float | None) -
 def main(argv: list[str] | None = None) -> int:
     """The program; returns the exit status."""
     args = _parse(argv)
-    metrics = run(args)
+    config = load_config(args)
+    metrics = run(config, args)
     if "preempted" in metrics:
         return metrics["exit_code"]
     if args.json:
         print(json.dumps(metrics))
     else:
         acc, ini = metrics["acceptance"], metrics["acceptance_init"]
-        print(f"wrote {args.out}: held-out acceptance per LA position at T="
+        print(f"wrote {config.out}: held-out acceptance per LA position at T="
               f"{metrics['temperature']}, top-k {metrics['top_k']}: {acc['sampled']} ({metrics['init']} "
               f"init {ini['sampled']}); greedy {acc['greedy']} (init {ini['greedy']}); "
               f"{metrics['tokens_per_s'] or 0:.0f} tokens/s, "
