@@ -33,3 +33,60 @@ def sp_tokenizer():
                                                        special_tokens=[("<s>", 1)])
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>",
                                                 bos_token="<s>", eos_token="</s>")
+
+
+# ------------------------------------------------------------------ the shared tiny model
+# Test files import these (``from conftest import TINY, tiny_params``): a module constant such
+# as a file's CFG cannot come from a fixture. A file that needs other values derives its config
+# with ``TINY.replace(...)``.
+
+import functools  # noqa: E402
+import shutil  # noqa: E402
+
+from pass_jax.config import ModelConfig  # noqa: E402
+from pass_jax.model import forward, init_params  # noqa: E402
+
+TINY = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64)
+
+# ``forward`` jitted once for every test file (the config is static): compilations are shared
+jit_forward = jax.jit(forward, static_argnums=0)
+
+
+@functools.cache
+def _params(cfg: ModelConfig, seed: int):
+    return init_params(cfg, jax.random.PRNGKey(seed))
+
+
+def tiny_params(cfg: ModelConfig = TINY, seed: int = 0):
+    """``init_params(cfg, PRNGKey(seed))``, computed once per session; each call returns its own
+    dicts (the arrays are shared, and immutable), so a caller may edit its copy."""
+    return jax.tree.map(lambda x: x, _params(cfg, seed))
+
+
+def random_la(cfg: ModelConfig, L: int, seed: int, scale: float = 1.0):
+    """Random look-ahead embeddings ``[L, d_model]``: ``scale * normal(PRNGKey(seed))``."""
+    return scale * jax.random.normal(jax.random.PRNGKey(seed), (L, cfg.d_model))
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """``(TINY, tiny_params(TINY, 0))``."""
+    return TINY, tiny_params()
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_dir(tmp_path_factory):
+    """``tiny_hf_dir(cfg=TINY, seed=0, dst=None) -> dir``: ``save_hf(cfg, tiny_params(cfg,
+    seed))``, written once per session per (cfg, seed) and shared; with ``dst``, a copy at
+    ``dst`` (for a test that edits the files)."""
+    from pass_jax.hf import save_hf
+
+    made = {}
+
+    def get(cfg: ModelConfig = TINY, seed: int = 0, dst=None):
+        if (cfg, seed) not in made:
+            made[cfg, seed] = save_hf(cfg, _params(cfg, seed),
+                                      tmp_path_factory.mktemp("tiny_hf") / "m")
+        return made[cfg, seed] if dst is None else shutil.copytree(made[cfg, seed], dst)
+
+    return get

@@ -2,17 +2,15 @@
 lossless decoding while the schedule changes between segments."""
 import itertools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY, random_la, tiny_params
 
 import pass_jax.auto as auto
-from pass_jax.config import ModelConfig
 from pass_jax.generation import generate
-from pass_jax.model import init_params
 
-CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64)
+CFG = TINY
 PROMPTS = [[3, 9, 27], [5, 1, 4, 1, 5, 9, 2, 6], [7] * 13]
 
 
@@ -58,9 +56,8 @@ def test_switching_schedules_every_segment_stays_lossless(monkeypatch):
     """Greedy auto with a policy that cycles through every kind of schedule every 3 tokens
     (fake call costs: nothing is timed), batch of 3 with an EOS mid-row: autoregressive output.
     A second generation reuses the cost table."""
-    params = init_params(CFG, jax.random.PRNGKey(4))
-    la = 0.05 * jax.random.normal(jax.random.PRNGKey(101), (2, CFG.d_model)) + \
-        params["embed"]["embedding"][jnp.arange(2)]
+    params = tiny_params(CFG, 4)
+    la = random_la(CFG, 2, 101, 0.05) + params["embed"]["embedding"][jnp.arange(2)]
     methods = ("ar", "pass", "tree-1x1", "tree-3x2", "tree-2")
     timed = []
     monkeypatch.setattr(auto, "iteration_seconds",
@@ -88,7 +85,7 @@ def test_prior_skips_the_costly_exploration(monkeypatch):
     """With the export's acceptance as a prior and CPU-like costs (calls cost their tokens),
     auto decodes autoregressively from the first segment (output still AR's) and explores only
     every 32 autoregressive segments, with the best speculative candidate, not the widest."""
-    params = init_params(CFG, jax.random.PRNGKey(4))
+    params = tiny_params(CFG, 4)
     la = params["embed"]["embedding"][jnp.arange(2)]
     methods = ("ar", "pass", "tree-1x1", "tree-3x2")
     costs = {"ar": 1.0, "pass": 2.5, "tree-1x1": 3.0, "tree-3x2": 12.0}

@@ -5,15 +5,13 @@ import json
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
+from conftest import TINY, tiny_params
 
 import infer.generate as generate_cli
-from pass_jax.config import ModelConfig
 from pass_jax.hf import save_hf
 from pass_jax.lookahead import init_lookahead, model_fingerprint, save_lookahead
-from pass_jax.model import init_params
 from pass_jax.tokenizer import train_bpe
 
 TEXT = ["def add(a, b):\n    return a + b\n", "class Point:\n    x: int = 0\n    y: int = 0\n",
@@ -24,14 +22,14 @@ TEXT = ["def add(a, b):\n    return a + b\n", "class Point:\n    x: int = 0\n   
 def model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     tok = train_bpe(TEXT, 300, root / "tok")
-    cfg = ModelConfig(vocab_size=len(tok), d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                      ffn_dim=64, unk_token_id=tok.unk_token_id, bos_token_id=tok.bos_token_id,
-                      eos_token_ids=(tok.eos_token_id,), pad_token_id=tok.pad_token_id)
-    params = init_params(cfg, jax.random.PRNGKey(0))
+    cfg = TINY.replace(vocab_size=len(tok), unk_token_id=tok.unk_token_id,
+                       bos_token_id=tok.bos_token_id, eos_token_ids=(tok.eos_token_id,),
+                       pad_token_id=tok.pad_token_id)
+    params = tiny_params(cfg, 0)
     save_hf(cfg, params, root / "model", tokenizer=tok)
     la = init_lookahead(cfg, params, 3) + 0.01
     save_lookahead(str(root / "la"), la, cfg, model_fingerprint(cfg, params))
-    other = init_params(cfg.replace(d_model=16, n_heads=2, n_kv_heads=1), jax.random.PRNGKey(1))
+    other = tiny_params(cfg.replace(d_model=16, n_heads=2, n_kv_heads=1), 1)
     save_lookahead(str(root / "la_other"), init_lookahead(cfg.replace(d_model=16), other, 3),
                    cfg.replace(d_model=16), model_fingerprint(cfg.replace(d_model=16), other))
     return root

@@ -15,14 +15,13 @@ import shutil
 from pathlib import Path
 
 import gguf
-import jax
 import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import jit_forward
 
 from pass_jax import gguf_file, hf
-from pass_jax.model import forward
 from pass_jax.tokenizer import train_bpe
 
 TOL = 1e-4
@@ -42,8 +41,6 @@ HF_TO_GGUF = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
               "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
               "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
               "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
-
-_fwd = jax.jit(forward, static_argnums=0)
 
 
 # --------------------------------------------------------------------------- llama.cpp's side
@@ -209,7 +206,7 @@ TOKENS = np.array([[1, 17, 40, 200, 5, 99, 120, 7, 250, 33, 64, 2]], np.int32)
 def our_logits(model_dir) -> np.ndarray:
     cfg, params = hf.load_hf(model_dir)
     pos = np.broadcast_to(np.arange(TOKENS.shape[1]), TOKENS.shape)
-    logits, _ = _fwd(cfg, params, TOKENS, pos)
+    logits, _ = jit_forward(cfg, params, TOKENS, pos)
     return np.asarray(logits)[0]
 
 

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import TINY, jit_forward, tiny_params
 from safetensors.numpy import load_file, save_file
 
 from pass_jax import hf
 from pass_jax.cache import init_cache
-from pass_jax.config import ModelConfig, RopeScaling
-from pass_jax.model import forward, init_params, unstack_layers
+from pass_jax.config import RopeScaling
+from pass_jax.model import unstack_layers
 
 TOL = 1e-4
 V = 128
@@ -40,8 +41,6 @@ HF_CONFIGS = {
     "gpt2": lambda: transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64,
                                             **COMMON),
 }
-
-_fwd = jax.jit(forward, static_argnums=0)
 
 
 def _perturb_torch(model: torch.nn.Module, seed: int):
@@ -94,7 +93,7 @@ def test_logits_parity_padded_batch(hf_model, name):
     lengths = [11, 6, 1]
     toks = _rows(1, lengths, 11)
     pos = np.broadcast_to(np.arange(11), toks.shape)
-    ours, _ = _fwd(cfg, params, toks, pos)
+    ours, _ = jit_forward(cfg, params, toks, pos)
     ours = np.asarray(ours)
     assert ours.dtype == np.float32
     for b, n in enumerate(lengths):
@@ -111,26 +110,26 @@ def test_cached_steps_match_full_forward(hf_model, name):
     prompt_lens = np.array([3, 6, 1], np.int32)
     P, steps, total = 6, 5, 11
     seq = _rows(2, [total] * 3, total)
-    full, _ = _fwd(cfg, params, seq, np.broadcast_to(np.arange(total), seq.shape))
+    full, _ = jit_forward(cfg, params, seq, np.broadcast_to(np.arange(total), seq.shape))
     full = np.asarray(full)
 
     prefill = np.where(np.arange(P)[None] < prompt_lens[:, None], seq[:, :P], 0)
     # the stacked params (nn.scan) and the per-layer ones decoding uses (a layer loop, a cache
     # per layer written before it is read)
     _, per_layer = hf.load_hf(d, stacked=False)
-    np.testing.assert_allclose(np.asarray(_fwd(cfg, per_layer, seq, np.broadcast_to(
+    np.testing.assert_allclose(np.asarray(jit_forward(cfg, per_layer, seq, np.broadcast_to(
         np.arange(total), seq.shape))[0]), full, atol=TOL, rtol=0)
     for p, cache in ((params, init_cache(cfg, batch=3, max_len=16)),
                      (per_layer, init_cache(cfg, batch=3, max_len=16, per_layer=True))):
-        logits, cache = _fwd(cfg, p, prefill, np.broadcast_to(np.arange(P), prefill.shape),
-                             cache)
+        logits, cache = jit_forward(cfg, p, prefill,
+                                    np.broadcast_to(np.arange(P), prefill.shape), cache)
         cache = cache.advance(jnp.asarray(prompt_lens))
         for b, n in enumerate(prompt_lens):
             np.testing.assert_allclose(np.asarray(logits)[b, :n], full[b, :n], atol=TOL, rtol=0)
         rows = np.arange(3)
         for j in range(steps):
             pos = prompt_lens + j
-            logits, cache = _fwd(cfg, p, seq[rows, pos][:, None], pos[:, None], cache)
+            logits, cache = jit_forward(cfg, p, seq[rows, pos][:, None], pos[:, None], cache)
             cache = cache.advance(jnp.ones(3, jnp.int32))
             np.testing.assert_allclose(np.asarray(logits)[:, 0], full[rows, pos], atol=TOL,
                                        rtol=0)
@@ -170,26 +169,20 @@ def test_sharded_checkpoint(hf_model, tmp_path):
 
 # --------------------------------------------------------------------------- round trip
 
-_init = jax.jit(init_params, static_argnums=0)
-
-
 def _perturbed_params(cfg, seed):
     """``init_params`` plus noise, so norms are not all ones and biases not all zeros."""
     rng = np.random.default_rng(seed)
     return jax.tree.map(
         lambda x: (np.asarray(x, np.float32) + 0.1 * rng.standard_normal(x.shape)).astype(x.dtype),
-        _init(cfg, jax.random.PRNGKey(seed)))
+        tiny_params(cfg, seed))
 
 
 ROUND_TRIP = {
-    "llama": ModelConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                         ffn_dim=64, max_position=64, tie_embeddings=True,
-                         rope_scaling=RopeScaling(4.0, 1.0, 4.0, 16), eos_token_ids=(2, 3)),
-    "qwen2": ModelConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                         ffn_dim=64, model_type="qwen2", qkv_bias=True, eos_token_ids=(2,)),
-    "gpt2": ModelConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4, n_kv_heads=4,
-                        ffn_dim=64, max_position=32, family="gpt2", model_type="gpt2",
-                        norm_eps=1e-5),
+    "llama": TINY.replace(vocab_size=V, max_position=64, tie_embeddings=True,
+                          rope_scaling=RopeScaling(4.0, 1.0, 4.0, 16), eos_token_ids=(2, 3)),
+    "qwen2": TINY.replace(vocab_size=V, model_type="qwen2", qkv_bias=True, eos_token_ids=(2,)),
+    "gpt2": TINY.replace(vocab_size=V, n_kv_heads=4, max_position=32, family="gpt2",
+                         model_type="gpt2", norm_eps=1e-5),
 }
 
 
@@ -213,7 +206,7 @@ def test_round_trip_save_hf(tmp_path, name):
     model = transformers.AutoModelForCausalLM.from_pretrained(
         out, attn_implementation="eager").eval()
     toks = _rows(4, [9], 9)
-    ours = np.asarray(_fwd(cfg, params, toks, np.arange(9)[None])[0])[0]
+    ours = np.asarray(jit_forward(cfg, params, toks, np.arange(9)[None])[0])[0]
     np.testing.assert_allclose(ours, _torch_logits(model, toks[0]), atol=TOL, rtol=0)
 
 
@@ -360,29 +353,24 @@ def test_greedy_generate_matches_transformers(hf_model, name):
     assert ours.tokens == expected
 
 
-def test_special_token_ids_round_trip(tmp_path):
+def test_special_token_ids_round_trip(tiny_hf_dir):
     """unk (used to initialise look-ahead embeddings) survives save_hf -> load_hf."""
-    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2,
-                      ffn_dim=64, unk_token_id=0, bos_token_id=1, eos_token_ids=(2, 5),
-                      pad_token_id=3)
-    hf.save_hf(cfg, init_params(cfg, jax.random.PRNGKey(0)), tmp_path / "m")
-    loaded, _ = hf.load_hf(tmp_path / "m")
+    cfg = TINY.replace(n_layers=1, unk_token_id=0, bos_token_id=1, eos_token_ids=(2, 5),
+                       pad_token_id=3)
+    loaded, _ = hf.load_hf(tiny_hf_dir(cfg))
     assert (loaded.unk_token_id, loaded.bos_token_id, loaded.eos_token_ids,
             loaded.pad_token_id) == (0, 1, (2, 5), 3)
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "tail cut", "not safetensors",
                                     "config not JSON", "config a list"])
-def test_corrupt_model_files_name_the_file(tmp_path, damage):
+def test_corrupt_model_files_name_the_file(tmp_path, tiny_hf_dir, damage):
     """A damaged weight or config file is one ValueError that names the file, in the plain and
     the sharded loader (was: safetensors' SafetensorError, json's JSONDecodeError)."""
-    from pass_jax.config import ModelConfig
-    from pass_jax.hf import load_hf, save_hf
-    from pass_jax.model import init_params
+    from pass_jax.hf import load_hf
     from pass_jax.sharding import make_mesh
 
-    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=64)
-    save_hf(cfg, init_params(cfg, jax.random.PRNGKey(0)), tmp_path / "m")
+    tiny_hf_dir(TINY.replace(n_layers=1), dst=tmp_path / "m")  # a copy: the test damages it
     weights, config = tmp_path / "m" / "model.safetensors", tmp_path / "m" / "config.json"
     data = weights.read_bytes()
     target, content = {

@@ -1,9 +1,12 @@
 """Layouts: the derived tables of draft trees, chains as trees of width 1, and bad layouts."""
+import re
+
 import numpy as np
 import pytest
 
-from pass_jax.layout import (DRAFT, LA, ROOT, Layout, fused_layout, make_schedule, parse_tree,
-                             tree_layout)
+from pass_jax.layout import (DRAFT, LA, MAX_LOOKAHEAD, ROOT, Layout, draft_layout, fused_layout,
+                             make_schedule, method_lookahead, parse_tree, root_layout, tree_layout,
+                             tree_name, verify_layout)
 
 
 def test_tree_tables():
@@ -63,3 +66,205 @@ def test_oversized_schedules_are_refused_before_any_table_is_built():
     with pytest.raises(ValueError, match="4369 tree nodes, each with 3 look-ahead tokens"):
         make_schedule("tree-16x16x16", 3)
     assert make_schedule("tree-4x4x4", 3).step_tokens == (1 + 4 + 16 + 64) * 4
+
+
+# ------------------------------------------------------- every layout's tables, written out by hand
+
+def _mask(rows):
+    """A ``[T, T]`` mask from its rows' visible nodes."""
+    m = np.zeros((len(rows), len(rows)), bool)
+    for t, seen in enumerate(rows):
+        m[t, list(seen)] = True
+    return m
+
+
+def _empty_slots(lay):
+    j, r = lay.draft_slots
+    return j.tolist() == [] and r.tolist() == []
+
+
+def test_root_layout_is_one_token():
+    lay = root_layout()
+    assert (lay.name, lay.kind, lay.parent, lay.index, lay.rank, lay.group) == (
+        "ar", (ROOT,), (-1,), (0,), (0,), (-1,))
+    assert (lay.T, lay.num_tree, lay.num_drafts, lay.draft_depth, lay.width,
+            lay.num_lookahead) == (1, 1, 0, 0, 0, 0)
+    np.testing.assert_array_equal(lay.mask, [[True]])
+    np.testing.assert_array_equal(lay.depth, [0])
+    np.testing.assert_array_equal(lay.children, [[-1]])
+    np.testing.assert_array_equal(lay.paths, [[0]])
+    assert lay.groups.shape == (1, 0) and _empty_slots(lay) and lay.is_chain
+    np.testing.assert_array_equal(lay.is_la, [False])
+
+
+def test_paper_drafting_call():
+    """[y, LA_1, LA_2]: a causal chain at positions m, m+1, m+2; one group, under the root."""
+    lay = draft_layout(2)
+    assert (lay.name, lay.kind, lay.parent, lay.index, lay.group) == (
+        "draft2", (ROOT, LA, LA), (-1, 0, 1), (0, 1, 2), (-1, 0, 0))
+    assert (lay.T, lay.num_tree, lay.draft_depth, lay.width, lay.num_lookahead) == (3, 1, 0, 0, 2)
+    np.testing.assert_array_equal(lay.mask, [[1, 0, 0], [1, 1, 0], [1, 1, 1]])
+    np.testing.assert_array_equal(lay.depth, [0, 1, 2])
+    np.testing.assert_array_equal(lay.groups, [[1, 2]])
+    np.testing.assert_array_equal(lay.la_index, [0, 0, 1])
+    np.testing.assert_array_equal(lay.is_la, [False, True, True])
+    np.testing.assert_array_equal(lay.children, [[-1]])
+    np.testing.assert_array_equal(lay.paths, [[0]])
+    assert _empty_slots(lay) and lay.is_chain
+
+
+def test_paper_validation_call():
+    """[z, d_1, d_2]: a causal chain of drafts read from q_1, q_2 at rank 0; no LA tokens."""
+    lay = verify_layout(2)
+    assert (lay.name, lay.kind, lay.parent, lay.index, lay.rank, lay.group) == (
+        "verify2", (ROOT, DRAFT, DRAFT), (-1, 0, 1), (0, 1, 2), (0, 0, 0), (-1, -1, -1))
+    assert (lay.T, lay.num_tree, lay.num_drafts, lay.draft_depth, lay.width,
+            lay.num_lookahead) == (3, 3, 2, 2, 1, 0)
+    np.testing.assert_array_equal(lay.mask, [[1, 0, 0], [1, 1, 0], [1, 1, 1]])
+    np.testing.assert_array_equal(lay.depth, [0, 1, 2])
+    np.testing.assert_array_equal(lay.children, [[1], [2], [-1]])
+    np.testing.assert_array_equal(lay.paths, [[0, 1, 2]] * 3)
+    j, r = lay.draft_slots
+    assert j.tolist() == [0, 1] and r.tolist() == [0, 0]
+    assert lay.groups.shape == (3, 0) and not lay.is_la.any() and lay.is_chain
+
+
+def test_fused_call_tables():
+    """[y, d_1, d_2, G_0, G_1, G_2] with L = 2: G_j's LA_i sits at depth j + i and sees the root,
+    d_1..d_j and its group's earlier LA (the static tree mask of DESIGN section 2)."""
+    lay = fused_layout(2)
+    assert lay.name == "fused2" and lay.T == 1 + 2 + 2 * 3
+    assert lay.kind == (ROOT, DRAFT, DRAFT, LA, LA, LA, LA, LA, LA)
+    assert lay.parent == (-1, 0, 1, 0, 3, 1, 5, 2, 7)
+    assert lay.index == (0, 1, 2, 1, 2, 1, 2, 1, 2)
+    assert lay.group == (-1, -1, -1, 0, 0, 1, 1, 2, 2)
+    np.testing.assert_array_equal(lay.depth, [0, 1, 2, 1, 2, 2, 3, 3, 4])
+    np.testing.assert_array_equal(lay.mask, [
+        # y d1 d2 G0    G1    G2
+        [1, 0, 0, 0, 0, 0, 0, 0, 0],  # y
+        [1, 1, 0, 0, 0, 0, 0, 0, 0],  # d_1
+        [1, 1, 1, 0, 0, 0, 0, 0, 0],  # d_2
+        [1, 0, 0, 1, 0, 0, 0, 0, 0],  # G_0 LA_1
+        [1, 0, 0, 1, 1, 0, 0, 0, 0],  # G_0 LA_2
+        [1, 1, 0, 0, 0, 1, 0, 0, 0],  # G_1 LA_1
+        [1, 1, 0, 0, 0, 1, 1, 0, 0],  # G_1 LA_2
+        [1, 1, 1, 0, 0, 0, 0, 1, 0],  # G_2 LA_1
+        [1, 1, 1, 0, 0, 0, 0, 1, 1],  # G_2 LA_2
+    ])
+    np.testing.assert_array_equal(lay.groups, [[3, 4], [5, 6], [7, 8]])
+    np.testing.assert_array_equal(lay.la_index, [0, 0, 0, 0, 1, 0, 1, 0, 1])
+    np.testing.assert_array_equal(lay.is_la, [0, 0, 0, 1, 1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(lay.children, [[1], [2], [-1]])
+    np.testing.assert_array_equal(lay.paths, [[0, 1, 2]] * 3)
+    j, r = lay.draft_slots
+    assert j.tolist() == [0, 1] and r.tolist() == [0, 0]
+    assert (lay.num_tree, lay.num_drafts, lay.draft_depth, lay.width, lay.num_lookahead) == (
+        3, 2, 2, 1, 2)
+    assert lay.is_chain
+
+
+def test_tree_2x2_from_its_name():
+    """``tree-2x2`` parsed from its method name: the full mask, depths, groups and LA indices."""
+    widths = parse_tree("tree-2x2")
+    assert widths == (2, 2)
+    lay = make_schedule("tree-2x2", 3).step[0]
+    assert lay == tree_layout(widths) and lay.name == tree_name(widths) == "tree-2x2"
+    # tree: 0; 1, 2 under 0; 3, 4 under 1; 5, 6 under 2. LA pairs under 0..6: 7-8, .., 19-20
+    seen = [{0}, {0, 1}, {0, 2}, {0, 1, 3}, {0, 1, 4}, {0, 2, 5}, {0, 2, 6},
+            {0, 7}, {0, 7, 8}, {0, 1, 9}, {0, 1, 9, 10}, {0, 2, 11}, {0, 2, 11, 12},
+            {0, 1, 3, 13}, {0, 1, 3, 13, 14}, {0, 1, 4, 15}, {0, 1, 4, 15, 16},
+            {0, 2, 5, 17}, {0, 2, 5, 17, 18}, {0, 2, 6, 19}, {0, 2, 6, 19, 20}]
+    np.testing.assert_array_equal(lay.mask, _mask(seen))
+    np.testing.assert_array_equal(lay.depth, [0, 1, 1, 2, 2, 2, 2,
+                                              1, 2, 2, 3, 2, 3, 3, 4, 3, 4, 3, 4, 3, 4])
+    np.testing.assert_array_equal(lay.groups, [[7, 8], [9, 10], [11, 12], [13, 14], [15, 16],
+                                               [17, 18], [19, 20]])
+    np.testing.assert_array_equal(lay.la_index, [0] * 7 + [0, 1] * 7)
+    np.testing.assert_array_equal(lay.is_la, [False] * 7 + [True] * 14)
+    assert lay.group == (-1,) * 7 + (0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6)
+    np.testing.assert_array_equal(lay.paths, [[0, 1, 2], [0, 1, 2], [0, 2, 2], [0, 1, 3],
+                                              [0, 1, 4], [0, 2, 5], [0, 2, 6]])
+
+
+def test_tree_paths_commit_by_moving_slots():
+    """Moving slot ``paths[n, k]`` to slot ``k`` (all read first, as ``KVCache.move`` does) puts
+    the path to n at slots 0..depth(n) and leaves the slots after it as they were."""
+    lay = tree_layout((2, 1))  # 0; 1, 2 under 0; 3 under 1, 4 under 2
+    np.testing.assert_array_equal(lay.paths, [[0, 1, 2], [0, 1, 2], [0, 2, 2], [0, 1, 3],
+                                              [0, 2, 4]])
+    np.testing.assert_array_equal(lay.children, [[1, 2], [3, -1], [4, -1], [-1, -1], [-1, -1]])
+    want = {0: [0, 1, 2, 3, 4], 1: [0, 1, 2, 3, 4], 2: [0, 2, 2, 3, 4], 3: [0, 1, 3, 3, 4],
+            4: [0, 2, 4, 3, 4]}
+    for n, expected in want.items():
+        slots = np.arange(lay.num_tree)  # slot s holds node s after the call
+        slots[np.arange(lay.draft_depth + 1)] = slots[lay.paths[n]]
+        assert slots.tolist() == expected, n
+
+
+def test_schedules_list_their_calls():
+    ar = make_schedule("ar")
+    assert (ar.name, ar.num_lookahead, ar.bootstrap, ar.step) == ("ar", 0, (), (root_layout(),))
+    assert ar.step_tokens == 1 and ar.width == 1
+    paper = make_schedule("pass", 2)
+    assert paper.bootstrap == () and paper.step == (draft_layout(2), verify_layout(2))
+    assert (paper.num_lookahead, paper.step_tokens, paper.width) == (2, 6, 1)
+    fused = make_schedule("pass-fused", 2)
+    assert fused.bootstrap == (draft_layout(2),) and fused.step == (fused_layout(2),)
+    assert (fused.num_lookahead, fused.step_tokens, fused.width) == (2, 9, 1)
+    tree = make_schedule("tree-2x2", 5)  # uses the tree's depth, not all 5 LA tokens
+    assert tree.bootstrap == (draft_layout(2),) and tree.step == (tree_layout((2, 2)),)
+    assert (tree.name, tree.num_lookahead, tree.step_tokens, tree.width) == (
+        "tree-2x2", 2, 21, 2)
+    # layouts are static jit arguments: equal tables, equal hashes
+    assert hash(fused_layout(2)) == hash(make_schedule("pass-fused", 2).step[0])
+    assert [method_lookahead(m, 5) for m in ("ar", "pass", "pass-fused", "tree-2x1")] == [
+        0, 5, 5, 2]
+
+
+def test_unk_is_not_a_layout():
+    """[UNK] look-ahead is the ``pass`` schedule with other embeddings (chosen by the CLI), so
+    the layout module refuses the name."""
+    with pytest.raises(ValueError, match=r"unknown decoding method 'unk'; expected one of "
+                                         r"\('ar', 'pass', 'pass-fused', 'tree-WxWx..'\)"):
+        make_schedule("unk", 2)
+
+
+@pytest.mark.parametrize("method", ["pass", "pass-fused", "tree-2"])
+@pytest.mark.parametrize("L,message", [
+    (0, "must be >= 1, got 0"), (-3, "must be >= 1, got -3"), (2.0, "must be >= 1, got 2.0"),
+    (33, r"33 look-ahead tokens: at most 32 are supported \(a fused call holds about "
+         r"L\^2 = 1089 tokens\)"),
+])
+def test_bad_lookahead_counts_are_refused(method, L, message):
+    assert MAX_LOOKAHEAD == 32  # the limit the message names
+    with pytest.raises(ValueError, match=message):
+        make_schedule(method, L)
+
+
+@pytest.mark.parametrize("bad", ["tree-02", "tree-2x0", "tree-x2", "tree-2xx2", "TREE-2",
+                                 "tree-2 ", "tree-2,2", "tree-a", "fused", ""])
+def test_malformed_method_names_are_named_in_the_error(bad):
+    assert parse_tree(bad) is None
+    with pytest.raises(ValueError, match=f"unknown decoding method {re.escape(repr(bad))}"):
+        make_schedule(bad, 4)
+
+
+def test_more_malformed_layout_tables_are_refused():
+    with pytest.raises(ValueError, match="one entry per node"):
+        Layout("x", (ROOT, DRAFT), (-1, 0), (0, 1), (0,), (-1, -1))
+    with pytest.raises(ValueError, match="node 0 must be the root"):
+        Layout("x", (DRAFT,), (-1,), (1,), (0,), (-1,))
+    with pytest.raises(ValueError, match="node 0 must be the root"):
+        Layout("x", (), (), (), (), ())
+    with pytest.raises(ValueError, match="node 2: parent must be an earlier node"):
+        Layout("x", (ROOT, DRAFT, DRAFT), (-1, 0, 2), (0, 1, 2), (0, 0, 0), (-1, -1, -1))
+    with pytest.raises(ValueError, match="draft node 2: index must be its depth"):
+        Layout("x", (ROOT, DRAFT, DRAFT), (-1, 0, 1), (0, 1, 1), (0, 0, 0), (-1, -1, -1))
+    with pytest.raises(ValueError, match="LA groups must hang under tree nodes"):
+        Layout("x", (ROOT, LA), (-1, 0), (0, 1), (0, 0), (-1, 3))
+    # LA_2 before LA_1, and groups of different sizes
+    with pytest.raises(ValueError, match="the group under node 0 must be a chain LA_1..LA_G"):
+        Layout("x", (ROOT, LA, LA), (-1, 0, 1), (0, 2, 1), (0, 0, 0), (-1, 0, 0))
+    with pytest.raises(ValueError, match="must be a chain LA_1..LA_G, the same G for every"):
+        Layout("x", (ROOT, DRAFT, LA, LA, LA), (-1, 0, 0, 2, 1), (0, 1, 1, 2, 1), (0,) * 5,
+               (-1, -1, 0, 0, 1))

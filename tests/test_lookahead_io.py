@@ -8,25 +8,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY, random_la, tiny_params
 
 from pass_jax import lookahead
-from pass_jax.config import ModelConfig
-from pass_jax.model import init_params
 
-CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64,
-                  max_position=64, unk_token_id=3)
-init_params_jit = jax.jit(init_params, static_argnums=0)
+CFG = TINY.replace(max_position=64, unk_token_id=3)
 
 
 @pytest.fixture(scope="module")
 def params():
-    return init_params_jit(CFG, jax.random.PRNGKey(0))
+    return tiny_params(CFG, 0)
 
 
 @pytest.fixture
 def export(tmp_path, params):
     """A trained-looking LA array exported to tmp_path/la; returns (dir, la)."""
-    la = jax.random.normal(jax.random.PRNGKey(1), (4, CFG.d_model))
+    la = random_la(CFG, 4, 1)
     out = str(tmp_path / "la")
     lookahead.save_lookahead(out, la, CFG, lookahead.model_fingerprint(CFG, params),
                              init_token_id=3,
@@ -123,7 +120,7 @@ def test_round_trip(export, params):
 
 
 def test_bfloat16_round_trip_and_fingerprint_independent_of_dtype(tmp_path, params):
-    la = jax.random.normal(jax.random.PRNGKey(2), (2, CFG.d_model)).astype(jnp.bfloat16)
+    la = random_la(CFG, 2, 2).astype(jnp.bfloat16)
     params_bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
     fp = lookahead.model_fingerprint(CFG, params)
     assert lookahead.model_fingerprint(CFG, params_bf16) == fp
@@ -149,7 +146,7 @@ def test_mismatch_with_another_model_is_a_clear_error(tmp_path, export, params):
         lookahead.load_lookahead(out, CFG.replace(vocab_size=128))
     with pytest.raises(ValueError, match="n_layers=2, this model has n_layers=3"):
         lookahead.load_lookahead(out, CFG.replace(n_layers=3))
-    other = init_params_jit(CFG, jax.random.PRNGKey(5))  # same architecture, other weights
+    other = tiny_params(CFG, 5)  # same architecture, other weights
     with pytest.raises(ValueError, match="different token embedding"):
         lookahead.load_lookahead(out, CFG, other)
     with pytest.raises(ValueError, match="num_lookahead=4, 6 were asked for"):

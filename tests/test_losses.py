@@ -13,16 +13,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import TINY, random_la, tiny_params
 
 from pass_jax import losses
-from pass_jax.config import ModelConfig
 from pass_jax.lookahead import init_lookahead
 from pass_jax.model import embed_tokens, forward, init_params
 
 UNK = 1  # never appears in the corpus
 HOT = 5  # the frequent token of the synthetic "runs" corpus
-CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64,
-                  max_position=64, unk_token_id=UNK)
+CFG = TINY.replace(max_position=64, unk_token_id=UNK)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
@@ -38,18 +37,15 @@ def runs_batch(rng, B, N, run=4):
     return jnp.take_along_axis(run_tokens, idx, axis=1).astype(jnp.int32)
 
 
-init_params_jit = jax.jit(init_params, static_argnums=0)
-
-
 @pytest.fixture(scope="module")
 def random_params():
-    return init_params_jit(CFG, jax.random.PRNGKey(0))
+    return tiny_params(CFG, 0)
 
 
 @pytest.fixture(scope="module")
 def pretrained():
     """A tiny base model pretrained with lm_loss on the runs corpus; returns (params, losses)."""
-    params = init_params_jit(CFG, jax.random.PRNGKey(1))
+    params = tiny_params(CFG, 1)
     opt = optax.adam(1e-2)
 
     @jax.jit
@@ -110,7 +106,7 @@ def test_packed_equals_separate_single_insertion_passes(pretrained):
     tokens = jax.random.randint(jax.random.PRNGKey(2), (B, N), 0, CFG.vocab_size)
     # last groups have targets past the end (masked): p=13 keeps LA_1 only, p=12 LA_1 and LA_2
     ins = jnp.array([[0, 5, 13], [2, 7, 12]], jnp.int32)
-    la = jax.random.normal(jax.random.PRNGKey(3), (L, CFG.d_model))
+    la = random_la(CFG, L, 3)
 
     @jax.jit
     def packed(la):  # la_loss reports both ce and kl whatever the kind
@@ -336,7 +332,7 @@ def test_packed_logits_match_transformers_single_insertion(tmp_path):
     tokens_BxN = np.array(jax.random.randint(jax.random.PRNGKey(0), (B, N), 0, 128), np.int32)
     # p=8 leaves LA_3 without a target, p=9 LA_2 and LA_3: their logits are still compared
     ins_BxM = np.array([[0, 4, 8], [2, 6, 9]], np.int32)
-    la_LxD = 0.5 * jax.random.normal(jax.random.PRNGKey(1), (L, cfg.d_model))
+    la_LxD = random_la(cfg, L, 1, 0.5)
     q_BxRxV, p_BxRxV, targets_BxR, valid_BxR = jax.jit(
         losses.packed_logits, static_argnums=0)(cfg, params, la_LxD, tokens_BxN, ins_BxM)
     q_BxRxV, p_BxRxV = np.asarray(q_BxRxV), np.asarray(p_BxRxV)
@@ -387,7 +383,7 @@ def test_remat_gives_the_same_loss_and_gradient_with_less_memory(random_params):
         grad(random_params, "all")(la)
 
     deep = CFG.replace(n_layers=4, d_model=64, ffn_dim=256)
-    params = init_params_jit(deep, jax.random.PRNGKey(0))
+    params = tiny_params(deep, 0)
     la = init_lookahead(deep, params, 3)
 
     def temp_bytes(remat):

@@ -15,12 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import random_la, tiny_params
 from scipy import stats
 
 import pass_jax.decode as decode
 import pass_jax.generation as generation
 from pass_jax.config import ModelConfig, SamplerConfig
-from pass_jax.model import forward, init_params
+from pass_jax.model import forward
 import pass_jax.sampling as sampling
 from pass_jax.sampling import (draw_without_replacement, recursive_accept, sample_probs,
                                verify_tree, warp_logits, warp_probs,
@@ -34,7 +35,7 @@ PROMPT = [1, 4, 2]
 
 
 def _params():
-    params = init_params(CFG, jax.random.PRNGKey(0))
+    params = tiny_params(CFG, 0)
     # sharpen the random model so distributions are far from uniform
     params["lm_head"]["kernel"] = params["lm_head"]["kernel"] * 15
     return params
@@ -79,7 +80,7 @@ SAMPLERS = [SamplerConfig(temperature=1.0), SamplerConfig(temperature=0.7, top_k
 
 
 def _la():
-    return 0.5 * jax.random.normal(jax.random.PRNGKey(5), (2, CFG.d_model))
+    return random_la(CFG, 2, 5, 0.5)
 
 
 @pytest.mark.parametrize("method,sampler", [("ar", SAMPLERS[0]), ("ar", SAMPLERS[1])] + [

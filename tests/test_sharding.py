@@ -286,7 +286,7 @@ def test_project_checkpoint_restores_onto_other_mesh(tmp_path, reference):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
-def test_load_hf_sharded(tmp_path, reference):
+def test_load_hf_onto_a_mesh(tmp_path, reference):
     from pass_jax.hf import load_hf, save_hf
 
     cfg = CFG.replace(model_type="llama")
