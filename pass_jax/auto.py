@@ -38,7 +38,8 @@ import numpy as np
 from .cache import init_cache
 from .config import ModelConfig, SamplerConfig
 from .decode import (DecodeSpec, GenerationResult, batch_bucket, bucket, check_lengths,
-                     decode_precision, eos_array, generate_fixed, pass_step, prefill_jit,
+                     decode_precision, eos_array, generate_fixed, prefill_jit,
+                     run_steps,
                      prepare_batch, required_cache_len, resume_jit, round_cache_len,
                      switch_schedule)
 from .layout import Schedule, make_schedule, parse_tree, tree_name
@@ -126,9 +127,10 @@ def timing_slots(prompt_len: int, schedule: Schedule, steps: int = 8) -> int:
 def iteration_seconds(cfg: ModelConfig, params, method: str, la_LxD, prompts: list[list[int]],
                       repeats: int, max_len: int | None = None, steps: int = 8) -> float:
     """Seconds per loop iteration of ``method`` for the batch ``prompts`` (padded to its batch
-    bucket; every row active): ``steps`` iterations in one jitted ``fori_loop``, on the state a
-    short greedy generation (8 tokens) left, its rows made active again; warm-up, then the
-    median of ``repeats``. ``max_len``: cache slots (default: just enough, rounded up to 128)."""
+    bucket; every row active): ``steps`` iterations in one jitted ``fori_loop``
+    (``decode.run_steps``), on the state a short greedy generation (8 tokens) left, its rows
+    made active again; warm-up, then the median of ``repeats``. ``max_len``: cache slots
+    (default: just enough, rounded up to 128)."""
     la = None if method == "ar" else la_LxD
     schedule = make_schedule(method, 0 if la is None else int(np.shape(la)[0]))
     N = steps * schedule.step_tokens  # at most the tokens the timed steps emit
@@ -143,13 +145,11 @@ def iteration_seconds(cfg: ModelConfig, params, method: str, la_LxD, prompts: li
     live = state.replace(out_BxN=jnp.zeros((B, N), jnp.int32), n_B=jnp.zeros((B,), jnp.int32),
                          done_B=jnp.zeros((B,), bool))
     la = jnp.zeros((0, cfg.d_model), cfg.param_dtype) if la is None else la
-    run = jax.jit(lambda p, l, s: jax.lax.fori_loop(
-        0, steps, lambda i, s: pass_step(spec, p, l, s), s), donate_argnums=2)
 
     def timed() -> float:  # on a fresh copy of the state, donated: the cache is updated in place
         state = jax.block_until_ready(jax.tree.map(jnp.copy, live))
         t0 = time.perf_counter()
-        jax.block_until_ready(run(params, la, state))
+        jax.block_until_ready(run_steps(spec, params, la, state, steps))
         return time.perf_counter() - t0
 
     timed()  # warm-up (compile)

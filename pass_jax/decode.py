@@ -524,3 +524,29 @@ def generate_fixed(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
         verify_calls=to_host(state.verify_calls_B)[:rows].tolist(),
         wall_time=wall, method=method)
     return (result, state) if return_state else result
+
+
+@partial(jax.jit, static_argnames=("spec", "n"), donate_argnames=("state",))
+def run_steps(spec: DecodeSpec, params, la_LxD, state: DecodeState, n: int) -> DecodeState:
+    """``n`` loop iterations (``pass_step``) of ``spec``'s schedule from ``state``, in one
+    jitted ``fori_loop``, with no stop condition: the body of ``decode_loop`` without its
+    bootstrap calls, for timing a step or stepping a state by hand.
+
+    Shapes: ``la_LxD`` [L, D] (``[0, D]`` for autoregressive decoding); ``state`` a
+    ``DecodeState`` of B rows (``y_B`` [B], ``drafts_BxLxW`` [B, L, W], ``q_BxLxV`` [B, L, V],
+    ``out_BxN`` [B, spec.max_new_tokens], a cache of ``lengths`` [B] and max_len slots), its
+    drafts already drawn: a state ``prefill`` left, after the schedule's bootstrap calls, or one
+    ``decode_loop`` left. Returns the state after the ``n`` iterations, same shapes.
+    The caller keeps ``n`` iterations within the cache (``spec.schedule.step_tokens`` slots
+    each) and the rows it wants to emit active; done rows stay frozen. ``state`` is donated
+    (the cache is updated in place, as ``resume_jit`` does): use the returned state.
+    """
+    def body(i, s: DecodeState) -> DecodeState:
+        if spec.state_sharding is not None:  # the cache stays split as it came in
+            s = jax.lax.with_sharding_constraint(s, spec.state_sharding)
+        s = pass_step(spec, params, la_LxD, s)
+        if spec.state_sharding is not None:
+            s = jax.lax.with_sharding_constraint(s, spec.state_sharding)
+        return s
+
+    return jax.lax.fori_loop(0, n, body, state)

@@ -4,7 +4,7 @@ import json
 import jax
 import pytest
 
-from infer import bench, demo
+from infer import bench, bench_summary, demo
 
 
 def test_quick_demo_end_to_end(tmp_path):
@@ -115,12 +115,13 @@ def test_make_prompts_more_than_documents(tmp_path):
 
 
 def test_parses_drops_the_incomplete_last_line():
-    assert bench.parses("x = 1\ny = (2 +")
-    assert bench.parses("def f():\n    return 1\n")
-    assert not bench.parses("def f(:\n    pass\n")
+    assert bench_summary.parses("x = 1\ny = (2 +")
+    assert bench_summary.parses("def f():\n    return 1\n")
+    assert not bench_summary.parses("def f(:\n    pass\n")
     text = "import os\n\ndef f(x):\n    return x\n\nclass A:\n    def g(self):\n        if x"
-    assert not bench.parses(text) and bench.parses_toplevel(text)
-    assert not bench.parses_toplevel(text, start=len(text) - 3)  # no top-level line after it
+    assert not bench_summary.parses(text) and bench_summary.parses_toplevel(text)
+    # no top-level line after it
+    assert not bench_summary.parses_toplevel(text, start=len(text) - 3)
 
 
 def test_find_lookaheads_directory_of_exports(tmp_path):

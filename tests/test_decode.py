@@ -8,7 +8,7 @@ import pytest
 from pass_jax.cache import init_cache
 from pass_jax.config import ModelConfig, SamplerConfig
 from pass_jax.decode import (DecodeSpec, eos_array, generate_jit, layout_call, pass_step, prefill,
-                             prepare_batch)
+                             prepare_batch, run_steps)
 from pass_jax.generation import generate
 from pass_jax.layout import make_schedule
 from pass_jax.model import forward, init_params, stack_layers, unstack_layers
@@ -163,16 +163,16 @@ def test_per_layer_params_decode_like_stacked():
 
 
 def _run_steps(spec, params, la, prompts, steps):
-    """Prefill + bootstrap, then ``steps`` jitted pass_steps; returns n_B after each step."""
+    """Prefill + bootstrap, then ``steps`` jitted pass_steps (``run_steps``, one at a time);
+    returns n_B after each step."""
     p, lens, active = map(jnp.asarray, prepare_batch(prompts, spec.cfg.vocab_size))
     state = prefill(spec, params, p, lens, active, eos_array(()),
                     init_cache(spec.cfg, p.shape[0], 256), jax.random.PRNGKey(0))
     for lay in spec.schedule.bootstrap:
         state = layout_call(spec, lay, params, la, state)
-    step = jax.jit(pass_step, static_argnums=0)
     counts = [np.asarray(state.n_B)]
     for _ in range(steps):
-        state = step(spec, params, la, state)
+        state = run_steps(spec, params, la, state, 1)
         counts.append(np.asarray(state.n_B))
     return np.stack(counts)[:, :len(prompts)]
 
