@@ -1,14 +1,15 @@
 """transformers (PyTorch) baselines of ``infer.bench``: the same model directory in
 ``AutoModelForCausalLM`` (``load_hf_torch``), its ``generate`` as a runner (``hf_runner``:
 greedy or sampling, prompt-lookup decoding when asked) and the benchmark's two baseline variants
-(``hf_variants``). torch and transformers' models are imported when a baseline is loaded, so a
-run without baselines never needs them.
+(``hf_variants``). torch (a test dependency only) is imported when a baseline is loaded, so a
+run without baselines never needs it.
 """
 from __future__ import annotations
 
 import time
 
 import jax
+import transformers
 
 from infer.bench_methods import Run, Variant, batches
 
@@ -18,7 +19,6 @@ def load_hf_torch(model_dir, dtype: str, threads: int | None):
     PyTorch sees it), else on the CPU with ``threads`` threads: both sides on one kind of
     device."""
     import torch
-    import transformers
 
     torch.set_num_threads(threads or 1)
     model = transformers.AutoModelForCausalLM.from_pretrained(
