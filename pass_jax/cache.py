@@ -5,9 +5,10 @@ Layout: ``k``/``v`` are ``[layers, batch, kv_heads, max_len, head_dim]`` (or a t
 counts the committed tokens of each row. Slots sit next to head_dim so that attention's
 score and value products read each layer's cache as a plain batched matmul with no transposed
 copy. A forward call writes its T tokens at slots ``lengths[b] .. lengths[b] + T - 1`` and
-attends to slots ``< lengths[b]`` plus in-call tokens allowed by its mask. Committing or rolling back tokens is a change of ``lengths``; entries at
-or past ``lengths`` are garbage and get overwritten. A draft tree's accepted path is not
-contiguous: ``move`` first compacts it to the slots right after ``lengths``.
+attends to slots ``< lengths[b]`` plus in-call tokens allowed by its mask. Committing or rolling
+back tokens is a change of ``lengths``; entries at or past ``lengths`` are garbage and get
+overwritten. A draft tree's accepted path is not contiguous: ``move`` first compacts it to the
+slots right after ``lengths``.
 
 Shape letters: see ``pass_jax/__init__.py`` (here I layers, B batch, K kv heads, S slots, A head
 dim, J draft depth: ``move`` copies an accepted path of J drafts).
