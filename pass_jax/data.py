@@ -270,31 +270,31 @@ def _document_tokens(
 
 def _crop(tokens: dict[str, np.ndarray], seq_len: int, pad_id: int) -> Batch:
     """One document cropped / right-padded to `seq_len`, as a single-segment row."""
-    tokens_T = tokens["tokens"][:seq_len]
-    n = len(tokens_T)
-    row_T = np.full(seq_len, pad_id, np.int32)
-    row_T[:n] = tokens_T
-    segment_ids_T = (np.arange(seq_len) < n).astype(np.int32)
+    tokens_X = tokens["tokens"][:seq_len]
+    n = len(tokens_X)
+    row_X = np.full(seq_len, pad_id, np.int32)
+    row_X[:n] = tokens_X
+    segment_ids_X = (np.arange(seq_len) < n).astype(np.int32)
     return {
-        "tokens": row_T,
-        "segment_ids": segment_ids_T,
-        "positions": np.arange(seq_len, dtype=np.int32) * segment_ids_T,
+        "tokens": row_X,
+        "segment_ids": segment_ids_X,
+        "positions": np.arange(seq_len, dtype=np.int32) * segment_ids_X,
     }
 
 
 def _packed_row(row: Batch, pad_id: int) -> Batch:
     """Grain's packing outputs under the pipeline's keys, padding (only at the very end of a
     finite pass) set to `pad_id`."""
-    segment_ids_T = row["tokens_segment_ids"]
+    segment_ids_X = row["tokens_segment_ids"]
     return {
-        "tokens": np.where(segment_ids_T > 0, row["tokens"], pad_id).astype(np.int32),
-        "segment_ids": segment_ids_T,
+        "tokens": np.where(segment_ids_X > 0, row["tokens"], pad_id).astype(np.int32),
+        "segment_ids": segment_ids_X,
         "positions": row["tokens_positions"],
     }
 
 
 def _with_mask(batch: Batch) -> Batch:
-    """Adds mask_BxT (True on real tokens, False on padding)."""
+    """Adds mask_BxX (True on real tokens, False on padding)."""
     return {**batch, "mask": batch["segment_ids"] > 0}
 
 

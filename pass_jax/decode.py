@@ -9,8 +9,10 @@ accepted node. Autoregressive decoding is the layout [y]; the paper's PaSS is a 
 then a validation call; fused PaSS is one call per iteration; a draft tree is a fused call whose
 drafts branch (several draws per position).
 
-Emitted tokens go to ``out[B, max_new_tokens]``; EOS (inside accepted drafts too) ends a row and
-``max_new_tokens`` is exact. Finished rows are frozen while other rows continue.
+Emitted tokens go to ``out_BxN`` (N = ``max_new_tokens``); EOS (inside accepted drafts too) ends
+a row and ``max_new_tokens`` is exact. Finished rows are frozen while other rows continue.
+
+Shape letters: see ``pass_jax/__init__.py``.
 """
 from __future__ import annotations
 
@@ -99,21 +101,21 @@ class DecodeState:
     accepted_BxLxW: jax.Array  # int32 times the draft of rank r at depth j was accepted
 
 
-def _emit(spec: DecodeSpec, state: DecodeState, new_BxE: jax.Array, count_B: jax.Array,
+def _emit(spec: DecodeSpec, state: DecodeState, new_BxO: jax.Array, count_B: jax.Array,
           active_B: jax.Array):
     """Append ``new[b, :count[b]]`` to each active row, truncating at EOS and max_new_tokens."""
-    B, E = new_BxE.shape
+    B, O = new_BxO.shape
     N = spec.max_new_tokens
-    j_E = jnp.arange(E)
-    valid_BxE = (j_E[None, :] < count_B[:, None]) & active_B[:, None]
-    room_BxE = state.n_B[:, None] + j_E[None, :] < N
-    eos_BxE = valid_BxE & room_BxE & jnp.isin(new_BxE, state.eos_E)
-    before_eos_BxE = jnp.cumsum(eos_BxE, axis=1) - eos_BxE == 0  # up to and including the EOS
-    keep_BxE = valid_BxE & room_BxE & before_eos_BxE
-    slot_BxE = jnp.where(keep_BxE, state.n_B[:, None] + j_E[None, :], N)  # N is dropped
-    out = state.out_BxN.at[jnp.arange(B)[:, None], slot_BxE].set(new_BxE, mode="drop")
-    n_B = state.n_B + keep_BxE.sum(1).astype(jnp.int32)
-    done_B = state.done_B | eos_BxE.any(1) | (n_B >= N)
+    i_O = jnp.arange(O)
+    valid_BxO = (i_O[None, :] < count_B[:, None]) & active_B[:, None]
+    room_BxO = state.n_B[:, None] + i_O[None, :] < N
+    eos_BxO = valid_BxO & room_BxO & jnp.isin(new_BxO, state.eos_E)
+    before_eos_BxO = jnp.cumsum(eos_BxO, axis=1) - eos_BxO == 0  # up to and including the EOS
+    keep_BxO = valid_BxO & room_BxO & before_eos_BxO
+    slot_BxO = jnp.where(keep_BxO, state.n_B[:, None] + i_O[None, :], N)  # N is dropped
+    out = state.out_BxN.at[jnp.arange(B)[:, None], slot_BxO].set(new_BxO, mode="drop")
+    n_B = state.n_B + keep_BxO.sum(1).astype(jnp.int32)
+    done_B = state.done_B | eos_BxO.any(1) | (n_B >= N)
     return state.replace(out_BxN=out, n_B=n_B, done_B=done_B)
 
 
@@ -123,13 +125,13 @@ def layout_call(spec: DecodeSpec, layout: Layout, params, la_LxD, state: DecodeS
     draw the next drafts from the LA group under the last accepted node."""
     cfg, sampler = spec.cfg, spec.sampler
     B = state.y_B.shape[0]
-    N, D = layout.num_tree, layout.draft_depth
+    C, J = layout.num_tree, layout.draft_depth
     rng, rng_acc, rng_draft = jax.random.split(state.rng, 3)
     active_B = ~state.done_B
 
     draft_j, draft_r = layout.draft_slots
-    tree_BxN = jnp.concatenate([state.y_B[:, None], state.drafts_BxLxW[:, draft_j, draft_r]], 1)
-    tokens_BxT = jnp.concatenate([tree_BxN, jnp.zeros((B, layout.T - N), jnp.int32)], axis=1)
+    tree_BxC = jnp.concatenate([state.y_B[:, None], state.drafts_BxLxW[:, draft_j, draft_r]], 1)
+    tokens_BxT = jnp.concatenate([tree_BxC, jnp.zeros((B, layout.T - C), jnp.int32)], axis=1)
     x_BxTxD = embed_tokens(cfg, params, tokens_BxT)
     if layout.num_lookahead:
         la_TxD = jnp.asarray(la_LxD, x_BxTxD.dtype)[layout.la_index]
@@ -139,42 +141,42 @@ def layout_call(spec: DecodeSpec, layout: Layout, params, la_LxD, state: DecodeS
                              layout.mask, x_BxTxD, return_hidden=True)
 
     # Verify: the outputs at the tree nodes are the target distributions after them.
-    p_BxNxV = warp_probs(logits_from_hidden(cfg, params, h_BxTxD[:, :N]), sampler)
+    p_BxCxV = warp_probs(logits_from_hidden(cfg, params, h_BxTxD[:, :C]), sampler)
     support = support_size(sampler, cfg.vocab_size)
-    node_B, ranks_BxD, next_B = verify_tree(rng_acc, p_BxNxV, layout.children,
+    node_B, ranks_BxJ, next_B = verify_tree(rng_acc, p_BxCxV, layout.children,
                                             state.drafts_BxLxW, state.q_BxLxV, sampler.greedy,
                                             support)
-    n_acc_B = (ranks_BxD >= 0).sum(1).astype(jnp.int32)
+    n_acc_B = (ranks_BxJ >= 0).sum(1).astype(jnp.int32)
 
     # Commit root + accepted path (moved to the slots after the cache first when it is not
     # there already); emit its drafts then the correction/bonus token.
-    path_BxD = jnp.asarray(layout.paths)[node_B][:, 1:]
+    path_BxJ = jnp.asarray(layout.paths)[node_B][:, 1:]
     if not layout.is_chain:
         lengths_Bx1 = cache.lengths[:, None]
-        cache = cache.move(lengths_Bx1 + path_BxD, lengths_Bx1 + jnp.arange(1, D + 1)[None])
+        cache = cache.move(lengths_Bx1 + path_BxJ, lengths_Bx1 + jnp.arange(1, J + 1)[None])
     cache = cache.advance(jnp.where(active_B, n_acc_B + 1, 0))
-    new_BxE = jnp.concatenate([jnp.take_along_axis(tree_BxN, path_BxD, axis=1),
-                               next_B[:, None]], axis=1)
-    new_BxE = jnp.where(jnp.arange(D + 1)[None, :] == n_acc_B[:, None], next_B[:, None], new_BxE)
-    state = _emit(spec, state, new_BxE, n_acc_B + 1, active_B)
+    new_BxO = jnp.concatenate([jnp.take_along_axis(tree_BxC, path_BxJ, axis=1),
+                               next_B[:, None]], axis=1)  # O = J + 1
+    new_BxO = jnp.where(jnp.arange(J + 1)[None, :] == n_acc_B[:, None], next_B[:, None], new_BxO)
+    state = _emit(spec, state, new_BxO, n_acc_B + 1, active_B)
 
     drafts_BxLxW, q_BxLxV = state.drafts_BxLxW, state.q_BxLxV
     if layout.num_lookahead:  # next drafts from the group under the last accepted node
-        nodes_BxG = jnp.asarray(layout.groups)[node_B]
-        h_BxGxD = jnp.take_along_axis(h_BxTxD, nodes_BxG[..., None], axis=1)
-        logits_BxGxV = logits_from_hidden(cfg, params, h_BxGxD)
-        q_BxLxV = warp_probs(logits_BxGxV, sampler)
+        nodes_BxL = jnp.asarray(layout.groups)[node_B]
+        h_BxLxD = jnp.take_along_axis(h_BxTxD, nodes_BxL[..., None], axis=1)
+        logits_BxLxV = logits_from_hidden(cfg, params, h_BxLxD)
+        q_BxLxV = warp_probs(logits_BxLxV, sampler)
         W = drafts_BxLxW.shape[2]
         if sampler.greedy:
-            drafts_BxLxW = jax.lax.top_k(logits_BxGxV, W)[1].astype(jnp.int32)
+            drafts_BxLxW = jax.lax.top_k(logits_BxLxV, W)[1].astype(jnp.int32)
         else:
             drafts_BxLxW = draw_without_replacement(rng_draft, q_BxLxV, W, support)
 
     keep = lambda new, old: jnp.where(active_B.reshape((B,) + (1,) * (new.ndim - 1)), new, old)
     acc_BxLxW = state.accepted_BxLxW
-    if D:
-        hit_BxDxW = ranks_BxD[..., None] == jnp.arange(acc_BxLxW.shape[2])
-        acc_BxLxW = acc_BxLxW.at[:, :D].add((hit_BxDxW & active_B[:, None, None]).astype(
+    if J:
+        hit_BxJxW = ranks_BxJ[..., None] == jnp.arange(acc_BxLxW.shape[2])
+        acc_BxLxW = acc_BxLxW.at[:, :J].add((hit_BxJxW & active_B[:, None, None]).astype(
             jnp.int32))
     return state.replace(
         cache=cache, rng=rng,
@@ -182,7 +184,7 @@ def layout_call(spec: DecodeSpec, layout: Layout, params, la_LxD, state: DecodeS
         drafts_BxLxW=keep(drafts_BxLxW, state.drafts_BxLxW),
         q_BxLxV=keep(q_BxLxV, state.q_BxLxV),
         calls_B=state.calls_B + active_B,
-        verify_calls_B=state.verify_calls_B + (active_B if D else 0),
+        verify_calls_B=state.verify_calls_B + (active_B if J else 0),
         accepted_BxLxW=acc_BxLxW)
 
 

@@ -118,12 +118,13 @@ def hf_config_dict(reader) -> dict[str, Any]:
         hidden_act="silu", attention_bias=False, mlp_bias=False)
 
 
-def unpermute_rows(w_OxI: np.ndarray, n_heads: int) -> np.ndarray:
+def unpermute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     """Undo llama.cpp's q/k row permutation (``permute`` in its ``convert_hf_to_gguf.py``),
-    which reorders each head's rows from the rotate-half rope layout to interleaved pairs."""
-    O = w_OxI.shape[0]
-    return (w_OxI.reshape(n_heads, O // n_heads // 2, 2, *w_OxI.shape[1:])
-            .swapaxes(1, 2).reshape(w_OxI.shape))
+    which reorders each head's rows from the rotate-half rope layout to interleaved pairs.
+    ``w`` is a torch-layout weight, ``[out, in]`` (or a bias, ``[out]``)."""
+    rows = w.shape[0]
+    return (w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
 
 
 def hf_tensors(reader, config: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ Supported ``model_type``s: llama, mistral, qwen2 (family ``llama``) and gpt2 (fa
 Pickle checkpoints (``pytorch_model.bin``) are never opened.
 
 Weight layout: torch ``nn.Linear`` stores ``[out, in]``, our Dense kernels are ``[in, out]`` and
-stacked over layers (``[N, in, out]``); GPT-2's ``Conv1D`` is already ``[in, out]`` and its fused
+stacked over layers (``[I, in, out]``); GPT-2's ``Conv1D`` is already ``[in, out]`` and its fused
 ``c_attn`` splits into our q, k, v.
 """
 from __future__ import annotations
@@ -246,12 +246,12 @@ class _Tensor:
 
 def _layout(cfg: ModelConfig, param_keys: set[tuple[str, ...]]) -> tuple[str, list[_Tensor]]:
     """(prefix of the base model's names, checkpoint tensors) for ``cfg``."""
-    T: list[_Tensor] = []
+    tensors: list[_Tensor] = []
 
     def add(name, path, kind="copy", per_layer=False):
         paths = path if isinstance(path[0], tuple) else (path,)
         if all(p in param_keys for p in paths):
-            T.append(_Tensor(name, paths, kind, per_layer))
+            tensors.append(_Tensor(name, paths, kind, per_layer))
 
     if cfg.family == "gpt2":
         prefix = "transformer."
@@ -282,7 +282,7 @@ def _layout(cfg: ModelConfig, param_keys: set[tuple[str, ...]]) -> tuple[str, li
             add(f"layers.{{i}}.{hf}.weight", ("layers", ours, "kernel"), "transpose", True)
             add(f"layers.{{i}}.{hf}.bias", ("layers", ours, "bias"), per_layer=True)
     add("lm_head.weight", ("lm_head", "kernel"), "transpose")
-    return prefix, T
+    return prefix, tensors
 
 
 def _hf_shape(t: _Tensor, shapes: dict) -> tuple[int, ...]:
@@ -481,7 +481,7 @@ def _read_tensors(d: Path, cfg: ModelConfig, files: list[Path], stack,
 
 
 def _per_layer(flat: dict, n_layers: int) -> dict:
-    """Flat ``('layers', ...)`` entries ``[N, ...]`` -> ``('layers_{i}', ...)`` views of layer i
+    """Flat ``('layers', ...)`` entries ``[I, ...]`` -> ``('layers_{i}', ...)`` views of layer i
     (the flat form of ``model.unstack_layers``)."""
     out = {}
     for path, arr in flat.items():

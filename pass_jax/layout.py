@@ -1,11 +1,11 @@
 """Draft layouts: the static token tree of one forward call, and schedules of calls.
 
 A layout lists the nodes of one call. Node 0 is the root: the newest token y, not yet in the
-cache. The *tree nodes* are the root and the DRAFT nodes under it (nodes 0..N-1, parents first);
+cache. The *tree nodes* are the root and the DRAFT nodes under it (nodes 0..C-1, parents first);
 a draft at depth j is one of the tokens drawn from the draft distribution q_j: the (r+1)-th draw
 (its *rank* r) of an ordered sample without replacement, so a node's children are ranks 0..k-1.
-A chain (every rank 0) is the paper's d_1..d_D. LA nodes come after the tree: a group LA_1..LA_G
-hangs under a tree node and drafts the G tokens that follow once the path to that node is
+A chain (every rank 0) is the paper's d_1..d_J. LA nodes come after the tree: a group LA_1..LA_L
+hangs under a tree node and drafts the L tokens that follow once the path to that node is
 accepted (the fused schedule hangs one under every tree node).
 
 Everything else is derived from the tables: the in-call attention mask (a node sees itself and
@@ -16,10 +16,14 @@ there, so committing it is a change of ``lengths``). The decode step reads only 
 tables, never the layout's name.
 
 Schedules: ``ar`` = [y]; ``pass`` = drafting call [y, LA_1..LA_L] then validation call
-[z, d_1..d_L]; ``pass-fused`` = [y, d_1..d_L, G_0, .., G_L] every call, after one drafting call;
+[z, d_1..d_L]; ``pass-fused`` = [y, d_1..d_L, g_0, .., g_L] every call (g_n: the group LA_1..LA_L
+under tree node n), after one drafting call;
 ``tree-3x2x1x1`` = a fused draft tree with 3 children under the root, 2 under each of those, ..
 (widths per depth; depth <= L), an LA group under each of its nodes, after one drafting call.
 A tree of widths 1x1x..x1 of depth L is ``pass-fused`` with L look-ahead tokens.
+
+Shape letters: see ``pass_jax/__init__.py`` (here T tokens of the call, C tree nodes, J draft
+depth, W draft width, L LA tokens per group).
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ class Layout:
     name: str
     kind: tuple[int, ...]  # ROOT / DRAFT / LA per node
     parent: tuple[int, ...]  # parent node, -1 for the root
-    index: tuple[int, ...]  # DRAFT: its depth j (drawn from q_j); LA: i in 1..G; ROOT: 0
+    index: tuple[int, ...]  # DRAFT: its depth j (drawn from q_j); LA: i in 1..L; ROOT: 0
     rank: tuple[int, ...]  # DRAFT: r, the (r+1)-th draw from q_j; else 0
     group: tuple[int, ...]  # LA: the tree node its group hangs under; else -1
 
@@ -52,11 +56,11 @@ class Layout:
         for t in range(1, n):
             if not 0 <= self.parent[t] < t:
                 raise ValueError(f"node {t}: parent must be an earlier node")
-        N = self.num_tree
-        if ROOT in self.kind[1:] or DRAFT in self.kind[N:]:
+        C = self.num_tree
+        if ROOT in self.kind[1:] or DRAFT in self.kind[C:]:
             raise ValueError("the draft tree (root, drafts) must come before the LA nodes")
         kids: dict[int, list[int]] = {}
-        for t in range(1, N):
+        for t in range(1, C):
             if self.index[t] != self.depth[t]:
                 raise ValueError(f"draft node {t}: index must be its depth")
             kids.setdefault(self.parent[t], []).append(self.rank[t])
@@ -65,19 +69,19 @@ class Layout:
         self._check_groups()
 
     def _check_groups(self):
-        N = self.num_tree
-        anchors = [self.group[t] for t in range(N, self.T)]
-        if any(not 0 <= a < N for a in anchors):
+        C = self.num_tree
+        anchors = [self.group[t] for t in range(C, self.T)]
+        if any(not 0 <= a < C for a in anchors):
             raise ValueError("LA groups must hang under tree nodes")
-        if anchors and sorted(set(anchors)) != list(range(N)):
+        if anchors and sorted(set(anchors)) != list(range(C)):
             raise ValueError("LA groups must hang under every tree node or none")
         for a in set(anchors):
-            nodes = [t for t in range(N, self.T) if self.group[t] == a]
-            if (len(nodes) != len(anchors) // N
+            nodes = [t for t in range(C, self.T) if self.group[t] == a]
+            if (len(nodes) != len(anchors) // C
                     or [self.index[t] for t in nodes] != list(range(1, len(nodes) + 1))
                     or [self.parent[t] for t in nodes] != [a] + nodes[:-1]):
-                raise ValueError(f"the group under node {a} must be a chain LA_1..LA_G, the "
-                                 "same G for every group")
+                raise ValueError(f"the group under node {a} must be a chain LA_1..LA_L, the "
+                                 "same L for every group")
 
     @property
     def T(self) -> int:
@@ -86,12 +90,8 @@ class Layout:
 
     @property
     def num_tree(self) -> int:
-        """Tree nodes N (the root and the drafts: nodes 0..N-1)."""
+        """Tree nodes C (the root and the drafts: nodes 0..C-1)."""
         return sum(k != LA for k in self.kind)
-
-    @property
-    def num_drafts(self) -> int:
-        return self.num_tree - 1
 
     @cached_property
     def depth(self) -> np.ndarray:
@@ -103,7 +103,7 @@ class Layout:
 
     @property
     def draft_depth(self) -> int:
-        """Depth D of the draft tree (0 without drafts): drafts come from q_1..q_D."""
+        """Depth J of the draft tree (0 without drafts): drafts come from q_1..q_J."""
         return int(self.depth[:self.num_tree].max())
 
     @property
@@ -124,7 +124,7 @@ class Layout:
 
     @cached_property
     def children(self) -> np.ndarray:
-        """Tree node ids ``[N, W]``: row n lists n's children by rank, -1 past the last."""
+        """Tree node ids ``[C, W]``: row n lists n's children by rank, -1 past the last."""
         c = np.full((self.num_tree, max(self.width, 1)), -1, np.int32)
         for t in range(1, self.num_tree):
             c[self.parent[t], self.rank[t]] = t
@@ -132,11 +132,11 @@ class Layout:
 
     @cached_property
     def paths(self) -> np.ndarray:
-        """Ancestors ``[N, D + 1]``: row n is the path root, n_1, .., n (its nodes at depths
+        """Ancestors ``[C, J + 1]``: row n is the path root, n_1, .., n (its nodes at depths
         0..depth(n)), then k at column k past depth(n) (so moving slot ``lengths + paths[n, k]``
         to ``lengths + k`` for every k commits the path and leaves the other slots alone)."""
-        D = self.draft_depth
-        p = np.tile(np.arange(D + 1, dtype=np.int32), (self.num_tree, 1))
+        J = self.draft_depth
+        p = np.tile(np.arange(J + 1, dtype=np.int32), (self.num_tree, 1))
         for n in range(self.num_tree):
             a = n
             while a >= 0:
@@ -146,26 +146,26 @@ class Layout:
 
     @property
     def is_chain(self) -> bool:
-        """Drafts d_1..d_D at nodes 1..D: every path is already at its committed slots."""
+        """Drafts d_1..d_J at nodes 1..J: every path is already at its committed slots."""
         return self.width <= 1
 
     @cached_property
     def draft_slots(self) -> tuple[np.ndarray, np.ndarray]:
-        """(depth - 1, rank) of draft nodes 1..N-1: where their tokens sit in ``drafts_BxLxW``."""
-        N = self.num_tree
-        return (np.asarray(self.index[1:N], np.int32) - 1, np.asarray(self.rank[1:N], np.int32))
+        """(depth - 1, rank) of draft nodes 1..C-1: where their tokens sit in ``drafts_BxLxW``."""
+        C = self.num_tree
+        return (np.asarray(self.index[1:C], np.int32) - 1, np.asarray(self.rank[1:C], np.int32))
 
     @cached_property
     def groups(self) -> np.ndarray:
-        """LA node indices ``[N, G]``: row n is the group under tree node n (LA_1..LA_G);
-        ``[N, 0]`` without groups."""
-        N = self.num_tree
-        table = [[t for t in range(N, self.T) if self.group[t] == n] for n in range(N)]
-        return np.asarray(table, np.int32).reshape(N, -1)
+        """LA node indices ``[C, L]``: row n is the group under tree node n (LA_1..LA_L);
+        ``[C, 0]`` without groups."""
+        C = self.num_tree
+        table = [[t for t in range(C, self.T) if self.group[t] == n] for n in range(C)]
+        return np.asarray(table, np.int32).reshape(C, -1)
 
     @property
     def num_lookahead(self) -> int:
-        """G, the LA tokens of each group (0 without groups)."""
+        """L, the LA tokens of each group (0 without groups)."""
         return self.groups.shape[1]
 
     @cached_property
@@ -179,9 +179,9 @@ class Layout:
         return np.asarray([k == LA for k in self.kind])
 
 
-def _build(name: str, widths: tuple[int, ...], G: int) -> Layout:
+def _build(name: str, widths: tuple[int, ...], L: int) -> Layout:
     """Root; ``widths[j-1]`` draft children (ranks 0..w-1) under every tree node at depth j-1,
-    breadth first; then, when ``G`` > 0, a group LA_1..LA_G under every tree node."""
+    breadth first; then, when ``L`` > 0, a group LA_1..LA_L under every tree node."""
     kind, parent, index, rank, group = [ROOT], [-1], [0], [0], [-1]
     level = [0]
     for j, w in enumerate(widths, start=1):
@@ -192,9 +192,9 @@ def _build(name: str, widths: tuple[int, ...], G: int) -> Layout:
                 kind.append(DRAFT); parent.append(p); index.append(j); rank.append(r)
                 group.append(-1)
         level = nxt
-    for a in range(len(kind) if G else 0):
+    for a in range(len(kind) if L else 0):
         prev = a
-        for i in range(1, G + 1):
+        for i in range(1, L + 1):
             kind.append(LA); parent.append(prev); index.append(i); rank.append(0)
             group.append(a)
             prev = len(kind) - 1
@@ -217,7 +217,8 @@ def verify_layout(L: int) -> Layout:
 
 
 def fused_layout(L: int) -> Layout:
-    """Verify d_1..d_L and draft the next L in one call: [y, d_1..d_L, G_0, .., G_L]."""
+    """Verify d_1..d_L and draft the next L in one call: [y, d_1..d_L, g_0, .., g_L] (g_n: the
+    group LA_1..LA_L under tree node n)."""
     return _build(f"fused{L}", (1,) * L, L)
 
 
@@ -297,5 +298,5 @@ def make_schedule(method: str, L: int = 0) -> Schedule:
     if len(widths) > L:
         raise ValueError(f"{method} is {len(widths)} drafts deep: it needs at least "
                          f"{len(widths)} look-ahead tokens, there are {L}")
-    D = len(widths)
-    return Schedule(method, D, (draft_layout(D),), (tree_layout(widths),))
+    J = len(widths)
+    return Schedule(method, J, (draft_layout(J),), (tree_layout(widths),))

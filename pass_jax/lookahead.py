@@ -104,7 +104,8 @@ def model_fingerprint(cfg: ModelConfig, base_params) -> dict[str, Any]:
     """Identity of a base model: architecture fields and a hash of its token embeddings.
 
     The hash is the SHA-256 of the embedding matrix rounded to bfloat16, so the same model held
-    in float32 or bfloat16 has the same fingerprint, while a different (or retrained) model does not.
+    in float32 or bfloat16 has the same fingerprint, while a different (or retrained) model does
+    not.
     """
     emb_VxD = np.asarray(base_params["embed"]["embedding"]).astype(ml_dtypes.bfloat16)
     return {

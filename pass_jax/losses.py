@@ -1,23 +1,23 @@
 """Training losses: base-model next-token CE, and look-ahead (LA) training with packed insertion.
 
-Packed LA input (DESIGN.md section 2). A causal sequence ``x_0..x_{N-1}`` is followed by M groups
-of L look-ahead tokens; insertion point ``p_g`` means group g follows ``x_{p_g}``:
+Packed LA input: a causal sequence ``x_0..x_{X-1}`` is followed by M groups of L look-ahead
+tokens; insertion point ``p_g`` means group g follows ``x_{p_g}``:
 
-* tokens (T = N + M*L): ``x_0..x_{N-1}``, then group 0's ``LA_1..LA_L``, group 1's, ...;
+* tokens (T = X + M*L): ``x_0..x_{X-1}``, then group 0's ``LA_1..LA_L``, group 1's, ...;
   the LA rows' input embeddings are the rows of ``la_LxD``.
 * positions: ``x_t`` at t; group g's ``LA_i`` at ``p_g + i``.
 * mask: the sequence part is causal and never sees LA tokens; group g's ``LA_i`` sees
   ``x_0..x_{p_g}`` and ``LA_1..LA_i`` of its own group only. Each group therefore computes exactly
   what the paper's single-insertion input ``x_0..x_{p_g}, LA_1..LA_L`` would.
-* targets: group g's ``LA_i`` predicts ``x_{p_g+1+i}``, valid only when ``p_g+1+i < N``. The
+* targets: group g's ``LA_i`` predicts ``x_{p_g+1+i}``, valid only when ``p_g+1+i < X``. The
   frozen model's own distribution for that token is its output at sequence row ``p_g+i`` (it sees
   the true prefix ``x_0..x_{p_g+i}``), computed in the same pass.
 
 Only LA outputs (and those matching base rows) go through the output head, so memory for logits
 is ``B x 2ML x V`` instead of ``B x T x V``. Loss arithmetic is float32 whatever the compute dtype.
 
-Shape letters: B batch, N sequence tokens, M insertion groups, L look-ahead tokens, R = M*L LA
-rows, T = N + R, D d_model, V vocab.
+Shape letters: see ``pass_jax/__init__.py`` (here B batch, X sequence tokens, M insertion groups,
+L look-ahead tokens, R = M*L LA rows, T = X + R, D d_model, V vocab; ``T1`` = T - 1).
 """
 from __future__ import annotations
 
@@ -86,11 +86,11 @@ class PackedLayout(NamedTuple):
     mask_BxTxT: jax.Array  # bool, True = may attend
     target_idx_BxR: jax.Array  # int32 index into the sequence of each LA row's target (clipped)
     base_row_BxR: jax.Array  # int32 sequence row whose output predicts the same token (clipped)
-    valid_BxR: jax.Array  # bool, the target exists (p_g >= 0 and p_g + 1 + i < N)
+    valid_BxR: jax.Array  # bool, the target exists (p_g >= 0 and p_g + 1 + i < X)
 
 
-def packed_layout(ins_BxM: jax.Array, N: int, L: int) -> PackedLayout:
-    """Positions, attention mask and targets for N sequence tokens followed by M groups of L LAs.
+def packed_layout(ins_BxM: jax.Array, X: int, L: int) -> PackedLayout:
+    """Positions, attention mask and targets for X sequence tokens followed by M groups of L LAs.
 
     LA row r = g*L + (i-1) belongs to group g and is ``LA_i`` (i = 1..L).
     """
@@ -101,25 +101,25 @@ def packed_layout(ins_BxM: jax.Array, N: int, L: int) -> PackedLayout:
     p_BxR = jnp.repeat(ins_BxM.astype(jnp.int32), L, axis=1)
     i_R = jnp.tile(jnp.arange(1, L + 1, dtype=jnp.int32), M)
     g_R = jnp.repeat(jnp.arange(M, dtype=jnp.int32), L)
-    n_N = jnp.arange(N, dtype=jnp.int32)
+    t_X = jnp.arange(X, dtype=jnp.int32)
 
-    positions_BxT = jnp.concatenate([jnp.broadcast_to(n_N, (B, N)), p_BxR + i_R], axis=1)
-    seq_rows_NxT = jnp.concatenate([n_N[None, :] <= n_N[:, None], jnp.zeros((N, R), bool)], 1)
-    la_sees_seq_BxRxN = n_N[None, None, :] <= p_BxR[:, :, None]
+    positions_BxT = jnp.concatenate([jnp.broadcast_to(t_X, (B, X)), p_BxR + i_R], axis=1)
+    seq_rows_XxT = jnp.concatenate([t_X[None, :] <= t_X[:, None], jnp.zeros((X, R), bool)], 1)
+    la_sees_seq_BxRxX = t_X[None, None, :] <= p_BxR[:, :, None]
     la_sees_la_RxR = (g_R[:, None] == g_R[None, :]) & (i_R[None, :] <= i_R[:, None])
     la_rows_BxRxT = jnp.concatenate(
-        [la_sees_seq_BxRxN, jnp.broadcast_to(la_sees_la_RxR, (B, R, R))], axis=2)
+        [la_sees_seq_BxRxX, jnp.broadcast_to(la_sees_la_RxR, (B, R, R))], axis=2)
     mask_BxTxT = jnp.concatenate(
-        [jnp.broadcast_to(seq_rows_NxT, (B, N, N + R)), la_rows_BxRxT], axis=1)
+        [jnp.broadcast_to(seq_rows_XxT, (B, X, X + R)), la_rows_BxRxT], axis=1)
 
     target_BxR = p_BxR + 1 + i_R
-    valid_BxR = (p_BxR >= 0) & (target_BxR < N)
-    target_idx_BxR = jnp.clip(target_BxR, 0, N - 1)
-    base_row_BxR = jnp.clip(target_BxR - 1, 0, N - 1)
+    valid_BxR = (p_BxR >= 0) & (target_BxR < X)
+    target_idx_BxR = jnp.clip(target_BxR, 0, X - 1)
+    base_row_BxR = jnp.clip(target_BxR - 1, 0, X - 1)
     return PackedLayout(positions_BxT, mask_BxTxT, target_idx_BxR, base_row_BxR, valid_BxR)
 
 
-def packed_logits(cfg: ModelConfig, base_params, la_LxD, tokens_BxN, ins_BxM,
+def packed_logits(cfg: ModelConfig, base_params, la_LxD, tokens_BxX, ins_BxM,
                   remat: str = "none"):
     """One packed forward pass; float32 logits of the LA rows and the matching base rows
     (``remat``: ``model.REMAT_POLICIES``, per-layer rematerialisation).
@@ -128,24 +128,24 @@ def packed_logits(cfg: ModelConfig, base_params, la_LxD, tokens_BxN, ins_BxM,
     ``p`` the frozen model's logits for the same tokens given the true prefix (stop_gradient),
     the data targets and which of them exist.
     """
-    B, N = tokens_BxN.shape
+    B, X = tokens_BxX.shape
     L, D = la_LxD.shape
     M = ins_BxM.shape[1]
     R = M * L
-    lay = packed_layout(ins_BxM, N, L)
-    tok_BxNxD = embed_tokens(cfg, base_params, tokens_BxN)
-    la_BxRxD = jnp.broadcast_to(jnp.tile(la_LxD, (M, 1)), (B, R, D)).astype(tok_BxNxD.dtype)
-    embeds_BxTxD = jnp.concatenate([tok_BxNxD, la_BxRxD], axis=1)
-    h_BxTxD, _ = forward(cfg, base_params, jnp.zeros((B, N + R), jnp.int32), lay.positions_BxT,
+    lay = packed_layout(ins_BxM, X, L)
+    tok_BxXxD = embed_tokens(cfg, base_params, tokens_BxX)
+    la_BxRxD = jnp.broadcast_to(jnp.tile(la_LxD, (M, 1)), (B, R, D)).astype(tok_BxXxD.dtype)
+    embeds_BxTxD = jnp.concatenate([tok_BxXxD, la_BxRxD], axis=1)
+    h_BxTxD, _ = forward(cfg, base_params, jnp.zeros((B, X + R), jnp.int32), lay.positions_BxT,
                          mask=lay.mask_BxTxT, embeds_BxTxD=embeds_BxTxD, return_hidden=True,
                          remat=remat)
-    h_base_BxRxD = jnp.take_along_axis(h_BxTxD[:, :N], lay.base_row_BxR[..., None], axis=1)
+    h_base_BxRxD = jnp.take_along_axis(h_BxTxD[:, :X], lay.base_row_BxR[..., None], axis=1)
     both_Bx2RxV = logits_from_hidden(
-        cfg, base_params, jnp.concatenate([h_BxTxD[:, N:], h_base_BxRxD], axis=1))
+        cfg, base_params, jnp.concatenate([h_BxTxD[:, X:], h_base_BxRxD], axis=1))
     both_Bx2RxV = both_Bx2RxV.astype(jnp.float32)
     q_BxRxV = both_Bx2RxV[:, :R]
     p_BxRxV = jax.lax.stop_gradient(both_Bx2RxV[:, R:])
-    targets_BxR = jnp.take_along_axis(tokens_BxN, lay.target_idx_BxR, axis=1)
+    targets_BxR = jnp.take_along_axis(tokens_BxX, lay.target_idx_BxR, axis=1)
     return q_BxRxV, p_BxRxV, targets_BxR, lay.valid_BxR
 
 
@@ -157,7 +157,7 @@ def _per_position(x_BxR, w_BxR, L):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "kind", "temperature", "remat"))
-def la_loss(cfg: ModelConfig, base_params, la_LxD, tokens_BxN, ins_BxM, kind: str = "ce",
+def la_loss(cfg: ModelConfig, base_params, la_LxD, tokens_BxX, ins_BxM, kind: str = "ce",
             temperature: float = 1.0, remat: str = "none"):
     """Look-ahead training loss on a packed input, mean over valid LA targets.
 
@@ -175,7 +175,7 @@ def la_loss(cfg: ModelConfig, base_params, la_LxD, tokens_BxN, ins_BxM, kind: st
         raise ValueError(f"loss temperature must be > 0, got {temperature}")
     L = la_LxD.shape[0]
     q_BxRxV, p_BxRxV, targets_BxR, valid_BxR = packed_logits(
-        cfg, base_params, la_LxD, tokens_BxN, ins_BxM, remat)
+        cfg, base_params, la_LxD, tokens_BxX, ins_BxM, remat)
     w_BxR = valid_BxR.astype(jnp.float32)
     n = w_BxR.sum()
     ce_BxR = _token_ce(q_BxRxV, targets_BxR)
@@ -197,7 +197,7 @@ def la_loss(cfg: ModelConfig, base_params, la_LxD, tokens_BxN, ins_BxM, kind: st
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "temperature", "top_k", "top_p"))
-def acceptance_estimate(cfg: ModelConfig, base_params, la_LxD, tokens_BxN, ins_BxM,
+def acceptance_estimate(cfg: ModelConfig, base_params, la_LxD, tokens_BxX, ins_BxM,
                         temperature: float, top_k: int = 0, top_p: float = 1.0):
     """Teacher-forced expected acceptance of each LA position, in one packed pass.
 
@@ -209,7 +209,7 @@ def acceptance_estimate(cfg: ModelConfig, base_params, la_LxD, tokens_BxN, ins_B
     """
     sampler = SamplerConfig(temperature=temperature, top_k=top_k, top_p=top_p)
     L = la_LxD.shape[0]
-    q_BxRxV, p_BxRxV, _, valid_BxR = packed_logits(cfg, base_params, la_LxD, tokens_BxN, ins_BxM)
+    q_BxRxV, p_BxRxV, _, valid_BxR = packed_logits(cfg, base_params, la_LxD, tokens_BxX, ins_BxM)
     w_BxR = valid_BxR.astype(jnp.float32)
     agree_BxR = (jnp.argmax(q_BxRxV, -1) == jnp.argmax(p_BxRxV, -1)).astype(jnp.float32)
     overlap_BxR = jnp.minimum(warp_probs(p_BxRxV, sampler), warp_probs(q_BxRxV, sampler)).sum(-1)
@@ -221,21 +221,21 @@ def acceptance_estimate(cfg: ModelConfig, base_params, la_LxD, tokens_BxN, ins_B
     }
 
 
-def sample_insertion_points(rng: jax.Array, B: int, M: int, N: int, L: int) -> jax.Array:
-    """``ins_BxM`` int32: per row, M distinct insertion points, sorted, uniform over [0, N-2-L].
+def sample_insertion_points(rng: jax.Array, B: int, M: int, X: int, L: int) -> jax.Array:
+    """``ins_BxM`` int32: per row, M distinct insertion points, sorted, uniform over [0, X-2-L].
 
-    The range keeps every LA target inside the sequence (``p + 1 + L <= N - 1``). M = 1 is the
+    The range keeps every LA target inside the sequence (``p + 1 + L <= X - 1``). M = 1 is the
     paper's recipe (one uniformly random insertion point; drawn per row rather than per batch),
     M > 1 is packed training.
     """
     if L < 1 or M < 1:
         raise ValueError(f"need L >= 1 and M >= 1, got L={L}, M={M}")
-    choices = N - 1 - L
+    choices = X - 1 - L
     if choices < M:
-        raise ValueError(f"a sequence of N={N} tokens has {max(choices, 0)} insertion points for "
-                         f"L={L} look-ahead tokens, M={M} were asked for (need N >= M + L + 1)")
-    keys_BxC = jax.random.uniform(rng, (B, choices))
-    return jnp.sort(jnp.argsort(keys_BxC, axis=1)[:, :M], axis=1).astype(jnp.int32)
+        raise ValueError(f"a sequence of X={X} tokens has {max(choices, 0)} insertion points for "
+                         f"L={L} look-ahead tokens, M={M} were asked for (need X >= M + L + 1)")
+    keys = jax.random.uniform(rng, (B, choices))  # [B, choices]
+    return jnp.sort(jnp.argsort(keys, axis=1)[:, :M], axis=1).astype(jnp.int32)
 
 
 @flax.struct.dataclass
@@ -271,23 +271,23 @@ def la_train_step(la_state: LAState, base_params, batch: dict, rng: jax.Array, *
                   num_groups: int = 1, temperature: float = 1.0, remat: str = "none"):
     """One optimizer step on the LA embeddings; base params are constants (never differentiated).
 
-    ``batch['tokens']`` is ``[B, N]``; insertion points come from ``batch['insertion_points']``
+    ``batch['tokens']`` is ``[B, X]``; insertion points come from ``batch['insertion_points']``
     ``[B, M]`` when present, else ``num_groups`` per row are drawn with ``rng`` folded with the
     step number (so one fixed key per run gives a different draw each step and exact resumes).
     Returns ``(la_state, metrics)``: the la_loss metrics plus ``grad_norm``. ``remat``: per-layer
     rematerialisation (``model.REMAT_POLICIES``).
     """
-    tokens_BxN = batch["tokens"]
-    B, N = tokens_BxN.shape
+    tokens_BxX = batch["tokens"]
+    B, X = tokens_BxX.shape
     L = la_state.la.shape[0]
     if "insertion_points" in batch:
         ins_BxM = batch["insertion_points"]
     else:
         ins_BxM = sample_insertion_points(jax.random.fold_in(rng, la_state.step), B, num_groups,
-                                          N, L)
+                                          X, L)
 
     def loss_fn(la_LxD):
-        return la_loss(cfg, base_params, la_LxD, tokens_BxN, ins_BxM, loss_kind, temperature,
+        return la_loss(cfg, base_params, la_LxD, tokens_BxX, ins_BxM, loss_kind, temperature,
                        remat)
 
     (_, metrics), grad_LxD = jax.value_and_grad(loss_fn, has_aux=True)(la_state.la)
@@ -303,13 +303,13 @@ PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v
               "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12}
 
 
-def la_step_flops(cfg: ModelConfig, B: int, N: int, M: int, L: int) -> float:
-    """Model FLOPs of one packed look-ahead training step (B rows of N tokens, M groups of L
+def la_step_flops(cfg: ModelConfig, B: int, X: int, M: int, L: int) -> float:
+    """Model FLOPs of one packed look-ahead training step (B rows of X tokens, M groups of L
     LA tokens; multiply-add = 2). The base model is frozen, so the backward pass computes input
     gradients only: each weight matmul costs its forward again (no weight gradient), attention
     twice its forward (dQ, dK, dV, dP); logits for the R = M L LA rows and their R base rows,
     backward through the LA rows only."""
-    T, R = N + M * L, M * L
+    T, R = X + M * L, M * L
     d, hd, H, K = cfg.d_model, cfg.hd, cfg.n_heads, cfg.n_kv_heads
     layer_weights = d * hd * (H + 2 * K) + H * hd * d + \
         (3 if cfg.family == "llama" else 2) * d * cfg.ffn_dim

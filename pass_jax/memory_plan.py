@@ -88,7 +88,7 @@ def memory_plan(cfg: ModelConfig, mesh_shape, batch: int, max_len: int, dtype="b
     kv_token = cache_bytes_per_token(cfg, dtype)
     kv_dev = kv_token * batch * max_len // spec_shards(cache_specs(cfg, ms, batch).k, ms)
 
-    L, D, F, H, N = num_lookahead, cfg.d_model, cfg.ffn_dim, cfg.n_heads, cfg.n_layers
+    L, D, F, H, I = num_lookahead, cfg.d_model, cfg.ffn_dim, cfg.n_heads, cfg.n_layers
     la_state = 4 * L * D * 4  # float32 params, grads, Adam m and v (replicated)
     T = train_seq_len + num_groups * L
     bshards = math.prod(ms[a] for a in BATCH_AXES)
@@ -96,9 +96,9 @@ def memory_plan(cfg: ModelConfig, mesh_shape, batch: int, max_len: int, dtype="b
     tp = ms["tensor"]
     layer_tok = 10 * D * isz + 3 * (-(-F // tp)) * isz + 4 * (-(-H // tp)) * T
     if remat:
-        acts = rows * T * (N * D * isz + layer_tok)
+        acts = rows * T * (I * D * isz + layer_tok)
     else:
-        acts = rows * T * N * layer_tok
+        acts = rows * T * I * layer_tok
     acts += rows * 2 * num_groups * L * (-(-cfg.vocab_size // tp)) * 8
     serve = params_dev + kv_dev
     train = params_dev + la_state + acts

@@ -4,17 +4,17 @@ The model is a pure function ``(params, tokens[B,T], positions[B,T], cache, mask
 cache)``. Each layer attends to committed cache slots and to the call's own keys (two score
 blocks, one softmax). Two param forms, the same values:
 
-* stacked ``layers/*[N, ...]`` (training): layers run under ``nn.scan`` (compile time independent
-  of depth); each layer reads its slice of a stacked ``[N, ...]`` cache and the new keys/values of
+* stacked ``layers/*[I, ...]`` (training): layers run under ``nn.scan`` (compile time independent
+  of depth); each layer reads its slice of a stacked ``[I, ...]`` cache and the new keys/values of
   all layers are scattered into it once, after the scan;
 * per layer ``layers_{i}/*`` (decoding, ``unstack_layers``): a loop over layers, a tuple of
   per-layer caches, each written by its layer before the layer reads it. On XLA:CPU this avoids
   copying every layer's weights and cache slice out of the stacked arrays on every call; the
   caches are updated in place at batch > 1, while at batch 1 XLA:CPU still copies each layer's
-  key cache a few times per step (measured faster than the scanned form all the same).
+  key cache a few times per step.
 
-Shape letters: B batch, T tokens in this call, S cache slots, D d_model, H query heads,
-K kv heads, G = H // K query heads per kv head, E head_dim, F ffn dim, V vocab, N layers.
+Shape letters: see ``pass_jax/__init__.py`` (here B batch, T tokens in this call, S cache slots,
+D d_model, H query heads, K kv heads, G = H // K, A head dim, F ffn dim, V vocab, I layers).
 
 Masks: ``mask`` is the in-call block, ``[T, T]`` or ``[B, T, T]`` (True = may attend), causal when
 None. With a cache, token t of row b also sees every cache slot ``< cache.lengths[b]``; its own
@@ -37,9 +37,9 @@ from .sharding import PARAM_RULES, param_shardings
 
 
 def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
-    """Inverse RoPE frequencies ``[E/2]`` (with Llama-3 scaling when configured)."""
-    E = cfg.hd
-    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, E, 2, dtype=np.float64) / E))
+    """Inverse RoPE frequencies ``[A / 2]`` (with Llama-3 scaling when configured)."""
+    A = cfg.hd
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, A, 2, dtype=np.float64) / A))
     rs = cfg.rope_scaling
     if rs is None:
         return inv.astype(np.float32)
@@ -55,22 +55,23 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
 
 
 def rope_tables(cfg: ModelConfig, positions_BxT: jax.Array):
-    """cos, sin tables ``[B, T, E]`` in the rotate-half convention of HF LLaMA."""
-    ang_BxTxE2 = positions_BxT[..., None].astype(jnp.float32) * jnp.asarray(rope_inv_freq(cfg))
-    ang_BxTxE = jnp.concatenate([ang_BxTxE2, ang_BxTxE2], axis=-1)
-    return jnp.cos(ang_BxTxE), jnp.sin(ang_BxTxE)
+    """cos, sin tables ``[B, T, A]`` in the rotate-half convention of HF LLaMA."""
+    ang_half = positions_BxT[..., None].astype(jnp.float32) * jnp.asarray(rope_inv_freq(cfg))
+    ang_BxTxA = jnp.concatenate([ang_half, ang_half], axis=-1)  # ang_half: [B, T, A / 2]
+    return jnp.cos(ang_BxTxA), jnp.sin(ang_BxTxA)
 
 
-def apply_rope(x_BxTxHxE, cos_BxTxE, sin_BxTxE):
-    half = x_BxTxHxE.shape[-1] // 2
-    x = x_BxTxHxE.astype(jnp.float32)
+def apply_rope(x_BxTxHxA, cos_BxTxA, sin_BxTxA):
+    half = x_BxTxHxA.shape[-1] // 2
+    x = x_BxTxHxA.astype(jnp.float32)
     rot = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    out = x * cos_BxTxE[:, :, None, :] + rot * sin_BxTxE[:, :, None, :]
-    return out.astype(x_BxTxHxE.dtype)
+    out = x * cos_BxTxA[:, :, None, :] + rot * sin_BxTxA[:, :, None, :]
+    return out.astype(x_BxTxHxA.dtype)
 
 
 def attention_masks(mask, positions_BxT, cache: KVCache | None, cfg: ModelConfig):
-    """Boolean masks: over cache slots ``[B, T, S]`` (None without a cache) and in-call ``[B, T, T]``.
+    """Boolean masks: over cache slots ``[B, T, S]`` (None without a cache) and in-call
+    ``[B, T, T]``.
 
     A token sees every committed cache slot (``< lengths``) and the in-call tokens its mask allows;
     with a sliding window, only keys fewer than ``sliding_window`` positions back.
@@ -119,8 +120,8 @@ def _dense(cfg: ModelConfig, features: int, bias: bool, name: str):
 
 
 def _write_kv(kv_cache, slots_BxT, new_k, new_v):
-    """Write T new keys/values per row at ``slots[b, t]`` of a ``[..., B, K, S, E]`` cache (one
-    layer's, or all N layers' stacked); ``new_k``/``new_v`` are ``[B, T, ..., K, E]``, as
+    """Write T new keys/values per row at ``slots[b, t]`` of a ``[..., B, K, S, A]`` cache (one
+    layer's, or all I layers' stacked); ``new_k``/``new_v`` are ``[B, T, ..., K, A]``, as
     ``cache[..., b, :, s, :]`` indexes. Slots past the end are dropped."""
     B, T = slots_BxT.shape
     b_BxT = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
@@ -137,7 +138,7 @@ class Block(nn.Module):
     its new keys/values into its cache first and returns the updated cache; attending to the
     written cache (the new slots are past ``lengths``, so masked out there and seen through the
     in-call block) makes the write the cache's only use before the read. Reading first and
-    writing after made XLA:CPU copy every layer's cache every call (measured at batch 8).
+    writing after made XLA:CPU copy every layer's cache every call.
     """
     cfg: ModelConfig
 
@@ -146,41 +147,42 @@ class Block(nn.Module):
         cfg = self.cfg
         cos, sin, cache_mask_BxTxS, call_mask_BxTxT = ctx
         B, T, _ = x_BxTxD.shape
-        H, K, E = cfg.n_heads, cfg.n_kv_heads, cfg.hd
+        H, K, A = cfg.n_heads, cfg.n_kv_heads, cfg.hd
         G = H // K
         qkv_bias = cfg.qkv_bias or cfg.family == "gpt2"
         o_bias = cfg.family == "gpt2" or cfg.attn_out_bias  # Qwen2: q/k/v biases, none on o
 
         h = Norm(cfg, name="attn_norm")(x_BxTxD)
-        q_BxTxHxE = _dense(cfg, H * E, qkv_bias, "q")(h).reshape(B, T, H, E)
-        k_BxTxKxE = _dense(cfg, K * E, qkv_bias, "k")(h).reshape(B, T, K, E)
-        v_BxTxKxE = _dense(cfg, K * E, qkv_bias, "v")(h).reshape(B, T, K, E)
+        q_BxTxHxA = _dense(cfg, H * A, qkv_bias, "q")(h).reshape(B, T, H, A)
+        k_BxTxKxA = _dense(cfg, K * A, qkv_bias, "k")(h).reshape(B, T, K, A)
+        v_BxTxKxA = _dense(cfg, K * A, qkv_bias, "v")(h).reshape(B, T, K, A)
         if cfg.family == "llama":
-            q_BxTxHxE = apply_rope(q_BxTxHxE, cos, sin)
-            k_BxTxKxE = apply_rope(k_BxTxKxE, cos, sin)
+            q_BxTxHxA = apply_rope(q_BxTxHxA, cos, sin)
+            k_BxTxKxA = apply_rope(k_BxTxKxA, cos, sin)
         if slots_BxT is not None:  # a per-layer cache: write the new K/V first, then read it
-            kv_cache = _write_kv(kv_cache, slots_BxT, k_BxTxKxE, v_BxTxKxE)
+            kv_cache = _write_kv(kv_cache, slots_BxT, k_BxTxKxA, v_BxTxKxA)
 
         # scores against in-call keys and (when cached) committed cache slots, one softmax
-        q_BxTxKxGxE = q_BxTxHxE.reshape(B, T, K, G, E)
-        scale = 1.0 / math.sqrt(E)
-        s_call = jnp.einsum("btkge,bske->bkgts", q_BxTxKxGxE, k_BxTxKxE,
+        # (einsum letters as the shape letters; u: the in-call key token, one of T)
+        q_BxTxKxGxA = q_BxTxHxA.reshape(B, T, K, G, A)
+        scale = 1.0 / math.sqrt(A)
+        s_call = jnp.einsum("btkga,buka->bkgtu", q_BxTxKxGxA, k_BxTxKxA,
                             preferred_element_type=jnp.float32) * scale
         s_call = jnp.where(call_mask_BxTxT[:, None, None], s_call, -1e30)
         if kv_cache is None:
             w_call = jax.nn.softmax(s_call, axis=-1).astype(cfg.dtype)
-            o_BxTxKxGxE = jnp.einsum("bkgts,bske->btkge", w_call, v_BxTxKxE)
+            o_BxTxKxGxA = jnp.einsum("bkgtu,buka->btkga", w_call, v_BxTxKxA)
         else:
-            k_BxKxSxE, v_BxKxSxE = kv_cache
-            s_cache = jnp.einsum("btkge,bkse->bkgts", q_BxTxKxGxE, k_BxKxSxE.astype(cfg.dtype),
+            k_BxKxSxA, v_BxKxSxA = kv_cache
+            s_cache = jnp.einsum("btkga,bksa->bkgts", q_BxTxKxGxA, k_BxKxSxA.astype(cfg.dtype),
                                  preferred_element_type=jnp.float32) * scale
             s_cache = jnp.where(cache_mask_BxTxS[:, None, None], s_cache, -1e30)
             S = s_cache.shape[-1]
             w = jax.nn.softmax(jnp.concatenate([s_cache, s_call], axis=-1), axis=-1)
             w = w.astype(cfg.dtype)
-            o_BxTxKxGxE = (jnp.einsum("bkgts,bkse->btkge", w[..., :S], v_BxKxSxE.astype(cfg.dtype))
-                           + jnp.einsum("bkgts,bske->btkge", w[..., S:], v_BxTxKxE))
-        o_BxTxD = _dense(cfg, cfg.d_model, o_bias, "o")(o_BxTxKxGxE.reshape(B, T, H * E))
+            o_BxTxKxGxA = (jnp.einsum("bkgts,bksa->btkga", w[..., :S], v_BxKxSxA.astype(cfg.dtype))
+                           + jnp.einsum("bkgtu,buka->btkga", w[..., S:], v_BxTxKxA))
+        o_BxTxD = _dense(cfg, cfg.d_model, o_bias, "o")(o_BxTxKxGxA.reshape(B, T, H * A))
         x_BxTxD = x_BxTxD + o_BxTxD
 
         h = Norm(cfg, name="mlp_norm")(x_BxTxD)
@@ -191,7 +193,7 @@ class Block(nn.Module):
         else:
             m = nn.gelu(_dense(cfg, cfg.ffn_dim, True, "fc")(h), approximate=True)
             m_BxTxD = _dense(cfg, cfg.d_model, True, "proj")(m)
-        return x_BxTxD + m_BxTxD, (k_BxTxKxE, v_BxTxKxE) if slots_BxT is None else kv_cache
+        return x_BxTxD + m_BxTxD, (k_BxTxKxA, v_BxTxKxA) if slots_BxT is None else kv_cache
 
 
 # Layer rematerialisation for training (``jax.checkpoint`` around each layer): ``layer`` keeps
@@ -205,7 +207,7 @@ REMAT_POLICIES = {"none": None, "layer": jax.checkpoint_policies.nothing_saveabl
 class Transformer(nn.Module):
     """``apply(params, tokens, positions, cache, mask) -> (logits[B,T,V] float32, cache)``.
 
-    ``scan_layers``: one ``nn.scan`` over stacked layer params ``layers/*[N, ...]`` (training:
+    ``scan_layers``: one ``nn.scan`` over stacked layer params ``layers/*[I, ...]`` (training:
     compile time independent of depth) or a loop over per-layer params ``layers_{i}/*`` with a
     per-layer cache (decoding: see ``unstack_layers``).
     """
@@ -274,11 +276,11 @@ class Transformer(nn.Module):
         s_BxT = None if cache is None else cache.lengths[:, None] + jnp.arange(T)[None, :]
         if self.scan_layers:
             kv = None if cache is None else (cache.k, cache.v)
-            x, (k_NxBxTxKxE, v_NxBxTxKxE) = self.layers(x, kv, ctx)
+            x, (k_IxBxTxKxA, v_IxBxTxKxA) = self.layers(x, kv, ctx)
             if cache is not None:  # one in-place scatter of every layer's K/V at each row's offset
                 k, v = _write_kv((cache.k, cache.v), s_BxT,
-                                 k_NxBxTxKxE.transpose(1, 2, 0, 3, 4),  # [B, T, N, K, E]
-                                 v_NxBxTxKxE.transpose(1, 2, 0, 3, 4))
+                                 k_IxBxTxKxA.transpose(1, 2, 0, 3, 4),  # [B, T, I, K, A]
+                                 v_IxBxTxKxA.transpose(1, 2, 0, 3, 4))
                 cache = cache.replace(k=k, v=v)
         elif cache is None:
             for block in self.layers:
@@ -319,12 +321,12 @@ def forward(cfg: ModelConfig, params, tokens_BxT, positions_BxT, cache=None, mas
 
 
 def is_stacked(params) -> bool:
-    """Whether ``params`` hold stacked layers (``layers/*[N, ...]``) or per-layer ones."""
+    """Whether ``params`` hold stacked layers (``layers/*[I, ...]``) or per-layer ones."""
     return "layers" in params
 
 
 def unstack_layers(params):
-    """Decoding params: the stacked ``layers/*[N, ...]`` split into ``layers_0 .. layers_{N-1}``
+    """Decoding params: the stacked ``layers/*[I, ...]`` split into ``layers_0 .. layers_{I-1}``
     (a copy; drop the stacked tree afterwards). ``forward`` then loops over layers, and
     ``decode.generate`` uses a per-layer cache. On XLA:CPU a scanned layer copies its weights
     and its cache slice out of the stacked arrays on every call; per-layer weights are read

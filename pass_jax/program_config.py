@@ -29,7 +29,7 @@ import yaml
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
 FREE_ON_RESUME = "free_on_resume"  # field metadata flag, see free_on_resume()
-T = TypeVar("T")
+ConfigT = TypeVar("ConfigT")
 
 
 def free_on_resume(default: Any = dataclasses.MISSING) -> Any:
@@ -89,8 +89,8 @@ def merge(values: dict[str, Any], updates: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
-def load(cls: type[T], path: str, *, overrides: Iterable[str] = (),
-         args: argparse.Namespace | None = None, sections: Iterable[str] | None = None) -> T:
+def load(cls: type[ConfigT], path: str, *, overrides: Iterable[str] = (),
+         args: argparse.Namespace | None = None, sections: Iterable[str] | None = None) -> ConfigT:
     """A ``cls`` config: YAML file ``path`` (only its top-level keys in ``sections`` when given;
     the others belong to other programs), then the ``a.b=value`` ``overrides``, then the flags in
     ``args`` named like fields (:func:`flag_values`), checked by :func:`from_dict`."""
@@ -105,7 +105,7 @@ def load(cls: type[T], path: str, *, overrides: Iterable[str] = (),
     return from_dict(cls, values)
 
 
-def from_dict(cls: type[T], values: Mapping[str, Any], where: str = "") -> T:
+def from_dict(cls: type[ConfigT], values: Mapping[str, Any], where: str = "") -> ConfigT:
     """Dataclass ``cls`` from a nested mapping, checked against its field annotations.
 
     Raises a ValueError naming the first unknown key (with the closest known one), value of the

@@ -1,14 +1,16 @@
 """Sampling: logit warps (temperature, top-k, top-p), greedy, and speculative acceptance.
 
 Speculative acceptance follows the paper (and Leviathan et al. / Chen et al.): for drafts
-d_1..d_D drawn from q_1..q_D, accept d_j with probability min(1, p_j(d_j) / q_j(d_j)) and stop at
+d_1..d_J drawn from q_1..q_J, accept d_j with probability min(1, p_j(d_j) / q_j(d_j)) and stop at
 the first rejection; on a reject at j draw the correction from norm(max(0, p_j - q_j)); when all
-D drafts are accepted draw a bonus token from p_{D+1}. p and q are both the *warped*
+J drafts are accepted draw a bonus token from p_{J+1}. p and q are both the *warped*
 distributions. Greedy (temperature 0): accept iff d_j == argmax p_j, the correction is the argmax.
 
 A draft tree generalises the chain: the children of a node at depth j-1 are ordered draws
 without replacement from q_j, tried in turn with the recursive rejection rule
 (``recursive_accept``); ``verify_tree`` walks the tree per row. A chain is the case of one child.
+
+Shape letters: see ``pass_jax/__init__.py``; ``_xV``: any leading dims, then the vocabulary.
 """
 from __future__ import annotations
 
@@ -25,12 +27,13 @@ def scale_logits(logits_xV: jax.Array, temperature: float) -> jax.Array:
     """``(logits - max) / temperature``, with the maximal entries exactly 0: finite for any
     temperature > 0.
 
-    Dividing first (``logits / T``) breaks at tiny T: the scaled logits reach ~1e30 (or overflow
-    to inf), and inside jit XLA may recompute them in a fused softmax with a different rounding
-    than the row maximum it subtracts, so ``exp(x - max)`` overflows and the probabilities become
-    inf / inf = NaN (the sampler then drew token 0). Shifting first keeps every entry <= 0 and
-    the maxima at exactly 0 however it is recomputed, so a tiny T gives a one-hot (greedy)
-    distribution; a T that underflows float32 sends the other entries to -inf.
+    Dividing first (``logits / temperature``) breaks at a tiny temperature: the scaled logits
+    reach ~1e30 (or overflow to inf), and inside jit XLA may recompute them in a fused softmax
+    with a different rounding than the row maximum it subtracts, so ``exp(x - max)`` overflows
+    and the probabilities become inf / inf = NaN (the sampler then drew token 0). Shifting first
+    keeps every entry <= 0 and the maxima at exactly 0 however it is recomputed, so a tiny
+    temperature gives a one-hot (greedy) distribution; one that underflows float32 sends the
+    other entries to -inf.
     """
     max_x1 = jnp.max(logits_xV, axis=-1, keepdims=True)
     shifted_xV = logits_xV - max_x1
@@ -49,7 +52,7 @@ def warp_logits(logits_xV: jax.Array, sampler: SamplerConfig) -> jax.Array:
     logits = scale_logits(logits, sampler.temperature)
     V = logits.shape[-1]
     if 0 < sampler.top_k < V:  # keep exactly the k largest (scattered: a threshold compare
-        # after top_k is ~20x slower on XLA:CPU, which re-runs top_k inside the elementwise loop)
+        # after top_k is much slower on XLA:CPU, which re-runs top_k inside the elementwise loop)
         vals, idx = jax.lax.top_k(logits, sampler.top_k)
         logits = jnp.put_along_axis(jnp.full_like(logits, NEG_INF), idx, vals, axis=-1,
                                     inplace=False)
@@ -84,15 +87,14 @@ def sample_probs(rng: jax.Array, probs_xV: jax.Array, greedy: bool, support: int
 
     ``support`` > 0 promises at most that many non-zero entries per row (``support_size``): the
     draw is then made among the ``support`` largest entries only. That is the same distribution,
-    and on a CPU several times cheaper than a Gumbel draw over the whole vocabulary, which was
-    the largest single cost of a sampled decode step.
+    and on a CPU cheaper than a Gumbel draw over the whole vocabulary.
     """
     if greedy:
         return jnp.argmax(probs_xV, axis=-1).astype(jnp.int32)
     if 0 < support < probs_xV.shape[-1]:
-        vals_xk, idx_xk = jax.lax.top_k(probs_xV, support)
-        pick = jax.random.categorical(rng, jnp.log(vals_xk), axis=-1)
-        return jnp.take_along_axis(idx_xk, pick[..., None], axis=-1)[..., 0].astype(jnp.int32)
+        vals_xs, idx_xs = jax.lax.top_k(probs_xV, support)
+        pick = jax.random.categorical(rng, jnp.log(vals_xs), axis=-1)
+        return jnp.take_along_axis(idx_xs, pick[..., None], axis=-1)[..., 0].astype(jnp.int32)
     return jax.random.categorical(rng, jnp.log(probs_xV), axis=-1).astype(jnp.int32)
 
 
@@ -180,16 +182,16 @@ def recursive_accept(u_BxW: jax.Array, p_BxV: jax.Array, q_BxWxV: jax.Array,
     return rank_B, p_BxV
 
 
-def tree_depth(children_NxW) -> int:
+def tree_depth(children_CxW) -> int:
     """Depth of the tree a static children table (``Layout.children``) describes."""
-    depth = np.zeros(len(children_NxW), np.int32)
-    for n, kids in enumerate(np.asarray(children_NxW)):
+    depth = np.zeros(len(children_CxW), np.int32)
+    for n, kids in enumerate(np.asarray(children_CxW)):
         depth[kids[kids >= 0]] = depth[n] + 1
     return int(depth.max())
 
 
-def verify_tree(rng: jax.Array, p_BxNxV: jax.Array, children_NxW, drafts_BxDxW: jax.Array,
-                q_BxDxV: jax.Array, greedy: bool, support: int = 0):
+def verify_tree(rng: jax.Array, p_BxCxV: jax.Array, children_CxW, drafts_BxLxW: jax.Array,
+                q_BxLxV: jax.Array, greedy: bool, support: int = 0):
     """Verify a draft tree per row: walk down from the root, one depth at a time.
 
     Greedy: descend into the child equal to the target's argmax; the next token is the argmax
@@ -198,40 +200,40 @@ def verify_tree(rng: jax.Array, p_BxNxV: jax.Array, children_NxW, drafts_BxDxW: 
     leaf (the bonus). A chain (W = 1) is the paper's speculative sampling.
 
     Args:
-      p_BxNxV: warped target distributions after each tree node (the root and the drafts).
-      children_NxW: static ``Layout.children``: node n's children by rank, -1 past the last.
-        A child of rank r at depth j is the token ``drafts_BxDxW[:, j - 1, r]``.
-      drafts_BxDxW: per depth j, ordered draws without replacement from q_j (greedy: the top
-        tokens); D >= the tree's depth, W >= its width.
-      q_BxDxV: the warped draft distributions q_j they were drawn from.
+      p_BxCxV: warped target distributions after each tree node (the root and the drafts).
+      children_CxW: static ``Layout.children``: node n's children by rank, -1 past the last.
+        A child of rank r at depth j is the token ``drafts_BxLxW[:, j - 1, r]``.
+      drafts_BxLxW: per depth j, ordered draws without replacement from q_j (greedy: the top
+        tokens); L >= the tree's depth J, W >= its width.
+      q_BxLxV: the warped draft distributions q_j they were drawn from.
       support: at most this many non-zero entries in each p (``support_size``; 0: unknown).
     Returns:
-      node_B: the last accepted tree node (0: none); ranks_BxD: the rank accepted at each depth
+      node_B: the last accepted tree node (0: none); ranks_BxJ: the rank accepted at each depth
       (-1 from the first depth where nothing was); next_B: the correction or bonus token.
     """
-    children = jnp.asarray(children_NxW)
-    N, W = children_NxW.shape
-    B = p_BxNxV.shape[0]
-    D = tree_depth(children_NxW)
+    children = jnp.asarray(children_CxW)
+    W = children_CxW.shape[1]
+    B = p_BxCxV.shape[0]
+    J = tree_depth(children_CxW)
     rng_u, rng_c = jax.random.split(rng)
-    u_BxDxW = jax.random.uniform(rng_u, (B, max(D, 1), W))
+    u_BxJxW = jax.random.uniform(rng_u, (B, max(J, 1), W))
     node_B = jnp.zeros((B,), jnp.int32)
     alive_B = jnp.ones((B,), bool)
-    p_end_BxV = p_BxNxV[:, 0]
+    p_end_BxV = p_BxCxV[:, 0]
     ranks = []
-    for j in range(D):
-        p_BxV = jnp.take_along_axis(p_BxNxV, node_B[:, None, None], axis=1)[:, 0]
+    for j in range(J):
+        p_BxV = jnp.take_along_axis(p_BxCxV, node_B[:, None, None], axis=1)[:, 0]
         kids_BxW = children[node_B]
-        tokens_BxW = drafts_BxDxW[:, j, :W]
+        tokens_BxW = drafts_BxLxW[:, j, :W]
         valid_BxW = alive_B[:, None] & (kids_BxW >= 0)
         if greedy:
             hit_BxW = valid_BxW & (tokens_BxW == jnp.argmax(p_BxV, -1)[:, None])
             rank_B = jnp.where(hit_BxW.any(1), jnp.argmax(hit_BxW, 1), -1).astype(jnp.int32)
             left_BxV = p_BxV
         else:
-            q_BxWxV = without_replacement_proposals(q_BxDxV[:, j], tokens_BxW)
-            valid_BxW &= jnp.take_along_axis(q_BxDxV[:, j], tokens_BxW, -1) > 0
-            rank_B, left_BxV = recursive_accept(u_BxDxW[:, j], p_BxV, q_BxWxV, tokens_BxW,
+            q_BxWxV = without_replacement_proposals(q_BxLxV[:, j], tokens_BxW)
+            valid_BxW &= jnp.take_along_axis(q_BxLxV[:, j], tokens_BxW, -1) > 0
+            rank_B, left_BxV = recursive_accept(u_BxJxW[:, j], p_BxV, q_BxWxV, tokens_BxW,
                                                 valid_BxW)
         stop_B = alive_B & (rank_B < 0)
         p_end_BxV = jnp.where(stop_B[:, None], left_BxV, p_end_BxV)
@@ -239,8 +241,8 @@ def verify_tree(rng: jax.Array, p_BxNxV: jax.Array, children_NxW, drafts_BxDxW: 
         child_B = jnp.take_along_axis(kids_BxW, jnp.maximum(rank_B, 0)[:, None], 1)[:, 0]
         node_B = jnp.where(rank_B >= 0, child_B, node_B)
         ranks.append(rank_B)
-    p_leaf_BxV = jnp.take_along_axis(p_BxNxV, node_B[:, None, None], axis=1)[:, 0]
+    p_leaf_BxV = jnp.take_along_axis(p_BxCxV, node_B[:, None, None], axis=1)[:, 0]
     p_end_BxV = jnp.where(alive_B[:, None], p_leaf_BxV, p_end_BxV)
     next_B = sample_probs(rng_c, p_end_BxV, greedy, support)
-    ranks_BxD = jnp.stack(ranks, 1) if ranks else jnp.zeros((B, 0), jnp.int32)
-    return node_B, ranks_BxD, next_B
+    ranks_BxJ = jnp.stack(ranks, 1) if ranks else jnp.zeros((B, 0), jnp.int32)
+    return node_B, ranks_BxJ, next_B

@@ -1,4 +1,5 @@
-"""Device mesh, partition rules, specs and batch placement (SPMD over ``data``, ``fsdp``, ``tensor``).
+"""Device mesh, partition rules, specs and batch placement (SPMD over ``data``, ``fsdp``,
+``tensor``).
 
 A leaf: it knows meshes and shardings and nothing of the model. Other modules call it to
 annotate their arrays (``hf.load_hf(..., mesh=)``, ``model.init_params_sharded``,
@@ -14,8 +15,8 @@ Mesh axes:
   * ``tensor`` - Megatron-style model parallelism (attention heads, MLP hidden units, vocabulary).
 
 Partition rules map the ``'/'``-joined parameter path (``layers/q/kernel``) to a spec per dim
-(see ``PARAM_RULES``): attention q/k/v and MLP gate/up/fc kernels ``[N, D, out]`` ->
-``(None, 'fsdp', 'tensor')``; o/down/proj ``[N, in, D]`` -> ``(None, 'tensor', 'fsdp')``;
+(see ``PARAM_RULES``): attention q/k/v and MLP gate/up/fc kernels ``[I, D, out]`` ->
+``(None, 'fsdp', 'tensor')``; o/down/proj ``[I, in, D]`` -> ``(None, 'tensor', 'fsdp')``;
 embedding ``[V, D]`` -> ``('tensor', 'fsdp')``; lm_head ``[D, V]`` -> ``('fsdp', 'tensor')``;
 norms, position embeddings and everything else replicated. Batches are split over
 ``('data', 'fsdp')``; look-ahead (LA) parameters and their optimizer state are replicated
@@ -194,9 +195,9 @@ Axes = str | tuple[str, ...] | None
 PARAM_RULES: tuple[tuple[str, tuple[Axes, ...]], ...] = (
     (r"(^|/)embed/embedding$", ("tensor", "fsdp")),  # [V, D]
     (r"(^|/)lm_head/kernel$", ("fsdp", "tensor")),  # [D, V]
-    (r"(^|/)layers/(q|k|v|gate|up|fc)/kernel$", (None, "fsdp", "tensor")),  # [N, D, out]
-    (r"(^|/)layers/(q|k|v|gate|up|fc)/bias$", (None, "tensor")),  # [N, out]
-    (r"(^|/)layers/(o|down|proj)/kernel$", (None, "tensor", "fsdp")),  # [N, in, D]
+    (r"(^|/)layers/(q|k|v|gate|up|fc)/kernel$", (None, "fsdp", "tensor")),  # [I, D, out]
+    (r"(^|/)layers/(q|k|v|gate|up|fc)/bias$", (None, "tensor")),  # [I, out]
+    (r"(^|/)layers/(o|down|proj)/kernel$", (None, "tensor", "fsdp")),  # [I, in, D]
     (r"(^|/)layers_\d+/(q|k|v|gate|up|fc)/kernel$", ("fsdp", "tensor")),  # unstacked [D, out]
     (r"(^|/)layers_\d+/(q|k|v|gate|up|fc)/bias$", ("tensor",)),  # [out]
     (r"(^|/)layers_\d+/(o|down|proj)/kernel$", ("tensor", "fsdp")),  # [in, D]

@@ -96,7 +96,8 @@ class StdlibConfig(tfds.core.BuilderConfig):
 
 
 class StdlibCorpus(tfds.core.GeneratorBasedBuilder):
-    """The running interpreter's standard-library `.py` files, split train / heldout by path hash."""
+    """The running interpreter's standard-library `.py` files, split train / heldout by path
+    hash."""
 
     name = NAME
     # Stated, not inferred: TFDS infers it through importlib.resources, which fails when

@@ -162,10 +162,10 @@ def test_machine_line_names_the_machine():
 
 
 def test_random_model_report(tmp_path):
-    """Issue 2's AR report on a tiny random LLaMA: ours vs transformers on the same weights
-    (identical greedy tokens), per-step time, and the cost of one call per decoding method.
-    A 300-token prompt (padded to 512) needs more than the default 512 slots for the fused
-    steps: the call costs get a larger cache instead of failing."""
+    """The autoregressive report of ``--random-model`` on a tiny random LLaMA: ours vs
+    transformers on the same weights (identical greedy tokens), per-step time, and the cost of
+    one call per decoding method. A 300-token prompt (padded to 512) needs more than the default
+    512 slots for the fused steps: the call costs get a larger cache instead of failing."""
     out = tmp_path / "ar.json"
     result = bench.main(["--random-model", "tiny", "--max-new-tokens", "16", "--repeats", "1",
                          "--prompt-tokens", "300", "--max-len", "1024", "--rm-batch-size", "1,2",

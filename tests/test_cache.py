@@ -13,7 +13,7 @@ from pass_jax.model import unstack_layers
 def test_init_shapes_dtypes_and_lengths():
     """TINY: 2 layers, 2 kv heads, head_dim 32 / 4 = 8."""
     c = init_cache(TINY, batch=3, max_len=5)
-    assert c.k.shape == c.v.shape == (2, 3, 2, 5, 8)  # [N, B, K, S, E]
+    assert c.k.shape == c.v.shape == (2, 3, 2, 5, 8)  # [I, B, K, S, A]
     assert c.k.dtype == c.v.dtype == jnp.float32 and c.max_len == 5
     assert c.lengths.dtype == jnp.int32 and c.lengths.tolist() == [0, 0, 0]
     assert not np.asarray(c.k).any() and not np.asarray(c.v).any()
@@ -33,7 +33,7 @@ def test_init_shapes_dtypes_and_lengths():
 
 
 def test_cache_bytes_per_token():
-    assert cache_bytes_per_token(TINY) == 2 * 2 * 2 * 8 * 4 == 256  # K and V, N, K, E, float32
+    assert cache_bytes_per_token(TINY) == 2 * 2 * 2 * 8 * 4 == 256  # K and V, I, K, A, float32
     assert cache_bytes_per_token(TINY, jnp.bfloat16) == 128
     assert cache_bytes_per_token(TINY.replace(dtype="float16")) == 128
     odd = TINY.replace(head_dim=12, n_kv_heads=4, n_layers=3)
@@ -46,7 +46,7 @@ def test_cache_bytes_per_token():
 def _numbered(per_layer: bool) -> KVCache:
     """1 layer, 2 rows, 1 kv head, 5 slots, head_dim 1: k = 10 * row + slot, v = -k."""
     k = (10 * np.arange(2)[:, None] + np.arange(5)[None, :]).astype(np.float32)
-    k = jnp.asarray(k[None, :, None, :, None])  # [N, B, K, S, E]
+    k = jnp.asarray(k[None, :, None, :, None])  # [I, B, K, S, A]
     if per_layer:
         return KVCache(k=(k[0],), v=(-k[0],), lengths=jnp.array([1, 2], jnp.int32))
     return KVCache(k=k, v=-k, lengths=jnp.array([1, 2], jnp.int32))
@@ -60,7 +60,7 @@ def test_advance_and_move(per_layer):
     # row 0 swaps slots 1 and 2 (all read before any write); row 1 copies slot 4 to 2, and its
     # move to slot 9 (past the end) is dropped
     moved = c.move(jnp.array([[1, 2], [4, 0]]), jnp.array([[2, 1], [2, 9]]))
-    k = moved.k[0]  # layer 0: [B, K, S, E]
+    k = moved.k[0]  # layer 0: [B, K, S, A]
     np.testing.assert_array_equal(np.asarray(k)[:, 0, :, 0], [[0, 2, 1, 3, 4],
                                                               [10, 11, 14, 13, 14]])
     v = moved.v[0]
@@ -77,7 +77,7 @@ SEQ = np.asarray(jax.random.randint(jax.random.PRNGKey(7), (B, T), 0, TINY.vocab
 
 
 def _kv(cache):
-    """Every layer's K and V as ``[N, B, K, S, E]`` numpy arrays."""
+    """Every layer's K and V as ``[I, B, K, S, A]`` numpy arrays."""
     return tuple(np.stack(x) if isinstance(x, tuple) else np.asarray(x)
                  for x in (cache.k, cache.v))
 
@@ -115,7 +115,7 @@ def _junk_past_lengths(cache):
 
     def junk(x):
         noise = (1e3 * rng.standard_normal(x.shape)).astype(x.dtype)
-        return jnp.where(past_BxS[..., None, :, None], noise, x)  # [.., B, K, S, E]
+        return jnp.where(past_BxS[..., None, :, None], noise, x)  # [.., B, K, S, A]
     return cache.replace(k=jax.tree.map(junk, cache.k), v=jax.tree.map(junk, cache.v))
 
 

@@ -87,10 +87,10 @@ def test_eos_accepted_inside_a_branch_ends_the_row():
     p, lens, active = map(jnp.asarray, prepare_batch(PROMPTS, CFG.vocab_size))
     state = prefill(spec, params, p, lens, active, eos_array((eos,)),
                     init_cache(CFG, p.shape[0], 128), jax.random.PRNGKey(0))
-    A_Bx3 = np.zeros((p.shape[0], 3), np.int32)
-    A_Bx3[:len(PROMPTS)] = [t[1:4] for t in want]
-    wrong = lambda k: (A_Bx3[:, :2] + k) % CFG.vocab_size
-    drafts = np.stack([wrong(1), A_Bx3[:, :2], wrong(2)], axis=-1)  # [B, depth, rank]
+    right_Bx3 = np.zeros((p.shape[0], 3), np.int32)
+    right_Bx3[:len(PROMPTS)] = [t[1:4] for t in want]
+    wrong = lambda k: (right_Bx3[:, :2] + k) % CFG.vocab_size
+    drafts = np.stack([wrong(1), right_Bx3[:, :2], wrong(2)], axis=-1)  # [B, depth, rank]
     state = state.replace(drafts_BxLxW=jnp.asarray(drafts))
     state = jax.jit(layout_call, static_argnums=(0, 1))(spec, spec.schedule.step[0], params,
                                                          la, state)
@@ -104,7 +104,7 @@ def test_eos_accepted_inside_a_branch_ends_the_row():
     _, ar_state = generate(CFG, params, PROMPTS, max_new_tokens=24, method="ar", eos_ids=(),
                            max_len=128, return_state=True)
     for got, ref in zip(jax.tree.leaves(state.cache), jax.tree.leaves(ar_state.cache)):
-        if got.ndim > 1:  # [N, B, K, S, E]
+        if got.ndim > 1:  # [I, B, K, S, A]
             for b in range(len(PROMPTS)):
                 m = int(state.cache.lengths[b])
                 np.testing.assert_allclose(got[:, b, :, :m], ref[:, b, :, :m], atol=1e-5)
@@ -128,7 +128,7 @@ def test_tree_commits_the_cache_autoregressive_decoding_does():
         lengths = np.minimum(state.cache.lengths, ar_state.cache.lengths)
         for got, want in zip(jax.tree.leaves((state.cache.k, state.cache.v)),
                              jax.tree.leaves((ar_state.cache.k, ar_state.cache.v))):
-            for b, n in enumerate(lengths[:len(PROMPTS)]):  # [.., B, K, S, E]
+            for b, n in enumerate(lengths[:len(PROMPTS)]):  # [.., B, K, S, A]
                 np.testing.assert_allclose(got[..., b, :, :n, :], want[..., b, :, :n, :],
                                            atol=1e-5)
 

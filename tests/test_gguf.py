@@ -45,18 +45,18 @@ HF_TO_GGUF = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
 
 # --------------------------------------------------------------------------- llama.cpp's side
 
-def llama_cpp_permute(w_OxI: np.ndarray, n_head: int) -> np.ndarray:
-    """``permute`` of llama.cpp's ``convert_hf_to_gguf.py`` (LlamaModel), verbatim."""
-    w = w_OxI
+def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """``permute`` of llama.cpp's ``convert_hf_to_gguf.py`` (LlamaModel), verbatim; ``w`` is
+    ``[out, in]`` (or ``[out]``)."""
     return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
             .swapaxes(1, 2).reshape(w.shape))
 
 
-def reference_unpermute(w_OxI: np.ndarray, n_head: int) -> np.ndarray:
+def reference_unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     """The inverse of :func:`llama_cpp_permute`, found by permuting row indices (independent of
     ``gguf_file.unpermute_rows``)."""
-    rows_O = llama_cpp_permute(np.arange(w_OxI.shape[0]), n_head)  # permuted[r] = w[rows_O[r]]
-    return w_OxI[np.argsort(rows_O)]
+    rows = llama_cpp_permute(np.arange(w.shape[0]), n_head)  # permuted[r] = w[rows[r]]
+    return w[np.argsort(rows)]
 
 
 def gguf_name(hf_name: str) -> str:

@@ -87,8 +87,7 @@ def test_root_layout_is_one_token():
     lay = root_layout()
     assert (lay.name, lay.kind, lay.parent, lay.index, lay.rank, lay.group) == (
         "ar", (ROOT,), (-1,), (0,), (0,), (-1,))
-    assert (lay.T, lay.num_tree, lay.num_drafts, lay.draft_depth, lay.width,
-            lay.num_lookahead) == (1, 1, 0, 0, 0, 0)
+    assert (lay.T, lay.num_tree, lay.draft_depth, lay.width, lay.num_lookahead) == (1, 1, 0, 0, 0)
     np.testing.assert_array_equal(lay.mask, [[True]])
     np.testing.assert_array_equal(lay.depth, [0])
     np.testing.assert_array_equal(lay.children, [[-1]])
@@ -118,8 +117,7 @@ def test_paper_validation_call():
     lay = verify_layout(2)
     assert (lay.name, lay.kind, lay.parent, lay.index, lay.rank, lay.group) == (
         "verify2", (ROOT, DRAFT, DRAFT), (-1, 0, 1), (0, 1, 2), (0, 0, 0), (-1, -1, -1))
-    assert (lay.T, lay.num_tree, lay.num_drafts, lay.draft_depth, lay.width,
-            lay.num_lookahead) == (3, 3, 2, 2, 1, 0)
+    assert (lay.T, lay.num_tree, lay.draft_depth, lay.width, lay.num_lookahead) == (3, 3, 2, 1, 0)
     np.testing.assert_array_equal(lay.mask, [[1, 0, 0], [1, 1, 0], [1, 1, 1]])
     np.testing.assert_array_equal(lay.depth, [0, 1, 2])
     np.testing.assert_array_equal(lay.children, [[1], [2], [-1]])
@@ -130,8 +128,8 @@ def test_paper_validation_call():
 
 
 def test_fused_call_tables():
-    """[y, d_1, d_2, G_0, G_1, G_2] with L = 2: G_j's LA_i sits at depth j + i and sees the root,
-    d_1..d_j and its group's earlier LA (the static tree mask of DESIGN section 2)."""
+    """[y, d_1, d_2, g_0, g_1, g_2] with L = 2: g_j's LA_i sits at depth j + i and sees the root,
+    d_1..d_j and its group's earlier LA (the static tree mask of a fused call)."""
     lay = fused_layout(2)
     assert lay.name == "fused2" and lay.T == 1 + 2 + 2 * 3
     assert lay.kind == (ROOT, DRAFT, DRAFT, LA, LA, LA, LA, LA, LA)
@@ -140,16 +138,16 @@ def test_fused_call_tables():
     assert lay.group == (-1, -1, -1, 0, 0, 1, 1, 2, 2)
     np.testing.assert_array_equal(lay.depth, [0, 1, 2, 1, 2, 2, 3, 3, 4])
     np.testing.assert_array_equal(lay.mask, [
-        # y d1 d2 G0    G1    G2
+        # y d1 d2 g0    g1    g2
         [1, 0, 0, 0, 0, 0, 0, 0, 0],  # y
         [1, 1, 0, 0, 0, 0, 0, 0, 0],  # d_1
         [1, 1, 1, 0, 0, 0, 0, 0, 0],  # d_2
-        [1, 0, 0, 1, 0, 0, 0, 0, 0],  # G_0 LA_1
-        [1, 0, 0, 1, 1, 0, 0, 0, 0],  # G_0 LA_2
-        [1, 1, 0, 0, 0, 1, 0, 0, 0],  # G_1 LA_1
-        [1, 1, 0, 0, 0, 1, 1, 0, 0],  # G_1 LA_2
-        [1, 1, 1, 0, 0, 0, 0, 1, 0],  # G_2 LA_1
-        [1, 1, 1, 0, 0, 0, 0, 1, 1],  # G_2 LA_2
+        [1, 0, 0, 1, 0, 0, 0, 0, 0],  # g_0 LA_1
+        [1, 0, 0, 1, 1, 0, 0, 0, 0],  # g_0 LA_2
+        [1, 1, 0, 0, 0, 1, 0, 0, 0],  # g_1 LA_1
+        [1, 1, 0, 0, 0, 1, 1, 0, 0],  # g_1 LA_2
+        [1, 1, 1, 0, 0, 0, 0, 1, 0],  # g_2 LA_1
+        [1, 1, 1, 0, 0, 0, 0, 1, 1],  # g_2 LA_2
     ])
     np.testing.assert_array_equal(lay.groups, [[3, 4], [5, 6], [7, 8]])
     np.testing.assert_array_equal(lay.la_index, [0, 0, 0, 0, 1, 0, 1, 0, 1])
@@ -158,8 +156,7 @@ def test_fused_call_tables():
     np.testing.assert_array_equal(lay.paths, [[0, 1, 2]] * 3)
     j, r = lay.draft_slots
     assert j.tolist() == [0, 1] and r.tolist() == [0, 0]
-    assert (lay.num_tree, lay.num_drafts, lay.draft_depth, lay.width, lay.num_lookahead) == (
-        3, 2, 2, 1, 2)
+    assert (lay.num_tree, lay.draft_depth, lay.width, lay.num_lookahead) == (3, 2, 1, 2)
     assert lay.is_chain
 
 
@@ -263,8 +260,8 @@ def test_more_malformed_layout_tables_are_refused():
     with pytest.raises(ValueError, match="LA groups must hang under tree nodes"):
         Layout("x", (ROOT, LA), (-1, 0), (0, 1), (0, 0), (-1, 3))
     # LA_2 before LA_1, and groups of different sizes
-    with pytest.raises(ValueError, match="the group under node 0 must be a chain LA_1..LA_G"):
+    with pytest.raises(ValueError, match="the group under node 0 must be a chain LA_1..LA_L"):
         Layout("x", (ROOT, LA, LA), (-1, 0, 1), (0, 2, 1), (0, 0, 0), (-1, 0, 0))
-    with pytest.raises(ValueError, match="must be a chain LA_1..LA_G, the same G for every"):
+    with pytest.raises(ValueError, match="must be a chain LA_1..LA_L, the same L for every"):
         Layout("x", (ROOT, DRAFT, LA, LA, LA), (-1, 0, 0, 2, 1), (0, 1, 1, 2, 1), (0,) * 5,
                (-1, -1, 0, 0, 1))

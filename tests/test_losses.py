@@ -25,15 +25,15 @@ CFG = TINY.replace(max_position=64, unk_token_id=UNK)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def runs_batch(rng, B, N, run=4):
+def runs_batch(rng, B, X, run=4):
     """Synthetic corpus: runs of `run` equal tokens; a run's token is HOT half the time, else
     uniform over [2, V). A base model learns to copy the current token; LA embeddings can learn
     at least the skewed marginal, the [UNK] initialisation cannot."""
     k_tok, k_off, k_hot = jax.random.split(rng, 3)
-    run_tokens = jax.random.randint(k_tok, (B, N // run + 2), 2, CFG.vocab_size)
+    run_tokens = jax.random.randint(k_tok, (B, X // run + 2), 2, CFG.vocab_size)
     run_tokens = jnp.where(jax.random.uniform(k_hot, run_tokens.shape) < 0.5, HOT, run_tokens)
     offset = jax.random.randint(k_off, (B, 1), 0, run)
-    idx = (jnp.arange(N)[None, :] + offset) // run
+    idx = (jnp.arange(X)[None, :] + offset) // run
     return jnp.take_along_axis(run_tokens, idx, axis=1).astype(jnp.int32)
 
 
@@ -66,44 +66,44 @@ def pretrained():
 
 # ---------------------------------------------------------------- (a) packed == separate passes
 
-def literal_means(cfg, params, la_LxD, tokens_BxN, ins_BxM):
+def literal_means(cfg, params, la_LxD, tokens_BxX, ins_BxM):
     """The paper's input, one batch row per (row, group): x_0..x_p, LA_1..LA_L, then the rest of
     the sequence (causally invisible to the LA rows, it only keeps shapes static). Returns the mean
     CE against the data and the mean KL(p_model || q), p_model from a plain causal pass."""
-    tokens = np.asarray(tokens_BxN)
+    tokens = np.asarray(tokens_BxX)
     ins = np.asarray(ins_BxM)
-    B, N = tokens.shape
+    B, X = tokens.shape
     L = la_LxD.shape[0]
-    base_logits_BxNxV, _ = forward(cfg, params, tokens_BxN, jnp.broadcast_to(jnp.arange(N), (B, N)))
-    emb_BxNxD = embed_tokens(cfg, params, tokens_BxN)
+    base_logits_BxXxV, _ = forward(cfg, params, tokens_BxX, jnp.broadcast_to(jnp.arange(X), (B, X)))
+    emb_BxXxD = embed_tokens(cfg, params, tokens_BxX)
     rows, la_rows, base_idx, targets = [], [], [], []
     for b in range(B):
         for p in ins[b]:
             k = len(rows)
-            rows.append(jnp.concatenate([emb_BxNxD[b, :p + 1], la_LxD.astype(emb_BxNxD.dtype),
-                                         emb_BxNxD[b, p + 1:]], axis=0))
+            rows.append(jnp.concatenate([emb_BxXxD[b, :p + 1], la_LxD.astype(emb_BxXxD.dtype),
+                                         emb_BxXxD[b, p + 1:]], axis=0))
             for i in range(1, L + 1):
-                if p + 1 + i < N:  # LA_i sits at index p + i and drafts x_{p+1+i}
+                if p + 1 + i < X:  # LA_i sits at index p + i and drafts x_{p+1+i}
                     la_rows.append((k, p + i))
                     base_idx.append((b, p + i))
                     targets.append(tokens[b, p + 1 + i])
-    embeds_KxTxD = jnp.stack(rows)
-    K, T, _ = embeds_KxTxD.shape
-    logits_KxTxV, _ = forward(cfg, params, jnp.zeros((K, T), jnp.int32),
-                              jnp.broadcast_to(jnp.arange(T), (K, T)), embeds_BxTxD=embeds_KxTxD)
+    embeds = jnp.stack(rows)  # [n, T, D]: n = B * M paper inputs of T = X + L tokens
+    n, T, _ = embeds.shape
+    logits, _ = forward(cfg, params, jnp.zeros((n, T), jnp.int32),
+                        jnp.broadcast_to(jnp.arange(T), (n, T)), embeds_BxTxD=embeds)
     la_rows, base_idx = np.array(la_rows), np.array(base_idx)
-    q_XxV = logits_KxTxV[la_rows[:, 0], la_rows[:, 1]]
-    p_XxV = jax.lax.stop_gradient(base_logits_BxNxV[base_idx[:, 0], base_idx[:, 1]])
-    ce_X = jax.nn.logsumexp(q_XxV, -1) - q_XxV[np.arange(len(targets)), np.array(targets)]
-    logp, logq = jax.nn.log_softmax(p_XxV, -1), jax.nn.log_softmax(q_XxV, -1)
-    kl_X = (jnp.exp(logp) * (logp - logq)).sum(-1)
-    return ce_X.mean(), kl_X.mean()
+    q = logits[la_rows[:, 0], la_rows[:, 1]]  # [valid LA rows, V]
+    p = jax.lax.stop_gradient(base_logits_BxXxV[base_idx[:, 0], base_idx[:, 1]])
+    ce = jax.nn.logsumexp(q, -1) - q[np.arange(len(targets)), np.array(targets)]
+    logp, logq = jax.nn.log_softmax(p, -1), jax.nn.log_softmax(q, -1)
+    kl = (jnp.exp(logp) * (logp - logq)).sum(-1)
+    return ce.mean(), kl.mean()
 
 
 def test_packed_equals_separate_single_insertion_passes(pretrained):
     params, _ = pretrained  # context-dependent outputs: any leak through the mask shows
-    B, N, L = 2, 16, 3
-    tokens = jax.random.randint(jax.random.PRNGKey(2), (B, N), 0, CFG.vocab_size)
+    B, X, L = 2, 16, 3
+    tokens = jax.random.randint(jax.random.PRNGKey(2), (B, X), 0, CFG.vocab_size)
     # last groups have targets past the end (masked): p=13 keeps LA_1 only, p=12 LA_1 and LA_2
     ins = jnp.array([[0, 5, 13], [2, 7, 12]], jnp.int32)
     la = random_la(CFG, L, 3)
@@ -137,48 +137,48 @@ def test_packed_equals_separate_single_insertion_passes(pretrained):
 # ---------------------------------------------------------------- (b) the packed layout
 
 def test_packed_layout_matches_brute_force():
-    N, L = 7, 3
+    X, L = 7, 3
     ins = np.array([[0, 2, 4], [5, 1, 1], [-1, 3, 6]])  # unsorted, repeated, invalid: all legal
     B, M = ins.shape
-    T = N + M * L
-    lay = jax.jit(losses.packed_layout, static_argnums=(1, 2))(jnp.asarray(ins), N, L)
+    T = X + M * L
+    lay = jax.jit(losses.packed_layout, static_argnums=(1, 2))(jnp.asarray(ins), X, L)
     mask = np.zeros((B, T, T), bool)
     pos = np.zeros((B, T), int)
     for b in range(B):
         for r in range(T):
-            if r < N:
+            if r < X:
                 pos[b, r] = r
-                mask[b, r, :r + 1] = True  # causal; LA columns (>= N) never visible
+                mask[b, r, :r + 1] = True  # causal; LA columns (>= X) never visible
                 continue
-            g, i = divmod(r - N, L)  # group g, LA_{i+1}
+            g, i = divmod(r - X, L)  # group g, LA_{i+1}
             p = ins[b, g]
             pos[b, r] = p + i + 1
             for c in range(T):
-                if c < N:
+                if c < X:
                     mask[b, r, c] = c <= p
                 else:
-                    g2, i2 = divmod(c - N, L)
+                    g2, i2 = divmod(c - X, L)
                     mask[b, r, c] = g2 == g and i2 <= i
     np.testing.assert_array_equal(np.asarray(lay.mask_BxTxT), mask)
     np.testing.assert_array_equal(np.asarray(lay.positions_BxT), pos)
     p_BxR = np.repeat(ins, L, axis=1)
     i_R = np.tile(np.arange(1, L + 1), M)
-    valid = (p_BxR >= 0) & (p_BxR + 1 + i_R < N)
+    valid = (p_BxR >= 0) & (p_BxR + 1 + i_R < X)
     np.testing.assert_array_equal(np.asarray(lay.valid_BxR), valid)
     np.testing.assert_array_equal(np.asarray(lay.target_idx_BxR)[valid], (p_BxR + 1 + i_R)[valid])
     np.testing.assert_array_equal(np.asarray(lay.base_row_BxR)[valid], (p_BxR + i_R)[valid])
 
 
 def test_sample_insertion_points():
-    B, M, N, L = 512, 3, 10, 2
+    B, M, X, L = 512, 3, 10, 2
     sample = jax.jit(losses.sample_insertion_points, static_argnums=(1, 2, 3, 4))
-    ins = np.asarray(sample(jax.random.PRNGKey(0), B, M, N, L))
+    ins = np.asarray(sample(jax.random.PRNGKey(0), B, M, X, L))
     assert ins.shape == (B, M) and ins.dtype == np.int32
     assert (np.diff(ins, axis=1) > 0).all()  # sorted, distinct
-    assert ins.min() == 0 and ins.max() == N - 2 - L  # every target inside the sequence
-    one = np.asarray(sample(jax.random.PRNGKey(1), 4000, 1, N, L))
-    counts = np.bincount(one[:, 0], minlength=N - 1 - L)
-    assert len(counts) == N - 1 - L and counts.min() > 0.7 * counts.mean()  # ~uniform
+    assert ins.min() == 0 and ins.max() == X - 2 - L  # every target inside the sequence
+    one = np.asarray(sample(jax.random.PRNGKey(1), 4000, 1, X, L))
+    counts = np.bincount(one[:, 0], minlength=X - 1 - L)
+    assert len(counts) == X - 1 - L and counts.min() > 0.7 * counts.mean()  # ~uniform
 
 
 # ------------------------------------------------- (c, d) training beats [UNK], base stays frozen
@@ -187,9 +187,9 @@ def test_training_beats_unk_and_leaves_base_untouched(pretrained):
     params, history = pretrained
     assert np.mean(history[-10:]) < np.mean(history[:10]) - 1.0  # lm_loss pretraining works
     before = jax.tree.map(np.array, params)
-    B, N, L, M, steps = 16, 32, 4, 4, 60
-    held = runs_batch(jax.random.PRNGKey(999), 32, N)
-    held_ins = losses.sample_insertion_points(jax.random.PRNGKey(998), 32, M, N, L)
+    B, X, L, M, steps = 16, 32, 4, 4, 60
+    held = runs_batch(jax.random.PRNGKey(999), 32, X)
+    held_ins = losses.sample_insertion_points(jax.random.PRNGKey(998), 32, M, X, L)
     estimate = functools.partial(losses.acceptance_estimate, temperature=0.8, top_k=10)
 
     la_unk = init_lookahead(CFG, params, L)
@@ -200,7 +200,7 @@ def test_training_beats_unk_and_leaves_base_untouched(pretrained):
     state = losses.init_la_state(la_unk, opt)  # la_unk is donated to the first step
     train_losses = []
     for i in range(steps):
-        batch = {"tokens": runs_batch(jax.random.PRNGKey(2000 + i), B, N)}
+        batch = {"tokens": runs_batch(jax.random.PRNGKey(2000 + i), B, X)}
         state, metrics = step(state, params, batch, jax.random.PRNGKey(7))
         train_losses.append(float(metrics["loss"]))  # computed before the step's update
     assert int(state.step) == steps and np.isfinite(float(metrics["grad_norm"]))
@@ -224,9 +224,9 @@ def test_kl_loss_zero_with_zero_gradient_at_the_model_and_decreases(pretrained):
     """With LA_1's embedding equal to the embedding of x_{p+1}, LA_1 computes exactly the base
     model's row p+1, so KL = 0 and its gradient vanishes; from [UNK] training lowers the KL."""
     params, _ = pretrained
-    B, N, c = 4, 16, 7
+    B, X, c = 4, 16, 7
     ins = jnp.array([[1, 6, 11]] * B, jnp.int32)
-    tokens = runs_batch(jax.random.PRNGKey(5), B, N).at[:, np.asarray(ins[0]) + 1].set(c)
+    tokens = runs_batch(jax.random.PRNGKey(5), B, X).at[:, np.asarray(ins[0]) + 1].set(c)
     batch = {"tokens": tokens, "insertion_points": ins}
     opt = optax.adam(3e-2)
     step = losses.make_la_train_step(CFG, opt, "kl")
@@ -280,7 +280,7 @@ def test_bad_input(random_params):
     for tok in (CFG.vocab_size, -1):
         with pytest.raises(ValueError, match="outside the vocabulary"):
             init_lookahead(CFG, random_params, 2, token_id=tok)
-    with pytest.raises(ValueError, match="need N >= M \\+ L \\+ 1"):
+    with pytest.raises(ValueError, match="need X >= M \\+ L \\+ 1"):
         losses.sample_insertion_points(jax.random.PRNGKey(0), 2, 5, 8, 4)
     with pytest.raises(ValueError, match="L >= 1"):
         losses.sample_insertion_points(jax.random.PRNGKey(0), 2, 1, 8, 0)
@@ -328,13 +328,13 @@ def test_packed_logits_match_transformers_single_insertion(tmp_path):
     model.save_pretrained(tmp_path)
     cfg, params = hf.load_hf(tmp_path)
 
-    B, N, L = 2, 12, 3
-    tokens_BxN = np.array(jax.random.randint(jax.random.PRNGKey(0), (B, N), 0, 128), np.int32)
+    B, X, L = 2, 12, 3
+    tokens_BxX = np.array(jax.random.randint(jax.random.PRNGKey(0), (B, X), 0, 128), np.int32)
     # p=8 leaves LA_3 without a target, p=9 LA_2 and LA_3: their logits are still compared
     ins_BxM = np.array([[0, 4, 8], [2, 6, 9]], np.int32)
     la_LxD = random_la(cfg, L, 1, 0.5)
     q_BxRxV, p_BxRxV, targets_BxR, valid_BxR = jax.jit(
-        losses.packed_logits, static_argnums=0)(cfg, params, la_LxD, tokens_BxN, ins_BxM)
+        losses.packed_logits, static_argnums=0)(cfg, params, la_LxD, tokens_BxX, ins_BxM)
     q_BxRxV, p_BxRxV = np.asarray(q_BxRxV), np.asarray(p_BxRxV)
     valid_BxR = np.asarray(valid_BxR)
     assert valid_BxR.sum() == B * 3 * L - 3 and np.abs(q_BxRxV).max() > 0.5
@@ -343,9 +343,9 @@ def test_packed_logits_match_transformers_single_insertion(tmp_path):
     embed = model.get_input_embeddings()
     with torch.no_grad():
         for b in range(B):
-            seq_NxV = model(torch.from_numpy(tokens_BxN[b:b + 1]).long()).logits[0].numpy()
+            seq_XxV = model(torch.from_numpy(tokens_BxX[b:b + 1]).long()).logits[0].numpy()
             for grp, p in enumerate(ins_BxM[b]):
-                x_TxD = torch.cat([embed(torch.from_numpy(tokens_BxN[b, :p + 1]).long()),
+                x_TxD = torch.cat([embed(torch.from_numpy(tokens_BxX[b, :p + 1]).long()),
                                    la_t_LxD])  # T = p + 1 + L
                 ref_TxV = model(inputs_embeds=x_TxD[None]).logits[0].numpy()
                 rows = slice(grp * L, (grp + 1) * L)
@@ -353,9 +353,9 @@ def test_packed_logits_match_transformers_single_insertion(tmp_path):
                 for i in range(1, L + 1):  # LA_i drafts x_{p+1+i}: the model's row p+i
                     r = grp * L + i - 1
                     if valid_BxR[b, r]:
-                        np.testing.assert_allclose(p_BxRxV[b, r], seq_NxV[p + i], atol=1e-4,
+                        np.testing.assert_allclose(p_BxRxV[b, r], seq_XxV[p + i], atol=1e-4,
                                                    rtol=0)
-                        assert int(targets_BxR[b, r]) == tokens_BxN[b, p + 1 + i]
+                        assert int(targets_BxR[b, r]) == tokens_BxX[b, p + 1 + i]
     # the LA rows depend on their group's context: equal LAs, different outputs
     assert np.abs(q_BxRxV[0, :L] - q_BxRxV[0, L:2 * L]).max() > 0.1
 
@@ -399,11 +399,11 @@ def test_la_step_flops_match_xla_cost_analysis():
 
     cfg = CFG.replace(vocab_size=512, d_model=64, ffn_dim=256, max_position=256)
     params = jax.eval_shape(lambda: unstack_layers(init_params(cfg, jax.random.PRNGKey(0))))
-    B, N, M, L = 2, 64, 4, 3
+    B, X, M, L = 2, 64, 4, 3
     opt = optax.adamw(1e-2)
     state = jax.eval_shape(lambda: losses.init_la_state(jnp.zeros((L, cfg.d_model)), opt))
     step = losses.make_la_train_step(cfg, opt, "kl", M)
-    compiled = step.lower(state, params, {"tokens": jax.ShapeDtypeStruct((B, N), jnp.int32)},
+    compiled = step.lower(state, params, {"tokens": jax.ShapeDtypeStruct((B, X), jnp.int32)},
                           jax.ShapeDtypeStruct((2,), jnp.uint32)).compile()
     xla = compiled.cost_analysis()["flops"]
-    assert losses.la_step_flops(cfg, B, N, M, L) == pytest.approx(xla, rel=0.15)
+    assert losses.la_step_flops(cfg, B, X, M, L) == pytest.approx(xla, rel=0.15)

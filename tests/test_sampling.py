@@ -1,6 +1,6 @@
 """Sampling: warps, and the distribution of PaSS samples equals the base model's (chi-square).
 
-The statistical test draws N=32768 continuations of one prompt as a single batch and compares the
+The statistical test draws B=32768 continuations of one prompt as a single batch and compares the
 empirical distribution of the first 3 new tokens against the exact autoregressive probabilities
 (enumerated from the model). Each test uses a false-alarm rate of 1e-3 (p-value threshold); a
 deliberately broken acceptance rule (always accept) and a broken residual update (p kept after a
@@ -28,8 +28,8 @@ from pass_jax.sampling import (draw_without_replacement, recursive_accept, sampl
                                without_replacement_proposals)
 
 ALPHA = 1e-3
-N = 2 ** 15  # a power of two: no padding rows in the batch bucket
-K = 3  # tokens of each continuation that are compared
+B = 2 ** 15  # a power of two: no padding rows in the batch bucket
+N = 3  # tokens of each continuation that are compared
 CFG = ModelConfig(vocab_size=6, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=32)
 PROMPT = [1, 4, 2]
 
@@ -44,10 +44,10 @@ def _params():
 def _exact_probs(params, sampler):
     """P(t1, t2, t3 | PROMPT) under the warped model, by enumeration: ``[V, V, V]``."""
     V = CFG.vocab_size
-    seqs = np.array([PROMPT + list(s) for s in itertools.product(range(V), repeat=K - 1)])
+    seqs = np.array([PROMPT + list(s) for s in itertools.product(range(V), repeat=N - 1)])
     pos = np.broadcast_to(np.arange(seqs.shape[1]), seqs.shape)
     logits, _ = forward(CFG, params, jnp.asarray(seqs), jnp.asarray(pos))
-    p = np.asarray(warp_probs(logits, sampler), np.float64)  # [V^(K-1), T, V]
+    p = np.asarray(warp_probs(logits, sampler), np.float64)  # [V^(N-1), T, V]
     P = len(PROMPT)
     p1 = p[0, P - 1]
     p2 = p[::V, P].reshape(V, V)  # rows indexed by t1 (t2 varies fastest)
@@ -55,11 +55,11 @@ def _exact_probs(params, sampler):
     return p1[:, None, None] * p2[:, :, None] * p3
 
 
-def _chi2_pvalue(samples_NxK, probs):
+def _chi2_pvalue(samples_BxN, probs):
     V = CFG.vocab_size
-    idx = np.ravel_multi_index(samples_NxK.T, (V,) * K)
-    counts = np.bincount(idx, minlength=V ** K).astype(float)
-    expected = probs.ravel() * len(samples_NxK)
+    idx = np.ravel_multi_index(samples_BxN.T, (V,) * N)
+    counts = np.bincount(idx, minlength=V ** N).astype(float)
+    expected = probs.ravel() * len(samples_BxN)
     assert counts[expected == 0].sum() == 0, "a sample has probability 0 under the base model"
     big = expected >= 5  # pool sparse cells so the chi-square approximation holds
     obs = np.append(counts[big], counts[~big].sum())
@@ -70,7 +70,7 @@ def _chi2_pvalue(samples_NxK, probs):
 
 
 def _samples(params, method, sampler, la=None, seed=0):
-    res = generation.generate(CFG, params, [PROMPT] * N, max_new_tokens=K, method=method, la_LxD=la,
+    res = generation.generate(CFG, params, [PROMPT] * B, max_new_tokens=N, method=method, la_LxD=la,
                           sampler=sampler, seed=seed, eos_ids=())
     return np.array(res.tokens)
 
@@ -232,8 +232,8 @@ def test_verify_tree_greedy_descends_into_the_argmax_child():
     """Root with children (ranks 0, 1) = nodes 1, 2; node 2 has one child, node 3."""
     children = np.array([[1, 2], [-1, -1], [3, -1], [-1, -1]], np.int32)
     V = 5
-    argmax_N = jnp.asarray([[4, 0, 1, 2], [3, 0, 2, 2]])  # target argmax after each node, 2 rows
-    p = jax.nn.one_hot(argmax_N, V)
+    argmax_BxC = jnp.asarray([[4, 0, 1, 2], [3, 0, 2, 2]])  # target argmax after each node, 2 rows
+    p = jax.nn.one_hot(argmax_BxC, V)
     drafts = jnp.asarray([[[0, 4], [1, 0]], [[3, 1], [2, 0]]])  # [row, depth, rank]
     node, ranks, nxt = verify_tree(jax.random.PRNGKey(0), p, children, drafts,
                                    jnp.zeros((2, 2, V)), greedy=True)

@@ -23,6 +23,9 @@ Output directory ``--out``:
                              final metrics; a finished run re-run with the same settings just
                              reports them.
 ``--json`` prints the final metrics as one JSON object on stdout.
+
+Shape letters as in ``pass_jax/__init__.py``, except that ``N`` in this file (``tokens_BxN``) is
+the sequence length ``--seq-len``, X there.
 """
 from __future__ import annotations
 
