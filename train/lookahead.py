@@ -24,8 +24,7 @@ Output directory ``--out``:
                              reports them.
 ``--json`` prints the final metrics as one JSON object on stdout.
 
-Shape letters as in ``pass_jax/__init__.py``, except that ``N`` in this file (``tokens_BxN``) is
-the sequence length ``--seq-len``, X there.
+Shape letters as in ``pass_jax/__init__.py`` (X: the training sequence length ``--seq-len``).
 """
 from __future__ import annotations
 
@@ -164,19 +163,19 @@ def _sample_fn(cfg, params, tok, seq_len: int, seed: int):
 
 def heldout_estimate(cfg, base_params, la_LxD, eval_set, temperature: float,
                      top_k: int) -> dict[str, list[float]]:
-    """Acceptance per LA position over the fixed held-out set (``(tokens_BxN, ins_BxM)`` pairs),
+    """Acceptance per LA position over the fixed held-out set (``(tokens_BxX, ins_BxM)`` pairs),
     target-weighted: ``greedy`` argmax agreement and ``sampled`` sum_v min(p, q) on the warped
     distributions, plus the held-out LA ``ce`` and ``kl`` losses."""
     L = la_LxD.shape[0]
     greedy_L, sampled_L, n_L = np.zeros(L), np.zeros(L), np.zeros(L)
     ce = kl = n = 0.0
-    for tokens_BxN, ins_BxM in eval_set:
-        est = jax.device_get(losses.acceptance_estimate(cfg, base_params, la_LxD, tokens_BxN,
+    for tokens_BxX, ins_BxM in eval_set:
+        est = jax.device_get(losses.acceptance_estimate(cfg, base_params, la_LxD, tokens_BxX,
                                                         ins_BxM, temperature, top_k))
         greedy_L += est["greedy"] * est["num_targets"]
         sampled_L += est["sampled"] * est["num_targets"]
         n_L += est["num_targets"]
-        _, m = jax.device_get(losses.la_loss(cfg, base_params, la_LxD, tokens_BxN, ins_BxM))
+        _, m = jax.device_get(losses.la_loss(cfg, base_params, la_LxD, tokens_BxX, ins_BxM))
         ce, kl, n = ce + m["ce"] * m["num_targets"], kl + m["kl"] * m["num_targets"], \
             n + m["num_targets"]
     n_L = np.maximum(n_L, 1)
@@ -188,14 +187,14 @@ def heldout_estimate(cfg, base_params, la_LxD, eval_set, temperature: float,
 def _eval_set(texts, tok, config: LookaheadTrainConfig) -> list[tuple[jax.Array, jax.Array]]:
     """Fixed held-out batches with fixed insertion points (``eval_groups`` per row)."""
     settings = config.lookahead
-    N, L, B = settings.seq_len, config.num_lookahead, settings.batch_size
-    M = min(settings.eval_groups, N - 1 - L)
+    X, L, B = settings.seq_len, config.num_lookahead, settings.batch_size
+    M = min(settings.eval_groups, X - 1 - L)
     batches = itertools.islice(
-        data.token_batches(texts, tok, N, B, settings.seed, shuffle=False,
+        data.token_batches(texts, tok, X, B, settings.seed, shuffle=False,
                            add_special_tokens=config.add_special_tokens), settings.eval_batches)
     key = jax.random.PRNGKey(settings.seed + 1)
     return [(jnp.asarray(b["tokens"]),
-             losses.sample_insertion_points(jax.random.fold_in(key, i), B, M, N, L))
+             losses.sample_insertion_points(jax.random.fold_in(key, i), B, M, X, L))
             for i, b in enumerate(batches)]
 
 
@@ -279,10 +278,10 @@ def load_model(config: LookaheadTrainConfig, device_args: argparse.Namespace) ->
     if tok is None:
         raise FileNotFoundError(f"{path} has no tokenizer files; the data pipeline needs the "
                                 "model's tokenizer")
-    N, L, M = config.lookahead.seq_len, config.num_lookahead, config.lookahead.groups
-    data.check_seq_len(N, cfg.max_position)
-    if N - 1 - L < M:
-        raise ValueError(f"--seq-len {N} is too short for {M} insertion groups of L={L} "
+    X, L, M = config.lookahead.seq_len, config.num_lookahead, config.lookahead.groups
+    data.check_seq_len(X, cfg.max_position)
+    if X - 1 - L < M:
+        raise ValueError(f"--seq-len {X} is too short for {M} insertion groups of L={L} "
                          f"look-ahead tokens (need seq_len >= groups + L + 1)")
     identity = {**lookahead.model_fingerprint(cfg, params), "path": os.path.abspath(path)}
     return FrozenModel(path, mesh, cfg, params, tok, identity)
@@ -341,11 +340,11 @@ def _trainer(config: LookaheadTrainConfig, model: FrozenModel, la_init_LxD):
     la_step = losses.make_la_train_step(model.cfg, optimizer, settings.loss, settings.groups,
                                         remat=settings.remat, mesh=mesh)
     if mesh is None:
-        place_batch = lambda tokens_BxN: tokens_BxN
+        place_batch = lambda tokens_BxX: tokens_BxX
     else:
         la_state = sharding.replicate(la_state, mesh)
         rng = jax.device_put(rng, sharding.replicated(mesh))
-        place_batch = lambda tokens_BxN: sharding.shard_batch(tokens_BxN, mesh)
+        place_batch = lambda tokens_BxX: sharding.shard_batch(tokens_BxX, mesh)
 
     def step_fn(state, batch):
         la_state, metrics = la_step(state["la"], model.params,
@@ -406,7 +405,7 @@ def _metrics(config: LookaheadTrainConfig, model: FrozenModel, result: LoopResul
              train_loss: dict[str, float], evals: EvalLog, t0: float) -> dict[str, Any]:
     """The final metrics: losses, held-out acceptance (final and initial), throughput."""
     settings = config.lookahead
-    B, N = settings.batch_size, settings.seq_len
+    B, X = settings.batch_size, settings.seq_len
     final = evals.final(result.state["la"].la, settings.steps)
     steps_per_s = result.steps_per_s if result.steps_run > 1 else None
     return {
@@ -424,17 +423,17 @@ def _metrics(config: LookaheadTrainConfig, model: FrozenModel, result: LoopResul
         "steps": settings.steps,
         "steps_this_run": result.steps_run,
         "steps_per_s": steps_per_s,
-        # sequence tokens (B x N per step; the M x L LA rows not counted), this process's steps
-        "tokens_per_s": steps_per_s and steps_per_s * B * N,
-        **throughput(model.cfg, B, N, settings.groups, config.num_lookahead, steps_per_s),
+        # sequence tokens (B x X per step; the M x L LA rows not counted), this process's steps
+        "tokens_per_s": steps_per_s and steps_per_s * B * X,
+        **throughput(model.cfg, B, X, settings.groups, config.num_lookahead, steps_per_s),
         "wall_time_s": time.perf_counter() - t0,
     }
 
 
-def throughput(cfg, B: int, N: int, M: int, L: int, steps_per_s: float | None) -> dict:
+def throughput(cfg, B: int, X: int, M: int, L: int, steps_per_s: float | None) -> dict:
     """Model FLOPs per step (``losses.la_step_flops``), TFLOP/s per device and the model FLOPs
     utilisation against the device's bf16 peak (None where the peak is not known, e.g. CPUs)."""
-    flops = losses.la_step_flops(cfg, B, N, M, L)
+    flops = losses.la_step_flops(cfg, B, X, M, L)
     per_device = None if steps_per_s is None else flops * steps_per_s / jax.device_count()
     peak = losses.PEAK_FLOPS.get(jax.devices()[0].device_kind)
     return {"model_flops_per_step": flops,
