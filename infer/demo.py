@@ -37,7 +37,8 @@ import time
 import jax
 
 from infer import bench
-from infer.default_model import NAME, default_model_dir
+from infer import default_model
+from infer.default_model import NAME
 from pass_jax.lookahead import TENSOR_FILE
 from train import base as train_base
 from train import lookahead as train_lookahead
@@ -166,7 +167,7 @@ def run_smollm2(args) -> dict:
     root = os.path.join(args.artifacts, "smollm2")
     out_dir = args.out_dir or os.path.join(root, "results")
     t = time.perf_counter()
-    model = str(default_model_dir(root))
+    model = str(default_model.default_model_dir(root))
     print(f"== model: {NAME} ({model}, {time.perf_counter() - t:.0f} s)", file=sys.stderr)
     if not lookahead_done(PRETRAINED_LA):
         raise SystemExit(f"the committed look-ahead embeddings are missing: {PRETRAINED_LA}")
