@@ -5,6 +5,7 @@
         [--temperatures 0.8,0.5,0.2,0 --top-k 10 --top-p 1]
         [--methods ar,unk,pass,pass-fused] [--batch-size 1,4] [--repeats 3]
         [--data stdlib] [--data-dir DIR] [--hf-baselines | --no-hf-baselines]
+        [--config FILE.yaml]
 
     python -m infer.bench --random-model 125m [--json OUT]     # issue 2's AR performance report
 
@@ -53,14 +54,18 @@ This module is the command line and the protocol (look-ahead exports, prompts, t
 methods and our runner are in ``infer.bench_methods``, transformers' baselines in
 ``infer.bench_baselines``, a cell's JSON row in ``infer.bench_summary``, call costs and the
 ``--random-model`` report in ``infer.bench_calls``, the Markdown, plots and files in
-``infer.bench_report``.
+``infer.bench_report``. The settings (``infer.config.BenchConfig``) may also come from a YAML
+``--config`` whose keys are named like the flags (``batch_size: [1, 4]``); the flags given on
+the command line win.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -71,7 +76,8 @@ from infer.bench_methods import OUR_METHODS, Run, Variant, batches, is_hf, is_ou
 from infer.bench_report import (check_outputs, json_path, machine_info, machine_line,
                                 read_results, write_json, write_outputs)
 from infer.bench_summary import greedy_summary, summarise
-from infer.generate import add_decode_args
+from infer.config import DTYPES, PROMPT_KINDS, RANDOM_MODELS, BenchConfig, comma_list, load
+from infer.generate import add_config_arg, add_decode_args
 from infer.prompts import make_chat_prompts
 from pass_jax.cli import add_mesh_arg, load_model_for_args
 from pass_jax.config import SamplerConfig
@@ -87,70 +93,72 @@ from pass_jax.tokenizer import with_special_tokens
 # --------------------------------------------------------------------------- flags
 
 def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
+    return [float(x) for x in comma_list(text)]
 
 
 def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
+    return [int(x) for x in comma_list(text)]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags; no defaults here (they are ``BenchConfig``'s): a flag not given is None."""
     ap = argparse.ArgumentParser(prog="python -m infer.bench",
                                  description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="Hugging Face model directory (with tokenizer files) or "
                     "GGUF file")
-    ap.add_argument("--lookahead", default="",
+    ap.add_argument("--lookahead",
                     help="look-ahead exports DIR[,DIR...], or a directory of per-L exports")
-    ap.add_argument("--depths", type=_ints, default=[],
+    ap.add_argument("--depths", type=_ints,
                     help="comma separated L' < L: also benchmark the first L' look-ahead rows of "
                          "the deepest export (an L ablation from one training)")
     ap.add_argument("--json", help="write the JSON results here (default OUT_DIR/bench.json); "
                     "rewritten after every cell, so an interrupted run keeps what it measured")
-    ap.add_argument("--out-dir", default="results", help="JSON, Markdown and PNG outputs")
-    ap.add_argument("--num-prompts", type=int, default=16)
-    ap.add_argument("--prompt-tokens", type=int, default=32)
-    ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--temperatures", type=_floats, default=_floats("0.8,0.5,0.2,0"),
-                    help="comma separated; 0 = greedy")
-    ap.add_argument("--top-k", type=int, default=10, help="0 = off")
-    ap.add_argument("--top-p", type=float, default=1.0, help="1 = off")
-    ap.add_argument("--methods", default="ar,unk,pass,pass-fused",
+    ap.add_argument("--out-dir", help="JSON, Markdown and PNG outputs")
+    ap.add_argument("--num-prompts", type=int)
+    ap.add_argument("--prompt-tokens", type=int)
+    ap.add_argument("--max-new-tokens", type=int)
+    ap.add_argument("--temperatures", type=_floats, help="comma separated; 0 = greedy")
+    ap.add_argument("--top-k", type=int, help="0 = off")
+    ap.add_argument("--top-p", type=float, help="1 = off")
+    ap.add_argument("--methods", type=comma_list,
                     help=f"comma separated, of {','.join(OUR_METHODS)} and draft trees "
                          "tree-WxWx.. (e.g. tree-3x2x1x1)")
-    ap.add_argument("--auto-methods",
+    ap.add_argument("--auto-methods", type=comma_list,
                     help="comma separated candidates of method auto (default: ar, pass, fused "
                          "chains of every depth <= L and a few trees)")
-    ap.add_argument("--batch-size", type=_ints, default=[1], help="comma separated, e.g. 1,4")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-size", type=_ints, help="comma separated, e.g. 1,4")
+    ap.add_argument("--repeats", type=int)
     ap.add_argument("--main-lookahead", type=int,
                     help="L shown in the main table (default 4 if benchmarked, else the smallest)")
-    ap.add_argument("--data", default="stdlib", help="corpus spec of the prompts (held-out split)")
-    ap.add_argument("--prompts", choices=("code", "chat"), default="code",
+    ap.add_argument("--data", help="corpus spec of the prompts (held-out split)")
+    ap.add_argument("--prompts", choices=PROMPT_KINDS,
                     help="code: the first --prompt-tokens tokens of held-out documents (the "
                     "paper's protocol); chat: the model's chat template around 'Write a Python "
                     "function `sig`: <docstring>' from held-out functions (instruct models)")
     ap.add_argument("--data-dir", help="TFDS data dir (stdlib: where it is prepared)")
-    ap.add_argument("--seed", type=int, default=0, help="prompt choice and sampling seeds")
-    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument("--seed", type=int, help="prompt choice and sampling seeds")
+    ap.add_argument("--dtype", choices=DTYPES)
     add_decode_args(ap)
     ap.add_argument("--no-special-tokens", dest="add_special_tokens", action="store_false",
+                    default=None,
                     help="prompts without the special tokens the tokenizer adds by default (e.g. "
                          "LLaMA's BOS, which otherwise comes on top of --prompt-tokens)")
-    ap.add_argument("--stop-at-eos", action="store_true",
+    ap.add_argument("--stop-at-eos", action="store_true", default=None,
                     help="stop rows at EOS (default: always generate --max-new-tokens)")
     _add_baseline_args(ap)
-    ap.add_argument("--call-tokens", type=_ints, default=[],
+    ap.add_argument("--call-tokens", type=_ints,
                     help="comma separated token counts, e.g. 1,5,25,64,128: also time one "
                          "forward call of that many new tokens per row (after --prompt-tokens "
                          "in the cache, at every --batch-size): where a bigger call stops being "
                          "free on this machine")
-    ap.add_argument("--title", default="", help="a line naming what is benchmarked")
-    ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--title", help="a line naming what is benchmarked")
+    ap.add_argument("--no-plots", action="store_true", default=None)
     ap.add_argument("--from-json", metavar="JSON",
                     help="no benchmark: re-render the Markdown and plots of a results JSON "
                          "into --out-dir")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--quiet", action="store_true", default=None, help="no progress bar")
+    add_config_arg(ap, "model: DIR, batch_size: [1, 4], ...")
     _add_random_model_args(ap)
     add_mesh_arg(ap)
     return ap
@@ -158,44 +166,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_baseline_args(ap: argparse.ArgumentParser) -> None:
     """The flags of transformers' baselines."""
-    ap.add_argument("--hf-baselines", action=argparse.BooleanOptionalAction, default=True,
+    ap.add_argument("--hf-baselines", action=argparse.BooleanOptionalAction,
                     help="also time transformers generate / prompt lookup (needs torch)")
     ap.add_argument("--hf-temperatures", type=_floats,
                     help="temperatures at which to run the transformers baselines (default: all; "
                          "they cost much more than ours on a CPU)")
     ap.add_argument("--hf-repeats", type=int,
                     help="timed repeats of the transformers baselines (default --repeats)")
-    ap.add_argument("--prompt-lookup-tokens", type=int, default=10,
+    ap.add_argument("--prompt-lookup-tokens", type=int,
                     help="prompt_lookup_num_tokens of the transformers baseline")
 
 
 def _add_random_model_args(ap: argparse.ArgumentParser) -> None:
     """The flags of ``--random-model`` (issue 2's report)."""
     rm = ap.add_argument_group("AR performance report (issue 2)")
-    rm.add_argument("--random-model", choices=("125m", "tiny"),
+    rm.add_argument("--random-model", choices=RANDOM_MODELS,
                     help="benchmark AR on a random LLaMA of this size (ours vs transformers)")
-    rm.add_argument("--max-len", type=_ints, default=[256, 4096],
+    rm.add_argument("--max-len", type=_ints,
                     help="cache sizes for the per-step time of --random-model")
-    rm.add_argument("--rm-batch-size", type=_ints, default=[1, 8],
+    rm.add_argument("--rm-batch-size", type=_ints,
                     help="batch sizes of --random-model")
-    rm.add_argument("--call-cost-methods", default="ar,pass,pass-fused,tree-2x2x1x1,tree-3x2x1x1",
+    rm.add_argument("--call-cost-methods", type=comma_list,
                     help="methods (L = 4) whose cost of one call --random-model measures")
-
-
-def check_args(args) -> None:
-    """Raises ValueError naming the first flag whose value cannot work."""
-    for flag, value in (("--repeats", args.repeats), ("--num-prompts", args.num_prompts),
-                        ("--prompt-tokens", args.prompt_tokens),
-                        ("--max-new-tokens", args.max_new_tokens),
-                        ("--hf-repeats", 1 if args.hf_repeats is None else args.hf_repeats)):
-        if value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
-    for flag, values in (("--batch-size", args.batch_size), ("--depths", args.depths),
-                         ("--call-tokens", args.call_tokens)):
-        if any(v < 1 for v in values):
-            raise ValueError(f"{flag} must be >= 1, got {','.join(map(str, values))}")
-    if any(T < 0 for T in args.temperatures):
-        raise ValueError(f"--temperatures must be >= 0, got {args.temperatures}")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -283,24 +275,24 @@ def make_prompts(tok, data: str, data_dir: str | None, num_prompts: int, prompt_
     return prompts, origin
 
 
-def prompt_set(args, tok) -> tuple[list[list[int]], dict]:
+def prompt_set(config: BenchConfig, tok) -> tuple[list[list[int]], dict]:
     """The prompts of ``--prompts``: ``code`` (:func:`make_prompts`, the paper's protocol) or
     ``chat`` (``infer.prompts.make_chat_prompts``: the chat template around an instruction
     built from a held-out function of ``--data``)."""
-    if args.prompts == "chat":
-        return make_chat_prompts(tok, text_source(args.data, "heldout", args.data_dir),
-                                 args.num_prompts, args.seed)
-    return make_prompts(tok, args.data, args.data_dir, args.num_prompts, args.prompt_tokens,
-                        args.seed)
+    if config.prompts == "chat":
+        return make_chat_prompts(tok, text_source(config.data, "heldout", config.data_dir),
+                                 config.num_prompts, config.seed)
+    return make_prompts(tok, config.data, config.data_dir, config.num_prompts,
+                        config.prompt_tokens, config.seed)
 
 
 # --------------------------------------------------------------------------- protocol
 
 
-def parse_methods(spec: str) -> list[str]:
+def parse_methods(names: Sequence[str]) -> list[str]:
     """``--methods`` as a list, ``ar`` first (speedups are relative to it); SystemExit naming an
     unknown method."""
-    methods = [m.strip() for m in spec.split(",") if m.strip()]
+    methods = list(names)
     for m in methods:
         if not is_ours(m):
             raise SystemExit(f"unknown method {m!r}; expected some of {','.join(OUR_METHODS)} "
@@ -310,19 +302,18 @@ def parse_methods(spec: str) -> list[str]:
     return methods
 
 
-def our_variants(args, cfg, params, mesh, methods: list[str], las: dict, Ls: list[int]
-                 ) -> list[Variant]:
+def our_variants(config: BenchConfig, cfg, params, mesh, methods: list[str], las: dict,
+                 Ls: list[int]) -> list[Variant]:
     """``ar``, then every other method at every L it fits (a tree no deeper than L): [UNK]
     embeddings for ``unk``, the export's for the others, ``auto`` starting from the
     acceptance the export recorded."""
-    eos_ids = tuple(cfg.eos_token_ids) if args.stop_at_eos else ()
-    auto_methods = args.auto_methods and [m.strip() for m in args.auto_methods.split(",")
-                                          if m.strip()]
+    eos_ids = tuple(cfg.eos_token_ids) if config.stop_at_eos else ()
+    auto_methods = config.auto_methods and list(config.auto_methods)
     variants: list[Variant] = []
     for m in methods:
         if m == "ar":
             variants.append(Variant("ar", "ar", None, ours_runner(
-                cfg, params, "ar", None, eos_ids, mesh, precision=args.precision)))
+                cfg, params, "ar", None, eos_ids, mesh, precision=config.precision)))
             continue
         for L in Ls:
             if method_lookahead(m, L) > L:
@@ -332,46 +323,36 @@ def our_variants(args, cfg, params, mesh, methods: list[str], las: dict, Ls: lis
             prior = prior and {k: v[:L] for k, v in prior.items()}  # an export cut to L rows
             variants.append(Variant(f"{m}@L{L}", m, L, ours_runner(
                 cfg, params, "pass" if m == "unk" else m, la, eos_ids, mesh, auto_methods,
-                prior, args.precision)))
+                prior, config.precision)))
     return variants
 
 
-def baseline_variants(args, cfg, threads: int | None) -> tuple[list[Variant], str | None]:
+def baseline_variants(config: BenchConfig, cfg, threads: int | None
+                      ) -> tuple[list[Variant], str | None]:
     """transformers' baselines when ``--hf-baselines`` and torch is importable, else none and
     (torch missing) a note saying why."""
-    if not args.hf_baselines:
+    if not config.hf_baselines:
         return [], None
     try:
-        return hf_variants(args, cfg, threads), None
+        return hf_variants(config, cfg, threads), None
     except ImportError as e:
         note = f"transformers baselines skipped: {e}"
         print(note, file=sys.stderr)
         return [], note
 
 
-def new_result(args, info: dict, cfg, methods: list[str], las: dict, Ls: list[int], prompts,
-               origin: dict, hf_note: str | None) -> dict:
+def new_result(config: BenchConfig, info: dict, cfg, methods: list[str], las: dict,
+               Ls: list[int], prompts, origin: dict, hf_note: str | None) -> dict:
     """The results JSON before any cell: machine, model, look-ahead exports, settings, prompts."""
-    main_L = args.main_lookahead or (4 if 4 in Ls else (Ls[0] if Ls else None))
+    main_L = config.main_lookahead or (4 if 4 in Ls else (Ls[0] if Ls else None))
     result = {
-        "title": args.title, "machine": info, "machine_line": machine_line(info),
-        "model": os.path.abspath(args.model), "model_params": cfg.num_params(),
+        "title": config.title, "machine": info, "machine_line": machine_line(info),
+        "model": os.path.abspath(config.model), "model_params": cfg.num_params(),
         "model_config": {k: v for k, v in cfg.to_dict().items()
                          if k in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
                                   "ffn_dim", "dtype")},
         "lookahead": {str(L): os.path.abspath(d) for L, (d, _) in las.items()},
-        "settings": {"num_prompts": len(prompts), "prompt_tokens": args.prompt_tokens,
-                     "max_new_tokens": args.max_new_tokens, "temperatures": args.temperatures,
-                     "top_k": args.top_k, "top_p": args.top_p, "methods": methods,
-                     "L": Ls, "main_L": main_L, "batch_sizes": args.batch_size,
-                     "repeats": args.repeats, "data": args.data, "prompts": args.prompts,
-                     "seed": args.seed, "precision": args.precision, "layers": args.layers,
-                     "stop_at_eos": args.stop_at_eos,
-                     "add_special_tokens": args.add_special_tokens,
-                     "prompt_lookup_tokens": args.prompt_lookup_tokens,
-                     "hf_temperatures": args.hf_temperatures or args.temperatures,
-                     "hf_repeats": args.repeats if args.hf_repeats is None else args.hf_repeats,
-                     "hf_baselines": bool(args.hf_baselines) and hf_note is None},
+        "settings": _settings(config, len(prompts), methods, Ls, main_L, hf_note),
         "prompts": origin,
         "complete": False,
         "cells": [],
@@ -381,12 +362,29 @@ def new_result(args, info: dict, cfg, methods: list[str], las: dict, Ls: list[in
     return result
 
 
-def hf_repeats(args) -> int:
+def _settings(config: BenchConfig, num_prompts: int, methods: list[str], Ls: list[int],
+              main_L: int | None, hf_note: str | None) -> dict:
+    """The results JSON's ``settings``: what was benchmarked, how (lists as lists)."""
+    return {"num_prompts": num_prompts, "prompt_tokens": config.prompt_tokens,
+            "max_new_tokens": config.max_new_tokens, "temperatures": list(config.temperatures),
+            "top_k": config.top_k, "top_p": config.top_p, "methods": methods,
+            "L": Ls, "main_L": main_L, "batch_sizes": list(config.batch_size),
+            "repeats": config.repeats, "data": config.data, "prompts": config.prompts,
+            "seed": config.seed, "precision": config.precision, "layers": config.layers,
+            "stop_at_eos": config.stop_at_eos,
+            "add_special_tokens": config.add_special_tokens,
+            "prompt_lookup_tokens": config.prompt_lookup_tokens,
+            "hf_temperatures": list(config.hf_temperatures or config.temperatures),
+            "hf_repeats": config.repeats if config.hf_repeats is None else config.hf_repeats,
+            "hf_baselines": bool(config.hf_baselines) and hf_note is None}
+
+
+def hf_repeats(config: BenchConfig) -> int:
     """Timed repeats of transformers' baselines: ``--hf-repeats``, at most ``--repeats``."""
-    return args.repeats if args.hf_repeats is None else min(args.hf_repeats, args.repeats)
+    return config.repeats if config.hf_repeats is None else min(config.hf_repeats, config.repeats)
 
 
-def warm_up(args, variants: list[Variant], prompts, T: float, B: int, sampler, bar
+def warm_up(config: BenchConfig, variants: list[Variant], prompts, T: float, B: int, sampler, bar
             ) -> dict[str, str]:
     """One untimed run of every variant on one batch per compiled shape, so that the timed
     runs compile nothing; returns the errors of the baselines that cannot run here (key ->
@@ -400,10 +398,10 @@ def warm_up(args, variants: list[Variant], prompts, T: float, B: int, sampler, b
         bar.set_description(f"T={T} B={B} warm-up {v.key}")
         # ours: the full spec (max_new_tokens is static, so it must match); transformers
         # compiles nothing, a short call warms its caches
-        n_warm = min(4, args.max_new_tokens) if is_hf(v.method) else args.max_new_tokens
+        n_warm = min(4, config.max_new_tokens) if is_hf(v.method) else config.max_new_tokens
         try:
             for chunk in warm:
-                v.run(chunk, B, sampler, args.seed, n_warm)
+                v.run(chunk, B, sampler, config.seed, n_warm)
         except Exception as e:  # a baseline that cannot run here is reported, not fatal
             if not is_hf(v.method):
                 raise
@@ -413,28 +411,28 @@ def warm_up(args, variants: list[Variant], prompts, T: float, B: int, sampler, b
     return errors
 
 
-def timed_runs(args, variants: list[Variant], prompts, T: float, B: int, sampler, bar
+def timed_runs(config: BenchConfig, variants: list[Variant], prompts, T: float, B: int, sampler, bar
                ) -> dict[str, list[Run]]:
     """``--repeats`` runs of every variant over all prompts (transformers': ``hf_repeats``),
     interleaved in an order that rotates every repeat."""
     runs: dict[str, list[Run]] = {v.key: [] for v in variants}
-    for r in range(args.repeats):
-        now = [v for v in variants if r < hf_repeats(args) or not is_hf(v.method)]
+    for r in range(config.repeats):
+        now = [v for v in variants if r < hf_repeats(config) or not is_hf(v.method)]
         k = r % max(len(now), 1)
         for v in now[k:] + now[:k]:  # interleaved, rotating order
             bar.set_description(f"T={T} B={B} repeat {r + 1} {v.key}")
-            runs[v.key].append(v.run(prompts, B, sampler, args.seed + 1000 * r,
-                                     args.max_new_tokens))
+            runs[v.key].append(v.run(prompts, B, sampler, config.seed + 1000 * r,
+                                     config.max_new_tokens))
             bar.update(1)
     return runs
 
 
-def cell_rows(args, variants: list[Variant], runs: dict, errors: dict, prompts, tok, eos_ids,
-              T: float, B: int) -> list[dict]:
+def cell_rows(config: BenchConfig, variants: list[Variant], runs: dict, errors: dict, prompts,
+              tok, eos_ids, T: float, B: int) -> list[dict]:
     """The JSON rows of one cell: ``ar`` (``variants[0]``) first, the others against it; a
     baseline that failed gets its error."""
     n_calls = len(batches(prompts, B))
-    chat = args.prompts == "chat"
+    chat = config.prompts == "chat"
     ar_row = summarise(variants[0], runs["ar"], None, prompts, tok, eos_ids, n_calls, T, B, chat)
     ar_row["speedup_vs_ar"] = ar_row["call_cost_vs_ar"] = 1.0
     rows = [ar_row]
@@ -448,77 +446,92 @@ def cell_rows(args, variants: list[Variant], runs: dict, errors: dict, prompts, 
     return rows
 
 
-def run_cells(args, result: dict, variants: list[Variant], prompts, tok, eos_ids) -> None:
+def run_cells(config: BenchConfig, result: dict, variants: list[Variant], prompts, tok,
+              eos_ids) -> None:
     """Every (temperature, batch size) cell in turn: warm-up, timed runs, rows; the results
     JSON is rewritten after every cell, so an interrupted run keeps the cells measured."""
-    cells = [(T, B) for B in args.batch_size for T in args.temperatures]
-    total = sum(1 + (hf_repeats(args) if is_hf(v.method) else args.repeats)
+    cells = [(T, B) for B in config.batch_size for T in config.temperatures]
+    total = sum(1 + (hf_repeats(config) if is_hf(v.method) else config.repeats)
                 for T, B in cells for v in variants if v.in_cell(T, B))
-    bar = tqdm(total=total, desc="bench", unit="run", disable=args.quiet, file=sys.stderr)
+    bar = tqdm(total=total, desc="bench", unit="run", disable=config.quiet, file=sys.stderr)
     rows: list[dict] = []
     for T, B in cells:
-        sampler = SamplerConfig(T, args.top_k if T > 0 else 0, args.top_p if T > 0 else 1.0)
+        sampler = SamplerConfig(T, config.top_k if T > 0 else 0, config.top_p if T > 0 else 1.0)
         cell_vars = [v for v in variants if v.in_cell(T, B)]
-        errors = warm_up(args, cell_vars, prompts, T, B, sampler, bar)
-        runs = timed_runs(args, [v for v in cell_vars if v.key not in errors], prompts, T, B,
+        errors = warm_up(config, cell_vars, prompts, T, B, sampler, bar)
+        runs = timed_runs(config, [v for v in cell_vars if v.key not in errors], prompts, T, B,
                           sampler, bar)
-        bar.update(hf_repeats(args) * len(errors))  # (only baselines fail)
-        rows += cell_rows(args, cell_vars, runs, errors, prompts, tok, eos_ids, T, B)
+        bar.update(hf_repeats(config) * len(errors))  # (only baselines fail)
+        rows += cell_rows(config, cell_vars, runs, errors, prompts, tok, eos_ids, T, B)
         result.update(greedy_summary(rows))
-        write_json(result, json_path(args))
+        write_json(result, json_path(config))
     bar.close()
 
 
-def run_benchmark(args, out_stream=sys.stdout) -> dict:
-    """The whole protocol; returns the JSON-able results (also written to disk)."""
+def run_benchmark(config: BenchConfig, device_args: argparse.Namespace, out_stream=sys.stdout
+                  ) -> dict:
+    """The whole protocol, on the ``--mesh`` of ``device_args`` if any; returns the JSON-able
+    results (also written to disk)."""
     info = machine_info()
-    methods = parse_methods(args.methods)
-    mesh, cfg, params = load_model_for_args(args, args.model, args.dtype,
-                                             stacked=decode_stacked(args.layers))
-    tok = load_tokenizer(args.model)
+    methods = parse_methods(config.methods)
+    mesh, cfg, params = load_model_for_args(device_args, config.model, config.dtype,
+                                             stacked=decode_stacked(config.layers))
+    tok = load_tokenizer(config.model)
     if tok is None:
-        raise SystemExit(f"{args.model} has no tokenizer files: prompts need a tokenizer")
-    las = load_lookaheads(args.lookahead, cfg, params, args.depths) if args.lookahead else {}
+        raise SystemExit(f"{config.model} has no tokenizer files: prompts need a tokenizer")
+    las = load_lookaheads(config.lookahead, cfg, params, config.depths) \
+        if config.lookahead else {}
     if any(m not in ("ar", "unk") for m in methods) and not las:
         raise SystemExit("methods pass / pass-fused / tree-.. need --lookahead DIR[,DIR...]")
-    Ls = sorted(las) or ([args.main_lookahead or 4] if "unk" in methods else [])
+    Ls = sorted(las) or ([config.main_lookahead or 4] if "unk" in methods else [])
 
-    prompts, origin = prompt_set(args, tok)
+    prompts, origin = prompt_set(config, tok)
     # as tokenizer(text) gives them, e.g. BOS + the text's tokens (chat templates write theirs)
-    if args.add_special_tokens and args.prompts != "chat":
+    if config.add_special_tokens and config.prompts != "chat":
         prompts = with_special_tokens(tok, prompts)
 
-    variants = our_variants(args, cfg, params, mesh, methods, las, Ls)
-    baselines, hf_note = baseline_variants(args, cfg, info["usable_cores"])
-    result = new_result(args, info, cfg, methods, las, Ls, prompts, origin, hf_note)
-    if args.call_tokens:
-        result["call_ms_by_tokens"] = call_ms_table(cfg, params, args.call_tokens,
-                                                    args.batch_size, max(map(len, prompts)),
-                                                    args.repeats)
-    run_cells(args, result, variants + baselines, prompts, tok, set(cfg.eos_token_ids))
+    variants = our_variants(config, cfg, params, mesh, methods, las, Ls)
+    baselines, hf_note = baseline_variants(config, cfg, info["usable_cores"])
+    result = new_result(config, info, cfg, methods, las, Ls, prompts, origin, hf_note)
+    if config.call_tokens:
+        result["call_ms_by_tokens"] = call_ms_table(cfg, params, config.call_tokens,
+                                                    config.batch_size, max(map(len, prompts)),
+                                                    config.repeats)
+    run_cells(config, result, variants + baselines, prompts, tok, set(cfg.eos_token_ids))
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     result["complete"] = True
-    write_outputs(result, args, out_stream)
+    write_outputs(result, config, out_stream)
     return result
+
+
+def run(config: BenchConfig, device_args: argparse.Namespace) -> dict:
+    """``--from-json``'s re-rendering, or the benchmark (``--model`` required; outputs checked
+    writable before any work)."""
+    if config.from_json:
+        result = read_results(config.from_json)
+        write_outputs(result, config)
+        return result
+    if not config.model:
+        raise SystemExit("--model DIR is required (or --random-model / --from-json)")
+    check_outputs(config)
+    config = dataclasses.replace(config, model=resolve_model(config.model))  # .gguf: converted
+    return run_benchmark(config, device_args)
+
+
+def _or_exit(fn, *args):
+    """``fn(*args)``; bad input (``USER_ERRORS``) exits with ``error: ...``."""
+    try:
+        return fn(*args)
+    except USER_ERRORS as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    if args.random_model:
-        return random_model_report(args)
-    try:
-        if args.from_json:
-            result = read_results(args.from_json)
-            write_outputs(result, args)
-            return result
-        if not args.model:
-            raise SystemExit("--model DIR is required (or --random-model / --from-json)")
-        check_args(args)
-        check_outputs(args)
-        args.model = resolve_model(args.model)  # a .gguf file: its cached conversion
-        return run_benchmark(args)
-    except USER_ERRORS as e:
-        raise SystemExit(f"error: {e}") from None
+    config = _or_exit(load, BenchConfig, args)
+    if config.random_model:
+        return random_model_report(config)
+    return _or_exit(run, config, args)
 
 
 if __name__ == "__main__":

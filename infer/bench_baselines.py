@@ -12,6 +12,7 @@ import jax
 import transformers
 
 from infer.bench_methods import Run, Variant, batches
+from infer.config import BenchConfig
 
 
 def load_hf_torch(model_dir, dtype: str, threads: int | None):
@@ -66,15 +67,15 @@ def hf_runner(model, pad_id: int | None, prompt_lookup: int, stop_at_eos: bool):
     return run
 
 
-def hf_variants(args, cfg, threads: int | None) -> list[Variant]:
+def hf_variants(config: BenchConfig, cfg, threads: int | None) -> list[Variant]:
     """``hf-generate`` (every batch size) and ``hf-prompt-lookup`` (batch 1) of ``--model``, at
     ``--hf-temperatures`` (default: all); ImportError when torch or transformers is missing."""
-    model = load_hf_torch(args.model, args.dtype, threads)
+    model = load_hf_torch(config.model, config.dtype, threads)
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (
         cfg.eos_token_ids[0] if cfg.eos_token_ids else 0)
-    temperatures = tuple(args.hf_temperatures) if args.hf_temperatures else None
+    temperatures = tuple(config.hf_temperatures) if config.hf_temperatures else None
     return [Variant("hf-generate", "hf-generate", None,
-                    hf_runner(model, pad, 0, args.stop_at_eos), temperatures=temperatures),
+                    hf_runner(model, pad, 0, config.stop_at_eos), temperatures=temperatures),
             Variant("hf-prompt-lookup", "hf-prompt-lookup", None,
-                    hf_runner(model, pad, args.prompt_lookup_tokens, args.stop_at_eos),
+                    hf_runner(model, pad, config.prompt_lookup_tokens, config.stop_at_eos),
                     batch_sizes=(1,), temperatures=temperatures)]

@@ -12,6 +12,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ from infer.bench_baselines import hf_runner, load_hf_torch
 from infer.bench_methods import label, layout_text, ours_runner
 from infer.bench_report import machine_info, machine_line
 from infer.bench_summary import median
+from infer.config import BenchConfig
 from pass_jax.auto import iteration_seconds, timing_slots
 from pass_jax.cache import init_cache
 from pass_jax.config import ModelConfig, SamplerConfig
@@ -80,17 +82,17 @@ def call_ms_table(cfg, params, token_counts, batch_sizes, context: int, repeats:
 # --------------------------------------------------------------------------- issue 2 report
 
 
-def random_model_report(args, out_stream=sys.stdout) -> dict:
+def random_model_report(config: BenchConfig, out_stream=sys.stdout) -> dict:
     """AR tokens/s of a random LLaMA (ours vs transformers, same weights), our per-step time at
     several cache sizes with per-layer params (how the programs decode) and with the stacked,
     scanned params training uses, and the cost of one call per method (issue 2's report)."""
     info = machine_info()
-    N, P, reps = args.max_new_tokens, args.prompt_tokens, max(args.repeats, 1)
-    max_pos = max([4096] + args.max_len) + 64
-    cfg = RANDOM_MODELS[args.random_model](max_position=max_pos, bos_token_id=1,
-                                           eos_token_ids=(2,), pad_token_id=0)
+    N, P, reps = config.max_new_tokens, config.prompt_tokens, max(config.repeats, 1)
+    max_pos = max(4096, *config.max_len) + 64
+    cfg = RANDOM_MODELS[config.random_model](max_position=max_pos, bos_token_id=1,
+                                             eos_token_ids=(2,), pad_token_id=0)
     tmp = tempfile.mkdtemp(prefix="pass_jax_random_")
-    results = {"model": args.random_model, "params": cfg.num_params(), "machine": info,
+    results = {"model": config.random_model, "params": cfg.num_params(), "machine": info,
                "max_new_tokens": N, "prompt_tokens": P, "repeats": reps, "tokens_per_s": {},
                "step_ms": {}, "step_ms_scanned": {}, "call_ms": {}}
     try:
@@ -99,22 +101,22 @@ def random_model_report(args, out_stream=sys.stdout) -> dict:
         cfg, params = load_hf(os.path.join(tmp, "model"), stacked=False)
         hf = load_hf_torch(os.path.join(tmp, "model"), "float32", info["usable_cores"])
         rng = np.random.default_rng(0)
-        results["tokens_per_s"] = ar_tokens_per_s(cfg, params, hf, args.rm_batch_size, P, N,
+        results["tokens_per_s"] = ar_tokens_per_s(cfg, params, hf, config.rm_batch_size, P, N,
                                                   reps, rng)
         prompt = [rng.integers(4, cfg.vocab_size, P).tolist()]
-        results.update(call_costs(cfg, params, prompt, args.max_len, args.call_cost_methods,
+        results.update(call_costs(cfg, params, prompt, config.max_len, config.call_cost_methods,
                                   reps))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     text = random_model_markdown(results)
     results["markdown"] = text
-    if args.json:
-        if os.path.dirname(args.json):
-            os.makedirs(os.path.dirname(args.json), exist_ok=True)
-        with open(args.json, "w") as f:
+    if config.json:
+        if os.path.dirname(config.json):
+            os.makedirs(os.path.dirname(config.json), exist_ok=True)
+        with open(config.json, "w") as f:
             json.dump(results, f, indent=1)
-        with open(os.path.splitext(args.json)[0] + ".md", "w") as f:
+        with open(os.path.splitext(config.json)[0] + ".md", "w") as f:
             f.write(text)
     if out_stream is not None:
         out_stream.write(text)
@@ -147,16 +149,17 @@ def ar_tokens_per_s(cfg, params, hf_model, batch_sizes, P: int, N: int, reps: in
     return out
 
 
-def call_costs(cfg, params, prompt: list[list[int]], max_lens, methods: str, reps: int) -> dict:
+def call_costs(cfg, params, prompt: list[list[int]], max_lens, methods: Sequence[str],
+               reps: int) -> dict:
     """Milliseconds per call: autoregressive at every cache size of ``max_lens`` with per-layer
     (``step_ms``) and stacked params (``step_ms_scanned``), and every method of ``methods``
-    (comma separated, L = 4, [UNK] drafts: the cost of a call, not its yield) at one cache size
-    (``call_slots``) in ``call_ms``. ``auto.iteration_seconds`` times them: K loop steps jitted
+    (L = 4, [UNK] drafts: the cost of a call, not its yield) at one cache size (``call_slots``)
+    in ``call_ms``. ``auto.iteration_seconds`` times them: K loop steps jitted
     in one fori_loop on a live decode state (rows re-activated after a short generation), so
     prefill, compilation and dispatch drop out."""
     la = init_lookahead(cfg, params, 4)
     # every method at one cache size: enough for its steps after a long prompt too
-    cost_methods = [m.strip() for m in methods.split(",") if m.strip()]
+    cost_methods = list(methods)
     slots = max([CALL_COST_SLOTS] + [round_cache_len(timing_slots(
         len(prompt[0]), make_schedule(m, 4))) for m in cost_methods])
 

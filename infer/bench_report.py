@@ -16,6 +16,7 @@ from importlib.metadata import version
 import jax
 
 from infer.bench_methods import HF_METHODS, color, is_hf, label
+from infer.config import BenchConfig
 
 # --------------------------------------------------------------------------- machine
 
@@ -288,16 +289,16 @@ def _time_vs_L_plot(plt, result: dict):
 # --------------------------------------------------------------------------- files
 
 
-def json_path(args) -> str:
+def json_path(config: BenchConfig) -> str:
     """Where the JSON results go: ``--json`` or ``OUT_DIR/bench.json``."""
-    return args.json or os.path.join(args.out_dir, "bench.json")
+    return config.json or os.path.join(config.out_dir, "bench.json")
 
 
-def check_outputs(args) -> None:
+def check_outputs(config: BenchConfig) -> None:
     """Creates ``--out-dir`` and the JSON's folder, or raises ValueError naming the path that
     cannot be written: before any model call, so no measurement is lost at the end."""
-    path = json_path(args)
-    for d in (args.out_dir, os.path.dirname(path) or "."):
+    path = json_path(config)
+    for d in (config.out_dir, os.path.dirname(path) or "."):
         if os.path.exists(d) and not os.path.isdir(d):
             raise ValueError(f"output folder {d} is an existing file")
         os.makedirs(d, exist_ok=True)
@@ -317,18 +318,18 @@ def write_json(result: dict, path: str) -> None:
     os.replace(tmp, path)
 
 
-def write_outputs(result: dict, args, out_stream=sys.stdout) -> None:
+def write_outputs(result: dict, config: BenchConfig, out_stream=sys.stdout) -> None:
     """The Markdown (also written to ``out_stream``), the plots unless ``--no-plots``, then the
     JSON with the paths of all of them under ``outputs``."""
-    check_outputs(args)
-    json_path_ = json_path(args)
+    check_outputs(config)
+    json_path_ = json_path(config)
     md = markdown(result)
-    md_path = os.path.join(args.out_dir, "bench.md")
+    md_path = os.path.join(config.out_dir, "bench.md")
     with open(md_path, "w") as f:
         f.write(md)
     result["outputs"] = {"json": json_path_, "markdown": md_path}
-    if not args.no_plots:
-        result["outputs"]["plots"] = plots(result, args.out_dir)
+    if not config.no_plots:
+        result["outputs"]["plots"] = plots(result, config.out_dir)
     write_json(result, json_path_)
     if out_stream is not None:
         out_stream.write(md)

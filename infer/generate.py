@@ -3,7 +3,7 @@ fused PaSS, [UNK], draft trees, or the fastest of them on this machine.
 
     python -m infer.generate --model DIR|FILE.gguf [--lookahead DIR]
         [--method {ar,pass,pass-fused,unk,auto,tree-WxWx..}] --prompt TEXT --max-new-tokens N
-        [--temperature T --top-k K --top-p P --seed S] [--json]
+        [--temperature T --top-k K --top-p P --seed S] [--json] [--config FILE.yaml]
 
 ``tree-3x2x1x1`` is a fused draft tree: 3 draws for the first position, 2 for the second under
 each of those, ..; its depth must not exceed the number of look-ahead embeddings. ``auto`` times
@@ -19,120 +19,126 @@ Text is streamed to stdout as it is generated (decoded in the context of the pro
 incomplete multi-byte character held back until complete); with ``--json`` one JSON object is
 printed at the end instead (prompt and generated token ids, text, and stats: forward calls,
 tokens per call, acceptance per LA position, wall time).
+
+The settings (``infer.config.GenerateConfig``) may also come from a YAML ``--config`` whose keys
+are named like the flags (``max_new_tokens: 32``); the flags given on the command line win.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 
+from infer.config import DTYPES, METHODS, GenerateConfig, comma_list, load, method_error
 from pass_jax.cli import add_mesh_arg, load_model_for_args
 from pass_jax.config import SamplerConfig
 from pass_jax.decode import LAYER_FORMS, PRECISIONS, decode_stacked
 from pass_jax.generation import generate
 from pass_jax.gguf_file import resolve_model
 from pass_jax.hf import load_tokenizer
-from pass_jax.layout import MAX_LOOKAHEAD, make_schedule, parse_tree
 from pass_jax.lookahead import init_lookahead, load_lookahead, recorded_acceptance
 from pass_jax.program_config import USER_ERRORS
 
-METHODS = ("ar", "pass", "pass-fused", "unk", "auto")
 REPLACEMENT_CHAR = "\ufffd"  # what decoding shows for the bytes of an incomplete character
 
 
 def method_arg(text: str) -> str:
     """``--method``: one of METHODS or a draft tree ``tree-WxWx..``."""
-    if text not in METHODS and parse_tree(text) is None:
-        raise argparse.ArgumentTypeError(
-            f"invalid choice: {text!r} (choose from {', '.join(METHODS)}, tree-WxWx..)")
+    error = method_error(text)
+    if error:
+        raise argparse.ArgumentTypeError(error)
     return text
 
 
 def add_decode_args(ap: argparse.ArgumentParser) -> None:
-    """``--layers`` and ``--precision``: how our decode step runs (generate and bench)."""
-    ap.add_argument("--layers", default="auto", choices=LAYER_FORMS,
+    """``--layers`` and ``--precision``: how our decode step runs (generate and bench; both
+    default to auto, in the programs' configs)."""
+    ap.add_argument("--layers", choices=LAYER_FORMS,
                     help="decode with per-layer params (a layer loop) or scanned ones: auto = "
                          "per-layer on a CPU, scanned on GPU/TPU")
-    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
+    ap.add_argument("--precision", choices=PRECISIONS,
                     help="matmul precision of the decode step: auto = highest for greedy float32 "
                          "(greedy output exactly autoregressive's on GPUs too, whose float32 "
                          "default is TF32), else JAX's default")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m infer.generate", description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True,
+def add_config_arg(ap: argparse.ArgumentParser, example: str) -> None:
+    """``--config FILE.yaml``: the program's settings named like its flags (which win)."""
+    ap.add_argument("--config", metavar="FILE.yaml",
+                    help=f"YAML of settings named like the flags ({example}); flags given here "
+                         "override it")
+
+
+def config_given(argv, prog: str) -> bool:
+    """Whether the command line names a ``--config`` file (which may hold the required
+    settings)."""
+    pre = argparse.ArgumentParser(prog=prog, add_help=False)
+    pre.add_argument("--config")
+    return pre.parse_known_args(argv)[0].config is not None
+
+
+def build_parser(required: bool = True) -> argparse.ArgumentParser:
+    """The flags; no defaults here (they are ``GenerateConfig``'s): a flag not given is None.
+    ``required=False``: --model and --prompt may come from the ``--config`` file instead."""
+    ap = argparse.ArgumentParser(prog="python -m infer.generate",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=required,
                     help="Hugging Face model directory or GGUF file (converted once, cached)")
     ap.add_argument("--lookahead", help="trained look-ahead embeddings (train.lookahead --out)")
     ap.add_argument("--method", type=method_arg,
                     help=f"{', '.join(METHODS)} or a draft tree such as tree-3x2x1x1 (default: "
                          "pass-fused with --lookahead, else ar)")
-    ap.add_argument("--auto-methods",
+    ap.add_argument("--auto-methods", type=comma_list,
                     help="comma separated candidates of --method auto (default: ar, pass, fused "
                          "chains of every depth <= L and a few trees)")
     ap.add_argument("--num-lookahead", type=int,
                     help="L for --method unk, or untrained (unk-initialised) pass runs")
-    ap.add_argument("--prompt", required=True, help="prompt text")
+    ap.add_argument("--prompt", required=required, help="prompt text")
     ap.add_argument("--no-special-tokens", dest="add_special_tokens", action="store_false",
+                    default=None,
                     help="tokenize the prompt without the special tokens the tokenizer adds by "
                          "default (e.g. LLaMA's BOS)")
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    ap.add_argument("--top-k", type=int, default=0, help="0 = off")
-    ap.add_argument("--top-p", type=float, default=1.0, help="1 = off")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-new-tokens", type=int)
+    ap.add_argument("--temperature", type=float, help="0 = greedy")
+    ap.add_argument("--top-k", type=int, help="0 = off")
+    ap.add_argument("--top-p", type=float, help="1 = off")
+    ap.add_argument("--seed", type=int)
     ap.add_argument("--max-len", type=int, help="KV-cache slots (default: just enough)")
-    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                    help="compute dtype")
+    ap.add_argument("--dtype", choices=DTYPES, help="compute dtype")
     add_decode_args(ap)
-    ap.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    ap.add_argument("--json", action="store_true", default=None,
+                    help="print one JSON object at the end")
+    add_config_arg(ap, "model: DIR, max_new_tokens: 32, ...")
     add_mesh_arg(ap)
     return ap
 
 
-def check_flags(args) -> None:
-    """Raises ValueError naming the first flag whose value cannot work (before any loading)."""
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.num_lookahead is not None and not 1 <= args.num_lookahead <= MAX_LOOKAHEAD:
-        raise ValueError(f"--num-lookahead must be in [1, {MAX_LOOKAHEAD}], got "
-                         f"{args.num_lookahead}")
-    if args.method not in ("ar", "unk", "auto"):  # a tree too wide or deep for one call
-        make_schedule(args.method, args.num_lookahead or MAX_LOOKAHEAD)
-    if args.max_len is not None and args.max_len < 1:
-        raise ValueError(f"--max-len must be >= 1, got {args.max_len}")
+def parse_args(argv=None) -> argparse.Namespace:
+    """The parsed flags (--model and --prompt required unless a --config file is given)."""
+    return build_parser(required=not config_given(argv, "python -m infer.generate")
+                        ).parse_args(argv)
 
 
-def resolve_method(args) -> str:
-    """``args.method``, defaulted: pass-fused when --lookahead is given, else ar. Raises
-    ValueError for ``--method ar --lookahead DIR`` (the embeddings would go unused)."""
-    if args.method is None:
-        return "pass-fused" if args.lookahead else "ar"
-    if args.method == "ar" and args.lookahead:
-        raise ValueError("--method ar uses no look-ahead embeddings; drop --lookahead or use "
-                         "--method pass / pass-fused")
-    return args.method
-
-
-def lookahead_for(args, cfg, params):
+def lookahead_for(config: GenerateConfig, cfg, params):
     """The LA embeddings a method needs (None for ar), with clear errors for bad flag mixes."""
-    if args.method == "ar":
+    if config.method == "ar":
         return None
-    if args.method == "unk":
-        if args.lookahead:
+    if config.method == "unk":
+        if config.lookahead:
             raise ValueError("--method unk uses no trained embeddings; drop --lookahead")
-        if not args.num_lookahead:
+        if not config.num_lookahead:
             raise ValueError("--method unk needs --num-lookahead L")
-        return init_lookahead(cfg, params, args.num_lookahead)
-    if args.lookahead:
-        return load_lookahead(args.lookahead, cfg, params, num_lookahead=args.num_lookahead)
-    if not args.num_lookahead:
-        raise ValueError(f"--method {args.method} needs --lookahead DIR (or --num-lookahead L "
+        return init_lookahead(cfg, params, config.num_lookahead)
+    if config.lookahead:
+        return load_lookahead(config.lookahead, cfg, params, num_lookahead=config.num_lookahead)
+    if not config.num_lookahead:
+        raise ValueError(f"--method {config.method} needs --lookahead DIR (or --num-lookahead L "
                          "for untrained, unk-initialised embeddings)")
     print("warning: no --lookahead given; using untrained (unk-initialised) embeddings",
           file=sys.stderr)
-    return init_lookahead(cfg, params, args.num_lookahead)
+    return init_lookahead(cfg, params, config.num_lookahead)
 
 
 def continuation_text(tok, prompt_ids, new_ids, prompt_text: str | None = None) -> str:
@@ -185,52 +191,57 @@ class TextStream:
             self.shown = text
 
 
-def auto_prior(args, sampler) -> list[float] | None:
+def auto_prior(config: GenerateConfig, sampler) -> list[float] | None:
     """``--method auto``'s starting acceptance per depth: what the ``--lookahead`` export
     recorded at training (greedy or sampled), if anything."""
-    if args.method != "auto" or not args.lookahead:
+    if config.method != "auto" or not config.lookahead:
         return None
-    acc = recorded_acceptance(args.lookahead)
+    acc = recorded_acceptance(config.lookahead)
     return acc and acc["greedy" if sampler.greedy else "sampled"]
 
 
+def run(config: GenerateConfig, device_args: argparse.Namespace) -> dict:
+    """Loads the model (on the ``--mesh`` of ``device_args``, if any) and generates, streaming
+    the text unless ``config.json``; returns the result (prompt ids, tokens, text, stats)."""
+    sampler = SamplerConfig(config.temperature, config.top_k, config.top_p)
+    config = dataclasses.replace(config, model=resolve_model(config.model))  # .gguf: converted
+    mesh, cfg, params = load_model_for_args(device_args, config.model, config.dtype,
+                                             stacked=decode_stacked(config.layers))
+    tok = load_tokenizer(config.model)
+    if tok is None:
+        raise ValueError(f"{config.model} has no tokenizer files; --prompt needs a tokenizer")
+    la = lookahead_for(config, cfg, params)
+    ids = tok(config.prompt, add_special_tokens=config.add_special_tokens)["input_ids"]
+    if not ids and cfg.bos_token_id is not None:
+        ids = [cfg.bos_token_id]
+    stream = None if config.json else TextStream(tok, ids)
+    if stream is not None:
+        sys.stdout.write(config.prompt)
+    res = generate(cfg, params, [ids], max_new_tokens=config.max_new_tokens,
+                   method="pass" if config.method == "unk" else config.method, la_LxD=la,
+                   sampler=sampler, seed=config.seed, max_len=config.max_len, stream=stream,
+                   mesh=mesh, auto_methods=config.auto_methods and list(config.auto_methods),
+                   auto_prior=auto_prior(config, sampler), precision=config.precision)
+    if stream is not None:
+        stream.end(res.tokens[0])
+    return {"method": config.method, "prompt": config.prompt, "prompt_ids": ids,
+            "token_ids": res.tokens[0],
+            "text": continuation_text(tok, ids, res.tokens[0]), "stats": res.stats()}
+
+
 def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
-        args.method = resolve_method(args)
-        check_flags(args)
-        sampler = SamplerConfig(args.temperature, args.top_k, args.top_p)
-        args.model = resolve_model(args.model)  # a .gguf file: its cached conversion
-        mesh, cfg, params = load_model_for_args(args, args.model, args.dtype,
-                                                 stacked=decode_stacked(args.layers))
-        tok = load_tokenizer(args.model)
-        if tok is None:
-            raise ValueError(f"{args.model} has no tokenizer files; --prompt needs a tokenizer")
-        la = lookahead_for(args, cfg, params)
-        ids = tok(args.prompt, add_special_tokens=args.add_special_tokens)["input_ids"]
-        if not ids and cfg.bos_token_id is not None:
-            ids = [cfg.bos_token_id]
-        stream = None if args.json else TextStream(tok, ids)
-        if stream is not None:
-            sys.stdout.write(args.prompt)
-        res = generate(cfg, params, [ids], max_new_tokens=args.max_new_tokens,
-                       method="pass" if args.method == "unk" else args.method, la_LxD=la,
-                       sampler=sampler, seed=args.seed, max_len=args.max_len, stream=stream,
-                       mesh=mesh, auto_methods=args.auto_methods and [
-                           m.strip() for m in args.auto_methods.split(",") if m.strip()],
-                       auto_prior=auto_prior(args, sampler), precision=args.precision)
-        if stream is not None:
-            stream.end(res.tokens[0])
+        config = load(GenerateConfig, args)
+        result = run(config, args)
     except USER_ERRORS as e:
         raise SystemExit(f"error: {e}") from None
-    result = {"method": args.method, "prompt": args.prompt, "prompt_ids": ids,
-              "token_ids": res.tokens[0],
-              "text": continuation_text(tok, ids, res.tokens[0]), "stats": res.stats()}
-    if args.json:
+    if config.json:
         print(json.dumps(result))
     else:
-        print(f"\n[{res.stats()['new_tokens']} tokens, {res.stats()['forward_calls']} forward "
-              f"calls, {res.stats()['wall_time_s']:.2f} s incl. compilation]", file=sys.stderr)
+        stats = result["stats"]
+        print(f"\n[{stats['new_tokens']} tokens, {stats['forward_calls']} forward "
+              f"calls, {stats['wall_time_s']:.2f} s incl. compilation]", file=sys.stderr)
     return result
 
 

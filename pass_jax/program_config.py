@@ -89,12 +89,13 @@ def merge(values: dict[str, Any], updates: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
-def load(cls: type[ConfigT], path: str, *, overrides: Iterable[str] = (),
+def load(cls: type[ConfigT], path: str | None, *, overrides: Iterable[str] = (),
          args: argparse.Namespace | None = None, sections: Iterable[str] | None = None) -> ConfigT:
-    """A ``cls`` config: YAML file ``path`` (only its top-level keys in ``sections`` when given;
-    the others belong to other programs), then the ``a.b=value`` ``overrides``, then the flags in
-    ``args`` named like fields (:func:`flag_values`), checked by :func:`from_dict`."""
-    values = load_yaml(path)
+    """A ``cls`` config: YAML file ``path`` (None: no file; only its top-level keys in
+    ``sections`` when given; the others belong to other programs), then the ``a.b=value``
+    ``overrides``, then the flags in ``args`` named like fields (:func:`flag_values`), checked
+    by :func:`from_dict`."""
+    values = {} if path is None else load_yaml(path)
     if not isinstance(values, dict):
         raise ValueError(f"config {path} is not a mapping of keys")
     if sections is not None:

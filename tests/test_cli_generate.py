@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 from conftest import TINY, tiny_params
 
 import infer.generate as generate_cli
@@ -127,6 +128,22 @@ def test_bad_flags_give_clear_errors(model_dir, args, message):
     named = {"LA_OTHER": str(model_dir / "la_other"), "LA": str(model_dir / "la")}
     args = [named.get(a, a) for a in args]
     assert message in _error("--model", model_dir / "model", "--prompt", "x", *args)
+
+
+def test_yaml_config_and_flags_give_the_same_run(model_dir, tmp_path, capsys):
+    """The settings from ``--config`` (here all of them, the required ones too), a flag given
+    on the command line winning over the file's value: the run the flags alone make."""
+    path = tmp_path / "generate.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": str(model_dir / "model"), "lookahead": str(model_dir / "la"),
+        "method": "pass-fused", "prompt": "def add(", "max_new_tokens": 12, "json": True}))
+    from_yaml = _main("--config", path, "--max-new-tokens", 6)
+    from_flags = _main("--model", model_dir / "model", "--lookahead", model_dir / "la",
+                       "--method", "pass-fused", "--prompt", "def add(", "--max-new-tokens", 6,
+                       "--json")
+    assert json.loads(capsys.readouterr().out.splitlines()[0]) == from_yaml
+    assert from_yaml["token_ids"] == from_flags["token_ids"]
+    assert from_yaml["stats"]["new_tokens"] == from_flags["stats"]["new_tokens"] <= 6
 
 
 def test_not_a_model_dir(tmp_path):

@@ -1,0 +1,115 @@
+"""The inference programs' typed configs (infer.config): flags and an optional YAML --config
+(the flags win), comma lists as tuples, the flag checks in __post_init__, the same defaults as
+the flags had. No model is loaded here (tests/test_cli_generate.py runs one from a YAML)."""
+import pytest
+import yaml
+
+from infer import bench, generate
+from infer.config import BenchConfig, GenerateConfig, comma_list, load
+
+
+def _yaml(tmp_path, values: dict) -> str:
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+def _generate_config(*argv) -> GenerateConfig:
+    return load(GenerateConfig, generate.parse_args([str(a) for a in argv]))
+
+
+def _bench_config(*argv) -> BenchConfig:
+    return load(BenchConfig, bench.build_parser().parse_args([str(a) for a in argv]))
+
+
+def test_defaults_are_the_flags_defaults():
+    g = _generate_config("--model", "m", "--prompt", "p")
+    assert (g.method, g.max_new_tokens, g.temperature, g.top_k, g.top_p, g.seed) == \
+        ("ar", 64, 0.0, 0, 1.0, 0)
+    assert (g.add_special_tokens, g.json, g.layers, g.precision, g.dtype) == \
+        (True, False, "auto", "auto", "float32")
+    assert _generate_config("--model", "m", "--prompt", "p", "--lookahead", "la").method == \
+        "pass-fused"
+    b = _bench_config("--model", "m")
+    assert b.temperatures == (0.8, 0.5, 0.2, 0.0) and b.batch_size == (1,) and b.repeats == 3
+    assert b.methods == ("ar", "unk", "pass", "pass-fused") and b.hf_baselines is True
+    assert (b.out_dir, b.max_len, b.rm_batch_size) == ("results", (256, 4096), (1, 8))
+
+
+def test_comma_lists_are_tuples():
+    b = _bench_config("--model", "m", "--batch-size", "1,4", "--temperatures", "0,0.8",
+                      "--methods", "ar, pass-fused", "--depths", "2,3", "--hf-temperatures", "0")
+    assert b.batch_size == (1, 4) and b.temperatures == (0.0, 0.8)
+    assert b.methods == ("ar", "pass-fused") and b.depths == (2, 3)
+    assert b.hf_temperatures == (0.0,)
+    assert _generate_config("--model", "m", "--prompt", "p", "--auto-methods",
+                            "ar,tree-2x1,").auto_methods == ("ar", "tree-2x1")
+    assert comma_list(" a, ,b ") == ["a", "b"]
+
+
+def test_yaml_config_is_read_and_flags_win(tmp_path):
+    path = _yaml(tmp_path, {"model": "m", "batch_size": [1, 2], "temperatures": [0, 0.5],
+                            "repeats": 5, "hf_baselines": True, "title": "from yaml"})
+    b = _bench_config("--config", path, "--repeats", "2", "--no-hf-baselines")
+    assert b.model == "m" and b.batch_size == (1, 2) and b.title == "from yaml"
+    assert b.temperatures == (0.0, 0.5) and all(isinstance(T, float) for T in b.temperatures)
+    assert b.repeats == 2 and b.hf_baselines is False  # the flags given win
+
+    path = _yaml(tmp_path, {"model": "m", "prompt": "def f(", "max_new_tokens": 8, "json": True,
+                            "add_special_tokens": False})
+    g = _generate_config("--config", path, "--max-new-tokens", 3)
+    assert (g.model, g.prompt, g.max_new_tokens, g.json, g.add_special_tokens) == \
+        ("m", "def f(", 3, True, False)
+
+
+def test_required_flags_only_without_a_config_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        generate.parse_args(["--model", "m"])
+    assert e.value.code == 2 and "required: --prompt" in capsys.readouterr().err
+    path = _yaml(tmp_path, {"prompt": "x"})
+    with pytest.raises(SystemExit, match="error: the config is missing model"):
+        generate.main(["--config", path])
+
+
+@pytest.mark.parametrize("program, values, message", [
+    ("bench", {"batch_sise": [1]}, "unknown config key 'batch_sise'; did you mean batch_size?"),
+    ("bench", {"repeats": "many"}, "config key 'repeats' must be int, got 'many'"),
+    ("bench", {"batch_size": 4}, "config key 'batch_size' must be list, got 4"),
+    ("bench", {"temperatures": [0, "hot"]}, "config key 'temperatures[1]' must be float or int"),
+    ("bench", {"repeats": 0}, "--repeats must be >= 1, got 0"),
+    ("bench", {"batch_size": [1, 0]}, "--batch-size must be >= 1, got 1,0"),
+    ("bench", {"dtype": "float16"}, "--dtype must be one of float32, bfloat16, got 'float16'"),
+    ("generate", {"max_new_tokenz": 3}, "unknown config key 'max_new_tokenz'; did you mean "
+                                        "max_new_tokens?"),
+    ("generate", {"top_k": 1.5}, "config key 'top_k' must be int, got 1.5"),
+    ("generate", {"max_new_tokens": 0}, "--max-new-tokens must be >= 1, got 0"),
+    ("generate", {"method": "fast"}, "--method: invalid choice: 'fast'"),
+    ("generate", {"method": "ar", "lookahead": "la"}, "--method ar uses no look-ahead"),
+    ("generate", {"layers": "rolled"}, "--layers must be one of auto, per-layer, scanned"),
+])
+def test_bad_yaml_values_are_errors_naming_the_key(tmp_path, program, values, message):
+    """Before any work: the model path does not exist, so a later failure would name it."""
+    values = {"model": str(tmp_path / "no-model"), **values}
+    argv = ["--config", _yaml(tmp_path, values), "--prompt", "x"] if program == "generate" \
+        else ["--config", _yaml(tmp_path, values), "--out-dir", str(tmp_path / "out")]
+    main = generate.main if program == "generate" else bench.main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert str(e.value).startswith("error: " + message), e.value
+
+
+def test_a_config_that_is_no_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(SystemExit, match="is not a mapping of keys"):
+        bench.main(["--config", str(path)])
+    with pytest.raises(SystemExit, match="error: .*No such file"):
+        bench.main(["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_bench_sizes_are_checked_only_for_a_benchmark():
+    """--random-model and --from-json read few of the protocol's sizes (as before configs)."""
+    assert _bench_config("--random-model", "tiny", "--repeats", "0").repeats == 0
+    assert _bench_config("--from-json", "r.json", "--batch-size", "0").batch_size == (0,)
+    with pytest.raises(ValueError, match="--repeats must be >= 1"):
+        _bench_config("--model", "m", "--repeats", "0")
