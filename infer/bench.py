@@ -58,6 +58,7 @@ methods and our runner are in ``infer.bench_methods``, transformers' baselines i
 ``--config`` whose keys are named like the flags (``batch_size: [1, 4]``); the flags given on
 the command line win.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,15 @@ from tqdm.auto import tqdm
 from infer.bench_baselines import hf_variants
 from infer.bench_calls import call_ms_table, random_model_report
 from infer.bench_methods import OUR_METHODS, Run, Variant, batches, is_hf, is_ours, ours_runner
-from infer.bench_report import (check_outputs, json_path, machine_info, machine_line,
-                                read_results, write_json, write_outputs)
+from infer.bench_report import (
+    check_outputs,
+    json_path,
+    machine_info,
+    machine_line,
+    read_results,
+    write_json,
+    write_outputs,
+)
 from infer.bench_summary import greedy_summary, summarise
 from infer.config import DTYPES, PROMPT_KINDS, RANDOM_MODELS, BenchConfig, comma_list, load
 from infer.generate import add_config_arg, add_decode_args
@@ -92,6 +100,7 @@ from pass_jax.tokenizer import with_special_tokens
 
 # --------------------------------------------------------------------------- flags
 
+
 def _floats(text: str) -> list[float]:
     return [float(x) for x in comma_list(text)]
 
@@ -102,18 +111,28 @@ def _ints(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags; no defaults here (they are ``BenchConfig``'s): a flag not given is None."""
-    ap = argparse.ArgumentParser(prog="python -m infer.bench",
-                                 description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="Hugging Face model directory (with tokenizer files) or "
-                    "GGUF file")
-    ap.add_argument("--lookahead",
-                    help="look-ahead exports DIR[,DIR...], or a directory of per-L exports")
-    ap.add_argument("--depths", type=_ints,
-                    help="comma separated L' < L: also benchmark the first L' look-ahead rows of "
-                         "the deepest export (an L ablation from one training)")
-    ap.add_argument("--json", help="write the JSON results here (default OUT_DIR/bench.json); "
-                    "rewritten after every cell, so an interrupted run keeps what it measured")
+    ap = argparse.ArgumentParser(
+        prog="python -m infer.bench",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--model", help="Hugging Face model directory (with tokenizer files) or GGUF file"
+    )
+    ap.add_argument(
+        "--lookahead", help="look-ahead exports DIR[,DIR...], or a directory of per-L exports"
+    )
+    ap.add_argument(
+        "--depths",
+        type=_ints,
+        help="comma separated L' < L: also benchmark the first L' look-ahead rows of "
+        "the deepest export (an L ablation from one training)",
+    )
+    ap.add_argument(
+        "--json",
+        help="write the JSON results here (default OUT_DIR/bench.json); "
+        "rewritten after every cell, so an interrupted run keeps what it measured",
+    )
     ap.add_argument("--out-dir", help="JSON, Markdown and PNG outputs")
     ap.add_argument("--num-prompts", type=int)
     ap.add_argument("--prompt-tokens", type=int)
@@ -121,42 +140,67 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--temperatures", type=_floats, help="comma separated; 0 = greedy")
     ap.add_argument("--top-k", type=int, help="0 = off")
     ap.add_argument("--top-p", type=float, help="1 = off")
-    ap.add_argument("--methods", type=comma_list,
-                    help=f"comma separated, of {','.join(OUR_METHODS)} and draft trees "
-                         "tree-WxWx.. (e.g. tree-3x2x1x1)")
-    ap.add_argument("--auto-methods", type=comma_list,
-                    help="comma separated candidates of method auto (default: ar, pass, fused "
-                         "chains of every depth <= L and a few trees)")
+    ap.add_argument(
+        "--methods",
+        type=comma_list,
+        help=f"comma separated, of {','.join(OUR_METHODS)} and draft trees "
+        "tree-WxWx.. (e.g. tree-3x2x1x1)",
+    )
+    ap.add_argument(
+        "--auto-methods",
+        type=comma_list,
+        help="comma separated candidates of method auto (default: ar, pass, fused "
+        "chains of every depth <= L and a few trees)",
+    )
     ap.add_argument("--batch-size", type=_ints, help="comma separated, e.g. 1,4")
     ap.add_argument("--repeats", type=int)
-    ap.add_argument("--main-lookahead", type=int,
-                    help="L shown in the main table (default 4 if benchmarked, else the smallest)")
+    ap.add_argument(
+        "--main-lookahead",
+        type=int,
+        help="L shown in the main table (default 4 if benchmarked, else the smallest)",
+    )
     ap.add_argument("--data", help="corpus spec of the prompts (held-out split)")
-    ap.add_argument("--prompts", choices=PROMPT_KINDS,
-                    help="code: the first --prompt-tokens tokens of held-out documents (the "
-                    "paper's protocol); chat: the model's chat template around 'Write a Python "
-                    "function `sig`: <docstring>' from held-out functions (instruct models)")
+    ap.add_argument(
+        "--prompts",
+        choices=PROMPT_KINDS,
+        help="code: the first --prompt-tokens tokens of held-out documents (the "
+        "paper's protocol); chat: the model's chat template around 'Write a Python "
+        "function `sig`: <docstring>' from held-out functions (instruct models)",
+    )
     ap.add_argument("--data-dir", help="TFDS data dir (stdlib: where it is prepared)")
     ap.add_argument("--seed", type=int, help="prompt choice and sampling seeds")
     ap.add_argument("--dtype", choices=DTYPES)
     add_decode_args(ap)
-    ap.add_argument("--no-special-tokens", dest="add_special_tokens", action="store_false",
-                    default=None,
-                    help="prompts without the special tokens the tokenizer adds by default (e.g. "
-                         "LLaMA's BOS, which otherwise comes on top of --prompt-tokens)")
-    ap.add_argument("--stop-at-eos", action="store_true", default=None,
-                    help="stop rows at EOS (default: always generate --max-new-tokens)")
+    ap.add_argument(
+        "--no-special-tokens",
+        dest="add_special_tokens",
+        action="store_false",
+        default=None,
+        help="prompts without the special tokens the tokenizer adds by default (e.g. "
+        "LLaMA's BOS, which otherwise comes on top of --prompt-tokens)",
+    )
+    ap.add_argument(
+        "--stop-at-eos",
+        action="store_true",
+        default=None,
+        help="stop rows at EOS (default: always generate --max-new-tokens)",
+    )
     _add_baseline_args(ap)
-    ap.add_argument("--call-tokens", type=_ints,
-                    help="comma separated token counts, e.g. 1,5,25,64,128: also time one "
-                         "forward call of that many new tokens per row (after --prompt-tokens "
-                         "in the cache, at every --batch-size): where a bigger call stops being "
-                         "free on this machine")
+    ap.add_argument(
+        "--call-tokens",
+        type=_ints,
+        help="comma separated token counts, e.g. 1,5,25,64,128: also time one "
+        "forward call of that many new tokens per row (after --prompt-tokens "
+        "in the cache, at every --batch-size): where a bigger call stops being "
+        "free on this machine",
+    )
     ap.add_argument("--title", help="a line naming what is benchmarked")
     ap.add_argument("--no-plots", action="store_true", default=None)
-    ap.add_argument("--from-json", metavar="JSON",
-                    help="no benchmark: re-render the Markdown and plots of a results JSON "
-                         "into --out-dir")
+    ap.add_argument(
+        "--from-json",
+        metavar="JSON",
+        help="no benchmark: re-render the Markdown and plots of a results JSON into --out-dir",
+    )
     ap.add_argument("--quiet", action="store_true", default=None, help="no progress bar")
     add_config_arg(ap, "model: DIR, batch_size: [1, 4], ...")
     _add_random_model_args(ap)
@@ -166,28 +210,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_baseline_args(ap: argparse.ArgumentParser) -> None:
     """The flags of transformers' baselines."""
-    ap.add_argument("--hf-baselines", action=argparse.BooleanOptionalAction,
-                    help="also time transformers generate / prompt lookup (needs torch)")
-    ap.add_argument("--hf-temperatures", type=_floats,
-                    help="temperatures at which to run the transformers baselines (default: all; "
-                         "they cost much more than ours on a CPU)")
-    ap.add_argument("--hf-repeats", type=int,
-                    help="timed repeats of the transformers baselines (default --repeats)")
-    ap.add_argument("--prompt-lookup-tokens", type=int,
-                    help="prompt_lookup_num_tokens of the transformers baseline")
+    ap.add_argument(
+        "--hf-baselines",
+        action=argparse.BooleanOptionalAction,
+        help="also time transformers generate / prompt lookup (needs torch)",
+    )
+    ap.add_argument(
+        "--hf-temperatures",
+        type=_floats,
+        help="temperatures at which to run the transformers baselines (default: all; "
+        "they cost much more than ours on a CPU)",
+    )
+    ap.add_argument(
+        "--hf-repeats",
+        type=int,
+        help="timed repeats of the transformers baselines (default --repeats)",
+    )
+    ap.add_argument(
+        "--prompt-lookup-tokens",
+        type=int,
+        help="prompt_lookup_num_tokens of the transformers baseline",
+    )
 
 
 def _add_random_model_args(ap: argparse.ArgumentParser) -> None:
     """The flags of ``--random-model`` (issue 2's report)."""
     rm = ap.add_argument_group("AR performance report (issue 2)")
-    rm.add_argument("--random-model", choices=RANDOM_MODELS,
-                    help="benchmark AR on a random LLaMA of this size (ours vs transformers)")
-    rm.add_argument("--max-len", type=_ints,
-                    help="cache sizes for the per-step time of --random-model")
-    rm.add_argument("--rm-batch-size", type=_ints,
-                    help="batch sizes of --random-model")
-    rm.add_argument("--call-cost-methods", type=comma_list,
-                    help="methods (L = 4) whose cost of one call --random-model measures")
+    rm.add_argument(
+        "--random-model",
+        choices=RANDOM_MODELS,
+        help="benchmark AR on a random LLaMA of this size (ours vs transformers)",
+    )
+    rm.add_argument(
+        "--max-len", type=_ints, help="cache sizes for the per-step time of --random-model"
+    )
+    rm.add_argument("--rm-batch-size", type=_ints, help="batch sizes of --random-model")
+    rm.add_argument(
+        "--call-cost-methods",
+        type=comma_list,
+        help="methods (L = 4) whose cost of one call --random-model measures",
+    )
 
 
 # --------------------------------------------------------------------------- inputs
@@ -200,11 +262,16 @@ def find_lookaheads(spec: str) -> list[str]:
         if os.path.isfile(os.path.join(part, TENSOR_FILE)):
             dirs.append(part)
         elif os.path.isdir(part):
-            subs = sorted(os.path.join(part, s) for s in os.listdir(part)
-                          if os.path.isfile(os.path.join(part, s, TENSOR_FILE)))
+            subs = sorted(
+                os.path.join(part, s)
+                for s in os.listdir(part)
+                if os.path.isfile(os.path.join(part, s, TENSOR_FILE))
+            )
             if not subs:
-                raise ValueError(f"--lookahead {part}: neither an export ({TENSOR_FILE}) nor a "
-                                 "directory of exports")
+                raise ValueError(
+                    f"--lookahead {part}: neither an export ({TENSOR_FILE}) nor a "
+                    "directory of exports"
+                )
             dirs.extend(subs)
         else:
             raise FileNotFoundError(f"--lookahead {part}: no such directory")
@@ -235,8 +302,9 @@ def _encode(tok, text: str) -> list[int]:
     return tok.encode(text, add_special_tokens=False, verbose=False)
 
 
-def make_prompts(tok, data: str, data_dir: str | None, num_prompts: int, prompt_tokens: int,
-                 seed: int) -> tuple[list[list[int]], dict]:
+def make_prompts(
+    tok, data: str, data_dir: str | None, num_prompts: int, prompt_tokens: int, seed: int
+) -> tuple[list[list[int]], dict]:
     """``num_prompts`` prompts of exactly ``prompt_tokens`` tokens from held-out documents.
 
     First the first tokens of random documents (the paper's protocol); if the split has fewer
@@ -247,8 +315,12 @@ def make_prompts(tok, data: str, data_dir: str | None, num_prompts: int, prompt_
     source = text_source(data, "heldout", data_dir)
     docs = heldout_documents(source, tok, num_prompts, seed=seed, min_tokens=prompt_tokens)
     prompts = [d[:prompt_tokens] for d in docs]
-    origin = {"documents": len(docs), "heldout_documents_in_split": len(source),
-              "from_document_start": len(prompts), "from_top_level_lines": 0}
+    origin = {
+        "documents": len(docs),
+        "heldout_documents_in_split": len(source),
+        "from_document_start": len(prompts),
+        "from_top_level_lines": 0,
+    }
     if len(prompts) < num_prompts:
         rng = np.random.default_rng(seed + 1)
         starts = []
@@ -263,15 +335,18 @@ def make_prompts(tok, data: str, data_dir: str | None, num_prompts: int, prompt_
                     break
                 while starts[di]:
                     s = int(starts[di].pop())
-                    ids = _encode(tok, text[s:s + 40 * prompt_tokens])[:prompt_tokens]
+                    ids = _encode(tok, text[s : s + 40 * prompt_tokens])[:prompt_tokens]
                     if len(ids) == prompt_tokens and tuple(ids) not in seen:
                         seen.add(tuple(ids))
                         prompts.append(ids)
                         origin["from_top_level_lines"] += 1
                         break
         if len(prompts) < num_prompts:
-            print(f"warning: only {len(prompts)} distinct prompts available "
-                  f"({num_prompts} asked for)", file=sys.stderr)
+            print(
+                f"warning: only {len(prompts)} distinct prompts available "
+                f"({num_prompts} asked for)",
+                file=sys.stderr,
+            )
     return prompts, origin
 
 
@@ -280,10 +355,15 @@ def prompt_set(config: BenchConfig, tok) -> tuple[list[list[int]], dict]:
     ``chat`` (``infer.prompts.make_chat_prompts``: the chat template around an instruction
     built from a held-out function of ``--data``)."""
     if config.prompts == "chat":
-        return make_chat_prompts(tok, text_source(config.data, "heldout", config.data_dir),
-                                 config.num_prompts, config.seed)
-    return make_prompts(tok, config.data, config.data_dir, config.num_prompts,
-                        config.prompt_tokens, config.seed)
+        return make_chat_prompts(
+            tok,
+            text_source(config.data, "heldout", config.data_dir),
+            config.num_prompts,
+            config.seed,
+        )
+    return make_prompts(
+        tok, config.data, config.data_dir, config.num_prompts, config.prompt_tokens, config.seed
+    )
 
 
 # --------------------------------------------------------------------------- protocol
@@ -295,15 +375,18 @@ def parse_methods(names: Sequence[str]) -> list[str]:
     methods = list(names)
     for m in methods:
         if not is_ours(m):
-            raise SystemExit(f"unknown method {m!r}; expected some of {','.join(OUR_METHODS)} "
-                             "or a draft tree tree-WxWx..")
+            raise SystemExit(
+                f"unknown method {m!r}; expected some of {','.join(OUR_METHODS)} "
+                "or a draft tree tree-WxWx.."
+            )
     if "ar" not in methods:
         methods.insert(0, "ar")  # speedups are relative to it
     return methods
 
 
-def our_variants(config: BenchConfig, cfg, params, mesh, methods: list[str], las: dict,
-                 Ls: list[int]) -> list[Variant]:
+def our_variants(
+    config: BenchConfig, cfg, params, mesh, methods: list[str], las: dict, Ls: list[int]
+) -> list[Variant]:
     """``ar``, then every other method at every L it fits (a tree no deeper than L): [UNK]
     embeddings for ``unk``, the export's for the others, ``auto`` starting from the
     acceptance the export recorded."""
@@ -312,8 +395,14 @@ def our_variants(config: BenchConfig, cfg, params, mesh, methods: list[str], las
     variants: list[Variant] = []
     for m in methods:
         if m == "ar":
-            variants.append(Variant("ar", "ar", None, ours_runner(
-                cfg, params, "ar", None, eos_ids, mesh, precision=config.precision)))
+            variants.append(
+                Variant(
+                    "ar",
+                    "ar",
+                    None,
+                    ours_runner(cfg, params, "ar", None, eos_ids, mesh, precision=config.precision),
+                )
+            )
             continue
         for L in Ls:
             if method_lookahead(m, L) > L:
@@ -321,14 +410,30 @@ def our_variants(config: BenchConfig, cfg, params, mesh, methods: list[str], las
             la = init_lookahead(cfg, params, L) if m == "unk" else las[L][1]
             prior = recorded_acceptance(las[L][0]) if m == "auto" else None
             prior = prior and {k: v[:L] for k, v in prior.items()}  # an export cut to L rows
-            variants.append(Variant(f"{m}@L{L}", m, L, ours_runner(
-                cfg, params, "pass" if m == "unk" else m, la, eos_ids, mesh, auto_methods,
-                prior, config.precision)))
+            variants.append(
+                Variant(
+                    f"{m}@L{L}",
+                    m,
+                    L,
+                    ours_runner(
+                        cfg,
+                        params,
+                        "pass" if m == "unk" else m,
+                        la,
+                        eos_ids,
+                        mesh,
+                        auto_methods,
+                        prior,
+                        config.precision,
+                    ),
+                )
+            )
     return variants
 
 
-def baseline_variants(config: BenchConfig, cfg, threads: int | None
-                      ) -> tuple[list[Variant], str | None]:
+def baseline_variants(
+    config: BenchConfig, cfg, threads: int | None
+) -> tuple[list[Variant], str | None]:
     """transformers' baselines when ``--hf-baselines`` and torch is importable, else none and
     (torch missing) a note saying why."""
     if not config.hf_baselines:
@@ -341,16 +446,31 @@ def baseline_variants(config: BenchConfig, cfg, threads: int | None
         return [], note
 
 
-def new_result(config: BenchConfig, info: dict, cfg, methods: list[str], las: dict,
-               Ls: list[int], prompts, origin: dict, hf_note: str | None) -> dict:
+def new_result(
+    config: BenchConfig,
+    info: dict,
+    cfg,
+    methods: list[str],
+    las: dict,
+    Ls: list[int],
+    prompts,
+    origin: dict,
+    hf_note: str | None,
+) -> dict:
     """The results JSON before any cell: machine, model, look-ahead exports, settings, prompts."""
     main_L = config.main_lookahead or (4 if 4 in Ls else (Ls[0] if Ls else None))
     result = {
-        "title": config.title, "machine": info, "machine_line": machine_line(info),
-        "model": os.path.abspath(config.model), "model_params": cfg.num_params(),
-        "model_config": {k: v for k, v in cfg.to_dict().items()
-                         if k in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
-                                  "ffn_dim", "dtype")},
+        "title": config.title,
+        "machine": info,
+        "machine_line": machine_line(info),
+        "model": os.path.abspath(config.model),
+        "model_params": cfg.num_params(),
+        "model_config": {
+            k: v
+            for k, v in cfg.to_dict().items()
+            if k
+            in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "dtype")
+        },
         "lookahead": {str(L): os.path.abspath(d) for L, (d, _) in las.items()},
         "settings": _settings(config, len(prompts), methods, Ls, main_L, hf_note),
         "prompts": origin,
@@ -362,21 +482,39 @@ def new_result(config: BenchConfig, info: dict, cfg, methods: list[str], las: di
     return result
 
 
-def _settings(config: BenchConfig, num_prompts: int, methods: list[str], Ls: list[int],
-              main_L: int | None, hf_note: str | None) -> dict:
+def _settings(
+    config: BenchConfig,
+    num_prompts: int,
+    methods: list[str],
+    Ls: list[int],
+    main_L: int | None,
+    hf_note: str | None,
+) -> dict:
     """The results JSON's ``settings``: what was benchmarked, how (lists as lists)."""
-    return {"num_prompts": num_prompts, "prompt_tokens": config.prompt_tokens,
-            "max_new_tokens": config.max_new_tokens, "temperatures": list(config.temperatures),
-            "top_k": config.top_k, "top_p": config.top_p, "methods": methods,
-            "L": Ls, "main_L": main_L, "batch_sizes": list(config.batch_size),
-            "repeats": config.repeats, "data": config.data, "prompts": config.prompts,
-            "seed": config.seed, "precision": config.precision, "layers": config.layers,
-            "stop_at_eos": config.stop_at_eos,
-            "add_special_tokens": config.add_special_tokens,
-            "prompt_lookup_tokens": config.prompt_lookup_tokens,
-            "hf_temperatures": list(config.hf_temperatures or config.temperatures),
-            "hf_repeats": config.repeats if config.hf_repeats is None else config.hf_repeats,
-            "hf_baselines": bool(config.hf_baselines) and hf_note is None}
+    return {
+        "num_prompts": num_prompts,
+        "prompt_tokens": config.prompt_tokens,
+        "max_new_tokens": config.max_new_tokens,
+        "temperatures": list(config.temperatures),
+        "top_k": config.top_k,
+        "top_p": config.top_p,
+        "methods": methods,
+        "L": Ls,
+        "main_L": main_L,
+        "batch_sizes": list(config.batch_size),
+        "repeats": config.repeats,
+        "data": config.data,
+        "prompts": config.prompts,
+        "seed": config.seed,
+        "precision": config.precision,
+        "layers": config.layers,
+        "stop_at_eos": config.stop_at_eos,
+        "add_special_tokens": config.add_special_tokens,
+        "prompt_lookup_tokens": config.prompt_lookup_tokens,
+        "hf_temperatures": list(config.hf_temperatures or config.temperatures),
+        "hf_repeats": config.repeats if config.hf_repeats is None else config.hf_repeats,
+        "hf_baselines": bool(config.hf_baselines) and hf_note is None,
+    }
 
 
 def hf_repeats(config: BenchConfig) -> int:
@@ -384,15 +522,20 @@ def hf_repeats(config: BenchConfig) -> int:
     return config.repeats if config.hf_repeats is None else min(config.hf_repeats, config.repeats)
 
 
-def warm_up(config: BenchConfig, variants: list[Variant], prompts, T: float, B: int, sampler, bar
-            ) -> dict[str, str]:
+def warm_up(
+    config: BenchConfig, variants: list[Variant], prompts, T: float, B: int, sampler, bar
+) -> dict[str, str]:
     """One untimed run of every variant on one batch per compiled shape, so that the timed
     runs compile nothing; returns the errors of the baselines that cannot run here (key ->
     message: reported, not fatal; ours raise)."""
     # one chunk per compiled shape (padded rows, prompt length bucket), so that the timed runs
     # compile nothing (chat prompts differ in length)
-    warm = list({(batch_bucket(len(c)), bucket(max(map(len, c)))): c
-                 for c in reversed(batches(prompts, B))}.values())
+    warm = list(
+        {
+            (batch_bucket(len(c)), bucket(max(map(len, c)))): c
+            for c in reversed(batches(prompts, B))
+        }.values()
+    )
     errors: dict[str, str] = {}
     for v in variants:
         bar.set_description(f"T={T} B={B} warm-up {v.key}")
@@ -411,8 +554,9 @@ def warm_up(config: BenchConfig, variants: list[Variant], prompts, T: float, B: 
     return errors
 
 
-def timed_runs(config: BenchConfig, variants: list[Variant], prompts, T: float, B: int, sampler, bar
-               ) -> dict[str, list[Run]]:
+def timed_runs(
+    config: BenchConfig, variants: list[Variant], prompts, T: float, B: int, sampler, bar
+) -> dict[str, list[Run]]:
     """``--repeats`` runs of every variant over all prompts (transformers': ``hf_repeats``),
     interleaved in an order that rotates every repeat."""
     runs: dict[str, list[Run]] = {v.key: [] for v in variants}
@@ -421,14 +565,24 @@ def timed_runs(config: BenchConfig, variants: list[Variant], prompts, T: float, 
         k = r % max(len(now), 1)
         for v in now[k:] + now[:k]:  # interleaved, rotating order
             bar.set_description(f"T={T} B={B} repeat {r + 1} {v.key}")
-            runs[v.key].append(v.run(prompts, B, sampler, config.seed + 1000 * r,
-                                     config.max_new_tokens))
+            runs[v.key].append(
+                v.run(prompts, B, sampler, config.seed + 1000 * r, config.max_new_tokens)
+            )
             bar.update(1)
     return runs
 
 
-def cell_rows(config: BenchConfig, variants: list[Variant], runs: dict, errors: dict, prompts,
-              tok, eos_ids, T: float, B: int) -> list[dict]:
+def cell_rows(
+    config: BenchConfig,
+    variants: list[Variant],
+    runs: dict,
+    errors: dict,
+    prompts,
+    tok,
+    eos_ids,
+    T: float,
+    B: int,
+) -> list[dict]:
     """The JSON rows of one cell: ``ar`` (``variants[0]``) first, the others against it; a
     baseline that failed gets its error."""
     n_calls = len(batches(prompts, B))
@@ -438,29 +592,44 @@ def cell_rows(config: BenchConfig, variants: list[Variant], runs: dict, errors: 
     rows = [ar_row]
     for v in variants[1:]:
         if v.key in errors:
-            rows.append({"temperature": T, "batch_size": B, "method": v.method, "L": v.L,
-                         "key": v.key, "error": errors[v.key]})
+            rows.append(
+                {
+                    "temperature": T,
+                    "batch_size": B,
+                    "method": v.method,
+                    "L": v.L,
+                    "key": v.key,
+                    "error": errors[v.key],
+                }
+            )
         else:
-            rows.append(summarise(v, runs[v.key], ar_row, prompts, tok, eos_ids, n_calls, T, B,
-                                  chat))
+            rows.append(
+                summarise(v, runs[v.key], ar_row, prompts, tok, eos_ids, n_calls, T, B, chat)
+            )
     return rows
 
 
-def run_cells(config: BenchConfig, result: dict, variants: list[Variant], prompts, tok,
-              eos_ids) -> None:
+def run_cells(
+    config: BenchConfig, result: dict, variants: list[Variant], prompts, tok, eos_ids
+) -> None:
     """Every (temperature, batch size) cell in turn: warm-up, timed runs, rows; the results
     JSON is rewritten after every cell, so an interrupted run keeps the cells measured."""
     cells = [(T, B) for B in config.batch_size for T in config.temperatures]
-    total = sum(1 + (hf_repeats(config) if is_hf(v.method) else config.repeats)
-                for T, B in cells for v in variants if v.in_cell(T, B))
+    total = sum(
+        1 + (hf_repeats(config) if is_hf(v.method) else config.repeats)
+        for T, B in cells
+        for v in variants
+        if v.in_cell(T, B)
+    )
     bar = tqdm(total=total, desc="bench", unit="run", disable=config.quiet, file=sys.stderr)
     rows: list[dict] = []
     for T, B in cells:
         sampler = SamplerConfig(T, config.top_k if T > 0 else 0, config.top_p if T > 0 else 1.0)
         cell_vars = [v for v in variants if v.in_cell(T, B)]
         errors = warm_up(config, cell_vars, prompts, T, B, sampler, bar)
-        runs = timed_runs(config, [v for v in cell_vars if v.key not in errors], prompts, T, B,
-                          sampler, bar)
+        runs = timed_runs(
+            config, [v for v in cell_vars if v.key not in errors], prompts, T, B, sampler, bar
+        )
         bar.update(hf_repeats(config) * len(errors))  # (only baselines fail)
         rows += cell_rows(config, cell_vars, runs, errors, prompts, tok, eos_ids, T, B)
         result.update(greedy_summary(rows))
@@ -468,19 +637,20 @@ def run_cells(config: BenchConfig, result: dict, variants: list[Variant], prompt
     bar.close()
 
 
-def run_benchmark(config: BenchConfig, device_args: argparse.Namespace, out_stream=sys.stdout
-                  ) -> dict:
+def run_benchmark(
+    config: BenchConfig, device_args: argparse.Namespace, out_stream=sys.stdout
+) -> dict:
     """The whole protocol, on the ``--mesh`` of ``device_args`` if any; returns the JSON-able
     results (also written to disk)."""
     info = machine_info()
     methods = parse_methods(config.methods)
-    mesh, cfg, params = load_model_for_args(device_args, config.model, config.dtype,
-                                             stacked=decode_stacked(config.layers))
+    mesh, cfg, params = load_model_for_args(
+        device_args, config.model, config.dtype, stacked=decode_stacked(config.layers)
+    )
     tok = load_tokenizer(config.model)
     if tok is None:
         raise SystemExit(f"{config.model} has no tokenizer files: prompts need a tokenizer")
-    las = load_lookaheads(config.lookahead, cfg, params, config.depths) \
-        if config.lookahead else {}
+    las = load_lookaheads(config.lookahead, cfg, params, config.depths) if config.lookahead else {}
     if any(m not in ("ar", "unk") for m in methods) and not las:
         raise SystemExit("methods pass / pass-fused / tree-.. need --lookahead DIR[,DIR...]")
     Ls = sorted(las) or ([config.main_lookahead or 4] if "unk" in methods else [])
@@ -494,9 +664,14 @@ def run_benchmark(config: BenchConfig, device_args: argparse.Namespace, out_stre
     baselines, hf_note = baseline_variants(config, cfg, info["usable_cores"])
     result = new_result(config, info, cfg, methods, las, Ls, prompts, origin, hf_note)
     if config.call_tokens:
-        result["call_ms_by_tokens"] = call_ms_table(cfg, params, config.call_tokens,
-                                                    config.batch_size, max(map(len, prompts)),
-                                                    config.repeats)
+        result["call_ms_by_tokens"] = call_ms_table(
+            cfg,
+            params,
+            config.call_tokens,
+            config.batch_size,
+            max(map(len, prompts)),
+            config.repeats,
+        )
     run_cells(config, result, variants + baselines, prompts, tok, set(cfg.eos_token_ids))
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     result["complete"] = True

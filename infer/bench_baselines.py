@@ -4,6 +4,7 @@ greedy or sampling, prompt-lookup decoding when asked) and the benchmark's two b
 (``hf_variants``). torch (a test dependency only) is imported when a baseline is loaded, so a
 run without baselines never needs it.
 """
+
 from __future__ import annotations
 
 import time
@@ -23,7 +24,8 @@ def load_hf_torch(model_dir, dtype: str, threads: int | None):
 
     torch.set_num_threads(threads or 1)
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32 if dtype == "float32" else torch.bfloat16).eval()
+        model_dir, dtype=torch.float32 if dtype == "float32" else torch.bfloat16
+    ).eval()
     if jax.default_backend() == "gpu" and torch.cuda.is_available():
         model = model.to("cuda")
     return model
@@ -42,16 +44,20 @@ def hf_runner(model, pad_id: int | None, prompt_lookup: int, stop_at_eos: bool):
             ids = torch.full((len(chunk), P), pad_id or 0, dtype=torch.long)
             mask = torch.zeros((len(chunk), P), dtype=torch.long)
             for r, p in enumerate(chunk):  # left padding
-                ids[r, P - len(p):] = torch.tensor(p)
-                mask[r, P - len(p):] = 1
+                ids[r, P - len(p) :] = torch.tensor(p)
+                mask[r, P - len(p) :] = 1
             kw = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_id)
             if not stop_at_eos:  # no EOS stopping (min_new_tokens would mask EOS logits instead)
                 kw["eos_token_id"] = None
             if sampler.greedy:
                 kw.update(do_sample=False, temperature=None, top_k=None, top_p=None)
             else:
-                kw.update(do_sample=True, temperature=sampler.temperature,
-                          top_k=sampler.top_k or None, top_p=sampler.top_p)
+                kw.update(
+                    do_sample=True,
+                    temperature=sampler.temperature,
+                    top_k=sampler.top_k or None,
+                    top_p=sampler.top_p,
+                )
             if prompt_lookup:
                 kw["prompt_lookup_num_tokens"] = prompt_lookup
             torch.manual_seed(seed + i)
@@ -64,6 +70,7 @@ def hf_runner(model, pad_id: int | None, prompt_lookup: int, stop_at_eos: bool):
             out.wall += time.perf_counter() - t0
             out.tokens += [g[P:].tolist() for g in gen]
         return out
+
     return run
 
 
@@ -71,11 +78,26 @@ def hf_variants(config: BenchConfig, cfg, threads: int | None) -> list[Variant]:
     """``hf-generate`` (every batch size) and ``hf-prompt-lookup`` (batch 1) of ``--model``, at
     ``--hf-temperatures`` (default: all); ImportError when torch or transformers is missing."""
     model = load_hf_torch(config.model, config.dtype, threads)
-    pad = cfg.pad_token_id if cfg.pad_token_id is not None else (
-        cfg.eos_token_ids[0] if cfg.eos_token_ids else 0)
+    pad = (
+        cfg.pad_token_id
+        if cfg.pad_token_id is not None
+        else (cfg.eos_token_ids[0] if cfg.eos_token_ids else 0)
+    )
     temperatures = tuple(config.hf_temperatures) if config.hf_temperatures else None
-    return [Variant("hf-generate", "hf-generate", None,
-                    hf_runner(model, pad, 0, config.stop_at_eos), temperatures=temperatures),
-            Variant("hf-prompt-lookup", "hf-prompt-lookup", None,
-                    hf_runner(model, pad, config.prompt_lookup_tokens, config.stop_at_eos),
-                    batch_sizes=(1,), temperatures=temperatures)]
+    return [
+        Variant(
+            "hf-generate",
+            "hf-generate",
+            None,
+            hf_runner(model, pad, 0, config.stop_at_eos),
+            temperatures=temperatures,
+        ),
+        Variant(
+            "hf-prompt-lookup",
+            "hf-prompt-lookup",
+            None,
+            hf_runner(model, pad, config.prompt_lookup_tokens, config.stop_at_eos),
+            batch_sizes=(1,),
+            temperatures=temperatures,
+        ),
+    ]

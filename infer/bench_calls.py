@@ -4,6 +4,7 @@ random LLaMA (``random_model_report``, ``infer.bench --random-model``, issue 2):
 transformers on the same weights, our per-step time at several cache sizes with per-layer and
 with stacked (scanned) params, and the cost of one call per decoding method.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +43,22 @@ CALL_COST_SLOTS = 512  # one cache size for every method's call cost (more for l
 # --------------------------------------------------------------------------- --call-tokens
 
 
-def call_ms_by_tokens(cfg, params, token_counts, B: int, context: int, repeats: int,
-                      steps: int = 8) -> dict[str, float]:
+@partial(jax.jit, static_argnums=(0, 1))
+def _calls(cfg, steps: int, params, cache, tokens_BxT, positions_BxT):
+    """``steps`` forward calls of ``tokens_BxT`` in one ``fori_loop``, the cache carried; the
+    sum of one logit per token keeps every call's logits live."""
+
+    def call(i, carry):
+        cache, acc = carry
+        h_BxTxD, cache = forward(cfg, params, tokens_BxT, positions_BxT, cache, return_hidden=True)
+        return cache, acc + logits_from_hidden(cfg, params, h_BxTxD)[..., 0].sum()
+
+    return jax.lax.fori_loop(0, steps, call, (cache, 0.0))
+
+
+def call_ms_by_tokens(
+    cfg, params, token_counts, B: int, context: int, repeats: int, steps: int = 8
+) -> dict[str, float]:
     """Milliseconds of one forward call of T new tokens per row (every layer, the KV cache
     written, logits of every token) after ``context`` cached tokens, for each T of
     ``token_counts``: ``steps`` calls in one jitted ``fori_loop`` (the cache carried, as in the
@@ -53,20 +69,14 @@ def call_ms_by_tokens(cfg, params, token_counts, B: int, context: int, repeats: 
         tokens_BxT = jnp.ones((B, T), jnp.int32)
         positions_BxT = jnp.broadcast_to(context + jnp.arange(T, dtype=jnp.int32), (B, T))
 
-        def call(i, carry):
-            cache, acc = carry
-            h_BxTxD, cache = forward(cfg, params, tokens_BxT, positions_BxT, cache,
-                                     return_hidden=True)
-            return cache, acc + logits_from_hidden(cfg, params, h_BxTxD)[..., 0].sum()
-
-        run = jax.jit(lambda params, cache: jax.lax.fori_loop(0, steps, call, (cache, 0.0)))
         cache = init_cache(cfg, B, max_len, per_layer=not is_stacked(params))
         cache = cache.replace(lengths=jnp.full((B,), context, jnp.int32))
-        jax.block_until_ready(run(params, cache))
+        args = (params, cache, tokens_BxT, positions_BxT)
+        jax.block_until_ready(_calls(cfg, steps, *args))
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            jax.block_until_ready(run(params, cache))
+            jax.block_until_ready(_calls(cfg, steps, *args))
             times.append(time.perf_counter() - t0)
         out[str(T)] = 1000 * median(times) / steps
     return out
@@ -74,9 +84,13 @@ def call_ms_by_tokens(cfg, params, token_counts, B: int, context: int, repeats: 
 
 def call_ms_table(cfg, params, token_counts, batch_sizes, context: int, repeats: int) -> dict:
     """``call_ms_by_tokens`` at every batch size: ``{"context": .., "ms": {B: {T: ms}}}``."""
-    return {"context": context, "ms": {
-        str(B): call_ms_by_tokens(cfg, params, token_counts, B, context, repeats)
-        for B in batch_sizes}}
+    return {
+        "context": context,
+        "ms": {
+            str(B): call_ms_by_tokens(cfg, params, token_counts, B, context, repeats)
+            for B in batch_sizes
+        },
+    }
 
 
 # --------------------------------------------------------------------------- issue 2 report
@@ -89,23 +103,35 @@ def random_model_report(config: BenchConfig, out_stream=sys.stdout) -> dict:
     info = machine_info()
     N, P, reps = config.max_new_tokens, config.prompt_tokens, max(config.repeats, 1)
     max_pos = max(4096, *config.max_len) + 64
-    cfg = RANDOM_MODELS[config.random_model](max_position=max_pos, bos_token_id=1,
-                                             eos_token_ids=(2,), pad_token_id=0)
+    cfg = RANDOM_MODELS[config.random_model](
+        max_position=max_pos, bos_token_id=1, eos_token_ids=(2,), pad_token_id=0
+    )
     tmp = tempfile.mkdtemp(prefix="pass_jax_random_")
-    results = {"model": config.random_model, "params": cfg.num_params(), "machine": info,
-               "max_new_tokens": N, "prompt_tokens": P, "repeats": reps, "tokens_per_s": {},
-               "step_ms": {}, "step_ms_scanned": {}, "call_ms": {}}
+    results = {
+        "model": config.random_model,
+        "params": cfg.num_params(),
+        "machine": info,
+        "max_new_tokens": N,
+        "prompt_tokens": P,
+        "repeats": reps,
+        "tokens_per_s": {},
+        "step_ms": {},
+        "step_ms_scanned": {},
+        "call_ms": {},
+    }
     try:
         save_hf(cfg, init_params(cfg, jax.random.PRNGKey(0)), os.path.join(tmp, "model"))
         # exactly the weights torch gets, per layer as the programs decode
         cfg, params = load_hf(os.path.join(tmp, "model"), stacked=False)
         hf = load_hf_torch(os.path.join(tmp, "model"), "float32", info["usable_cores"])
         rng = np.random.default_rng(0)
-        results["tokens_per_s"] = ar_tokens_per_s(cfg, params, hf, config.rm_batch_size, P, N,
-                                                  reps, rng)
+        results["tokens_per_s"] = ar_tokens_per_s(
+            cfg, params, hf, config.rm_batch_size, P, N, reps, rng
+        )
         prompt = [rng.integers(4, cfg.vocab_size, P).tolist()]
-        results.update(call_costs(cfg, params, prompt, config.max_len, config.call_cost_methods,
-                                  reps))
+        results.update(
+            call_costs(cfg, params, prompt, config.max_len, config.call_cost_methods, reps)
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -123,8 +149,9 @@ def random_model_report(config: BenchConfig, out_stream=sys.stdout) -> dict:
     return results
 
 
-def ar_tokens_per_s(cfg, params, hf_model, batch_sizes, P: int, N: int, reps: int,
-                    rng: np.random.Generator) -> dict:
+def ar_tokens_per_s(
+    cfg, params, hf_model, batch_sizes, P: int, N: int, reps: int, rng: np.random.Generator
+) -> dict:
     """Greedy AR tokens/s, ours and transformers' (``hf_model``, the same weights), on random
     prompts of ``P`` tokens, per batch size: a warm-up, then the median of ``reps`` runs, with
     whether both gave the same tokens."""
@@ -144,13 +171,18 @@ def ar_tokens_per_s(cfg, params, hf_model, batch_sizes, P: int, N: int, reps: in
             t_hf.append(b.wall)
             same = same and a.tokens == b.tokens
         out[str(B)] = {
-            "ours": B * N / median(t_ours), "transformers": B * N / median(t_hf),
-            "ours_s": t_ours, "transformers_s": t_hf, "greedy_identical": same}
+            "ours": B * N / median(t_ours),
+            "transformers": B * N / median(t_hf),
+            "ours_s": t_ours,
+            "transformers_s": t_hf,
+            "greedy_identical": same,
+        }
     return out
 
 
-def call_costs(cfg, params, prompt: list[list[int]], max_lens, methods: Sequence[str],
-               reps: int) -> dict:
+def call_costs(
+    cfg, params, prompt: list[list[int]], max_lens, methods: Sequence[str], reps: int
+) -> dict:
     """Milliseconds per call: autoregressive at every cache size of ``max_lens`` with per-layer
     (``step_ms``) and stacked params (``step_ms_scanned``), and every method of ``methods``
     (L = 4, [UNK] drafts: the cost of a call, not its yield) at one cache size (``call_slots``)
@@ -160,14 +192,15 @@ def call_costs(cfg, params, prompt: list[list[int]], max_lens, methods: Sequence
     la = init_lookahead(cfg, params, 4)
     # every method at one cache size: enough for its steps after a long prompt too
     cost_methods = list(methods)
-    slots = max([CALL_COST_SLOTS] + [round_cache_len(timing_slots(
-        len(prompt[0]), make_schedule(m, 4))) for m in cost_methods])
+    slots = max(
+        [CALL_COST_SLOTS]
+        + [round_cache_len(timing_slots(len(prompt[0]), make_schedule(m, 4))) for m in cost_methods]
+    )
 
     def call_ms(method: str, max_len: int = slots, params=params) -> float:
         # the paper's schedule: the mean of a drafting and a validation call
         calls = len(make_schedule(method, 4).step)
-        return 1000 * iteration_seconds(cfg, params, method, la, prompt, reps,
-                                        max_len) / calls
+        return 1000 * iteration_seconds(cfg, params, method, la, prompt, reps, max_len) / calls
 
     out = {"step_ms": {}, "step_ms_scanned": {}}
     scanned = stack_layers(params)
@@ -184,27 +217,42 @@ def random_model_markdown(results: dict) -> str:
     """The report's Markdown: machine, AR tokens/s (ours vs transformers), step time per cache
     size and layer form, the cost of one call per method."""
     N, P, reps = results["max_new_tokens"], results["prompt_tokens"], results["repeats"]
-    lines = [machine_line(results["machine"]), "",
-             f"Random LLaMA {results['model']} ({results['params'] / 1e6:.1f}M params, "
-             f"float32), greedy AR, prompt {P} tokens, {N} new tokens, median of {reps}:", "",
-             "| batch | ours tokens/s | transformers tokens/s | greedy identical |",
-             "|---|---|---|---|"]
+    lines = [
+        machine_line(results["machine"]),
+        "",
+        f"Random LLaMA {results['model']} ({results['params'] / 1e6:.1f}M params, "
+        f"float32), greedy AR, prompt {P} tokens, {N} new tokens, median of {reps}:",
+        "",
+        "| batch | ours tokens/s | transformers tokens/s | greedy identical |",
+        "|---|---|---|---|",
+    ]
     for B, r in results["tokens_per_s"].items():
-        lines.append(f"| {B} | {r['ours']:.1f} | {r['transformers']:.1f} | "
-                     f"{'yes' if r['greedy_identical'] else 'no'} |")
-    lines += ["", "Our step time (ms/token, batch 1), per-layer params (how `generate`, `bench` "
-              "and the demo decode) vs the stacked params of training under `nn.scan`:", "",
-              "| cache max_len | per-layer | scanned |", "|---|---|---|"]
+        lines.append(
+            f"| {B} | {r['ours']:.1f} | {r['transformers']:.1f} | "
+            f"{'yes' if r['greedy_identical'] else 'no'} |"
+        )
+    lines += [
+        "",
+        "Our step time (ms/token, batch 1), per-layer params (how `generate`, `bench` "
+        "and the demo decode) vs the stacked params of training under `nn.scan`:",
+        "",
+        "| cache max_len | per-layer | scanned |",
+        "|---|---|---|",
+    ]
     for L, ms in results["step_ms"].items():
         lines.append(f"| {L} | {ms:.2f} | {results['step_ms_scanned'][L]:.2f} |")
     ar_ms = results["call_ms"]["ar"]
-    lines += ["", f"Cost of one forward call, batch 1, L=4, {results['call_slots']} cache slots "
-              "(PaSS: the mean of a drafting and a validation call; fused: 1 + L + L(L+1) = 25 "
-              "tokens; a draft tree: its nodes, each with a group of LA tokens). A method is "
-              "faster than autoregressive only when it yields more tokens per call than this "
-              "ratio:", "",
-              "| method | draft tree, tokens per call | ms per call | vs autoregressive |",
-              "|---|---|---|---|"]
+    lines += [
+        "",
+        f"Cost of one forward call, batch 1, L=4, {results['call_slots']} cache slots "
+        "(PaSS: the mean of a drafting and a validation call; fused: 1 + L + L(L+1) = 25 "
+        "tokens; a draft tree: its nodes, each with a group of LA tokens). A method is "
+        "faster than autoregressive only when it yields more tokens per call than this "
+        "ratio:",
+        "",
+        "| method | draft tree, tokens per call | ms per call | vs autoregressive |",
+        "|---|---|---|---|",
+    ]
     for m, ms in results["call_ms"].items():
         lines.append(f"| {label(m)} | {layout_text(m, 4)} | {ms:.2f} | {ms / ar_ms:.2f}x |")
     return "\n".join(lines) + "\n"

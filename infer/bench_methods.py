@@ -5,10 +5,11 @@ Names: ours (``OUR_METHODS`` and draft trees ``tree-WxW..``) and transformers' b
 (``layout_text``). ``Run`` is one method over all prompts (outputs and totals), ``Variant`` a
 method and its L as the cells time it, and ``ours_runner`` our ``generate`` as a runner.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -17,9 +18,15 @@ from pass_jax.layout import make_schedule, parse_tree
 
 OUR_METHODS = ("ar", "unk", "pass", "pass-fused", "auto")
 HF_METHODS = ("hf-generate", "hf-prompt-lookup")
-LABELS = {"ar": "autoregressive", "unk": "[UNK] look-ahead", "pass": "PaSS",
-          "pass-fused": "PaSS fused", "auto": "PaSS auto", "hf-generate": "transformers generate",
-          "hf-prompt-lookup": "transformers prompt lookup"}
+LABELS = {
+    "ar": "autoregressive",
+    "unk": "[UNK] look-ahead",
+    "pass": "PaSS",
+    "pass-fused": "PaSS fused",
+    "auto": "PaSS auto",
+    "hf-generate": "transformers generate",
+    "hf-prompt-lookup": "transformers prompt lookup",
+}
 COLORS = {"ar": "tab:gray", "unk": "tab:orange", "pass": "tab:blue", "pass-fused": "tab:green"}
 
 
@@ -47,8 +54,12 @@ def layout_text(method: str, L: int | None) -> str:
     schedule = make_schedule("pass" if method == "unk" else method, L or 0)
     widths = parse_tree(method) or (1,) * schedule.num_lookahead
     calls = [str(lay.T) for lay in schedule.step]
-    return ("x".join(map(str, widths)) or "-") + ", " + (
-        f"{len(calls)} calls: " if len(calls) > 1 else "") + " + ".join(calls)
+    return (
+        ("x".join(map(str, widths)) or "-")
+        + ", "
+        + (f"{len(calls)} calls: " if len(calls) > 1 else "")
+        + " + ".join(calls)
+    )
 
 
 @dataclass
@@ -76,36 +87,58 @@ class Variant:
 
     def in_cell(self, T: float, B: int) -> bool:
         """Is it timed in the cell of temperature ``T`` and batch size ``B``?"""
-        return ((self.batch_sizes is None or B in self.batch_sizes)
-                and (self.temperatures is None or T in self.temperatures))
+        return (self.batch_sizes is None or B in self.batch_sizes) and (
+            self.temperatures is None or T in self.temperatures
+        )
 
 
 def batches(prompts: list, B: int) -> list[list]:
     """``prompts`` in batches of ``B`` (the last one may be smaller)."""
-    return [prompts[i:i + B] for i in range(0, len(prompts), B)]
+    return [prompts[i : i + B] for i in range(0, len(prompts), B)]
 
 
-def ours_runner(cfg, params, method: str, la, eos_ids, mesh=None, auto_methods=None,
-                auto_prior: dict | None = None, precision: str = "auto"):
+def ours_runner(
+    cfg,
+    params,
+    method: str,
+    la,
+    eos_ids,
+    mesh=None,
+    auto_methods=None,
+    auto_prior: dict | None = None,
+    precision: str = "auto",
+):
     """A runner of our ``generate`` (``method`` 'ar', 'pass', 'pass-fused', a draft tree or
     'auto' choosing among ``auto_methods``, its statistics starting from ``auto_prior``: the
     export's recorded acceptance, greedy or sampled), on ``mesh`` when one is given, at matmul
     ``precision`` (``decode.decode_precision``)."""
+
     def run(prompts, B, sampler, seed, max_new_tokens):
         out = Run(tokens=[], wall=0.0)
         for i, chunk in enumerate(batches(prompts, B)):
-            res = generate(cfg, params, chunk, max_new_tokens=max_new_tokens, method=method,
-                           la_LxD=la, sampler=sampler, eos_ids=eos_ids, seed=seed + i,
-                           mesh=mesh, auto_methods=auto_methods, auto_prior=auto_prior and
-                           auto_prior["greedy" if sampler.greedy else "sampled"],
-                           precision=precision)
+            res = generate(
+                cfg,
+                params,
+                chunk,
+                max_new_tokens=max_new_tokens,
+                method=method,
+                la_LxD=la,
+                sampler=sampler,
+                eos_ids=eos_ids,
+                seed=seed + i,
+                mesh=mesh,
+                auto_methods=auto_methods,
+                auto_prior=auto_prior and auto_prior["greedy" if sampler.greedy else "sampled"],
+                precision=precision,
+            )
             out.tokens += res.tokens
             out.wall += res.wall_time
             out.calls += sum(res.calls)
             out.verify_calls += sum(res.verify_calls)
             acc = res.accepted.sum(0)
             out.accepted = acc if out.accepted is None else out.accepted + acc
-            for m, t in (res.auto.tokens.items() if res.auto else ()):
+            for m, t in res.auto.tokens.items() if res.auto else ():
                 out.layouts[m] = out.layouts.get(m, 0) + t
         return out
+
     return run

@@ -4,6 +4,7 @@ notes, call costs), the plots (``plots``), and the results files (``write_output
 written atomically, ``read_results`` reads it back for ``--from-json``, ``check_outputs``
 checks the outputs can be written before any model call). matplotlib is imported only to plot.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,22 +47,28 @@ def machine_info() -> dict:
     devices = jax.devices()
     libs = {n: _version(n) for n in ("jax", "jaxlib", "flax", "numpy", "transformers", "torch")}
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "jax_backend": jax.default_backend(),
-        "jax_device_kind": devices[0].device_kind, "jax_devices": len(devices),
-        "python": platform.python_version(), "platform": platform.platform(),
+        "jax_device_kind": devices[0].device_kind,
+        "jax_devices": len(devices),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
         "libraries": {k: v for k, v in libs.items() if v},
     }
 
 
 def machine_line(info: dict) -> str:
     libs = ", ".join(f"{k} {v}" for k, v in info["libraries"].items())
-    return (f"Machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), "
-            f"JAX {info['jax_backend']} device '{info['jax_device_kind']}' x{info['jax_devices']}"
-            f"; load average {info['load_average'][0]} at start"
-            + (f", {info['load_average_end'][0]} at end" if "load_average_end" in info else "")
-            + f"; Python {info['python']}; {libs}")
+    return (
+        f"Machine: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), "
+        f"JAX {info['jax_backend']} device '{info['jax_device_kind']}' x{info['jax_devices']}"
+        f"; load average {info['load_average'][0]} at start"
+        + (f", {info['load_average_end'][0]} at end" if "load_average_end" in info else "")
+        + f"; Python {info['python']}; {libs}"
+    )
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -69,8 +76,13 @@ def machine_line(info: dict) -> str:
 
 def _row(rows, T, B, method, L=None):
     for r in rows:
-        if (r["temperature"] == T and r["batch_size"] == B and r["method"] == method
-                and (L is None or r["L"] == L) and "error" not in r):
+        if (
+            r["temperature"] == T
+            and r["batch_size"] == B
+            and r["method"] == method
+            and (L is None or r["L"] == L)
+            and "error" not in r
+        ):
             return r
     return None
 
@@ -86,9 +98,17 @@ def _time_cell(r: dict | None) -> str:
 def markdown(result: dict) -> str:
     """The report of a results JSON: what ran where, seconds per call and speedup per batch size
     (the paper's Table 1), the L ablation, details per cell, notes, the cost of a call."""
-    return "\n".join(_header(result) + _speedup_tables(result) + _ablation_table(result)
-                     + _details_table(result) + _notes(result)
-                     + _call_cost_table(result)) + "\n"
+    return (
+        "\n".join(
+            _header(result)
+            + _speedup_tables(result)
+            + _ablation_table(result)
+            + _details_table(result)
+            + _notes(result)
+            + _call_cost_table(result)
+        )
+        + "\n"
+    )
 
 
 def _header(result: dict) -> list[str]:
@@ -101,18 +121,27 @@ def _header(result: dict) -> list[str]:
     if not result.get("complete", True):
         out.append("**Incomplete run** (interrupted): only the cells measured before it stopped.\n")
     mc = result["model_config"]
-    out.append(f"Model: {result['model_params'] / 1e6:.2f}M params (d={mc['d_model']}, "
-               f"{mc['n_layers']} layers, vocab {mc['vocab_size']}, {mc['dtype']}); "
-               + (f"{s['num_prompts']} chat prompts ({'-'.join(map(str, rng))} tokens: the chat "
-                  f"template around an instruction from a held-out function of '{s['data']}', "
-                  if (rng := result["prompts"].get("prompt_tokens_range")) else
-                  f"{s['num_prompts']} prompts of {s['prompt_tokens']} tokens from '{s['data']}' ")
-               + f"held-out ({result['prompts']['documents']} documents), "
-               f"{s['max_new_tokens']} new tokens, "
-               f"top-k {s['top_k']}, median of {s['repeats']} interleaved repeats after a warm-up"
-               + (f" (transformers baselines: {s['hf_repeats']} repeat(s) at "
-                  + ", ".join(_tname(T) for T in s["hf_temperatures"]) + ")"
-                  if s.get("hf_baselines") and "hf_repeats" in s else "") + ".\n")
+    out.append(
+        f"Model: {result['model_params'] / 1e6:.2f}M params (d={mc['d_model']}, "
+        f"{mc['n_layers']} layers, vocab {mc['vocab_size']}, {mc['dtype']}); "
+        + (
+            f"{s['num_prompts']} chat prompts ({'-'.join(map(str, rng))} tokens: the chat "
+            f"template around an instruction from a held-out function of '{s['data']}', "
+            if (rng := result["prompts"].get("prompt_tokens_range"))
+            else f"{s['num_prompts']} prompts of {s['prompt_tokens']} tokens from '{s['data']}' "
+        )
+        + f"held-out ({result['prompts']['documents']} documents), "
+        f"{s['max_new_tokens']} new tokens, "
+        f"top-k {s['top_k']}, median of {s['repeats']} interleaved repeats after a warm-up"
+        + (
+            f" (transformers baselines: {s['hf_repeats']} repeat(s) at "
+            + ", ".join(_tname(T) for T in s["hf_temperatures"])
+            + ")"
+            if s.get("hf_baselines") and "hf_repeats" in s
+            else ""
+        )
+        + ".\n"
+    )
     return out
 
 
@@ -123,13 +152,16 @@ def _speedup_tables(result: dict) -> list[str]:
     Ts, L0, N = s["temperatures"], s["main_L"], s["max_new_tokens"]
     out = []
     for B in s["batch_sizes"]:
-        out.append(f"\n### Seconds per generate call ({N} new tokens x {B} row{'s' * (B > 1)}), "
-                   f"speedup vs autoregressive (L={L0})\n")
+        out.append(
+            f"\n### Seconds per generate call ({N} new tokens x {B} row{'s' * (B > 1)}), "
+            f"speedup vs autoregressive (L={L0})\n"
+        )
         out.append("| method | " + " | ".join(_tname(T) for T in Ts) + " |")
         out.append("|---|" + "---|" * len(Ts))
         for m in s["methods"] + list(HF_METHODS):
-            cells = [_time_cell(_row(rows, T, B, m, None if m == "ar" or is_hf(m) else L0))
-                     for T in Ts]
+            cells = [
+                _time_cell(_row(rows, T, B, m, None if m == "ar" or is_hf(m) else L0)) for T in Ts
+            ]
             if all(c == "-" for c in cells):
                 continue
             name = label(m) + (f" (L={L0})" if m != "ar" and not is_hf(m) else "")
@@ -145,9 +177,11 @@ def _ablation_table(result: dict) -> list[str]:
     if len(Ls) <= 1:
         return []
     B = s["batch_sizes"][0]
-    out = [f"\n### L ablation: seconds per call (speedup), batch {B}\n",
-           "| method | L | " + " | ".join(_tname(T) for T in Ts) + " |",
-           "|---|---|" + "---|" * len(Ts)]
+    out = [
+        f"\n### L ablation: seconds per call (speedup), batch {B}\n",
+        "| method | L | " + " | ".join(_tname(T) for T in Ts) + " |",
+        "|---|---|" + "---|" * len(Ts),
+    ]
     for m in [m for m in s["methods"] if m != "ar"]:
         for L in Ls:
             cells = [_time_cell(_row(rows, T, B, m, L)) for T in Ts]
@@ -159,35 +193,46 @@ def _ablation_table(result: dict) -> list[str]:
 def _details_table(result: dict) -> list[str]:
     """One line per cell: tokens/s, tokens and cost per call, acceptance, parse shares, greedy
     equality with autoregressive (or the error of a baseline that could not run)."""
-    out = ["\n### Details: tokens/s, tokens per forward call, cost of a call, acceptance\n",
-           "Speedup = tokens per call / call cost vs autoregressive: the first is draft "
-           "quality, the second what a call of the layout's tokens costs on this machine "
-           "(ms per call = wall time x batch / forward calls, prefill included).\n",
-           "| batch | method | L | draft tree, tokens per call | temperature | tokens/s | "
-           "tokens/call | ms/call (vs AR) | acceptance per position | ast parses (to last "
-           "line / to last top-level line) | greedy == AR |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "\n### Details: tokens/s, tokens per forward call, cost of a call, acceptance\n",
+        "Speedup = tokens per call / call cost vs autoregressive: the first is draft "
+        "quality, the second what a call of the layout's tokens costs on this machine "
+        "(ms per call = wall time x batch / forward calls, prefill included).\n",
+        "| batch | method | L | draft tree, tokens per call | temperature | tokens/s | "
+        "tokens/call | ms/call (vs AR) | acceptance per position | ast parses (to last "
+        "line / to last top-level line) | greedy == AR |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     return out + [_details_line(r) for r in result["cells"]]
 
 
 def _details_line(r: dict) -> str:
     if "error" in r:
-        return (f"| {r['batch_size']} | {label(r['method'])} | - | - | "
-                f"{_tname(r['temperature'])} | error: {r['error'][:80]} | | | | | |")
+        return (
+            f"| {r['batch_size']} | {label(r['method'])} | - | - | "
+            f"{_tname(r['temperature'])} | error: {r['error'][:80]} | | | | | |"
+        )
     acc = r.get("acceptance_per_position")
     g = r.get("greedy_identical_to_ar")
     return (
         f"| {r['batch_size']} | {label(r['method'])} | {r['L'] or '-'} | "
         f"{r.get('layout', '-')} | {_tname(r['temperature'])} | {r['tokens_per_s']:.1f} | "
-        + (f"{r['tokens_per_call']:.2f}" if "tokens_per_call" in r else "-") + " | "
-        + (f"{r['ms_per_forward_call']:.2f} ({r['call_cost_vs_ar']:.2f}x)"
-           if "call_cost_vs_ar" in r else "-") + " | "
-        + (", ".join(f"{a:.2f}" for a in acc) if acc else "-") + " | "
+        + (f"{r['tokens_per_call']:.2f}" if "tokens_per_call" in r else "-")
+        + " | "
+        + (
+            f"{r['ms_per_forward_call']:.2f} ({r['call_cost_vs_ar']:.2f}x)"
+            if "call_cost_vs_ar" in r
+            else "-"
+        )
+        + " | "
+        + (", ".join(f"{a:.2f}" for a in acc) if acc else "-")
+        + " | "
         + (f"{r['ast_parse_share']:.0%}" if "ast_parse_share" in r else "-")
-        + (f" / {r['ast_parse_share_toplevel']:.0%}" if "ast_parse_share_toplevel" in r
-           else "") + " | "
+        + (f" / {r['ast_parse_share_toplevel']:.0%}" if "ast_parse_share_toplevel" in r else "")
+        + " | "
         + ("-" if g is None else ("yes" if g else f"NO ({r['greedy_mismatched_rows']} rows)"))
-        + " |")
+        + " |"
+    )
 
 
 def _notes(result: dict) -> list[str]:
@@ -196,12 +241,20 @@ def _notes(result: dict) -> list[str]:
     out = []
     g = result["greedy_identical_to_ar"]
     if g:
-        out.append("\nGreedy output identical to autoregressive: " + ", ".join(
-            f"{k} {'yes' if v else 'NO'}" for k, v in g.items()) + ".")
+        out.append(
+            "\nGreedy output identical to autoregressive: "
+            + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in g.items())
+            + "."
+        )
     if result.get("hf_greedy_identical_to_ours"):
-        out.append("transformers greedy output identical to ours: " + ", ".join(
-            f"{k} {'yes' if v else 'NO'}" for k, v in result["hf_greedy_identical_to_ours"].items())
-            + ".")
+        out.append(
+            "transformers greedy output identical to ours: "
+            + ", ".join(
+                f"{k} {'yes' if v else 'NO'}"
+                for k, v in result["hf_greedy_identical_to_ours"].items()
+            )
+            + "."
+        )
     if result.get("hf_note"):
         out.append("\n" + result["hf_note"])
     return out
@@ -213,14 +266,19 @@ def _call_cost_table(result: dict) -> list[str]:
     if not cost:
         return []
     Ts = list(next(iter(cost["ms"].values())))
-    out = [f"\n### Cost of one forward call vs the tokens in it (after {cost['context']} "
-           "cached tokens; ms, and x the 1-token call when measured)\n",
-           "| batch | " + " | ".join(f"{T} tokens" for T in Ts) + " |",
-           "|---|" + "---|" * len(Ts)]
+    out = [
+        f"\n### Cost of one forward call vs the tokens in it (after {cost['context']} "
+        "cached tokens; ms, and x the 1-token call when measured)\n",
+        "| batch | " + " | ".join(f"{T} tokens" for T in Ts) + " |",
+        "|---|" + "---|" * len(Ts),
+    ]
     for B, ms in cost["ms"].items():
         one = ms.get("1")
-        out.append(f"| {B} | " + " | ".join(
-            f"{ms[T]:.2f}" + (f" ({ms[T] / one:.2f}x)" if one else "") for T in Ts) + " |")
+        out.append(
+            f"| {B} | "
+            + " | ".join(f"{ms[T]:.2f}" + (f" ({ms[T] / one:.2f}x)" if one else "") for T in Ts)
+            + " |"
+        )
     return out
 
 
@@ -230,11 +288,14 @@ def _call_cost_table(result: dict) -> list[str]:
 def plots(result: dict, out_dir: str) -> list[str]:
     """speedup_vs_temperature.png and time_vs_L.png; returns the paths written."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = [os.path.join(out_dir, "speedup_vs_temperature.png"),
-             os.path.join(out_dir, "time_vs_L.png")]
+    paths = [
+        os.path.join(out_dir, "speedup_vs_temperature.png"),
+        os.path.join(out_dir, "time_vs_L.png"),
+    ]
     for draw, path in zip((_speedup_plot, _time_vs_L_plot), paths):
         fig = draw(plt, result)
         fig.tight_layout()
@@ -253,9 +314,13 @@ def _speedup_plot(plt, result: dict):
             pts = [(T, _row(rows, T, B, m, None if m == "ar" else L0)) for T in Ts]
             pts = [(T, r["speedup_vs_ar"]) for T, r in pts if r is not None]
             if pts:
-                ax.plot(*zip(*sorted(pts)), marker="o", color=color(m),
-                        ls=":" if m == "ar" else "-",
-                        label=label(m) + (f" L={L0}" if m != "ar" else ""))
+                ax.plot(
+                    *zip(*sorted(pts)),
+                    marker="o",
+                    color=color(m),
+                    ls=":" if m == "ar" else "-",
+                    label=label(m) + (f" L={L0}" if m != "ar" else ""),
+                )
         ax.set_xlabel("temperature (0 = greedy)")
         ax.set_ylabel("speedup vs autoregressive (wall time)")
         ax.set_title(f"batch {B}")
@@ -333,8 +398,11 @@ def write_outputs(result: dict, config: BenchConfig, out_stream=sys.stdout) -> N
     write_json(result, json_path_)
     if out_stream is not None:
         out_stream.write(md)
-        out_stream.write(f"\nwritten: {json_path_}, {md_path}"
-                         + "".join(f", {p}" for p in result["outputs"].get("plots", [])) + "\n")
+        out_stream.write(
+            f"\nwritten: {json_path_}, {md_path}"
+            + "".join(f", {p}" for p in result["outputs"].get("plots", []))
+            + "\n"
+        )
 
 
 def read_results(path: str) -> dict:
@@ -346,9 +414,13 @@ def read_results(path: str) -> dict:
         raise FileNotFoundError(f"--from-json {path}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"--from-json {path}: not a results JSON ({e})") from None
-    missing = [k for k in ("settings", "cells", "machine_line", "model_config")
-               if not isinstance(result, dict) or k not in result]
+    missing = [
+        k
+        for k in ("settings", "cells", "machine_line", "model_config")
+        if not isinstance(result, dict) or k not in result
+    ]
     if missing:
-        raise ValueError(f"--from-json {path}: not a results JSON of infer.bench "
-                         f"(missing {', '.join(missing)})")
+        raise ValueError(
+            f"--from-json {path}: not a results JSON of infer.bench (missing {', '.join(missing)})"
+        )
     return result

@@ -3,6 +3,7 @@ cell (``summarise``: time, speedup, tokens and cost per call, acceptance, greedy
 autoregressive, the share of completions that parse as Python) and the greedy-equality summary
 over the cells (``greedy_summary``).
 """
+
 from __future__ import annotations
 
 import ast
@@ -35,7 +36,7 @@ def _parses(code: str) -> bool:
 def parses(text: str) -> bool:
     """Does ``text`` up to its last complete line parse as Python?"""
     cut = text.rfind("\n")
-    return _parses(text[:cut + 1] if cut >= 0 else text)
+    return _parses(text[: cut + 1] if cut >= 0 else text)
 
 
 def parses_toplevel(text: str, start: int = 0) -> bool:
@@ -43,20 +44,38 @@ def parses_toplevel(text: str, start: int = 0) -> bool:
     after offset ``start``, e.g. the prompt's end) parse? This drops the unfinished last
     statement or block, which generation at a fixed length almost always cuts."""
     cuts = [m.start() for m in re.finditer(r"(?m)^(?=\S)", text) if m.start() > start]
-    return _parses(text[:cuts[-1]]) if cuts else parses(text)
+    return _parses(text[: cuts[-1]]) if cuts else parses(text)
 
 
-def summarise(variant: Variant, runs: list[Run], ar_rows: dict | None, prompts, tok, eos_ids,
-              num_calls_per_run: int, T: float, B: int, chat: bool = False) -> dict:
+def summarise(
+    variant: Variant,
+    runs: list[Run],
+    ar_rows: dict | None,
+    prompts,
+    tok,
+    eos_ids,
+    num_calls_per_run: int,
+    T: float,
+    B: int,
+    chat: bool = False,
+) -> dict:
     """The JSON row of one (temperature, batch, variant) cell. ``chat``: the completions are
     chat answers, whose code is their first fenced block (or the whole answer)."""
     walls = [r.wall for r in runs]
     med = median(walls)
     new_tokens = [sum(len(t) for t in r.tokens) for r in runs]
-    row = {"temperature": T, "batch_size": B, "method": variant.method, "L": variant.L,
-           "key": variant.key, "wall_s": [round(w, 5) for w in walls], "median_s": med,
-           "s_per_call": med / num_calls_per_run,
-           "new_tokens": new_tokens[0], "tokens_per_s": statistics.median(new_tokens) / med}
+    row = {
+        "temperature": T,
+        "batch_size": B,
+        "method": variant.method,
+        "L": variant.L,
+        "key": variant.key,
+        "wall_s": [round(w, 5) for w in walls],
+        "median_s": med,
+        "s_per_call": med / num_calls_per_run,
+        "new_tokens": new_tokens[0],
+        "tokens_per_s": statistics.median(new_tokens) / med,
+    }
     if variant.method == "auto":
         row.update(_auto_shares(runs[0].layouts))
     elif is_ours(variant.method):
@@ -82,18 +101,23 @@ def _auto_shares(layouts: dict) -> dict:
     """Method auto: the share of the tokens each chosen layout produced, and as text."""
     total = max(sum(layouts.values()), 1)
     shares = {m: round(t / total, 4) for m, t in sorted(layouts.items(), key=lambda kv: -kv[1])}
-    return {"auto_token_share": shares,
-            "layout": ", ".join(f"{m} {s:.0%}" for m, s in shares.items())}
+    return {
+        "auto_token_share": shares,
+        "layout": ", ".join(f"{m} {s:.0%}" for m, s in shares.items()),
+    }
 
 
-def _call_stats(variant: Variant, runs: list[Run], new_tokens: list[int], med: float,
-                B: int) -> dict:
+def _call_stats(
+    variant: Variant, runs: list[Run], new_tokens: list[int], med: float, B: int
+) -> dict:
     """Our methods: forward calls, tokens and milliseconds per call, acceptance per position."""
     calls = sum(r.calls for r in runs)
     # one loop call serves all B rows: wall time per call ~ median * B / calls (exact at B=1)
-    out = {"forward_calls": calls // len(runs),
-           "tokens_per_call": sum(new_tokens) / max(calls, 1),
-           "ms_per_forward_call": 1e3 * med * B * len(runs) / max(calls, 1)}
+    out = {
+        "forward_calls": calls // len(runs),
+        "tokens_per_call": sum(new_tokens) / max(calls, 1),
+        "ms_per_forward_call": 1e3 * med * B * len(runs) / max(calls, 1),
+    }
     if variant.L:
         vc = max(sum(r.verify_calls for r in runs), 1)
         acc = sum(r.accepted for r in runs)
@@ -106,18 +130,25 @@ def _parse_shares(tok, prompts, completions, eos_ids, chat: bool) -> dict:
     """The shares of prompt + completion (``chat``: of the answer's code) that parse up to the
     last line and up to the last top-level line, and the first as a sample."""
     if chat:
-        texts = [("", strip_chat_answer(tok.decode(_cut_eos(c, eos_ids),
-                                                   skip_special_tokens=True)))
-                 for c in completions]
+        texts = [
+            ("", strip_chat_answer(tok.decode(_cut_eos(c, eos_ids), skip_special_tokens=True)))
+            for c in completions
+        ]
     else:
-        texts = [(tok.decode(p, skip_special_tokens=True),
-                  tok.decode(p + _cut_eos(c, eos_ids), skip_special_tokens=True))
-                 for p, c in zip(prompts, completions)]
+        texts = [
+            (
+                tok.decode(p, skip_special_tokens=True),
+                tok.decode(p + _cut_eos(c, eos_ids), skip_special_tokens=True),
+            )
+            for p, c in zip(prompts, completions)
+        ]
     ok = [parses(t) for _, t in texts]
     top = [parses_toplevel(t, len(pt)) for pt, t in texts]
-    return {"ast_parse_share": sum(ok) / max(len(ok), 1),
-            "ast_parse_share_toplevel": sum(top) / max(len(top), 1),
-            "sample": texts[0][1] if texts else ""}
+    return {
+        "ast_parse_share": sum(ok) / max(len(ok), 1),
+        "ast_parse_share_toplevel": sum(top) / max(len(top), 1),
+        "sample": texts[0][1] if texts else "",
+    }
 
 
 def greedy_summary(rows: list[dict]) -> dict:
@@ -127,7 +158,13 @@ def greedy_summary(rows: list[dict]) -> dict:
         if "greedy_identical_to_ar" in row and not is_hf(row["method"]):
             key = row["key"]
             greedy[key] = greedy.get(key, True) and row["greedy_identical_to_ar"]
-    hf_greedy = {f"{r['key']}@B{r['batch_size']}": r["greedy_identical_to_ar"] for r in rows
-                 if is_hf(r["method"]) and "greedy_identical_to_ar" in r}
-    return {"greedy_identical_to_ar": greedy, "hf_greedy_identical_to_ours": hf_greedy,
-            "cells": [{k: v for k, v in r.items() if k != "_tokens"} for r in rows]}
+    hf_greedy = {
+        f"{r['key']}@B{r['batch_size']}": r["greedy_identical_to_ar"]
+        for r in rows
+        if is_hf(r["method"]) and "greedy_identical_to_ar" in r
+    }
+    return {
+        "greedy_identical_to_ar": greedy,
+        "hf_greedy_identical_to_ours": hf_greedy,
+        "cells": [{k: v for k, v in r.items() if k != "_tokens"} for r in rows],
+    }

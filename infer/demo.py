@@ -26,6 +26,7 @@ Each step is skipped when its output is complete, so a second run goes straight 
 benchmark; XLA compilations are cached under ``ARTIFACTS/jax_cache``. The programs run in this
 process, through their ``main()`` functions, with the same flags one would type (printed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,7 @@ import time
 
 import jax
 
-from infer import bench
-from infer import default_model
+from infer import bench, default_model
 from infer.default_model import NAME
 from pass_jax.lookahead import TENSOR_FILE
 from train import base as train_base
@@ -51,41 +51,102 @@ PRETRAINED_LA = os.path.join(REPO, "pretrained", "smollm2-135m-instruct", "L4")
 
 # The tiny quick variant: configs/demo.yaml shrunk to a seconds-long model (train.base overrides).
 QUICK_BASE = [
-    "tokenizer.vocab_size=512", "tokenizer.max_docs=60",
-    "model.d_model=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2",
-    "model.ffn_dim=176", "model.max_position=512",
-    "train.seq_len=128", "train.batch_size=8", "train.steps=60", "train.warmup=6",
-    "train.eval_every=30", "train.eval_batches=2", "train.unigram_batches=8",
-    "train.save_every=60", "train.log_every=10",
+    "tokenizer.vocab_size=512",
+    "tokenizer.max_docs=60",
+    "model.d_model=64",
+    "model.n_layers=2",
+    "model.n_heads=4",
+    "model.n_kv_heads=2",
+    "model.ffn_dim=176",
+    "model.max_position=512",
+    "train.seq_len=128",
+    "train.batch_size=8",
+    "train.steps=60",
+    "train.warmup=6",
+    "train.eval_every=30",
+    "train.eval_batches=2",
+    "train.unigram_batches=8",
+    "train.save_every=60",
+    "train.log_every=10",
 ]
-QUICK_LA = ["--steps", "40", "--seq-len", "64", "--batch-size", "8", "--eval-every", "20",
-            "--save-every", "40"]
+QUICK_LA = [
+    "--steps",
+    "40",
+    "--seq-len",
+    "64",
+    "--batch-size",
+    "8",
+    "--eval-every",
+    "20",
+    "--save-every",
+    "40",
+]
 # Benchmark sizes. smollm2: CPU-sized (a 135M model decodes ~16 tokens/s on 2 cores);
 # tiny: a CPU-sized version of the paper's protocol; quick: smoke test. transformers'
 # generate runs at two temperatures only, timed once.
-SMOLLM2_BENCH = dict(num_prompts=3, max_new_tokens=64, temperatures="0,0.8", batch_size="1",
-                     repeats=1, hf_temperatures="0", hf_repeats=1)
-FULL_BENCH = dict(num_prompts=12, max_new_tokens=128, temperatures="0.8,0.5,0.2,0",
-                  batch_size="1,4", repeats=3, hf_temperatures="0.8,0", hf_repeats=1)
-QUICK_BENCH = dict(num_prompts=4, max_new_tokens=24, temperatures="0.8,0",
-                   batch_size="1,2", repeats=2, hf_temperatures="0", hf_repeats=2)
+SMOLLM2_BENCH = dict(
+    num_prompts=3,
+    max_new_tokens=64,
+    temperatures="0,0.8",
+    batch_size="1",
+    repeats=1,
+    hf_temperatures="0",
+    hf_repeats=1,
+)
+FULL_BENCH = dict(
+    num_prompts=12,
+    max_new_tokens=128,
+    temperatures="0.8,0.5,0.2,0",
+    batch_size="1,4",
+    repeats=3,
+    hf_temperatures="0.8,0",
+    hf_repeats=1,
+)
+QUICK_BENCH = dict(
+    num_prompts=4,
+    max_new_tokens=24,
+    temperatures="0.8,0",
+    batch_size="1,2",
+    repeats=2,
+    hf_temperatures="0",
+    hf_repeats=2,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m infer.demo", description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true",
-                    help="the tiny stdlib-trained model, few steps, few prompts (smoke test)")
-    ap.add_argument("--tiny", action="store_true",
-                    help="the tiny stdlib-trained model (the pre-SmolLM2 default)")
-    ap.add_argument("--ablation", action="store_true",
-                    help="tiny model: also train and benchmark L = 2, 6, 8 (the paper's ablation)")
+    ap = argparse.ArgumentParser(
+        prog="python -m infer.demo",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="the tiny stdlib-trained model, few steps, few prompts (smoke test)",
+    )
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="the tiny stdlib-trained model (the pre-SmolLM2 default)",
+    )
+    ap.add_argument(
+        "--ablation",
+        action="store_true",
+        help="tiny model: also train and benchmark L = 2, 6, 8 (the paper's ablation)",
+    )
     ap.add_argument("--artifacts", default="artifacts", help="where every artifact is cached")
     ap.add_argument("--out-dir", help="benchmark outputs (default ARTIFACTS/<demo>/results)")
-    ap.add_argument("--config", help="train.base / train.lookahead config (default: "
-                    "configs/smollm2.yaml, or configs/demo.yaml for the tiny model)")
-    ap.add_argument("--la-steps", type=int, default=40,
-                    help="SmolLM2: steps of the demo's own look-ahead training (0: skip it)")
+    ap.add_argument(
+        "--config",
+        help="train.base / train.lookahead config (default: "
+        "configs/smollm2.yaml, or configs/demo.yaml for the tiny model)",
+    )
+    ap.add_argument(
+        "--la-steps",
+        type=int,
+        default=40,
+        help="SmolLM2: steps of the demo's own look-ahead training (0: skip it)",
+    )
     ap.add_argument("--num-prompts", type=int)
     ap.add_argument("--max-new-tokens", type=int)
     ap.add_argument("--temperatures")
@@ -93,8 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=int)
     ap.add_argument("--hf-temperatures")
     ap.add_argument("--hf-repeats", type=int)
-    ap.add_argument("--hf-baselines", action=argparse.BooleanOptionalAction, default=True,
-                    help="also time transformers generate / prompt lookup (needs torch)")
+    ap.add_argument(
+        "--hf-baselines",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time transformers generate / prompt lookup (needs torch)",
+    )
     ap.add_argument("bench_args", nargs="*", help="extra infer.bench flags (after --)")
     return ap
 
@@ -121,20 +186,38 @@ def summary(result: dict, temperature: float | None = None) -> str:
     s, rows = result["settings"], result["cells"]
     L0, Ts = s["main_L"], s["temperatures"]
     T = temperature if temperature in Ts else (0.2 if 0.2 in Ts else Ts[0])
-    pick = lambda m: next((r for r in rows if r["batch_size"] == 1 and r["temperature"] == T
-                           and r["method"] == m and r["L"] == L0 and "error" not in r), None)
+    pick = lambda m: next(
+        (
+            r
+            for r in rows
+            if r["batch_size"] == 1
+            and r["temperature"] == T
+            and r["method"] == m
+            and r["L"] == L0
+            and "error" not in r
+        ),
+        None,
+    )
     parts = []
     for m, label in (("pass-fused", "PaSS fused"), ("pass", "PaSS"), ("unk", "[UNK]")):
         r = pick(m)
         if r:
-            parts.append(f"{label} {r['speedup_vs_ar']:.2f}x ({r['tokens_per_call']:.2f} "
-                         f"tokens/call, acceptance {r.get('acceptance_per_position')})")
+            parts.append(
+                f"{label} {r['speedup_vs_ar']:.2f}x ({r['tokens_per_call']:.2f} "
+                f"tokens/call, acceptance {r.get('acceptance_per_position')})"
+            )
     greedy = result.get("greedy_identical_to_ar", {})
     ok = all(greedy.values()) if greedy else None
     name = "greedy" if T == 0 else f"T={T:g}"
-    return (f"Batch 1, L={L0}, {name}: " + "; ".join(parts)
-            + (f". Greedy outputs identical to autoregressive: {'all' if ok else 'NOT all'}."
-               if ok is not None else "."))
+    return (
+        f"Batch 1, L={L0}, {name}: "
+        + "; ".join(parts)
+        + (
+            f". Greedy outputs identical to autoregressive: {'all' if ok else 'NOT all'}."
+            if ok is not None
+            else "."
+        )
+    )
 
 
 def _bench_sizes(args, defaults: dict) -> dict:
@@ -145,20 +228,50 @@ def _bench_sizes(args, defaults: dict) -> dict:
     return sizes
 
 
-def _bench_argv(args, sizes: dict, model: str, la: str, methods: str, out_dir: str,
-                title: str, extra: list[str]) -> list[str]:
-    return [
-        "--model", model, "--lookahead", la, "--data", "stdlib",
-        "--data-dir", os.path.join(args.artifacts, "tfds"), "--out-dir", out_dir,
-        "--num-prompts", str(sizes["num_prompts"]), "--prompt-tokens", "32",
-        "--max-new-tokens", str(sizes["max_new_tokens"]),
-        "--temperatures", sizes["temperatures"], "--top-k", "10",
-        "--methods", methods, "--batch-size", sizes["batch_size"],
-        "--repeats", str(sizes["repeats"]), "--main-lookahead", "4",
-        "--hf-baselines" if args.hf_baselines else "--no-hf-baselines",
-        "--hf-temperatures", sizes["hf_temperatures"], "--hf-repeats", str(sizes["hf_repeats"]),
-        "--title", title,
-    ] + extra + list(args.bench_args)
+def _bench_argv(
+    args, sizes: dict, model: str, la: str, methods: str, out_dir: str, title: str, extra: list[str]
+) -> list[str]:
+    return (
+        [
+            "--model",
+            model,
+            "--lookahead",
+            la,
+            "--data",
+            "stdlib",
+            "--data-dir",
+            os.path.join(args.artifacts, "tfds"),
+            "--out-dir",
+            out_dir,
+            "--num-prompts",
+            str(sizes["num_prompts"]),
+            "--prompt-tokens",
+            "32",
+            "--max-new-tokens",
+            str(sizes["max_new_tokens"]),
+            "--temperatures",
+            sizes["temperatures"],
+            "--top-k",
+            "10",
+            "--methods",
+            methods,
+            "--batch-size",
+            sizes["batch_size"],
+            "--repeats",
+            str(sizes["repeats"]),
+            "--main-lookahead",
+            "4",
+            "--hf-baselines" if args.hf_baselines else "--no-hf-baselines",
+            "--hf-temperatures",
+            sizes["hf_temperatures"],
+            "--hf-repeats",
+            str(sizes["hf_repeats"]),
+            "--title",
+            title,
+        ]
+        + extra
+        + list(args.bench_args)
+    )
 
 
 def run_smollm2(args) -> dict:
@@ -177,31 +290,68 @@ def run_smollm2(args) -> dict:
             print(f"== look-ahead, the demo's own training: cached ({own})", file=sys.stderr)
         else:
             steps = str(args.la_steps)
-            _step(f"look-ahead embeddings L=4, the demo's own {steps}-step training",
-                  "train.lookahead",
-                  ["--config", args.config or SMOLLM2_CONFIG, "--model", model,
-                   "--data", "stdlib", "--data-dir", os.path.join(args.artifacts, "tfds"),
-                   "-L", "4", "--out", own, "--steps", steps, "--eval-every", steps,
-                   "--save-every", steps])
+            _step(
+                f"look-ahead embeddings L=4, the demo's own {steps}-step training",
+                "train.lookahead",
+                [
+                    "--config",
+                    args.config or SMOLLM2_CONFIG,
+                    "--model",
+                    model,
+                    "--data",
+                    "stdlib",
+                    "--data-dir",
+                    os.path.join(args.artifacts, "tfds"),
+                    "-L",
+                    "4",
+                    "--out",
+                    own,
+                    "--steps",
+                    steps,
+                    "--eval-every",
+                    steps,
+                    "--save-every",
+                    steps,
+                ],
+            )
     sizes = _bench_sizes(args, SMOLLM2_BENCH)
     results = {}
     for prompts in ("code", "chat"):
-        title = (f"infer.demo: {NAME}, {prompts} prompts, committed look-ahead embeddings "
-                 f"({os.path.relpath(PRETRAINED_LA, REPO)})")
+        title = (
+            f"infer.demo: {NAME}, {prompts} prompts, committed look-ahead embeddings "
+            f"({os.path.relpath(PRETRAINED_LA, REPO)})"
+        )
         results[prompts] = _step(
-            f"benchmark, {prompts} prompts", "infer.bench",
-            _bench_argv(args, sizes, model, PRETRAINED_LA,
-                        "ar,unk,pass,pass-fused" if prompts == "code" else "ar,pass,pass-fused",
-                        os.path.join(out_dir, prompts), title, ["--prompts", prompts]))
+            f"benchmark, {prompts} prompts",
+            "infer.bench",
+            _bench_argv(
+                args,
+                sizes,
+                model,
+                PRETRAINED_LA,
+                "ar,unk,pass,pass-fused" if prompts == "code" else "ar,pass,pass-fused",
+                os.path.join(out_dir, prompts),
+                title,
+                ["--prompts", prompts],
+            ),
+        )
     if args.la_steps > 0:
         own_sizes = dict(sizes, temperatures="0", hf_temperatures="0")
         results["demo_trained"] = _step(
-            "benchmark, the demo's own embeddings", "infer.bench",
-            _bench_argv(args, own_sizes, model, own, "ar,pass-fused",
-                        os.path.join(out_dir, "demo-trained"),
-                        f"infer.demo: {NAME}, code prompts, look-ahead embeddings from the "
-                        f"demo's own {args.la_steps}-step training", ["--prompts", "code",
-                                                                      "--no-hf-baselines"]))
+            "benchmark, the demo's own embeddings",
+            "infer.bench",
+            _bench_argv(
+                args,
+                own_sizes,
+                model,
+                own,
+                "ar,pass-fused",
+                os.path.join(out_dir, "demo-trained"),
+                f"infer.demo: {NAME}, code prompts, look-ahead embeddings from the "
+                f"demo's own {args.la_steps}-step training",
+                ["--prompts", "code", "--no-hf-baselines"],
+            ),
+        )
     print()
     for key, result in results.items():
         for T in result["settings"]["temperatures"]:
@@ -220,8 +370,9 @@ def run_tiny(args) -> dict:
     config = args.config or DEMO_CONFIG
     Ls = [2, 4, 6, 8] if args.ablation else [4]
 
-    base_argv = ["--config", config, "--out", base_dir, f"data_dir={data_dir}",
-                 "data=stdlib"] + (QUICK_BASE if args.quick else [])
+    base_argv = ["--config", config, "--out", base_dir, f"data_dir={data_dir}", "data=stdlib"] + (
+        QUICK_BASE if args.quick else []
+    )
     if train_base.is_complete(base_dir):
         print(f"== base model: cached ({base_dir})", file=sys.stderr)
     else:
@@ -234,18 +385,39 @@ def run_tiny(args) -> dict:
         if lookahead_done(la_dir):
             print(f"== look-ahead L={L}: cached ({la_dir})", file=sys.stderr)
             continue
-        _step(f"look-ahead embeddings L={L}", "train.lookahead",
-              ["--config", config, "--model", base_dir, "--data", "stdlib",
-               "--data-dir", data_dir, "--num-lookahead", str(L), "--out", la_dir]
-              + (QUICK_LA if args.quick else []))
+        _step(
+            f"look-ahead embeddings L={L}",
+            "train.lookahead",
+            [
+                "--config",
+                config,
+                "--model",
+                base_dir,
+                "--data",
+                "stdlib",
+                "--data-dir",
+                data_dir,
+                "--num-lookahead",
+                str(L),
+                "--out",
+                la_dir,
+            ]
+            + (QUICK_LA if args.quick else []),
+        )
 
     sizes = _bench_sizes(args, QUICK_BENCH if args.quick else FULL_BENCH)
-    title = (f"infer.demo{' --quick' if args.quick else ' --tiny'}"
-             f"{' --ablation' if args.ablation else ''}: the tiny stdlib model "
-             "(stdlib code), model trained by train.base, LA by train.lookahead")
-    result = _step("benchmark", "infer.bench",
-                   _bench_argv(args, sizes, base_dir, ",".join(la_dirs),
-                               "ar,unk,pass,pass-fused", out_dir, title, []))
+    title = (
+        f"infer.demo{' --quick' if args.quick else ' --tiny'}"
+        f"{' --ablation' if args.ablation else ''}: the tiny stdlib model "
+        "(stdlib code), model trained by train.base, LA by train.lookahead"
+    )
+    result = _step(
+        "benchmark",
+        "infer.bench",
+        _bench_argv(
+            args, sizes, base_dir, ",".join(la_dirs), "ar,unk,pass,pass-fused", out_dir, title, []
+        ),
+    )
     print("\n" + summary(result))
     return result
 
@@ -254,14 +426,16 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     # compiled programs are cached, so a second run skips most compilation
-    jax.config.update("jax_compilation_cache_dir",
-                      os.path.abspath(os.path.join(args.artifacts, "jax_cache")))
+    jax.config.update(
+        "jax_compilation_cache_dir", os.path.abspath(os.path.join(args.artifacts, "jax_cache"))
+    )
     tiny = args.quick or args.tiny
     if args.ablation and not tiny:
         raise SystemExit("--ablation is for the tiny model: add --tiny (or --quick)")
     result = run_tiny(args) if tiny else run_smollm2(args)
     where = args.out_dir or os.path.join(
-        args.artifacts, "demo-quick" if args.quick else "demo" if tiny else "smollm2", "results")
+        args.artifacts, "demo-quick" if args.quick else "demo" if tiny else "smollm2", "results"
+    )
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; results in {where}")
     return result
 

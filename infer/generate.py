@@ -23,6 +23,7 @@ tokens per call, acceptance per LA position, wall time).
 The settings (``infer.config.GenerateConfig``) may also come from a YAML ``--config`` whose keys
 are named like the flags (``max_new_tokens: 32``); the flags given on the command line win.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,20 +56,28 @@ def method_arg(text: str) -> str:
 def add_decode_args(ap: argparse.ArgumentParser) -> None:
     """``--layers`` and ``--precision``: how our decode step runs (generate and bench; both
     default to auto, in the programs' configs)."""
-    ap.add_argument("--layers", choices=LAYER_FORMS,
-                    help="decode with per-layer params (a layer loop) or scanned ones: auto = "
-                         "per-layer on a CPU, scanned on GPU/TPU")
-    ap.add_argument("--precision", choices=PRECISIONS,
-                    help="matmul precision of the decode step: auto = highest for greedy float32 "
-                         "(greedy output exactly autoregressive's on GPUs too, whose float32 "
-                         "default is TF32), else JAX's default")
+    ap.add_argument(
+        "--layers",
+        choices=LAYER_FORMS,
+        help="decode with per-layer params (a layer loop) or scanned ones: auto = "
+        "per-layer on a CPU, scanned on GPU/TPU",
+    )
+    ap.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="matmul precision of the decode step: auto = highest for greedy float32 "
+        "(greedy output exactly autoregressive's on GPUs too, whose float32 "
+        "default is TF32), else JAX's default",
+    )
 
 
 def add_config_arg(ap: argparse.ArgumentParser, example: str) -> None:
     """``--config FILE.yaml``: the program's settings named like its flags (which win)."""
-    ap.add_argument("--config", metavar="FILE.yaml",
-                    help=f"YAML of settings named like the flags ({example}); flags given here "
-                         "override it")
+    ap.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        help=f"YAML of settings named like the flags ({example}); flags given here override it",
+    )
 
 
 def config_given(argv, prog: str) -> bool:
@@ -82,24 +91,41 @@ def config_given(argv, prog: str) -> bool:
 def build_parser(required: bool = True) -> argparse.ArgumentParser:
     """The flags; no defaults here (they are ``GenerateConfig``'s): a flag not given is None.
     ``required=False``: --model and --prompt may come from the ``--config`` file instead."""
-    ap = argparse.ArgumentParser(prog="python -m infer.generate",
-                                 description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=required,
-                    help="Hugging Face model directory or GGUF file (converted once, cached)")
+    ap = argparse.ArgumentParser(
+        prog="python -m infer.generate", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument(
+        "--model",
+        required=required,
+        help="Hugging Face model directory or GGUF file (converted once, cached)",
+    )
     ap.add_argument("--lookahead", help="trained look-ahead embeddings (train.lookahead --out)")
-    ap.add_argument("--method", type=method_arg,
-                    help=f"{', '.join(METHODS)} or a draft tree such as tree-3x2x1x1 (default: "
-                         "pass-fused with --lookahead, else ar)")
-    ap.add_argument("--auto-methods", type=comma_list,
-                    help="comma separated candidates of --method auto (default: ar, pass, fused "
-                         "chains of every depth <= L and a few trees)")
-    ap.add_argument("--num-lookahead", type=int,
-                    help="L for --method unk, or untrained (unk-initialised) pass runs")
+    ap.add_argument(
+        "--method",
+        type=method_arg,
+        help=f"{', '.join(METHODS)} or a draft tree such as tree-3x2x1x1 (default: "
+        "pass-fused with --lookahead, else ar)",
+    )
+    ap.add_argument(
+        "--auto-methods",
+        type=comma_list,
+        help="comma separated candidates of --method auto (default: ar, pass, fused "
+        "chains of every depth <= L and a few trees)",
+    )
+    ap.add_argument(
+        "--num-lookahead",
+        type=int,
+        help="L for --method unk, or untrained (unk-initialised) pass runs",
+    )
     ap.add_argument("--prompt", required=required, help="prompt text")
-    ap.add_argument("--no-special-tokens", dest="add_special_tokens", action="store_false",
-                    default=None,
-                    help="tokenize the prompt without the special tokens the tokenizer adds by "
-                         "default (e.g. LLaMA's BOS)")
+    ap.add_argument(
+        "--no-special-tokens",
+        dest="add_special_tokens",
+        action="store_false",
+        default=None,
+        help="tokenize the prompt without the special tokens the tokenizer adds by "
+        "default (e.g. LLaMA's BOS)",
+    )
     ap.add_argument("--max-new-tokens", type=int)
     ap.add_argument("--temperature", type=float, help="0 = greedy")
     ap.add_argument("--top-k", type=int, help="0 = off")
@@ -108,8 +134,9 @@ def build_parser(required: bool = True) -> argparse.ArgumentParser:
     ap.add_argument("--max-len", type=int, help="KV-cache slots (default: just enough)")
     ap.add_argument("--dtype", choices=DTYPES, help="compute dtype")
     add_decode_args(ap)
-    ap.add_argument("--json", action="store_true", default=None,
-                    help="print one JSON object at the end")
+    ap.add_argument(
+        "--json", action="store_true", default=None, help="print one JSON object at the end"
+    )
     add_config_arg(ap, "model: DIR, max_new_tokens: 32, ...")
     add_mesh_arg(ap)
     return ap
@@ -117,8 +144,9 @@ def build_parser(required: bool = True) -> argparse.ArgumentParser:
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The parsed flags (--model and --prompt required unless a --config file is given)."""
-    return build_parser(required=not config_given(argv, "python -m infer.generate")
-                        ).parse_args(argv)
+    return build_parser(required=not config_given(argv, "python -m infer.generate")).parse_args(
+        argv
+    )
 
 
 def lookahead_for(config: GenerateConfig, cfg, params):
@@ -134,10 +162,14 @@ def lookahead_for(config: GenerateConfig, cfg, params):
     if config.lookahead:
         return load_lookahead(config.lookahead, cfg, params, num_lookahead=config.num_lookahead)
     if not config.num_lookahead:
-        raise ValueError(f"--method {config.method} needs --lookahead DIR (or --num-lookahead L "
-                         "for untrained, unk-initialised embeddings)")
-    print("warning: no --lookahead given; using untrained (unk-initialised) embeddings",
-          file=sys.stderr)
+        raise ValueError(
+            f"--method {config.method} needs --lookahead DIR (or --num-lookahead L "
+            "for untrained, unk-initialised embeddings)"
+        )
+    print(
+        "warning: no --lookahead given; using untrained (unk-initialised) embeddings",
+        file=sys.stderr,
+    )
     return init_lookahead(cfg, params, config.num_lookahead)
 
 
@@ -149,7 +181,7 @@ def continuation_text(tok, prompt_ids, new_ids, prompt_text: str | None = None) 
     if prompt_text is None:
         prompt_text = tok.decode(list(prompt_ids), skip_special_tokens=True)
     text = tok.decode(list(prompt_ids) + list(new_ids), skip_special_tokens=True)
-    return text[len(os.path.commonprefix([text, prompt_text])):]
+    return text[len(os.path.commonprefix([text, prompt_text])) :]
 
 
 class TextStream:
@@ -182,11 +214,11 @@ class TextStream:
         self._show(self.text(new_ids))
 
     def __call__(self, out_BxN, n_B) -> None:
-        self.put(out_BxN[0, :n_B[0]].tolist())
+        self.put(out_BxN[0, : n_B[0]].tolist())
 
     def _show(self, text: str) -> None:
         if len(text) > len(self.shown):
-            self.out.write(text[len(self.shown):])
+            self.out.write(text[len(self.shown) :])
             self.out.flush()
             self.shown = text
 
@@ -205,8 +237,9 @@ def run(config: GenerateConfig, device_args: argparse.Namespace) -> dict:
     the text unless ``config.json``; returns the result (prompt ids, tokens, text, stats)."""
     sampler = SamplerConfig(config.temperature, config.top_k, config.top_p)
     config = dataclasses.replace(config, model=resolve_model(config.model))  # .gguf: converted
-    mesh, cfg, params = load_model_for_args(device_args, config.model, config.dtype,
-                                             stacked=decode_stacked(config.layers))
+    mesh, cfg, params = load_model_for_args(
+        device_args, config.model, config.dtype, stacked=decode_stacked(config.layers)
+    )
     tok = load_tokenizer(config.model)
     if tok is None:
         raise ValueError(f"{config.model} has no tokenizer files; --prompt needs a tokenizer")
@@ -217,16 +250,32 @@ def run(config: GenerateConfig, device_args: argparse.Namespace) -> dict:
     stream = None if config.json else TextStream(tok, ids)
     if stream is not None:
         sys.stdout.write(config.prompt)
-    res = generate(cfg, params, [ids], max_new_tokens=config.max_new_tokens,
-                   method="pass" if config.method == "unk" else config.method, la_LxD=la,
-                   sampler=sampler, seed=config.seed, max_len=config.max_len, stream=stream,
-                   mesh=mesh, auto_methods=config.auto_methods and list(config.auto_methods),
-                   auto_prior=auto_prior(config, sampler), precision=config.precision)
+    res = generate(
+        cfg,
+        params,
+        [ids],
+        max_new_tokens=config.max_new_tokens,
+        method="pass" if config.method == "unk" else config.method,
+        la_LxD=la,
+        sampler=sampler,
+        seed=config.seed,
+        max_len=config.max_len,
+        stream=stream,
+        mesh=mesh,
+        auto_methods=config.auto_methods and list(config.auto_methods),
+        auto_prior=auto_prior(config, sampler),
+        precision=config.precision,
+    )
     if stream is not None:
         stream.end(res.tokens[0])
-    return {"method": config.method, "prompt": config.prompt, "prompt_ids": ids,
-            "token_ids": res.tokens[0],
-            "text": continuation_text(tok, ids, res.tokens[0]), "stats": res.stats()}
+    return {
+        "method": config.method,
+        "prompt": config.prompt,
+        "prompt_ids": ids,
+        "token_ids": res.tokens[0],
+        "text": continuation_text(tok, ids, res.tokens[0]),
+        "stats": res.stats(),
+    }
 
 
 def main(argv=None) -> dict:
@@ -240,8 +289,11 @@ def main(argv=None) -> dict:
         print(json.dumps(result))
     else:
         stats = result["stats"]
-        print(f"\n[{stats['new_tokens']} tokens, {stats['forward_calls']} forward "
-              f"calls, {stats['wall_time_s']:.2f} s incl. compilation]", file=sys.stderr)
+        print(
+            f"\n[{stats['new_tokens']} tokens, {stats['forward_calls']} forward "
+            f"calls, {stats['wall_time_s']:.2f} s incl. compilation]",
+            file=sys.stderr,
+        )
     return result
 
 

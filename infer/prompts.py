@@ -7,6 +7,7 @@
 
 (The ``code`` set, the paper's protocol, is ``infer.bench.make_prompts``.)
 """
+
 from __future__ import annotations
 
 import ast
@@ -38,8 +39,9 @@ def function_tasks(source: str) -> list[tuple[str, str]]:
         summary = " ".join(doc.strip().split("\n\n")[0].split())
         if not _MIN_DOC_CHARS <= len(summary) <= _MAX_DOC_CHARS:
             continue
-        args = [a.arg for a in node.args.posonlyargs + node.args.args if a.arg not in ("self",
-                                                                                      "cls")]
+        args = [
+            a.arg for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")
+        ]
         if node.args.vararg:
             args.append("*" + node.args.vararg.arg)
         args += [a.arg for a in node.args.kwonlyargs]
@@ -54,8 +56,9 @@ def chat_instruction(signature: str, summary: str) -> str:
     return f"Write a Python function `{signature}`: {summary}"
 
 
-def make_chat_prompts(tok, texts, num_prompts: int, seed: int,
-                      max_tokens: int = 256) -> tuple[list[list[int]], dict]:
+def make_chat_prompts(
+    tok, texts, num_prompts: int, seed: int, max_tokens: int = 256
+) -> tuple[list[list[int]], dict]:
     """``num_prompts`` chat prompts (token ids) from functions of the documents ``texts``
     (a random-access sequence of Python sources), one function per document in a
     ``seed``-determined random order (round robin over documents when more are needed).
@@ -65,8 +68,10 @@ def make_chat_prompts(tok, texts, num_prompts: int, seed: int,
     ValueError when the tokenizer has no chat template or no function qualifies.
     """
     if not getattr(tok, "chat_template", None):
-        raise ValueError("--prompts chat needs a tokenizer with a chat template (an instruct "
-                         "model); this one has none")
+        raise ValueError(
+            "--prompts chat needs a tokenizer with a chat template (an instruct "
+            "model); this one has none"
+        )
     rng = np.random.default_rng(seed)
     per_doc = []
     for i in rng.permutation(len(texts)):
@@ -82,8 +87,9 @@ def make_chat_prompts(tok, texts, num_prompts: int, seed: int,
                 continue
             sig, summary = tasks.pop(0)
             text = chat_instruction(sig, summary)
-            rendered = tok.apply_chat_template([{"role": "user", "content": text}],
-                                               tokenize=False, add_generation_prompt=True)
+            rendered = tok.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
             ids = tok.encode(rendered, add_special_tokens=False)
             if len(ids) > max_tokens or text in seen:
                 continue
@@ -92,9 +98,12 @@ def make_chat_prompts(tok, texts, num_prompts: int, seed: int,
             instructions.append(text)
     if not prompts:
         raise ValueError("no held-out function with a docstring to build a chat prompt from")
-    return prompts, {"documents": len(per_doc), "heldout_documents_in_split": len(texts),
-                     "chat_instructions": instructions,
-                     "prompt_tokens_range": [min(map(len, prompts)), max(map(len, prompts))]}
+    return prompts, {
+        "documents": len(per_doc),
+        "heldout_documents_in_split": len(texts),
+        "chat_instructions": instructions,
+        "prompt_tokens_range": [min(map(len, prompts)), max(map(len, prompts))],
+    }
 
 
 def strip_chat_answer(text: str) -> str:

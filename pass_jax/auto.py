@@ -25,11 +25,12 @@ first segment is already the best expected layout, and the best speculative cand
 once every 32 autoregressive segments; when that is autoregressive and no exploration would
 come before the end, the plain autoregressive loop runs (no segments, no host round trips).
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,11 +38,23 @@ import numpy as np
 
 from .cache import init_cache
 from .config import ModelConfig, SamplerConfig
-from .decode import (DecodeSpec, GenerationResult, batch_bucket, bucket, check_lengths,
-                     decode_precision, eos_array, generate_fixed, prefill_jit,
-                     run_steps,
-                     prepare_batch, required_cache_len, resume_jit, round_cache_len,
-                     switch_schedule)
+from .decode import (
+    DecodeSpec,
+    GenerationResult,
+    batch_bucket,
+    bucket,
+    check_lengths,
+    decode_precision,
+    eos_array,
+    generate_fixed,
+    prefill_jit,
+    prepare_batch,
+    required_cache_len,
+    resume_jit,
+    round_cache_len,
+    run_steps,
+    switch_schedule,
+)
 from .layout import Schedule, make_schedule, parse_tree, tree_name
 from .model import is_stacked
 
@@ -85,11 +98,12 @@ class AcceptanceStats:
     tried_LxW: np.ndarray
 
     @classmethod
-    def empty(cls, L: int, W: int) -> "AcceptanceStats":
+    def empty(cls, L: int, W: int) -> AcceptanceStats:
         return cls(np.zeros((L, W)), np.zeros((L, W)))
 
-    def update(self, accepted_LxW: np.ndarray, verifications: int, w: tuple[int, ...],
-               decay: float):
+    def update(
+        self, accepted_LxW: np.ndarray, verifications: int, w: tuple[int, ...], decay: float
+    ):
         """Add one segment of ``verifications`` calls of a layout of widths ``w``:
         ``accepted_LxW`` counts the accepted draws per depth and rank."""
         self.accepted_LxW *= decay
@@ -124,8 +138,16 @@ def timing_slots(prompt_len: int, schedule: Schedule, steps: int = 8) -> int:
     return required_cache_len(bucket(prompt_len), 8 + steps * schedule.step_tokens, schedule)
 
 
-def iteration_seconds(cfg: ModelConfig, params, method: str, la_LxD, prompts: list[list[int]],
-                      repeats: int, max_len: int | None = None, steps: int = 8) -> float:
+def iteration_seconds(
+    cfg: ModelConfig,
+    params,
+    method: str,
+    la_LxD,
+    prompts: list[list[int]],
+    repeats: int,
+    max_len: int | None = None,
+    steps: int = 8,
+) -> float:
     """Seconds per loop iteration of ``method`` for the batch ``prompts`` (padded to its batch
     bucket; every row active): ``steps`` iterations in one jitted ``fori_loop``
     (``decode.run_steps``), on the state a short greedy generation (8 tokens) left, its rows
@@ -136,14 +158,28 @@ def iteration_seconds(cfg: ModelConfig, params, method: str, la_LxD, prompts: li
     N = steps * schedule.step_tokens  # at most the tokens the timed steps emit
     need = timing_slots(max(map(len, prompts)), schedule, steps)
     if max_len is not None and max_len < need:
-        raise ValueError(f"max_len {max_len} is too small to time {steps} {method} steps "
-                         f"after the prompt ({need} slots needed)")
-    _, state = generate_fixed(cfg, params, prompts, max_new_tokens=8, eos_ids=(), method=method,
-                        la_LxD=la, max_len=max_len or round_cache_len(need), return_state=True)
+        raise ValueError(
+            f"max_len {max_len} is too small to time {steps} {method} steps "
+            f"after the prompt ({need} slots needed)"
+        )
+    _, state = generate_fixed(
+        cfg,
+        params,
+        prompts,
+        max_new_tokens=8,
+        eos_ids=(),
+        method=method,
+        la_LxD=la,
+        max_len=max_len or round_cache_len(need),
+        return_state=True,
+    )
     spec = DecodeSpec(cfg, schedule, SamplerConfig(), N, decode_precision(cfg, SamplerConfig()))
     B = state.y_B.shape[0]
-    live = state.replace(out_BxN=jnp.zeros((B, N), jnp.int32), n_B=jnp.zeros((B,), jnp.int32),
-                         done_B=jnp.zeros((B,), bool))
+    live = state.replace(
+        out_BxN=jnp.zeros((B, N), jnp.int32),
+        n_B=jnp.zeros((B,), jnp.int32),
+        done_B=jnp.zeros((B,), bool),
+    )
     la = jnp.zeros((0, cfg.d_model), cfg.param_dtype) if la is None else la
 
     def timed() -> float:  # on a fresh copy of the state, donated: the cache is updated in place
@@ -159,20 +195,33 @@ def iteration_seconds(cfg: ModelConfig, params, method: str, la_LxD, prompts: li
 _COSTS: dict[tuple, float] = {}
 
 
-def iteration_costs(cfg: ModelConfig, params, la_LxD, methods: Sequence[str],
-                    prompts: list[list[int]], max_len: int, repeats: int = 3) -> dict[str, float]:
+def iteration_costs(
+    cfg: ModelConfig,
+    params,
+    la_LxD,
+    methods: Sequence[str],
+    prompts: list[list[int]],
+    max_len: int,
+    repeats: int = 3,
+) -> dict[str, float]:
     """Seconds per loop iteration of each method at this batch size and cache size on the
     default device, timed once per process (``iteration_seconds``)."""
     L = int(np.shape(la_LxD)[0])
-    key = (cfg, batch_bucket(len(prompts)), max_len, is_stacked(params), L,
-           jax.devices()[0].device_kind)
+    key = (
+        cfg,
+        batch_bucket(len(prompts)),
+        max_len,
+        is_stacked(params),
+        L,
+        jax.devices()[0].device_kind,
+    )
     out = {}
     for m in methods:
         if key + (m,) not in _COSTS:
-            slots = max(max_len, round_cache_len(timing_slots(
-                max(map(len, prompts)), make_schedule(m, L))))
-            _COSTS[key + (m,)] = iteration_seconds(cfg, params, m, la_LxD, prompts, repeats,
-                                                   slots)
+            slots = max(
+                max_len, round_cache_len(timing_slots(max(map(len, prompts)), make_schedule(m, L)))
+            )
+            _COSTS[key + (m,)] = iteration_seconds(cfg, params, m, la_LxD, prompts, repeats, slots)
         out[m] = _COSTS[key + (m,)]
     return out
 
@@ -191,16 +240,22 @@ class AutoLog:
     expected_tokens: dict[str, float] = field(default_factory=dict)
 
     def stats(self) -> dict:
-        return {"chosen_segments": self.segments, "calls_per_method": self.calls,
-                "tokens_per_method": self.tokens,
-                "ms_per_iteration": {m: round(1e3 * s, 4)
-                                     for m, s in self.seconds_per_iteration.items()},
-                "expected_tokens_per_iteration": {m: round(t, 3)
-                                                  for m, t in self.expected_tokens.items()}}
+        return {
+            "chosen_segments": self.segments,
+            "calls_per_method": self.calls,
+            "tokens_per_method": self.tokens,
+            "ms_per_iteration": {
+                m: round(1e3 * s, 4) for m, s in self.seconds_per_iteration.items()
+            },
+            "expected_tokens_per_iteration": {
+                m: round(t, 3) for m, t in self.expected_tokens.items()
+            },
+        }
 
 
-def prior_stats(prior_L: Sequence[float], L: int, W: int, strength: float = 16.0
-                ) -> AcceptanceStats:
+def prior_stats(
+    prior_L: Sequence[float], L: int, W: int, strength: float = 16.0
+) -> AcceptanceStats:
     """Statistics that start from a known acceptance per depth (e.g. the held-out estimate an
     export records): ``strength`` pseudo-tries at every depth and rank, accepted at that
     depth's rate (a missing depth: the Beta(1, 1) prior alone)."""
@@ -218,14 +273,25 @@ def choose(stats: AcceptanceStats, costs: dict[str, float], L: int) -> tuple[str
     return max(costs, key=lambda m: expected[m] / costs[m]), expected
 
 
-def generate_auto(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
-                  max_new_tokens: int, la_LxD, sampler: SamplerConfig = SamplerConfig(),
-                  eos_ids: Sequence[int] | None = None, seed: int = 0,
-                  max_len: int | None = None, methods: Sequence[str] | None = None,
-                  segment: int = 32, decay: float = 0.8, explore_every: int | None = None,
-                  prior: Sequence[float] | None = None,
-                  stream: Callable[[np.ndarray, np.ndarray], None] | None = None,
-                  precision: str = "auto"):
+def generate_auto(
+    cfg: ModelConfig,
+    params,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    la_LxD,
+    sampler: SamplerConfig = SamplerConfig(),
+    eos_ids: Sequence[int] | None = None,
+    seed: int = 0,
+    max_len: int | None = None,
+    methods: Sequence[str] | None = None,
+    segment: int = 32,
+    decay: float = 0.8,
+    explore_every: int | None = None,
+    prior: Sequence[float] | None = None,
+    stream: Callable[[np.ndarray, np.ndarray], None] | None = None,
+    precision: str = "auto",
+):
     """``generation.generate(..., method="auto")``: see the module docstring. ``methods``: the
     candidates (default ``candidates(L)``); ``segment``: tokens per row between choices;
     ``stream`` is called after every segment. ``prior``: a known acceptance per depth (the
@@ -250,8 +316,9 @@ def generate_auto(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
         max_len = round_cache_len(need)
     elif need > max_len:
         raise ValueError(f"cache too small: auto needs {need} slots, the cache has {max_len}")
-    log = AutoLog(iteration_costs(cfg, params, la_LxD, methods, [list(p) for p in prompts],
-                                  max_len))
+    log = AutoLog(
+        iteration_costs(cfg, params, la_LxD, methods, [list(p) for p in prompts], max_len)
+    )
     W = max(s.width for s in schedules.values())
     stats = AcceptanceStats.empty(L, W) if prior is None else prior_stats(prior, L, W)
     accepted_BxLxW = np.zeros((B, L, W), np.int64)
@@ -267,38 +334,69 @@ def generate_auto(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
     if first == "ar" and prior is not None and explore_every * segment >= N:
         # autoregressive, and nothing would be explored before the end: the plain loop, which
         # saves the segments' host round trips
-        res = generate_fixed(cfg, params, prompts, max_new_tokens=N, method="ar",
-                             sampler=sampler, eos_ids=eos_ids, seed=seed, max_len=asked_len,
-                             stream=stream, precision=precision)
+        res = generate_fixed(
+            cfg,
+            params,
+            prompts,
+            max_new_tokens=N,
+            method="ar",
+            sampler=sampler,
+            eos_ids=eos_ids,
+            seed=seed,
+            max_len=asked_len,
+            stream=stream,
+            precision=precision,
+        )
         log.segments.append("ar")
         log.calls["ar"] = int(sum(res.calls))
         log.tokens["ar"] = sum(map(len, res.tokens)) - rows  # the prefill's token aside
         log.expected_tokens = choose(stats, costs, L)[1]
-        return GenerationResult(tokens=res.tokens, calls=res.calls,
-                                accepted_by_rank=np.zeros((rows, L, W), np.int64),
-                                verify_calls=res.verify_calls, wall_time=res.wall_time,
-                                method="auto", auto=log)
+        return GenerationResult(
+            tokens=res.tokens,
+            calls=res.calls,
+            accepted_by_rank=np.zeros((rows, L, W), np.int64),
+            verify_calls=res.verify_calls,
+            wall_time=res.wall_time,
+            method="auto",
+            auto=log,
+        )
     t0 = time.perf_counter()
     exact = decode_precision(cfg, sampler, precision)
     spec = DecodeSpec(cfg, schedules[first], sampler, N, exact)
     state = prefill_jit(
-        spec, params, *map(jnp.asarray, (prompt_BxP, prompt_len_B, active_B)),
+        spec,
+        params,
+        *map(jnp.asarray, (prompt_BxP, prompt_len_B, active_B)),
         jnp.asarray(eos_array(cfg.eos_token_ids if eos_ids is None else eos_ids)),
-        init_cache(cfg, B, max_len, per_layer=not is_stacked(params)), jax.random.PRNGKey(seed))
+        init_cache(cfg, B, max_len, per_layer=not is_stacked(params)),
+        jax.random.PRNGKey(seed),
+    )
     current, ar_run = None, 0
     while not bool(jnp.all(state.done_B)):
-        method = first if current is None else explore if ar_run >= explore_every else \
-            choose(stats, costs, L)[0]
+        method = (
+            first
+            if current is None
+            else explore
+            if ar_run >= explore_every
+            else choose(stats, costs, L)[0]
+        )
         ar_run = ar_run + 1 if method == "ar" else 0
         spec = DecodeSpec(cfg, schedules[method], sampler, N, exact)
         if method != current:
             state = switch_schedule(state, schedules[method])
-        before = [np.array(x) for x in (state.accepted_BxLxW, state.verify_calls_B,
-                                        state.calls_B, state.n_B)]  # copies: state is donated
-        state = resume_jit(spec, params, la_LxD, state, state.n_B + segment,
-                           bootstrap=method != current)
-        acc, vc, calls, n = [np.asarray(x) - b for x, b in zip(
-            (state.accepted_BxLxW, state.verify_calls_B, state.calls_B, state.n_B), before)]
+        before = [
+            np.array(x)
+            for x in (state.accepted_BxLxW, state.verify_calls_B, state.calls_B, state.n_B)
+        ]  # copies: state is donated
+        state = resume_jit(
+            spec, params, la_LxD, state, state.n_B + segment, bootstrap=method != current
+        )
+        acc, vc, calls, n = [
+            np.asarray(x) - b
+            for x, b in zip(
+                (state.accepted_BxLxW, state.verify_calls_B, state.calls_B, state.n_B), before
+            )
+        ]
         if n.sum() == 0:  # the cache is full
             break
         Lm, Wm = acc.shape[1:]
@@ -315,8 +413,11 @@ def generate_auto(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
     log.expected_tokens = choose(stats, log.seconds_per_iteration, L)[1]
     out, n = np.asarray(state.out_BxN), np.asarray(state.n_B)
     return GenerationResult(
-        tokens=[out[i, :n[i]].tolist() for i in range(rows)],
+        tokens=[out[i, : n[i]].tolist() for i in range(rows)],
         calls=np.asarray(state.calls_B)[:rows].tolist(),
         accepted_by_rank=accepted_BxLxW[:rows],
         verify_calls=np.asarray(state.verify_calls_B)[:rows].tolist(),
-        wall_time=wall, method="auto", auto=log)
+        wall_time=wall,
+        method="auto",
+        auto=log,
+    )

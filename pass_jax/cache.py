@@ -13,6 +13,7 @@ slots right after ``lengths``.
 Shape letters: see ``pass_jax/__init__.py`` (here I layers, B batch, K kv heads, S slots, A head
 dim, J draft depth: ``move`` copies an accepted path of J drafts).
 """
+
 from __future__ import annotations
 
 import flax.struct
@@ -38,11 +39,11 @@ class KVCache:
     def max_len(self) -> int:
         return jax.tree.leaves(self.k)[0].shape[-2]
 
-    def advance(self, n_B: jax.Array) -> "KVCache":
+    def advance(self, n_B: jax.Array) -> KVCache:
         """Commit ``n_B[b]`` more of the tokens written by the last call, per row."""
         return self.replace(lengths=self.lengths + n_B.astype(jnp.int32))
 
-    def move(self, src_BxJ: jax.Array, dst_BxJ: jax.Array) -> "KVCache":
+    def move(self, src_BxJ: jax.Array, dst_BxJ: jax.Array) -> KVCache:
         """Copy every layer's K/V at slots ``src[b, j]`` to ``dst[b, j]`` (all read before any
         is written). A destination past the end is dropped (nothing is written); a source past
         the end is clamped by the gather to the last slot."""
@@ -51,11 +52,18 @@ class KVCache:
 
         def move(c):
             return c.at[..., b_BxJ, :, dst_BxJ, :].set(c[..., b_BxJ, :, src_BxJ, :], mode="drop")
+
         return self.replace(k=jax.tree.map(move, self.k), v=jax.tree.map(move, self.v))
 
 
-def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None,
-               per_layer: bool = False, mesh: Mesh | None = None) -> KVCache:
+def init_cache(
+    cfg: ModelConfig,
+    batch: int,
+    max_len: int,
+    dtype=None,
+    per_layer: bool = False,
+    mesh: Mesh | None = None,
+) -> KVCache:
     """An empty cache (all lengths 0) for ``batch`` rows of ``max_len`` slots; ``per_layer``:
     a tuple of per-layer arrays (for ``model.unstack_layers`` params). With a ``mesh`` it is
     created directly in its shards (:func:`cache_sharding`)."""
@@ -90,8 +98,7 @@ def cache_specs(cfg: ModelConfig, mesh, batch: int, per_layer: bool = False) -> 
 def cache_sharding(cfg: ModelConfig, mesh: Mesh, batch: int, per_layer: bool = False) -> KVCache:
     """``KVCache`` of ``NamedSharding`` for a cache of ``batch`` rows on ``mesh``."""
     specs = cache_specs(cfg, mesh, batch, per_layer)
-    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
-                        is_leaf=lambda x: isinstance(x, P))
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
 
 def cache_bytes_per_token(cfg: ModelConfig, dtype=None) -> int:

@@ -19,6 +19,7 @@ loop, SIGINT (Ctrl-C) into a flag the loop polls after each step; the loop then 
 and exits cleanly. Multi-host jobs also stop at orbax's preemption sync point, so every host
 saves the same step.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,9 @@ STATE, DATA, META = "state", "data", "meta"
 ITEM_NAMES = (STATE, DATA, META)
 
 
-def manager(directory: str, *, save_every: int, keep: int = 2,
-            async_save: bool = False) -> ocp.CheckpointManager:
+def manager(
+    directory: str, *, save_every: int, keep: int = 2, async_save: bool = False
+) -> ocp.CheckpointManager:
     """A CheckpointManager for ``directory`` (created if missing).
 
     Saves when the step is a multiple of ``save_every`` (or when forced, e.g. at the end or on
@@ -48,21 +50,29 @@ def manager(directory: str, *, save_every: int, keep: int = 2,
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     options = ocp.CheckpointManagerOptions(
-        save_decision_policy=checkpoint_managers.AnySavePolicy([
-            checkpoint_managers.FixedIntervalPolicy(save_every),
-            checkpoint_managers.PreemptionCheckpointingPolicy(),
-        ]),
+        save_decision_policy=checkpoint_managers.AnySavePolicy(
+            [
+                checkpoint_managers.FixedIntervalPolicy(save_every),
+                checkpoint_managers.PreemptionCheckpointingPolicy(),
+            ]
+        ),
         preservation_policy=checkpoint_managers.LatestN(keep),
         cleanup_tmp_directories=True,
         enable_async_checkpointing=async_save,
         create=True,
     )
-    return ocp.CheckpointManager(os.path.abspath(directory), item_names=ITEM_NAMES,
-                                 options=options)
+    return ocp.CheckpointManager(os.path.abspath(directory), item_names=ITEM_NAMES, options=options)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: Any, *, data_state: str | None = None,
-         meta: dict[str, Any] | None = None, force: bool = False) -> bool:
+def save(
+    mngr: ocp.CheckpointManager,
+    step: int,
+    state: Any,
+    *,
+    data_state: str | None = None,
+    meta: dict[str, Any] | None = None,
+    force: bool = False,
+) -> bool:
     """Saves ``state`` (a pytree of arrays), the iterator JSON ``data_state`` and ``meta`` at
     ``step`` if the save policy says so or ``force``; returns whether a save happened.
 
@@ -70,11 +80,13 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, *, data_state: str 
     """
     if step in mngr.all_steps():
         return False
-    args = ocp.args.Composite(**{
-        STATE: ocp.args.StandardSave(state),
-        DATA: ocp.args.JsonSave({"iterator": data_state}),
-        META: ocp.args.JsonSave(meta or {}),
-    })
+    args = ocp.args.Composite(
+        **{
+            STATE: ocp.args.StandardSave(state),
+            DATA: ocp.args.JsonSave({"iterator": data_state}),
+            META: ocp.args.JsonSave(meta or {}),
+        }
+    )
     return mngr.save(step, args=args, force=force)
 
 
@@ -135,11 +147,16 @@ def restore(mngr: ocp.CheckpointManager, target: Any, step: int | None = None) -
     step = latest_step(mngr) if step is None else step
     if step is None:
         raise FileNotFoundError(f"no finalized checkpoint in {mngr.directory}")
-    out = mngr.restore(step, args=ocp.args.Composite(**{
-        STATE: ocp.args.StandardRestore(abstract_like(target)),
-        DATA: ocp.args.JsonRestore(),
-        META: ocp.args.JsonRestore(),
-    }))
+    out = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+            **{
+                STATE: ocp.args.StandardRestore(abstract_like(target)),
+                DATA: ocp.args.JsonRestore(),
+                META: ocp.args.JsonRestore(),
+            }
+        ),
+    )
     return Restored(step, out[STATE], out[DATA]["iterator"], dict(out[META]))
 
 
@@ -169,7 +186,7 @@ class Preemption:
             return
         self.requested, self.signum = True, signum
 
-    def __enter__(self) -> "Preemption":
+    def __enter__(self) -> Preemption:
         for s in self.signals:
             self._previous[s] = signal.signal(s, self._handle)
         return self

@@ -1,5 +1,6 @@
 """Command-line pieces every program shares: the ``--mesh`` and multi-host flags, and loading
 the ``--model`` a program runs on (onto the mesh when one is asked for)."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,30 +18,43 @@ def add_mesh_arg(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``--mesh`` and the multi-host flags (``--coordinator``, ``--num-processes``,
     ``--process-id``) to a program's parser; use :func:`mesh_from_args` after parsing."""
     g = parser.add_argument_group("devices")
-    g.add_argument("--mesh", default=os.environ.get(MESH_ENV),
-                   help="device mesh, e.g. data=2,fsdp=1,tensor=4 (-1 = the rest; default "
-                        f"fsdp=-1, or ${MESH_ENV})")
-    g.add_argument("--coordinator", default=None,
-                   help="multi-host: host:port of process 0 (or 'auto' on TPU pods / SLURM); "
-                        "default $JAX_COORDINATOR_ADDRESS")
+    g.add_argument(
+        "--mesh",
+        default=os.environ.get(MESH_ENV),
+        help="device mesh, e.g. data=2,fsdp=1,tensor=4 (-1 = the rest; default "
+        f"fsdp=-1, or ${MESH_ENV})",
+    )
+    g.add_argument(
+        "--coordinator",
+        default=None,
+        help="multi-host: host:port of process 0 (or 'auto' on TPU pods / SLURM); "
+        "default $JAX_COORDINATOR_ADDRESS",
+    )
     g.add_argument("--num-processes", type=int, default=None, help="multi-host: process count")
     g.add_argument("--process-id", type=int, default=None, help="multi-host: this process")
-    g.add_argument("--init-timeout", type=int, default=300,
-                   help="multi-host: seconds to wait for every process to join (default 300)")
+    g.add_argument(
+        "--init-timeout",
+        type=int,
+        default=300,
+        help="multi-host: seconds to wait for every process to join (default 300)",
+    )
     return parser
 
 
 def mesh_from_args(args: argparse.Namespace) -> Mesh:
     """Initialise multi-host JAX if configured, then build the ``--mesh`` mesh."""
-    maybe_initialize_distributed(getattr(args, "coordinator", None),
-                                 getattr(args, "num_processes", None),
-                                 getattr(args, "process_id", None),
-                                 getattr(args, "init_timeout", 300))
+    maybe_initialize_distributed(
+        getattr(args, "coordinator", None),
+        getattr(args, "num_processes", None),
+        getattr(args, "process_id", None),
+        getattr(args, "init_timeout", 300),
+    )
     return make_mesh(getattr(args, "mesh", None))
 
 
-def load_model_for_args(args: argparse.Namespace, model_dir, dtype: str = "float32",
-                        stacked: bool = True):
+def load_model_for_args(
+    args: argparse.Namespace, model_dir, dtype: str = "float32", stacked: bool = True
+):
     """``(mesh, cfg, params)`` for a program: with ``--mesh`` (or multi-host flags) the weights
     go straight into their shards on that mesh; otherwise ``mesh`` is None and the weights
     go to the default device. ``stacked=False``: per-layer params (decoding)."""

@@ -3,6 +3,7 @@
 Everything here is hashable so it can be a static argument of a jitted function. The programs'
 own settings (YAML files, flags) are read by ``pass_jax.program_config``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,7 +64,8 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
-                f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+                f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})"
+            )
         if self.head_dim is None and self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) not divisible by n_heads ({self.n_heads})")
         for name in ("dtype", "param_dtype"):
@@ -75,7 +77,7 @@ class ModelConfig:
         """Per-head dimension."""
         return self.head_dim or self.d_model // self.n_heads
 
-    def replace(self, **kw) -> "ModelConfig":
+    def replace(self, **kw) -> ModelConfig:
         return dataclasses.replace(self, **kw)
 
     def num_params(self) -> int:
@@ -93,35 +95,78 @@ class ModelConfig:
     # Named shapes. Each takes field overrides, e.g. ``ModelConfig.tiny(max_position=512)``.
 
     @classmethod
-    def tiny(cls, **overrides) -> "ModelConfig":
+    def tiny(cls, **overrides) -> ModelConfig:
         """A random-weights test model: d_model 64, 2 layers, vocab 256 (``bench --random-model
         tiny``)."""
-        return cls(**{**dict(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                             ffn_dim=128), **overrides})
+        return cls(
+            **{
+                **dict(
+                    vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128
+                ),
+                **overrides,
+            }
+        )
 
     @classmethod
-    def llama_125m(cls, **overrides) -> "ModelConfig":
+    def llama_125m(cls, **overrides) -> ModelConfig:
         """A 125M-parameter LLaMA shape with the LLaMA-2 vocabulary (``bench --random-model
         125m``)."""
-        return cls(**{**dict(vocab_size=32000, d_model=768, n_layers=12, n_heads=12,
-                             n_kv_heads=4, ffn_dim=2048), **overrides})
+        return cls(
+            **{
+                **dict(
+                    vocab_size=32000,
+                    d_model=768,
+                    n_layers=12,
+                    n_heads=12,
+                    n_kv_heads=4,
+                    ffn_dim=2048,
+                ),
+                **overrides,
+            }
+        )
 
     @classmethod
-    def llama_7b(cls, **overrides) -> "ModelConfig":
+    def llama_7b(cls, **overrides) -> ModelConfig:
         """LLaMA-7B (6.74B parameters), bfloat16 (the memory plan's reference model)."""
-        return cls(**{**dict(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32,
-                             n_kv_heads=32, ffn_dim=11008, max_position=4096, dtype="bfloat16",
-                             param_dtype="bfloat16"), **overrides})
+        return cls(
+            **{
+                **dict(
+                    vocab_size=32000,
+                    d_model=4096,
+                    n_layers=32,
+                    n_heads=32,
+                    n_kv_heads=32,
+                    ffn_dim=11008,
+                    max_position=4096,
+                    dtype="bfloat16",
+                    param_dtype="bfloat16",
+                ),
+                **overrides,
+            }
+        )
 
     @classmethod
-    def llama2_70b(cls, **overrides) -> "ModelConfig":
+    def llama2_70b(cls, **overrides) -> ModelConfig:
         """LLaMA-2-70B (grouped-query attention, 8 KV heads), bfloat16."""
-        return cls(**{**dict(vocab_size=32000, d_model=8192, n_layers=80, n_heads=64,
-                             n_kv_heads=8, ffn_dim=28672, max_position=4096, dtype="bfloat16",
-                             param_dtype="bfloat16"), **overrides})
+        return cls(
+            **{
+                **dict(
+                    vocab_size=32000,
+                    d_model=8192,
+                    n_layers=80,
+                    n_heads=64,
+                    n_kv_heads=8,
+                    ffn_dim=28672,
+                    max_position=4096,
+                    dtype="bfloat16",
+                    param_dtype="bfloat16",
+                ),
+                **overrides,
+            }
+        )
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         d = dict(d)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names

@@ -150,19 +150,25 @@ def _tfds_texts(
         names = sorted(set(tfds.list_builders(with_community_datasets=False)))
         close = difflib.get_close_matches(name.split("/")[0], names, n=3)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-        raise ValueError(f"unknown TFDS dataset {name!r}{hint}; the names are listed at "
-                         "https://www.tensorflow.org/datasets/catalog/overview") from None
+        raise ValueError(
+            f"unknown TFDS dataset {name!r}{hint}; the names are listed at "
+            "https://www.tensorflow.org/datasets/catalog/overview"
+        ) from None
     field = _text_field(builder.info.features)
     tfds_split = _tfds_split(builder, requested_split, split)
     try:
         source = builder.as_data_source(split=tfds_split)
     except NotImplementedError:  # TFDS's answer when there is no array_record copy to read
-        found = (f"prepared as {builder.info.file_format.value}, not array_record"
-                 if builder.is_prepared() else "not prepared")
+        found = (
+            f"prepared as {builder.info.file_format.value}, not array_record"
+            if builder.is_prepared()
+            else "not prepared"
+        )
         raise ValueError(
             f"TFDS dataset {name!r} is {found} in {builder.data_dir_root}; prepare it first "
             f"(downloads it): tfds build {name} --data_dir {builder.data_dir_root} "
-            "--file_format array_record") from None
+            "--file_format array_record"
+        ) from None
     texts = grain.MapDataset.source(source).map(lambda example: _as_str(example[field]))
     return _nonempty(texts, f"TFDS {name} split {tfds_split!r}")
 
@@ -205,8 +211,13 @@ def self_generated_texts(
     or from prompts of another corpus); empty generations are dropped and resampled.
     """
     texts: list[str] = []
-    with tqdm(total=num_texts, desc="sampling texts from the model", unit="text",
-              mininterval=1.0, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=num_texts,
+        desc="sampling texts from the model",
+        unit="text",
+        mininterval=1.0,
+        dynamic_ncols=True,
+    ) as bar:
         for _ in range(10 * math.ceil(num_texts / batch_size)):  # bounded: may emit only EOS
             new = [t for t in sample_fn(min(batch_size, num_texts - len(texts))) if t]
             texts.extend(new)

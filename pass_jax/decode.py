@@ -14,13 +14,15 @@ a row and ``max_new_tokens`` is exact. Finished rows are frozen while other rows
 
 Shape letters: see ``pass_jax/__init__.py``.
 """
+
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache, partial, wraps
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import flax.struct
 import jax
@@ -33,9 +35,8 @@ from .cache import KVCache, cache_sharding, init_cache
 from .config import ModelConfig, SamplerConfig
 from .layout import Layout, Schedule, make_schedule
 from .model import embed_tokens, forward, is_stacked, logits_from_hidden
+from .sampling import draw_without_replacement, sample_logits, support_size, verify_tree, warp_probs
 from .sharding import batch_divisor, batch_sharding, replicated, shard_batch, to_host
-from .sampling import (draw_without_replacement, sample_logits, support_size, verify_tree,
-                       warp_probs)
 
 PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
@@ -56,8 +57,9 @@ class DecodeSpec:
 PRECISIONS = ("auto", "default", "highest")
 
 
-def decode_precision(cfg: ModelConfig, sampler: SamplerConfig, precision: str = "auto"
-                     ) -> str | None:
+def decode_precision(
+    cfg: ModelConfig, sampler: SamplerConfig, precision: str = "auto"
+) -> str | None:
     """The matmul precision of a decode step (``DecodeSpec.precision``).
 
     ``auto``: ``highest`` for greedy decoding of a float32 model, else JAX's default. Calls over
@@ -75,11 +77,16 @@ def decode_precision(cfg: ModelConfig, sampler: SamplerConfig, precision: str = 
 
 def _at_spec_precision(fn):
     """Runs ``fn(spec, ...)`` (traced) under ``spec.precision``'s default matmul precision."""
+
     @wraps(fn)
     def wrapped(spec: DecodeSpec, *args, **kwargs):
-        with (contextlib.nullcontext() if spec.precision is None
-              else jax.default_matmul_precision(spec.precision)):
+        with (
+            contextlib.nullcontext()
+            if spec.precision is None
+            else jax.default_matmul_precision(spec.precision)
+        ):
             return fn(spec, *args, **kwargs)
+
     return wrapped
 
 
@@ -101,8 +108,13 @@ class DecodeState:
     accepted_BxLxW: jax.Array  # int32 times the draft of rank r at depth j was accepted
 
 
-def _emit(spec: DecodeSpec, state: DecodeState, new_BxO: jax.Array, count_B: jax.Array,
-          active_B: jax.Array):
+def _emit(
+    spec: DecodeSpec,
+    state: DecodeState,
+    new_BxO: jax.Array,
+    count_B: jax.Array,
+    active_B: jax.Array,
+):
     """Append ``new[b, :count[b]]`` to each active row, truncating at EOS and max_new_tokens."""
     B, O = new_BxO.shape
     N = spec.max_new_tokens
@@ -137,15 +149,29 @@ def layout_call(spec: DecodeSpec, layout: Layout, params, la_LxD, state: DecodeS
         la_TxD = jnp.asarray(la_LxD, x_BxTxD.dtype)[layout.la_index]
         x_BxTxD = jnp.where(layout.is_la[None, :, None], la_TxD[None], x_BxTxD)
     positions_BxT = state.cache.lengths[:, None] + layout.depth[None, :]
-    h_BxTxD, cache = forward(cfg, params, tokens_BxT, positions_BxT, state.cache,
-                             layout.mask, x_BxTxD, return_hidden=True)
+    h_BxTxD, cache = forward(
+        cfg,
+        params,
+        tokens_BxT,
+        positions_BxT,
+        state.cache,
+        layout.mask,
+        x_BxTxD,
+        return_hidden=True,
+    )
 
     # Verify: the outputs at the tree nodes are the target distributions after them.
     p_BxCxV = warp_probs(logits_from_hidden(cfg, params, h_BxTxD[:, :C]), sampler)
     support = support_size(sampler, cfg.vocab_size)
-    node_B, ranks_BxJ, next_B = verify_tree(rng_acc, p_BxCxV, layout.children,
-                                            state.drafts_BxLxW, state.q_BxLxV, sampler.greedy,
-                                            support)
+    node_B, ranks_BxJ, next_B = verify_tree(
+        rng_acc,
+        p_BxCxV,
+        layout.children,
+        state.drafts_BxLxW,
+        state.q_BxLxV,
+        sampler.greedy,
+        support,
+    )
     n_acc_B = (ranks_BxJ >= 0).sum(1).astype(jnp.int32)
 
     # Commit root + accepted path (moved to the slots after the cache first when it is not
@@ -155,8 +181,9 @@ def layout_call(spec: DecodeSpec, layout: Layout, params, la_LxD, state: DecodeS
         lengths_Bx1 = cache.lengths[:, None]
         cache = cache.move(lengths_Bx1 + path_BxJ, lengths_Bx1 + jnp.arange(1, J + 1)[None])
     cache = cache.advance(jnp.where(active_B, n_acc_B + 1, 0))
-    new_BxO = jnp.concatenate([jnp.take_along_axis(tree_BxC, path_BxJ, axis=1),
-                               next_B[:, None]], axis=1)  # O = J + 1
+    new_BxO = jnp.concatenate(
+        [jnp.take_along_axis(tree_BxC, path_BxJ, axis=1), next_B[:, None]], axis=1
+    )  # O = J + 1
     new_BxO = jnp.where(jnp.arange(J + 1)[None, :] == n_acc_B[:, None], next_B[:, None], new_BxO)
     state = _emit(spec, state, new_BxO, n_acc_B + 1, active_B)
 
@@ -176,16 +203,17 @@ def layout_call(spec: DecodeSpec, layout: Layout, params, la_LxD, state: DecodeS
     acc_BxLxW = state.accepted_BxLxW
     if J:
         hit_BxJxW = ranks_BxJ[..., None] == jnp.arange(acc_BxLxW.shape[2])
-        acc_BxLxW = acc_BxLxW.at[:, :J].add((hit_BxJxW & active_B[:, None, None]).astype(
-            jnp.int32))
+        acc_BxLxW = acc_BxLxW.at[:, :J].add((hit_BxJxW & active_B[:, None, None]).astype(jnp.int32))
     return state.replace(
-        cache=cache, rng=rng,
+        cache=cache,
+        rng=rng,
         y_B=keep(next_B, state.y_B),
         drafts_BxLxW=keep(drafts_BxLxW, state.drafts_BxLxW),
         q_BxLxV=keep(q_BxLxV, state.q_BxLxV),
         calls_B=state.calls_B + active_B,
         verify_calls_B=state.verify_calls_B + (active_B if J else 0),
-        accepted_BxLxW=acc_BxLxW)
+        accepted_BxLxW=acc_BxLxW,
+    )
 
 
 def pass_step(spec: DecodeSpec, params, la_LxD, state: DecodeState) -> DecodeState:
@@ -196,27 +224,36 @@ def pass_step(spec: DecodeSpec, params, la_LxD, state: DecodeState) -> DecodeSta
 
 
 @_at_spec_precision
-def prefill(spec: DecodeSpec, params, prompt_BxP, prompt_len_B, active_B, eos_E,
-            cache: KVCache, rng) -> DecodeState:
+def prefill(
+    spec: DecodeSpec, params, prompt_BxP, prompt_len_B, active_B, eos_E, cache: KVCache, rng
+) -> DecodeState:
     """Feed the right-padded prompts (a causal call) and draw the first new token."""
     cfg = spec.cfg
     B, P = prompt_BxP.shape
     L, W = spec.schedule.num_lookahead, spec.schedule.width
     positions_BxP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
-    h_BxPxD, cache = forward(cfg, params, prompt_BxP, positions_BxP, cache, None,
-                             return_hidden=True)
+    h_BxPxD, cache = forward(
+        cfg, params, prompt_BxP, positions_BxP, cache, None, return_hidden=True
+    )
     h_last_Bx1xD = jnp.take_along_axis(h_BxPxD, (prompt_len_B - 1)[:, None, None], axis=1)
     rng, rng_y = jax.random.split(rng)
     y_B = sample_logits(rng_y, logits_from_hidden(cfg, params, h_last_Bx1xD)[:, 0], spec.sampler)
     cache = cache.replace(lengths=prompt_len_B.astype(jnp.int32))
     zeros = lambda *s, dt=jnp.int32: jnp.zeros(s, dt)
     state = DecodeState(
-        cache=cache, y_B=y_B, drafts_BxLxW=zeros(B, L, W),
+        cache=cache,
+        y_B=y_B,
+        drafts_BxLxW=zeros(B, L, W),
         q_BxLxV=zeros(B, L, cfg.vocab_size, dt=jnp.float32),
-        out_BxN=zeros(B, spec.max_new_tokens), n_B=zeros(B), done_B=~active_B, rng=rng,
+        out_BxN=zeros(B, spec.max_new_tokens),
+        n_B=zeros(B),
+        done_B=~active_B,
+        rng=rng,
         eos_E=jnp.asarray(eos_E, jnp.int32),
-        calls_B=active_B.astype(jnp.int32), verify_calls_B=zeros(B),
-        accepted_BxLxW=zeros(B, L, W))
+        calls_B=active_B.astype(jnp.int32),
+        verify_calls_B=zeros(B),
+        accepted_BxLxW=zeros(B, L, W),
+    )
     return _emit(spec, state, y_B[:, None], jnp.ones((B,), jnp.int32), active_B)
 
 
@@ -224,8 +261,15 @@ def _stream_host(callback, out_BxN, n_B):
     callback(np.asarray(out_BxN), np.asarray(n_B))
 
 
-def decode_loop(spec: DecodeSpec, params, la_LxD, state: DecodeState, stop_B=None,
-                stream: Callable | None = None, bootstrap: bool = True) -> DecodeState:
+def decode_loop(
+    spec: DecodeSpec,
+    params,
+    la_LxD,
+    state: DecodeState,
+    stop_B=None,
+    stream: Callable | None = None,
+    bootstrap: bool = True,
+) -> DecodeState:
     """Bootstrap calls (unless ``bootstrap`` is False), then ``pass_step`` in a
     ``lax.while_loop`` until every row is done (EOS or ``max_new_tokens``) or has ``stop_B``
     tokens, or the cache cannot take another call."""
@@ -253,8 +297,18 @@ def decode_loop(spec: DecodeSpec, params, la_LxD, state: DecodeState, stop_B=Non
     return jax.lax.while_loop(cond, body, state)
 
 
-def _generate(spec: DecodeSpec, params, la_LxD, prompt_BxP, prompt_len_B, active_B, eos_E,
-              cache: KVCache, rng, stream: Callable | None = None) -> DecodeState:
+def _generate(
+    spec: DecodeSpec,
+    params,
+    la_LxD,
+    prompt_BxP,
+    prompt_len_B,
+    active_B,
+    eos_E,
+    cache: KVCache,
+    rng,
+    stream: Callable | None = None,
+) -> DecodeState:
     """Prefill, then ``decode_loop`` until every row is done or the cache is full."""
     state = prefill(spec, params, prompt_BxP, prompt_len_B, active_B, eos_E, cache, rng)
     return decode_loop(spec, params, la_LxD, state, None, stream)
@@ -268,8 +322,9 @@ generate_jit = jax.jit(_generate, **_GENERATE_JIT)
 
 
 @lru_cache(maxsize=32)
-def decode_state_sharding(mesh: Mesh, batch: int, cfg: ModelConfig, per_layer: bool = False
-                          ) -> DecodeState:
+def decode_state_sharding(
+    mesh: Mesh, batch: int, cfg: ModelConfig, per_layer: bool = False
+) -> DecodeState:
     """A ``DecodeState`` of shardings: the cache by the partition rules
     (``cache.cache_sharding``), per-row fields (``*_B``, ``*_Bx*``) over the batch axes, the
     rest replicated. ``generate_fixed`` pins the loop state to it inside the ``while_loop``
@@ -288,8 +343,9 @@ def decode_state_sharding(mesh: Mesh, batch: int, cfg: ModelConfig, per_layer: b
 @lru_cache(maxsize=32)
 def sharded_generate_jit(mesh: Mesh, batch: int, cfg: ModelConfig, per_layer: bool = False):
     """``generate_jit`` with the output shardings of :func:`decode_state_sharding`."""
-    return jax.jit(_generate, **_GENERATE_JIT,
-                   out_shardings=decode_state_sharding(mesh, batch, cfg, per_layer))
+    return jax.jit(
+        _generate, **_GENERATE_JIT, out_shardings=decode_state_sharding(mesh, batch, cfg, per_layer)
+    )
 
 
 def place_decode_inputs(inputs, mesh: Mesh):
@@ -299,8 +355,12 @@ def place_decode_inputs(inputs, mesh: Mesh):
     la_LxD, prompt_BxP, prompt_len_B, active_B, eos_E, rng = inputs
     rep = replicated(mesh)
     rows = shard_batch((prompt_BxP, prompt_len_B, active_B), mesh, process_local=False)
-    return (jax.device_put(np.asarray(la_LxD), rep), *rows, jax.device_put(eos_E, rep),
-            jax.device_put(rng, rep))
+    return (
+        jax.device_put(np.asarray(la_LxD), rep),
+        *rows,
+        jax.device_put(eos_E, rep),
+        jax.device_put(rng, rep),
+    )
 
 
 def switch_schedule(state: DecodeState, schedule: Schedule) -> DecodeState:
@@ -308,17 +368,20 @@ def switch_schedule(state: DecodeState, schedule: Schedule) -> DecodeState:
     paper's drafting call, draw them) and acceptance counts restarted."""
     B, V = state.y_B.shape[0], state.q_BxLxV.shape[-1]
     L, W = schedule.num_lookahead, schedule.width
-    return state.replace(drafts_BxLxW=jnp.zeros((B, L, W), jnp.int32),
-                         q_BxLxV=jnp.zeros((B, L, V), jnp.float32),
-                         accepted_BxLxW=jnp.zeros((B, L, W), jnp.int32))
+    return state.replace(
+        drafts_BxLxW=jnp.zeros((B, L, W), jnp.int32),
+        q_BxLxV=jnp.zeros((B, L, V), jnp.float32),
+        accepted_BxLxW=jnp.zeros((B, L, W), jnp.int32),
+    )
 
 
 prefill_jit = jax.jit(prefill, static_argnums=0)  # one wrapper, so its compilation is reused
 
 
 @partial(jax.jit, static_argnames=("spec", "bootstrap"), donate_argnames=("state",))
-def resume_jit(spec: DecodeSpec, params, la_LxD, state: DecodeState, stop_B,
-               bootstrap: bool) -> DecodeState:
+def resume_jit(
+    spec: DecodeSpec, params, la_LxD, state: DecodeState, stop_B, bootstrap: bool
+) -> DecodeState:
     """Go on decoding ``state`` with ``spec``'s schedule until each row has ``stop_B`` tokens
     (or is done, or the cache is full); ``bootstrap``: first run the schedule's bootstrap calls
     (after ``switch_schedule``; a state the same schedule left has its drafts already)."""
@@ -358,7 +421,8 @@ class GenerationResult:
         }
         if self.accepted_by_rank.shape[-1] > 1:
             out["acceptance_per_position_and_rank"] = (
-                self.accepted_by_rank.sum(0) / vc).round(4).tolist()
+                (self.accepted_by_rank.sum(0) / vc).round(4).tolist()
+            )
         if self.auto is not None:
             out["auto"] = self.auto.stats()
         return out
@@ -406,8 +470,9 @@ def prepare_batch(prompts: Sequence[Sequence[int]], vocab_size: int, row_multipl
             raise ValueError(f"prompt {i} is empty: at least one token is needed (e.g. BOS)")
         bad = [t for t in p if not 0 <= int(t) < vocab_size]
         if bad:
-            raise ValueError(f"prompt {i} has token id {bad[0]} outside the vocabulary "
-                             f"[0, {vocab_size})")
+            raise ValueError(
+                f"prompt {i} has token id {bad[0]} outside the vocabulary [0, {vocab_size})"
+            )
     B = batch_bucket(len(prompts))
     B = -(-B // row_multiple) * row_multiple
     P = bucket(max(len(p) for p in prompts))
@@ -415,7 +480,7 @@ def prepare_batch(prompts: Sequence[Sequence[int]], vocab_size: int, row_multipl
     prompt_len_B = np.ones((B,), np.int32)
     active_B = np.zeros((B,), bool)
     for i, p in enumerate(prompts):
-        prompt_BxP[i, :len(p)] = p
+        prompt_BxP[i, : len(p)] = p
         prompt_len_B[i] = len(p)
         active_B[i] = True
     return prompt_BxP, prompt_len_B, active_B
@@ -434,8 +499,7 @@ def decode_stacked(layers: str = "auto") -> bool:
     return jax.default_backend() != "cpu" if layers == "auto" else layers == "scanned"
 
 
-def check_lengths(cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int
-                  ) -> None:
+def check_lengths(cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> None:
     """Raises ValueError when ``max_new_tokens`` < 1 or when the longest prompt plus
     ``max_new_tokens`` passes the model's maximum position (``max_position_embeddings``): the
     model was never trained there (RoPE) or has no embedding for it (learned positions)."""
@@ -447,15 +511,27 @@ def check_lengths(cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_to
             f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) = "
             f"{prompt_len + max_new_tokens} exceeds the model's maximum position "
             f"({cfg.max_position}, max_position_embeddings); shorten the prompt or generate "
-            f"at most {max(cfg.max_position - prompt_len, 0)} tokens")
+            f"at most {max(cfg.max_position - prompt_len, 0)} tokens"
+        )
 
 
-def generate_fixed(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *,
-                   max_new_tokens: int, method: str = "ar", la_LxD=None,
-                   sampler: SamplerConfig = SamplerConfig(), eos_ids: Sequence[int] | None = None,
-                   seed: int = 0, max_len: int | None = None,
-                   stream: Callable[[np.ndarray, np.ndarray], None] | None = None, mesh=None,
-                   return_state: bool = False, precision: str = "auto") -> GenerationResult:
+def generate_fixed(
+    cfg: ModelConfig,
+    params,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    method: str = "ar",
+    la_LxD=None,
+    sampler: SamplerConfig = SamplerConfig(),
+    eos_ids: Sequence[int] | None = None,
+    seed: int = 0,
+    max_len: int | None = None,
+    stream: Callable[[np.ndarray, np.ndarray], None] | None = None,
+    mesh=None,
+    return_state: bool = False,
+    precision: str = "auto",
+) -> GenerationResult:
     """Generate continuations of token-id prompts with one method throughout (every method but
     ``auto``; ``generation.generate`` is the entry point for all of them).
 
@@ -482,10 +558,13 @@ def generate_fixed(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
         raise ValueError(f"method {method!r} needs look-ahead embeddings (la_LxD)")
     schedule = make_schedule(method, L)
     if L and np.shape(la_LxD)[1] != cfg.d_model:
-        raise ValueError(f"look-ahead embeddings have width {np.shape(la_LxD)[1]}, "
-                         f"the model has d_model={cfg.d_model}")
+        raise ValueError(
+            f"look-ahead embeddings have width {np.shape(la_LxD)[1]}, "
+            f"the model has d_model={cfg.d_model}"
+        )
     prompt_BxP, prompt_len_B, active_B = prepare_batch(
-        prompts, cfg.vocab_size, 1 if mesh is None else batch_divisor(mesh))
+        prompts, cfg.vocab_size, 1 if mesh is None else batch_divisor(mesh)
+    )
     B, P = prompt_BxP.shape
     need = required_cache_len(P, max_new_tokens, schedule)
     if max_len is None:
@@ -494,17 +573,26 @@ def generate_fixed(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
         raise ValueError(
             f"cache too small: prompts padded to {P} tokens + max_new_tokens={max_new_tokens} + "
             f"{need - P - max_new_tokens} scratch slots for one {method} step need {need} slots, "
-            f"the cache has max_len={max_len}")
+            f"the cache has max_len={max_len}"
+        )
     if cfg.family == "gpt2" and need > cfg.max_position:
-        raise ValueError(f"prompt + max_new_tokens + scratch ({need}) exceeds the model's "
-                         f"maximum position ({cfg.max_position})")
-    spec = DecodeSpec(cfg, schedule, sampler, int(max_new_tokens),
-                      decode_precision(cfg, sampler, precision))
+        raise ValueError(
+            f"prompt + max_new_tokens + scratch ({need}) exceeds the model's "
+            f"maximum position ({cfg.max_position})"
+        )
+    spec = DecodeSpec(
+        cfg, schedule, sampler, int(max_new_tokens), decode_precision(cfg, sampler, precision)
+    )
     per_layer = not is_stacked(params)  # model.unstack_layers params: a per-layer cache
     la = jnp.zeros((0, cfg.d_model), cfg.param_dtype) if la_LxD is None else la_LxD
-    inputs = (la, prompt_BxP, prompt_len_B, active_B,
-              eos_array(cfg.eos_token_ids if eos_ids is None else eos_ids),
-              jax.random.PRNGKey(seed))
+    inputs = (
+        la,
+        prompt_BxP,
+        prompt_len_B,
+        active_B,
+        eos_array(cfg.eos_token_ids if eos_ids is None else eos_ids),
+        jax.random.PRNGKey(seed),
+    )
     if mesh is None:
         run = generate_jit
         la, prompt, lens, active, eos, rng = map(jnp.asarray, inputs)
@@ -520,11 +608,13 @@ def generate_fixed(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *
     out, n = to_host(out), to_host(n)
     rows = len(prompts)
     result = GenerationResult(
-        tokens=[out[i, :n[i]].tolist() for i in range(rows)],
+        tokens=[out[i, : n[i]].tolist() for i in range(rows)],
         calls=to_host(state.calls_B)[:rows].tolist(),
         accepted_by_rank=to_host(state.accepted_BxLxW)[:rows],
         verify_calls=to_host(state.verify_calls_B)[:rows].tolist(),
-        wall_time=wall, method=method)
+        wall_time=wall,
+        method=method,
+    )
     return (result, state) if return_state else result
 
 
@@ -543,6 +633,7 @@ def run_steps(spec: DecodeSpec, params, la_LxD, state: DecodeState, n: int) -> D
     each) and the rows it wants to emit active; done rows stay frozen. ``state`` is donated
     (the cache is updated in place, as ``resume_jit`` does): use the returned state.
     """
+
     def body(i, s: DecodeState) -> DecodeState:
         if spec.state_sharding is not None:  # the cache stays split as it came in
             s = jax.lax.with_sharding_constraint(s, spec.state_sharding)

@@ -3,6 +3,7 @@
 A fixed method (``ar``, ``pass``, ``pass-fused``, a draft tree) runs one jitted loop
 (``decode.generate_fixed``); ``auto`` re-chooses the layout as it goes (``auto.generate_auto``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -14,13 +15,25 @@ from .config import ModelConfig, SamplerConfig
 from .decode import GenerationResult, generate_fixed
 
 
-def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-             method: str = "ar", la_LxD=None, sampler: SamplerConfig = SamplerConfig(),
-             eos_ids: Sequence[int] | None = None, seed: int = 0, max_len: int | None = None,
-             stream: Callable[[np.ndarray, np.ndarray], None] | None = None, mesh=None,
-             return_state: bool = False, auto_methods: Sequence[str] | None = None,
-             auto_prior: Sequence[float] | None = None, precision: str = "auto"
-             ) -> GenerationResult:
+def generate(
+    cfg: ModelConfig,
+    params,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    method: str = "ar",
+    la_LxD=None,
+    sampler: SamplerConfig = SamplerConfig(),
+    eos_ids: Sequence[int] | None = None,
+    seed: int = 0,
+    max_len: int | None = None,
+    stream: Callable[[np.ndarray, np.ndarray], None] | None = None,
+    mesh=None,
+    return_state: bool = False,
+    auto_methods: Sequence[str] | None = None,
+    auto_prior: Sequence[float] | None = None,
+    precision: str = "auto",
+) -> GenerationResult:
     """Generate continuations of token-id prompts.
 
     ``params`` may be stacked (``hf.load_hf``) or per layer (``hf.load_hf(..., stacked=False)``,
@@ -45,13 +58,36 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], *, max_
         (exact greedy decoding of float32 models), ``default`` or ``highest``.
     """
     if method != "auto":
-        return generate_fixed(cfg, params, prompts, max_new_tokens=max_new_tokens, method=method,
-                              la_LxD=la_LxD, sampler=sampler, eos_ids=eos_ids, seed=seed,
-                              max_len=max_len, stream=stream, mesh=mesh,
-                              return_state=return_state, precision=precision)
+        return generate_fixed(
+            cfg,
+            params,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            method=method,
+            la_LxD=la_LxD,
+            sampler=sampler,
+            eos_ids=eos_ids,
+            seed=seed,
+            max_len=max_len,
+            stream=stream,
+            mesh=mesh,
+            return_state=return_state,
+            precision=precision,
+        )
     if mesh is not None or return_state:
         raise ValueError("method 'auto' runs on one device and returns no state")
-    return generate_auto(cfg, params, prompts, max_new_tokens=max_new_tokens, la_LxD=la_LxD,
-                         sampler=sampler, eos_ids=eos_ids, seed=seed, max_len=max_len,
-                         methods=auto_methods, prior=auto_prior, stream=stream,
-                         precision=precision)
+    return generate_auto(
+        cfg,
+        params,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        la_LxD=la_LxD,
+        sampler=sampler,
+        eos_ids=eos_ids,
+        seed=seed,
+        max_len=max_len,
+        methods=auto_methods,
+        prior=auto_prior,
+        stream=stream,
+        precision=precision,
+    )

@@ -18,6 +18,7 @@ Tensor names (llama architecture, ``{i}`` = layer):
 GGUF stores a ``[out, in]`` torch weight with ``shape = [in, out]`` (fastest axis first); the
 dequantized numpy array is ``[out, in]`` again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,14 +38,22 @@ SUPPORTED_ARCHITECTURES = ("llama",)
 CACHE_ENV = "PASS_JAX_CACHE"
 _CONVERTER_VERSION = "2"  # bump when the output of convert_gguf changes
 
-_GLOBAL_TENSORS = {"token_embd.weight": "model.embed_tokens.weight",
-                   "output_norm.weight": "model.norm.weight",
-                   "output.weight": "lm_head.weight"}
-_LAYER_TENSORS = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-                  "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-                  "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
-                  "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-                  "ffn_down": "mlp.down_proj"}
+_GLOBAL_TENSORS = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_LAYER_TENSORS = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
 
 
 class GGUFError(ValueError):
@@ -63,8 +72,7 @@ def _reader(path: Path):
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":
-        raise GGUFError(f"{str(path)!r} is not a GGUF file (it starts with {magic!r}, not "
-                        "b'GGUF')")
+        raise GGUFError(f"{str(path)!r} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
     try:
         reader = gguf.GGUFReader(str(path))
     except Exception as e:  # ValueError / IndexError / struct errors; a tensor past the end
@@ -88,13 +96,17 @@ def hf_config_dict(reader) -> dict[str, Any]:
     """The ``LlamaConfig`` keyword arguments described by a GGUF file's metadata."""
     arch = _field(reader, "general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
-        raise GGUFError(f"unsupported GGUF architecture {arch!r}; supported: "
-                        f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+        raise GGUFError(
+            f"unsupported GGUF architecture {arch!r}; supported: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
     a = lambda key, default=KeyError: _field(reader, f"{arch}.{key}", default)
     if a("rope.scaling.type", None) not in (None, "none") or any(
-            t.name == "rope_freqs.weight" for t in reader.tensors):
-        raise GGUFError("GGUF files with rope scaling (rope.scaling.* or rope_freqs) are not "
-                        "supported yet")
+        t.name == "rope_freqs.weight" for t in reader.tensors
+    ):
+        raise GGUFError(
+            "GGUF files with rope scaling (rope.scaling.* or rope_freqs) are not supported yet"
+        )
     n_heads = int(a("attention.head_count"))
     d_model = int(a("embedding_length"))
     tokens = _field(reader, "tokenizer.ggml.tokens", None)
@@ -105,17 +117,25 @@ def hf_config_dict(reader) -> dict[str, Any]:
     names = {t.name for t in reader.tensors}
     tok = lambda key: _field(reader, f"tokenizer.ggml.{key}", None)
     return dict(
-        vocab_size=int(vocab), hidden_size=d_model,
+        vocab_size=int(vocab),
+        hidden_size=d_model,
         intermediate_size=int(a("feed_forward_length")),
-        num_hidden_layers=int(a("block_count")), num_attention_heads=n_heads,
-        num_key_value_heads=int(a("attention.head_count_kv", n_heads)), head_dim=head_dim,
+        num_hidden_layers=int(a("block_count")),
+        num_attention_heads=n_heads,
+        num_key_value_heads=int(a("attention.head_count_kv", n_heads)),
+        head_dim=head_dim,
         max_position_embeddings=int(a("context_length")),
         rms_norm_eps=float(a("attention.layer_norm_rms_epsilon")),
         rope_theta=float(a("rope.freq_base", 10000.0)),
         tie_word_embeddings="output.weight" not in names,
-        bos_token_id=tok("bos_token_id"), eos_token_id=tok("eos_token_id"),
-        pad_token_id=tok("padding_token_id"), unk_token_id=tok("unknown_token_id"),
-        hidden_act="silu", attention_bias=False, mlp_bias=False)
+        bos_token_id=tok("bos_token_id"),
+        eos_token_id=tok("eos_token_id"),
+        pad_token_id=tok("padding_token_id"),
+        unk_token_id=tok("unknown_token_id"),
+        hidden_act="silu",
+        attention_bias=False,
+        mlp_bias=False,
+    )
 
 
 def unpermute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -123,8 +143,7 @@ def unpermute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     which reorders each head's rows from the rotate-half rope layout to interleaved pairs.
     ``w`` is a torch-layout weight, ``[out, in]`` (or a bias, ``[out]``)."""
     rows = w.shape[0]
-    return (w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:])
-            .swapaxes(1, 2).reshape(w.shape))
+    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def hf_tensors(reader, config: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -134,8 +153,14 @@ def hf_tensors(reader, config: dict[str, Any]) -> dict[str, np.ndarray]:
     for t in reader.tensors:
         name = _GLOBAL_TENSORS.get(t.name)
         parts = t.name.split(".")
-        if name is None and len(parts) == 4 and parts[0] == "blk" and parts[1].isdigit() \
-                and parts[2] in _LAYER_TENSORS and parts[3] == "weight":
+        if (
+            name is None
+            and len(parts) == 4
+            and parts[0] == "blk"
+            and parts[1].isdigit()
+            and parts[2] in _LAYER_TENSORS
+            and parts[3] == "weight"
+        ):
             name = f"model.layers.{parts[1]}.{_LAYER_TENSORS[parts[2]]}.weight"
         if name is None:
             unknown.append(t.name)
@@ -143,8 +168,10 @@ def hf_tensors(reader, config: dict[str, Any]) -> dict[str, np.ndarray]:
         try:
             arr = gguf.quants.dequantize(t.data, t.tensor_type)
         except NotImplementedError as e:
-            raise GGUFError(f"tensor {t.name!r} has quantization type {t.tensor_type.name}, "
-                            f"which the gguf package cannot dequantize: {e}") from None
+            raise GGUFError(
+                f"tensor {t.name!r} has quantization type {t.tensor_type.name}, "
+                f"which the gguf package cannot dequantize: {e}"
+            ) from None
         arr = np.asarray(arr, np.float32).reshape(tuple(int(x) for x in reversed(t.shape)))
         if parts[-2:-1] == ["attn_q"]:
             arr = unpermute_rows(arr, config["num_attention_heads"])
@@ -152,8 +179,10 @@ def hf_tensors(reader, config: dict[str, Any]) -> dict[str, np.ndarray]:
             arr = unpermute_rows(arr, config["num_key_value_heads"])
         out[name] = np.ascontiguousarray(arr)
     if unknown:
-        raise GGUFError(f"GGUF file has tensors this converter does not know: "
-                        f"{', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}")
+        raise GGUFError(
+            f"GGUF file has tensors this converter does not know: "
+            f"{', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}"
+        )
     return out
 
 
@@ -161,8 +190,9 @@ def load_tokenizer(path):
     """The transformers tokenizer built from a GGUF file's metadata (chat template kept)."""
     p = Path(path)
     try:
-        return transformers.AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name,
-                                                          local_files_only=True)
+        return transformers.AutoTokenizer.from_pretrained(
+            str(p.parent), gguf_file=p.name, local_files_only=True
+        )
     except Exception as e:  # transformers raises many kinds for bad tokenizer metadata
         raise GGUFError(f"cannot build a tokenizer from the metadata of {str(p)!r}: {e}") from None
 
@@ -180,9 +210,12 @@ def within_vocab(tokenizer, vocab_size: int):
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     state["added_tokens"] = [t for t in state["added_tokens"] if t["id"] < vocab_size]
     backend = tokenizers.Tokenizer.from_str(json.dumps(state))
-    kwargs = {k: v for k, v in tokenizer.init_kwargs.items()
-              if k not in ("added_tokens_decoder", "tokenizer_object", "tokenizer_file")
-              and not (isinstance(v, str) and v in past)}
+    kwargs = {
+        k: v
+        for k, v in tokenizer.init_kwargs.items()
+        if k not in ("added_tokens_decoder", "tokenizer_object", "tokenizer_file")
+        and not (isinstance(v, str) and v in past)
+    }
     return type(tokenizer)(tokenizer_object=backend, **kwargs)
 
 
@@ -232,8 +265,14 @@ def resolve_model(path, cache_dir=None) -> str:
     p = Path(path)
     root = Path(cache_dir or cache_root() / "gguf")
     stat = p.stat() if p.is_file() else None
-    stamp = stat and root / "digests" / hashlib.sha256(
-        f"{p.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    stamp = (
+        stat
+        and root
+        / "digests"
+        / hashlib.sha256(f"{p.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[
+            :16
+        ]
+    )
     digest = stamp.read_text().strip() if stamp and stamp.is_file() else None
     if digest is None:
         _reader(p)  # clear errors before hashing or converting
@@ -250,6 +289,16 @@ def resolve_model(path, cache_dir=None) -> str:
     return str(out)
 
 
-__all__ = ["GGUFError", "SUPPORTED_ARCHITECTURES", "is_gguf", "hf_config_dict", "hf_tensors",
-           "unpermute_rows", "load_tokenizer", "convert_gguf", "resolve_model", "cache_root",
-           "file_digest"]
+__all__ = [
+    "GGUFError",
+    "SUPPORTED_ARCHITECTURES",
+    "is_gguf",
+    "hf_config_dict",
+    "hf_tensors",
+    "unpermute_rows",
+    "load_tokenizer",
+    "convert_gguf",
+    "resolve_model",
+    "cache_root",
+    "file_digest",
+]

@@ -13,6 +13,7 @@ Weight layout: torch ``nn.Linear`` stores ``[out, in]``, our Dense kernels are `
 stacked over layers (``[I, in, out]``); GPT-2's ``Conv1D`` is already ``[in, out]`` and its fused
 ``c_attn`` splits into our q, k, v.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,17 +41,31 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2")
 _LLAMA_TYPES = ("llama", "mistral", "qwen2")
 
 # Buffers some checkpoints carry that are not parameters (recomputed by every implementation).
-_IGNORED_SUFFIXES = (".rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias",
-                     ".crossattention.bias", ".crossattention.masked_bias")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
-                    "vocab.txt", "merges.txt", "spiece.model")
+_IGNORED_SUFFIXES = (
+    ".rotary_emb.inv_freq",
+    ".attn.bias",
+    ".attn.masked_bias",
+    ".crossattention.bias",
+    ".crossattention.masked_bias",
+)
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+)
 
 
 # --------------------------------------------------------------------------- config
 
+
 def _unsupported(model_type) -> ValueError:
-    return ValueError(f"unsupported model_type {model_type!r}; supported: "
-                      f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    return ValueError(
+        f"unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+    )
 
 
 def _eos_tuple(eos) -> tuple[int, ...]:
@@ -79,7 +94,8 @@ def _rope_from_hf(hf) -> tuple[float, RopeScaling | None]:
                 factor=float(params["factor"]),
                 low_freq_factor=float(params["low_freq_factor"]),
                 high_freq_factor=float(params["high_freq_factor"]),
-                original_max_position=int(params["original_max_position_embeddings"]))
+                original_max_position=int(params["original_max_position_embeddings"]),
+            )
         except KeyError as e:
             raise ValueError(f"llama3 rope scaling is missing {e.args[0]!r}: {params}") from None
     raise ValueError(f"unsupported rope_type {rope_type!r} (supported: default, llama3)")
@@ -102,12 +118,14 @@ def _sliding_window(hf, model_type: str) -> int | None:
         if kinds != {"sliding_attention"}:
             raise ValueError(
                 f"{model_type} config mixes full and sliding-window attention layers "
-                f"(layer_types={list(layer_types)}); only a uniform window is supported")
+                f"(layer_types={list(layer_types)}); only a uniform window is supported"
+            )
     return int(window)
 
 
-def config_from_hf(hf_config, dtype: str = "float32", param_dtype: str | None = None
-                   ) -> ModelConfig:
+def config_from_hf(
+    hf_config, dtype: str = "float32", param_dtype: str | None = None
+) -> ModelConfig:
     """Translate a ``transformers`` ``PretrainedConfig`` into our ``ModelConfig``.
 
     llama / mistral / qwen2 map to family ``'llama'`` (Llama-3 rope scaling, GQA, tied
@@ -133,19 +151,31 @@ def config_from_hf(hf_config, dtype: str = "float32", param_dtype: str | None = 
     if model_type == "gpt2":
         act = getattr(hf, "activation_function", "gelu_new")
         if act not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ValueError(f"gpt2 activation_function {act!r} is not supported "
-                             "(only the tanh GELU: gelu_new, gelu_pytorch_tanh)")
+            raise ValueError(
+                f"gpt2 activation_function {act!r} is not supported "
+                "(only the tanh GELU: gelu_new, gelu_pytorch_tanh)"
+            )
         if not getattr(hf, "scale_attn_weights", True) or getattr(
-                hf, "scale_attn_by_inverse_layer_idx", False):
-            raise ValueError("gpt2 configs with scale_attn_weights=False or "
-                             "scale_attn_by_inverse_layer_idx=True are not supported")
+            hf, "scale_attn_by_inverse_layer_idx", False
+        ):
+            raise ValueError(
+                "gpt2 configs with scale_attn_weights=False or "
+                "scale_attn_by_inverse_layer_idx=True are not supported"
+            )
         if getattr(hf, "add_cross_attention", False):
             raise ValueError("gpt2 with cross attention is not supported")
         d = int(hf.n_embd)
         return ModelConfig(
-            family="gpt2", d_model=d, n_layers=int(hf.n_layer), n_heads=int(hf.n_head),
-            n_kv_heads=int(hf.n_head), ffn_dim=int(getattr(hf, "n_inner", None) or 4 * d),
-            max_position=int(hf.n_positions), norm_eps=float(hf.layer_norm_epsilon), **common)
+            family="gpt2",
+            d_model=d,
+            n_layers=int(hf.n_layer),
+            n_heads=int(hf.n_head),
+            n_kv_heads=int(hf.n_head),
+            ffn_dim=int(getattr(hf, "n_inner", None) or 4 * d),
+            max_position=int(hf.n_positions),
+            norm_eps=float(hf.layer_norm_epsilon),
+            **common,
+        )
 
     act = getattr(hf, "hidden_act", "silu")
     if act != "silu":
@@ -157,17 +187,23 @@ def config_from_hf(hf_config, dtype: str = "float32", param_dtype: str | None = 
         head_dim = None  # the default; keeps ModelConfig round trips exact
     attention_bias = bool(getattr(hf, "attention_bias", False)) if model_type == "llama" else False
     return ModelConfig(
-        family="llama", d_model=int(hf.hidden_size), n_layers=int(hf.num_hidden_layers),
-        n_heads=n_heads, n_kv_heads=int(getattr(hf, "num_key_value_heads", None) or n_heads),
+        family="llama",
+        d_model=int(hf.hidden_size),
+        n_layers=int(hf.num_hidden_layers),
+        n_heads=n_heads,
+        n_kv_heads=int(getattr(hf, "num_key_value_heads", None) or n_heads),
         ffn_dim=int(hf.intermediate_size),
         max_position=int(getattr(hf, "max_position_embeddings", 2048)),
         head_dim=int(head_dim) if head_dim else None,
         norm_eps=float(getattr(hf, "rms_norm_eps", 1e-6)),
-        rope_theta=theta, rope_scaling=scaling,
+        rope_theta=theta,
+        rope_scaling=scaling,
         qkv_bias=(model_type == "qwen2") or attention_bias,
         attn_out_bias=attention_bias,
         mlp_bias=bool(getattr(hf, "mlp_bias", False)) if model_type == "llama" else False,
-        sliding_window=_sliding_window(hf, model_type), **common)
+        sliding_window=_sliding_window(hf, model_type),
+        **common,
+    )
 
 
 def to_hf_config(cfg: ModelConfig):
@@ -184,9 +220,14 @@ def to_hf_config(cfg: ModelConfig):
     if cfg.family != want_family:
         raise ValueError(f"model_type {mt!r} needs family {want_family!r}, got {cfg.family!r}")
     eos = list(cfg.eos_token_ids)
-    common = dict(vocab_size=cfg.vocab_size, tie_word_embeddings=cfg.tie_embeddings,
-                  bos_token_id=cfg.bos_token_id, eos_token_id=eos[0] if len(eos) == 1 else
-                  (eos or None), pad_token_id=cfg.pad_token_id, dtype=cfg.param_dtype)
+    common = dict(
+        vocab_size=cfg.vocab_size,
+        tie_word_embeddings=cfg.tie_embeddings,
+        bos_token_id=cfg.bos_token_id,
+        eos_token_id=eos[0] if len(eos) == 1 else (eos or None),
+        pad_token_id=cfg.pad_token_id,
+        dtype=cfg.param_dtype,
+    )
     if cfg.unk_token_id is not None:  # not a standard field: kept as an extra config.json key
         common["unk_token_id"] = cfg.unk_token_id
     if mt == "gpt2":
@@ -195,26 +236,46 @@ def to_hf_config(cfg: ModelConfig):
         if cfg.sliding_window is not None:
             raise ValueError("gpt2 has no sliding-window attention")
         hf = transformers.GPT2Config(
-            n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.ffn_dim,
-            n_positions=cfg.max_position, layer_norm_epsilon=cfg.norm_eps,
-            activation_function="gelu_new", **common)
+            n_embd=cfg.d_model,
+            n_layer=cfg.n_layers,
+            n_head=cfg.n_heads,
+            n_inner=cfg.ffn_dim,
+            n_positions=cfg.max_position,
+            layer_norm_epsilon=cfg.norm_eps,
+            activation_function="gelu_new",
+            **common,
+        )
     else:
         rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
         if cfg.rope_scaling is not None:
             rs = cfg.rope_scaling
-            rope = {"rope_type": "llama3", "rope_theta": cfg.rope_theta, "factor": rs.factor,
-                    "low_freq_factor": rs.low_freq_factor,
-                    "high_freq_factor": rs.high_freq_factor,
-                    "original_max_position_embeddings": rs.original_max_position}
-        kw = dict(hidden_size=cfg.d_model, intermediate_size=cfg.ffn_dim,
-                  num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-                  num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.hd,
-                  max_position_embeddings=cfg.max_position, rms_norm_eps=cfg.norm_eps,
-                  hidden_act="silu", rope_parameters=rope, **common)
+            rope = {
+                "rope_type": "llama3",
+                "rope_theta": cfg.rope_theta,
+                "factor": rs.factor,
+                "low_freq_factor": rs.low_freq_factor,
+                "high_freq_factor": rs.high_freq_factor,
+                "original_max_position_embeddings": rs.original_max_position,
+            }
+        kw = dict(
+            hidden_size=cfg.d_model,
+            intermediate_size=cfg.ffn_dim,
+            num_hidden_layers=cfg.n_layers,
+            num_attention_heads=cfg.n_heads,
+            num_key_value_heads=cfg.n_kv_heads,
+            head_dim=cfg.hd,
+            max_position_embeddings=cfg.max_position,
+            rms_norm_eps=cfg.norm_eps,
+            hidden_act="silu",
+            rope_parameters=rope,
+            **common,
+        )
         if mt == "llama":
             if cfg.qkv_bias != cfg.attn_out_bias:
-                raise ValueError("llama's attention_bias covers q, k, v and o together; "
-                                 f"got qkv_bias={cfg.qkv_bias}, attn_out_bias={cfg.attn_out_bias}")
+                raise ValueError(
+                    "llama's attention_bias covers q, k, v and o together; "
+                    f"got qkv_bias={cfg.qkv_bias}, attn_out_bias={cfg.attn_out_bias}"
+                )
             if cfg.sliding_window is not None:
                 raise ValueError("llama has no sliding-window attention; use model_type mistral")
             hf = transformers.LlamaConfig(attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias, **kw)
@@ -227,17 +288,28 @@ def to_hf_config(cfg: ModelConfig):
                 raise ValueError("qwen2 has q/k/v biases and no o or mlp biases")
             hf = transformers.Qwen2Config(
                 use_sliding_window=cfg.sliding_window is not None,
-                sliding_window=cfg.sliding_window, max_window_layers=0, **kw)
-    hf.architectures = [{"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                         "qwen2": "Qwen2ForCausalLM", "gpt2": "GPT2LMHeadModel"}[mt]]
+                sliding_window=cfg.sliding_window,
+                max_window_layers=0,
+                **kw,
+            )
+    hf.architectures = [
+        {
+            "llama": "LlamaForCausalLM",
+            "mistral": "MistralForCausalLM",
+            "qwen2": "Qwen2ForCausalLM",
+            "gpt2": "GPT2LMHeadModel",
+        }[mt]
+    ]
     return hf
 
 
 # --------------------------------------------------------------------------- weight layout
 
+
 @dataclass(frozen=True)
 class _Tensor:
     """One checkpoint tensor: its name (``{i}`` = layer index), our param paths, conversion."""
+
     name: str
     paths: tuple[tuple[str, ...], ...]  # our params it feeds (several for gpt2's fused qkv)
     kind: str  # 'copy' | 'transpose' | 'split' (concatenated along the last axis)
@@ -264,8 +336,12 @@ def _layout(cfg: ModelConfig, param_keys: set[tuple[str, ...]]) -> tuple[str, li
             add(f"h.{{i}}.{hf}.bias", ("layers", ours, "bias"), per_layer=True)
         for leaf in ("kernel", "bias"):
             suffix = "weight" if leaf == "kernel" else "bias"
-            add(f"h.{{i}}.attn.c_attn.{suffix}",
-                tuple(("layers", p, leaf) for p in ("q", "k", "v")), "split", True)
+            add(
+                f"h.{{i}}.attn.c_attn.{suffix}",
+                tuple(("layers", p, leaf) for p in ("q", "k", "v")),
+                "split",
+                True,
+            )
             for hf, ours in (("attn.c_proj", "o"), ("mlp.c_fc", "fc"), ("mlp.c_proj", "proj")):
                 add(f"h.{{i}}.{hf}.{suffix}", ("layers", ours, leaf), per_layer=True)
     else:
@@ -273,12 +349,20 @@ def _layout(cfg: ModelConfig, param_keys: set[tuple[str, ...]]) -> tuple[str, li
         add("embed_tokens.weight", ("embed", "embedding"))
         add("norm.weight", ("final_norm", "scale"))
         add("layers.{i}.input_layernorm.weight", ("layers", "attn_norm", "scale"), per_layer=True)
-        add("layers.{i}.post_attention_layernorm.weight", ("layers", "mlp_norm", "scale"),
-            per_layer=True)
-        for hf, ours in (("self_attn.q_proj", "q"), ("self_attn.k_proj", "k"),
-                         ("self_attn.v_proj", "v"), ("self_attn.o_proj", "o"),
-                         ("mlp.gate_proj", "gate"), ("mlp.up_proj", "up"),
-                         ("mlp.down_proj", "down")):
+        add(
+            "layers.{i}.post_attention_layernorm.weight",
+            ("layers", "mlp_norm", "scale"),
+            per_layer=True,
+        )
+        for hf, ours in (
+            ("self_attn.q_proj", "q"),
+            ("self_attn.k_proj", "k"),
+            ("self_attn.v_proj", "v"),
+            ("self_attn.o_proj", "o"),
+            ("mlp.gate_proj", "gate"),
+            ("mlp.up_proj", "up"),
+            ("mlp.down_proj", "down"),
+        ):
             add(f"layers.{{i}}.{hf}.weight", ("layers", ours, "kernel"), "transpose", True)
             add(f"layers.{{i}}.{hf}.bias", ("layers", ours, "bias"), per_layer=True)
     add("lm_head.weight", ("lm_head", "kernel"), "transpose")
@@ -297,8 +381,10 @@ def _hf_shape(t: _Tensor, shapes: dict) -> tuple[int, ...]:
 
 def _param_shapes(cfg: ModelConfig):
     tree = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
-    flat = {tuple(k.key for k in path): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    flat = {
+        tuple(k.key for k in path): leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
     return {k: tuple(v.shape) for k, v in flat.items()}
 
 
@@ -314,18 +400,26 @@ def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict:
 
 # --------------------------------------------------------------------------- reading
 
+
 def _check_model_dir(model_dir) -> Path:
     d = Path(model_dir)
     if not d.exists():
         raise FileNotFoundError(f"model directory {str(d)!r} does not exist")
     if not d.is_dir():
-        hint = (" (a GGUF file: convert it with gguf_file.resolve_model, as the programs do for "
-                "--model)" if d.suffix == ".gguf" else "")
-        raise NotADirectoryError(f"{str(d)!r} is not a directory (expected a Hugging Face model "
-                                 f"directory with config.json and *.safetensors){hint}")
+        hint = (
+            " (a GGUF file: convert it with gguf_file.resolve_model, as the programs do for "
+            "--model)"
+            if d.suffix == ".gguf"
+            else ""
+        )
+        raise NotADirectoryError(
+            f"{str(d)!r} is not a directory (expected a Hugging Face model "
+            f"directory with config.json and *.safetensors){hint}"
+        )
     if not (d / "config.json").is_file():
-        raise FileNotFoundError(f"{str(d)!r} has no config.json; not a Hugging Face model "
-                                "directory")
+        raise FileNotFoundError(
+            f"{str(d)!r} has no config.json; not a Hugging Face model directory"
+        )
     return d
 
 
@@ -361,11 +455,13 @@ def _weight_files(d: Path) -> list[Path]:
             f"{str(d)!r} only has pickle checkpoints ({', '.join(pickles)}); pickle checkpoints "
             "are not loaded (unpickling can run arbitrary code); convert to safetensors first, "
             "e.g. in a trusted environment AutoModelForCausalLM.from_pretrained(dir)"
-            ".save_pretrained(new_dir), which writes model.safetensors")
+            ".save_pretrained(new_dir), which writes model.safetensors"
+        )
     others = sorted(p.name for p in d.glob("*.safetensors"))
     raise FileNotFoundError(
         f"{str(d)!r} has no model.safetensors or model.safetensors.index.json"
-        + (f" (found {others})" if others else ""))
+        + (f" (found {others})" if others else "")
+    )
 
 
 def read_hf_config(model_dir):
@@ -378,8 +474,14 @@ def read_hf_config(model_dir):
     return transformers.AutoConfig.from_pretrained(str(d), local_files_only=True)
 
 
-def load_hf(model_dir, dtype: str = "float32", param_dtype: str | None = None,
-            stacked: bool = True, mesh: Mesh | None = None, rules=PARAM_RULES):
+def load_hf(
+    model_dir,
+    dtype: str = "float32",
+    param_dtype: str | None = None,
+    stacked: bool = True,
+    mesh: Mesh | None = None,
+    rules=PARAM_RULES,
+):
     """Load a local Hugging Face model directory into ``(ModelConfig, params)``.
 
     ``config.json`` is read with ``transformers.AutoConfig`` (local only), weights from
@@ -407,7 +509,8 @@ def load_hf(model_dir, dtype: str = "float32", param_dtype: str | None = None,
     else:
         ms = dict(mesh.shape)
         place = lambda path, arr: put_sharded(
-            arr, NamedSharding(mesh, param_spec("/".join(path), arr.shape, ms, rules)))
+            arr, NamedSharding(mesh, param_spec("/".join(path), arr.shape, ms, rules))
+        )
     return cfg, _unflatten({p: place(p, flat.pop(p)) for p in list(flat)})
 
 
@@ -417,12 +520,14 @@ def _open_safetensors(path: Path):
     try:
         return safe_open(str(path), framework="numpy")
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path} is not a readable safetensors file (empty, truncated or "
-                         f"corrupt): {e}") from None
+        raise ValueError(
+            f"{path} is not a readable safetensors file (empty, truncated or corrupt): {e}"
+        ) from None
 
 
-def _read_tensors(d: Path, cfg: ModelConfig, files: list[Path], stack,
-                  stacked: bool = True) -> dict:
+def _read_tensors(
+    d: Path, cfg: ModelConfig, files: list[Path], stack, stacked: bool = True
+) -> dict:
     """Checkpoint tensors -> our flat ``{param path: numpy array}``, with all the checks;
     ``stacked=False``: ``('layers_{i}', ...)`` paths holding views of layer i."""
     handles = [stack.enter_context(_open_safetensors(f)) for f in files]
@@ -433,7 +538,7 @@ def _read_tensors(d: Path, cfg: ModelConfig, files: list[Path], stack,
 
     shapes = _param_shapes(cfg)
     prefix, layout = _layout(cfg, set(shapes))
-    canon = {(k[len(prefix):] if k.startswith(prefix) else k): k for k in where}
+    canon = {(k[len(prefix) :] if k.startswith(prefix) else k): k for k in where}
 
     pdt = jnp.dtype(cfg.param_dtype)
     out = {p: np.empty(s, pdt) for p, s in shapes.items()}
@@ -451,9 +556,11 @@ def _read_tensors(d: Path, cfg: ModelConfig, files: list[Path], stack,
             h = handles[where[key]]
             got = tuple(h.get_slice(key).get_shape())
             if got != want:
-                raise ValueError(f"tensor {key!r} has shape {list(got)}, expected {list(want)} "
-                                 f"for this config ({cfg.model_type}, d_model={cfg.d_model}, "
-                                 f"vocab={cfg.vocab_size}, heads={cfg.n_heads}/{cfg.n_kv_heads})")
+                raise ValueError(
+                    f"tensor {key!r} has shape {list(got)}, expected {list(want)} "
+                    f"for this config ({cfg.model_type}, d_model={cfg.d_model}, "
+                    f"vocab={cfg.vocab_size}, heads={cfg.n_heads}/{cfg.n_kv_heads})"
+                )
             arr = h.get_tensor(key)
             if t.kind == "transpose":
                 arr = arr.T
@@ -467,16 +574,19 @@ def _read_tensors(d: Path, cfg: ModelConfig, files: list[Path], stack,
                 else:
                     out[p][i] = part.astype(pdt)
     if missing:
-        shown = ", ".join(missing[:8]) + (f", ... ({len(missing)} in all)"
-                                          if len(missing) > 8 else "")
+        shown = ", ".join(missing[:8]) + (
+            f", ... ({len(missing)} in all)" if len(missing) > 8 else ""
+        )
         raise ValueError(f"checkpoint {str(d)!r} is missing tensors: {shown}")
     extra = sorted(k for k in where if k not in used and not k.endswith(_IGNORED_SUFFIXES))
     if cfg.tie_embeddings:  # a tied head saved anyway duplicates the embedding
         extra = [k for k in extra if k != "lm_head.weight"]
     if extra:
         shown = ", ".join(extra[:8]) + (f", ... ({len(extra)} in all)" if len(extra) > 8 else "")
-        raise ValueError(f"checkpoint {str(d)!r} has unexpected tensors (not part of a "
-                         f"{cfg.model_type} model of this config): {shown}")
+        raise ValueError(
+            f"checkpoint {str(d)!r} has unexpected tensors (not part of a "
+            f"{cfg.model_type} model of this config): {shown}"
+        )
     return out if stacked else _per_layer(out, cfg.n_layers)
 
 
@@ -505,17 +615,22 @@ def load_tokenizer(model_dir):
 
 # --------------------------------------------------------------------------- writing
 
+
 def hf_state_dict(cfg: ModelConfig, params) -> dict[str, np.ndarray]:
     """Our params as a ``{checkpoint name: numpy array}`` dict in the HF layout of
     ``cfg.model_type`` (full ``*ForCausalLM`` names; no ``lm_head`` when tied)."""
     params = stack_layers(params)
     pdt = jnp.dtype(cfg.param_dtype)  # tensors are stored in the dtype config.json declares
-    flat = {tuple(k.key for k in path): np.asarray(leaf).astype(pdt, copy=False)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    flat = {
+        tuple(k.key for k in path): np.asarray(leaf).astype(pdt, copy=False)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
     shapes = _param_shapes(cfg)
     if set(flat) != set(shapes):
-        raise ValueError(f"params do not match the config: missing "
-                         f"{sorted(set(shapes) - set(flat))}, extra {sorted(set(flat) - set(shapes))}")
+        raise ValueError(
+            f"params do not match the config: missing "
+            f"{sorted(set(shapes) - set(flat))}, extra {sorted(set(flat) - set(shapes))}"
+        )
     for p, s in shapes.items():
         if flat[p].shape != s:
             raise ValueError(f"param {'/'.join(p)} has shape {flat[p].shape}, expected {s}")
@@ -598,6 +713,15 @@ def write_hf_dir(hf_config, tensors: dict[str, np.ndarray], out_dir, tokenizer=N
     return out
 
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "config_from_hf", "to_hf_config", "read_hf_config",
-           "load_hf", "load_tokenizer", "hf_state_dict", "save_hf", "write_hf_dir",
-           "checkpoint_names"]
+__all__ = [
+    "SUPPORTED_MODEL_TYPES",
+    "config_from_hf",
+    "to_hf_config",
+    "read_hf_config",
+    "load_hf",
+    "load_tokenizer",
+    "hf_state_dict",
+    "save_hf",
+    "write_hf_dir",
+    "checkpoint_names",
+]

@@ -25,6 +25,7 @@ A tree of widths 1x1x..x1 of depth L is ``pass-fused`` with L look-ahead tokens.
 Shape letters: see ``pass_jax/__init__.py`` (here T tokens of the call, C tree nodes, J draft
 depth, W draft width, L LA tokens per group).
 """
+
 from __future__ import annotations
 
 import re
@@ -77,11 +78,15 @@ class Layout:
             raise ValueError("LA groups must hang under every tree node or none")
         for a in set(anchors):
             nodes = [t for t in range(C, self.T) if self.group[t] == a]
-            if (len(nodes) != len(anchors) // C
-                    or [self.index[t] for t in nodes] != list(range(1, len(nodes) + 1))
-                    or [self.parent[t] for t in nodes] != [a] + nodes[:-1]):
-                raise ValueError(f"the group under node {a} must be a chain LA_1..LA_L, the "
-                                 "same L for every group")
+            if (
+                len(nodes) != len(anchors) // C
+                or [self.index[t] for t in nodes] != list(range(1, len(nodes) + 1))
+                or [self.parent[t] for t in nodes] != [a] + nodes[:-1]
+            ):
+                raise ValueError(
+                    f"the group under node {a} must be a chain LA_1..LA_L, the "
+                    "same L for every group"
+                )
 
     @property
     def T(self) -> int:
@@ -104,7 +109,7 @@ class Layout:
     @property
     def draft_depth(self) -> int:
         """Depth J of the draft tree (0 without drafts): drafts come from q_1..q_J."""
-        return int(self.depth[:self.num_tree].max())
+        return int(self.depth[: self.num_tree].max())
 
     @property
     def width(self) -> int:
@@ -171,8 +176,9 @@ class Layout:
     @cached_property
     def la_index(self) -> np.ndarray:
         """0-based LA embedding per node (0 for non-LA nodes, masked by ``is_la``), ``[T]``."""
-        return np.asarray([i - 1 if k == LA else 0 for k, i in zip(self.kind, self.index)],
-                          np.int32)
+        return np.asarray(
+            [i - 1 if k == LA else 0 for k, i in zip(self.kind, self.index)], np.int32
+        )
 
     @cached_property
     def is_la(self) -> np.ndarray:
@@ -189,13 +195,19 @@ def _build(name: str, widths: tuple[int, ...], L: int) -> Layout:
         for p in level:
             for r in range(w):
                 nxt.append(len(kind))
-                kind.append(DRAFT); parent.append(p); index.append(j); rank.append(r)
+                kind.append(DRAFT)
+                parent.append(p)
+                index.append(j)
+                rank.append(r)
                 group.append(-1)
         level = nxt
     for a in range(len(kind) if L else 0):
         prev = a
         for i in range(1, L + 1):
-            kind.append(LA); parent.append(prev); index.append(i); rank.append(0)
+            kind.append(LA)
+            parent.append(prev)
+            index.append(i)
+            rank.append(0)
             group.append(a)
             prev = len(kind) - 1
     return Layout(name, tuple(kind), tuple(parent), tuple(index), tuple(rank), tuple(group))
@@ -283,20 +295,26 @@ def make_schedule(method: str, L: int = 0) -> Schedule:
     if not isinstance(L, int) or L < 1:
         raise ValueError(f"number of look-ahead tokens must be >= 1, got {L}")
     if L > MAX_LOOKAHEAD:
-        raise ValueError(f"{L} look-ahead tokens: at most {MAX_LOOKAHEAD} are supported (a fused "
-                         f"call holds about L^2 = {L * L} tokens)")
+        raise ValueError(
+            f"{L} look-ahead tokens: at most {MAX_LOOKAHEAD} are supported (a fused "
+            f"call holds about L^2 = {L * L} tokens)"
+        )
     if widths is not None:
         nodes = 1 + int(np.cumprod(widths).sum())
         if nodes * (len(widths) + 1) > MAX_STEP_TOKENS:
-            raise ValueError(f"{method}: {nodes} tree nodes, each with {len(widths)} look-ahead "
-                             f"tokens, is more than one call of at most {MAX_STEP_TOKENS} tokens; "
-                             "use fewer or narrower levels")
+            raise ValueError(
+                f"{method}: {nodes} tree nodes, each with {len(widths)} look-ahead "
+                f"tokens, is more than one call of at most {MAX_STEP_TOKENS} tokens; "
+                "use fewer or narrower levels"
+            )
     if method == "pass":
         return Schedule("pass", L, (), (draft_layout(L), verify_layout(L)))
     if method == "pass-fused":
         return Schedule("pass-fused", L, (draft_layout(L),), (fused_layout(L),))
     if len(widths) > L:
-        raise ValueError(f"{method} is {len(widths)} drafts deep: it needs at least "
-                         f"{len(widths)} look-ahead tokens, there are {L}")
+        raise ValueError(
+            f"{method} is {len(widths)} drafts deep: it needs at least "
+            f"{len(widths)} look-ahead tokens, there are {L}"
+        )
     J = len(widths)
     return Schedule(method, J, (draft_layout(J),), (tree_layout(widths),))

@@ -16,6 +16,7 @@ moved into place with ``os.replace``; the tensor file (the commit point) goes fi
 leaves either the previous export or the new one, never a half-written tensor file. Other files in
 the export directory (checkpoints, logs) are left alone.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -67,8 +68,15 @@ def parse_init(init: str) -> str | int:
     raise ValueError(f"unknown look-ahead init {init!r}; expected one of {', '.join(INIT_FORMS)}")
 
 
-def init_lookahead(cfg: ModelConfig, base_params, num_lookahead: int, token_id: int | None = None,
-                   dtype=None, init: str | int | None = None, unk_token_id: int | None = None):
+def init_lookahead(
+    cfg: ModelConfig,
+    base_params,
+    num_lookahead: int,
+    token_id: int | None = None,
+    dtype=None,
+    init: str | int | None = None,
+    unk_token_id: int | None = None,
+):
     """``la_LxD``: every one of the ``num_lookahead`` rows starts from the same vector.
 
     ``init`` (see :func:`parse_init`): ``'mean'`` the mean of the token embedding table,
@@ -125,8 +133,15 @@ def _to_json(x):
     raise TypeError(f"metric value {x!r} of type {type(x).__name__} is not JSON-serialisable")
 
 
-def save_lookahead(out_dir: str, la_LxD, cfg: ModelConfig, base_identity: dict[str, Any], *,
-                   init_token_id: int | None = None, metrics: dict[str, Any] | None = None) -> str:
+def save_lookahead(
+    out_dir: str,
+    la_LxD,
+    cfg: ModelConfig,
+    base_identity: dict[str, Any],
+    *,
+    init_token_id: int | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> str:
     """Export ``la_LxD`` to ``out_dir`` (created if needed) atomically; returns ``out_dir``.
 
     ``base_identity`` is the base model's :func:`model_fingerprint` (extra JSON-serialisable keys,
@@ -152,8 +167,11 @@ def save_lookahead(out_dir: str, la_LxD, cfg: ModelConfig, base_identity: dict[s
     os.makedirs(out_dir, exist_ok=True)
     stage = tempfile.mkdtemp(prefix=".lookahead-tmp-", dir=out_dir)
     try:
-        save_file({TENSOR_KEY: np.ascontiguousarray(la)}, os.path.join(stage, TENSOR_FILE),
-                  metadata={HEADER_KEY: text})
+        save_file(
+            {TENSOR_KEY: np.ascontiguousarray(la)},
+            os.path.join(stage, TENSOR_FILE),
+            metadata={HEADER_KEY: text},
+        )
         with open(os.path.join(stage, META_FILE), "w") as f:
             f.write(text + "\n")
         for name in (TENSOR_FILE, META_FILE):
@@ -176,8 +194,10 @@ def lookahead_metadata(la_dir: str) -> dict[str, Any]:
     except (SafetensorError, OSError) as e:
         raise ValueError(f"look-ahead file {path} is corrupt or not a safetensors file: {e}") from e
     if HEADER_KEY not in header:
-        raise ValueError(f"look-ahead file {path} has no {HEADER_KEY!r} metadata; "
-                         "it was not written by save_lookahead")
+        raise ValueError(
+            f"look-ahead file {path} has no {HEADER_KEY!r} metadata; "
+            "it was not written by save_lookahead"
+        )
     try:
         return json.loads(header[HEADER_KEY])
     except json.JSONDecodeError as e:
@@ -191,8 +211,9 @@ def recorded_acceptance(la_dir: str) -> dict[str, list[float]] | None:
     return acc if isinstance(acc, dict) and "greedy" in acc and "sampled" in acc else None
 
 
-def load_lookahead(la_dir: str, cfg: ModelConfig, base_params=None,
-                   num_lookahead: int | None = None):
+def load_lookahead(
+    la_dir: str, cfg: ModelConfig, base_params=None, num_lookahead: int | None = None
+):
     """Load ``la_LxD`` from an export, checking that it belongs to this model.
 
     Checks d_model, vocab_size, model type and depth (when recorded) against ``cfg``, the tensor
@@ -210,16 +231,23 @@ def load_lookahead(la_dir: str, cfg: ModelConfig, base_params=None,
         raise ValueError(f"look-ahead file {path} is corrupt: {e!r}") from e
     what = f"lookahead in {la_dir}"
     model = meta.get("model", {})
-    expected = {"d_model": cfg.d_model, "vocab_size": cfg.vocab_size, "n_layers": cfg.n_layers,
-                "model_type": cfg.model_type}
+    expected = {
+        "d_model": cfg.d_model,
+        "vocab_size": cfg.vocab_size,
+        "n_layers": cfg.n_layers,
+        "model_type": cfg.model_type,
+    }
     for key, ours in expected.items():
         theirs = meta.get(key, model.get(key))
         if theirs is not None and theirs != ours:
-            raise ValueError(f"{what} was trained for a model with {key}={theirs}, "
-                             f"this model has {key}={ours}")
+            raise ValueError(
+                f"{what} was trained for a model with {key}={theirs}, this model has {key}={ours}"
+            )
     if la.shape != (meta["num_lookahead"], meta["d_model"]):
-        raise ValueError(f"{what} is corrupt: tensor shape {la.shape} does not match its metadata "
-                         f"(L={meta['num_lookahead']}, d_model={meta['d_model']})")
+        raise ValueError(
+            f"{what} is corrupt: tensor shape {la.shape} does not match its metadata "
+            f"(L={meta['num_lookahead']}, d_model={meta['d_model']})"
+        )
     if num_lookahead is not None and la.shape[0] != num_lookahead:
         raise ValueError(f"{what} has num_lookahead={la.shape[0]}, {num_lookahead} were asked for")
     dtype = la.dtype
@@ -227,8 +255,10 @@ def load_lookahead(la_dir: str, cfg: ModelConfig, base_params=None,
         ours = model_fingerprint(cfg, base_params)["embedding_sha256"]
         theirs = model.get("embedding_sha256")
         if theirs != ours:
-            raise ValueError(f"{what} was trained for a model with a different token embedding "
-                             f"(embedding_sha256 {str(theirs)[:12]}.., this model has "
-                             f"{ours[:12]}..): same architecture, different weights")
+            raise ValueError(
+                f"{what} was trained for a model with a different token embedding "
+                f"(embedding_sha256 {str(theirs)[:12]}.., this model has "
+                f"{ours[:12]}..): same architecture, different weights"
+            )
         dtype = base_params["embed"]["embedding"].dtype
     return jnp.asarray(la, dtype=dtype)

@@ -19,6 +19,7 @@ is ``B x 2ML x V`` instead of ``B x T x V``. Loss arithmetic is float32 whatever
 Shape letters: see ``pass_jax/__init__.py`` (here B batch, X sequence tokens, M insertion groups,
 L look-ahead tokens, R = M*L LA rows, T = X + R, D d_model, V vocab; ``T1`` = T - 1).
 """
+
 from __future__ import annotations
 
 import functools
@@ -108,9 +109,11 @@ def packed_layout(ins_BxM: jax.Array, X: int, L: int) -> PackedLayout:
     la_sees_seq_BxRxX = t_X[None, None, :] <= p_BxR[:, :, None]
     la_sees_la_RxR = (g_R[:, None] == g_R[None, :]) & (i_R[None, :] <= i_R[:, None])
     la_rows_BxRxT = jnp.concatenate(
-        [la_sees_seq_BxRxX, jnp.broadcast_to(la_sees_la_RxR, (B, R, R))], axis=2)
+        [la_sees_seq_BxRxX, jnp.broadcast_to(la_sees_la_RxR, (B, R, R))], axis=2
+    )
     mask_BxTxT = jnp.concatenate(
-        [jnp.broadcast_to(seq_rows_XxT, (B, X, X + R)), la_rows_BxRxT], axis=1)
+        [jnp.broadcast_to(seq_rows_XxT, (B, X, X + R)), la_rows_BxRxT], axis=1
+    )
 
     target_BxR = p_BxR + 1 + i_R
     valid_BxR = (p_BxR >= 0) & (target_BxR < X)
@@ -119,8 +122,7 @@ def packed_layout(ins_BxM: jax.Array, X: int, L: int) -> PackedLayout:
     return PackedLayout(positions_BxT, mask_BxTxT, target_idx_BxR, base_row_BxR, valid_BxR)
 
 
-def packed_logits(cfg: ModelConfig, base_params, la_LxD, tokens_BxX, ins_BxM,
-                  remat: str = "none"):
+def packed_logits(cfg: ModelConfig, base_params, la_LxD, tokens_BxX, ins_BxM, remat: str = "none"):
     """One packed forward pass; float32 logits of the LA rows and the matching base rows
     (``remat``: ``model.REMAT_POLICIES``, per-layer rematerialisation).
 
@@ -136,12 +138,20 @@ def packed_logits(cfg: ModelConfig, base_params, la_LxD, tokens_BxX, ins_BxM,
     tok_BxXxD = embed_tokens(cfg, base_params, tokens_BxX)
     la_BxRxD = jnp.broadcast_to(jnp.tile(la_LxD, (M, 1)), (B, R, D)).astype(tok_BxXxD.dtype)
     embeds_BxTxD = jnp.concatenate([tok_BxXxD, la_BxRxD], axis=1)
-    h_BxTxD, _ = forward(cfg, base_params, jnp.zeros((B, X + R), jnp.int32), lay.positions_BxT,
-                         mask=lay.mask_BxTxT, embeds_BxTxD=embeds_BxTxD, return_hidden=True,
-                         remat=remat)
+    h_BxTxD, _ = forward(
+        cfg,
+        base_params,
+        jnp.zeros((B, X + R), jnp.int32),
+        lay.positions_BxT,
+        mask=lay.mask_BxTxT,
+        embeds_BxTxD=embeds_BxTxD,
+        return_hidden=True,
+        remat=remat,
+    )
     h_base_BxRxD = jnp.take_along_axis(h_BxTxD[:, :X], lay.base_row_BxR[..., None], axis=1)
     both_Bx2RxV = logits_from_hidden(
-        cfg, base_params, jnp.concatenate([h_BxTxD[:, X:], h_base_BxRxD], axis=1))
+        cfg, base_params, jnp.concatenate([h_BxTxD[:, X:], h_base_BxRxD], axis=1)
+    )
     both_Bx2RxV = both_Bx2RxV.astype(jnp.float32)
     q_BxRxV = both_Bx2RxV[:, :R]
     p_BxRxV = jax.lax.stop_gradient(both_Bx2RxV[:, R:])
@@ -157,8 +167,16 @@ def _per_position(x_BxR, w_BxR, L):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "kind", "temperature", "remat"))
-def la_loss(cfg: ModelConfig, base_params, la_LxD, tokens_BxX, ins_BxM, kind: str = "ce",
-            temperature: float = 1.0, remat: str = "none"):
+def la_loss(
+    cfg: ModelConfig,
+    base_params,
+    la_LxD,
+    tokens_BxX,
+    ins_BxM,
+    kind: str = "ce",
+    temperature: float = 1.0,
+    remat: str = "none",
+):
     """Look-ahead training loss on a packed input, mean over valid LA targets.
 
     ``kind='ce'``: cross-entropy of each LA output against the data token it drafts.
@@ -175,7 +193,8 @@ def la_loss(cfg: ModelConfig, base_params, la_LxD, tokens_BxX, ins_BxM, kind: st
         raise ValueError(f"loss temperature must be > 0, got {temperature}")
     L = la_LxD.shape[0]
     q_BxRxV, p_BxRxV, targets_BxR, valid_BxR = packed_logits(
-        cfg, base_params, la_LxD, tokens_BxX, ins_BxM, remat)
+        cfg, base_params, la_LxD, tokens_BxX, ins_BxM, remat
+    )
     w_BxR = valid_BxR.astype(jnp.float32)
     n = w_BxR.sum()
     ce_BxR = _token_ce(q_BxRxV, targets_BxR)
@@ -197,8 +216,16 @@ def la_loss(cfg: ModelConfig, base_params, la_LxD, tokens_BxX, ins_BxM, kind: st
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "temperature", "top_k", "top_p"))
-def acceptance_estimate(cfg: ModelConfig, base_params, la_LxD, tokens_BxX, ins_BxM,
-                        temperature: float, top_k: int = 0, top_p: float = 1.0):
+def acceptance_estimate(
+    cfg: ModelConfig,
+    base_params,
+    la_LxD,
+    tokens_BxX,
+    ins_BxM,
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
+):
     """Teacher-forced expected acceptance of each LA position, in one packed pass.
 
     ``greedy`` [L]: how often argmax q_i equals argmax p, p being the frozen model's distribution
@@ -232,8 +259,10 @@ def sample_insertion_points(rng: jax.Array, B: int, M: int, X: int, L: int) -> j
         raise ValueError(f"need L >= 1 and M >= 1, got L={L}, M={M}")
     choices = X - 1 - L
     if choices < M:
-        raise ValueError(f"a sequence of X={X} tokens has {max(choices, 0)} insertion points for "
-                         f"L={L} look-ahead tokens, M={M} were asked for (need X >= M + L + 1)")
+        raise ValueError(
+            f"a sequence of X={X} tokens has {max(choices, 0)} insertion points for "
+            f"L={L} look-ahead tokens, M={M} were asked for (need X >= M + L + 1)"
+        )
     keys = jax.random.uniform(rng, (B, choices))  # [B, choices]
     return jnp.sort(jnp.argsort(keys, axis=1)[:, :M], axis=1).astype(jnp.int32)
 
@@ -252,8 +281,9 @@ def init_la_state(la_LxD, optimizer: optax.GradientTransformation) -> LAState:
     return LAState(step=jnp.zeros((), jnp.int32), la=la_LxD, opt_state=optimizer.init(la_LxD))
 
 
-def paper_optimizer(lr: float = 1e-2, steps: int = 10_000, warmup: int = 2_000,
-                    weight_decay: float = 0.0) -> optax.GradientTransformation:
+def paper_optimizer(
+    lr: float = 1e-2, steps: int = 10_000, warmup: int = 2_000, weight_decay: float = 0.0
+) -> optax.GradientTransformation:
     """AdamW with linear warmup from 0 to ``lr`` over ``warmup`` steps, then cosine decay to 0.
 
     The paper's recipe (lr 1e-2, 10k steps, 2k warmup). It does not state a weight decay; the
@@ -262,13 +292,24 @@ def paper_optimizer(lr: float = 1e-2, steps: int = 10_000, warmup: int = 2_000,
     if not 0 <= warmup < steps:
         raise ValueError(f"need 0 <= warmup < steps, got warmup={warmup}, steps={steps}")
     schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=steps, end_value=0.0)
+        init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=steps, end_value=0.0
+    )
     return optax.adamw(schedule, weight_decay=weight_decay)
 
 
-def la_train_step(la_state: LAState, base_params, batch: dict, rng: jax.Array, *,
-                  cfg: ModelConfig, optimizer: optax.GradientTransformation, loss_kind: str = "ce",
-                  num_groups: int = 1, temperature: float = 1.0, remat: str = "none"):
+def la_train_step(
+    la_state: LAState,
+    base_params,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    cfg: ModelConfig,
+    optimizer: optax.GradientTransformation,
+    loss_kind: str = "ce",
+    num_groups: int = 1,
+    temperature: float = 1.0,
+    remat: str = "none",
+):
     """One optimizer step on the LA embeddings; base params are constants (never differentiated).
 
     ``batch['tokens']`` is ``[B, X]``; insertion points come from ``batch['insertion_points']``
@@ -283,12 +324,12 @@ def la_train_step(la_state: LAState, base_params, batch: dict, rng: jax.Array, *
     if "insertion_points" in batch:
         ins_BxM = batch["insertion_points"]
     else:
-        ins_BxM = sample_insertion_points(jax.random.fold_in(rng, la_state.step), B, num_groups,
-                                          X, L)
+        ins_BxM = sample_insertion_points(
+            jax.random.fold_in(rng, la_state.step), B, num_groups, X, L
+        )
 
     def loss_fn(la_LxD):
-        return la_loss(cfg, base_params, la_LxD, tokens_BxX, ins_BxM, loss_kind, temperature,
-                       remat)
+        return la_loss(cfg, base_params, la_LxD, tokens_BxX, ins_BxM, loss_kind, temperature, remat)
 
     (_, metrics), grad_LxD = jax.value_and_grad(loss_fn, has_aux=True)(la_state.la)
     updates, opt_state = optimizer.update(grad_LxD, la_state.opt_state, la_state.la)
@@ -298,9 +339,17 @@ def la_train_step(la_state: LAState, base_params, batch: dict, rng: jax.Array, *
 
 
 # Dense bfloat16 peak FLOP/s per chip by JAX device kind, for model FLOPs utilisation.
-PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-              "TPU v6 lite": 918e12, "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12,
-              "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12}
+PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+}
 
 
 def la_step_flops(cfg: ModelConfig, B: int, X: int, M: int, L: int) -> float:
@@ -311,17 +360,24 @@ def la_step_flops(cfg: ModelConfig, B: int, X: int, M: int, L: int) -> float:
     backward through the LA rows only."""
     T, R = X + M * L, M * L
     d, hd, H, K = cfg.d_model, cfg.hd, cfg.n_heads, cfg.n_kv_heads
-    layer_weights = d * hd * (H + 2 * K) + H * hd * d + \
-        (3 if cfg.family == "llama" else 2) * d * cfg.ffn_dim
+    layer_weights = (
+        d * hd * (H + 2 * K) + H * hd * d + (3 if cfg.family == "llama" else 2) * d * cfg.ffn_dim
+    )
     weights = 2 * B * T * cfg.n_layers * layer_weights
     attention = 2 * 2 * B * T * T * H * hd * cfg.n_layers  # scores and weighted sum, dense mask
     logits = 2 * B * cfg.vocab_size * d
     return 2 * weights + 3 * attention + logits * (2 * R + R)
 
 
-def make_la_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation,
-                       loss_kind: str = "ce", num_groups: int = 1, temperature: float = 1.0,
-                       remat: str = "none", mesh: Mesh | None = None):
+def make_la_train_step(
+    cfg: ModelConfig,
+    optimizer: optax.GradientTransformation,
+    loss_kind: str = "ce",
+    num_groups: int = 1,
+    temperature: float = 1.0,
+    remat: str = "none",
+    mesh: Mesh | None = None,
+):
     """``step(la_state, base_params, batch, rng) -> (la_state, metrics)``, jitted, la_state donated.
 
     See :func:`la_train_step`; only the LA array is differentiated and has optimizer state.
@@ -332,8 +388,15 @@ def make_la_train_step(cfg: ModelConfig, optimizer: optax.GradientTransformation
     check_loss_kind(loss_kind)
     if num_groups < 1:
         raise ValueError(f"num_groups must be >= 1, got {num_groups}")
-    step = functools.partial(la_train_step, cfg=cfg, optimizer=optimizer, loss_kind=loss_kind,
-                             num_groups=num_groups, temperature=temperature, remat=remat)
+    step = functools.partial(
+        la_train_step,
+        cfg=cfg,
+        optimizer=optimizer,
+        loss_kind=loss_kind,
+        num_groups=num_groups,
+        temperature=temperature,
+        remat=remat,
+    )
     if mesh is None:
         return jax.jit(step, donate_argnums=(0,))
     return jax.jit(step, out_shardings=(replicated(mesh),) * 2, donate_argnums=(0,))

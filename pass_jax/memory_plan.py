@@ -6,6 +6,7 @@ partition rules the real arrays are sharded with (``sharding.PARAM_RULES``), the
 ``choose_mesh`` finds the smallest mesh that fits a device, ``memory_plan_table`` renders the
 table of ``docs/scaling.md`` (``python -m pass_jax.memory_plan``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,7 +24,7 @@ from .model import init_params
 from .sharding import AXES, BATCH_AXES, param_specs, spec_shards
 from .sharding import mesh_shape as mesh_shape_of
 
-GiB = 1024 ** 3
+GiB = 1024**3
 DEVICES = {  # name -> (memory bytes per device, description)
     "tpu-v4": (32 * GiB, "TPU v4 (32 GiB HBM)"),
     "tpu-v5e": (16 * GiB, "TPU v5e (16 GiB HBM)"),
@@ -31,15 +32,26 @@ DEVICES = {  # name -> (memory bytes per device, description)
 }
 USABLE_FRACTION = 0.9  # leave room for XLA scratch, fragmentation, the runtime
 
+
 @functools.lru_cache(maxsize=16)
 def _abstract_params(cfg: ModelConfig):
     return jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
 
 
-def memory_plan(cfg: ModelConfig, mesh_shape, batch: int, max_len: int, dtype="bfloat16",
-                num_lookahead: int = 4, device: str | int = "tpu-v4", *, train_batch: int = 8,
-                train_seq_len: int = 2048, num_groups: int = 1,
-                remat: bool = False) -> dict[str, Any]:
+def memory_plan(
+    cfg: ModelConfig,
+    mesh_shape,
+    batch: int,
+    max_len: int,
+    dtype="bfloat16",
+    num_lookahead: int = 4,
+    device: str | int = "tpu-v4",
+    *,
+    train_batch: int = 8,
+    train_seq_len: int = 2048,
+    num_groups: int = 1,
+    remat: bool = False,
+) -> dict[str, Any]:
     """Per-device memory of serving (params + KV cache) and of LA training, by the same rules
     the real arrays are sharded with.
 
@@ -80,8 +92,9 @@ def memory_plan(cfg: ModelConfig, mesh_shape, batch: int, max_len: int, dtype="b
     abstract = _abstract_params(cfg)
     specs = param_specs(abstract, ms)
     params_total = params_dev = 0
-    for leaf, spec in zip(jax.tree.leaves(abstract),
-                          jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))):
+    for leaf, spec in zip(
+        jax.tree.leaves(abstract), jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))
+    ):
         n = math.prod(leaf.shape) * isz
         params_total += n
         params_dev += n // spec_shards(spec, ms)
@@ -104,20 +117,37 @@ def memory_plan(cfg: ModelConfig, mesh_shape, batch: int, max_len: int, dtype="b
     train = params_dev + la_state + acts
     usable = int(dev_bytes * USABLE_FRACTION)
     return {
-        "mesh": dict(ms), "devices": math.prod(ms.values()),
-        "params_total": params_total, "params_per_device": params_dev,
-        "kv_per_token": kv_token, "kv_per_device": kv_dev,
+        "mesh": dict(ms),
+        "devices": math.prod(ms.values()),
+        "params_total": params_total,
+        "params_per_device": params_dev,
+        "kv_per_token": kv_token,
+        "kv_per_device": kv_dev,
         "serve_per_device": serve,
-        "la_state": la_state, "train_activations": acts, "train_per_device": train,
-        "remat": remat, "device_bytes": dev_bytes, "usable_bytes": usable,
-        "fits_serve": serve <= usable, "fits_train": train <= usable,
+        "la_state": la_state,
+        "train_activations": acts,
+        "train_per_device": train,
+        "remat": remat,
+        "device_bytes": dev_bytes,
+        "usable_bytes": usable,
+        "fits_serve": serve <= usable,
+        "fits_train": train <= usable,
         "fits": serve <= usable and train <= usable,
     }
 
 
-def choose_mesh(cfg: ModelConfig, device: str, *, batch: int, max_len: int,
-                dtype="bfloat16", num_lookahead: int = 4, max_devices: int = 512,
-                need: str = "fits", **plan_kw) -> dict[str, int] | None:
+def choose_mesh(
+    cfg: ModelConfig,
+    device: str,
+    *,
+    batch: int,
+    max_len: int,
+    dtype="bfloat16",
+    num_lookahead: int = 4,
+    max_devices: int = 512,
+    need: str = "fits",
+    **plan_kw,
+) -> dict[str, int] | None:
     """The smallest mesh for which ``memory_plan(...)[need]`` holds (``'fits'``: serving and LA
     training; ``'fits_serve'``; ``'fits_train'``): 1, 2, 4, ... devices, tensor parallelism up
     to 8 (one host / one ICI ring) and the kv-head count, the rest ``fsdp``. None if none."""
@@ -137,11 +167,17 @@ def _gib(n: int) -> str:
     return f"{n / GiB:.1f}"
 
 
-def memory_plan_table(models: Mapping[str, ModelConfig] | None = None,
-                      devices: Sequence[str] = ("tpu-v4", "tpu-v5e", "h100"), *,
-                      batch: int = 8, max_len: int = 2048, dtype="bfloat16",
-                      num_lookahead: int = 4, train_batch: int = 8,
-                      train_seq_len: int = 2048) -> str:
+def memory_plan_table(
+    models: Mapping[str, ModelConfig] | None = None,
+    devices: Sequence[str] = ("tpu-v4", "tpu-v5e", "h100"),
+    *,
+    batch: int = 8,
+    max_len: int = 2048,
+    dtype="bfloat16",
+    num_lookahead: int = 4,
+    train_batch: int = 8,
+    train_seq_len: int = 2048,
+) -> str:
     """Markdown tables of :func:`memory_plan` for each model on each device.
 
     Serving: the smallest mesh that holds params + KV cache. LA training: the smallest mesh for
@@ -149,22 +185,31 @@ def memory_plan_table(models: Mapping[str, ModelConfig] | None = None,
     with per-layer remat.
     """
     models = models or {"LLaMA-7B": ModelConfig.llama_7b(), "LLaMA-2-70B": ModelConfig.llama2_70b()}
-    common = {"batch": batch, "max_len": max_len, "dtype": dtype,
-              "num_lookahead": num_lookahead, "train_batch": train_batch,
-              "train_seq_len": train_seq_len}
+    common = {
+        "batch": batch,
+        "max_len": max_len,
+        "dtype": dtype,
+        "num_lookahead": num_lookahead,
+        "train_batch": train_batch,
+        "train_seq_len": train_seq_len,
+    }
     mesh_s = lambda m: "none fits" if m is None else f"({m['data']}, {m['fsdp']}, {m['tensor']})"
     nd = lambda m: "-" if m is None else str(math.prod(m.values()))
     dt = jnp.dtype(dtype).name
     lines = [
-        (f"Serving: batch {batch} x {max_len} cache slots, {dt} weights and KV cache. "
-        f"LA training: batch {train_batch} x {train_seq_len} tokens, L = {num_lookahead}, "
-        f"{dt} base model, float32 LA params and Adam moments. "
-        f"{100 * USABLE_FRACTION:.0f}% of device memory counted as usable. Meshes are "
-        f"(data, fsdp, tensor); sizes in GiB per device unless stated."),
+        (
+            f"Serving: batch {batch} x {max_len} cache slots, {dt} weights and KV cache. "
+            f"LA training: batch {train_batch} x {train_seq_len} tokens, L = {num_lookahead}, "
+            f"{dt} base model, float32 LA params and Adam moments. "
+            f"{100 * USABLE_FRACTION:.0f}% of device memory counted as usable. Meshes are "
+            f"(data, fsdp, tensor); sizes in GiB per device unless stated."
+        ),
         "",
-        ("| model | device | params (total) | KV / token | serving mesh | devices | params/dev "
-         "| KV/dev | serve/dev | LA state | training mesh (no remat) | devices | act/dev "
-         "| train/dev | training mesh (remat) | devices | act/dev | train/dev |"),
+        (
+            "| model | device | params (total) | KV / token | serving mesh | devices | params/dev "
+            "| KV/dev | serve/dev | LA state | training mesh (no remat) | devices | act/dev "
+            "| train/dev | training mesh (remat) | devices | act/dev | train/dev |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, cfg in models.items():
@@ -175,18 +220,37 @@ def memory_plan_table(models: Mapping[str, ModelConfig] | None = None,
             any_m = serve_m or train_m or remat_m or {"data": 1, "fsdp": 1, "tensor": 1}
 
             def plan(m, cfg=cfg, dev=dev, **k):
-                return memory_plan(cfg, m, batch, max_len, dtype, num_lookahead, dev,
-                                   train_batch=train_batch, train_seq_len=train_seq_len, **k)
+                return memory_plan(
+                    cfg,
+                    m,
+                    batch,
+                    max_len,
+                    dtype,
+                    num_lookahead,
+                    dev,
+                    train_batch=train_batch,
+                    train_seq_len=train_seq_len,
+                    **k,
+                )
 
             base = plan(any_m)
-            cells = [name, DEVICES[dev][1], f"{base['params_total'] / 1e9:.1f} GB",
-                     f"{base['kv_per_token'] // 1024} KiB", mesh_s(serve_m), nd(serve_m)]
+            cells = [
+                name,
+                DEVICES[dev][1],
+                f"{base['params_total'] / 1e9:.1f} GB",
+                f"{base['kv_per_token'] // 1024} KiB",
+                mesh_s(serve_m),
+                nd(serve_m),
+            ]
             if serve_m is None:
                 cells += ["-"] * 3
             else:
                 r = plan(serve_m)
-                cells += [_gib(r["params_per_device"]), _gib(r["kv_per_device"]),
-                          _gib(r["serve_per_device"])]
+                cells += [
+                    _gib(r["params_per_device"]),
+                    _gib(r["kv_per_device"]),
+                    _gib(r["serve_per_device"]),
+                ]
             cells.append(f"{base['la_state'] // 1024} KiB")
             for m, remat in ((train_m, False), (remat_m, True)):
                 cells += [mesh_s(m), nd(m)]

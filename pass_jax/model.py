@@ -20,6 +20,7 @@ Masks: ``mask`` is the in-call block, ``[T, T]`` or ``[B, T, T]`` (True = may at
 None. With a cache, token t of row b also sees every cache slot ``< cache.lengths[b]``; its own
 keys/values land in slot ``cache.lengths[b] + t``. Without a cache only in-call tokens are seen.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,7 +49,8 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
     wavelen = 2 * math.pi / inv
     scaled = np.where(wavelen > low_wavelen, inv / rs.factor, inv)
     smooth = (rs.original_max_position / wavelen - rs.low_freq_factor) / (
-        rs.high_freq_factor - rs.low_freq_factor)
+        rs.high_freq_factor - rs.low_freq_factor
+    )
     smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled
     medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
     return np.where(medium, smoothed, scaled).astype(np.float32)
@@ -86,8 +88,9 @@ def attention_masks(mask, positions_BxT, cache: KVCache | None, cfg: ModelConfig
     if cache is None:
         return None, call_BxTxT
     slot_S = jnp.arange(cache.max_len)
-    cache_BxTxS = jnp.broadcast_to((slot_S[None, :] < cache.lengths[:, None])[:, None, :],
-                                   (B, T, cache.max_len))
+    cache_BxTxS = jnp.broadcast_to(
+        (slot_S[None, :] < cache.lengths[:, None])[:, None, :], (B, T, cache.max_len)
+    )
     if win is not None:  # committed slot s holds position s
         cache_BxTxS = cache_BxTxS & (positions_BxT[:, :, None] - slot_S[None, None, :] < win)
     return cache_BxTxS, call_BxTxT
@@ -95,6 +98,7 @@ def attention_masks(mask, positions_BxT, cache: KVCache | None, cfg: ModelConfig
 
 class Norm(nn.Module):
     """RMSNorm (llama) or LayerNorm (gpt2); statistics in float32, output in compute dtype."""
+
     cfg: ModelConfig
 
     @nn.compact
@@ -110,13 +114,19 @@ class Norm(nn.Module):
             y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps) * scale.astype(jnp.float32)
             y = y + bias.astype(jnp.float32)
             return y.astype(cfg.dtype)
-        y = x32 * jax.lax.rsqrt((x32 ** 2).mean(-1, keepdims=True) + cfg.norm_eps)
+        y = x32 * jax.lax.rsqrt((x32**2).mean(-1, keepdims=True) + cfg.norm_eps)
         return (scale.astype(jnp.float32) * y).astype(cfg.dtype)
 
 
 def _dense(cfg: ModelConfig, features: int, bias: bool, name: str):
-    return nn.Dense(features, use_bias=bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
-                    kernel_init=nn.initializers.normal(0.02), name=name)
+    return nn.Dense(
+        features,
+        use_bias=bias,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        kernel_init=nn.initializers.normal(0.02),
+        name=name,
+    )
 
 
 def _write_kv(kv_cache, slots_BxT, new_k, new_v):
@@ -125,8 +135,10 @@ def _write_kv(kv_cache, slots_BxT, new_k, new_v):
     ``cache[..., b, :, s, :]`` indexes. Slots past the end are dropped."""
     B, T = slots_BxT.shape
     b_BxT = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
-    return tuple(c.at[..., b_BxT, :, slots_BxT, :].set(new.astype(c.dtype), mode="drop")
-                 for c, new in zip(kv_cache, (new_k, new_v)))
+    return tuple(
+        c.at[..., b_BxT, :, slots_BxT, :].set(new.astype(c.dtype), mode="drop")
+        for c, new in zip(kv_cache, (new_k, new_v))
+    )
 
 
 class Block(nn.Module):
@@ -140,6 +152,7 @@ class Block(nn.Module):
     in-call block) makes the write the cache's only use before the read. Reading first and
     writing after made XLA:CPU copy every layer's cache every call.
     """
+
     cfg: ModelConfig
 
     @nn.compact
@@ -166,22 +179,34 @@ class Block(nn.Module):
         # (einsum letters as the shape letters; u: the in-call key token, one of T)
         q_BxTxKxGxA = q_BxTxHxA.reshape(B, T, K, G, A)
         scale = 1.0 / math.sqrt(A)
-        s_call = jnp.einsum("btkga,buka->bkgtu", q_BxTxKxGxA, k_BxTxKxA,
-                            preferred_element_type=jnp.float32) * scale
+        s_call = (
+            jnp.einsum(
+                "btkga,buka->bkgtu", q_BxTxKxGxA, k_BxTxKxA, preferred_element_type=jnp.float32
+            )
+            * scale
+        )
         s_call = jnp.where(call_mask_BxTxT[:, None, None], s_call, -1e30)
         if kv_cache is None:
             w_call = jax.nn.softmax(s_call, axis=-1).astype(cfg.dtype)
             o_BxTxKxGxA = jnp.einsum("bkgtu,buka->btkga", w_call, v_BxTxKxA)
         else:
             k_BxKxSxA, v_BxKxSxA = kv_cache
-            s_cache = jnp.einsum("btkga,bksa->bkgts", q_BxTxKxGxA, k_BxKxSxA.astype(cfg.dtype),
-                                 preferred_element_type=jnp.float32) * scale
+            s_cache = (
+                jnp.einsum(
+                    "btkga,bksa->bkgts",
+                    q_BxTxKxGxA,
+                    k_BxKxSxA.astype(cfg.dtype),
+                    preferred_element_type=jnp.float32,
+                )
+                * scale
+            )
             s_cache = jnp.where(cache_mask_BxTxS[:, None, None], s_cache, -1e30)
             S = s_cache.shape[-1]
             w = jax.nn.softmax(jnp.concatenate([s_cache, s_call], axis=-1), axis=-1)
             w = w.astype(cfg.dtype)
-            o_BxTxKxGxA = (jnp.einsum("bkgts,bksa->btkga", w[..., :S], v_BxKxSxA.astype(cfg.dtype))
-                           + jnp.einsum("bkgtu,buka->btkga", w[..., S:], v_BxTxKxA))
+            o_BxTxKxGxA = jnp.einsum(
+                "bkgts,bksa->btkga", w[..., :S], v_BxKxSxA.astype(cfg.dtype)
+            ) + jnp.einsum("bkgtu,buka->btkga", w[..., S:], v_BxTxKxA)
         o_BxTxD = _dense(cfg, cfg.d_model, o_bias, "o")(o_BxTxKxGxA.reshape(B, T, H * A))
         x_BxTxD = x_BxTxD + o_BxTxD
 
@@ -200,8 +225,11 @@ class Block(nn.Module):
 # only each layer's input and recomputes the layer in the backward pass; ``dots`` also keeps
 # the weight matmuls' outputs (no batch dimension) and recomputes the rest (attention, norms,
 # activations).
-REMAT_POLICIES = {"none": None, "layer": jax.checkpoint_policies.nothing_saveable,
-                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+REMAT_POLICIES = {
+    "none": None,
+    "layer": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 class Transformer(nn.Module):
@@ -211,6 +239,7 @@ class Transformer(nn.Module):
     compile time independent of depth) or a loop over per-layer params ``layers_{i}/*`` with a
     per-layer cache (decoding: see ``unstack_layers``).
     """
+
     cfg: ModelConfig
     scan_layers: bool = True
     remat: str = "none"  # REMAT_POLICIES: what the backward pass recomputes per layer
@@ -219,20 +248,38 @@ class Transformer(nn.Module):
         cfg = self.cfg
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat must be one of {tuple(REMAT_POLICIES)}, got {self.remat!r}")
-        block = Block if self.remat == "none" else nn.remat(
-            Block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)
-        self.embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype,
-                              param_dtype=cfg.param_dtype,
-                              embedding_init=nn.initializers.normal(0.02), name="embed")
+        block = (
+            Block
+            if self.remat == "none"
+            else nn.remat(
+                Block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers
+            )
+        )
+        self.embed = nn.Embed(
+            cfg.vocab_size,
+            cfg.d_model,
+            dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype,
+            embedding_init=nn.initializers.normal(0.02),
+            name="embed",
+        )
         if cfg.family == "gpt2":
-            self.pos_embed = nn.Embed(cfg.max_position, cfg.d_model, dtype=cfg.dtype,
-                                      param_dtype=cfg.param_dtype,
-                                      embedding_init=nn.initializers.normal(0.01),
-                                      name="pos_embed")
+            self.pos_embed = nn.Embed(
+                cfg.max_position,
+                cfg.d_model,
+                dtype=cfg.dtype,
+                param_dtype=cfg.param_dtype,
+                embedding_init=nn.initializers.normal(0.01),
+                name="pos_embed",
+            )
         if self.scan_layers:
-            self.layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                                  in_axes=(0, nn.broadcast), length=cfg.n_layers)(cfg,
-                                                                                  name="layers")
+            self.layers = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(0, nn.broadcast),
+                length=cfg.n_layers,
+            )(cfg, name="layers")
         else:
             self.layers = [block(cfg, name=f"layers_{i}") for i in range(cfg.n_layers)]
         self.final_norm = Norm(cfg, name="final_norm")
@@ -251,8 +298,15 @@ class Transformer(nn.Module):
             out = self.lm_head(h_BxTxD)
         return out.astype(jnp.float32)
 
-    def __call__(self, tokens_BxT, positions_BxT, cache: KVCache | None = None, mask=None,
-                 embeds_BxTxD=None, return_hidden: bool = False):
+    def __call__(
+        self,
+        tokens_BxT,
+        positions_BxT,
+        cache: KVCache | None = None,
+        mask=None,
+        embeds_BxTxD=None,
+        return_hidden: bool = False,
+    ):
         """Run T new tokens per row.
 
         ``embeds_BxTxD`` (optional) replaces the token-embedding lookup (look-ahead tokens are fed
@@ -270,17 +324,22 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(cfg, positions_BxT)
         ctx = (cos, sin, cache_mask, call_mask)
         if cache is not None and isinstance(cache.k, tuple) == self.scan_layers:
-            raise ValueError("a per-layer cache (init_cache(..., per_layer=True)) goes with "
-                             "unstacked params (unstack_layers) and a stacked one with stacked "
-                             "params")
+            raise ValueError(
+                "a per-layer cache (init_cache(..., per_layer=True)) goes with "
+                "unstacked params (unstack_layers) and a stacked one with stacked "
+                "params"
+            )
         s_BxT = None if cache is None else cache.lengths[:, None] + jnp.arange(T)[None, :]
         if self.scan_layers:
             kv = None if cache is None else (cache.k, cache.v)
             x, (k_IxBxTxKxA, v_IxBxTxKxA) = self.layers(x, kv, ctx)
             if cache is not None:  # one in-place scatter of every layer's K/V at each row's offset
-                k, v = _write_kv((cache.k, cache.v), s_BxT,
-                                 k_IxBxTxKxA.transpose(1, 2, 0, 3, 4),  # [B, T, I, K, A]
-                                 v_IxBxTxKxA.transpose(1, 2, 0, 3, 4))
+                k, v = _write_kv(
+                    (cache.k, cache.v),
+                    s_BxT,
+                    k_IxBxTxKxA.transpose(1, 2, 0, 3, 4),  # [B, T, I, K, A]
+                    v_IxBxTxKxA.transpose(1, 2, 0, 3, 4),
+                )
                 cache = cache.replace(k=k, v=v)
         elif cache is None:
             for block in self.layers:
@@ -311,13 +370,23 @@ def init_params_sharded(cfg: ModelConfig, rng: jax.Array, mesh: Mesh, rules=PARA
     return jax.jit(init, out_shardings=shardings)(rng)
 
 
-def forward(cfg: ModelConfig, params, tokens_BxT, positions_BxT, cache=None, mask=None,
-            embeds_BxTxD=None, return_hidden=False, remat: str = "none"):
+def forward(
+    cfg: ModelConfig,
+    params,
+    tokens_BxT,
+    positions_BxT,
+    cache=None,
+    mask=None,
+    embeds_BxTxD=None,
+    return_hidden=False,
+    remat: str = "none",
+):
     """Functional entry point: ``Transformer(cfg).apply`` on ``{'params': params}``, scanned or
     looped over layers as ``params`` are stacked or unstacked; ``remat``: a ``REMAT_POLICIES``
     key (training memory against recomputation; the values are the same)."""
     return Transformer(cfg, is_stacked(params), remat).apply(
-        {"params": params}, tokens_BxT, positions_BxT, cache, mask, embeds_BxTxD, return_hidden)
+        {"params": params}, tokens_BxT, positions_BxT, cache, mask, embeds_BxTxD, return_hidden
+    )
 
 
 def is_stacked(params) -> bool:
@@ -348,18 +417,19 @@ def stack_layers(params):
         return params
     n = sum(k.startswith("layers_") for k in params)
     out = {k: v for k, v in params.items() if not k.startswith("layers_")}
-    out["layers"] = jax.tree.map(lambda *a: jnp.stack(a), *(params[f"layers_{i}"]
-                                                           for i in range(n)))
+    out["layers"] = jax.tree.map(
+        lambda *a: jnp.stack(a), *(params[f"layers_{i}"] for i in range(n))
+    )
     return out
 
 
 def embed_tokens(cfg: ModelConfig, params, tokens_BxT):
     """Token embeddings ``[B, T, D]`` of the base model."""
-    return Transformer(cfg, is_stacked(params)).apply({"params": params}, tokens_BxT,
-                                                      method="embed_tokens")
+    return Transformer(cfg, is_stacked(params)).apply(
+        {"params": params}, tokens_BxT, method="embed_tokens"
+    )
 
 
 def logits_from_hidden(cfg: ModelConfig, params, h_BxTxD):
     """Apply the output head to final-normed hidden states."""
-    return Transformer(cfg, is_stacked(params)).apply({"params": params}, h_BxTxD,
-                                                      method="logits")
+    return Transformer(cfg, is_stacked(params)).apply({"params": params}, h_BxTxD, method="logits")

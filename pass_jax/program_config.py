@@ -15,6 +15,7 @@ it writes, how it lays itself out) may differ between a checkpoint and the run c
 ``USER_ERRORS`` are the exceptions a program reports as ``error: ...`` (bad input) rather than
 as a traceback. This module knows no program: it imports nothing from ``train`` or ``infer``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -89,8 +90,14 @@ def merge(values: dict[str, Any], updates: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
-def load(cls: type[ConfigT], path: str | None, *, overrides: Iterable[str] = (),
-         args: argparse.Namespace | None = None, sections: Iterable[str] | None = None) -> ConfigT:
+def load(
+    cls: type[ConfigT],
+    path: str | None,
+    *,
+    overrides: Iterable[str] = (),
+    args: argparse.Namespace | None = None,
+    sections: Iterable[str] | None = None,
+) -> ConfigT:
     """A ``cls`` config: YAML file ``path`` (None: no file; only its top-level keys in
     ``sections`` when given; the others belong to other programs), then the ``a.b=value``
     ``overrides``, then the flags in ``args`` named like fields (:func:`flag_values`), checked
@@ -116,16 +123,20 @@ def from_dict(cls: type[ConfigT], values: Mapping[str, Any], where: str = "") ->
     nested dataclasses (a section of keys).
     """
     if not isinstance(values, Mapping):
-        raise ValueError(f"config key {where.rstrip('.')!r} must be a section of keys, "
-                         f"got {values!r}")
+        raise ValueError(
+            f"config key {where.rstrip('.')!r} must be a section of keys, got {values!r}"
+        )
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = _field_types(cls)
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"did you mean {where}{close[0]}?" if close else \
-                f"the keys here are {', '.join(where + k for k in fields)}"
+            hint = (
+                f"did you mean {where}{close[0]}?"
+                if close
+                else f"the keys here are {', '.join(where + k for k in fields)}"
+            )
             raise ValueError(f"unknown config key {where + str(key)!r}; {hint}")
         kwargs[key] = _typed(value, hints[key], f"{where}{key}")
     missing = [name for name, f in fields.items() if name not in kwargs and _required(f)]
@@ -174,8 +185,13 @@ def subset(cls: type, name: str, exclude: Iterable[str], doc: str = "") -> type:
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        default = {} if _required(f) else {"default": f.default} \
-            if f.default is not dataclasses.MISSING else {"default_factory": f.default_factory}
+        default = (
+            {}
+            if _required(f)
+            else {"default": f.default}
+            if f.default is not dataclasses.MISSING
+            else {"default_factory": f.default_factory}
+        )
         specs.append((f.name, hints[f.name], dataclasses.field(**default, metadata=f.metadata)))
     made = dataclasses.make_dataclass(name, specs, frozen=True, kw_only=True)
     made.__doc__ = doc or f"The fields of {cls.__name__} but {', '.join(sorted(skip))}."

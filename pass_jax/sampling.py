@@ -12,6 +12,7 @@ without replacement from q_j, tried in turn with the recursive rejection rule
 
 Shape letters: see ``pass_jax/__init__.py``; ``_xV``: any leading dims, then the vocabulary.
 """
+
 from __future__ import annotations
 
 import jax
@@ -54,8 +55,9 @@ def warp_logits(logits_xV: jax.Array, sampler: SamplerConfig) -> jax.Array:
     if 0 < sampler.top_k < V:  # keep exactly the k largest (scattered: a threshold compare
         # after top_k is much slower on XLA:CPU, which re-runs top_k inside the elementwise loop)
         vals, idx = jax.lax.top_k(logits, sampler.top_k)
-        logits = jnp.put_along_axis(jnp.full_like(logits, NEG_INF), idx, vals, axis=-1,
-                                    inplace=False)
+        logits = jnp.put_along_axis(
+            jnp.full_like(logits, NEG_INF), idx, vals, axis=-1, inplace=False
+        )
     if sampler.top_p < 1.0:
         sorted_desc = -jnp.sort(-logits, axis=-1)
         probs = jax.nn.softmax(sorted_desc, axis=-1)
@@ -69,8 +71,9 @@ def warp_logits(logits_xV: jax.Array, sampler: SamplerConfig) -> jax.Array:
 def warp_probs(logits_xV: jax.Array, sampler: SamplerConfig) -> jax.Array:
     """The warped distribution as probabilities (one-hot argmax when greedy)."""
     if sampler.greedy:
-        return jax.nn.one_hot(jnp.argmax(logits_xV, axis=-1), logits_xV.shape[-1],
-                              dtype=jnp.float32)
+        return jax.nn.one_hot(
+            jnp.argmax(logits_xV, axis=-1), logits_xV.shape[-1], dtype=jnp.float32
+        )
     return jax.nn.softmax(warp_logits(logits_xV, sampler), axis=-1)
 
 
@@ -81,8 +84,7 @@ def support_size(sampler: SamplerConfig, vocab_size: int) -> int:
     return sampler.top_k if 0 < sampler.top_k < vocab_size else 0
 
 
-def sample_probs(rng: jax.Array, probs_xV: jax.Array, greedy: bool, support: int = 0
-                 ) -> jax.Array:
+def sample_probs(rng: jax.Array, probs_xV: jax.Array, greedy: bool, support: int = 0) -> jax.Array:
     """Draw one token per row from (unnormalised) probabilities; argmax when greedy. int32.
 
     ``support`` > 0 promises at most that many non-zero entries per row (``support_size``): the
@@ -102,12 +104,14 @@ def sample_logits(rng: jax.Array, logits_xV: jax.Array, sampler: SamplerConfig) 
     """Draw one token per row from warped logits (argmax when greedy)."""
     if sampler.greedy:
         return jnp.argmax(logits_xV, axis=-1).astype(jnp.int32)
-    return sample_probs(rng, warp_probs(logits_xV, sampler), False,
-                        support_size(sampler, logits_xV.shape[-1]))
+    return sample_probs(
+        rng, warp_probs(logits_xV, sampler), False, support_size(sampler, logits_xV.shape[-1])
+    )
 
 
-def draw_without_replacement(rng: jax.Array, probs_xV: jax.Array, k: int, support: int = 0
-                             ) -> jax.Array:
+def draw_without_replacement(
+    rng: jax.Array, probs_xV: jax.Array, k: int, support: int = 0
+) -> jax.Array:
     """An ordered sample of ``k`` distinct tokens per row without replacement (Gumbel-top-k:
     the j-th is drawn from ``probs`` with the first j-1 removed, renormalised), int32 ``[..., k]``.
 
@@ -130,8 +134,9 @@ def without_replacement_proposals(q_BxV: jax.Array, tokens_BxW: jax.Array) -> ja
     if W == 1:
         return q_BxV[:, None]
     seen_BxWxV = jnp.cumsum(jax.nn.one_hot(tokens_BxW, q_BxV.shape[-1], dtype=bool), axis=1)
-    earlier_BxWxV = jnp.concatenate(
-        [jnp.zeros_like(seen_BxWxV[:, :1]), seen_BxWxV[:, :-1]], axis=1) > 0
+    earlier_BxWxV = (
+        jnp.concatenate([jnp.zeros_like(seen_BxWxV[:, :1]), seen_BxWxV[:, :-1]], axis=1) > 0
+    )
     left_BxWxV = jnp.where(earlier_BxWxV, 0.0, q_BxV[:, None, :])
     mass_BxWx1 = left_BxWxV.sum(-1, keepdims=True)
     return jnp.where(mass_BxWx1 > 0, left_BxWxV / jnp.where(mass_BxWx1 > 0, mass_BxWx1, 1.0), 0.0)
@@ -145,8 +150,13 @@ def residual_probs(p_BxV: jax.Array, q_BxV: jax.Array) -> jax.Array:
     return jnp.where(mass_Bx1 > 0, resid_BxV / jnp.where(mass_Bx1 > 0, mass_Bx1, 1.0), p_BxV)
 
 
-def recursive_accept(u_BxW: jax.Array, p_BxV: jax.Array, q_BxWxV: jax.Array,
-                     tokens_BxW: jax.Array, valid_BxW: jax.Array):
+def recursive_accept(
+    u_BxW: jax.Array,
+    p_BxV: jax.Array,
+    q_BxWxV: jax.Array,
+    tokens_BxW: jax.Array,
+    valid_BxW: jax.Array,
+):
     """Multi-candidate speculative sampling at one tree node: try the children in turn.
 
     The recursive rejection rule of SpecInfer (Miao et al. 2024, arXiv 2305.09781, "multi-step
@@ -175,8 +185,10 @@ def recursive_accept(u_BxW: jax.Array, p_BxV: jax.Array, q_BxWxV: jax.Array,
         c_Bx1 = tokens_BxW[:, r, None]
         try_B = valid_BxW[:, r] & (rank_B < 0)
         q_BxV = q_BxWxV[:, r]
-        ok_B = try_B & (u_BxW[:, r] * jnp.take_along_axis(q_BxV, c_Bx1, -1)[:, 0]
-                        < jnp.take_along_axis(p_BxV, c_Bx1, -1)[:, 0])
+        ok_B = try_B & (
+            u_BxW[:, r] * jnp.take_along_axis(q_BxV, c_Bx1, -1)[:, 0]
+            < jnp.take_along_axis(p_BxV, c_Bx1, -1)[:, 0]
+        )
         rank_B = jnp.where(ok_B, r, rank_B)
         p_BxV = jnp.where((try_B & ~ok_B)[:, None], residual_probs(p_BxV, q_BxV), p_BxV)
     return rank_B, p_BxV
@@ -190,8 +202,15 @@ def tree_depth(children_CxW) -> int:
     return int(depth.max())
 
 
-def verify_tree(rng: jax.Array, p_BxCxV: jax.Array, children_CxW, drafts_BxLxW: jax.Array,
-                q_BxLxV: jax.Array, greedy: bool, support: int = 0):
+def verify_tree(
+    rng: jax.Array,
+    p_BxCxV: jax.Array,
+    children_CxW,
+    drafts_BxLxW: jax.Array,
+    q_BxLxV: jax.Array,
+    greedy: bool,
+    support: int = 0,
+):
     """Verify a draft tree per row: walk down from the root, one depth at a time.
 
     Greedy: descend into the child equal to the target's argmax; the next token is the argmax
@@ -233,8 +252,9 @@ def verify_tree(rng: jax.Array, p_BxCxV: jax.Array, children_CxW, drafts_BxLxW: 
         else:
             q_BxWxV = without_replacement_proposals(q_BxLxV[:, j], tokens_BxW)
             valid_BxW &= jnp.take_along_axis(q_BxLxV[:, j], tokens_BxW, -1) > 0
-            rank_B, left_BxV = recursive_accept(u_BxJxW[:, j], p_BxV, q_BxWxV, tokens_BxW,
-                                                valid_BxW)
+            rank_B, left_BxV = recursive_accept(
+                u_BxJxW[:, j], p_BxV, q_BxWxV, tokens_BxW, valid_BxW
+            )
         stop_B = alive_B & (rank_B < 0)
         p_end_BxV = jnp.where(stop_B[:, None], left_BxV, p_end_BxV)
         alive_B = alive_B & ~stop_B

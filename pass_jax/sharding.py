@@ -27,6 +27,7 @@ Multi-host (TPU pod slices, several GPU hosts): call :func:`maybe_initialize_dis
 (flags or environment); every process then builds the same global mesh over ``jax.devices()``
 and feeds its own rows of each batch (:func:`shard_batch`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,8 +54,9 @@ BATCH_AXES = ("data", "fsdp")
 # --------------------------------------------------------------------------- meshes
 
 
-def parse_mesh(spec: str | Mapping[str, int] | None, num_devices: int | None = None
-               ) -> dict[str, int]:
+def parse_mesh(
+    spec: str | Mapping[str, int] | None, num_devices: int | None = None
+) -> dict[str, int]:
     """Axis sizes ``{'data': d, 'fsdp': f, 'tensor': t}`` from ``"data=2,fsdp=1,tensor=4"``.
 
     Also accepts a dict (e.g. from YAML), or three comma-separated integers ``"2,1,4"``. Missing
@@ -67,8 +69,9 @@ def parse_mesh(spec: str | Mapping[str, int] | None, num_devices: int | None = N
         items = [s.strip() for s in spec.split(",") if s.strip()]
         if items and all("=" not in s for s in items):
             if len(items) != len(AXES):
-                raise ValueError(f"mesh {spec!r}: give {len(AXES)} sizes ({','.join(AXES)}) "
-                                 "or name=size pairs")
+                raise ValueError(
+                    f"mesh {spec!r}: give {len(AXES)} sizes ({','.join(AXES)}) or name=size pairs"
+                )
             items = [f"{a}={s}" for a, s in zip(AXES, items)]
         parsed: dict[str, int] = {}
         for item in items:
@@ -100,8 +103,9 @@ def parse_mesh(spec: str | Mapping[str, int] | None, num_devices: int | None = N
     return sizes
 
 
-def make_mesh(spec: str | Mapping[str, int] | None = None,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+    spec: str | Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
     """A ``Mesh`` with axes ``('data', 'fsdp', 'tensor')`` over ``devices`` (default: all).
 
     The product of the sizes must equal the number of devices. Axis types are ``Auto`` (XLA
@@ -111,8 +115,10 @@ def make_mesh(spec: str | Mapping[str, int] | None = None,
     sizes = parse_mesh(spec, len(devices))
     shape = tuple(sizes[a] for a in AXES)
     if math.prod(shape) != len(devices):
-        raise ValueError(f"mesh {sizes} has {math.prod(shape)} devices, "
-                         f"{len(devices)} are available (use -1 for 'the rest')")
+        raise ValueError(
+            f"mesh {sizes} has {math.prod(shape)} devices, "
+            f"{len(devices)} are available (use -1 for 'the rest')"
+        )
     return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
 
 
@@ -129,14 +135,20 @@ def wait_for_coordinator(address: str, timeout_s: float) -> None:
             return
         except OSError as e:
             if time.monotonic() >= deadline:
-                raise ValueError(f"multi-host: the coordinator {address} did not answer within "
-                                 f"{timeout_s} s (--init-timeout); is process 0 running "
-                                 f"there? ({e})") from None
+                raise ValueError(
+                    f"multi-host: the coordinator {address} did not answer within "
+                    f"{timeout_s} s (--init-timeout); is process 0 running "
+                    f"there? ({e})"
+                ) from None
             time.sleep(0.5)
 
 
-def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                                 process_id: int | None = None, timeout_s: int = 300) -> bool:
+def maybe_initialize_distributed(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    timeout_s: int = 300,
+) -> bool:
     """Call ``jax.distributed.initialize`` when multi-host is configured; returns whether it is.
 
     Configured means: ``coordinator`` given (``"host:port"``, or ``"auto"`` to let JAX detect
@@ -154,36 +166,51 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
         num_processes = int(env["JAX_NUM_PROCESSES"])
     if process_id is None and env.get("JAX_PROCESS_ID"):
         process_id = int(env["JAX_PROCESS_ID"])
-    auto = coordinator == "auto" or (coordinator is None
-                                     and env.get("PASS_JAX_DISTRIBUTED", "") in ("1", "true"))
+    auto = coordinator == "auto" or (
+        coordinator is None and env.get("PASS_JAX_DISTRIBUTED", "") in ("1", "true")
+    )
     if coordinator is None and not auto:
         if num_processes is not None or process_id is not None:
-            raise ValueError("--num-processes / --process-id need --coordinator host:port (the "
-                             "address of process 0; or 'auto' on TPU pods and SLURM)")
+            raise ValueError(
+                "--num-processes / --process-id need --coordinator host:port (the "
+                "address of process 0; or 'auto' on TPU pods and SLURM)"
+            )
         return False
     if not auto and (num_processes is None or process_id is None):
         raise ValueError(f"--coordinator {coordinator} needs --num-processes and --process-id")
     if not auto and not 0 <= process_id < num_processes:
-        raise ValueError(f"--process-id {process_id} is not in [0, --num-processes "
-                         f"{num_processes})")
-    print(f"multi-host: process {'?' if auto else process_id} of "
-          f"{'?' if auto else num_processes} joining {coordinator or 'the detected cluster'} "
-          f"(waiting up to {timeout_s} s, --init-timeout)", file=sys.stderr, flush=True)
+        raise ValueError(
+            f"--process-id {process_id} is not in [0, --num-processes {num_processes})"
+        )
+    print(
+        f"multi-host: process {'?' if auto else process_id} of "
+        f"{'?' if auto else num_processes} joining {coordinator or 'the detected cluster'} "
+        f"(waiting up to {timeout_s} s, --init-timeout)",
+        file=sys.stderr,
+        flush=True,
+    )
     if not auto and process_id != 0:
         wait_for_coordinator(coordinator, timeout_s)
     try:
         if auto:
             jax.distributed.initialize(initialization_timeout=timeout_s)
         else:
-            jax.distributed.initialize(coordinator, num_processes, process_id,
-                                       initialization_timeout=timeout_s)
+            jax.distributed.initialize(
+                coordinator, num_processes, process_id, initialization_timeout=timeout_s
+            )
     except (RuntimeError, jax.errors.JaxRuntimeError) as e:
-        raise ValueError(f"multi-host: the processes did not all join "
-                         f"{coordinator or 'the detected cluster'} within {timeout_s} s "
-                         f"(--init-timeout): {str(e).splitlines()[0]}") from e
-    log.info("jax.distributed: process %d of %d, %d local / %d global devices",
-             jax.process_index(), jax.process_count(), jax.local_device_count(),
-             jax.device_count())
+        raise ValueError(
+            f"multi-host: the processes did not all join "
+            f"{coordinator or 'the detected cluster'} within {timeout_s} s "
+            f"(--init-timeout): {str(e).splitlines()[0]}"
+        ) from e
+    log.info(
+        "jax.distributed: process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
     return True
 
 
@@ -211,8 +238,12 @@ def _axes_tuple(axes: Axes) -> tuple[str, ...]:
     return (axes,) if isinstance(axes, str) else tuple(axes)
 
 
-def fit_spec(shape: Sequence[int], axes_per_dim: Sequence[Axes], mesh_shape: Mapping[str, int],
-             what: str = "array") -> P:
+def fit_spec(
+    shape: Sequence[int],
+    axes_per_dim: Sequence[Axes],
+    mesh_shape: Mapping[str, int],
+    what: str = "array",
+) -> P:
     """``PartitionSpec`` for ``shape`` from the wanted axes per dim, keeping only what divides.
 
     For a dim with several axes, the full group is tried, then each single axis in order; a dim
@@ -222,15 +253,21 @@ def fit_spec(shape: Sequence[int], axes_per_dim: Sequence[Axes], mesh_shape: Map
     for dim, (size, axes) in enumerate(zip(shape, list(axes_per_dim) + [None] * len(shape))):
         want = _axes_tuple(axes)
         chosen: tuple[str, ...] = ()
-        for cand in ([want] + [(a,) for a in want] if len(want) > 1 else [want]):
+        for cand in [want] + [(a,) for a in want] if len(want) > 1 else [want]:
             n = math.prod(mesh_shape.get(a, 1) for a in cand)
             if cand and size % n == 0 and (cand == want or n > 1):
                 chosen = cand
                 break
         if want and chosen != want:
-            log.debug("%s: dim %d (size %d) is not divisible by mesh axes %s (%s); using %s",
-                      what, dim, size, want, {a: mesh_shape.get(a, 1) for a in want},
-                      chosen or "replication")
+            log.debug(
+                "%s: dim %d (size %d) is not divisible by mesh axes %s (%s); using %s",
+                what,
+                dim,
+                size,
+                want,
+                {a: mesh_shape.get(a, 1) for a in want},
+                chosen or "replication",
+            )
         out.append(None if not chosen else chosen[0] if len(chosen) == 1 else chosen)
     while out and out[-1] is None:
         out.pop()
@@ -255,14 +292,16 @@ def path_str(path) -> str:
     return "/".join(parts)
 
 
-def param_spec(path: str, shape: Sequence[int], mesh_shape: Mapping[str, int],
-               rules=PARAM_RULES) -> P:
+def param_spec(
+    path: str, shape: Sequence[int], mesh_shape: Mapping[str, int], rules=PARAM_RULES
+) -> P:
     """The ``PartitionSpec`` of one parameter (see ``PARAM_RULES``) for a mesh of that shape."""
     for pattern, axes in rules:
         if re.search(pattern, path):
             if len(axes) > len(shape):
-                raise ValueError(f"rule {pattern!r} has {len(axes)} dims, {path} has shape "
-                                 f"{tuple(shape)}")
+                raise ValueError(
+                    f"rule {pattern!r} has {len(axes)} dims, {path} has shape {tuple(shape)}"
+                )
             return fit_spec(shape, axes, mesh_shape, path)
     return P()
 
@@ -278,14 +317,17 @@ def param_specs(params, mesh, rules=PARAM_RULES):
     """Tree of ``PartitionSpec`` for a params tree (arrays or ``ShapeDtypeStruct``s)."""
     ms = mesh_shape(mesh)
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: param_spec(path_str(path), np.shape(x), ms, rules), params)
+        lambda path, x: param_spec(path_str(path), np.shape(x), ms, rules), params
+    )
 
 
 def param_shardings(abstract_params, mesh: Mesh, rules=PARAM_RULES):
     """Tree of ``NamedSharding`` for the base params (their shapes are all that is read)."""
-    return jax.tree.map(lambda spec: NamedSharding(mesh, spec),
-                        param_specs(abstract_params, mesh, rules),
-                        is_leaf=lambda x: isinstance(x, P))
+    return jax.tree.map(
+        lambda spec: NamedSharding(mesh, spec),
+        param_specs(abstract_params, mesh, rules),
+        is_leaf=lambda x: isinstance(x, P),
+    )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -346,8 +388,10 @@ def shard_batch(batch, mesh: Mesh, process_local: bool | None = None):
         if process_local:
             gshape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
             if gshape[0] % batch_divisor(mesh):
-                raise ValueError(f"global batch of {gshape[0]} rows ({x.shape[0]} per process) "
-                                 f"is not divisible by data x fsdp = {batch_divisor(mesh)}")
+                raise ValueError(
+                    f"global batch of {gshape[0]} rows ({x.shape[0]} per process) "
+                    f"is not divisible by data x fsdp = {batch_divisor(mesh)}"
+                )
             s = batch_sharding(mesh, gshape)
             return jax.make_array_from_process_local_data(s, x, gshape)
         return put_sharded(x, batch_sharding(mesh, x.shape))

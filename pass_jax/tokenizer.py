@@ -88,10 +88,12 @@ def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
     plain = tokenizer.encode(probe, add_special_tokens=False)
     full = tokenizer.encode(probe, add_special_tokens=True)
     for start in range(len(full) - len(plain) + 1):
-        if full[start:start + len(plain)] == plain:
-            return full[:start], full[start + len(plain):]
-    raise ValueError(f"cannot tell which special tokens the tokenizer adds: {probe!r} encodes "
-                     f"to {plain} plain and to {full} with special tokens")
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
+    raise ValueError(
+        f"cannot tell which special tokens the tokenizer adds: {probe!r} encodes "
+        f"to {plain} plain and to {full} with special tokens"
+    )
 
 
 def with_special_tokens(tokenizer, ids_list: list[list[int]]) -> list[list[int]]:

@@ -1,4 +1,5 @@
 """Test setup: 8 simulated CPU devices (for the sharding tests), float32 matmuls, tmp fixtures."""
+
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -12,8 +13,12 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 import pytest  # noqa: E402
 
-SP_TEXTS = ["the quick brown fox jumps over the lazy dog", "hello world, hello there",
-            "I love pizza and pasta", "def add(a, b): return a + b"] * 10
+SP_TEXTS = [
+    "the quick brown fox jumps over the lazy dog",
+    "hello world, hello there",
+    "I love pizza and pasta",
+    "def add(a, b): return a + b",
+] * 10
 
 
 @pytest.fixture(scope="session")
@@ -27,12 +32,16 @@ def sp_tokenizer():
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator(SP_TEXTS, trainers.BpeTrainer(
-        vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A",
-                                                       special_tokens=[("<s>", 1)])
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>",
-                                                bos_token="<s>", eos_token="</s>")
+    tok.train_from_iterator(
+        SP_TEXTS,
+        trainers.BpeTrainer(
+            vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False
+        ),
+    )
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
 
 
 # ------------------------------------------------------------------ the shared tiny model
@@ -85,8 +94,9 @@ def tiny_hf_dir(tmp_path_factory):
 
     def get(cfg: ModelConfig = TINY, seed: int = 0, dst=None):
         if (cfg, seed) not in made:
-            made[cfg, seed] = save_hf(cfg, _params(cfg, seed),
-                                      tmp_path_factory.mktemp("tiny_hf") / "m")
+            made[cfg, seed] = save_hf(
+                cfg, _params(cfg, seed), tmp_path_factory.mktemp("tiny_hf") / "m"
+            )
         return made[cfg, seed] if dst is None else shutil.copytree(made[cfg, seed], dst)
 
     return get

@@ -1,5 +1,6 @@
 """``method="auto"``: the acceptance model, the choice (autoregressive when nothing pays), and
 lossless decoding while the schedule changes between segments."""
+
 import itertools
 
 import jax.numpy as jnp
@@ -15,10 +16,25 @@ PROMPTS = [[3, 9, 27], [5, 1, 4, 1, 5, 9, 2, 6], [7] * 13]
 
 
 def test_candidates():
-    assert auto.candidates(2) == ("ar", "pass", "tree-1", "tree-1x1", "tree-2x1", "tree-2x2",
-                                  "tree-3x2")
-    assert auto.candidates(6)[:8] == ("ar", "pass", "tree-1", "tree-1x1", "tree-1x1x1",
-                                      "tree-1x1x1x1", "tree-1x1x1x1x1", "tree-1x1x1x1x1x1")
+    assert auto.candidates(2) == (
+        "ar",
+        "pass",
+        "tree-1",
+        "tree-1x1",
+        "tree-2x1",
+        "tree-2x2",
+        "tree-3x2",
+    )
+    assert auto.candidates(6)[:8] == (
+        "ar",
+        "pass",
+        "tree-1",
+        "tree-1x1",
+        "tree-1x1x1",
+        "tree-1x1x1x1",
+        "tree-1x1x1x1x1",
+        "tree-1x1x1x1x1x1",
+    )
     assert auto.explorer(auto.candidates(4), 4) == "tree-3x2x1x1"
     assert auto.widths("pass", 3) == (1, 1, 1) and auto.widths("ar", 3) == ()
 
@@ -60,17 +76,28 @@ def test_switching_schedules_every_segment_stays_lossless(monkeypatch):
     la = random_la(CFG, 2, 101, 0.05) + params["embed"]["embedding"][jnp.arange(2)]
     methods = ("ar", "pass", "tree-1x1", "tree-3x2", "tree-2")
     timed = []
-    monkeypatch.setattr(auto, "iteration_seconds",
-                        lambda cfg, p, m, *a: timed.append(m) or 1.0)
+    monkeypatch.setattr(auto, "iteration_seconds", lambda cfg, p, m, *a: timed.append(m) or 1.0)
     cycle = itertools.cycle(methods)
     monkeypatch.setattr(auto, "choose", lambda stats, costs, L: (next(cycle), {}))
     plain = generate(CFG, params, PROMPTS, max_new_tokens=30, eos_ids=()).tokens
-    late = [(b, t) for b, row in enumerate(plain) for i, t in enumerate(row)
-            if i >= 15 and t not in row[:i] and all(t not in r for r in plain[:b])]
+    late = [
+        (b, t)
+        for b, row in enumerate(plain)
+        for i, t in enumerate(row)
+        if i >= 15 and t not in row[:i] and all(t not in r for r in plain[:b])
+    ]
     row, eos = late[0]  # a token first emitted late in a row, absent from the rows before
     want = generate(CFG, params, PROMPTS, max_new_tokens=30, eos_ids=(eos,))
-    res = auto.generate_auto(CFG, params, PROMPTS, max_new_tokens=30, la_LxD=la,
-                             eos_ids=(eos,), methods=methods, segment=3)
+    res = auto.generate_auto(
+        CFG,
+        params,
+        PROMPTS,
+        max_new_tokens=30,
+        la_LxD=la,
+        eos_ids=(eos,),
+        methods=methods,
+        segment=3,
+    )
     assert res.tokens == want.tokens and len(res.tokens[row]) < 30
     assert res.auto.segments[0] == "tree-3x2" and set(res.auto.segments) == set(methods)
     assert sorted(timed) == sorted(methods)
@@ -94,14 +121,33 @@ def test_prior_skips_the_costly_exploration(monkeypatch):
     stats = auto.prior_stats([0.2, 0.05], 2, 3)
     np.testing.assert_allclose(stats.conditional()[:, 0], [(3.2 + 1) / 18, (0.8 + 1) / 18])
     want = generate(CFG, params, PROMPTS, max_new_tokens=12, eos_ids=()).tokens
-    res = auto.generate_auto(CFG, params, PROMPTS, max_new_tokens=12, la_LxD=la, eos_ids=(),
-                             methods=methods, segment=3, prior=[0.2, 0.05])
+    res = auto.generate_auto(
+        CFG,
+        params,
+        PROMPTS,
+        max_new_tokens=12,
+        la_LxD=la,
+        eos_ids=(),
+        methods=methods,
+        segment=3,
+        prior=[0.2, 0.05],
+    )
     assert res.tokens == want and set(res.auto.segments) == {"ar"}
     # without the prior the first segment runs the widest tree
-    res = auto.generate_auto(CFG, params, PROMPTS, max_new_tokens=12, la_LxD=la, eos_ids=(),
-                             methods=methods, segment=3)
+    res = auto.generate_auto(
+        CFG, params, PROMPTS, max_new_tokens=12, la_LxD=la, eos_ids=(), methods=methods, segment=3
+    )
     assert res.tokens == want and res.auto.segments[0] == "tree-3x2"
     # after 32 autoregressive segments, one segment of the best speculative candidate
-    res = auto.generate_auto(CFG, params, PROMPTS, max_new_tokens=40, la_LxD=la, eos_ids=(),
-                             methods=methods, segment=1, prior=[0.2, 0.05])
+    res = auto.generate_auto(
+        CFG,
+        params,
+        PROMPTS,
+        max_new_tokens=40,
+        la_LxD=la,
+        eos_ids=(),
+        methods=methods,
+        segment=1,
+        prior=[0.2, 0.05],
+    )
     assert res.auto.segments[:33] == ["ar"] * 32 + ["pass"], res.auto.segments

@@ -1,4 +1,5 @@
 """Benchmark and demo: the quick demo end to end, and the benchmark's helpers."""
+
 import json
 
 import jax
@@ -30,11 +31,17 @@ def test_quick_demo_end_to_end(tmp_path):
             assert r["tokens_per_call"] >= 1.0
         if r["method"] in ("ar", "pass", "pass-fused", "unk"):
             # the decomposition the table prints: speedup = tokens per call / call cost vs AR
-            ar = next(a for a in rows if a["method"] == "ar" and a["temperature"] ==
-                      r["temperature"] and a["batch_size"] == r["batch_size"])
+            ar = next(
+                a
+                for a in rows
+                if a["method"] == "ar"
+                and a["temperature"] == r["temperature"]
+                and a["batch_size"] == r["batch_size"]
+            )
             assert r["ms_per_forward_call"] > 0
-            assert r["tokens_per_call"] / r["call_cost_vs_ar"] * ar["new_tokens"] / \
-                r["new_tokens"] == pytest.approx(r["speedup_vs_ar"] * ar["tokens_per_call"])
+            assert r["tokens_per_call"] / r["call_cost_vs_ar"] * ar["new_tokens"] / r[
+                "new_tokens"
+            ] == pytest.approx(r["speedup_vs_ar"] * ar["tokens_per_call"])
         if r["temperature"] == 0 and r["method"] in ("unk", "pass", "pass-fused"):
             assert r["greedy_identical_to_ar"] is True, r
         assert 0.0 <= r["ast_parse_share"] <= 1.0 and 0.0 <= r["ast_parse_share_toplevel"] <= 1.0
@@ -55,10 +62,27 @@ def test_quick_demo_end_to_end(tmp_path):
     base = art / "demo-quick" / "base" / "model.safetensors"
     la = art / "demo-quick" / "lookahead" / "L4" / "lookahead.safetensors"
     stamps = (base.stat().st_mtime_ns, la.stat().st_mtime_ns)
-    again = demo.main(["--quick", "--artifacts", str(art), "--out-dir", str(tmp_path / "again"),
-                       "--temperatures", "0", "--batch-size", "2", "--repeats", "1",
-                       "--no-hf-baselines", "--", "--mesh", "data=2,fsdp=2,tensor=2",
-                       "--methods", "ar,pass-fused,tree-2x2"])
+    again = demo.main(
+        [
+            "--quick",
+            "--artifacts",
+            str(art),
+            "--out-dir",
+            str(tmp_path / "again"),
+            "--temperatures",
+            "0",
+            "--batch-size",
+            "2",
+            "--repeats",
+            "1",
+            "--no-hf-baselines",
+            "--",
+            "--mesh",
+            "data=2,fsdp=2,tensor=2",
+            "--methods",
+            "ar,pass-fused,tree-2x2",
+        ]
+    )
     assert (base.stat().st_mtime_ns, la.stat().st_mtime_ns) == stamps
     assert (tmp_path / "again" / "bench.json").exists()
     # the benchmark on a device mesh (8 simulated devices), a draft tree too: still lossless
@@ -70,9 +94,23 @@ def test_quick_demo_end_to_end(tmp_path):
     assert "| PaSS tree 2x2 | 4 | 2x2, 21 | greedy |" in md
 
     # --ablation: trains L = 2, 6, 8 next to the cached L = 4 and benchmarks all four
-    abl = demo.main(["--quick", "--ablation", "--artifacts", str(art), "--out-dir",
-                     str(tmp_path / "ablation"), "--temperatures", "0", "--batch-size", "1",
-                     "--repeats", "1", "--no-hf-baselines"])
+    abl = demo.main(
+        [
+            "--quick",
+            "--ablation",
+            "--artifacts",
+            str(art),
+            "--out-dir",
+            str(tmp_path / "ablation"),
+            "--temperatures",
+            "0",
+            "--batch-size",
+            "1",
+            "--repeats",
+            "1",
+            "--no-hf-baselines",
+        ]
+    )
     assert la.stat().st_mtime_ns == stamps[1]
     assert abl["settings"]["L"] == [2, 4, 6, 8]
     keys = {f"{m}@L{L}" for m in ("unk", "pass", "pass-fused") for L in (2, 4, 6, 8)}
@@ -93,7 +131,8 @@ def _corpus(tmp_path, n=40):
     for i in range(n):
         (d / f"mod{i}.py").write_text(
             f'"""Module {i}."""\nimport os\n\n\ndef f{i}(x):\n    return x + {i}\n\n\n'
-            f"class C{i}:\n    def m(self):\n        return f{i}(1)\n\n\nVALUE = {i}\n")
+            f"class C{i}:\n    def m(self):\n        return f{i}(1)\n\n\nVALUE = {i}\n"
+        )
     return d
 
 
@@ -132,14 +171,17 @@ def test_find_lookaheads_directory_of_exports(tmp_path):
     cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=64)
     params = init_params(cfg, jax.random.PRNGKey(0))
     for L in (2, 4):
-        save_lookahead(str(tmp_path / "la" / f"L{L}"), init_lookahead(cfg, params, L), cfg,
-                       model_fingerprint(cfg, params))
+        save_lookahead(
+            str(tmp_path / "la" / f"L{L}"),
+            init_lookahead(cfg, params, L),
+            cfg,
+            model_fingerprint(cfg, params),
+        )
     las = bench.load_lookaheads(str(tmp_path / "la"), cfg, params)
     assert list(las) == [2, 4]
     one = bench.load_lookaheads(str(tmp_path / "la" / "L4"), cfg, params)
     assert list(one) == [4]
-    both = bench.load_lookaheads(f"{tmp_path / 'la' / 'L2'},{tmp_path / 'la' / 'L4'}", cfg,
-                                 params)
+    both = bench.load_lookaheads(f"{tmp_path / 'la' / 'L2'},{tmp_path / 'la' / 'L4'}", cfg, params)
     assert list(both) == [2, 4]
     with pytest.raises(ValueError, match="two look-ahead exports with L=2"):
         bench.load_lookaheads(f"{tmp_path / 'la' / 'L2'},{tmp_path / 'la' / 'L2'}", cfg, params)
@@ -167,9 +209,26 @@ def test_random_model_report(tmp_path):
     one call per decoding method. A 300-token prompt (padded to 512) needs more than the default
     512 slots for the fused steps: the call costs get a larger cache instead of failing."""
     out = tmp_path / "ar.json"
-    result = bench.main(["--random-model", "tiny", "--max-new-tokens", "16", "--repeats", "1",
-                         "--prompt-tokens", "300", "--max-len", "1024", "--rm-batch-size", "1,2",
-                         "--call-cost-methods", "ar,pass,pass-fused,tree-2x1", "--json", str(out)])
+    result = bench.main(
+        [
+            "--random-model",
+            "tiny",
+            "--max-new-tokens",
+            "16",
+            "--repeats",
+            "1",
+            "--prompt-tokens",
+            "300",
+            "--max-len",
+            "1024",
+            "--rm-batch-size",
+            "1,2",
+            "--call-cost-methods",
+            "ar,pass,pass-fused,tree-2x1",
+            "--json",
+            str(out),
+        ]
+    )
     for B in ("1", "2"):
         r = result["tokens_per_s"][B]
         assert r["greedy_identical"] is True and r["ours"] > 0 and r["transformers"] > 0
@@ -190,10 +249,19 @@ def test_prompts_get_the_tokenizers_special_tokens(tmp_path, monkeypatch, sp_tok
     from pass_jax.hf import save_hf
     from pass_jax.model import init_params
 
-    cfg = ModelConfig(vocab_size=len(sp_tokenizer), d_model=32, n_layers=1, n_heads=4,
-                      n_kv_heads=2, ffn_dim=64, bos_token_id=1, eos_token_ids=(2,))
-    save_hf(cfg, init_params(cfg, jax.random.PRNGKey(0)), tmp_path / "model",
-            tokenizer=sp_tokenizer)
+    cfg = ModelConfig(
+        vocab_size=len(sp_tokenizer),
+        d_model=32,
+        n_layers=1,
+        n_heads=4,
+        n_kv_heads=2,
+        ffn_dim=64,
+        bos_token_id=1,
+        eos_token_ids=(2,),
+    )
+    save_hf(
+        cfg, init_params(cfg, jax.random.PRNGKey(0)), tmp_path / "model", tokenizer=sp_tokenizer
+    )
     seen = []
     ours_runner = bench.ours_runner
 
@@ -203,9 +271,27 @@ def test_prompts_get_the_tokenizers_special_tokens(tmp_path, monkeypatch, sp_tok
 
     monkeypatch.setattr(bench, "ours_runner", recording_runner)
     spec = f"files:{_corpus(tmp_path)}/*.py"
-    common = ["--model", str(tmp_path / "model"), "--methods", "ar", "--no-hf-baselines",
-              "--temperatures", "0", "--repeats", "1", "--num-prompts", "1", "--prompt-tokens",
-              "8", "--max-new-tokens", "4", "--data", spec, "--no-plots", "--quiet"]
+    common = [
+        "--model",
+        str(tmp_path / "model"),
+        "--methods",
+        "ar",
+        "--no-hf-baselines",
+        "--temperatures",
+        "0",
+        "--repeats",
+        "1",
+        "--num-prompts",
+        "1",
+        "--prompt-tokens",
+        "8",
+        "--max-new-tokens",
+        "4",
+        "--data",
+        spec,
+        "--no-plots",
+        "--quiet",
+    ]
     result = bench.main(common + ["--out-dir", str(tmp_path / "a")])
     assert result["settings"]["add_special_tokens"] is True
     with_bos = seen[-1]
@@ -216,16 +302,19 @@ def test_prompts_get_the_tokenizers_special_tokens(tmp_path, monkeypatch, sp_tok
     assert seen[-1] == [p[1:] for p in with_bos]
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--repeats", "0"], "--repeats must be >= 1, got 0"),
-    (["--batch-size", "1,0"], "--batch-size must be >= 1, got 1,0"),
-    (["--num-prompts", "0"], "--num-prompts must be >= 1, got 0"),
-    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
-    (["--temperatures", "0,-1"], "--temperatures must be >= 0"),
-    (["--depths", "0"], "--depths must be >= 1"),
-    (["--out-dir", "{file}"], "output folder {file} is an existing file"),
-    (["--json", "{dir}"], "--json {dir} is a directory; give a file name"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--repeats", "0"], "--repeats must be >= 1, got 0"),
+        (["--batch-size", "1,0"], "--batch-size must be >= 1, got 1,0"),
+        (["--num-prompts", "0"], "--num-prompts must be >= 1, got 0"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
+        (["--temperatures", "0,-1"], "--temperatures must be >= 0"),
+        (["--depths", "0"], "--depths must be >= 1"),
+        (["--out-dir", "{file}"], "output folder {file} is an existing file"),
+        (["--json", "{dir}"], "--json {dir} is a directory; give a file name"),
+    ],
+)
 def test_bench_bad_flags_fail_before_any_work(tmp_path, flags, message):
     """Each bad flag is one ``error:`` line before the model is even looked at (the model path
     does not exist, so any later failure would name it instead)."""
@@ -257,10 +346,19 @@ def test_bench_interrupted_keeps_the_cells_measured(tmp_path, monkeypatch, sp_to
     from pass_jax.hf import save_hf
     from pass_jax.model import init_params
 
-    cfg = ModelConfig(vocab_size=len(sp_tokenizer), d_model=32, n_layers=1, n_heads=4,
-                      n_kv_heads=2, ffn_dim=64, bos_token_id=1, eos_token_ids=(2,))
-    save_hf(cfg, init_params(cfg, jax.random.PRNGKey(0)), tmp_path / "model",
-            tokenizer=sp_tokenizer)
+    cfg = ModelConfig(
+        vocab_size=len(sp_tokenizer),
+        d_model=32,
+        n_layers=1,
+        n_heads=4,
+        n_kv_heads=2,
+        ffn_dim=64,
+        bos_token_id=1,
+        eos_token_ids=(2,),
+    )
+    save_hf(
+        cfg, init_params(cfg, jax.random.PRNGKey(0)), tmp_path / "model", tokenizer=sp_tokenizer
+    )
     ours_runner = bench.ours_runner
 
     def interrupted_at_sampling(*args, **kwargs):
@@ -270,15 +368,37 @@ def test_bench_interrupted_keeps_the_cells_measured(tmp_path, monkeypatch, sp_to
             if sampler.temperature > 0:
                 raise KeyboardInterrupt
             return run(prompts, B, sampler, *rest)
+
         return go
 
     monkeypatch.setattr(bench, "ours_runner", interrupted_at_sampling)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        bench.main(["--model", str(tmp_path / "model"), "--methods", "ar", "--no-hf-baselines",
-                    "--temperatures", "0,0.8", "--repeats", "1", "--num-prompts", "1",
-                    "--prompt-tokens", "8", "--max-new-tokens", "4", "--no-plots", "--quiet",
-                    "--data", f"files:{_corpus(tmp_path)}/*.py", "--out-dir", str(out)])
+        bench.main(
+            [
+                "--model",
+                str(tmp_path / "model"),
+                "--methods",
+                "ar",
+                "--no-hf-baselines",
+                "--temperatures",
+                "0,0.8",
+                "--repeats",
+                "1",
+                "--num-prompts",
+                "1",
+                "--prompt-tokens",
+                "8",
+                "--max-new-tokens",
+                "4",
+                "--no-plots",
+                "--quiet",
+                "--data",
+                f"files:{_corpus(tmp_path)}/*.py",
+                "--out-dir",
+                str(out),
+            ]
+        )
     saved = json.loads((out / "bench.json").read_text())
     assert saved["complete"] is False
     assert [(r["temperature"], r["method"]) for r in saved["cells"]] == [(0.0, "ar")]
@@ -299,19 +419,57 @@ def test_bench_trees_and_auto(tmp_path):
     spec = f"files:{_corpus(tmp_path)}/*.py"
     texts = data.text_source(spec, "train")
     tok = tokenizer.train_bpe((texts[i] for i in range(len(texts))), 300, tmp_path / "tok")
-    cfg = ModelConfig(vocab_size=len(tok), d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                      ffn_dim=64, bos_token_id=tok.bos_token_id, eos_token_ids=(tok.eos_token_id,),
-                      pad_token_id=tok.pad_token_id, unk_token_id=tok.unk_token_id)
+    cfg = ModelConfig(
+        vocab_size=len(tok),
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        ffn_dim=64,
+        bos_token_id=tok.bos_token_id,
+        eos_token_ids=(tok.eos_token_id,),
+        pad_token_id=tok.pad_token_id,
+        unk_token_id=tok.unk_token_id,
+    )
     params = init_params(cfg, jax.random.PRNGKey(0))
     save_hf(cfg, params, tmp_path / "model", tokenizer=tok)
-    save_lookahead(str(tmp_path / "la"), init_lookahead(cfg, params, 2) + 0.01, cfg,
-                   model_fingerprint(cfg, params))
-    result = bench.main(["--model", str(tmp_path / "model"), "--lookahead", str(tmp_path / "la"),
-                         "--data", spec, "--num-prompts", "2", "--prompt-tokens", "8",
-                         "--max-new-tokens", "12", "--temperatures", "0", "--repeats", "1",
-                         "--methods", "ar,tree-2x1,auto", "--auto-methods", "ar,tree-1,tree-2x1",
-                         "--call-tokens", "1,5,64", "--no-hf-baselines", "--no-plots", "--quiet",
-                         "--out-dir", str(tmp_path / "out")])
+    save_lookahead(
+        str(tmp_path / "la"),
+        init_lookahead(cfg, params, 2) + 0.01,
+        cfg,
+        model_fingerprint(cfg, params),
+    )
+    result = bench.main(
+        [
+            "--model",
+            str(tmp_path / "model"),
+            "--lookahead",
+            str(tmp_path / "la"),
+            "--data",
+            spec,
+            "--num-prompts",
+            "2",
+            "--prompt-tokens",
+            "8",
+            "--max-new-tokens",
+            "12",
+            "--temperatures",
+            "0",
+            "--repeats",
+            "1",
+            "--methods",
+            "ar,tree-2x1,auto",
+            "--auto-methods",
+            "ar,tree-1,tree-2x1",
+            "--call-tokens",
+            "1,5,64",
+            "--no-hf-baselines",
+            "--no-plots",
+            "--quiet",
+            "--out-dir",
+            str(tmp_path / "out"),
+        ]
+    )
     assert result["greedy_identical_to_ar"] == {"tree-2x1@L2": True, "auto@L2": True}
     rows = {r["method"]: r for r in result["cells"]}
     assert rows["tree-2x1"]["layout"] == "2x1, 15" and rows["ar"]["layout"] == "-, 1"

@@ -1,5 +1,6 @@
 """The KV cache: shapes and dtypes, bytes per token, lengths, ``move``, where the model writes its
 entries, and that entries at or past ``lengths`` are garbage the model never reads."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,11 +62,13 @@ def test_advance_and_move(per_layer):
     # move to slot 9 (past the end) is dropped
     moved = c.move(jnp.array([[1, 2], [4, 0]]), jnp.array([[2, 1], [2, 9]]))
     k = moved.k[0]  # layer 0: [B, K, S, A]
-    np.testing.assert_array_equal(np.asarray(k)[:, 0, :, 0], [[0, 2, 1, 3, 4],
-                                                              [10, 11, 14, 13, 14]])
+    np.testing.assert_array_equal(
+        np.asarray(k)[:, 0, :, 0], [[0, 2, 1, 3, 4], [10, 11, 14, 13, 14]]
+    )
     v = moved.v[0]
-    np.testing.assert_array_equal(np.asarray(v)[:, 0, :, 0], [[0, -2, -1, -3, -4],
-                                                              [-10, -11, -14, -13, -14]])
+    np.testing.assert_array_equal(
+        np.asarray(v)[:, 0, :, 0], [[0, -2, -1, -3, -4], [-10, -11, -14, -13, -14]]
+    )
     assert moved.lengths.tolist() == [1, 2]  # moving commits nothing
 
 
@@ -78,8 +81,7 @@ SEQ = np.asarray(jax.random.randint(jax.random.PRNGKey(7), (B, T), 0, TINY.vocab
 
 def _kv(cache):
     """Every layer's K and V as ``[I, B, K, S, A]`` numpy arrays."""
-    return tuple(np.stack(x) if isinstance(x, tuple) else np.asarray(x)
-                 for x in (cache.k, cache.v))
+    return tuple(np.stack(x) if isinstance(x, tuple) else np.asarray(x) for x in (cache.k, cache.v))
 
 
 @pytest.fixture(scope="module", params=["stacked", "per_layer"])
@@ -116,6 +118,7 @@ def _junk_past_lengths(cache):
     def junk(x):
         noise = (1e3 * rng.standard_normal(x.shape)).astype(x.dtype)
         return jnp.where(past_BxS[..., None, :, None], noise, x)  # [.., B, K, S, A]
+
     return cache.replace(k=jax.tree.map(junk, cache.k), v=jax.tree.map(junk, cache.v))
 
 

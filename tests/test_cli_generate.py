@@ -1,5 +1,6 @@
 """The generate CLI end to end on a tiny model directory with a real tokenizer; prompt
 tokenization and streamed text."""
+
 import io
 import json
 import subprocess
@@ -15,31 +16,46 @@ from pass_jax.hf import save_hf
 from pass_jax.lookahead import init_lookahead, model_fingerprint, save_lookahead
 from pass_jax.tokenizer import train_bpe
 
-TEXT = ["def add(a, b):\n    return a + b\n", "class Point:\n    x: int = 0\n    y: int = 0\n",
-        "for i in range(10):\n    print(i * i)\n"] * 20
+TEXT = [
+    "def add(a, b):\n    return a + b\n",
+    "class Point:\n    x: int = 0\n    y: int = 0\n",
+    "for i in range(10):\n    print(i * i)\n",
+] * 20
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     tok = train_bpe(TEXT, 300, root / "tok")
-    cfg = TINY.replace(vocab_size=len(tok), unk_token_id=tok.unk_token_id,
-                       bos_token_id=tok.bos_token_id, eos_token_ids=(tok.eos_token_id,),
-                       pad_token_id=tok.pad_token_id)
+    cfg = TINY.replace(
+        vocab_size=len(tok),
+        unk_token_id=tok.unk_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_ids=(tok.eos_token_id,),
+        pad_token_id=tok.pad_token_id,
+    )
     params = tiny_params(cfg, 0)
     save_hf(cfg, params, root / "model", tokenizer=tok)
     la = init_lookahead(cfg, params, 3) + 0.01
     save_lookahead(str(root / "la"), la, cfg, model_fingerprint(cfg, params))
     other = tiny_params(cfg.replace(d_model=16, n_heads=2, n_kv_heads=1), 1)
-    save_lookahead(str(root / "la_other"), init_lookahead(cfg.replace(d_model=16), other, 3),
-                   cfg.replace(d_model=16), model_fingerprint(cfg.replace(d_model=16), other))
+    save_lookahead(
+        str(root / "la_other"),
+        init_lookahead(cfg.replace(d_model=16), other, 3),
+        cfg.replace(d_model=16),
+        model_fingerprint(cfg.replace(d_model=16), other),
+    )
     return root
 
 
 def _run(*args):
     """The real command line, in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "infer.generate", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "infer.generate", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _main(*args) -> dict:
@@ -56,17 +72,33 @@ def _error(*args) -> str:
 
 def test_methods_agree_greedy_and_json_has_stats(model_dir, capsys):
     outs = {}
-    for method, extra in [("ar", []), ("pass-fused", ["--lookahead", model_dir / "la"]),
-                          ("unk", ["--num-lookahead", 2]),
-                          ("tree-2x2", ["--lookahead", model_dir / "la"]),
-                          ("auto", ["--lookahead", model_dir / "la", "--auto-methods",
-                                    "ar,tree-1x1,tree-2"])]:
-        _main("--model", model_dir / "model", "--method", method, "--prompt", "def add(",
-              "--max-new-tokens", 10, "--json", *extra)
+    for method, extra in [
+        ("ar", []),
+        ("pass-fused", ["--lookahead", model_dir / "la"]),
+        ("unk", ["--num-lookahead", 2]),
+        ("tree-2x2", ["--lookahead", model_dir / "la"]),
+        ("auto", ["--lookahead", model_dir / "la", "--auto-methods", "ar,tree-1x1,tree-2"]),
+    ]:
+        _main(
+            "--model",
+            model_dir / "model",
+            "--method",
+            method,
+            "--prompt",
+            "def add(",
+            "--max-new-tokens",
+            10,
+            "--json",
+            *extra,
+        )
         outs[method] = json.loads(capsys.readouterr().out)
         stats = outs[method]["stats"]
-        assert {"forward_calls", "tokens_per_call", "acceptance_per_position",
-                "wall_time_s"} <= set(stats)
+        assert {
+            "forward_calls",
+            "tokens_per_call",
+            "acceptance_per_position",
+            "wall_time_s",
+        } <= set(stats)
     assert outs["ar"]["token_ids"] == outs["pass-fused"]["token_ids"] == outs["unk"]["token_ids"]
     assert outs["tree-2x2"]["token_ids"] == outs["auto"]["token_ids"] == outs["ar"]["token_ids"]
     chosen = outs["auto"]["stats"]["auto"]
@@ -79,16 +111,39 @@ def test_methods_agree_greedy_and_json_has_stats(model_dir, capsys):
 
 
 def test_streams_text_without_json(model_dir):
-    r = _run("--model", model_dir / "model", "--prompt", "for i in", "--max-new-tokens", 8,
-             "--temperature", 0.8, "--top-k", 5, "--seed", 3)
+    r = _run(
+        "--model",
+        model_dir / "model",
+        "--prompt",
+        "for i in",
+        "--max-new-tokens",
+        8,
+        "--temperature",
+        0.8,
+        "--top-k",
+        5,
+        "--seed",
+        3,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("for i in") and "forward calls" in r.stderr
 
 
 def test_mesh_flag_gives_the_same_tokens(model_dir):
     """8 simulated devices (tests/conftest.py)."""
-    common = ("--model", model_dir / "model", "--prompt", "class", "--max-new-tokens", 8,
-              "--method", "pass-fused", "--lookahead", model_dir / "la", "--json")
+    common = (
+        "--model",
+        model_dir / "model",
+        "--prompt",
+        "class",
+        "--max-new-tokens",
+        8,
+        "--method",
+        "pass-fused",
+        "--lookahead",
+        model_dir / "la",
+        "--json",
+    )
     plain = _main(*common)
     meshed = _main(*common, "--mesh", "data=2,fsdp=2,tensor=2")
     assert plain["token_ids"] == meshed["token_ids"]
@@ -107,23 +162,31 @@ def test_layer_form_defaults_per_backend(monkeypatch):
         decode.decode_stacked("rolled")
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--method", "pass"], "needs --lookahead"),
-    (["--method", "unk"], "needs --num-lookahead"),
-    (["--method", "pass", "--lookahead", "LA_OTHER"], "d_model"),
-    (["--temperature", "-1"], "temperature"),
-    (["--top-p", "0"], "top_p"),
-    (["--max-new-tokens", "100", "--max-len", "64"], "cache too small"),
-    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
-    (["--max-new-tokens", "3000"], "+ max_new_tokens (3000) = 3001 exceeds the model's maximum "
-     "position (2048, max_position_embeddings); shorten the prompt or generate at most 2047"),
-    (["--method", "pass-fused", "--num-lookahead", "1000"],
-     "--num-lookahead must be in [1, 32], got 1000"),
-    (["--method", "tree-16x16x16", "--num-lookahead", "3"], "4369 tree nodes"),
-    (["--method", "ar", "--lookahead", "LA"], "error: --method ar uses no look-ahead"),
-    (["--method", "unk", "--lookahead", "LA"], "uses no trained embeddings"),
-    (["--method", "tree-2x2x2x2", "--lookahead", "LA"], "needs at least 4 look-ahead tokens"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--method", "pass"], "needs --lookahead"),
+        (["--method", "unk"], "needs --num-lookahead"),
+        (["--method", "pass", "--lookahead", "LA_OTHER"], "d_model"),
+        (["--temperature", "-1"], "temperature"),
+        (["--top-p", "0"], "top_p"),
+        (["--max-new-tokens", "100", "--max-len", "64"], "cache too small"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
+        (
+            ["--max-new-tokens", "3000"],
+            "+ max_new_tokens (3000) = 3001 exceeds the model's maximum "
+            "position (2048, max_position_embeddings); shorten the prompt or generate at most 2047",
+        ),
+        (
+            ["--method", "pass-fused", "--num-lookahead", "1000"],
+            "--num-lookahead must be in [1, 32], got 1000",
+        ),
+        (["--method", "tree-16x16x16", "--num-lookahead", "3"], "4369 tree nodes"),
+        (["--method", "ar", "--lookahead", "LA"], "error: --method ar uses no look-ahead"),
+        (["--method", "unk", "--lookahead", "LA"], "uses no trained embeddings"),
+        (["--method", "tree-2x2x2x2", "--lookahead", "LA"], "needs at least 4 look-ahead tokens"),
+    ],
+)
 def test_bad_flags_give_clear_errors(model_dir, args, message):
     named = {"LA_OTHER": str(model_dir / "la_other"), "LA": str(model_dir / "la")}
     args = [named.get(a, a) for a in args]
@@ -134,13 +197,32 @@ def test_yaml_config_and_flags_give_the_same_run(model_dir, tmp_path, capsys):
     """The settings from ``--config`` (here all of them, the required ones too), a flag given
     on the command line winning over the file's value: the run the flags alone make."""
     path = tmp_path / "generate.yaml"
-    path.write_text(yaml.safe_dump({
-        "model": str(model_dir / "model"), "lookahead": str(model_dir / "la"),
-        "method": "pass-fused", "prompt": "def add(", "max_new_tokens": 12, "json": True}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": str(model_dir / "model"),
+                "lookahead": str(model_dir / "la"),
+                "method": "pass-fused",
+                "prompt": "def add(",
+                "max_new_tokens": 12,
+                "json": True,
+            }
+        )
+    )
     from_yaml = _main("--config", path, "--max-new-tokens", 6)
-    from_flags = _main("--model", model_dir / "model", "--lookahead", model_dir / "la",
-                       "--method", "pass-fused", "--prompt", "def add(", "--max-new-tokens", 6,
-                       "--json")
+    from_flags = _main(
+        "--model",
+        model_dir / "model",
+        "--lookahead",
+        model_dir / "la",
+        "--method",
+        "pass-fused",
+        "--prompt",
+        "def add(",
+        "--max-new-tokens",
+        6,
+        "--json",
+    )
     assert json.loads(capsys.readouterr().out.splitlines()[0]) == from_yaml
     assert from_yaml["token_ids"] == from_flags["token_ids"]
     assert from_yaml["stats"]["new_tokens"] == from_flags["stats"]["new_tokens"] <= 6
@@ -151,8 +233,17 @@ def test_not_a_model_dir(tmp_path):
 
 
 def test_lookahead_without_method_means_pass_fused(model_dir, capsys):
-    out = _main("--model", model_dir / "model", "--lookahead", model_dir / "la", "--prompt",
-                "def add(", "--max-new-tokens", 10, "--json")
+    out = _main(
+        "--model",
+        model_dir / "model",
+        "--lookahead",
+        model_dir / "la",
+        "--prompt",
+        "def add(",
+        "--max-new-tokens",
+        10,
+        "--json",
+    )
     capsys.readouterr()
     assert out["method"] == "pass-fused"
     assert len(out["stats"]["acceptance_per_position"]) == 3
@@ -171,9 +262,16 @@ def llama_dir(tmp_path_factory, sp_tokenizer):
 
     d = tmp_path_factory.mktemp("llama")
     cfg = transformers.LlamaConfig(
-        vocab_size=len(sp_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        bos_token_id=1, eos_token_id=2)
+        vocab_size=len(sp_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
@@ -184,8 +282,9 @@ def llama_dir(tmp_path_factory, sp_tokenizer):
     return d, model
 
 
-def test_prompt_gets_the_tokenizers_special_tokens_like_transformers(llama_dir, sp_tokenizer,
-                                                                     capsys):
+def test_prompt_gets_the_tokenizers_special_tokens_like_transformers(
+    llama_dir, sp_tokenizer, capsys
+):
     """BOS in front as ``tokenizer(text)`` puts it, and then the same greedy tokens as
     transformers' ``generate``; ``--no-special-tokens`` feeds the bare text tokens."""
     import torch
@@ -198,10 +297,11 @@ def test_prompt_gets_the_tokenizers_special_tokens_like_transformers(llama_dir, 
     assert out["prompt_ids"][0] == sp_tokenizer.bos_token_id
     with torch.no_grad():
         ref = model.generate(**enc, max_new_tokens=24, do_sample=False)
-    assert out["token_ids"] == ref[0, enc["input_ids"].shape[1]:].tolist()
+    assert out["token_ids"] == ref[0, enc["input_ids"].shape[1] :].tolist()
 
-    plain = _main("--model", d, "--prompt", text, "--max-new-tokens", 4, "--json",
-                  "--no-special-tokens")
+    plain = _main(
+        "--model", d, "--prompt", text, "--max-new-tokens", 4, "--json", "--no-special-tokens"
+    )
     capsys.readouterr()
     assert plain["prompt_ids"] == sp_tokenizer(text, add_special_tokens=False)["input_ids"]
     assert sp_tokenizer.bos_token_id not in plain["prompt_ids"]
@@ -212,11 +312,12 @@ def test_text_keeps_the_space_after_the_prompt(sp_tokenizer):
     the context of the prompt it is kept, in the JSON text and in the stream."""
     prompt_ids = sp_tokenizer("hello")["input_ids"]
     full_ids = sp_tokenizer("hello world, hello there")["input_ids"]
-    assert full_ids[:len(prompt_ids)] == prompt_ids
-    new_ids = full_ids[len(prompt_ids):]
+    assert full_ids[: len(prompt_ids)] == prompt_ids
+    new_ids = full_ids[len(prompt_ids) :]
     assert sp_tokenizer.decode(new_ids) == "world, hello there"  # the problem
-    assert generate_cli.continuation_text(sp_tokenizer, prompt_ids, new_ids) == \
-        " world, hello there"
+    assert (
+        generate_cli.continuation_text(sp_tokenizer, prompt_ids, new_ids) == " world, hello there"
+    )
     out = io.StringIO()
     stream = generate_cli.TextStream(sp_tokenizer, prompt_ids, out)
     for n in range(len(new_ids) + 1):
@@ -225,16 +326,17 @@ def test_text_keeps_the_space_after_the_prompt(sp_tokenizer):
     assert out.getvalue() == " world, hello there"
 
 
-@pytest.mark.parametrize("prompt,continuation", [("Text:", " 日本語のテキスト"),
-                                                 ("def f():", " # I love 🍕 pizza\n")])
+@pytest.mark.parametrize(
+    "prompt,continuation", [("Text:", " 日本語のテキスト"), ("def f():", " # I love 🍕 pizza\n")]
+)
 def test_stream_holds_back_incomplete_characters(tmp_path, prompt, continuation):
     """A byte-level tokenizer splits multi-byte characters over tokens: the stream prints no
     U+FFFD and loses nothing, token by token, called as ``generation.generate`` calls it."""
     tok = train_bpe(TEXT, 300, tmp_path / "tok")
     prompt_ids = tok(prompt)["input_ids"]
     full_ids = tok(prompt + continuation)["input_ids"]
-    assert full_ids[:len(prompt_ids)] == prompt_ids
-    new_ids = full_ids[len(prompt_ids):]
+    assert full_ids[: len(prompt_ids)] == prompt_ids
+    new_ids = full_ids[len(prompt_ids) :]
     assert any("\ufffd" in tok.decode(new_ids[:n]) for n in range(len(new_ids)))  # split chars
     writes = []
     out = io.StringIO()

@@ -228,8 +228,7 @@ def test_documents_get_the_tokenizers_special_tokens(sp_tokenizer, tokenizer):
     bos, eos = sp_tokenizer.bos_token_id, sp_tokenizer.eos_token_id
 
     def rows(tok, **kw):
-        batch = next(data.token_batches(texts, tok, SEQ_LEN, 3, 0, shuffle=False, pack=False,
-                                        **kw))
+        batch = next(data.token_batches(texts, tok, SEQ_LEN, 3, 0, shuffle=False, pack=False, **kw))
         return [row[mask].tolist() for row, mask in zip(batch["tokens"], batch["mask"])]
 
     assert rows(sp_tokenizer) == [sp_tokenizer(t)["input_ids"] + [eos] for t in texts]
@@ -332,10 +331,12 @@ def test_unprepared_or_unknown_tfds_dataset_is_one_clear_error(tmp_path):
     assert str(unprepared.value) == (
         f"TFDS dataset 'imdb_reviews' is not prepared in {tmp_path}; prepare it first "
         f"(downloads it): tfds build imdb_reviews --data_dir {tmp_path} "
-        "--file_format array_record")
+        "--file_format array_record"
+    )
     with pytest.raises(ValueError) as unknown:
         data.text_source("tfds:imdb_reviewz", "heldout", str(tmp_path))
     assert str(unknown.value).startswith(
-        "unknown TFDS dataset 'imdb_reviewz' (did you mean imdb_reviews?); ")
+        "unknown TFDS dataset 'imdb_reviewz' (did you mean imdb_reviews?); "
+    )
     assert "\n" not in str(unknown.value)
     assert list(tmp_path.iterdir()) == []

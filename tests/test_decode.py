@@ -1,5 +1,6 @@
 """Decoding: greedy losslessness (chains and draft trees), step invariants, the cache a tree
 commits, compilation count, streaming, bad input."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,8 +8,16 @@ import pytest
 
 from pass_jax.cache import init_cache
 from pass_jax.config import ModelConfig, SamplerConfig
-from pass_jax.decode import (DecodeSpec, eos_array, generate_jit, layout_call, pass_step, prefill,
-                             prepare_batch, run_steps)
+from pass_jax.decode import (
+    DecodeSpec,
+    eos_array,
+    generate_jit,
+    layout_call,
+    pass_step,
+    prefill,
+    prepare_batch,
+    run_steps,
+)
 from pass_jax.generation import generate
 from pass_jax.layout import make_schedule
 from pass_jax.model import forward, init_params, stack_layers, unstack_layers
@@ -41,15 +50,23 @@ def test_greedy_pass_equals_autoregressive(L):
         assert any(len(t) < 24 for t in ar.tokens)
         for method in ("pass", "pass-fused"):
             for la_seed in (seed, seed + 1):
-                out = generate(CFG, params, PROMPTS, max_new_tokens=24, method=method,
-                               la_LxD=_la(L, la_seed, params), eos_ids=eos)
+                out = generate(
+                    CFG,
+                    params,
+                    PROMPTS,
+                    max_new_tokens=24,
+                    method=method,
+                    la_LxD=_la(L, la_seed, params),
+                    eos_ids=eos,
+                )
                 assert out.tokens == ar.tokens, (method, L, seed)
                 accepted += int(out.accepted.sum())
     assert accepted > 0, "no draft was ever accepted: the acceptance path went untested"
 
 
-@pytest.mark.parametrize("widths,per_layer", [((2,), False), ((2, 2), True),
-                                              ((3, 2, 1, 1), False), ((2, 3, 1), False)])
+@pytest.mark.parametrize(
+    "widths,per_layer", [((2,), False), ((2, 2), True), ((3, 2, 1, 1), False), ((2, 3, 1), False)]
+)
 def test_greedy_trees_equal_autoregressive(widths, per_layer):
     """Draft trees (L = 4 embeddings, depth <= 4), batch of 3, an EOS that occurs mid-row:
     the same tokens as autoregressive decoding; branches (ranks > 0) are accepted, so paths that
@@ -64,8 +81,15 @@ def test_greedy_trees_equal_autoregressive(widths, per_layer):
         eos = (plain.tokens[1][len(plain.tokens[1]) // 2],)
         ar = generate(CFG, params, PROMPTS, max_new_tokens=24, method="ar", eos_ids=eos)
         for la_seed in (seed, seed + 1):
-            out = generate(CFG, params, PROMPTS, max_new_tokens=24, method=method,
-                           la_LxD=_la(4, la_seed, _params(seed)), eos_ids=eos)
+            out = generate(
+                CFG,
+                params,
+                PROMPTS,
+                max_new_tokens=24,
+                method=method,
+                la_LxD=_la(4, la_seed, _params(seed)),
+                eos_ids=eos,
+            )
             assert out.tokens == ar.tokens, (method, seed, la_seed)
             assert out.accepted_by_rank.shape[1:] == (len(widths), max(widths))
             by_rank += int(out.accepted_by_rank[:, :, 1:].sum())
@@ -85,24 +109,41 @@ def test_eos_accepted_inside_a_branch_ends_the_row():
     assert eos != want[0][0]
     spec = DecodeSpec(CFG, make_schedule("tree-3x2", 2), SamplerConfig(), 24)
     p, lens, active = map(jnp.asarray, prepare_batch(PROMPTS, CFG.vocab_size))
-    state = prefill(spec, params, p, lens, active, eos_array((eos,)),
-                    init_cache(CFG, p.shape[0], 128), jax.random.PRNGKey(0))
+    state = prefill(
+        spec,
+        params,
+        p,
+        lens,
+        active,
+        eos_array((eos,)),
+        init_cache(CFG, p.shape[0], 128),
+        jax.random.PRNGKey(0),
+    )
     right_Bx3 = np.zeros((p.shape[0], 3), np.int32)
-    right_Bx3[:len(PROMPTS)] = [t[1:4] for t in want]
+    right_Bx3[: len(PROMPTS)] = [t[1:4] for t in want]
     wrong = lambda k: (right_Bx3[:, :2] + k) % CFG.vocab_size
     drafts = np.stack([wrong(1), right_Bx3[:, :2], wrong(2)], axis=-1)  # [B, depth, rank]
     state = state.replace(drafts_BxLxW=jnp.asarray(drafts))
-    state = jax.jit(layout_call, static_argnums=(0, 1))(spec, spec.schedule.step[0], params,
-                                                         la, state)
-    n = np.asarray(state.n_B)[:len(PROMPTS)]
+    state = jax.jit(layout_call, static_argnums=(0, 1))(
+        spec, spec.schedule.step[0], params, la, state
+    )
+    n = np.asarray(state.n_B)[: len(PROMPTS)]
     assert n[0] == 2 and bool(state.done_B[0])
     for b in range(1, len(PROMPTS)):
         stop = [i for i, t in enumerate(want[b][:4]) if t == eos]
         assert n[b] == (stop[0] + 1 if stop else 4)
     np.testing.assert_array_equal(np.asarray(state.accepted_BxLxW)[1], [[0, 1, 0], [0, 1, 0]])
     # the committed cache holds what autoregressive decoding writes
-    _, ar_state = generate(CFG, params, PROMPTS, max_new_tokens=24, method="ar", eos_ids=(),
-                           max_len=128, return_state=True)
+    _, ar_state = generate(
+        CFG,
+        params,
+        PROMPTS,
+        max_new_tokens=24,
+        method="ar",
+        eos_ids=(),
+        max_len=128,
+        return_state=True,
+    )
     for got, ref in zip(jax.tree.leaves(state.cache), jax.tree.leaves(ar_state.cache)):
         if got.ndim > 1:  # [I, B, K, S, A]
             for b in range(len(PROMPTS)):
@@ -113,7 +154,7 @@ def test_eos_accepted_inside_a_branch_ends_the_row():
         state = step(spec, params, la, state)
     out, n = np.asarray(state.out_BxN), np.asarray(state.n_B)
     ar = generate(CFG, params, PROMPTS, max_new_tokens=24, method="ar", eos_ids=(eos,))
-    assert [out[b, :n[b]].tolist() for b in range(len(PROMPTS))] == ar.tokens
+    assert [out[b, : n[b]].tolist() for b in range(len(PROMPTS))] == ar.tokens
 
 
 def test_tree_commits_the_cache_autoregressive_decoding_does():
@@ -122,15 +163,17 @@ def test_tree_commits_the_cache_autoregressive_decoding_does():
     for params in (_params(1), unstack_layers(_params(1))):
         kw = dict(max_new_tokens=24, eos_ids=(), return_state=True)
         ar, ar_state = generate(CFG, params, PROMPTS, method="ar", **kw)
-        tree, state = generate(CFG, params, PROMPTS, method="tree-3x2x1", la_LxD=_la(
-            3, 1, _params(1)), **kw)
+        tree, state = generate(
+            CFG, params, PROMPTS, method="tree-3x2x1", la_LxD=_la(3, 1, _params(1)), **kw
+        )
         assert tree.tokens == ar.tokens and tree.accepted_by_rank[:, :, 1:].sum() > 0
         lengths = np.minimum(state.cache.lengths, ar_state.cache.lengths)
-        for got, want in zip(jax.tree.leaves((state.cache.k, state.cache.v)),
-                             jax.tree.leaves((ar_state.cache.k, ar_state.cache.v))):
-            for b, n in enumerate(lengths[:len(PROMPTS)]):  # [.., B, K, S, A]
-                np.testing.assert_allclose(got[..., b, :, :n, :], want[..., b, :, :n, :],
-                                           atol=1e-5)
+        for got, want in zip(
+            jax.tree.leaves((state.cache.k, state.cache.v)),
+            jax.tree.leaves((ar_state.cache.k, ar_state.cache.v)),
+        ):
+            for b, n in enumerate(lengths[: len(PROMPTS)]):  # [.., B, K, S, A]
+                np.testing.assert_allclose(got[..., b, :, :n, :], want[..., b, :, :n, :], atol=1e-5)
 
 
 def test_per_layer_params_decode_like_stacked():
@@ -145,8 +188,7 @@ def test_per_layer_params_decode_like_stacked():
     accepted = 0
     runs = [(SamplerConfig(0.9, top_k=8), m) for m in ("ar", "pass", "pass-fused")]
     for sampler, method in runs + [(SamplerConfig(), "pass-fused")]:
-        kw = dict(max_new_tokens=20, method=method, la_LxD=la, sampler=sampler, eos_ids=(),
-                  seed=4)
+        kw = dict(max_new_tokens=20, method=method, la_LxD=la, sampler=sampler, eos_ids=(), seed=4)
         a = generate(CFG, params, PROMPTS, **kw)
         b, state = generate(CFG, per_layer, PROMPTS, return_state=True, **kw)
         assert b.tokens == a.tokens and b.calls == a.calls, (method, sampler)
@@ -155,30 +197,47 @@ def test_per_layer_params_decode_like_stacked():
     assert accepted > 0
     assert isinstance(state.cache.k, tuple) and len(state.cache.k) == CFG.n_layers
     with pytest.raises(ValueError, match="per-layer cache"):
-        forward(CFG, params, jnp.ones((1, 1), jnp.int32), jnp.zeros((1, 1), jnp.int32),
-                init_cache(CFG, 1, 8, per_layer=True))
+        forward(
+            CFG,
+            params,
+            jnp.ones((1, 1), jnp.int32),
+            jnp.zeros((1, 1), jnp.int32),
+            init_cache(CFG, 1, 8, per_layer=True),
+        )
     with pytest.raises(ValueError, match="per-layer cache"):
-        forward(CFG, per_layer, jnp.ones((1, 1), jnp.int32), jnp.zeros((1, 1), jnp.int32),
-                init_cache(CFG, 1, 8))
+        forward(
+            CFG,
+            per_layer,
+            jnp.ones((1, 1), jnp.int32),
+            jnp.zeros((1, 1), jnp.int32),
+            init_cache(CFG, 1, 8),
+        )
 
 
 def _run_steps(spec, params, la, prompts, steps):
     """Prefill + bootstrap, then ``steps`` jitted pass_steps (``run_steps``, one at a time);
     returns n_B after each step."""
     p, lens, active = map(jnp.asarray, prepare_batch(prompts, spec.cfg.vocab_size))
-    state = prefill(spec, params, p, lens, active, eos_array(()),
-                    init_cache(spec.cfg, p.shape[0], 256), jax.random.PRNGKey(0))
+    state = prefill(
+        spec,
+        params,
+        p,
+        lens,
+        active,
+        eos_array(()),
+        init_cache(spec.cfg, p.shape[0], 256),
+        jax.random.PRNGKey(0),
+    )
     for lay in spec.schedule.bootstrap:
         state = layout_call(spec, lay, params, la, state)
     counts = [np.asarray(state.n_B)]
     for _ in range(steps):
         state = run_steps(spec, params, la, state, 1)
         counts.append(np.asarray(state.n_B))
-    return np.stack(counts)[:, :len(prompts)]
+    return np.stack(counts)[:, : len(prompts)]
 
 
-@pytest.mark.parametrize("method,min_per_step", [("pass", 2), ("pass-fused", 1),
-                                                 ("tree-2x2x1", 1)])
+@pytest.mark.parametrize("method,min_per_step", [("pass", 2), ("pass-fused", 1), ("tree-2x2x1", 1)])
 def test_tokens_per_step_lower_bound(method, min_per_step):
     L = 3
     params = _params(7)
@@ -205,8 +264,12 @@ def test_oracle_drafts_give_maximal_tokens_per_step(method, per_step):
 def test_step_compiles_once_per_bucket():
     params = _params(0)
     la = _la(2, 0)
-    kw = dict(max_new_tokens=10, method="pass-fused", la_LxD=la,
-              sampler=SamplerConfig(temperature=0.7, top_k=5))
+    kw = dict(
+        max_new_tokens=10,
+        method="pass-fused",
+        la_LxD=la,
+        sampler=SamplerConfig(temperature=0.7, top_k=5),
+    )
     generate(CFG, params, [[1, 2, 3]] * 3, **kw)
     before = generate_jit._cache_size()
     for seed, prompts in enumerate([[[1] * 9] * 4, [[2] * 14, [3]], [[4] * 5] * 3]):
@@ -222,11 +285,19 @@ def test_unjitted_step_matches_jitted():
     la = _la(2, 1, params)
     spec = DecodeSpec(CFG, make_schedule("pass-fused", 2), SamplerConfig(0.9, top_k=8), 16)
     p, lens, active = map(jnp.asarray, prepare_batch(PROMPTS[:2], CFG.vocab_size))
-    state = jax.jit(prefill, static_argnums=0)(spec, params, p, lens, active, eos_array(()),
-                                               init_cache(CFG, p.shape[0], 64),
-                                               jax.random.PRNGKey(3))
-    state = jax.jit(layout_call, static_argnums=(0, 1))(spec, spec.schedule.bootstrap[0],
-                                                         params, la, state)
+    state = jax.jit(prefill, static_argnums=0)(
+        spec,
+        params,
+        p,
+        lens,
+        active,
+        eos_array(()),
+        init_cache(CFG, p.shape[0], 64),
+        jax.random.PRNGKey(3),
+    )
+    state = jax.jit(layout_call, static_argnums=(0, 1))(
+        spec, spec.schedule.bootstrap[0], params, la, state
+    )
     jitted = jax.jit(pass_step, static_argnums=0)(spec, params, la, state)
     with jax.disable_jit():
         eager = pass_step(spec, params, la, state)
@@ -247,10 +318,17 @@ def test_sampling_seed_reproducible_and_filtered():
 def test_streaming_delivers_tokens_as_generated():
     params = _params(4)
     seen = []
-    res = generate(CFG, params, PROMPTS[:1], max_new_tokens=12, method="pass-fused",
-                   la_LxD=_la(2, 4), stream=lambda out, n: seen.append(out[0, :n[0]].tolist()))
+    res = generate(
+        CFG,
+        params,
+        PROMPTS[:1],
+        max_new_tokens=12,
+        method="pass-fused",
+        la_LxD=_la(2, 4),
+        stream=lambda out, n: seen.append(out[0, : n[0]].tolist()),
+    )
     assert len(seen) >= 3
-    assert all(seen[i + 1][:len(seen[i])] == seen[i] for i in range(len(seen) - 1))
+    assert all(seen[i + 1][: len(seen[i])] == seen[i] for i in range(len(seen) - 1))
     assert seen[-1] == res.tokens[0]
 
 
@@ -277,9 +355,11 @@ def test_bad_input_errors():
             SamplerConfig(temperature=1.0, top_p=top_p)
 
 
-@pytest.mark.parametrize("sampler", [SamplerConfig(1e-30), SamplerConfig(1e-10),
-                                     SamplerConfig(1e-30, top_k=5, top_p=0.9)],
-                         ids=["t1e-30", "t1e-10", "t1e-30k5p.9"])
+@pytest.mark.parametrize(
+    "sampler",
+    [SamplerConfig(1e-30), SamplerConfig(1e-10), SamplerConfig(1e-30, top_k=5, top_p=0.9)],
+    ids=["t1e-30", "t1e-10", "t1e-30k5p.9"],
+)
 def test_tiny_temperature_samples_like_greedy(sampler):
     """A temperature near 0 is a one-hot distribution: every method's sampled tokens equal the
     greedy ones (they were token 0 from NaN probabilities once)."""
@@ -287,8 +367,17 @@ def test_tiny_temperature_samples_like_greedy(sampler):
     la = _la(3, 1, params)
     greedy = generate(CFG, params, PROMPTS, max_new_tokens=16, method="ar", eos_ids=())
     for method in ("ar", "pass", "pass-fused"):
-        out = generate(CFG, params, PROMPTS, max_new_tokens=16, method=method, la_LxD=la,
-                       sampler=sampler, eos_ids=(), seed=2)
+        out = generate(
+            CFG,
+            params,
+            PROMPTS,
+            max_new_tokens=16,
+            method=method,
+            la_LxD=la,
+            sampler=sampler,
+            eos_ids=(),
+            seed=2,
+        )
         assert out.tokens == greedy.tokens, method
 
 
@@ -313,11 +402,22 @@ def test_greedy_float32_decodes_at_highest_matmul_precision(monkeypatch):
 
     def dot_precisions(precision):
         spec = DecodeSpec(CFG, make_schedule("pass-fused", 2), greedy, 8, precision)
-        text = generate_jit.lower(spec, params, la, p, lens, active, eos_array(()),
-                                  init_cache(CFG, p.shape[0], 128), jax.random.PRNGKey(0)
-                                  ).as_text()
-        return {line.split("precision = ")[1].split("]")[0] + "]"
-                for line in text.splitlines() if "dot_general" in line}
+        text = generate_jit.lower(
+            spec,
+            params,
+            la,
+            p,
+            lens,
+            active,
+            eos_array(()),
+            init_cache(CFG, p.shape[0], 128),
+            jax.random.PRNGKey(0),
+        ).as_text()
+        return {
+            line.split("precision = ")[1].split("]")[0] + "]"
+            for line in text.splitlines()
+            if "dot_general" in line
+        }
 
     # the suite runs at "highest" (conftest); under a program-wide DEFAULT the spec still wins
     with jax.default_matmul_precision("bfloat16"):
@@ -326,11 +426,11 @@ def test_greedy_float32_decodes_at_highest_matmul_precision(monkeypatch):
 
     seen = []
     real = decode.generate_jit
-    monkeypatch.setattr(decode, "generate_jit",
-                        lambda spec, *a: seen.append(spec.precision) or real(spec, *a))
+    monkeypatch.setattr(
+        decode, "generate_jit", lambda spec, *a: seen.append(spec.precision) or real(spec, *a)
+    )
     for sampler, precision in ((greedy, "auto"), (sampled, "auto"), (greedy, "default")):
-        generate(CFG, params, PROMPTS[:1], max_new_tokens=2, sampler=sampler,
-                 precision=precision)
+        generate(CFG, params, PROMPTS[:1], max_new_tokens=2, sampler=sampler, precision=precision)
     assert seen == ["highest", None, None]
 
 
@@ -344,8 +444,9 @@ def test_greedy_pass_equals_autoregressive_in_bfloat16():
     ar = generate(cfg, params, PROMPTS, max_new_tokens=24, eos_ids=())
     accepted = 0
     for method in ("pass-fused", "tree-2x2"):
-        out = generate(cfg, params, PROMPTS, max_new_tokens=24, method=method, la_LxD=la,
-                       eos_ids=())
+        out = generate(
+            cfg, params, PROMPTS, max_new_tokens=24, method=method, la_LxD=la, eos_ids=()
+        )
         assert out.tokens == ar.tokens, method
         accepted += int(out.accepted.sum())
     assert accepted > 0

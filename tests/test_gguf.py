@@ -7,6 +7,7 @@ Every GGUF here is written inside the test with the ``gguf`` package, the way ll
 q/k rows permuted, a byte-level BPE ("gpt2") tokenizer with a chat template, and a mix of
 F32, F16, Q8_0 and Q4_1 tensors. Nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,30 +27,59 @@ from pass_jax.tokenizer import train_bpe
 
 TOL = 1e-4
 Q = gguf.GGMLQuantizationType
-LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=16, max_position_embeddings=128, rms_norm_eps=1e-5,
-             rope_parameters={"rope_type": "default", "rope_theta": 50000.0})
-CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n"
-                 "{% endfor %}{% if add_generation_prompt %}<s>assistant\n{% endif %}")
+LLAMA = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=128,
+    rms_norm_eps=1e-5,
+    rope_parameters={"rope_type": "default", "rope_theta": 50000.0},
+)
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n"
+    "{% endfor %}{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+)
 TEXT = "def add(a, b):\n    return a + b\n\nprint(add(1, 2))  # three\n"
 # Quantization per tensor kind (F32 norms always). Every type here is one transformers' own
 # GGUF loader dequantizes too (F32, F16, Q8_0, Q4_1), so both paths read the same file.
-QUANT = {"token_embd": Q.Q8_0, "output": Q.Q8_0, "attn_q": Q.Q8_0, "attn_k": Q.Q4_1,
-         "attn_v": Q.F16, "attn_output": Q.Q4_1, "ffn_gate": Q.Q8_0, "ffn_up": Q.Q4_1,
-         "ffn_down": Q.Q8_0}
-HF_TO_GGUF = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-              "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-              "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+QUANT = {
+    "token_embd": Q.Q8_0,
+    "output": Q.Q8_0,
+    "attn_q": Q.Q8_0,
+    "attn_k": Q.Q4_1,
+    "attn_v": Q.F16,
+    "attn_output": Q.Q4_1,
+    "ffn_gate": Q.Q8_0,
+    "ffn_up": Q.Q4_1,
+    "ffn_down": Q.Q8_0,
+}
+HF_TO_GGUF = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
 
 
 # --------------------------------------------------------------------------- llama.cpp's side
 
+
 def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """``permute`` of llama.cpp's ``convert_hf_to_gguf.py`` (LlamaModel), verbatim; ``w`` is
     ``[out, in]`` (or ``[out]``)."""
-    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-            .swapaxes(1, 2).reshape(w.shape))
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
 
 
 def reference_unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -79,24 +109,43 @@ def gguf_tokenizer_fields(tok) -> dict:
     assert [vocab[t] for t in tokens] == list(range(len(tokens)))
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     special = set(tok.all_special_tokens)
-    return dict(tokens=tokens, merges=merges,
-                token_types=[3 if t in special else 1 for t in tokens],  # 3 CONTROL, 1 NORMAL
-                bos=tok.bos_token_id, eos=tok.eos_token_id, unk=tok.unk_token_id,
-                pad=tok.pad_token_id)
+    return dict(
+        tokens=tokens,
+        merges=merges,
+        token_types=[3 if t in special else 1 for t in tokens],  # 3 CONTROL, 1 NORMAL
+        bos=tok.bos_token_id,
+        eos=tok.eos_token_id,
+        unk=tok.unk_token_id,
+        pad=tok.pad_token_id,
+    )
 
 
-def write_gguf(path, state_dict, hf_config, tok_fields, *, arch="llama", skip=(),
-               quant=QUANT, chat_template=CHAT_TEMPLATE) -> dict[str, np.ndarray]:
+def write_gguf(
+    path,
+    state_dict,
+    hf_config,
+    tok_fields,
+    *,
+    arch="llama",
+    skip=(),
+    quant=QUANT,
+    chat_template=CHAT_TEMPLATE,
+) -> dict[str, np.ndarray]:
     """Write a llama model as llama.cpp does; returns ``{hf name: the float32 weight a reader
     recovers}`` (dequantized, q/k rows back in transformers' order). ``skip``: metadata keys
     (without the ``arch.`` prefix) or tensor names to leave out."""
     c = hf_config
     w = gguf.GGUFWriter(str(path), arch)
-    meta = {"block_count": c.num_hidden_layers, "context_length": c.max_position_embeddings,
-            "embedding_length": c.hidden_size, "feed_forward_length": c.intermediate_size,
-            "attention.head_count": c.num_attention_heads,
-            "attention.head_count_kv": c.num_key_value_heads,
-            "rope.dimension_count": c.head_dim, "vocab_size": c.vocab_size}
+    meta = {
+        "block_count": c.num_hidden_layers,
+        "context_length": c.max_position_embeddings,
+        "embedding_length": c.hidden_size,
+        "feed_forward_length": c.intermediate_size,
+        "attention.head_count": c.num_attention_heads,
+        "attention.head_count_kv": c.num_key_value_heads,
+        "rope.dimension_count": c.head_dim,
+        "vocab_size": c.vocab_size,
+    }
     for key, value in meta.items():
         if key not in skip:
             w.add_uint32(f"{arch}.{key}", value)
@@ -141,6 +190,7 @@ def write_gguf(path, state_dict, hf_config, tok_fields, *, arch="llama", skip=()
 
 # --------------------------------------------------------------------------- fixtures
 
+
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     """A byte-level BPE of 300 tokens (<unk>, <s>, </s>, <pad> = 0..3), trained here."""
@@ -159,24 +209,35 @@ def gguf_model(tmp_path_factory, tokenizer):
     def get(tied: bool):
         if tied not in made:
             config = transformers.LlamaConfig(
-                **LLAMA, vocab_size=len(fields["tokens"]), tie_word_embeddings=tied,
-                bos_token_id=fields["bos"], eos_token_id=fields["eos"],
-                pad_token_id=fields["pad"])
+                **LLAMA,
+                vocab_size=len(fields["tokens"]),
+                tie_word_embeddings=tied,
+                bos_token_id=fields["bos"],
+                eos_token_id=fields["eos"],
+                pad_token_id=fields["pad"],
+            )
             torch.manual_seed(0)
             model = transformers.LlamaForCausalLM(config).eval()
             g = torch.Generator().manual_seed(int(tied))
             with torch.no_grad():  # weights large enough that a wrong mapping shows
                 for name, p in model.named_parameters():
                     noise = torch.randn(p.shape, generator=g)
-                    p.copy_(1.0 + 0.1 * noise if p.ndim == 1 else
-                            0.3 * noise if "q_proj" in name or "k_proj" in name else 0.1 * noise)
-            sd = {k: v for k, v in model.state_dict().items()
-                  if not (tied and k == "lm_head.weight")}
+                    p.copy_(
+                        1.0 + 0.1 * noise
+                        if p.ndim == 1
+                        else 0.3 * noise
+                        if "q_proj" in name or "k_proj" in name
+                        else 0.1 * noise
+                    )
+            sd = {
+                k: v for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")
+            }
             path = tmp_path_factory.mktemp("gguf") / f"tiny-{'tied' if tied else 'untied'}.gguf"
             recovered = write_gguf(path, sd, config, fields)
             ref = transformers.LlamaForCausalLM(config).eval()
             missing, unexpected = ref.load_state_dict(
-                {k: torch.from_numpy(v) for k, v in recovered.items()}, strict=False)
+                {k: torch.from_numpy(v) for k, v in recovered.items()}, strict=False
+            )
             assert not unexpected and set(missing) <= {"lm_head.weight"}
             if tied:
                 ref.tie_weights()
@@ -217,6 +278,7 @@ def torch_logits(model) -> np.ndarray:
 
 # --------------------------------------------------------------------------- tests
 
+
 @pytest.mark.parametrize("n_head,head_dim", [(1, 2), (4, 16), (2, 16), (9, 64), (3, 8)])
 def test_unpermute_inverts_llama_cpp_permute(n_head, head_dim):
     rng = np.random.default_rng(n_head)
@@ -225,11 +287,13 @@ def test_unpermute_inverts_llama_cpp_permute(n_head, head_dim):
     if head_dim > 2:
         assert not np.array_equal(permuted, w)  # the check below is not trivially true
     np.testing.assert_array_equal(gguf_file.unpermute_rows(permuted, n_head), w)
-    np.testing.assert_array_equal(gguf_file.unpermute_rows(permuted, n_head),
-                                  reference_unpermute(permuted, n_head))
+    np.testing.assert_array_equal(
+        gguf_file.unpermute_rows(permuted, n_head), reference_unpermute(permuted, n_head)
+    )
     bias = rng.standard_normal(n_head * head_dim).astype(np.float32)  # 1-D rows work too
-    np.testing.assert_array_equal(gguf_file.unpermute_rows(llama_cpp_permute(bias, n_head),
-                                                           n_head), bias)
+    np.testing.assert_array_equal(
+        gguf_file.unpermute_rows(llama_cpp_permute(bias, n_head), n_head), bias
+    )
 
 
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
@@ -241,10 +305,20 @@ def test_converted_logits_match_dequantized_reference(gguf_model, converted, tie
     out = converted(tied)
     cfg, _ = hf.load_hf(out)
     assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.hd, cfg.ffn_dim) == (
-        2, 64, 4, 2, 16, 128)
+        2,
+        64,
+        4,
+        2,
+        16,
+        128,
+    )
     assert cfg.tie_embeddings == tied and cfg.vocab_size == 300 and cfg.rope_theta == 50000.0
     assert (cfg.bos_token_id, cfg.eos_token_ids, cfg.pad_token_id, cfg.unk_token_id) == (
-        1, (2,), 3, 0)
+        1,
+        (2,),
+        3,
+        0,
+    )
     ours = our_logits(out)
     ref_logits = torch_logits(ref)
     np.testing.assert_allclose(ours, ref_logits, atol=TOL, rtol=0)
@@ -257,10 +331,9 @@ def test_converted_logits_match_dequantized_reference(gguf_model, converted, tie
 def test_transformers_gguf_loader_agrees(gguf_model, converted, tied):
     path, _, _ = gguf_model(tied)
     theirs = transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32,
-        local_files_only=True).eval()
-    np.testing.assert_allclose(our_logits(converted(tied)), torch_logits(theirs), atol=TOL,
-                               rtol=0)
+        str(path.parent), gguf_file=path.name, dtype=torch.float32, local_files_only=True
+    ).eval()
+    np.testing.assert_allclose(our_logits(converted(tied)), torch_logits(theirs), atol=TOL, rtol=0)
 
 
 def test_missing_unpermute_is_caught(gguf_model, converted, tmp_path, monkeypatch):
@@ -277,18 +350,21 @@ def test_converted_dir_loads_in_transformers_with_tokenizer(gguf_model, converte
     out = converted(True)
     assert {"config.json", "model.safetensors"} <= set(os.listdir(out))
     theirs = transformers.AutoModelForCausalLM.from_pretrained(
-        str(out), dtype=torch.float32, local_files_only=True).eval()
+        str(out), dtype=torch.float32, local_files_only=True
+    ).eval()
     np.testing.assert_allclose(torch_logits(theirs), torch_logits(ref), atol=TOL, rtol=0)
     tok = hf.load_tokenizer(out)
     assert tok is not None
     assert tok.get_vocab() == tokenizer.get_vocab()  # every GGUF token keeps its id
     assert tok.encode(TEXT, add_special_tokens=False) == tokenizer.encode(
-        TEXT, add_special_tokens=False)
+        TEXT, add_special_tokens=False
+    )
     assert tok.decode(tok.encode(TEXT, add_special_tokens=False)) == TEXT
     assert (tok.bos_token, tok.eos_token, tok.unk_token) == ("<s>", "</s>", "<unk>")
     assert tok.chat_template == CHAT_TEMPLATE
-    prompt = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                     add_generation_prompt=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert prompt == "<s>user\nhi</s>\n<s>assistant\n"
     assert gguf_file.load_tokenizer(path).chat_template == CHAT_TEMPLATE
 
@@ -339,6 +415,7 @@ def test_resolve_model_converts_once(gguf_model, tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- errors
 
+
 @pytest.fixture(scope="module")
 def tiny_parts(gguf_model, tokenizer):
     """(state dict, config, tokenizer fields) of the untied model, to write variants of."""
@@ -375,16 +452,20 @@ def test_unsupported_architecture_is_a_clear_error(tiny_parts, tmp_path):
     sd, config, fields = tiny_parts
     path = tmp_path / "falcon.gguf"
     write_gguf(path, sd, config, fields, arch="falcon")
-    with pytest.raises(gguf_file.GGUFError, match="unsupported GGUF architecture 'falcon'; "
-                                                  "supported: llama"):
+    with pytest.raises(
+        gguf_file.GGUFError, match="unsupported GGUF architecture 'falcon'; supported: llama"
+    ):
         gguf_file.convert_gguf(path, tmp_path / "out")
 
 
-@pytest.mark.parametrize("skip,message", [
-    (("block_count",), "missing 'llama.block_count'"),
-    (("attention.head_count",), "missing 'llama.attention.head_count'"),
-    (("blk.1.ffn_down.weight",), "missing tensors: model.layers.1.mlp.down_proj.weight"),
-])
+@pytest.mark.parametrize(
+    "skip,message",
+    [
+        (("block_count",), "missing 'llama.block_count'"),
+        (("attention.head_count",), "missing 'llama.attention.head_count'"),
+        (("blk.1.ffn_down.weight",), "missing tensors: model.layers.1.mlp.down_proj.weight"),
+    ],
+)
 def test_missing_metadata_or_tensor_is_a_clear_error(tiny_parts, tmp_path, skip, message):
     sd, config, fields = tiny_parts
     path = tmp_path / "partial.gguf"

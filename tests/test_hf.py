@@ -1,5 +1,6 @@
 """Hugging Face checkpoints: parity with transformers' PyTorch models, KV cache, round trips,
 and clear errors for bad checkpoint directories."""
+
 from __future__ import annotations
 
 import json
@@ -23,23 +24,42 @@ from pass_jax.model import unstack_layers
 TOL = 1e-4
 V = 128
 COMMON = dict(vocab_size=V, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5, **COMMON)
+LLAMA = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    rms_norm_eps=1e-5,
+    **COMMON,
+)
 
 HF_CONFIGS = {
     "llama_gqa": lambda: transformers.LlamaConfig(**LLAMA),
     "llama_tied_bias": lambda: transformers.LlamaConfig(
-        **{**LLAMA, "num_key_value_heads": 4}, tie_word_embeddings=True, attention_bias=True,
-        mlp_bias=True),
+        **{**LLAMA, "num_key_value_heads": 4},
+        tie_word_embeddings=True,
+        attention_bias=True,
+        mlp_bias=True,
+    ),
     "llama3_rope": lambda: transformers.LlamaConfig(
-        **LLAMA, head_dim=32,
-        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                         "original_max_position_embeddings": 16}),
+        **LLAMA,
+        head_dim=32,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16,
+        },
+    ),
     "mistral": lambda: transformers.MistralConfig(**LLAMA, sliding_window=4),
     "qwen2": lambda: transformers.Qwen2Config(**LLAMA),
-    "gpt2": lambda: transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=64,
-                                            **COMMON),
+    "gpt2": lambda: transformers.GPT2Config(
+        n_embd=64, n_layer=2, n_head=4, n_positions=64, **COMMON
+    ),
 }
 
 
@@ -62,7 +82,8 @@ def hf_model(tmp_path_factory):
         if name not in made:
             torch.manual_seed(0)
             model = transformers.AutoModelForCausalLM.from_config(
-                HF_CONFIGS[name](), attn_implementation="eager").eval()
+                HF_CONFIGS[name](), attn_implementation="eager"
+            ).eval()
             _perturb_torch(model, seed=sorted(HF_CONFIGS).index(name))
             d = tmp_path_factory.mktemp(name)
             model.save_pretrained(d)
@@ -117,12 +138,21 @@ def test_cached_steps_match_full_forward(hf_model, name):
     # the stacked params (nn.scan) and the per-layer ones decoding uses (a layer loop, a cache
     # per layer written before it is read)
     _, per_layer = hf.load_hf(d, stacked=False)
-    np.testing.assert_allclose(np.asarray(jit_forward(cfg, per_layer, seq, np.broadcast_to(
-        np.arange(total), seq.shape))[0]), full, atol=TOL, rtol=0)
-    for p, cache in ((params, init_cache(cfg, batch=3, max_len=16)),
-                     (per_layer, init_cache(cfg, batch=3, max_len=16, per_layer=True))):
-        logits, cache = jit_forward(cfg, p, prefill,
-                                    np.broadcast_to(np.arange(P), prefill.shape), cache)
+    np.testing.assert_allclose(
+        np.asarray(
+            jit_forward(cfg, per_layer, seq, np.broadcast_to(np.arange(total), seq.shape))[0]
+        ),
+        full,
+        atol=TOL,
+        rtol=0,
+    )
+    for p, cache in (
+        (params, init_cache(cfg, batch=3, max_len=16)),
+        (per_layer, init_cache(cfg, batch=3, max_len=16, per_layer=True)),
+    ):
+        logits, cache = jit_forward(
+            cfg, p, prefill, np.broadcast_to(np.arange(P), prefill.shape), cache
+        )
         cache = cache.advance(jnp.asarray(prompt_lens))
         for b, n in enumerate(prompt_lens):
             np.testing.assert_allclose(np.asarray(logits)[b, :n], full[b, :n], atol=TOL, rtol=0)
@@ -131,8 +161,7 @@ def test_cached_steps_match_full_forward(hf_model, name):
             pos = prompt_lens + j
             logits, cache = jit_forward(cfg, p, seq[rows, pos][:, None], pos[:, None], cache)
             cache = cache.advance(jnp.ones(3, jnp.int32))
-            np.testing.assert_allclose(np.asarray(logits)[:, 0], full[rows, pos], atol=TOL,
-                                       rtol=0)
+            np.testing.assert_allclose(np.asarray(logits)[:, 0], full[rows, pos], atol=TOL, rtol=0)
 
 
 def test_config_translation(hf_model):
@@ -144,15 +173,24 @@ def test_config_translation(hf_model):
     cfg = hf.config_from_hf(transformers.Qwen2Config(**{**LLAMA, "eos_token_id": [2, 5]}))
     assert cfg.qkv_bias and not cfg.attn_out_bias and cfg.sliding_window is None
     assert cfg.eos_token_ids == (2, 5)
-    cfg = hf.config_from_hf(transformers.Qwen2Config(
-        **LLAMA, use_sliding_window=True, sliding_window=8, max_window_layers=0))
+    cfg = hf.config_from_hf(
+        transformers.Qwen2Config(
+            **LLAMA, use_sliding_window=True, sliding_window=8, max_window_layers=0
+        )
+    )
     assert cfg.sliding_window == 8
     with pytest.raises(ValueError, match="mixes full and sliding"):
-        hf.config_from_hf(transformers.Qwen2Config(
-            **LLAMA, use_sliding_window=True, sliding_window=8, max_window_layers=1))
+        hf.config_from_hf(
+            transformers.Qwen2Config(
+                **LLAMA, use_sliding_window=True, sliding_window=8, max_window_layers=1
+            )
+        )
     with pytest.raises(ValueError, match="rope_type 'linear'"):
-        hf.config_from_hf(transformers.LlamaConfig(
-            **LLAMA, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}))
+        hf.config_from_hf(
+            transformers.LlamaConfig(
+                **LLAMA, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}
+            )
+        )
     cfg = hf.config_from_hf(hf.read_hf_config(hf_model("gpt2")[0]))
     assert cfg.family == "gpt2" and cfg.tie_embeddings and cfg.ffn_dim == 256
 
@@ -169,20 +207,28 @@ def test_sharded_checkpoint(hf_model, tmp_path):
 
 # --------------------------------------------------------------------------- round trip
 
+
 def _perturbed_params(cfg, seed):
     """``init_params`` plus noise, so norms are not all ones and biases not all zeros."""
     rng = np.random.default_rng(seed)
     return jax.tree.map(
         lambda x: (np.asarray(x, np.float32) + 0.1 * rng.standard_normal(x.shape)).astype(x.dtype),
-        tiny_params(cfg, seed))
+        tiny_params(cfg, seed),
+    )
 
 
 ROUND_TRIP = {
-    "llama": TINY.replace(vocab_size=V, max_position=64, tie_embeddings=True,
-                          rope_scaling=RopeScaling(4.0, 1.0, 4.0, 16), eos_token_ids=(2, 3)),
+    "llama": TINY.replace(
+        vocab_size=V,
+        max_position=64,
+        tie_embeddings=True,
+        rope_scaling=RopeScaling(4.0, 1.0, 4.0, 16),
+        eos_token_ids=(2, 3),
+    ),
     "qwen2": TINY.replace(vocab_size=V, model_type="qwen2", qkv_bias=True, eos_token_ids=(2,)),
-    "gpt2": TINY.replace(vocab_size=V, n_kv_heads=4, max_position=32, family="gpt2",
-                         model_type="gpt2", norm_eps=1e-5),
+    "gpt2": TINY.replace(
+        vocab_size=V, n_kv_heads=4, max_position=32, family="gpt2", model_type="gpt2", norm_eps=1e-5
+    ),
 }
 
 
@@ -204,7 +250,8 @@ def test_round_trip_save_hf(tmp_path, name):
         np.testing.assert_array_equal(a[k], b[k])
 
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        out, attn_implementation="eager").eval()
+        out, attn_implementation="eager"
+    ).eval()
     toks = _rows(4, [9], 9)
     ours = np.asarray(jit_forward(cfg, params, toks, np.arange(9)[None])[0])[0]
     np.testing.assert_allclose(ours, _torch_logits(model, toks[0]), atol=TOL, rtol=0)
@@ -219,19 +266,25 @@ def test_round_trip_bfloat16_and_tokenizer(tmp_path):
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "hello": 4, "world": 5}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>",
-                                               pad_token="<pad>")
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>"
+    )
     out = hf.save_hf(cfg, params, tmp_path / "m", tokenizer=tok)
     cfg2, params2 = hf.load_hf(out, param_dtype="bfloat16")
     assert cfg2 == cfg
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a, np.float32),
-                                                            np.asarray(b, np.float32)),
-                 params2, params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_array_equal(
+            np.asarray(a, np.float32), np.asarray(b, np.float32)
+        ),
+        params2,
+        params,
+    )
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params2))
     tok2 = hf.load_tokenizer(out)
     assert tok2 is not None and tok2("hello world")["input_ids"] == [4, 5]
-    no_tok = hf.save_hf(ROUND_TRIP["gpt2"], _perturbed_params(ROUND_TRIP["gpt2"], 1),
-                        tmp_path / "g")
+    no_tok = hf.save_hf(
+        ROUND_TRIP["gpt2"], _perturbed_params(ROUND_TRIP["gpt2"], 1), tmp_path / "g"
+    )
     assert hf.load_tokenizer(no_tok) is None
 
 
@@ -255,6 +308,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- bad input
+
 
 def _edit_copy(src, dst, edit):
     """Copy a checkpoint dir and rewrite its model.safetensors through ``edit(tensors)``."""
@@ -340,10 +394,15 @@ def test_greedy_generate_matches_transformers(hf_model, name):
 
     def hf_generate(prompt, eos):
         with torch.no_grad():
-            out = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=12,
-                                 eos_token_id=eos, pad_token_id=0,
-                                 attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
-        return out[0, len(prompt):].tolist()
+            out = model.generate(
+                torch.tensor([prompt]),
+                do_sample=False,
+                max_new_tokens=12,
+                eos_token_id=eos,
+                pad_token_id=0,
+                attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            )
+        return out[0, len(prompt) :].tolist()
 
     plain = [hf_generate(p, None) for p in prompts]
     eos = plain[0][len(plain[0]) // 2]  # a token that really occurs: row 0 stops early
@@ -355,15 +414,22 @@ def test_greedy_generate_matches_transformers(hf_model, name):
 
 def test_special_token_ids_round_trip(tiny_hf_dir):
     """unk (used to initialise look-ahead embeddings) survives save_hf -> load_hf."""
-    cfg = TINY.replace(n_layers=1, unk_token_id=0, bos_token_id=1, eos_token_ids=(2, 5),
-                       pad_token_id=3)
+    cfg = TINY.replace(
+        n_layers=1, unk_token_id=0, bos_token_id=1, eos_token_ids=(2, 5), pad_token_id=3
+    )
     loaded, _ = hf.load_hf(tiny_hf_dir(cfg))
-    assert (loaded.unk_token_id, loaded.bos_token_id, loaded.eos_token_ids,
-            loaded.pad_token_id) == (0, 1, (2, 5), 3)
+    assert (
+        loaded.unk_token_id,
+        loaded.bos_token_id,
+        loaded.eos_token_ids,
+        loaded.pad_token_id,
+    ) == (0, 1, (2, 5), 3)
 
 
-@pytest.mark.parametrize("damage", ["empty", "truncated", "tail cut", "not safetensors",
-                                    "config not JSON", "config a list"])
+@pytest.mark.parametrize(
+    "damage",
+    ["empty", "truncated", "tail cut", "not safetensors", "config not JSON", "config a list"],
+)
 def test_corrupt_model_files_name_the_file(tmp_path, tiny_hf_dir, damage):
     """A damaged weight or config file is one ValueError that names the file, in the plain and
     the sharded loader (was: safetensors' SafetensorError, json's JSONDecodeError)."""
@@ -374,9 +440,12 @@ def test_corrupt_model_files_name_the_file(tmp_path, tiny_hf_dir, damage):
     weights, config = tmp_path / "m" / "model.safetensors", tmp_path / "m" / "config.json"
     data = weights.read_bytes()
     target, content = {
-        "empty": (weights, b""), "truncated": (weights, data[:len(data) // 2]),
-        "tail cut": (weights, data[:-10]), "not safetensors": (weights, b"hello world" * 10),
-        "config not JSON": (config, b"{not json"), "config a list": (config, b"[1, 2]"),
+        "empty": (weights, b""),
+        "truncated": (weights, data[: len(data) // 2]),
+        "tail cut": (weights, data[:-10]),
+        "not safetensors": (weights, b"hello world" * 10),
+        "config not JSON": (config, b"{not json"),
+        "config a list": (config, b"[1, 2]"),
     }[damage]
     target.write_bytes(content)
     message = "is not a readable safetensors file" if target == weights else "is not"

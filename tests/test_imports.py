@@ -2,6 +2,7 @@
 library never imports the programs, sharding is a leaf, and nothing is imported inside a
 function except optional dependencies (PyTorch for the transformers baselines, matplotlib for
 plots)."""
+
 import ast
 import pathlib
 
@@ -57,7 +58,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(n)
         for d in sorted(graph[n]):
             if state.get(d) == 1:
-                return path[path.index(d):] + [d]
+                return path[path.index(d) :] + [d]
             if d not in state and (found := visit(d)):
                 return found
         path.pop()

@@ -1,6 +1,7 @@
 """The inference programs' typed configs (infer.config): flags and an optional YAML --config
 (the flags win), comma lists as tuples, the flag checks in __post_init__, the same defaults as
 the flags had. No model is loaded here (tests/test_cli_generate.py runs one from a YAML)."""
+
 import pytest
 import yaml
 
@@ -24,12 +25,25 @@ def _bench_config(*argv) -> BenchConfig:
 
 def test_defaults_are_the_flags_defaults():
     g = _generate_config("--model", "m", "--prompt", "p")
-    assert (g.method, g.max_new_tokens, g.temperature, g.top_k, g.top_p, g.seed) == \
-        ("ar", 64, 0.0, 0, 1.0, 0)
-    assert (g.add_special_tokens, g.json, g.layers, g.precision, g.dtype) == \
-        (True, False, "auto", "auto", "float32")
-    assert _generate_config("--model", "m", "--prompt", "p", "--lookahead", "la").method == \
-        "pass-fused"
+    assert (g.method, g.max_new_tokens, g.temperature, g.top_k, g.top_p, g.seed) == (
+        "ar",
+        64,
+        0.0,
+        0,
+        1.0,
+        0,
+    )
+    assert (g.add_special_tokens, g.json, g.layers, g.precision, g.dtype) == (
+        True,
+        False,
+        "auto",
+        "auto",
+        "float32",
+    )
+    assert (
+        _generate_config("--model", "m", "--prompt", "p", "--lookahead", "la").method
+        == "pass-fused"
+    )
     b = _bench_config("--model", "m")
     assert b.temperatures == (0.8, 0.5, 0.2, 0.0) and b.batch_size == (1,) and b.repeats == 3
     assert b.methods == ("ar", "unk", "pass", "pass-fused") and b.hf_baselines is True
@@ -37,29 +51,64 @@ def test_defaults_are_the_flags_defaults():
 
 
 def test_comma_lists_are_tuples():
-    b = _bench_config("--model", "m", "--batch-size", "1,4", "--temperatures", "0,0.8",
-                      "--methods", "ar, pass-fused", "--depths", "2,3", "--hf-temperatures", "0")
+    b = _bench_config(
+        "--model",
+        "m",
+        "--batch-size",
+        "1,4",
+        "--temperatures",
+        "0,0.8",
+        "--methods",
+        "ar, pass-fused",
+        "--depths",
+        "2,3",
+        "--hf-temperatures",
+        "0",
+    )
     assert b.batch_size == (1, 4) and b.temperatures == (0.0, 0.8)
     assert b.methods == ("ar", "pass-fused") and b.depths == (2, 3)
     assert b.hf_temperatures == (0.0,)
-    assert _generate_config("--model", "m", "--prompt", "p", "--auto-methods",
-                            "ar,tree-2x1,").auto_methods == ("ar", "tree-2x1")
+    assert _generate_config(
+        "--model", "m", "--prompt", "p", "--auto-methods", "ar,tree-2x1,"
+    ).auto_methods == ("ar", "tree-2x1")
     assert comma_list(" a, ,b ") == ["a", "b"]
 
 
 def test_yaml_config_is_read_and_flags_win(tmp_path):
-    path = _yaml(tmp_path, {"model": "m", "batch_size": [1, 2], "temperatures": [0, 0.5],
-                            "repeats": 5, "hf_baselines": True, "title": "from yaml"})
+    path = _yaml(
+        tmp_path,
+        {
+            "model": "m",
+            "batch_size": [1, 2],
+            "temperatures": [0, 0.5],
+            "repeats": 5,
+            "hf_baselines": True,
+            "title": "from yaml",
+        },
+    )
     b = _bench_config("--config", path, "--repeats", "2", "--no-hf-baselines")
     assert b.model == "m" and b.batch_size == (1, 2) and b.title == "from yaml"
     assert b.temperatures == (0.0, 0.5) and all(isinstance(T, float) for T in b.temperatures)
     assert b.repeats == 2 and b.hf_baselines is False  # the flags given win
 
-    path = _yaml(tmp_path, {"model": "m", "prompt": "def f(", "max_new_tokens": 8, "json": True,
-                            "add_special_tokens": False})
+    path = _yaml(
+        tmp_path,
+        {
+            "model": "m",
+            "prompt": "def f(",
+            "max_new_tokens": 8,
+            "json": True,
+            "add_special_tokens": False,
+        },
+    )
     g = _generate_config("--config", path, "--max-new-tokens", 3)
-    assert (g.model, g.prompt, g.max_new_tokens, g.json, g.add_special_tokens) == \
-        ("m", "def f(", 3, True, False)
+    assert (g.model, g.prompt, g.max_new_tokens, g.json, g.add_special_tokens) == (
+        "m",
+        "def f(",
+        3,
+        True,
+        False,
+    )
 
 
 def test_required_flags_only_without_a_config_file(tmp_path, capsys):
@@ -71,27 +120,40 @@ def test_required_flags_only_without_a_config_file(tmp_path, capsys):
         generate.main(["--config", path])
 
 
-@pytest.mark.parametrize("program, values, message", [
-    ("bench", {"batch_sise": [1]}, "unknown config key 'batch_sise'; did you mean batch_size?"),
-    ("bench", {"repeats": "many"}, "config key 'repeats' must be int, got 'many'"),
-    ("bench", {"batch_size": 4}, "config key 'batch_size' must be list, got 4"),
-    ("bench", {"temperatures": [0, "hot"]}, "config key 'temperatures[1]' must be float or int"),
-    ("bench", {"repeats": 0}, "--repeats must be >= 1, got 0"),
-    ("bench", {"batch_size": [1, 0]}, "--batch-size must be >= 1, got 1,0"),
-    ("bench", {"dtype": "float16"}, "--dtype must be one of float32, bfloat16, got 'float16'"),
-    ("generate", {"max_new_tokenz": 3}, "unknown config key 'max_new_tokenz'; did you mean "
-                                        "max_new_tokens?"),
-    ("generate", {"top_k": 1.5}, "config key 'top_k' must be int, got 1.5"),
-    ("generate", {"max_new_tokens": 0}, "--max-new-tokens must be >= 1, got 0"),
-    ("generate", {"method": "fast"}, "--method: invalid choice: 'fast'"),
-    ("generate", {"method": "ar", "lookahead": "la"}, "--method ar uses no look-ahead"),
-    ("generate", {"layers": "rolled"}, "--layers must be one of auto, per-layer, scanned"),
-])
+@pytest.mark.parametrize(
+    "program, values, message",
+    [
+        ("bench", {"batch_sise": [1]}, "unknown config key 'batch_sise'; did you mean batch_size?"),
+        ("bench", {"repeats": "many"}, "config key 'repeats' must be int, got 'many'"),
+        ("bench", {"batch_size": 4}, "config key 'batch_size' must be list, got 4"),
+        (
+            "bench",
+            {"temperatures": [0, "hot"]},
+            "config key 'temperatures[1]' must be float or int",
+        ),
+        ("bench", {"repeats": 0}, "--repeats must be >= 1, got 0"),
+        ("bench", {"batch_size": [1, 0]}, "--batch-size must be >= 1, got 1,0"),
+        ("bench", {"dtype": "float16"}, "--dtype must be one of float32, bfloat16, got 'float16'"),
+        (
+            "generate",
+            {"max_new_tokenz": 3},
+            "unknown config key 'max_new_tokenz'; did you mean max_new_tokens?",
+        ),
+        ("generate", {"top_k": 1.5}, "config key 'top_k' must be int, got 1.5"),
+        ("generate", {"max_new_tokens": 0}, "--max-new-tokens must be >= 1, got 0"),
+        ("generate", {"method": "fast"}, "--method: invalid choice: 'fast'"),
+        ("generate", {"method": "ar", "lookahead": "la"}, "--method ar uses no look-ahead"),
+        ("generate", {"layers": "rolled"}, "--layers must be one of auto, per-layer, scanned"),
+    ],
+)
 def test_bad_yaml_values_are_errors_naming_the_key(tmp_path, program, values, message):
     """Before any work: the model path does not exist, so a later failure would name it."""
     values = {"model": str(tmp_path / "no-model"), **values}
-    argv = ["--config", _yaml(tmp_path, values), "--prompt", "x"] if program == "generate" \
+    argv = (
+        ["--config", _yaml(tmp_path, values), "--prompt", "x"]
+        if program == "generate"
         else ["--config", _yaml(tmp_path, values), "--out-dir", str(tmp_path / "out")]
+    )
     main = generate.main if program == "generate" else bench.main
     with pytest.raises(SystemExit) as e:
         main(argv)

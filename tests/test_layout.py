@@ -1,12 +1,26 @@
 """Layouts: the derived tables of draft trees, chains as trees of width 1, and bad layouts."""
+
 import re
 
 import numpy as np
 import pytest
 
-from pass_jax.layout import (DRAFT, LA, MAX_LOOKAHEAD, ROOT, Layout, draft_layout, fused_layout,
-                             make_schedule, method_lookahead, parse_tree, root_layout, tree_layout,
-                             tree_name, verify_layout)
+from pass_jax.layout import (
+    DRAFT,
+    LA,
+    MAX_LOOKAHEAD,
+    ROOT,
+    Layout,
+    draft_layout,
+    fused_layout,
+    make_schedule,
+    method_lookahead,
+    parse_tree,
+    root_layout,
+    tree_layout,
+    tree_name,
+    verify_layout,
+)
 
 
 def test_tree_tables():
@@ -70,6 +84,7 @@ def test_oversized_schedules_are_refused_before_any_table_is_built():
 
 # ------------------------------------------------------- every layout's tables, written out by hand
 
+
 def _mask(rows):
     """A ``[T, T]`` mask from its rows' visible nodes."""
     m = np.zeros((len(rows), len(rows)), bool)
@@ -86,7 +101,13 @@ def _empty_slots(lay):
 def test_root_layout_is_one_token():
     lay = root_layout()
     assert (lay.name, lay.kind, lay.parent, lay.index, lay.rank, lay.group) == (
-        "ar", (ROOT,), (-1,), (0,), (0,), (-1,))
+        "ar",
+        (ROOT,),
+        (-1,),
+        (0,),
+        (0,),
+        (-1,),
+    )
     assert (lay.T, lay.num_tree, lay.draft_depth, lay.width, lay.num_lookahead) == (1, 1, 0, 0, 0)
     np.testing.assert_array_equal(lay.mask, [[True]])
     np.testing.assert_array_equal(lay.depth, [0])
@@ -100,7 +121,12 @@ def test_paper_drafting_call():
     """[y, LA_1, LA_2]: a causal chain at positions m, m+1, m+2; one group, under the root."""
     lay = draft_layout(2)
     assert (lay.name, lay.kind, lay.parent, lay.index, lay.group) == (
-        "draft2", (ROOT, LA, LA), (-1, 0, 1), (0, 1, 2), (-1, 0, 0))
+        "draft2",
+        (ROOT, LA, LA),
+        (-1, 0, 1),
+        (0, 1, 2),
+        (-1, 0, 0),
+    )
     assert (lay.T, lay.num_tree, lay.draft_depth, lay.width, lay.num_lookahead) == (3, 1, 0, 0, 2)
     np.testing.assert_array_equal(lay.mask, [[1, 0, 0], [1, 1, 0], [1, 1, 1]])
     np.testing.assert_array_equal(lay.depth, [0, 1, 2])
@@ -116,7 +142,13 @@ def test_paper_validation_call():
     """[z, d_1, d_2]: a causal chain of drafts read from q_1, q_2 at rank 0; no LA tokens."""
     lay = verify_layout(2)
     assert (lay.name, lay.kind, lay.parent, lay.index, lay.rank, lay.group) == (
-        "verify2", (ROOT, DRAFT, DRAFT), (-1, 0, 1), (0, 1, 2), (0, 0, 0), (-1, -1, -1))
+        "verify2",
+        (ROOT, DRAFT, DRAFT),
+        (-1, 0, 1),
+        (0, 1, 2),
+        (0, 0, 0),
+        (-1, -1, -1),
+    )
     assert (lay.T, lay.num_tree, lay.draft_depth, lay.width, lay.num_lookahead) == (3, 3, 2, 1, 0)
     np.testing.assert_array_equal(lay.mask, [[1, 0, 0], [1, 1, 0], [1, 1, 1]])
     np.testing.assert_array_equal(lay.depth, [0, 1, 2])
@@ -137,18 +169,21 @@ def test_fused_call_tables():
     assert lay.index == (0, 1, 2, 1, 2, 1, 2, 1, 2)
     assert lay.group == (-1, -1, -1, 0, 0, 1, 1, 2, 2)
     np.testing.assert_array_equal(lay.depth, [0, 1, 2, 1, 2, 2, 3, 3, 4])
-    np.testing.assert_array_equal(lay.mask, [
-        # y d1 d2 g0    g1    g2
-        [1, 0, 0, 0, 0, 0, 0, 0, 0],  # y
-        [1, 1, 0, 0, 0, 0, 0, 0, 0],  # d_1
-        [1, 1, 1, 0, 0, 0, 0, 0, 0],  # d_2
-        [1, 0, 0, 1, 0, 0, 0, 0, 0],  # g_0 LA_1
-        [1, 0, 0, 1, 1, 0, 0, 0, 0],  # g_0 LA_2
-        [1, 1, 0, 0, 0, 1, 0, 0, 0],  # g_1 LA_1
-        [1, 1, 0, 0, 0, 1, 1, 0, 0],  # g_1 LA_2
-        [1, 1, 1, 0, 0, 0, 0, 1, 0],  # g_2 LA_1
-        [1, 1, 1, 0, 0, 0, 0, 1, 1],  # g_2 LA_2
-    ])
+    np.testing.assert_array_equal(
+        lay.mask,
+        [
+            # y d1 d2 g0    g1    g2
+            [1, 0, 0, 0, 0, 0, 0, 0, 0],  # y
+            [1, 1, 0, 0, 0, 0, 0, 0, 0],  # d_1
+            [1, 1, 1, 0, 0, 0, 0, 0, 0],  # d_2
+            [1, 0, 0, 1, 0, 0, 0, 0, 0],  # g_0 LA_1
+            [1, 0, 0, 1, 1, 0, 0, 0, 0],  # g_0 LA_2
+            [1, 1, 0, 0, 0, 1, 0, 0, 0],  # g_1 LA_1
+            [1, 1, 0, 0, 0, 1, 1, 0, 0],  # g_1 LA_2
+            [1, 1, 1, 0, 0, 0, 0, 1, 0],  # g_2 LA_1
+            [1, 1, 1, 0, 0, 0, 0, 1, 1],  # g_2 LA_2
+        ],
+    )
     np.testing.assert_array_equal(lay.groups, [[3, 4], [5, 6], [7, 8]])
     np.testing.assert_array_equal(lay.la_index, [0, 0, 0, 0, 1, 0, 1, 0, 1])
     np.testing.assert_array_equal(lay.is_la, [0, 0, 0, 1, 1, 1, 1, 1, 1])
@@ -167,31 +202,59 @@ def test_tree_2x2_from_its_name():
     lay = make_schedule("tree-2x2", 3).step[0]
     assert lay == tree_layout(widths) and lay.name == tree_name(widths) == "tree-2x2"
     # tree: 0; 1, 2 under 0; 3, 4 under 1; 5, 6 under 2. LA pairs under 0..6: 7-8, .., 19-20
-    seen = [{0}, {0, 1}, {0, 2}, {0, 1, 3}, {0, 1, 4}, {0, 2, 5}, {0, 2, 6},
-            {0, 7}, {0, 7, 8}, {0, 1, 9}, {0, 1, 9, 10}, {0, 2, 11}, {0, 2, 11, 12},
-            {0, 1, 3, 13}, {0, 1, 3, 13, 14}, {0, 1, 4, 15}, {0, 1, 4, 15, 16},
-            {0, 2, 5, 17}, {0, 2, 5, 17, 18}, {0, 2, 6, 19}, {0, 2, 6, 19, 20}]
+    seen = [
+        {0},
+        {0, 1},
+        {0, 2},
+        {0, 1, 3},
+        {0, 1, 4},
+        {0, 2, 5},
+        {0, 2, 6},
+        {0, 7},
+        {0, 7, 8},
+        {0, 1, 9},
+        {0, 1, 9, 10},
+        {0, 2, 11},
+        {0, 2, 11, 12},
+        {0, 1, 3, 13},
+        {0, 1, 3, 13, 14},
+        {0, 1, 4, 15},
+        {0, 1, 4, 15, 16},
+        {0, 2, 5, 17},
+        {0, 2, 5, 17, 18},
+        {0, 2, 6, 19},
+        {0, 2, 6, 19, 20},
+    ]
     np.testing.assert_array_equal(lay.mask, _mask(seen))
-    np.testing.assert_array_equal(lay.depth, [0, 1, 1, 2, 2, 2, 2,
-                                              1, 2, 2, 3, 2, 3, 3, 4, 3, 4, 3, 4, 3, 4])
-    np.testing.assert_array_equal(lay.groups, [[7, 8], [9, 10], [11, 12], [13, 14], [15, 16],
-                                               [17, 18], [19, 20]])
+    np.testing.assert_array_equal(
+        lay.depth, [0, 1, 1, 2, 2, 2, 2, 1, 2, 2, 3, 2, 3, 3, 4, 3, 4, 3, 4, 3, 4]
+    )
+    np.testing.assert_array_equal(
+        lay.groups, [[7, 8], [9, 10], [11, 12], [13, 14], [15, 16], [17, 18], [19, 20]]
+    )
     np.testing.assert_array_equal(lay.la_index, [0] * 7 + [0, 1] * 7)
     np.testing.assert_array_equal(lay.is_la, [False] * 7 + [True] * 14)
     assert lay.group == (-1,) * 7 + (0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6)
-    np.testing.assert_array_equal(lay.paths, [[0, 1, 2], [0, 1, 2], [0, 2, 2], [0, 1, 3],
-                                              [0, 1, 4], [0, 2, 5], [0, 2, 6]])
+    np.testing.assert_array_equal(
+        lay.paths, [[0, 1, 2], [0, 1, 2], [0, 2, 2], [0, 1, 3], [0, 1, 4], [0, 2, 5], [0, 2, 6]]
+    )
 
 
 def test_tree_paths_commit_by_moving_slots():
     """Moving slot ``paths[n, k]`` to slot ``k`` (all read first, as ``KVCache.move`` does) puts
     the path to n at slots 0..depth(n) and leaves the slots after it as they were."""
     lay = tree_layout((2, 1))  # 0; 1, 2 under 0; 3 under 1, 4 under 2
-    np.testing.assert_array_equal(lay.paths, [[0, 1, 2], [0, 1, 2], [0, 2, 2], [0, 1, 3],
-                                              [0, 2, 4]])
+    np.testing.assert_array_equal(
+        lay.paths, [[0, 1, 2], [0, 1, 2], [0, 2, 2], [0, 1, 3], [0, 2, 4]]
+    )
     np.testing.assert_array_equal(lay.children, [[1, 2], [3, -1], [4, -1], [-1, -1], [-1, -1]])
-    want = {0: [0, 1, 2, 3, 4], 1: [0, 1, 2, 3, 4], 2: [0, 2, 2, 3, 4], 3: [0, 1, 3, 3, 4],
-            4: [0, 2, 4, 3, 4]}
+    want = {
+        0: [0, 1, 2, 3, 4],
+        1: [0, 1, 2, 3, 4],
+        2: [0, 2, 2, 3, 4],
+        3: [0, 1, 3, 3, 4],
+        4: [0, 2, 4, 3, 4],
+    }
     for n, expected in want.items():
         slots = np.arange(lay.num_tree)  # slot s holds node s after the call
         slots[np.arange(lay.draft_depth + 1)] = slots[lay.paths[n]]
@@ -210,36 +273,63 @@ def test_schedules_list_their_calls():
     assert (fused.num_lookahead, fused.step_tokens, fused.width) == (2, 9, 1)
     tree = make_schedule("tree-2x2", 5)  # uses the tree's depth, not all 5 LA tokens
     assert tree.bootstrap == (draft_layout(2),) and tree.step == (tree_layout((2, 2)),)
-    assert (tree.name, tree.num_lookahead, tree.step_tokens, tree.width) == (
-        "tree-2x2", 2, 21, 2)
+    assert (tree.name, tree.num_lookahead, tree.step_tokens, tree.width) == ("tree-2x2", 2, 21, 2)
     # layouts are static jit arguments: equal tables, equal hashes
     assert hash(fused_layout(2)) == hash(make_schedule("pass-fused", 2).step[0])
     assert [method_lookahead(m, 5) for m in ("ar", "pass", "pass-fused", "tree-2x1")] == [
-        0, 5, 5, 2]
+        0,
+        5,
+        5,
+        2,
+    ]
 
 
 def test_unk_is_not_a_layout():
     """[UNK] look-ahead is the ``pass`` schedule with other embeddings (chosen by the CLI), so
     the layout module refuses the name."""
-    with pytest.raises(ValueError, match=r"unknown decoding method 'unk'; expected one of "
-                                         r"\('ar', 'pass', 'pass-fused', 'tree-WxWx..'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown decoding method 'unk'; expected one of "
+        r"\('ar', 'pass', 'pass-fused', 'tree-WxWx..'\)",
+    ):
         make_schedule("unk", 2)
 
 
 @pytest.mark.parametrize("method", ["pass", "pass-fused", "tree-2"])
-@pytest.mark.parametrize("L,message", [
-    (0, "must be >= 1, got 0"), (-3, "must be >= 1, got -3"), (2.0, "must be >= 1, got 2.0"),
-    (33, r"33 look-ahead tokens: at most 32 are supported \(a fused call holds about "
-         r"L\^2 = 1089 tokens\)"),
-])
+@pytest.mark.parametrize(
+    "L,message",
+    [
+        (0, "must be >= 1, got 0"),
+        (-3, "must be >= 1, got -3"),
+        (2.0, "must be >= 1, got 2.0"),
+        (
+            33,
+            r"33 look-ahead tokens: at most 32 are supported \(a fused call holds about "
+            r"L\^2 = 1089 tokens\)",
+        ),
+    ],
+)
 def test_bad_lookahead_counts_are_refused(method, L, message):
     assert MAX_LOOKAHEAD == 32  # the limit the message names
     with pytest.raises(ValueError, match=message):
         make_schedule(method, L)
 
 
-@pytest.mark.parametrize("bad", ["tree-02", "tree-2x0", "tree-x2", "tree-2xx2", "TREE-2",
-                                 "tree-2 ", "tree-2,2", "tree-a", "fused", ""])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "tree-02",
+        "tree-2x0",
+        "tree-x2",
+        "tree-2xx2",
+        "TREE-2",
+        "tree-2 ",
+        "tree-2,2",
+        "tree-a",
+        "fused",
+        "",
+    ],
+)
 def test_malformed_method_names_are_named_in_the_error(bad):
     assert parse_tree(bad) is None
     with pytest.raises(ValueError, match=f"unknown decoding method {re.escape(repr(bad))}"):
@@ -263,5 +353,11 @@ def test_more_malformed_layout_tables_are_refused():
     with pytest.raises(ValueError, match="the group under node 0 must be a chain LA_1..LA_L"):
         Layout("x", (ROOT, LA, LA), (-1, 0, 1), (0, 2, 1), (0, 0, 0), (-1, 0, 0))
     with pytest.raises(ValueError, match="must be a chain LA_1..LA_L, the same L for every"):
-        Layout("x", (ROOT, DRAFT, LA, LA, LA), (-1, 0, 0, 2, 1), (0, 1, 1, 2, 1), (0,) * 5,
-               (-1, -1, 0, 0, 1))
+        Layout(
+            "x",
+            (ROOT, DRAFT, LA, LA, LA),
+            (-1, 0, 0, 2, 1),
+            (0, 1, 1, 2, 1),
+            (0,) * 5,
+            (-1, -1, 0, 0, 1),
+        )

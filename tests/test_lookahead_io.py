@@ -1,5 +1,6 @@
 """Look-ahead parameters: initialisation, export round trip, mismatch and corruption errors,
 atomic writes."""
+
 import json
 import os
 from pathlib import Path
@@ -25,10 +26,14 @@ def export(tmp_path, params):
     """A trained-looking LA array exported to tmp_path/la; returns (dir, la)."""
     la = random_la(CFG, 4, 1)
     out = str(tmp_path / "la")
-    lookahead.save_lookahead(out, la, CFG, lookahead.model_fingerprint(CFG, params),
-                             init_token_id=3,
-                             metrics={"greedy_acceptance": jnp.array([0.5, 0.375, 0.25, 0.125]),
-                                      "steps": np.int64(10)})
+    lookahead.save_lookahead(
+        out,
+        la,
+        CFG,
+        lookahead.model_fingerprint(CFG, params),
+        init_token_id=3,
+        metrics={"greedy_acceptance": jnp.array([0.5, 0.375, 0.25, 0.125]), "steps": np.int64(10)},
+    )
     return out, la
 
 
@@ -37,8 +42,9 @@ def test_init_rows_are_the_token_embedding_with_documented_fallback(params):
     la = lookahead.init_lookahead(CFG, params, 3)
     assert la.shape == (3, CFG.d_model) and la.dtype == table.dtype
     np.testing.assert_array_equal(np.asarray(la), np.tile(table[3], (3, 1)))
-    np.testing.assert_array_equal(np.asarray(lookahead.init_lookahead(CFG, params, 1, 9))[0],
-                                  table[9])
+    np.testing.assert_array_equal(
+        np.asarray(lookahead.init_lookahead(CFG, params, 1, 9))[0], table[9]
+    )
     assert lookahead.init_lookahead(CFG, params, 2, dtype=jnp.bfloat16).dtype == jnp.bfloat16
     base = CFG.replace(unk_token_id=None)
     assert lookahead.default_init_token(base) == 0
@@ -51,10 +57,22 @@ def test_parse_init_accepted_and_bad_forms():
     assert [lookahead.parse_init(s) for s in ("mean", "unk", "zeros")] == ["mean", "unk", "zeros"]
     assert lookahead.parse_init("token:5") == 5 and lookahead.parse_init("token:0") == 0
     assert isinstance(lookahead.parse_init("token:17"), int)
-    for bad in ("", "Mean", "uniform", "token", "token:", "token:abc", "token:1.5", "tok:5",
-                "5", "zero"):
-        with pytest.raises(ValueError, match=f"unknown look-ahead init {bad!r}; expected one "
-                                             "of mean, unk, zeros, token:ID"):
+    for bad in (
+        "",
+        "Mean",
+        "uniform",
+        "token",
+        "token:",
+        "token:abc",
+        "token:1.5",
+        "tok:5",
+        "5",
+        "zero",
+    ):
+        with pytest.raises(
+            ValueError,
+            match=f"unknown look-ahead init {bad!r}; expected one of mean, unk, zeros, token:ID",
+        ):
             lookahead.parse_init(bad)
 
 
@@ -63,8 +81,9 @@ def test_init_forms(params):
     D = CFG.d_model
     mean = lookahead.init_lookahead(CFG, params, 3, init="mean")
     assert mean.shape == (3, D) and mean.dtype == table.dtype
-    np.testing.assert_allclose(np.asarray(mean), np.tile(table.mean(0), (3, 1)), rtol=1e-6,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(mean), np.tile(table.mean(0), (3, 1)), rtol=1e-6, atol=1e-7
+    )
     assert float(jnp.abs(mean - table[3]).max()) > 1e-3  # not the unk row by accident
     zeros = lookahead.init_lookahead(CFG, params, 2, init="zeros")
     assert zeros.shape == (2, D) and zeros.dtype == table.dtype
@@ -72,15 +91,18 @@ def test_init_forms(params):
     for spec in ("token:5", 5):
         np.testing.assert_array_equal(
             np.asarray(lookahead.init_lookahead(CFG, params, 2, init=spec)),
-            np.tile(table[5], (2, 1)))
+            np.tile(table[5], (2, 1)),
+        )
     unk = lookahead.init_lookahead(CFG, params, 2, init="unk", unk_token_id=7)
     np.testing.assert_array_equal(np.asarray(unk), np.tile(table[7], (2, 1)))
-    np.testing.assert_array_equal(np.asarray(lookahead.init_lookahead(CFG, params, 1, init="unk")),
-                                  table[None, 3])  # default: the config's unk token (3)
+    np.testing.assert_array_equal(
+        np.asarray(lookahead.init_lookahead(CFG, params, 1, init="unk")), table[None, 3]
+    )  # default: the config's unk token (3)
     # an explicit init wins over token_id, which only applies without one
     np.testing.assert_array_equal(
         np.asarray(lookahead.init_lookahead(CFG, params, 1, token_id=9, init="token:5")),
-        table[None, 5])
+        table[None, 5],
+    )
     with pytest.raises(ValueError, match="outside the vocabulary"):
         lookahead.init_lookahead(CFG, params, 1, init=f"token:{CFG.vocab_size}")
     with pytest.raises(ValueError, match="outside the vocabulary"):
@@ -96,10 +118,16 @@ def test_init_dtype(params, init):
     assert lookahead.init_lookahead(CFG, params_bf16, 2, init=init).dtype == jnp.bfloat16
     la = lookahead.init_lookahead(CFG, params_bf16, 2, init=init, dtype=jnp.float32)
     assert la.dtype == jnp.float32
-    assert lookahead.init_lookahead(CFG, params, 2, init=init, dtype=jnp.bfloat16).dtype == \
-        jnp.bfloat16
-    expected_D = {"mean": table_bf16.mean(0), "unk": table_bf16[3],
-                  "zeros": np.zeros(CFG.d_model), "token:5": table_bf16[5]}[init]
+    assert (
+        lookahead.init_lookahead(CFG, params, 2, init=init, dtype=jnp.bfloat16).dtype
+        == jnp.bfloat16
+    )
+    expected_D = {
+        "mean": table_bf16.mean(0),
+        "unk": table_bf16[3],
+        "zeros": np.zeros(CFG.d_model),
+        "token:5": table_bf16[5],
+    }[init]
     # float32 LAs of a bfloat16 model: the mean is taken in float32, not rounded to bfloat16
     np.testing.assert_allclose(np.asarray(la), np.tile(expected_D, (2, 1)), rtol=1e-6, atol=1e-7)
 
@@ -115,7 +143,9 @@ def test_round_trip(export, params):
     assert meta == lookahead.lookahead_metadata(out)
     assert (meta["num_lookahead"], meta["d_model"], meta["vocab_size"]) == (4, 32, 64)
     assert meta["init_token_id"] == 3 and meta["metrics"] == {
-        "greedy_acceptance": [0.5, 0.375, 0.25, 0.125], "steps": 10}
+        "greedy_acceptance": [0.5, 0.375, 0.25, 0.125],
+        "steps": 10,
+    }
     assert meta["model"] == lookahead.model_fingerprint(CFG, params)
 
 
@@ -136,11 +166,17 @@ def test_mismatch_with_another_model_is_a_clear_error(tmp_path, export, params):
     out, _ = export
     wide = CFG.replace(d_model=64, ffn_dim=128)
     wide_dir = str(tmp_path / "wide")
-    lookahead.save_lookahead(wide_dir, jnp.zeros((4, 64)), wide,
-                             {"model_type": "llama", "n_layers": 2, "d_model": 64,
-                              "vocab_size": 64})
-    with pytest.raises(ValueError, match=f"lookahead in {wide_dir} was trained for a model with "
-                                         "d_model=64, this model has d_model=32"):
+    lookahead.save_lookahead(
+        wide_dir,
+        jnp.zeros((4, 64)),
+        wide,
+        {"model_type": "llama", "n_layers": 2, "d_model": 64, "vocab_size": 64},
+    )
+    with pytest.raises(
+        ValueError,
+        match=f"lookahead in {wide_dir} was trained for a model with "
+        "d_model=64, this model has d_model=32",
+    ):
         lookahead.load_lookahead(wide_dir, CFG)
     with pytest.raises(ValueError, match="vocab_size=64, this model has vocab_size=128"):
         lookahead.load_lookahead(out, CFG.replace(vocab_size=128))
@@ -168,6 +204,7 @@ def test_missing_or_corrupt_files_are_clear_errors(tmp_path, export):
     with pytest.raises(ValueError, match="corrupt or not a safetensors file"):
         lookahead.load_lookahead(out, CFG)
     from safetensors.numpy import save_file
+
     save_file({"lookahead": np.zeros((4, 32), np.float32)}, path)  # no pass_jax metadata
     with pytest.raises(ValueError, match="not written by save_lookahead"):
         lookahead.load_lookahead(out, CFG)
@@ -184,13 +221,14 @@ def test_interrupted_save_keeps_the_previous_export(export, params, monkeypatch)
 
     monkeypatch.setattr(lookahead, "save_file", crash)
     with pytest.raises(KeyboardInterrupt):
-        lookahead.save_lookahead(out, jnp.zeros_like(la), CFG,
-                                 lookahead.model_fingerprint(CFG, params))
+        lookahead.save_lookahead(
+            out, jnp.zeros_like(la), CFG, lookahead.model_fingerprint(CFG, params)
+        )
     monkeypatch.undo()
-    np.testing.assert_array_equal(np.asarray(lookahead.load_lookahead(out, CFG, params)),
-                                  np.asarray(la))
-    assert sorted(os.listdir(out)) == ["checkpoint.txt", "lookahead.json",
-                                       "lookahead.safetensors"]
+    np.testing.assert_array_equal(
+        np.asarray(lookahead.load_lookahead(out, CFG, params)), np.asarray(la)
+    )
+    assert sorted(os.listdir(out)) == ["checkpoint.txt", "lookahead.json", "lookahead.safetensors"]
     lookahead.save_lookahead(out, jnp.zeros_like(la), CFG, lookahead.model_fingerprint(CFG, params))
     assert float(jnp.abs(lookahead.load_lookahead(out, CFG, params)).max()) == 0.0
     assert os.path.exists(marker)

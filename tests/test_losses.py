@@ -1,4 +1,4 @@
-"""Look-ahead training losses: packed == separate passes, the packed mask, training works, base frozen.
+"""LA training losses: packed == separate passes, the packed mask, training works, base frozen.
 
 The packed LA logits also match transformers' PyTorch llama run on the paper's single-insertion
 input (``inputs_embeds``).
@@ -6,6 +6,7 @@ input (``inputs_embeds``).
 Compilation dominates the run time on CPU, so each jitted function is compiled once per module
 (fixtures with module scope) and reused.
 """
+
 import functools
 
 import jax
@@ -52,7 +53,8 @@ def pretrained():
     def step(params, opt_state, rng):
         tokens = runs_batch(rng, 16, 32)
         (loss, _), grads = jax.value_and_grad(
-            lambda p: losses.lm_loss(CFG, p, tokens), has_aux=True)(params)
+            lambda p: losses.lm_loss(CFG, p, tokens), has_aux=True
+        )(params)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -65,6 +67,7 @@ def pretrained():
 
 
 # ---------------------------------------------------------------- (a) packed == separate passes
+
 
 def literal_means(cfg, params, la_LxD, tokens_BxX, ins_BxM):
     """The paper's input, one batch row per (row, group): x_0..x_p, LA_1..LA_L, then the rest of
@@ -80,8 +83,12 @@ def literal_means(cfg, params, la_LxD, tokens_BxX, ins_BxM):
     for b in range(B):
         for p in ins[b]:
             k = len(rows)
-            rows.append(jnp.concatenate([emb_BxXxD[b, :p + 1], la_LxD.astype(emb_BxXxD.dtype),
-                                         emb_BxXxD[b, p + 1:]], axis=0))
+            rows.append(
+                jnp.concatenate(
+                    [emb_BxXxD[b, : p + 1], la_LxD.astype(emb_BxXxD.dtype), emb_BxXxD[b, p + 1 :]],
+                    axis=0,
+                )
+            )
             for i in range(1, L + 1):
                 if p + 1 + i < X:  # LA_i sits at index p + i and drafts x_{p+1+i}
                     la_rows.append((k, p + i))
@@ -89,8 +96,13 @@ def literal_means(cfg, params, la_LxD, tokens_BxX, ins_BxM):
                     targets.append(tokens[b, p + 1 + i])
     embeds = jnp.stack(rows)  # [n, T, D]: n = B * M paper inputs of T = X + L tokens
     n, T, _ = embeds.shape
-    logits, _ = forward(cfg, params, jnp.zeros((n, T), jnp.int32),
-                        jnp.broadcast_to(jnp.arange(T), (n, T)), embeds_BxTxD=embeds)
+    logits, _ = forward(
+        cfg,
+        params,
+        jnp.zeros((n, T), jnp.int32),
+        jnp.broadcast_to(jnp.arange(T), (n, T)),
+        embeds_BxTxD=embeds,
+    )
     la_rows, base_idx = np.array(la_rows), np.array(base_idx)
     q = logits[la_rows[:, 0], la_rows[:, 1]]  # [valid LA rows, V]
     p = jax.lax.stop_gradient(base_logits_BxXxV[base_idx[:, 0], base_idx[:, 1]])
@@ -113,6 +125,7 @@ def test_packed_equals_separate_single_insertion_passes(pretrained):
         def both(a):
             _, m = losses.la_loss(CFG, params, a, tokens, ins, "ce")
             return jnp.stack([m["ce"], m["kl"]]), m
+
         jac_2xLxD, m = jax.jacrev(both, has_aux=True)(la)
         return m["ce"], m["kl"], jac_2xLxD[0], jac_2xLxD[1], m["num_targets"]
 
@@ -121,6 +134,7 @@ def test_packed_equals_separate_single_insertion_passes(pretrained):
         def both(a):
             ce_kl = jnp.stack(literal_means(CFG, params, a, tokens, ins))
             return ce_kl, ce_kl
+
         jac_2xLxD, (ce, kl) = jax.jacrev(both, has_aux=True)(la)
         return ce, kl, jac_2xLxD[0], jac_2xLxD[1]
 
@@ -136,6 +150,7 @@ def test_packed_equals_separate_single_insertion_passes(pretrained):
 
 # ---------------------------------------------------------------- (b) the packed layout
 
+
 def test_packed_layout_matches_brute_force():
     X, L = 7, 3
     ins = np.array([[0, 2, 4], [5, 1, 1], [-1, 3, 6]])  # unsorted, repeated, invalid: all legal
@@ -148,7 +163,7 @@ def test_packed_layout_matches_brute_force():
         for r in range(T):
             if r < X:
                 pos[b, r] = r
-                mask[b, r, :r + 1] = True  # causal; LA columns (>= X) never visible
+                mask[b, r, : r + 1] = True  # causal; LA columns (>= X) never visible
                 continue
             g, i = divmod(r - X, L)  # group g, LA_{i+1}
             p = ins[b, g]
@@ -182,6 +197,7 @@ def test_sample_insertion_points():
 
 
 # ------------------------------------------------- (c, d) training beats [UNK], base stays frozen
+
 
 def test_training_beats_unk_and_leaves_base_untouched(pretrained):
     params, history = pretrained
@@ -220,6 +236,7 @@ def test_training_beats_unk_and_leaves_base_untouched(pretrained):
 
 # ---------------------------------------------------------------- (e) the KL loss
 
+
 def test_kl_loss_zero_with_zero_gradient_at_the_model_and_decreases(pretrained):
     """With LA_1's embedding equal to the embedding of x_{p+1}, LA_1 computes exactly the base
     model's row p+1, so KL = 0 and its gradient vanishes; from [UNK] training lowers the KL."""
@@ -247,6 +264,7 @@ def test_kl_loss_zero_with_zero_gradient_at_the_model_and_decreases(pretrained):
 
 # ---------------------------------------------------------------- lm_loss, optimizer
 
+
 def test_lm_loss_ignores_padding(random_params):
     tokens = jax.random.randint(jax.random.PRNGKey(4), (2, 12), 0, CFG.vocab_size)
     mask = jnp.arange(12)[None, :] < jnp.array([[12], [8]])
@@ -273,6 +291,7 @@ def test_paper_optimizer_warmup_starts_at_zero():
 
 
 # ---------------------------------------------------------------- (f) bad input
+
 
 def test_bad_input(random_params):
     with pytest.raises(ValueError, match="num_lookahead"):
@@ -303,6 +322,7 @@ def test_bad_input(random_params):
 
 # ------------------------------------------------- (g) parity with transformers on inputs_embeds
 
+
 def test_packed_logits_match_transformers_single_insertion(tmp_path):
     """Each group's LA rows in the packed pass compute what transformers' PyTorch
     LlamaForCausalLM computes on the paper's single-insertion input
@@ -314,12 +334,20 @@ def test_packed_logits_match_transformers_single_insertion(tmp_path):
     from pass_jax import hf
 
     config = transformers.LlamaConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        rms_norm_eps=1e-5, tie_word_embeddings=False)
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(
-        config, attn_implementation="eager").eval()
+        config, attn_implementation="eager"
+    ).eval()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # weights large enough that attention is far from uniform
         for _, w in model.named_parameters():
@@ -333,8 +361,9 @@ def test_packed_logits_match_transformers_single_insertion(tmp_path):
     # p=8 leaves LA_3 without a target, p=9 LA_2 and LA_3: their logits are still compared
     ins_BxM = np.array([[0, 4, 8], [2, 6, 9]], np.int32)
     la_LxD = random_la(cfg, L, 1, 0.5)
-    q_BxRxV, p_BxRxV, targets_BxR, valid_BxR = jax.jit(
-        losses.packed_logits, static_argnums=0)(cfg, params, la_LxD, tokens_BxX, ins_BxM)
+    q_BxRxV, p_BxRxV, targets_BxR, valid_BxR = jax.jit(losses.packed_logits, static_argnums=0)(
+        cfg, params, la_LxD, tokens_BxX, ins_BxM
+    )
     q_BxRxV, p_BxRxV = np.asarray(q_BxRxV), np.asarray(p_BxRxV)
     valid_BxR = np.asarray(valid_BxR)
     assert valid_BxR.sum() == B * 3 * L - 3 and np.abs(q_BxRxV).max() > 0.5
@@ -343,21 +372,21 @@ def test_packed_logits_match_transformers_single_insertion(tmp_path):
     embed = model.get_input_embeddings()
     with torch.no_grad():
         for b in range(B):
-            seq_XxV = model(torch.from_numpy(tokens_BxX[b:b + 1]).long()).logits[0].numpy()
+            seq_XxV = model(torch.from_numpy(tokens_BxX[b : b + 1]).long()).logits[0].numpy()
             for grp, p in enumerate(ins_BxM[b]):
-                x_TxD = torch.cat([embed(torch.from_numpy(tokens_BxX[b, :p + 1]).long()),
-                                   la_t_LxD])  # T = p + 1 + L
+                x_TxD = torch.cat(
+                    [embed(torch.from_numpy(tokens_BxX[b, : p + 1]).long()), la_t_LxD]
+                )  # T = p + 1 + L
                 ref_TxV = model(inputs_embeds=x_TxD[None]).logits[0].numpy()
                 rows = slice(grp * L, (grp + 1) * L)
-                np.testing.assert_allclose(q_BxRxV[b, rows], ref_TxV[p + 1:], atol=1e-4, rtol=0)
+                np.testing.assert_allclose(q_BxRxV[b, rows], ref_TxV[p + 1 :], atol=1e-4, rtol=0)
                 for i in range(1, L + 1):  # LA_i drafts x_{p+1+i}: the model's row p+i
                     r = grp * L + i - 1
                     if valid_BxR[b, r]:
-                        np.testing.assert_allclose(p_BxRxV[b, r], seq_XxV[p + i], atol=1e-4,
-                                                   rtol=0)
+                        np.testing.assert_allclose(p_BxRxV[b, r], seq_XxV[p + i], atol=1e-4, rtol=0)
                         assert int(targets_BxR[b, r]) == tokens_BxX[b, p + 1 + i]
     # the LA rows depend on their group's context: equal LAs, different outputs
-    assert np.abs(q_BxRxV[0, :L] - q_BxRxV[0, L:2 * L]).max() > 0.1
+    assert np.abs(q_BxRxV[0, :L] - q_BxRxV[0, L : 2 * L]).max() > 0.1
 
 
 def test_remat_gives_the_same_loss_and_gradient_with_less_memory(random_params):
@@ -371,11 +400,16 @@ def test_remat_gives_the_same_loss_and_gradient_with_less_memory(random_params):
     la = init_lookahead(CFG, random_params, 3) + 0.1
 
     def grad(params, remat, cfg=CFG, la=la):
-        return jax.value_and_grad(lambda x: losses.la_loss(cfg, params, x, tokens, ins, "kl",
-                                                           remat=remat)[0])
+        return jax.value_and_grad(
+            lambda x: losses.la_loss(cfg, params, x, tokens, ins, "kl", remat=remat)[0]
+        )
+
     ref_loss, ref_grad = grad(random_params, "none")(la)
-    for remat, params in (("layer", random_params), ("dots", random_params),
-                          ("layer", unstack_layers(random_params))):
+    for remat, params in (
+        ("layer", random_params),
+        ("dots", random_params),
+        ("layer", unstack_layers(random_params)),
+    ):
         loss, g = grad(params, remat)(la)
         np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
         np.testing.assert_allclose(g, ref_grad, rtol=1e-5, atol=1e-7)
@@ -389,6 +423,7 @@ def test_remat_gives_the_same_loss_and_gradient_with_less_memory(random_params):
     def temp_bytes(remat):
         fn = jax.jit(grad(params, remat, deep, la))
         return fn.lower(la).compile().memory_analysis().temp_size_in_bytes
+
     assert temp_bytes("layer") < 0.8 * temp_bytes("none")
 
 
@@ -403,7 +438,11 @@ def test_la_step_flops_match_xla_cost_analysis():
     opt = optax.adamw(1e-2)
     state = jax.eval_shape(lambda: losses.init_la_state(jnp.zeros((L, cfg.d_model)), opt))
     step = losses.make_la_train_step(cfg, opt, "kl", M)
-    compiled = step.lower(state, params, {"tokens": jax.ShapeDtypeStruct((B, X), jnp.int32)},
-                          jax.ShapeDtypeStruct((2,), jnp.uint32)).compile()
+    compiled = step.lower(
+        state,
+        params,
+        {"tokens": jax.ShapeDtypeStruct((B, X), jnp.int32)},
+        jax.ShapeDtypeStruct((2,), jnp.uint32),
+    ).compile()
     xla = compiled.cost_analysis()["flops"]
     assert losses.la_step_flops(cfg, B, X, M, L) == pytest.approx(xla, rel=0.15)

@@ -8,6 +8,7 @@ rejection) must be rejected by the same test. The multi-candidate rule of draft 
 tested on its own, at one node, with both kinds of children (draws without replacement and
 deterministic top-k).
 """
+
 import itertools
 from functools import partial
 
@@ -20,15 +21,21 @@ from scipy import stats
 
 import pass_jax.decode as decode
 import pass_jax.generation as generation
+import pass_jax.sampling as sampling
 from pass_jax.config import ModelConfig, SamplerConfig
 from pass_jax.model import forward
-import pass_jax.sampling as sampling
-from pass_jax.sampling import (draw_without_replacement, recursive_accept, sample_probs,
-                               verify_tree, warp_logits, warp_probs,
-                               without_replacement_proposals)
+from pass_jax.sampling import (
+    draw_without_replacement,
+    recursive_accept,
+    sample_probs,
+    verify_tree,
+    warp_logits,
+    warp_probs,
+    without_replacement_proposals,
+)
 
 ALPHA = 1e-3
-B = 2 ** 15  # a power of two: no padding rows in the batch bucket
+B = 2**15  # a power of two: no padding rows in the batch bucket
 N = 3  # tokens of each continuation that are compared
 CFG = ModelConfig(vocab_size=6, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=32)
 PROMPT = [1, 4, 2]
@@ -58,7 +65,7 @@ def _exact_probs(params, sampler):
 def _chi2_pvalue(samples_BxN, probs):
     V = CFG.vocab_size
     idx = np.ravel_multi_index(samples_BxN.T, (V,) * N)
-    counts = np.bincount(idx, minlength=V ** N).astype(float)
+    counts = np.bincount(idx, minlength=V**N).astype(float)
     expected = probs.ravel() * len(samples_BxN)
     assert counts[expected == 0].sum() == 0, "a sample has probability 0 under the base model"
     big = expected >= 5  # pool sparse cells so the chi-square approximation holds
@@ -70,24 +77,51 @@ def _chi2_pvalue(samples_BxN, probs):
 
 
 def _samples(params, method, sampler, la=None, seed=0):
-    res = generation.generate(CFG, params, [PROMPT] * B, max_new_tokens=N, method=method, la_LxD=la,
-                          sampler=sampler, seed=seed, eos_ids=())
+    res = generation.generate(
+        CFG,
+        params,
+        [PROMPT] * B,
+        max_new_tokens=N,
+        method=method,
+        la_LxD=la,
+        sampler=sampler,
+        seed=seed,
+        eos_ids=(),
+    )
     return np.array(res.tokens)
 
 
-SAMPLERS = [SamplerConfig(temperature=1.0), SamplerConfig(temperature=0.7, top_k=4),
-            SamplerConfig(temperature=1.2, top_p=0.8)]
+SAMPLERS = [
+    SamplerConfig(temperature=1.0),
+    SamplerConfig(temperature=0.7, top_k=4),
+    SamplerConfig(temperature=1.2, top_p=0.8),
+]
 
 
 def _la():
     return random_la(CFG, 2, 5, 0.5)
 
 
-@pytest.mark.parametrize("method,sampler", [("ar", SAMPLERS[0]), ("ar", SAMPLERS[1])] + [
-    (m, s) for m in ("pass", "pass-fused", "tree-2x2") for s in SAMPLERS] + [
-    ("tree-3", SAMPLERS[0])],
-    ids=["ar-t1", "ar-t.7k4", "pass-t1", "pass-t.7k4", "pass-t1.2p.8", "fused-t1", "fused-t.7k4",
-         "fused-t1.2p.8", "tree2x2-t1", "tree2x2-t.7k4", "tree2x2-t1.2p.8", "tree3-t1"])
+@pytest.mark.parametrize(
+    "method,sampler",
+    [("ar", SAMPLERS[0]), ("ar", SAMPLERS[1])]
+    + [(m, s) for m in ("pass", "pass-fused", "tree-2x2") for s in SAMPLERS]
+    + [("tree-3", SAMPLERS[0])],
+    ids=[
+        "ar-t1",
+        "ar-t.7k4",
+        "pass-t1",
+        "pass-t.7k4",
+        "pass-t1.2p.8",
+        "fused-t1",
+        "fused-t.7k4",
+        "fused-t1.2p.8",
+        "tree2x2-t1",
+        "tree2x2-t.7k4",
+        "tree2x2-t1.2p.8",
+        "tree3-t1",
+    ],
+)
 def test_samples_match_base_distribution(method, sampler):
     """Autoregressive sampling (a check of the test itself), then PaSS, fused PaSS and draft
     trees (several children per node: the recursive rejection rule)."""
@@ -103,8 +137,7 @@ def _broken_run(monkeypatch, name, broken, method):
     monkeypatch.setattr(sampling, name, broken)
     decode.generate_jit.clear_cache()
     try:
-        return _chi2_pvalue(_samples(params, method, sampler, _la()),
-                            _exact_probs(params, sampler))
+        return _chi2_pvalue(_samples(params, method, sampler, _la()), _exact_probs(params, sampler))
     finally:
         monkeypatch.undo()
         decode.generate_jit.clear_cache()
@@ -112,6 +145,7 @@ def _broken_run(monkeypatch, name, broken, method):
 
 def test_broken_acceptance_rule_is_detected(monkeypatch):
     """Accepting every draft samples from the LA drafts, not the model: the test must fail."""
+
     def always_accept(u_BxW, p_BxV, q_BxWxV, tokens_BxW, valid_BxW):
         return jnp.where(valid_BxW[:, 0], 0, -1).astype(jnp.int32), p_BxV
 
@@ -126,8 +160,11 @@ def test_broken_residual_update_is_detected(monkeypatch):
 
 def test_top_k_top_p_never_emit_filtered_tokens():
     logits = jax.random.normal(jax.random.PRNGKey(0), (4, 50)) * 3
-    for sampler in (SamplerConfig(1.0, top_k=5), SamplerConfig(1.0, top_p=0.3),
-                    SamplerConfig(0.5, top_k=7, top_p=0.6)):
+    for sampler in (
+        SamplerConfig(1.0, top_k=5),
+        SamplerConfig(1.0, top_p=0.3),
+        SamplerConfig(0.5, top_k=7, top_p=0.6),
+    ):
         allowed = np.isfinite(np.asarray(warp_logits(logits, sampler)))
         if sampler.top_k:
             assert (allowed.sum(-1) <= sampler.top_k).all()
@@ -135,8 +172,9 @@ def test_top_k_top_p_never_emit_filtered_tokens():
             probs = np.asarray(jax.nn.softmax(logits / sampler.temperature))
             assert ((probs * allowed).sum(-1) >= sampler.top_p - 1e-6).all()
             assert (allowed.sum(-1) < 50).all()
-        draws = jax.random.categorical(jax.random.PRNGKey(1), warp_logits(logits, sampler),
-                                       shape=(2000, 4))
+        draws = jax.random.categorical(
+            jax.random.PRNGKey(1), warp_logits(logits, sampler), shape=(2000, 4)
+        )
         assert allowed[np.arange(4)[None, :], np.asarray(draws)].all()
 
 
@@ -146,8 +184,11 @@ def test_warp_probs_finite_and_normalised_at_any_temperature(temperature, jit):
     """Finite probabilities summing to 1 (one-hot at the argmax for tiny T), jitted or not."""
     logits = jax.random.normal(jax.random.PRNGKey(0), (4, 50)) * 30
     for sampler in (SamplerConfig(temperature), SamplerConfig(temperature, top_k=5, top_p=0.9)):
-        warp = jax.jit(lambda x: warp_probs(x, sampler)) if jit else partial(warp_probs,
-                                                                              sampler=sampler)
+        warp = (
+            jax.jit(lambda x: warp_probs(x, sampler))  # noqa: B023 (called in this iteration)
+            if jit
+            else partial(warp_probs, sampler=sampler)
+        )
         probs = np.asarray(warp(logits))
         assert np.isfinite(probs).all() and (probs >= 0).all(), (temperature, sampler)
         np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
@@ -168,7 +209,7 @@ def _node_distributions():
     return jnp.asarray(p, jnp.float32), jnp.asarray(q, jnp.float32)
 
 
-def _node_samples(children: str, n=2 ** 17, W=3, proposals=None):
+def _node_samples(children: str, n=2**17, W=3, proposals=None):
     """One tree node, n times: W children (draws without replacement from q, or q's top W
     tokens), the recursive rule, then the residual draw when no child is accepted."""
     p, q = _node_distributions()
@@ -182,9 +223,13 @@ def _node_samples(children: str, n=2 ** 17, W=3, proposals=None):
         q_nxWxV = jax.nn.one_hot(tokens, len(q))
     if proposals is not None:
         q_nxWxV = proposals(q_nxV, tokens)
-    rank, left = jax.jit(recursive_accept)(jax.random.uniform(k_u, (n, W)),
-                                           jnp.broadcast_to(p, q_nxV.shape), q_nxWxV, tokens,
-                                           jnp.ones((n, W), bool))
+    rank, left = jax.jit(recursive_accept)(
+        jax.random.uniform(k_u, (n, W)),
+        jnp.broadcast_to(p, q_nxV.shape),
+        q_nxWxV,
+        tokens,
+        jnp.ones((n, W), bool),
+    )
     picked = jnp.take_along_axis(tokens, jnp.maximum(rank, 0)[:, None], 1)[:, 0]
     out = jnp.where(rank >= 0, picked, sample_probs(k_res, left, False))
     return np.asarray(out), np.asarray(p, np.float64), np.asarray(rank)
@@ -203,9 +248,10 @@ def test_recursive_rule_samples_the_target_at_one_node(children):
 def test_recursive_rule_with_iid_proposals_for_distinct_draws_is_detected():
     """Draws without replacement tested as if each came from q itself (the i.i.d. rule): biased,
     and the node-level test sees it."""
-    out, p, _ = _node_samples("without_replacement",
-                              proposals=lambda q, tok: jnp.broadcast_to(q[:, None], (*tok.shape,
-                                                                                     q.shape[-1])))
+    out, p, _ = _node_samples(
+        "without_replacement",
+        proposals=lambda q, tok: jnp.broadcast_to(q[:, None], (*tok.shape, q.shape[-1])),
+    )
     counts = np.bincount(out, minlength=len(p))
     assert _chisquare(counts[p > 0], p[p > 0]) < ALPHA
 
@@ -214,9 +260,10 @@ def test_recursive_rule_with_iid_proposals_for_distinct_draws_is_detected():
 def test_draws_without_replacement_follow_plackett_luce(support):
     """P(first = a, second = b) = q(a) q(b) / (1 - q(a)); distinct; none outside the support."""
     q = jnp.asarray([0.4, 0.25, 0.15, 0.1, 0.1, 0.0, 0.0])
-    n = 2 ** 16
-    draws = np.asarray(draw_without_replacement(jax.random.PRNGKey(2), jnp.broadcast_to(
-        q, (n, 7)), 3, support))
+    n = 2**16
+    draws = np.asarray(
+        draw_without_replacement(jax.random.PRNGKey(2), jnp.broadcast_to(q, (n, 7)), 3, support)
+    )
     assert (draws[:, 0] != draws[:, 1]).all() and (draws[:, 1] != draws[:, 2]).all()
     assert (draws[:, :2] < 5).all()
     qn = np.asarray(q, np.float64)[:5]
@@ -235,8 +282,9 @@ def test_verify_tree_greedy_descends_into_the_argmax_child():
     argmax_BxC = jnp.asarray([[4, 0, 1, 2], [3, 0, 2, 2]])  # target argmax after each node, 2 rows
     p = jax.nn.one_hot(argmax_BxC, V)
     drafts = jnp.asarray([[[0, 4], [1, 0]], [[3, 1], [2, 0]]])  # [row, depth, rank]
-    node, ranks, nxt = verify_tree(jax.random.PRNGKey(0), p, children, drafts,
-                                   jnp.zeros((2, 2, V)), greedy=True)
+    node, ranks, nxt = verify_tree(
+        jax.random.PRNGKey(0), p, children, drafts, jnp.zeros((2, 2, V)), greedy=True
+    )
     # row 0: argmax 4 = rank 1 (node 2), then argmax 1 = node 3's token, then node 3's argmax 2
     # row 1: argmax 3 = rank 0 (node 1), a leaf: the bonus is node 1's argmax 0
     assert node.tolist() == [3, 1] and ranks.tolist() == [[1, 0], [0, -1]]

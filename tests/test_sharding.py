@@ -5,6 +5,7 @@ Runs on 8 simulated CPU devices (conftest sets XLA_FLAGS). Tolerance: float32 lo
 training results agree with the single-device run to rtol = atol = 1e-5 (sharding only changes
 the order of float32 reductions); greedy token outputs are compared exactly.
 """
+
 import json
 import logging
 import math
@@ -27,8 +28,14 @@ from pass_jax import sharding as sh
 from pass_jax.cache import cache_specs, init_cache
 from pass_jax.checkpoint import abstract_like
 from pass_jax.config import ModelConfig, SamplerConfig
-from pass_jax.decode import (DecodeSpec, decode_state_sharding, eos_array, place_decode_inputs,
-                             prepare_batch, sharded_generate_jit)
+from pass_jax.decode import (
+    DecodeSpec,
+    decode_state_sharding,
+    eos_array,
+    place_decode_inputs,
+    prepare_batch,
+    sharded_generate_jit,
+)
 from pass_jax.generation import generate
 from pass_jax.hf import load_hf
 from pass_jax.layout import make_schedule
@@ -36,8 +43,16 @@ from pass_jax.losses import init_la_state, make_la_train_step
 from pass_jax.model import forward, init_params, init_params_sharded, unstack_layers
 
 # Every sharded dim divisible on all test meshes: V=128, D=32, H*E=K*E=32, F=64, K=4.
-CFG = ModelConfig(vocab_size=128, d_model=32, n_layers=2, n_heads=4, n_kv_heads=4, ffn_dim=64,
-                  max_position=128, unk_token_id=1)
+CFG = ModelConfig(
+    vocab_size=128,
+    d_model=32,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=4,
+    ffn_dim=64,
+    max_position=128,
+    unk_token_id=1,
+)
 MESHES = ["8,1,1", "2,1,4", "1,2,4", "1,8,1"]
 PROMPTS = [[3, 9, 27], [5, 1, 4, 1, 5, 9, 2, 6], [7] * 13]
 L = 3
@@ -45,8 +60,10 @@ TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
 def _la(params):
-    return 0.05 * jax.random.normal(jax.random.PRNGKey(1), (L, CFG.d_model)) + \
-        params["embed"]["embedding"][jnp.arange(L)]
+    return (
+        0.05 * jax.random.normal(jax.random.PRNGKey(1), (L, CFG.d_model))
+        + params["embed"]["embedding"][jnp.arange(L)]
+    )
 
 
 def _train_batch():
@@ -66,12 +83,20 @@ def reference():
     tokens = np.asarray(jax.random.randint(jax.random.PRNGKey(2), (8, 12), 0, CFG.vocab_size))
     logits = np.asarray(_logits(params, tokens))
     la = np.asarray(_la(params))  # numpy: the train steps donate their (device) copies
-    gen = generate(CFG, params, PROMPTS, max_new_tokens=12, method="pass-fused", la_LxD=la,
-                   eos_ids=())
+    gen = generate(
+        CFG, params, PROMPTS, max_new_tokens=12, method="pass-fused", la_LxD=la, eos_ids=()
+    )
     step = make_la_train_step(CFG, OPT, num_groups=2)
     state, metrics = step(init_la_state(la, OPT), params, _train_batch(), jax.random.PRNGKey(0))
-    return {"params": params, "tokens": tokens, "logits": logits, "la": la, "gen": gen,
-            "la_after": np.asarray(state.la), "metrics": jax.tree.map(np.asarray, metrics)}
+    return {
+        "params": params,
+        "tokens": tokens,
+        "logits": logits,
+        "la": la,
+        "gen": gen,
+        "la_after": np.asarray(state.la),
+        "metrics": jax.tree.map(np.asarray, metrics),
+    }
 
 
 @jax.jit
@@ -81,6 +106,7 @@ def _logits(params, tokens_BxT):
 
 
 # ---------------------------------------------------------------- meshes and rules
+
 
 def test_parse_and_make_mesh():
     assert sh.parse_mesh("data=2,fsdp=1,tensor=4") == {"data": 2, "fsdp": 1, "tensor": 4}
@@ -100,6 +126,7 @@ def test_parse_and_make_mesh():
         sh.make_mesh("data=2,fsdp=1,tensor=2")  # 4 of 8 devices: must be explicit
     assert dict(sh.make_mesh("1,1,4", devices=jax.devices()[:4]).shape)["tensor"] == 4
     import argparse
+
     ap = cli.add_mesh_arg(argparse.ArgumentParser())
     args = ap.parse_args(["--mesh", "data=2,fsdp=1,tensor=4"])
     assert dict(cli.mesh_from_args(args).shape) == {"data": 2, "fsdp": 1, "tensor": 4}
@@ -119,10 +146,21 @@ def test_rules_and_fallback(caplog):
         assert specs["layers"][name]["scale"] == P()
     assert specs["final_norm"]["scale"] == P()
     # gpt2 names and biases
-    g = ModelConfig(vocab_size=128, d_model=32, n_layers=1, n_heads=4, n_kv_heads=4,
-                    ffn_dim=64, family="gpt2", model_type="gpt2", max_position=64)
-    gs = sh.param_specs(jax.eval_shape(lambda: init_params(g, jax.random.PRNGKey(0))),
-                        {"data": 1, "fsdp": 2, "tensor": 4})
+    g = ModelConfig(
+        vocab_size=128,
+        d_model=32,
+        n_layers=1,
+        n_heads=4,
+        n_kv_heads=4,
+        ffn_dim=64,
+        family="gpt2",
+        model_type="gpt2",
+        max_position=64,
+    )
+    gs = sh.param_specs(
+        jax.eval_shape(lambda: init_params(g, jax.random.PRNGKey(0))),
+        {"data": 1, "fsdp": 2, "tensor": 4},
+    )
     assert gs["layers"]["fc"]["kernel"] == P(None, "fsdp", "tensor")
     assert gs["layers"]["fc"]["bias"] == P(None, "tensor")
     assert gs["layers"]["proj"]["kernel"] == P(None, "tensor", "fsdp")
@@ -130,8 +168,10 @@ def test_rules_and_fallback(caplog):
     # indivisible dims fall back (and say so): K*E = 2*8 = 16 is not split 32 ways
     odd = CFG.replace(n_kv_heads=2, vocab_size=100)
     with caplog.at_level(logging.DEBUG, logger="pass_jax.sharding"):
-        os_ = sh.param_specs(jax.eval_shape(lambda: init_params(odd, jax.random.PRNGKey(0))),
-                             {"data": 1, "fsdp": 1, "tensor": 32})
+        os_ = sh.param_specs(
+            jax.eval_shape(lambda: init_params(odd, jax.random.PRNGKey(0))),
+            {"data": 1, "fsdp": 1, "tensor": 32},
+        )
         cs = cache_specs(odd, {"data": 8, "fsdp": 1, "tensor": 4}, batch=4)
     assert os_["layers"]["k"]["kernel"] == P(None, "fsdp")  # fsdp (size 1) kept, tensor dropped
     assert os_["embed"]["embedding"] == P(None, "fsdp")  # 100 % 32 != 0: vocab not split
@@ -150,23 +190,28 @@ def _assert_sharded_as(arr, spec, mesh):
     """Every addressable shard has the shape the spec implies: no device holds a full copy of
     a dim the rules split."""
     ms = dict(mesh.shape)
-    want = tuple(s // math.prod(ms[a] for a in axes)
-                 for s, axes in zip(arr.shape, _spec_axes(spec, arr.ndim)))
-    assert arr.sharding.is_equivalent_to(NamedSharding(mesh, spec), arr.ndim), (arr.sharding,
-                                                                                  spec)
+    want = tuple(
+        s // math.prod(ms[a] for a in axes)
+        for s, axes in zip(arr.shape, _spec_axes(spec, arr.ndim))
+    )
+    assert arr.sharding.is_equivalent_to(NamedSharding(mesh, spec), arr.ndim), (arr.sharding, spec)
     for shard in arr.addressable_shards:
         assert shard.data.shape == want, (shard.data.shape, want)
 
 
 # ---------------------------------------------------------------- one device == any mesh
 
+
 @pytest.mark.parametrize("mesh_spec", MESHES)
 def test_sharded_equals_single_device(mesh_spec, reference):
     mesh = sh.make_mesh(mesh_spec)
     params = init_params_sharded(CFG, jax.random.PRNGKey(0), mesh)
     specs = sh.param_specs(params, mesh)
-    for x, want, spec in zip(jax.tree.leaves(params), jax.tree.leaves(reference["params"]),
-                             jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, P))):
+    for x, want, spec in zip(
+        jax.tree.leaves(params),
+        jax.tree.leaves(reference["params"]),
+        jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, P)),
+    ):
         _assert_sharded_as(x, spec, mesh)
         np.testing.assert_array_equal(np.asarray(x), np.asarray(want))
     ms = dict(mesh.shape)
@@ -174,8 +219,9 @@ def test_sharded_equals_single_device(mesh_spec, reference):
     if ms["tensor"] > 1:
         assert params["layers"]["q"]["kernel"].addressable_shards[0].data.shape[2] == 32 // 4
     if ms["fsdp"] > 1:
-        assert params["layers"]["o"]["kernel"].addressable_shards[0].data.shape[2] == 32 // ms[
-            "fsdp"]
+        assert (
+            params["layers"]["o"]["kernel"].addressable_shards[0].data.shape[2] == 32 // ms["fsdp"]
+        )
 
     # logits (batch over data x fsdp)
     tokens = sh.shard_batch(reference["tokens"], mesh)
@@ -183,19 +229,28 @@ def test_sharded_equals_single_device(mesh_spec, reference):
     np.testing.assert_allclose(np.asarray(_logits(params, tokens)), reference["logits"], **TOL)
 
     # greedy fused PaSS: same tokens; the cache stays split over rows and kv heads
-    out, final = generate(CFG, params, PROMPTS, max_new_tokens=12, method="pass-fused",
-                          la_LxD=reference["la"], eos_ids=(), mesh=mesh, return_state=True)
+    out, final = generate(
+        CFG,
+        params,
+        PROMPTS,
+        max_new_tokens=12,
+        method="pass-fused",
+        la_LxD=reference["la"],
+        eos_ids=(),
+        mesh=mesh,
+        return_state=True,
+    )
     assert out.tokens == reference["gen"].tokens
     B = final.cache.k.shape[1]
     _assert_sharded_as(final.cache.k, cache_specs(CFG, mesh, B).k, mesh)
-    assert final.cache.k.addressable_shards[0].data.shape[1] == B // (
-        ms["data"] * ms["fsdp"])
+    assert final.cache.k.addressable_shards[0].data.shape[1] == B // (ms["data"] * ms["fsdp"])
 
     # one LA train step: LA state replicated, batch split, base params sharded
     step = make_la_train_step(CFG, OPT, num_groups=2, mesh=mesh)
     state = sh.replicate(init_la_state(reference["la"], OPT), mesh)
-    state, metrics = step(state, params, sh.shard_batch(_train_batch(), mesh),
-                          jax.random.PRNGKey(0))
+    state, metrics = step(
+        state, params, sh.shard_batch(_train_batch(), mesh), jax.random.PRNGKey(0)
+    )
     assert state.la.sharding.is_fully_replicated
     np.testing.assert_allclose(np.asarray(state.la), reference["la_after"], **TOL)
     for k in ("loss", "grad_norm", "greedy_acceptance"):
@@ -211,8 +266,12 @@ def test_plain_library_functions_run_on_sharded_inputs(reference):
     gen = generate(CFG, params, PROMPTS, max_new_tokens=12, method="ar", eos_ids=())
     assert gen.tokens == reference["gen"].tokens
     step = make_la_train_step(CFG, OPT, num_groups=2)
-    state, _ = step(init_la_state(reference["la"], OPT), params,
-                    sh.shard_batch(_train_batch(), mesh), jax.random.PRNGKey(0))
+    state, _ = step(
+        init_la_state(reference["la"], OPT),
+        params,
+        sh.shard_batch(_train_batch(), mesh),
+        jax.random.PRNGKey(0),
+    )
     np.testing.assert_allclose(np.asarray(state.la), reference["la_after"], **TOL)
 
 
@@ -222,8 +281,14 @@ def test_sampled_pass_on_mesh_equals_single_device(reference):
     from pass_jax.config import SamplerConfig
 
     sampler = SamplerConfig(temperature=0.8, top_k=10)
-    kw = {"max_new_tokens": 10, "method": "pass", "la_LxD": reference["la"],
-          "sampler": sampler, "eos_ids": (), "seed": 3}
+    kw = {
+        "max_new_tokens": 10,
+        "method": "pass",
+        "la_LxD": reference["la"],
+        "sampler": sampler,
+        "eos_ids": (),
+        "seed": 3,
+    }
     want = generate(CFG, reference["params"], PROMPTS[:2], **kw)
     mesh = sh.make_mesh("2,1,2", devices=jax.devices()[:4])  # 2 rows split 2 ways: no padding
     got = generate(CFG, sh.shard_params(reference["params"], mesh), PROMPTS[:2], mesh=mesh, **kw)
@@ -232,6 +297,7 @@ def test_sampled_pass_on_mesh_equals_single_device(reference):
 
 
 # ---------------------------------------------------------------- checkpoints across meshes
+
 
 def test_checkpoint_restores_onto_other_meshes(tmp_path, reference):
     import orbax.checkpoint as ocp
@@ -252,8 +318,9 @@ def test_checkpoint_restores_onto_other_meshes(tmp_path, reference):
         }
         with ocp.StandardCheckpointer() as ckpt:
             restored = ckpt.restore(tmp_path / "ckpt", target)
-        for got, want, tgt in zip(jax.tree.leaves(restored), jax.tree.leaves(tree),
-                                  jax.tree.leaves(target)):
+        for got, want, tgt in zip(
+            jax.tree.leaves(restored), jax.tree.leaves(tree), jax.tree.leaves(target)
+        ):
             assert got.sharding == tgt.sharding
             assert set(got.sharding.device_set) == set(devices)
             np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
@@ -266,28 +333,32 @@ def test_project_checkpoint_restores_onto_other_mesh(tmp_path, reference):
     """The same through pass_jax.checkpoint (CheckpointManager, Composite items)."""
     checkpoint = pytest.importorskip("pass_jax.checkpoint")
     mesh8 = sh.make_mesh("1,8,1")
-    state = {"params": sh.shard_params(reference["params"], mesh8),
-             "la": sh.replicate(init_la_state(reference["la"], OPT), mesh8)}
+    state = {
+        "params": sh.shard_params(reference["params"], mesh8),
+        "la": sh.replicate(init_la_state(reference["la"], OPT), mesh8),
+    }
     mngr = checkpoint.manager(str(tmp_path / "ckpts"), save_every=1)
     assert checkpoint.save(mngr, 3, state, data_state="{}", meta={"x": 1}, force=True)
     mngr.wait_until_finished()
     mngr.close()
     mesh4 = sh.make_mesh("2,1,2", devices=jax.devices()[4:])
-    target = {"params": abstract_like(state["params"],
-                                            sh.param_shardings(state["params"], mesh4)),
-              "la": abstract_like(state["la"], sh.replicated(mesh4))}
+    target = {
+        "params": abstract_like(state["params"], sh.param_shardings(state["params"], mesh4)),
+        "la": abstract_like(state["la"], sh.replicated(mesh4)),
+    }
     mngr = checkpoint.manager(str(tmp_path / "ckpts"), save_every=1)
     restored = checkpoint.restore(mngr, target)
     mngr.close()
     assert restored.step == 3
-    for got, want, tgt in zip(jax.tree.leaves(restored.state), jax.tree.leaves(state),
-                              jax.tree.leaves(target)):
+    for got, want, tgt in zip(
+        jax.tree.leaves(restored.state), jax.tree.leaves(state), jax.tree.leaves(target)
+    ):
         assert got.sharding == tgt.sharding
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_load_hf_onto_a_mesh(tmp_path, reference):
-    from pass_jax.hf import load_hf, save_hf
+    from pass_jax.hf import save_hf
 
     cfg = CFG.replace(model_type="llama")
     save_hf(cfg, reference["params"], tmp_path / "m")
@@ -296,8 +367,11 @@ def test_load_hf_onto_a_mesh(tmp_path, reference):
     _, plain = load_hf(tmp_path / "m")
     assert cfg2 == load_hf(tmp_path / "m")[0]
     specs = sh.param_specs(params, mesh)
-    for x, y, spec in zip(jax.tree.leaves(params), jax.tree.leaves(plain),
-                          jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, P))):
+    for x, y, spec in zip(
+        jax.tree.leaves(params),
+        jax.tree.leaves(plain),
+        jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, P)),
+    ):
         _assert_sharded_as(x, spec, mesh)
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -306,8 +380,17 @@ def test_load_hf_onto_a_mesh(tmp_path, reference):
     _, per_layer = load_hf(tmp_path / "m", stacked=False, mesh=mesh)
     assert per_layer["layers_1"]["q"]["kernel"].sharding.spec == P("fsdp", "tensor")
     assert per_layer["layers_0"]["o"]["kernel"].addressable_shards[0].data.shape[0] == 32 // 4
-    out, final = generate(cfg, per_layer, PROMPTS, max_new_tokens=12, method="pass-fused",
-                          la_LxD=reference["la"], eos_ids=(), mesh=mesh, return_state=True)
+    out, final = generate(
+        cfg,
+        per_layer,
+        PROMPTS,
+        max_new_tokens=12,
+        method="pass-fused",
+        la_LxD=reference["la"],
+        eos_ids=(),
+        mesh=mesh,
+        return_state=True,
+    )
     assert out.tokens == reference["gen"].tokens
     B = final.cache.lengths.shape[0]
     for k in final.cache.k:
@@ -316,10 +399,18 @@ def test_load_hf_onto_a_mesh(tmp_path, reference):
 
 # ---------------------------------------------------------------- memory plan
 
+
 def test_memory_plan_figures():
     one = {"data": 1, "fsdp": 1, "tensor": 1}
-    r = memory_plan.memory_plan(ModelConfig.llama_7b(), one, batch=1, max_len=2048, dtype="bfloat16",
-                       num_lookahead=4, device="h100")
+    r = memory_plan.memory_plan(
+        ModelConfig.llama_7b(),
+        one,
+        batch=1,
+        max_len=2048,
+        dtype="bfloat16",
+        num_lookahead=4,
+        device="h100",
+    )
     assert ModelConfig.llama_7b().num_params() == 6_738_149_376
     norms = 2 * 32 * 4096 + 4096  # not in num_params()
     assert r["params_total"] == 2 * (6_738_149_376 + norms)  # ~13.5 GB
@@ -334,8 +425,9 @@ def test_memory_plan_figures():
     assert r70["kv_per_token"] == 2 * 80 * 8 * 128 * 2 == 320 * 1024
     assert not r70["fits"]
     # sharding divides what the rules split: 8-way tensor x 2-way fsdp
-    r16 = memory_plan.memory_plan(ModelConfig.llama2_70b(), "data=1,fsdp=2,tensor=8", 16, 2048, "bfloat16", 4,
-                         "tpu-v4")
+    r16 = memory_plan.memory_plan(
+        ModelConfig.llama2_70b(), "data=1,fsdp=2,tensor=8", 16, 2048, "bfloat16", 4, "tpu-v4"
+    )
     norms = 2 * (2 * 80 * 8192 + 8192)  # replicated
     assert r16["params_per_device"] == (r16["params_total"] - norms) // 16 + norms
     assert r16["kv_per_device"] == 320 * 1024 * 16 * 2048 // 16
@@ -343,7 +435,9 @@ def test_memory_plan_figures():
     r32 = memory_plan.memory_plan(ModelConfig.llama_7b(), one, 1, 2048, "float32", 4, "h100")
     assert r32["params_total"] == 2 * r["params_total"] and not r32["fits"]
     # remat shrinks the LA training activations; no-remat 70B training is activation-bound
-    rr = memory_plan.memory_plan(ModelConfig.llama_7b(), one, 1, 2048, "bfloat16", 4, "h100", remat=True)
+    rr = memory_plan.memory_plan(
+        ModelConfig.llama_7b(), one, 1, 2048, "bfloat16", 4, "h100", remat=True
+    )
     assert rr["train_activations"] < r["train_activations"] / 10
     # the chosen meshes fit, and half as many devices would not
     for cfg in (ModelConfig.llama_7b(), ModelConfig.llama2_70b()):
@@ -355,11 +449,18 @@ def test_memory_plan_figures():
                 if n > 1:
                     t = min(ms["tensor"], n // 2)
                     half = {"data": 1, "fsdp": n // 2 // t, "tensor": t}
-                    assert not memory_plan.memory_plan(cfg, half, 8, 2048, "bfloat16", 4, dev, **kw)[need]
-    assert memory_plan.choose_mesh(ModelConfig.llama_7b(), "h100", batch=8, max_len=2048,
-                          need="fits_serve") == one  # 13.5 GB + 8 GiB of cache on one H100
-    assert memory_plan.choose_mesh(ModelConfig.llama2_70b(), "tpu-v5e", batch=8, max_len=2048,
-                          need="fits_serve") == {"data": 1, "fsdp": 2, "tensor": 8}
+                    assert not memory_plan.memory_plan(
+                        cfg, half, 8, 2048, "bfloat16", 4, dev, **kw
+                    )[need]
+    assert (
+        memory_plan.choose_mesh(
+            ModelConfig.llama_7b(), "h100", batch=8, max_len=2048, need="fits_serve"
+        )
+        == one
+    )  # 13.5 GB + 8 GiB of cache on one H100
+    assert memory_plan.choose_mesh(
+        ModelConfig.llama2_70b(), "tpu-v5e", batch=8, max_len=2048, need="fits_serve"
+    ) == {"data": 1, "fsdp": 2, "tensor": 8}
     table = memory_plan.memory_plan_table()
     assert table.count("\n| LLaMA") == 6 and "512 KiB" in table and "320 KiB" in table
     doc = os.path.join(os.path.dirname(__file__), "..", "docs", "scaling.md")
@@ -418,10 +519,16 @@ def test_two_processes_one_la_step(tmp_path, reference):
     coord = f"127.0.0.1:{_free_port()}"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     here = os.path.dirname(os.path.abspath(__file__))
-    procs = [subprocess.Popen([sys.executable, str(worker), coord, str(i),
-                               str(tmp_path / f"out{i}.json"), here], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(worker), coord, str(i), str(tmp_path / f"out{i}.json"), here],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     logs = []
     for p in procs:
         try:
@@ -455,14 +562,34 @@ def test_multi_host_flags_are_checked_and_a_missing_coordinator_times_out():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "infer.generate", "--model", "unused",
-                           "--prompt", "x", "--coordinator", f"127.0.0.1:{port}",
-                           "--num-processes", "2", "--process-id", "1", "--init-timeout", "2"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "infer.generate",
+            "--model",
+            "unused",
+            "--prompt",
+            "x",
+            "--coordinator",
+            f"127.0.0.1:{port}",
+            "--num-processes",
+            "2",
+            "--process-id",
+            "1",
+            "--init-timeout",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0 and time.monotonic() - t0 < 60
     assert "multi-host: process 1 of 2 joining" in proc.stderr
-    assert f"error: multi-host: the coordinator 127.0.0.1:{port} did not answer within 2 s" \
+    assert (
+        f"error: multi-host: the coordinator 127.0.0.1:{port} did not answer within 2 s"
         in proc.stderr
+    )
 
 
 @pytest.mark.parametrize("per_layer", [False, True])
@@ -475,23 +602,35 @@ def test_decode_loop_keeps_the_cache_split_without_gathering_it(reference, per_l
     params = reference["params"]
     params = sh.shard_params(unstack_layers(params) if per_layer else params, mesh)
     B, S = 4, 256
-    inputs = (reference["la"], *prepare_batch(PROMPTS[:1] * B, CFG.vocab_size, B),
-              eos_array(()), jax.random.PRNGKey(0))
+    inputs = (
+        reference["la"],
+        *prepare_batch(PROMPTS[:1] * B, CFG.vocab_size, B),
+        eos_array(()),
+        jax.random.PRNGKey(0),
+    )
     la, prompt, lens, active, eos, rng = place_decode_inputs(inputs, mesh)
     cache = init_cache(CFG, B, S, per_layer=per_layer, mesh=mesh)
     pinned = decode_state_sharding(mesh, B, CFG, per_layer)
 
     def compiled(state_sharding):
-        spec = DecodeSpec(CFG, make_schedule("pass-fused", L), SamplerConfig(), 12, None,
-                          state_sharding)
-        return sharded_generate_jit(mesh, B, CFG, per_layer).lower(
-            spec, params, la, prompt, lens, active, eos, cache, rng).compile().as_text()
+        spec = DecodeSpec(
+            CFG, make_schedule("pass-fused", L), SamplerConfig(), 12, None, state_sharding
+        )
+        return (
+            sharded_generate_jit(mesh, B, CFG, per_layer)
+            .lower(spec, params, la, prompt, lens, active, eos, cache, rng)
+            .compile()
+            .as_text()
+        )
 
     def cache_collectives(hlo):
         ops = ("all-gather", "all-to-all", "collective-permute", "all-reduce", "reduce-scatter")
-        return [line.strip()[:120] for line in hlo.splitlines()
-                if any(f" {op}(" in line or f" {op}-start(" in line for op in ops)
-                and f",{S}," in line.split("=", 1)[-1].split("(", 1)[0]]
+        return [
+            line.strip()[:120]
+            for line in hlo.splitlines()
+            if any(f" {op}(" in line or f" {op}-start(" in line for op in ops)
+            and f",{S}," in line.split("=", 1)[-1].split("(", 1)[0]
+        ]
 
     hlo = compiled(pinned)
     local = f"f32[{'' if per_layer else f'{CFG.n_layers},'}1,2,{S},{CFG.hd}]"  # B/4, K/2
@@ -500,5 +639,6 @@ def test_decode_loop_keeps_the_cache_split_without_gathering_it(reference, per_l
     assert not cache_collectives(hlo), cache_collectives(hlo)
     if not per_layer:  # the check sees a cache that moves: pinned replicated, it is gathered
         rep = sh.replicated(mesh)
-        assert cache_collectives(compiled(pinned.replace(
-            cache=jax.tree.map(lambda _: rep, pinned.cache))))
+        assert cache_collectives(
+            compiled(pinned.replace(cache=jax.tree.map(lambda _: rep, pinned.cache)))
+        )

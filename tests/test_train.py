@@ -6,6 +6,7 @@ Everything is tiny (configs/tiny.yaml, a random d=32 model, a dozen stdlib files
 Most runs call the programs' ``main`` in-process (one import and one compilation cache for the
 module); the CLI and the kill -9 checks run as subprocesses, since that is the real path.
 """
+
 import contextlib
 import dataclasses
 import glob
@@ -50,24 +51,47 @@ def corpus(tmp_path_factory):
 def tiny_model(tmp_path_factory, corpus):
     """A random tiny LLaMA-style model with a BPE tokenizer trained on the corpus, as a HF dir."""
     d = tmp_path_factory.mktemp("model")
-    texts = [open(p).read() for p in sorted(glob.glob(corpus[len("files:"):]))]
+    texts = [open(p).read() for p in sorted(glob.glob(corpus[len("files:") :]))]
     tok = tokenizer.train_bpe(texts, 300, d / "tokenizer")
-    cfg = ModelConfig(vocab_size=len(tok), d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                      ffn_dim=64, max_position=128, bos_token_id=tok.bos_token_id,
-                      eos_token_ids=(tok.eos_token_id,), pad_token_id=tok.pad_token_id,
-                      unk_token_id=tok.unk_token_id)
+    cfg = ModelConfig(
+        vocab_size=len(tok),
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        ffn_dim=64,
+        max_position=128,
+        bos_token_id=tok.bos_token_id,
+        eos_token_ids=(tok.eos_token_id,),
+        pad_token_id=tok.pad_token_id,
+        unk_token_id=tok.unk_token_id,
+    )
     hf.save_hf(cfg, init_params(cfg, jax.random.PRNGKey(0)), d / "model", tokenizer=tok)
     return str(d / "model")
 
 
 def la_args(model, data, out, *extra):
-    return ["--model", model, "--data", data, "--num-lookahead", "2", "--out", str(out),
-            "--config", TINY, "--steps", "8", *extra]
+    return [
+        "--model",
+        model,
+        "--data",
+        data,
+        "--num-lookahead",
+        "2",
+        "--out",
+        str(out),
+        "--config",
+        TINY,
+        "--steps",
+        "8",
+        *extra,
+    ]
 
 
 def signalling(make_step, signum, times=1, at_call=3):
     """``make_step`` (e.g. ``losses.make_la_train_step``) whose steps send ``signum`` to this
     process ``times`` times on call ``at_call``, before stepping."""
+
     def make(*args, **kwargs):
         step, calls = make_step(*args, **kwargs), []
 
@@ -77,7 +101,9 @@ def signalling(make_step, signum, times=1, at_call=3):
                 for _ in range(times):
                     os.kill(os.getpid(), signum)
             return step(*a)
+
         return step_then_signal
+
     return make
 
 
@@ -124,14 +150,14 @@ def test_base_training_writes_loadable_model(tmp_path, corpus, capsys):
     assert run_cli(lambda: base.main([*argv, "model.n_layers=1"])) == 2
     assert capsys.readouterr().err == (
         f"error: the checkpoints in {tmp_path}/base.train/checkpoints were made with other "
-        f"settings (model.n_layers: 2 -> 1); delete {tmp_path}/base.train or use another --out\n")
+        f"settings (model.n_layers: 2 -> 1); delete {tmp_path}/base.train or use another --out\n"
+    )
 
 
 def test_failed_base_run_removes_the_work_dir_it_made(tmp_path, corpus, capsys):
     """A run failing before its first checkpoint (here: after the tokenizer is trained) leaves no
     ``<out>.train`` behind; one it did not make (an earlier run's) is kept."""
-    argv = ["--config", TINY, "--out", str(tmp_path / "m"), f"data={corpus}",
-            "train.seq_len=1000"]
+    argv = ["--config", TINY, "--out", str(tmp_path / "m"), f"data={corpus}", "train.seq_len=1000"]
     assert run_cli(lambda: base.main(argv)) == 2
     assert "larger than the model's maximum 128" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == []
@@ -141,16 +167,20 @@ def test_failed_base_run_removes_the_work_dir_it_made(tmp_path, corpus, capsys):
     assert (tmp_path / "m.train" / "earlier").exists()
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.stepz=5", "unknown config key 'train.stepz'; did you mean train.steps?"),
-    ("trian.steps=5", "unknown config key 'trian'; did you mean train?"),
-    ("train.steps=abc", "config key 'train.steps' must be int, got 'abc'"),
-    ("train.steps=true", "config key 'train.steps' must be int, got True"),
-    ("model.tie_embeddings=1", "config key 'model.tie_embeddings' must be bool, got 1"),
-    ("model=4", "config key 'model' must be a section of keys, got 4"),
-])
-def test_base_config_typos_and_wrong_types_are_errors_before_any_work(tmp_path, corpus, capsys,
-                                                                     override, message):
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.stepz=5", "unknown config key 'train.stepz'; did you mean train.steps?"),
+        ("trian.steps=5", "unknown config key 'trian'; did you mean train?"),
+        ("train.steps=abc", "config key 'train.steps' must be int, got 'abc'"),
+        ("train.steps=true", "config key 'train.steps' must be int, got True"),
+        ("model.tie_embeddings=1", "config key 'model.tie_embeddings' must be bool, got 1"),
+        ("model=4", "config key 'model' must be a section of keys, got 4"),
+    ],
+)
+def test_base_config_typos_and_wrong_types_are_errors_before_any_work(
+    tmp_path, corpus, capsys, override, message
+):
     argv = ["--config", TINY, "--out", str(tmp_path / "m"), f"data={corpus}", override]
     assert run_cli(lambda: base.main(argv)) == 2
     assert capsys.readouterr().err == f"error: {message}\n"
@@ -183,16 +213,20 @@ def test_check_types_reads_floats_written_as_yaml_strings():
 # ------------------------------------------------------------- look-ahead CLI, SIGTERM, resume
 
 
-def test_lookahead_cli_json_then_sigterm_and_exact_resume(tiny_model, corpus, tmp_path,
-                                                          monkeypatch, capsys):
+def test_lookahead_cli_json_then_sigterm_and_exact_resume(
+    tiny_model, corpus, tmp_path, monkeypatch, capsys
+):
     """The CLI (subprocess) trains N steps and prints its metrics as JSON; in-process, a run
     that gets SIGTERM after step 3 saves a checkpoint and exits 143, and re-running it resumes
     to N with LA params bit-identical to the straight run's."""
     straight = tmp_path / "straight"
     proc = subprocess.run(
-        [sys.executable, "-m", "train.lookahead",
-         *la_args(tiny_model, corpus, straight, "--json")],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        [sys.executable, "-m", "train.lookahead", *la_args(tiny_model, corpus, straight, "--json")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads(proc.stdout)
     for key in ("acceptance", "acceptance_init"):
@@ -202,9 +236,11 @@ def test_lookahead_cli_json_then_sigterm_and_exact_resume(tiny_model, corpus, tm
     s = metrics["settings"]  # throughput in model FLOPs; no known peak for a CPU, so no MFU
     cfg, _ = hf.load_hf(tiny_model)
     assert metrics["model_flops_per_step"] == losses.la_step_flops(
-        cfg, s["batch_size"], s["seq_len"], s["groups"], 2)
+        cfg, s["batch_size"], s["seq_len"], s["groups"], 2
+    )
     assert metrics["model_tflops_per_s_per_device"] == pytest.approx(
-        metrics["model_flops_per_step"] * metrics["steps_per_s"] / jax.device_count() / 1e12)
+        metrics["model_flops_per_step"] * metrics["steps_per_s"] / jax.device_count() / 1e12
+    )
     assert metrics["mfu"] is None
     assert np.isfinite(metrics["loss"])
     assert os.path.isdir(metrics["checkpoint"]) and metrics["checkpoint"].endswith("/8")
@@ -217,8 +253,9 @@ def test_lookahead_cli_json_then_sigterm_and_exact_resume(tiny_model, corpus, tm
     assert evals[0]["sampled"] == metrics["acceptance_init"]["sampled"]
 
     resumed = tmp_path / "resumed"
-    monkeypatch.setattr(losses, "make_la_train_step",
-                        signalling(losses.make_la_train_step, signal.SIGTERM))
+    monkeypatch.setattr(
+        losses, "make_la_train_step", signalling(losses.make_la_train_step, signal.SIGTERM)
+    )
     capsys.readouterr()
     assert lookahead.main(la_args(tiny_model, corpus, resumed)) == 128 + signal.SIGTERM
     stopped = capsys.readouterr()
@@ -242,12 +279,14 @@ def test_lookahead_cli_json_then_sigterm_and_exact_resume(tiny_model, corpus, tm
 
 
 @pytest.mark.parametrize("times", [1, 2])
-def test_ctrl_c_saves_a_checkpoint_and_exits_130_a_second_aborts(tiny_model, corpus, tmp_path,
-                                                                  monkeypatch, capsys, times):
+def test_ctrl_c_saves_a_checkpoint_and_exits_130_a_second_aborts(
+    tiny_model, corpus, tmp_path, monkeypatch, capsys, times
+):
     """Ctrl-C (SIGINT) at step 3 saves that step like SIGTERM and exits 130 with a one-line
     message; a second Ctrl-C before the save aborts at once (no checkpoint), also exit 130."""
-    monkeypatch.setattr(losses, "make_la_train_step",
-                        signalling(losses.make_la_train_step, signal.SIGINT, times))
+    monkeypatch.setattr(
+        losses, "make_la_train_step", signalling(losses.make_la_train_step, signal.SIGINT, times)
+    )
     out = tmp_path / "out"
     try:
         code = run_cli(lambda: lookahead.main(la_args(tiny_model, corpus, out)))
@@ -256,8 +295,9 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_a_second_aborts(tiny_model, cor
     assert code == 130
     err = capsys.readouterr().err
     if times == 1:
-        assert ("lookahead: SIGINT at step 3: checkpoint saved; re-run the same command to "
-                "resume\n") in err
+        assert (
+            "lookahead: SIGINT at step 3: checkpoint saved; re-run the same command to resume\n"
+        ) in err
         assert sorted(os.listdir(out / "checkpoints")) == ["3"]
     else:
         assert err.endswith("\ninterrupted\n")
@@ -265,8 +305,9 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_a_second_aborts(tiny_model, cor
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
-def test_resume_with_other_settings_is_refused_before_restoring(tiny_model, corpus, tmp_path,
-                                                                capsys):
+def test_resume_with_other_settings_is_refused_before_restoring(
+    tiny_model, corpus, tmp_path, capsys
+):
     """Another -L into the same --out: the saved settings are compared before orbax is asked to
     restore a state of other shapes."""
     out = tmp_path / "out"
@@ -277,15 +318,19 @@ def test_resume_with_other_settings_is_refused_before_restoring(tiny_model, corp
     assert run_cli(lambda: lookahead.main(argv)) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: the checkpoints in {out}/checkpoints were made with other settings "
-        "(num_lookahead: 2 -> 3); use another --out")
+        "(num_lookahead: 2 -> 3); use another --out"
+    )
 
 
 def test_lookahead_training_on_a_mesh_matches_one_device(tiny_model, corpus, tmp_path):
     """--mesh (8 simulated devices): base params sharded, batch split, LA replicated; the
     trained LA embeddings equal the single-device run's (float32, tolerance 1e-5), with
     per-layer rematerialisation too (--remat layer)."""
-    for name, extra in (("one", ()), ("mesh", ("--mesh", "data=2,fsdp=2,tensor=2")),
-                        ("remat", ("--mesh", "data=2,fsdp=2,tensor=2", "--remat", "layer"))):
+    for name, extra in (
+        ("one", ()),
+        ("mesh", ("--mesh", "data=2,fsdp=2,tensor=2")),
+        ("remat", ("--mesh", "data=2,fsdp=2,tensor=2", "--remat", "layer")),
+    ):
         args = la_args(tiny_model, corpus, tmp_path / name, *extra)
         args[args.index("--steps") + 1] = "4"
         assert lookahead.main(args) == 0
@@ -305,12 +350,14 @@ def test_checkpoint_roundtrip_keeps_last_n(tmp_path):
     mngr = checkpoint.manager(str(tmp_path), save_every=2, keep=2)
     for step in range(1, 8):
         state = {**state, "w": state["w"] + 1, "step": jnp.int32(step)}
-        checkpoint.save(mngr, step, state, data_state=f'{{"pos": {step}}}', meta={"step": step},
-                        force=step == 7)
+        checkpoint.save(
+            mngr, step, state, data_state=f'{{"pos": {step}}}', meta={"step": step}, force=step == 7
+        )
     assert mngr.all_steps() == [6, 7]
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = checkpoint.abstract_like(jax.eval_shape(lambda: state),
-                                      jax.tree.map(lambda _: sharding, state))
+    target = checkpoint.abstract_like(
+        jax.eval_shape(lambda: state), jax.tree.map(lambda _: sharding, state)
+    )
     restored = checkpoint.restore(mngr, target, step=6)
     assert restored.step == 6 and restored.data_state == '{"pos": 6}'
     assert restored.meta == {"step": 6}
@@ -344,8 +391,13 @@ KILLED_SAVE = textwrap.dedent("""
 
 def test_killed_save_keeps_last_good_checkpoint(tmp_path):
     """kill -9 at the worst moment of a save (all written, not yet renamed into place)."""
-    proc = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_SAVE, str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     leftovers = [p for p in os.listdir(tmp_path) if p.startswith("3.")]
     assert leftovers, os.listdir(tmp_path)  # the unfinalized temporary directory
@@ -361,15 +413,19 @@ def test_killed_save_keeps_last_good_checkpoint(tmp_path):
 # ----------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"--data": "bogus:spec"}, "unknown data spec"),
-    ({"--data": "files:{tmp}/nothing/*.txt"}, "empty corpus"),
-    ({"--seq-len": "1000"}, "larger than the model's maximum"),
-    ({"--model": "{tmp}"}, "no config.json"),
-    ({"--num-lookahead": "0"}, "--num-lookahead must be >= 1"),
-])
-def test_lookahead_bad_input_is_a_clear_error(tiny_model, corpus, tmp_path, capsys, change,
-                                              message):
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"--data": "bogus:spec"}, "unknown data spec"),
+        ({"--data": "files:{tmp}/nothing/*.txt"}, "empty corpus"),
+        ({"--seq-len": "1000"}, "larger than the model's maximum"),
+        ({"--model": "{tmp}"}, "no config.json"),
+        ({"--num-lookahead": "0"}, "--num-lookahead must be >= 1"),
+    ],
+)
+def test_lookahead_bad_input_is_a_clear_error(
+    tiny_model, corpus, tmp_path, capsys, change, message
+):
     argv = la_args(tiny_model, corpus, tmp_path / "out")
     for flag, value in change.items():
         if flag not in argv:
@@ -386,20 +442,30 @@ def test_base_bad_data_spec_is_a_clear_error(tmp_path, capsys):
     assert "unknown data spec 'nope'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("program, case, message", [
-    ("lookahead", "out is a file", "--out {out} is a file, not a directory"),
-    ("lookahead", "read-only parent", "--out {out}: {parent} is not writable"),
-    ("lookahead", "read-only checkpoints",
-     "the checkpoint directory {out}/checkpoints is not writable"),
-    ("lookahead", "--seed 9223372036854775808",
-     "--seed must be an integer from 0 to 2147483647, got 9223372036854775808"),
-    ("lookahead", "--seed -1", "--seed must be an integer from 0 to 2147483647, got -1"),
-    ("base", "out is a file", "the output directory {out} is a file, not a directory"),
-    ("base", "read-only parent", "the output directory {out}: {parent} is not writable"),
-    ("base", "train.seed=-1", "train.seed must be an integer from 0 to 2147483647, got -1"),
-])
-def test_unwritable_outputs_and_bad_seeds_are_errors_before_any_work(corpus, tmp_path, capsys,
-                                                                     program, case, message):
+@pytest.mark.parametrize(
+    "program, case, message",
+    [
+        ("lookahead", "out is a file", "--out {out} is a file, not a directory"),
+        ("lookahead", "read-only parent", "--out {out}: {parent} is not writable"),
+        (
+            "lookahead",
+            "read-only checkpoints",
+            "the checkpoint directory {out}/checkpoints is not writable",
+        ),
+        (
+            "lookahead",
+            "--seed 9223372036854775808",
+            "--seed must be an integer from 0 to 2147483647, got 9223372036854775808",
+        ),
+        ("lookahead", "--seed -1", "--seed must be an integer from 0 to 2147483647, got -1"),
+        ("base", "out is a file", "the output directory {out} is a file, not a directory"),
+        ("base", "read-only parent", "the output directory {out}: {parent} is not writable"),
+        ("base", "train.seed=-1", "train.seed must be an integer from 0 to 2147483647, got -1"),
+    ],
+)
+def test_unwritable_outputs_and_bad_seeds_are_errors_before_any_work(
+    corpus, tmp_path, capsys, program, case, message
+):
     """Found up front, not after training at the first save. The look-ahead runs name a model
     that does not exist (the check must come before loading it); base prints nothing else."""
     parent = tmp_path / "parent"

@@ -7,6 +7,7 @@ output directories, whether a checkpoint can be resumed), and the restore that f
 programs' settings are in ``train.config``. ``run_cli`` turns the usual bad-input exceptions
 (``program_config.USER_ERRORS``) into a one-line error.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,12 +51,22 @@ class LoopResult:
         return 0 if self.signum is None else 128 + self.signum
 
 
-def train_loop(state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict]],
-               batches: Iterator[dict], *, start_step: int, steps: int, mngr,
-               meta_fn: Callable[[int], dict], evaluate: Callable[[Any, int], dict] | None = None,
-               eval_every: int = 0, postfix_fn: Callable[[dict], dict] = lambda m: m,
-               log_every: int = 10, tokens_per_step: int = 0,
-               desc: str = "train") -> LoopResult:
+def train_loop(
+    state: Any,
+    step_fn: Callable[[Any, dict], tuple[Any, dict]],
+    batches: Iterator[dict],
+    *,
+    start_step: int,
+    steps: int,
+    mngr,
+    meta_fn: Callable[[int], dict],
+    evaluate: Callable[[Any, int], dict] | None = None,
+    eval_every: int = 0,
+    postfix_fn: Callable[[dict], dict] = lambda m: m,
+    log_every: int = 10,
+    tokens_per_step: int = 0,
+    desc: str = "train",
+) -> LoopResult:
     """Runs ``state, metrics = step_fn(state, batch)`` from ``start_step`` to ``steps``.
 
     ``batches`` is the grain iterator from ``data.token_batches`` (its state is saved with each
@@ -69,9 +80,17 @@ def train_loop(state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict]],
     step, shown, t_start, t_first = start_step, {}, time.perf_counter(), None
     preempted, t_aside = False, 0.0  # t_aside: evaluation and checkpoint time, not step time
     signum = None  # the signal that stopped the loop
-    with checkpoint.Preemption((signal.SIGTERM, signal.SIGINT)) as preemption, \
-            tqdm(total=steps, initial=start_step, desc=desc, unit="step", mininterval=0.5,
-                 dynamic_ncols=True) as bar:
+    with (
+        checkpoint.Preemption((signal.SIGTERM, signal.SIGINT)) as preemption,
+        tqdm(
+            total=steps,
+            initial=start_step,
+            desc=desc,
+            unit="step",
+            mininterval=0.5,
+            dynamic_ncols=True,
+        ) as bar,
+    ):
         while step < steps:
             state, metrics = step_fn(state, next(batches))
             step += 1
@@ -93,13 +112,22 @@ def train_loop(state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict]],
             if preempted or step == steps or mngr.should_save(step):
                 jax.block_until_ready(state)
                 t = time.perf_counter()
-                checkpoint.save(mngr, step, state, data_state=data.iterator_state(batches),
-                                meta=meta_fn(step), force=True)
+                checkpoint.save(
+                    mngr,
+                    step,
+                    state,
+                    data_state=data.iterator_state(batches),
+                    meta=meta_fn(step),
+                    force=True,
+                )
                 t_aside += time.perf_counter() - t
             if preempted:
                 signum = preemption.signum or signal.SIGTERM  # None: a multi-host preemption
-                bar.write(f"{desc}: {signal.Signals(signum).name} at step {step}: checkpoint "
-                          "saved; re-run the same command to resume", file=sys.stderr)
+                bar.write(
+                    f"{desc}: {signal.Signals(signum).name} at step {step}: checkpoint "
+                    "saved; re-run the same command to resume",
+                    file=sys.stderr,
+                )
                 break
     mngr.wait_until_finished()
     jax.block_until_ready(state)
@@ -115,8 +143,7 @@ def train_loop(state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict]],
 
 def _fmt(values: dict) -> dict:
     """Bar postfix: floats to 4 significant digits."""
-    return {k: f"{v:.4g}" if isinstance(v, (float, np.floating)) else v
-            for k, v in values.items()}
+    return {k: f"{v:.4g}" if isinstance(v, (float, np.floating)) else v for k, v in values.items()}
 
 
 def check_seed(seed: int, name: str) -> None:
@@ -151,13 +178,16 @@ def check_resume(mngr, resume_key: dict, remedy: str) -> int | None:
     saved = checkpoint.restore_meta(mngr, step).get("resume_key")
     if saved != resume_key:
         changes = "; ".join(differences(saved or {}, resume_key))
-        raise ValueError(f"the checkpoints in {mngr.directory} were made with other settings "
-                         f"({changes}); {remedy}")
+        raise ValueError(
+            f"the checkpoints in {mngr.directory} were made with other settings "
+            f"({changes}); {remedy}"
+        )
     return step
 
 
-def restore(mngr, step: int | None, target: Any, batches: Iterator[dict]
-            ) -> checkpoint.Restored | None:
+def restore(
+    mngr, step: int | None, target: Any, batches: Iterator[dict]
+) -> checkpoint.Restored | None:
     """Checkpoint ``step`` of ``mngr`` (from ``check_resume``; None: nothing to resume) restored
     into ``target`` (a state or its abstract shapes), with the data iterator ``batches`` moved
     to where it was; says so on stderr."""

@@ -13,6 +13,7 @@ Usage: ``python -m train.base --config CONFIG [--out DIR] [section.key=value ...
 ``train.steps=200 model.n_layers=2``. The config is ``train.config.BaseTrainConfig`` (its sections
 are described in configs/demo.yaml); an unknown key or a value of the wrong type is an error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,14 +32,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pass_jax import checkpoint, data, hf, losses, program_config, tokenizer as tokenizer_lib
+from pass_jax import checkpoint, data, hf, losses, program_config
+from pass_jax import tokenizer as tokenizer_lib
 from pass_jax.config import ModelConfig
 from pass_jax.model import init_params
 from train import LoopResult, check_output_dir, check_resume, restore, run_cli, train_loop
 from train.config import BaseTrainConfig
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "demo.yaml")
+DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.yaml"
+)
 METRICS_FILE = "train_metrics.json"
 
 
@@ -51,8 +54,14 @@ class TrainState:
     opt_state: Any
 
 
-def make_optimizer(lr: float, steps: int, warmup: int, weight_decay: float = 0.1,
-                   b2: float = 0.95, clip: float = 1.0) -> optax.GradientTransformation:
+def make_optimizer(
+    lr: float,
+    steps: int,
+    warmup: int,
+    weight_decay: float = 0.1,
+    b2: float = 0.95,
+    clip: float = 1.0,
+) -> optax.GradientTransformation:
     """AdamW, linear warmup to ``lr`` then cosine decay to lr/10, global-norm clipping.
 
     Weight decay applies to matrices (Dense kernels, embeddings), not to norm scales.
@@ -63,22 +72,28 @@ def make_optimizer(lr: float, steps: int, warmup: int, weight_decay: float = 0.1
 
     def decay_mask(params):
         return jax.tree_util.tree_map_with_path(
-            lambda path, _: path[-1].key in ("kernel", "embedding"), params)
+            lambda path, _: path[-1].key in ("kernel", "embedding"), params
+        )
 
-    return optax.chain(optax.clip_by_global_norm(clip),
-                       optax.adamw(schedule, b2=b2, weight_decay=weight_decay, mask=decay_mask))
+    return optax.chain(
+        optax.clip_by_global_norm(clip),
+        optax.adamw(schedule, b2=b2, weight_decay=weight_decay, mask=decay_mask),
+    )
 
 
 def init_state(cfg: ModelConfig, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
     """Step 0: random params (``model.init_params``) and fresh optimizer state."""
     params = init_params(cfg, jax.random.PRNGKey(seed))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params)
+    )
 
 
-def train_step(state: TrainState, batch: dict, *, cfg: ModelConfig,
-               optimizer: optax.GradientTransformation):
+def train_step(
+    state: TrainState, batch: dict, *, cfg: ModelConfig, optimizer: optax.GradientTransformation
+):
     """One AdamW step on the next-token loss of ``batch`` (tokens_BxT, mask_BxT)."""
+
     def loss_fn(params):
         return losses.lm_loss(cfg, params, batch["tokens"], batch["mask"])
 
@@ -101,8 +116,10 @@ def heldout_loss(cfg: ModelConfig, params, batches: list[dict]) -> float:
 
 def is_complete(model_dir: str) -> bool:
     """True if ``model_dir`` holds a config, weights and a tokenizer (a finished run's output)."""
-    return all(os.path.isfile(os.path.join(model_dir, f))
-               for f in ("config.json", "model.safetensors", "tokenizer.json"))
+    return all(
+        os.path.isfile(os.path.join(model_dir, f))
+        for f in ("config.json", "model.safetensors", "tokenizer.json")
+    )
 
 
 def work_dir(out: str) -> str:
@@ -111,13 +128,16 @@ def work_dir(out: str) -> str:
 
 
 def _parse(argv):
-    parser = argparse.ArgumentParser(prog="python -m train.base",
-                                     description="Pretrain a small LLaMA-style base model.")
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config (default: "
-                        "configs/demo.yaml)")
+    parser = argparse.ArgumentParser(
+        prog="python -m train.base", description="Pretrain a small LLaMA-style base model."
+    )
+    parser.add_argument(
+        "--config", default=DEFAULT_CONFIG, help="YAML config (default: configs/demo.yaml)"
+    )
     parser.add_argument("--out", help="output model directory (default: the config's 'out')")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, e.g. train.steps=100")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=100"
+    )
     return parser.parse_intermixed_args(argv)
 
 
@@ -185,16 +205,22 @@ def _check_before_work(config: BaseTrainConfig) -> tuple[Any, int | None]:
     """The checks made before any work (writable outputs, a corpus the model can be trained on,
     checkpoints made with this config); the checkpoint manager and the step to resume from."""
     work = work_dir(config.out)
-    for name, path in (("the output directory", config.out),
-                       ("the tokenizer directory", _tokenizer_dir(config)),
-                       ("the checkpoint directory", os.path.join(work, "checkpoints"))):
+    for name, path in (
+        ("the output directory", config.out),
+        ("the tokenizer directory", _tokenizer_dir(config)),
+        ("the checkpoint directory", os.path.join(work, "checkpoints")),
+    ):
         check_output_dir(path, name)
     if data.parse_spec(config.data).kind == "self":
         raise ValueError("the base model cannot be trained on 'self' (text sampled from itself)")
-    mngr = checkpoint.manager(os.path.join(work, "checkpoints"),
-                              save_every=config.train.save_every, keep=config.train.keep)
-    resume_step = check_resume(mngr, program_config.resume_view(config),
-                               f"delete {work} or use another --out")
+    mngr = checkpoint.manager(
+        os.path.join(work, "checkpoints"),
+        save_every=config.train.save_every,
+        keep=config.train.keep,
+    )
+    resume_step = check_resume(
+        mngr, program_config.resume_view(config), f"delete {work} or use another --out"
+    )
     return mngr, resume_step
 
 
@@ -208,26 +234,35 @@ def _corpus(config: BaseTrainConfig) -> Corpus:
     spec = data.parse_spec(config.data)
     train_texts = data.text_source(spec, "train", config.data_dir)
     heldout_texts = data.text_source(spec, "heldout", config.data_dir)
-    print(f"corpus {config.data}: {len(train_texts)} train / {len(heldout_texts)} held-out "
-          "documents", file=sys.stderr)
+    print(
+        f"corpus {config.data}: {len(train_texts)} train / {len(heldout_texts)} held-out documents",
+        file=sys.stderr,
+    )
     max_docs = config.tokenizer.max_docs or len(train_texts)
     tok = tokenizer_lib.train_bpe(
         (train_texts[i] for i in range(min(max_docs, len(train_texts)))),
-        config.tokenizer.vocab_size, _tokenizer_dir(config))
+        config.tokenizer.vocab_size,
+        _tokenizer_dir(config),
+    )
     return Corpus(train_texts, heldout_texts, tok)
 
 
 def _model_config(config: BaseTrainConfig, tok) -> ModelConfig:
     """The architecture from the config's ``model`` section; vocab and special ids from ``tok``."""
     cfg = config.model_config(
-        vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_ids=(tok.eos_token_id,),
-        pad_token_id=tok.pad_token_id, unk_token_id=tok.unk_token_id)
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_ids=(tok.eos_token_id,),
+        pad_token_id=tok.pad_token_id,
+        unk_token_id=tok.unk_token_id,
+    )
     data.check_seq_len(config.train.seq_len, cfg.max_position)
     return cfg
 
 
-def _start(config: BaseTrainConfig, cfg: ModelConfig, optimizer, mngr, resume_step: int | None,
-           batches) -> tuple[TrainState, list[dict]]:
+def _start(
+    config: BaseTrainConfig, cfg: ModelConfig, optimizer, mngr, resume_step: int | None, batches
+) -> tuple[TrainState, list[dict]]:
     """Step 0 (random params), or the checkpoint to resume from with its held-out history (and
     ``batches`` moved to its position)."""
     seed = config.train.seed
@@ -238,41 +273,71 @@ def _start(config: BaseTrainConfig, cfg: ModelConfig, optimizer, mngr, resume_st
     return restored.state, list(restored.meta["history"])
 
 
-def _heldout(config: BaseTrainConfig, cfg: ModelConfig, corpus: Corpus,
-             history: list[dict]) -> HeldOut:
+def _heldout(
+    config: BaseTrainConfig, cfg: ModelConfig, corpus: Corpus, history: list[dict]
+) -> HeldOut:
     """The fixed held-out batches and the unigram baseline (fit on train batches of another
     seed); prints the model's size and the baseline."""
     t = config.train
-    eval_batches = list(itertools.islice(
-        data.token_batches(corpus.heldout, corpus.tok, t.seq_len, t.batch_size, t.seed,
-                           shuffle=False), t.eval_batches))
+    eval_batches = list(
+        itertools.islice(
+            data.token_batches(
+                corpus.heldout, corpus.tok, t.seq_len, t.batch_size, t.seed, shuffle=False
+            ),
+            t.eval_batches,
+        )
+    )
     unigram = data.unigram_loss(
-        itertools.islice(data.token_batches(corpus.train, corpus.tok, t.seq_len, t.batch_size,
-                                            t.seed + 1), t.unigram_batches),
-        eval_batches, cfg.vocab_size)
-    print(f"model: {cfg.num_params() / 1e6:.2f}M params, vocab {cfg.vocab_size}; unigram "
-          f"baseline held-out loss {unigram:.4f}", file=sys.stderr)
+        itertools.islice(
+            data.token_batches(corpus.train, corpus.tok, t.seq_len, t.batch_size, t.seed + 1),
+            t.unigram_batches,
+        ),
+        eval_batches,
+        cfg.vocab_size,
+    )
+    print(
+        f"model: {cfg.num_params() / 1e6:.2f}M params, vocab {cfg.vocab_size}; unigram "
+        f"baseline held-out loss {unigram:.4f}",
+        file=sys.stderr,
+    )
     return HeldOut(eval_batches, unigram, history)
 
 
-def _train(config: BaseTrainConfig, cfg: ModelConfig, optimizer, state: TrainState, batches,
-           mngr, heldout: HeldOut) -> LoopResult:
+def _train(
+    config: BaseTrainConfig,
+    cfg: ModelConfig,
+    optimizer,
+    state: TrainState,
+    batches,
+    mngr,
+    heldout: HeldOut,
+) -> LoopResult:
     """``train_loop`` from ``state`` to ``train.steps``, evaluating into ``heldout``."""
     t = config.train
     resume_key = program_config.resume_view(config)
-    step_fn = jax.jit(functools.partial(train_step, cfg=cfg, optimizer=optimizer),
-                      donate_argnums=(0,))
+    step_fn = jax.jit(
+        functools.partial(train_step, cfg=cfg, optimizer=optimizer), donate_argnums=(0,)
+    )
     return train_loop(
-        state, lambda s, b: step_fn(s, {"tokens": b["tokens"], "mask": b["mask"]}), batches,
-        start_step=int(state.step), steps=t.steps, mngr=mngr,
+        state,
+        lambda s, b: step_fn(s, {"tokens": b["tokens"], "mask": b["mask"]}),
+        batches,
+        start_step=int(state.step),
+        steps=t.steps,
+        mngr=mngr,
         meta_fn=lambda step: {"resume_key": resume_key, "history": heldout.history},
         evaluate=lambda s, step: {"heldout": heldout.evaluate(cfg, s.params, step)},
-        eval_every=t.eval_every, postfix_fn=lambda m: {"loss": float(m["loss"])},
-        log_every=t.log_every, tokens_per_step=t.batch_size * t.seq_len, desc="base")
+        eval_every=t.eval_every,
+        postfix_fn=lambda m: {"loss": float(m["loss"])},
+        log_every=t.log_every,
+        tokens_per_step=t.batch_size * t.seq_len,
+        desc="base",
+    )
 
 
-def _finish(config: BaseTrainConfig, cfg: ModelConfig, tok, result: LoopResult,
-            heldout: HeldOut, t0: float) -> dict:
+def _finish(
+    config: BaseTrainConfig, cfg: ModelConfig, tok, result: LoopResult, heldout: HeldOut, t0: float
+) -> dict:
     """Writes the model directory ``config.out`` and its metrics file (wall time since
     ``t0``); returns the metrics."""
     t = config.train
@@ -304,8 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     if not out:
         raise ValueError("no output directory: give --out or set 'out' in the config")
     if is_complete(out):
-        print(f"{out} is already a complete model directory (delete it to retrain)",
-              file=sys.stderr)
+        print(
+            f"{out} is already a complete model directory (delete it to retrain)", file=sys.stderr
+        )
         return 0
     work = work_dir(out)
     new_work = not os.path.exists(work)
@@ -317,10 +383,12 @@ def main(argv: list[str] | None = None) -> int:
         raise
     if "preempted" in metrics:
         return metrics["exit_code"]
-    print(f"wrote {out}: held-out loss {metrics['heldout_loss']:.4f} nats/token "
-          f"(unigram baseline {metrics['unigram_loss']:.4f}), {metrics['steps']} steps, "
-          f"{metrics['tokens_per_s'] or 0:.0f} tokens/s, {metrics['wall_time_s']:.0f} s",
-          file=sys.stderr)
+    print(
+        f"wrote {out}: held-out loss {metrics['heldout_loss']:.4f} nats/token "
+        f"(unigram baseline {metrics['unigram_loss']:.4f}), {metrics['steps']} steps, "
+        f"{metrics['tokens_per_s'] or 0:.0f} tokens/s, {metrics['wall_time_s']:.0f} s",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -7,6 +7,7 @@ annotations (unknown keys, wrong types, missing keys) and here in ``__post_init_
 choices). Fields marked ``free_on_resume`` (cadence: eval/save/log/keep; paths; memory layout)
 may change when a run resumes from a checkpoint; every other field must match it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,9 +23,14 @@ from train import check_seed
 # ModelConfig fields the base model takes from its tokenizer, not from the config file.
 FROM_TOKENIZER = ("vocab_size", "bos_token_id", "eos_token_ids", "pad_token_id", "unk_token_id")
 
-ModelSettings = subset(ModelConfig, "ModelSettings", FROM_TOKENIZER, doc="""The 'model' section:
+ModelSettings = subset(
+    ModelConfig,
+    "ModelSettings",
+    FROM_TOKENIZER,
+    doc="""The 'model' section:
     the architecture (``ModelConfig`` fields); vocabulary and special ids come from the
-    tokenizer.""")
+    tokenizer.""",
+)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,6 +26,7 @@ Output directory ``--out``:
 
 Shape letters as in ``pass_jax/__init__.py`` (X: the training sequence length ``--seq-len``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,15 +42,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pass_jax import (checkpoint, cli, data, generation, gguf_file, hf, lookahead, losses,
-                      program_config, sharding)
+from pass_jax import (
+    checkpoint,
+    cli,
+    data,
+    generation,
+    gguf_file,
+    hf,
+    lookahead,
+    losses,
+    program_config,
+    sharding,
+)
 from pass_jax.config import ModelConfig, SamplerConfig
 from pass_jax.model import REMAT_POLICIES
 from train import LoopResult, check_output_dir, check_resume, restore, run_cli, train_loop
 from train.config import LookaheadTrainConfig
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "paper.yaml")
+DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "paper.yaml"
+)
 EVAL_FILE = "eval.jsonl"
 
 
@@ -83,8 +95,9 @@ class EvalLog:
 
     def estimate(self, la_LxD) -> dict:
         """``heldout_estimate`` of ``la_LxD``."""
-        return heldout_estimate(self.model.cfg, self.model.params, la_LxD, self.eval_set,
-                                self.temperature, self.top_k)
+        return heldout_estimate(
+            self.model.cfg, self.model.params, la_LxD, self.eval_set, self.temperature, self.top_k
+        )
 
     def log(self, step: int, est: dict) -> None:
         """Records the estimate ``est`` made at ``step``."""
@@ -107,16 +120,25 @@ class EvalLog:
 
 
 def _parse(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train.lookahead",
-                                description="Train the look-ahead embeddings of a frozen model.")
-    p.add_argument("--model", required=True,
-                   help="Hugging Face model directory (with tokenizer) or GGUF file")
-    p.add_argument("--data", required=True,
-                   help="corpus: tfds:NAME[/CONFIG][:SPLIT], files:GLOB, stdlib or self")
+    p = argparse.ArgumentParser(
+        prog="python -m train.lookahead",
+        description="Train the look-ahead embeddings of a frozen model.",
+    )
+    p.add_argument(
+        "--model", required=True, help="Hugging Face model directory (with tokenizer) or GGUF file"
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help="corpus: tfds:NAME[/CONFIG][:SPLIT], files:GLOB, stdlib or self",
+    )
     p.add_argument("--num-lookahead", "-L", type=int, required=True, help="L, LA tokens")
     p.add_argument("--out", required=True, help="output directory (checkpoints, export)")
-    p.add_argument("--config", default=DEFAULT_CONFIG,
-                   help="YAML with a 'lookahead' section (default: configs/paper.yaml)")
+    p.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG,
+        help="YAML with a 'lookahead' section (default: configs/paper.yaml)",
+    )
     p.add_argument("--data-dir", help="TFDS data dir (stdlib: where it is prepared)")
     p.add_argument("--steps", type=int)
     p.add_argument("--loss", choices=losses.LOSS_KINDS)
@@ -126,20 +148,30 @@ def _parse(argv) -> argparse.Namespace:
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup", type=int, help="warmup steps (default: warmup_fraction * steps)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), help="base model compute dtype")
-    p.add_argument("--remat", choices=tuple(REMAT_POLICIES),
-                   help="per-layer rematerialisation: none (default), layer (keep each layer's "
-                        "input only) or dots (also its weight matmuls): less activation memory "
-                        "for recomputation in the backward pass; same results")
+    p.add_argument(
+        "--remat",
+        choices=tuple(REMAT_POLICIES),
+        help="per-layer rematerialisation: none (default), layer (keep each layer's "
+        "input only) or dots (also its weight matmuls): less activation memory "
+        "for recomputation in the backward pass; same results",
+    )
     p.add_argument("--temperature", type=float, help="acceptance estimate temperature (0: greedy)")
     p.add_argument("--top-k", type=int, help="acceptance estimate top-k (0: off)")
     p.add_argument("--eval-every", type=int)
     p.add_argument("--save-every", type=int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--init", help="LA initialisation: mean (mean token embedding; the default), "
-                   "unk (the paper's), zeros or token:ID")
-    p.add_argument("--no-special-tokens", dest="add_special_tokens", action="store_false",
-                   help="documents without the special tokens the tokenizer adds by default "
-                   "(e.g. LLaMA's BOS)")
+    p.add_argument(
+        "--init",
+        help="LA initialisation: mean (mean token embedding; the default), "
+        "unk (the paper's), zeros or token:ID",
+    )
+    p.add_argument(
+        "--no-special-tokens",
+        dest="add_special_tokens",
+        action="store_false",
+        help="documents without the special tokens the tokenizer adds by default "
+        "(e.g. LLaMA's BOS)",
+    )
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
     cli.add_mesh_arg(p)
     return p.parse_args(argv)
@@ -148,21 +180,28 @@ def _parse(argv) -> argparse.Namespace:
 def _sample_fn(cfg, params, tok, seq_len: int, seed: int):
     """``sample_fn(n)`` for the 'self' corpus: n texts of ``seq_len`` tokens sampled from the
     model (temperature 1) from BOS, a different seed each call."""
-    bos = next(t for t in (cfg.bos_token_id, tok.bos_token_id, tok.eos_token_id, 0)
-               if t is not None)
+    bos = next(
+        t for t in (cfg.bos_token_id, tok.bos_token_id, tok.eos_token_id, 0) if t is not None
+    )
     calls = itertools.count()
 
     def sample(n: int) -> list[str]:
-        result = generation.generate(cfg, params, [[bos]] * n, max_new_tokens=seq_len,
-                                 sampler=SamplerConfig(temperature=1.0),
-                                 seed=seed * 100_003 + next(calls))
+        result = generation.generate(
+            cfg,
+            params,
+            [[bos]] * n,
+            max_new_tokens=seq_len,
+            sampler=SamplerConfig(temperature=1.0),
+            seed=seed * 100_003 + next(calls),
+        )
         return [tok.decode(t, skip_special_tokens=True) for t in result.tokens]
 
     return sample
 
 
-def heldout_estimate(cfg, base_params, la_LxD, eval_set, temperature: float,
-                     top_k: int) -> dict[str, list[float]]:
+def heldout_estimate(
+    cfg, base_params, la_LxD, eval_set, temperature: float, top_k: int
+) -> dict[str, list[float]]:
     """Acceptance per LA position over the fixed held-out set (``(tokens_BxX, ins_BxM)`` pairs),
     target-weighted: ``greedy`` argmax agreement and ``sampled`` sum_v min(p, q) on the warped
     distributions, plus the held-out LA ``ce`` and ``kl`` losses."""
@@ -170,18 +209,27 @@ def heldout_estimate(cfg, base_params, la_LxD, eval_set, temperature: float,
     greedy_L, sampled_L, n_L = np.zeros(L), np.zeros(L), np.zeros(L)
     ce = kl = n = 0.0
     for tokens_BxX, ins_BxM in eval_set:
-        est = jax.device_get(losses.acceptance_estimate(cfg, base_params, la_LxD, tokens_BxX,
-                                                        ins_BxM, temperature, top_k))
+        est = jax.device_get(
+            losses.acceptance_estimate(
+                cfg, base_params, la_LxD, tokens_BxX, ins_BxM, temperature, top_k
+            )
+        )
         greedy_L += est["greedy"] * est["num_targets"]
         sampled_L += est["sampled"] * est["num_targets"]
         n_L += est["num_targets"]
         _, m = jax.device_get(losses.la_loss(cfg, base_params, la_LxD, tokens_BxX, ins_BxM))
-        ce, kl, n = ce + m["ce"] * m["num_targets"], kl + m["kl"] * m["num_targets"], \
-            n + m["num_targets"]
+        ce, kl, n = (
+            ce + m["ce"] * m["num_targets"],
+            kl + m["kl"] * m["num_targets"],
+            n + m["num_targets"],
+        )
     n_L = np.maximum(n_L, 1)
-    return {"greedy": (greedy_L / n_L).round(4).tolist(),
-            "sampled": (sampled_L / n_L).round(4).tolist(),
-            "ce": round(float(ce / max(n, 1)), 5), "kl": round(float(kl / max(n, 1)), 5)}
+    return {
+        "greedy": (greedy_L / n_L).round(4).tolist(),
+        "sampled": (sampled_L / n_L).round(4).tolist(),
+        "ce": round(float(ce / max(n, 1)), 5),
+        "kl": round(float(kl / max(n, 1)), 5),
+    }
 
 
 def _eval_set(texts, tok, config: LookaheadTrainConfig) -> list[tuple[jax.Array, jax.Array]]:
@@ -190,12 +238,25 @@ def _eval_set(texts, tok, config: LookaheadTrainConfig) -> list[tuple[jax.Array,
     X, L, B = settings.seq_len, config.num_lookahead, settings.batch_size
     M = min(settings.eval_groups, X - 1 - L)
     batches = itertools.islice(
-        data.token_batches(texts, tok, X, B, settings.seed, shuffle=False,
-                           add_special_tokens=config.add_special_tokens), settings.eval_batches)
+        data.token_batches(
+            texts,
+            tok,
+            X,
+            B,
+            settings.seed,
+            shuffle=False,
+            add_special_tokens=config.add_special_tokens,
+        ),
+        settings.eval_batches,
+    )
     key = jax.random.PRNGKey(settings.seed + 1)
-    return [(jnp.asarray(b["tokens"]),
-             losses.sample_insertion_points(jax.random.fold_in(key, i), B, M, X, L))
-            for i, b in enumerate(batches)]
+    return [
+        (
+            jnp.asarray(b["tokens"]),
+            losses.sample_insertion_points(jax.random.fold_in(key, i), B, M, X, L),
+        )
+        for i, b in enumerate(batches)
+    ]
 
 
 def _eval_log_upto(path: str, step: int) -> list[dict]:
@@ -222,8 +283,9 @@ def _finished(out: str, resume_key: dict) -> dict | None:
 def load_config(args: argparse.Namespace) -> LookaheadTrainConfig:
     """The run's config: the ``lookahead`` section of the YAML ``--config``, overridden by the
     flags (each named like the field it sets)."""
-    return program_config.load(LookaheadTrainConfig, args.config, args=args,
-                               sections=("lookahead",))
+    return program_config.load(
+        LookaheadTrainConfig, args.config, args=args, sections=("lookahead",)
+    )
 
 
 def run(config: LookaheadTrainConfig, device_args: argparse.Namespace) -> dict[str, Any]:
@@ -237,15 +299,22 @@ def run(config: LookaheadTrainConfig, device_args: argparse.Namespace) -> dict[s
     resume_key = _resume_key(config, model)
     done = _finished(config.out, resume_key)
     if done is not None:
-        print(f"{config.out} already holds this run's export; delete it to retrain",
-              file=sys.stderr)
+        print(
+            f"{config.out} already holds this run's export; delete it to retrain", file=sys.stderr
+        )
         return done
     train_texts, eval_set = _texts(config, spec, model)
     la_init_LxD, init_token = _la_init(config, model)
     state, step_fn = _trainer(config, model, la_init_LxD)
     settings = config.lookahead
-    batches = data.token_batches(train_texts, model.tok, settings.seq_len, settings.batch_size,
-                                 settings.seed, add_special_tokens=config.add_special_tokens)
+    batches = data.token_batches(
+        train_texts,
+        model.tok,
+        settings.seq_len,
+        settings.batch_size,
+        settings.seed,
+        add_special_tokens=config.add_special_tokens,
+    )
     mngr, state = _resume(config, resume_key, state, batches)
     evals = _eval_log(config, model, eval_set, la_init_LxD, int(state["la"].step))
     result, train_loss = _train(config, state, step_fn, batches, mngr, evals, resume_key)
@@ -254,10 +323,15 @@ def run(config: LookaheadTrainConfig, device_args: argparse.Namespace) -> dict[s
     if result.preempted:
         return {"preempted": result.step, "exit_code": result.exit_code}
     la_LxD = result.state["la"].la
-    metrics = {**_metrics(config, model, result, train_loss, evals, t0), "checkpoint": ckpt_dir,
-               "lookahead": os.path.abspath(config.out), "settings": resume_key}
-    lookahead.save_lookahead(config.out, la_LxD, model.cfg, model.identity,
-                             init_token_id=init_token, metrics=metrics)
+    metrics = {
+        **_metrics(config, model, result, train_loss, evals, t0),
+        "checkpoint": ckpt_dir,
+        "lookahead": os.path.abspath(config.out),
+        "settings": resume_key,
+    }
+    lookahead.save_lookahead(
+        config.out, la_LxD, model.cfg, model.identity, init_token_id=init_token, metrics=metrics
+    )
     return metrics
 
 
@@ -276,13 +350,16 @@ def load_model(config: LookaheadTrainConfig, device_args: argparse.Namespace) ->
     mesh, cfg, params = cli.load_model_for_args(device_args, path, config.lookahead.dtype)
     tok = hf.load_tokenizer(path)
     if tok is None:
-        raise FileNotFoundError(f"{path} has no tokenizer files; the data pipeline needs the "
-                                "model's tokenizer")
+        raise FileNotFoundError(
+            f"{path} has no tokenizer files; the data pipeline needs the model's tokenizer"
+        )
     X, L, M = config.lookahead.seq_len, config.num_lookahead, config.lookahead.groups
     data.check_seq_len(X, cfg.max_position)
     if X - 1 - L < M:
-        raise ValueError(f"--seq-len {X} is too short for {M} insertion groups of L={L} "
-                         f"look-ahead tokens (need seq_len >= groups + L + 1)")
+        raise ValueError(
+            f"--seq-len {X} is too short for {M} insertion groups of L={L} "
+            f"look-ahead tokens (need seq_len >= groups + L + 1)"
+        )
     identity = {**lookahead.model_fingerprint(cfg, params), "path": os.path.abspath(path)}
     return FrozenModel(path, mesh, cfg, params, tok, identity)
 
@@ -295,18 +372,24 @@ def _resume_key(config: LookaheadTrainConfig, model: FrozenModel) -> dict[str, A
     return {**view.pop("lookahead"), **view, "model": model.identity["embedding_sha256"]}
 
 
-def _texts(config: LookaheadTrainConfig, spec: data.DataSpec, model: FrozenModel
-           ) -> tuple[Any, list[tuple[jax.Array, jax.Array]]]:
+def _texts(
+    config: LookaheadTrainConfig, spec: data.DataSpec, model: FrozenModel
+) -> tuple[Any, list[tuple[jax.Array, jax.Array]]]:
     """The training documents and the fixed held-out set (``_eval_set``); for ``self``, text
     sampled from the model."""
     settings = config.lookahead
-    sample_fn = _sample_fn(model.cfg, model.params, model.tok, settings.seq_len,
-                           settings.seed) if spec.kind == "self" else None
+    sample_fn = (
+        _sample_fn(model.cfg, model.params, model.tok, settings.seq_len, settings.seed)
+        if spec.kind == "self"
+        else None
+    )
     n_self = settings.self_texts
-    train_texts = data.text_source(spec, "train", config.data_dir, sample_fn=sample_fn,
-                                   num_self_texts=n_self)
-    heldout_texts = data.text_source(spec, "heldout", config.data_dir, sample_fn=sample_fn,
-                                     num_self_texts=max(4, n_self // 4))
+    train_texts = data.text_source(
+        spec, "train", config.data_dir, sample_fn=sample_fn, num_self_texts=n_self
+    )
+    heldout_texts = data.text_source(
+        spec, "heldout", config.data_dir, sample_fn=sample_fn, num_self_texts=max(4, n_self // 4)
+    )
     eval_set = _eval_set(heldout_texts, model.tok, config)
     if not eval_set:
         raise ValueError(f"empty corpus: the held-out split of {config.data} gives no batch")
@@ -319,12 +402,20 @@ def _la_init(config: LookaheadTrainConfig, model: FrozenModel) -> tuple[jax.Arra
     # the unk token (the paper's start and the [UNK] baseline); HF configs rarely record it,
     # the tokenizer does
     cfg = model.cfg
-    unk_token = next((t for t in (cfg.unk_token_id, model.tok.unk_token_id) if t is not None),
-                     lookahead.default_init_token(cfg))
+    unk_token = next(
+        (t for t in (cfg.unk_token_id, model.tok.unk_token_id) if t is not None),
+        lookahead.default_init_token(cfg),
+    )
     init = lookahead.parse_init(config.lookahead.init)
     init_token = unk_token if init == "unk" else init if isinstance(init, int) else None
-    la_init_LxD = lookahead.init_lookahead(cfg, model.params, config.num_lookahead,
-                                           dtype=jnp.float32, init=init, unk_token_id=unk_token)
+    la_init_LxD = lookahead.init_lookahead(
+        cfg,
+        model.params,
+        config.num_lookahead,
+        dtype=jnp.float32,
+        init=init,
+        unk_token_id=unk_token,
+    )
     return la_init_LxD, init_token
 
 
@@ -333,12 +424,14 @@ def _trainer(config: LookaheadTrainConfig, model: FrozenModel, la_init_LxD):
     replicated) and ``step_fn(state, batch) -> (state, metrics)`` (on a mesh: batch rows
     split)."""
     settings, mesh = config.lookahead, model.mesh
-    optimizer = losses.paper_optimizer(settings.lr, settings.steps, settings.warmup,
-                                       settings.weight_decay)
+    optimizer = losses.paper_optimizer(
+        settings.lr, settings.steps, settings.warmup, settings.weight_decay
+    )
     la_state = losses.init_la_state(jnp.array(la_init_LxD), optimizer)  # a copy: donated
     rng = jax.random.PRNGKey(settings.seed)
-    la_step = losses.make_la_train_step(model.cfg, optimizer, settings.loss, settings.groups,
-                                        remat=settings.remat, mesh=mesh)
+    la_step = losses.make_la_train_step(
+        model.cfg, optimizer, settings.loss, settings.groups, remat=settings.remat, mesh=mesh
+    )
     if mesh is None:
         place_batch = lambda tokens_BxX: tokens_BxX
     else:
@@ -347,34 +440,38 @@ def _trainer(config: LookaheadTrainConfig, model: FrozenModel, la_init_LxD):
         place_batch = lambda tokens_BxX: sharding.shard_batch(tokens_BxX, mesh)
 
     def step_fn(state, batch):
-        la_state, metrics = la_step(state["la"], model.params,
-                                    {"tokens": place_batch(batch["tokens"])}, state["rng"])
+        la_state, metrics = la_step(
+            state["la"], model.params, {"tokens": place_batch(batch["tokens"])}, state["rng"]
+        )
         return {"la": la_state, "rng": state["rng"]}, metrics
 
     return {"la": la_state, "rng": rng}, step_fn
 
 
-def _resume(config: LookaheadTrainConfig, resume_key: dict, state: dict, batches
-            ) -> tuple[Any, dict]:
+def _resume(
+    config: LookaheadTrainConfig, resume_key: dict, state: dict, batches
+) -> tuple[Any, dict]:
     """The checkpoint manager of ``<out>/checkpoints`` and the state to start from: ``state``,
     or the latest checkpoint's (made with the same settings; ``batches`` moved to its
     position)."""
     settings = config.lookahead
     os.makedirs(config.out, exist_ok=True)
-    mngr = checkpoint.manager(os.path.join(config.out, "checkpoints"),
-                              save_every=settings.save_every, keep=settings.keep)
-    restored = restore(mngr, check_resume(mngr, resume_key, "use another --out"), state,
-                       batches)
+    mngr = checkpoint.manager(
+        os.path.join(config.out, "checkpoints"), save_every=settings.save_every, keep=settings.keep
+    )
+    restored = restore(mngr, check_resume(mngr, resume_key, "use another --out"), state, batches)
     return mngr, state if restored is None else restored.state
 
 
-def _eval_log(config: LookaheadTrainConfig, model: FrozenModel, eval_set, la_init_LxD,
-              start_step: int) -> EvalLog:
+def _eval_log(
+    config: LookaheadTrainConfig, model: FrozenModel, eval_set, la_init_LxD, start_step: int
+) -> EvalLog:
     """The evaluation log, with the estimate for the initial embeddings; resuming at
     ``start_step`` keeps the records up to it (step 0 logs the initial estimate)."""
     settings = config.lookahead
-    evals = EvalLog(model, eval_set, settings.temperature, settings.top_k,
-                    os.path.join(config.out, EVAL_FILE))
+    evals = EvalLog(
+        model, eval_set, settings.temperature, settings.top_k, os.path.join(config.out, EVAL_FILE)
+    )
     evals.at_init = evals.estimate(la_init_LxD)
     evals.history = _eval_log_upto(evals.path, start_step)
     if start_step == 0:
@@ -382,8 +479,15 @@ def _eval_log(config: LookaheadTrainConfig, model: FrozenModel, eval_set, la_ini
     return evals
 
 
-def _train(config: LookaheadTrainConfig, state: dict, step_fn, batches, mngr, evals: EvalLog,
-           resume_key: dict) -> tuple[LoopResult, dict[str, float]]:
+def _train(
+    config: LookaheadTrainConfig,
+    state: dict,
+    step_fn,
+    batches,
+    mngr,
+    evals: EvalLog,
+    resume_key: dict,
+) -> tuple[LoopResult, dict[str, float]]:
     """``train_loop`` to ``steps``; the result and the last logged train loss, ce and kl."""
     settings = config.lookahead
     last: dict[str, float] = {}
@@ -393,16 +497,31 @@ def _train(config: LookaheadTrainConfig, state: dict, step_fn, batches, mngr, ev
         return {"loss": last["loss"]}
 
     result = train_loop(
-        state, step_fn, batches, start_step=int(state["la"].step), steps=settings.steps,
-        mngr=mngr, meta_fn=lambda step: {"resume_key": resume_key, "eval": evals.history[-1:]},
-        evaluate=evals.evaluate, eval_every=settings.eval_every, postfix_fn=postfix,
-        log_every=settings.log_every, tokens_per_step=settings.batch_size * settings.seq_len,
-        desc="lookahead")
+        state,
+        step_fn,
+        batches,
+        start_step=int(state["la"].step),
+        steps=settings.steps,
+        mngr=mngr,
+        meta_fn=lambda step: {"resume_key": resume_key, "eval": evals.history[-1:]},
+        evaluate=evals.evaluate,
+        eval_every=settings.eval_every,
+        postfix_fn=postfix,
+        log_every=settings.log_every,
+        tokens_per_step=settings.batch_size * settings.seq_len,
+        desc="lookahead",
+    )
     return result, last
 
 
-def _metrics(config: LookaheadTrainConfig, model: FrozenModel, result: LoopResult,
-             train_loss: dict[str, float], evals: EvalLog, t0: float) -> dict[str, Any]:
+def _metrics(
+    config: LookaheadTrainConfig,
+    model: FrozenModel,
+    result: LoopResult,
+    train_loss: dict[str, float],
+    evals: EvalLog,
+    t0: float,
+) -> dict[str, Any]:
     """The final metrics: losses, held-out acceptance (final and initial), throughput."""
     settings = config.lookahead
     B, X = settings.batch_size, settings.seq_len
@@ -415,8 +534,7 @@ def _metrics(config: LookaheadTrainConfig, model: FrozenModel, result: LoopResul
         "heldout_ce": final["ce"],
         "heldout_kl": final["kl"],
         "acceptance": {"greedy": final["greedy"], "sampled": final["sampled"]},
-        "acceptance_init": {"greedy": evals.at_init["greedy"],
-                            "sampled": evals.at_init["sampled"]},
+        "acceptance_init": {"greedy": evals.at_init["greedy"], "sampled": evals.at_init["sampled"]},
         "init": settings.init,
         "temperature": settings.temperature,
         "top_k": settings.top_k,
@@ -436,9 +554,11 @@ def throughput(cfg, B: int, X: int, M: int, L: int, steps_per_s: float | None) -
     flops = losses.la_step_flops(cfg, B, X, M, L)
     per_device = None if steps_per_s is None else flops * steps_per_s / jax.device_count()
     peak = losses.PEAK_FLOPS.get(jax.devices()[0].device_kind)
-    return {"model_flops_per_step": flops,
-            "model_tflops_per_s_per_device": per_device and per_device / 1e12,
-            "mfu": per_device / peak if per_device and peak else None}
+    return {
+        "model_flops_per_step": flops,
+        "model_tflops_per_s_per_device": per_device and per_device / 1e12,
+        "mfu": per_device / peak if per_device and peak else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -452,13 +572,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(metrics))
     else:
         acc, ini = metrics["acceptance"], metrics["acceptance_init"]
-        print(f"wrote {config.out}: held-out acceptance per LA position at T="
-              f"{metrics['temperature']}, top-k {metrics['top_k']}: {acc['sampled']} ({metrics['init']} "
-              f"init {ini['sampled']}); greedy {acc['greedy']} (init {ini['greedy']}); "
-              f"{metrics['tokens_per_s'] or 0:.0f} tokens/s, "
-              f"{metrics['model_tflops_per_s_per_device'] or 0:.3g} model TFLOP/s per device"
-              + (f" (MFU {metrics['mfu']:.1%} of bf16 peak)" if metrics["mfu"] else ""),
-              file=sys.stderr)
+        print(
+            f"wrote {config.out}: held-out acceptance per LA position at T="
+            f"{metrics['temperature']}, top-k {metrics['top_k']}: {acc['sampled']} "
+            f"({metrics['init']} "
+            f"init {ini['sampled']}); greedy {acc['greedy']} (init {ini['greedy']}); "
+            f"{metrics['tokens_per_s'] or 0:.0f} tokens/s, "
+            f"{metrics['model_tflops_per_s_per_device'] or 0:.3g} model TFLOP/s per device"
+            + (f" (MFU {metrics['mfu']:.1%} of bf16 peak)" if metrics["mfu"] else ""),
+            file=sys.stderr,
+        )
     return 0
 
 
