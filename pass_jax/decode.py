@@ -532,26 +532,9 @@ def generate_fixed(
     return_state: bool = False,
     precision: str = "auto",
 ) -> GenerationResult:
-    """Generate continuations of token-id prompts with one method throughout (every method but
-    ``auto``; ``generation.generate`` is the entry point for all of them).
-
-    ``params`` may be stacked (``hf.load_hf``) or per layer (``hf.load_hf(..., stacked=False)``,
-    ``model.unstack_layers``: a layer loop and a per-layer cache, faster on XLA:CPU).
-
-    Args:
-      method: ``ar``, ``pass`` (paper schedule), ``pass-fused``, or a fused draft tree
-        ``tree-3x2x1x1`` (widths per depth, depth <= L; ``tree-1x1`` is ``pass-fused`` with
-        L = 2); PaSS needs ``la_LxD`` (trained look-ahead embeddings, or
-        ``lookahead.init_lookahead`` for the [UNK] baseline).
-      eos_ids: ids that end a row (default: the config's ``eos_token_ids``).
-      max_len: KV-cache slots (default: just enough, rounded up to a multiple of 128).
-      stream: ``fn(out_BxN, n_B)`` called on the host after every loop step.
-      mesh: a ``jax.sharding.Mesh`` (``sharding.make_mesh``): rows are split over its batch axes
-        and the cache by the partition rules; ``params`` should already be on it.
-      return_state: also return the final ``DecodeState`` (``(result, state)``).
-      precision: matmul precision of the decode step (``decode_precision``): ``auto`` (exact
-        greedy decoding of float32 models), ``default`` or ``highest``.
-    """
+    """Generate continuations of token-id prompts with one method throughout: every method but
+    ``auto``. The arguments are those of ``generation.generate``, the entry point for all
+    methods."""
     check_lengths(cfg, prompts, max_new_tokens)
     L = 0 if method == "ar" else (None if la_LxD is None else int(np.shape(la_LxD)[0]))
     if method != "ar" and la_LxD is None:
