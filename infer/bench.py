@@ -7,7 +7,7 @@
         [--data stdlib] [--data-dir DIR] [--hf-baselines | --no-hf-baselines]
         [--config FILE.yaml]
 
-    python -m infer.bench --random-model 125m [--json OUT]     # issue 2's AR performance report
+    python -m infer.bench --random-model 125m [--json OUT]     # AR performance on a random model
 
 ``--lookahead`` takes one or more look-ahead exports (``train.lookahead --out``), comma separated,
 or a directory whose subdirectories are exports (one per L, e.g. ``la/L2 la/L4 ..``).
@@ -234,8 +234,8 @@ def _add_baseline_args(ap: argparse.ArgumentParser) -> None:
 
 
 def _add_random_model_args(ap: argparse.ArgumentParser) -> None:
-    """The flags of ``--random-model`` (issue 2's report)."""
-    rm = ap.add_argument_group("AR performance report (issue 2)")
+    """The flags of ``--random-model`` (the AR performance report)."""
+    rm = ap.add_argument_group("AR performance report on a random model")
     rm.add_argument(
         "--random-model",
         choices=RANDOM_MODELS,

@@ -1,6 +1,6 @@
 """Call costs, timed apart from generation: what one forward call costs against the tokens in it
 (``call_ms_by_tokens``, ``infer.bench --call-tokens``), and the AR performance report on a
-random LLaMA (``random_model_report``, ``infer.bench --random-model``, issue 2): ours vs
+random LLaMA (``random_model_report``, ``infer.bench --random-model``): ours vs
 transformers on the same weights, our per-step time at several cache sizes with per-layer and
 with stacked (scanned) params, and the cost of one call per decoding method.
 """
@@ -93,13 +93,13 @@ def call_ms_table(cfg, params, token_counts, batch_sizes, context: int, repeats:
     }
 
 
-# --------------------------------------------------------------------------- issue 2 report
+# --------------------------------------------------------------------------- random-model report
 
 
 def random_model_report(config: BenchConfig, out_stream=sys.stdout) -> dict:
     """AR tokens/s of a random LLaMA (ours vs transformers, same weights), our per-step time at
     several cache sizes with per-layer params (how the programs decode) and with the stacked,
-    scanned params training uses, and the cost of one call per method (issue 2's report)."""
+    scanned params training uses, and the cost of one call per method."""
     info = machine_info()
     N, P, reps = config.max_new_tokens, config.prompt_tokens, max(config.repeats, 1)
     max_pos = max(4096, *config.max_len) + 64

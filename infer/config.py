@@ -156,7 +156,7 @@ class BenchConfig:
     no_plots: bool = False
     from_json: str | None = None  # no benchmark: re-render this results JSON
     quiet: bool = False  # no progress bar
-    random_model: str | None = None  # RANDOM_MODELS: issue 2's AR report instead
+    random_model: str | None = None  # RANDOM_MODELS: the random-model AR report instead
     max_len: tuple[int, ...] = (256, 4096)  # --random-model: cache sizes of the per-step time
     rm_batch_size: tuple[int, ...] = (1, 8)  # --random-model: batch sizes
     call_cost_methods: tuple[str, ...] = (
