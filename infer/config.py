@@ -200,3 +200,38 @@ class BenchConfig:
                 raise ValueError(f"{flag} must be >= 1, got {','.join(map(str, values))}")
         if any(t < 0 for t in self.temperatures):
             raise ValueError(f"--temperatures must be >= 0, got {list(self.temperatures)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig:
+    """``python -m infer.demo``: the embedded default end to end, or the tiny model's pipeline.
+    Its own settings come from the flags only: ``--config`` is the YAML it hands to the
+    training programs."""
+
+    quick: bool = False  # the tiny model, few steps, few prompts (smoke test)
+    tiny: bool = False  # the tiny stdlib-trained model
+    ablation: bool = False  # tiny model: also L = 2, 6, 8
+    artifacts: str = "artifacts"  # where every artifact is cached
+    out_dir: str | None = None  # benchmark outputs (default ARTIFACTS/<demo>/results)
+    config: str | None = None  # train.base / train.lookahead YAML (default: by model)
+    la_steps: int = 40  # SmolLM2: steps of the demo's own look-ahead training (0: skip)
+    num_prompts: int | None = None  # benchmark sizes (None: the demo's defaults)
+    max_new_tokens: int | None = None
+    temperatures: str | None = None
+    batch_size: str | None = None
+    repeats: int | None = None
+    hf_temperatures: str | None = None
+    hf_repeats: int | None = None
+    hf_baselines: bool = True  # also time transformers generate / prompt lookup
+    bench_args: tuple[str, ...] = ()  # extra infer.bench flags
+
+    def __post_init__(self):
+        if self.ablation and not self.tiny_model:
+            raise ValueError("--ablation is for the tiny model: add --tiny (or --quick)")
+        if self.la_steps < 0:
+            raise ValueError(f"--la-steps must be >= 0, got {self.la_steps}")
+
+    @property
+    def tiny_model(self) -> bool:
+        """The tiny stdlib-trained model (``--quick`` or ``--tiny``), not SmolLM2."""
+        return self.quick or self.tiny

@@ -38,7 +38,9 @@ import time
 import jax
 
 from infer import bench, default_model
+from infer.config import DemoConfig
 from infer.default_model import NAME
+from pass_jax import program_config
 from pass_jax.lookahead import TENSOR_FILE
 from train import base as train_base
 from train import lookahead as train_lookahead
@@ -134,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="tiny model: also train and benchmark L = 2, 6, 8 (the paper's ablation)",
     )
-    ap.add_argument("--artifacts", default="artifacts", help="where every artifact is cached")
+    ap.add_argument("--artifacts", help="where every artifact is cached (default: artifacts)")
     ap.add_argument("--out-dir", help="benchmark outputs (default ARTIFACTS/<demo>/results)")
     ap.add_argument(
         "--config",
@@ -144,8 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--la-steps",
         type=int,
-        default=40,
-        help="SmolLM2: steps of the demo's own look-ahead training (0: skip it)",
+        help="SmolLM2: steps of the demo's own look-ahead training (default 40; 0: skip it)",
     )
     ap.add_argument("--num-prompts", type=int)
     ap.add_argument("--max-new-tokens", type=int)
@@ -157,8 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--hf-baselines",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also time transformers generate / prompt lookup (needs torch)",
+        help="also time transformers generate / prompt lookup (needs torch; the default)",
     )
     ap.add_argument("bench_args", nargs="*", help="extra infer.bench flags (after --)")
     return ap
@@ -220,16 +220,23 @@ def summary(result: dict, temperature: float | None = None) -> str:
     )
 
 
-def _bench_sizes(args, defaults: dict) -> dict:
+def _bench_sizes(config: DemoConfig, defaults: dict) -> dict:
     sizes = dict(defaults)
     for k in sizes:
-        if getattr(args, k) is not None:
-            sizes[k] = getattr(args, k)
+        if getattr(config, k) is not None:
+            sizes[k] = getattr(config, k)
     return sizes
 
 
 def _bench_argv(
-    args, sizes: dict, model: str, la: str, methods: str, out_dir: str, title: str, extra: list[str]
+    config: DemoConfig,
+    sizes: dict,
+    model: str,
+    la: str,
+    methods: str,
+    out_dir: str,
+    title: str,
+    extra: list[str],
 ) -> list[str]:
     return (
         [
@@ -240,7 +247,7 @@ def _bench_argv(
             "--data",
             "stdlib",
             "--data-dir",
-            os.path.join(args.artifacts, "tfds"),
+            os.path.join(config.artifacts, "tfds"),
             "--out-dir",
             out_dir,
             "--num-prompts",
@@ -261,7 +268,7 @@ def _bench_argv(
             str(sizes["repeats"]),
             "--main-lookahead",
             "4",
-            "--hf-baselines" if args.hf_baselines else "--no-hf-baselines",
+            "--hf-baselines" if config.hf_baselines else "--no-hf-baselines",
             "--hf-temperatures",
             sizes["hf_temperatures"],
             "--hf-repeats",
@@ -270,38 +277,38 @@ def _bench_argv(
             title,
         ]
         + extra
-        + list(args.bench_args)
+        + list(config.bench_args)
     )
 
 
-def run_smollm2(args) -> dict:
+def run_smollm2(config: DemoConfig) -> dict:
     """The default demo on SmolLM2-135M-Instruct; returns ``{'code', 'chat', 'demo_trained'}``
     benchmark results (the last absent with ``--la-steps 0``)."""
-    root = os.path.join(args.artifacts, "smollm2")
-    out_dir = args.out_dir or os.path.join(root, "results")
+    root = os.path.join(config.artifacts, "smollm2")
+    out_dir = config.out_dir or os.path.join(root, "results")
     t = time.perf_counter()
     model = str(default_model.default_model_dir(root))
     print(f"== model: {NAME} ({model}, {time.perf_counter() - t:.0f} s)", file=sys.stderr)
     if not lookahead_done(PRETRAINED_LA):
         raise SystemExit(f"the committed look-ahead embeddings are missing: {PRETRAINED_LA}")
     own = os.path.join(root, "lookahead", "demo-L4")
-    if args.la_steps > 0:
+    if config.la_steps > 0:
         if lookahead_done(own):
             print(f"== look-ahead, the demo's own training: cached ({own})", file=sys.stderr)
         else:
-            steps = str(args.la_steps)
+            steps = str(config.la_steps)
             _step(
                 f"look-ahead embeddings L=4, the demo's own {steps}-step training",
                 "train.lookahead",
                 [
                     "--config",
-                    args.config or SMOLLM2_CONFIG,
+                    config.config or SMOLLM2_CONFIG,
                     "--model",
                     model,
                     "--data",
                     "stdlib",
                     "--data-dir",
-                    os.path.join(args.artifacts, "tfds"),
+                    os.path.join(config.artifacts, "tfds"),
                     "-L",
                     "4",
                     "--out",
@@ -314,7 +321,7 @@ def run_smollm2(args) -> dict:
                     steps,
                 ],
             )
-    sizes = _bench_sizes(args, SMOLLM2_BENCH)
+    sizes = _bench_sizes(config, SMOLLM2_BENCH)
     results = {}
     for prompts in ("code", "chat"):
         title = (
@@ -325,7 +332,7 @@ def run_smollm2(args) -> dict:
             f"benchmark, {prompts} prompts",
             "infer.bench",
             _bench_argv(
-                args,
+                config,
                 sizes,
                 model,
                 PRETRAINED_LA,
@@ -335,20 +342,20 @@ def run_smollm2(args) -> dict:
                 ["--prompts", prompts],
             ),
         )
-    if args.la_steps > 0:
+    if config.la_steps > 0:
         own_sizes = dict(sizes, temperatures="0", hf_temperatures="0")
         results["demo_trained"] = _step(
             "benchmark, the demo's own embeddings",
             "infer.bench",
             _bench_argv(
-                args,
+                config,
                 own_sizes,
                 model,
                 own,
                 "ar,pass-fused",
                 os.path.join(out_dir, "demo-trained"),
                 f"infer.demo: {NAME}, code prompts, look-ahead embeddings from the "
-                f"demo's own {args.la_steps}-step training",
+                f"demo's own {config.la_steps}-step training",
                 ["--prompts", "code", "--no-hf-baselines"],
             ),
         )
@@ -359,20 +366,25 @@ def run_smollm2(args) -> dict:
     return results
 
 
-def run_tiny(args) -> dict:
+def run_tiny(config: DemoConfig) -> dict:
     """The tiny stdlib-trained model: corpus -> tokenizer -> base model -> LA -> benchmark."""
-    name = "demo-quick" if args.quick else "demo"
-    art = args.artifacts
+    name = "demo-quick" if config.quick else "demo"
+    art = config.artifacts
     root = os.path.join(art, name)
     data_dir = os.path.join(art, "tfds")
     base_dir = os.path.join(root, "base")
-    out_dir = args.out_dir or os.path.join(root, "results")
-    config = args.config or DEMO_CONFIG
-    Ls = [2, 4, 6, 8] if args.ablation else [4]
+    out_dir = config.out_dir or os.path.join(root, "results")
+    train_config = config.config or DEMO_CONFIG
+    Ls = [2, 4, 6, 8] if config.ablation else [4]
 
-    base_argv = ["--config", config, "--out", base_dir, f"data_dir={data_dir}", "data=stdlib"] + (
-        QUICK_BASE if args.quick else []
-    )
+    base_argv = [
+        "--config",
+        train_config,
+        "--out",
+        base_dir,
+        f"data_dir={data_dir}",
+        "data=stdlib",
+    ] + (QUICK_BASE if config.quick else [])
     if train_base.is_complete(base_dir):
         print(f"== base model: cached ({base_dir})", file=sys.stderr)
     else:
@@ -390,7 +402,7 @@ def run_tiny(args) -> dict:
             "train.lookahead",
             [
                 "--config",
-                config,
+                train_config,
                 "--model",
                 base_dir,
                 "--data",
@@ -402,20 +414,20 @@ def run_tiny(args) -> dict:
                 "--out",
                 la_dir,
             ]
-            + (QUICK_LA if args.quick else []),
+            + (QUICK_LA if config.quick else []),
         )
 
-    sizes = _bench_sizes(args, QUICK_BENCH if args.quick else FULL_BENCH)
+    sizes = _bench_sizes(config, QUICK_BENCH if config.quick else FULL_BENCH)
     title = (
-        f"infer.demo{' --quick' if args.quick else ' --tiny'}"
-        f"{' --ablation' if args.ablation else ''}: the tiny stdlib model "
+        f"infer.demo{' --quick' if config.quick else ' --tiny'}"
+        f"{' --ablation' if config.ablation else ''}: the tiny stdlib model "
         "(stdlib code), model trained by train.base, LA by train.lookahead"
     )
     result = _step(
         "benchmark",
         "infer.bench",
         _bench_argv(
-            args, sizes, base_dir, ",".join(la_dirs), "ar,unk,pass,pass-fused", out_dir, title, []
+            config, sizes, base_dir, ",".join(la_dirs), "ar,unk,pass,pass-fused", out_dir, title, []
         ),
     )
     print("\n" + summary(result))
@@ -424,17 +436,19 @@ def run_tiny(args) -> dict:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
+    try:
+        config = program_config.from_dict(DemoConfig, program_config.flag_values(args, DemoConfig))
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     t0 = time.perf_counter()
     # compiled programs are cached, so a second run skips most compilation
     jax.config.update(
-        "jax_compilation_cache_dir", os.path.abspath(os.path.join(args.artifacts, "jax_cache"))
+        "jax_compilation_cache_dir", os.path.abspath(os.path.join(config.artifacts, "jax_cache"))
     )
-    tiny = args.quick or args.tiny
-    if args.ablation and not tiny:
-        raise SystemExit("--ablation is for the tiny model: add --tiny (or --quick)")
-    result = run_tiny(args) if tiny else run_smollm2(args)
-    where = args.out_dir or os.path.join(
-        args.artifacts, "demo-quick" if args.quick else "demo" if tiny else "smollm2", "results"
+    tiny = config.tiny_model
+    result = run_tiny(config) if tiny else run_smollm2(config)
+    where = config.out_dir or os.path.join(
+        config.artifacts, "demo-quick" if config.quick else "demo" if tiny else "smollm2", "results"
     )
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; results in {where}")
     return result

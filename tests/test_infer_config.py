@@ -5,8 +5,9 @@ the flags had. No model is loaded here (tests/test_cli_generate.py runs one from
 import pytest
 import yaml
 
-from infer import bench, generate
-from infer.config import BenchConfig, GenerateConfig, comma_list, load
+from infer import bench, demo, generate
+from infer.config import BenchConfig, DemoConfig, GenerateConfig, comma_list, load
+from pass_jax import program_config
 
 
 def _yaml(tmp_path, values: dict) -> str:
@@ -175,3 +176,31 @@ def test_bench_sizes_are_checked_only_for_a_benchmark():
     assert _bench_config("--from-json", "r.json", "--batch-size", "0").batch_size == (0,)
     with pytest.raises(ValueError, match="--repeats must be >= 1"):
         _bench_config("--model", "m", "--repeats", "0")
+
+
+def _demo_config(*argv) -> DemoConfig:
+    args = demo.build_parser().parse_args([str(a) for a in argv])
+    return program_config.from_dict(DemoConfig, program_config.flag_values(args, DemoConfig))
+
+
+def test_demo_config_from_flags():
+    """infer.demo reads its flags into DemoConfig: the defaults it had, the benchmark sizes left
+    to the demo unless given, extra bench flags as a tuple, the flag checks."""
+    d = _demo_config()
+    assert (d.artifacts, d.la_steps, d.hf_baselines, d.tiny_model, d.bench_args) == (
+        "artifacts",
+        40,
+        True,
+        False,
+        (),
+    )
+    assert d.num_prompts is None and d.temperatures is None
+    d = _demo_config("--quick", "--la-steps", 0, "--no-hf-baselines", "--", "--call-tokens", "1,5")
+    assert (d.tiny_model, d.la_steps, d.hf_baselines) == (True, 0, False)
+    assert d.bench_args == ("--call-tokens", "1,5")
+    with pytest.raises(ValueError, match="--ablation is for the tiny model"):
+        _demo_config("--ablation")
+    with pytest.raises(ValueError, match="--la-steps must be >= 0"):
+        _demo_config("--la-steps", -1)
+    with pytest.raises(SystemExit, match="--ablation is for the tiny model"):
+        demo.main(["--ablation"])
