@@ -16,6 +16,8 @@ dim, J draft depth: ``move`` copies an accepted path of J drafts).
 
 from __future__ import annotations
 
+from functools import lru_cache, partial
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -70,18 +72,28 @@ def init_cache(
     if max_len < 1:
         raise ValueError(f"cache max_len must be >= 1, got {max_len}")
     dtype = jnp.dtype(dtype or cfg.dtype)
-    shape = (batch, cfg.n_kv_heads, max_len, cfg.hd)
-
-    def empty() -> KVCache:
-        if per_layer:
-            kv = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
-        else:
-            kv = lambda: jnp.zeros((cfg.n_layers, *shape), dtype)
-        return KVCache(k=kv(), v=kv(), lengths=jnp.zeros((batch,), jnp.int32))
-
     if mesh is None:
-        return empty()
-    return jax.jit(empty, out_shardings=cache_sharding(cfg, mesh, batch, per_layer))()
+        return _empty(cfg, batch, max_len, dtype, per_layer)
+    return _empty_on_mesh(cfg, batch, max_len, dtype, per_layer, mesh)()
+
+
+def _empty(cfg: ModelConfig, batch: int, max_len: int, dtype, per_layer: bool) -> KVCache:
+    shape = (batch, cfg.n_kv_heads, max_len, cfg.hd)
+    if per_layer:
+        kv = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.n_layers))
+    else:
+        kv = lambda: jnp.zeros((cfg.n_layers, *shape), dtype)
+    return KVCache(k=kv(), v=kv(), lengths=jnp.zeros((batch,), jnp.int32))
+
+
+@lru_cache(maxsize=32)
+def _empty_on_mesh(cfg: ModelConfig, batch: int, max_len: int, dtype, per_layer: bool, mesh: Mesh):
+    """``_empty`` jitted into its shards, one compilation per cache shape and mesh (not one
+    per generate call)."""
+    return jax.jit(
+        partial(_empty, cfg, batch, max_len, dtype, per_layer),
+        out_shardings=cache_sharding(cfg, mesh, batch, per_layer),
+    )
 
 
 def cache_specs(cfg: ModelConfig, mesh, batch: int, per_layer: bool = False) -> KVCache:
