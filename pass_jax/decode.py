@@ -587,6 +587,8 @@ def generate_fixed(
     t0 = time.perf_counter()
     state = run(spec, params, la, prompt, lens, active, eos, cache, rng, stream)
     out, n = jax.block_until_ready((state.out_BxN, state.n_B))
+    if stream is not None:  # on a GPU, io_callbacks may still be running on the host
+        jax.effects_barrier()
     wall = time.perf_counter() - t0
     out, n = to_host(out), to_host(n)
     rows = len(prompts)
