@@ -28,6 +28,7 @@ depth, W draft width, L LA tokens per group).
 
 from __future__ import annotations
 
+import numbers
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -292,7 +293,10 @@ def make_schedule(method: str, L: int = 0) -> Schedule:
     widths = parse_tree(method)
     if method not in METHODS and widths is None:
         raise ValueError(f"unknown decoding method {method!r}; expected one of {METHODS}")
-    if not isinstance(L, int) or L < 1:
+    if isinstance(L, bool) or not isinstance(L, numbers.Integral):
+        raise TypeError(f"number of look-ahead tokens must be an integer, got {L!r}")
+    L = int(L)
+    if L < 1:
         raise ValueError(f"number of look-ahead tokens must be >= 1, got {L}")
     if L > MAX_LOOKAHEAD:
         raise ValueError(

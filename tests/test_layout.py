@@ -58,6 +58,10 @@ def test_schedules_of_trees():
     for bad in ("tree-", "tree-0x2", "tree-2x", "tree2x2"):
         with pytest.raises(ValueError, match="unknown decoding method"):
             make_schedule(bad, 4)
+    assert make_schedule("pass", np.int64(3)).num_lookahead == 3  # a numpy integer is an L
+    for bad in (True, 2.0, "4"):
+        with pytest.raises(TypeError, match="must be an integer"):
+            make_schedule("pass", bad)
 
 
 def test_bad_layouts_are_refused():
