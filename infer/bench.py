@@ -4,6 +4,7 @@
         [--num-prompts 16 --prompt-tokens 32 --max-new-tokens 128]
         [--temperatures 0.8,0.5,0.2,0 --top-k 10 --top-p 1]
         [--methods ar,unk,pass,pass-fused] [--batch-size 1,4] [--repeats 3]
+        [--dtype bfloat16] [--cache-dtype {auto,float32,bfloat16}]
         [--data stdlib] [--data-dir DIR] [--hf-baselines | --no-hf-baselines]
         [--config FILE.yaml]
 
@@ -392,6 +393,7 @@ def our_variants(
     acceptance the export recorded."""
     eos_ids = tuple(cfg.eos_token_ids) if config.stop_at_eos else ()
     auto_methods = config.auto_methods and list(config.auto_methods)
+    decoding = {"precision": config.precision, "cache_dtype": config.cache_dtype}
     variants: list[Variant] = []
     for m in methods:
         if m == "ar":
@@ -400,7 +402,7 @@ def our_variants(
                     "ar",
                     "ar",
                     None,
-                    ours_runner(cfg, params, "ar", None, eos_ids, mesh, precision=config.precision),
+                    ours_runner(cfg, params, "ar", None, eos_ids, mesh, **decoding),
                 )
             )
             continue
@@ -424,7 +426,7 @@ def our_variants(
                         mesh,
                         auto_methods,
                         prior,
-                        config.precision,
+                        **decoding,
                     ),
                 )
             )
@@ -507,6 +509,7 @@ def _settings(
         "prompts": config.prompts,
         "seed": config.seed,
         "precision": config.precision,
+        "cache_dtype": config.cache_dtype,
         "layers": config.layers,
         "stop_at_eos": config.stop_at_eos,
         "add_special_tokens": config.add_special_tokens,
@@ -671,6 +674,7 @@ def run_benchmark(
             config.batch_size,
             max(map(len, prompts)),
             config.repeats,
+            config.cache_dtype,
         )
     run_cells(config, result, variants + baselines, prompts, tok, set(cfg.eos_token_ids))
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -57,19 +57,26 @@ def _calls(cfg, steps: int, params, cache, tokens_BxT, positions_BxT):
 
 
 def call_ms_by_tokens(
-    cfg, params, token_counts, B: int, context: int, repeats: int, steps: int = 8
+    cfg,
+    params,
+    token_counts,
+    B: int,
+    context: int,
+    repeats: int,
+    steps: int = 8,
+    cache_dtype: str = "auto",
 ) -> dict[str, float]:
-    """Milliseconds of one forward call of T new tokens per row (every layer, the KV cache
-    written, logits of every token) after ``context`` cached tokens, for each T of
-    ``token_counts``: ``steps`` calls in one jitted ``fori_loop`` (the cache carried, as in the
-    decode loop), a warm-up, then the median of ``repeats`` divided by ``steps``."""
+    """Milliseconds of one forward call of T new tokens per row (every layer, the KV cache of
+    ``cache_dtype`` written, logits of every token) after ``context`` cached tokens, for each T
+    of ``token_counts``: ``steps`` calls in one jitted ``fori_loop`` (the cache carried, as in
+    the decode loop), a warm-up, then the median of ``repeats`` divided by ``steps``."""
     max_len = round_cache_len(context + max(token_counts))
     out = {}
     for T in token_counts:
         tokens_BxT = jnp.ones((B, T), jnp.int32)
         positions_BxT = jnp.broadcast_to(context + jnp.arange(T, dtype=jnp.int32), (B, T))
 
-        cache = init_cache(cfg, B, max_len, per_layer=not is_stacked(params))
+        cache = init_cache(cfg, B, max_len, cache_dtype, per_layer=not is_stacked(params))
         cache = cache.replace(lengths=jnp.full((B,), context, jnp.int32))
         args = (params, cache, tokens_BxT, positions_BxT)
         jax.block_until_ready(_calls(cfg, steps, *args))
@@ -82,12 +89,16 @@ def call_ms_by_tokens(
     return out
 
 
-def call_ms_table(cfg, params, token_counts, batch_sizes, context: int, repeats: int) -> dict:
+def call_ms_table(
+    cfg, params, token_counts, batch_sizes, context: int, repeats: int, cache_dtype: str = "auto"
+) -> dict:
     """``call_ms_by_tokens`` at every batch size: ``{"context": .., "ms": {B: {T: ms}}}``."""
     return {
         "context": context,
         "ms": {
-            str(B): call_ms_by_tokens(cfg, params, token_counts, B, context, repeats)
+            str(B): call_ms_by_tokens(
+                cfg, params, token_counts, B, context, repeats, cache_dtype=cache_dtype
+            )
             for B in batch_sizes
         },
     }

@@ -107,11 +107,13 @@ def ours_runner(
     auto_methods=None,
     auto_prior: dict | None = None,
     precision: str = "auto",
+    cache_dtype: str = "auto",
 ):
     """A runner of our ``generate`` (``method`` 'ar', 'pass', 'pass-fused', a draft tree or
     'auto' choosing among ``auto_methods``, its statistics starting from ``auto_prior``: the
     export's recorded acceptance, greedy or sampled), on ``mesh`` when one is given, at matmul
-    ``precision`` (``decode.decode_precision``)."""
+    ``precision`` (``decode.decode_precision``), with a KV cache of ``cache_dtype`` (auto: the
+    compute dtype)."""
 
     def run(prompts, B, sampler, seed, max_new_tokens):
         out = Run(tokens=[], wall=0.0)
@@ -130,6 +132,7 @@ def ours_runner(
                 auto_methods=auto_methods,
                 auto_prior=auto_prior and auto_prior["greedy" if sampler.greedy else "sampled"],
                 precision=precision,
+                cache_dtype=cache_dtype,
             )
             out.tokens += res.tokens
             out.wall += res.wall_time

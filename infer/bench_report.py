@@ -111,6 +111,13 @@ def markdown(result: dict) -> str:
     )
 
 
+def _cache_note(settings: dict, dtype: str) -> str:
+    """``", KV cache bfloat16"`` when the cache's dtype (``--cache-dtype``) is not the compute
+    dtype, else nothing."""
+    cache = settings.get("cache_dtype", "auto")  # results of older versions: the compute dtype
+    return "" if cache in ("auto", dtype) else f", KV cache {cache}"
+
+
 def _header(result: dict) -> list[str]:
     """Title, machine, whether the run is complete, model, prompts and protocol."""
     s = result["settings"]
@@ -123,7 +130,8 @@ def _header(result: dict) -> list[str]:
     mc = result["model_config"]
     out.append(
         f"Model: {result['model_params'] / 1e6:.2f}M params (d={mc['d_model']}, "
-        f"{mc['n_layers']} layers, vocab {mc['vocab_size']}, {mc['dtype']}); "
+        f"{mc['n_layers']} layers, vocab {mc['vocab_size']}, {mc['dtype']}"
+        f"{_cache_note(s, mc['dtype'])}); "
         + (
             f"{s['num_prompts']} chat prompts ({'-'.join(map(str, rng))} tokens: the chat "
             f"template around an instruction from a held-out function of '{s['data']}', "

@@ -23,6 +23,7 @@ from pass_jax.program_config import ConfigT
 
 METHODS = ("ar", "pass", "pass-fused", "unk", "auto")  # infer.generate --method (or a tree)
 DTYPES = ("float32", "bfloat16")
+CACHE_DTYPES = ("auto", *DTYPES)  # --cache-dtype; auto: the compute dtype (--dtype)
 PROMPT_KINDS = ("code", "chat")
 RANDOM_MODELS = ("125m", "tiny")
 
@@ -60,8 +61,10 @@ def check_at_least_one(flag: str, value: int) -> None:
 
 
 def _check_decode(config) -> None:
-    """The choices a decoding program shares: ``--dtype``, ``--layers``, ``--precision``."""
+    """The choices a decoding program shares: ``--dtype``, ``--cache-dtype``, ``--layers``,
+    ``--precision``."""
     check_choice("--dtype", config.dtype, DTYPES)
+    check_choice("--cache-dtype", config.cache_dtype, CACHE_DTYPES)
     check_choice("--layers", config.layers, LAYER_FORMS)
     check_choice("--precision", config.precision, PRECISIONS)
 
@@ -84,6 +87,7 @@ class GenerateConfig:
     seed: int = 0
     max_len: int | None = None  # KV-cache slots (None: just enough)
     dtype: str = "float32"  # compute dtype
+    cache_dtype: str = "auto"  # CACHE_DTYPES: the KV cache's dtype (auto: --dtype)
     layers: str = "auto"  # decode.LAYER_FORMS
     precision: str = "auto"  # decode.PRECISIONS
     json: bool = False  # one JSON object at the end instead of streamed text
@@ -143,6 +147,7 @@ class BenchConfig:
     data_dir: str | None = None
     seed: int = 0
     dtype: str = "float32"
+    cache_dtype: str = "auto"  # CACHE_DTYPES: the KV cache's dtype (auto: --dtype)
     layers: str = "auto"  # decode.LAYER_FORMS
     precision: str = "auto"  # decode.PRECISIONS
     add_special_tokens: bool = True  # --no-special-tokens

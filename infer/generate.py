@@ -3,7 +3,8 @@ fused PaSS, [UNK], draft trees, or the fastest of them on this machine.
 
     python -m infer.generate --model DIR|FILE.gguf [--lookahead DIR]
         [--method {ar,pass,pass-fused,unk,auto,tree-WxWx..}] --prompt TEXT --max-new-tokens N
-        [--temperature T --top-k K --top-p P --seed S] [--json] [--config FILE.yaml]
+        [--temperature T --top-k K --top-p P --seed S] [--dtype bfloat16]
+        [--cache-dtype {auto,float32,bfloat16}] [--json] [--config FILE.yaml]
 
 ``tree-3x2x1x1`` is a fused draft tree: 3 draws for the first position, 2 for the second under
 each of those, ..; its depth must not exceed the number of look-ahead embeddings. ``auto`` times
@@ -32,7 +33,15 @@ import json
 import os
 import sys
 
-from infer.config import DTYPES, METHODS, GenerateConfig, comma_list, load, method_error
+from infer.config import (
+    CACHE_DTYPES,
+    DTYPES,
+    METHODS,
+    GenerateConfig,
+    comma_list,
+    load,
+    method_error,
+)
 from pass_jax.cli import add_mesh_arg, load_model_for_args
 from pass_jax.config import SamplerConfig
 from pass_jax.decode import LAYER_FORMS, PRECISIONS, decode_stacked
@@ -54,8 +63,15 @@ def method_arg(text: str) -> str:
 
 
 def add_decode_args(ap: argparse.ArgumentParser) -> None:
-    """``--layers`` and ``--precision``: how our decode step runs (generate and bench; both
-    default to auto, in the programs' configs)."""
+    """``--cache-dtype``, ``--layers`` and ``--precision``: how our decode step runs (generate
+    and bench; all default to auto, in the programs' configs)."""
+    ap.add_argument(
+        "--cache-dtype",
+        choices=CACHE_DTYPES,
+        help="KV cache dtype: auto = the compute dtype (--dtype); bfloat16 under float32 "
+        "compute halves the cache (keys/values rounded to bfloat16, attention in float32; "
+        "greedy PaSS still equals greedy autoregressive decoding with that cache)",
+    )
     ap.add_argument(
         "--layers",
         choices=LAYER_FORMS,
@@ -265,6 +281,7 @@ def run(config: GenerateConfig, device_args: argparse.Namespace) -> dict:
         auto_methods=config.auto_methods and list(config.auto_methods),
         auto_prior=auto_prior(config, sampler),
         precision=config.precision,
+        cache_dtype=config.cache_dtype,
     )
     if stream is not None:
         stream.end(res.tokens[0])

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .cache import init_cache
+from .cache import init_cache, resolve_cache_dtype
 from .config import ModelConfig, SamplerConfig
 from .decode import (
     DecodeSpec,
@@ -147,12 +147,13 @@ def iteration_seconds(
     repeats: int,
     max_len: int | None = None,
     steps: int = 8,
+    cache_dtype=None,
 ) -> float:
     """Seconds per loop iteration of ``method`` for the batch ``prompts`` (padded to its batch
     bucket; every row active): ``steps`` iterations in one jitted ``fori_loop``
     (``decode.run_steps``), on the state a short greedy generation (8 tokens) left, its rows
     made active again; warm-up, then the median of ``repeats``. ``max_len``: cache slots
-    (default: just enough, rounded up to 128)."""
+    (default: just enough, rounded up to 128); ``cache_dtype``: as in ``generation.generate``."""
     la = None if method == "ar" else la_LxD
     schedule = make_schedule(method, 0 if la is None else int(np.shape(la)[0]))
     N = steps * schedule.step_tokens  # at most the tokens the timed steps emit
@@ -172,6 +173,7 @@ def iteration_seconds(
         la_LxD=la,
         max_len=max_len or round_cache_len(need),
         return_state=True,
+        cache_dtype=cache_dtype,
     )
     spec = DecodeSpec(cfg, schedule, SamplerConfig(), N, decode_precision(cfg, SamplerConfig()))
     B = state.y_B.shape[0]
@@ -203,14 +205,16 @@ def iteration_costs(
     prompts: list[list[int]],
     max_len: int,
     repeats: int = 3,
+    cache_dtype=None,
 ) -> dict[str, float]:
-    """Seconds per loop iteration of each method at this batch size and cache size on the
-    default device, timed once per process (``iteration_seconds``)."""
+    """Seconds per loop iteration of each method at this batch size, cache size and cache dtype
+    on the default device, timed once per process (``iteration_seconds``)."""
     L = int(np.shape(la_LxD)[0])
     key = (
         cfg,
         batch_bucket(len(prompts)),
         max_len,
+        resolve_cache_dtype(cfg, cache_dtype),
         is_stacked(params),
         L,
         jax.devices()[0].device_kind,
@@ -221,7 +225,9 @@ def iteration_costs(
             slots = max(
                 max_len, round_cache_len(timing_slots(max(map(len, prompts)), make_schedule(m, L)))
             )
-            _COSTS[key + (m,)] = iteration_seconds(cfg, params, m, la_LxD, prompts, repeats, slots)
+            _COSTS[key + (m,)] = iteration_seconds(
+                cfg, params, m, la_LxD, prompts, repeats, slots, cache_dtype=cache_dtype
+            )
         out[m] = _COSTS[key + (m,)]
     return out
 
@@ -291,6 +297,7 @@ def generate_auto(
     prior: Sequence[float] | None = None,
     stream: Callable[[np.ndarray, np.ndarray], None] | None = None,
     precision: str = "auto",
+    cache_dtype=None,
 ):
     """``generation.generate(..., method="auto")``: see the module docstring. ``methods``: the
     candidates (default ``candidates(L)``); ``segment``: tokens per row between choices;
@@ -298,10 +305,11 @@ def generate_auto(
     export's held-out estimate): the statistics start from it, the first segment is already
     chosen by expected tokens per second, and exploring runs the best speculative candidate
     every ``explore_every`` (default 32) autoregressive segments; without it the first segment
-    runs the widest candidate and exploring comes every 8. ``precision``: as in
-    ``generation.generate``. Returns a ``GenerationResult``
-    whose ``auto`` holds the choices (``AutoLog``)."""
+    runs the widest candidate and exploring comes every 8. ``precision``, ``cache_dtype``: as
+    in ``generation.generate`` (the call costs are timed with that cache). Returns a
+    ``GenerationResult`` whose ``auto`` holds the choices (``AutoLog``)."""
     check_lengths(cfg, prompts, max_new_tokens)
+    cache_dtype = resolve_cache_dtype(cfg, cache_dtype)
     if la_LxD is None:
         raise ValueError("method 'auto' needs look-ahead embeddings (la_LxD)")
     L = int(np.shape(la_LxD)[0])
@@ -317,7 +325,15 @@ def generate_auto(
     elif need > max_len:
         raise ValueError(f"cache too small: auto needs {need} slots, the cache has {max_len}")
     log = AutoLog(
-        iteration_costs(cfg, params, la_LxD, methods, [list(p) for p in prompts], max_len)
+        iteration_costs(
+            cfg,
+            params,
+            la_LxD,
+            methods,
+            [list(p) for p in prompts],
+            max_len,
+            cache_dtype=cache_dtype,
+        )
     )
     W = max(s.width for s in schedules.values())
     stats = AcceptanceStats.empty(L, W) if prior is None else prior_stats(prior, L, W)
@@ -346,6 +362,7 @@ def generate_auto(
             max_len=asked_len,
             stream=stream,
             precision=precision,
+            cache_dtype=cache_dtype,
         )
         log.segments.append("ar")
         log.calls["ar"] = int(sum(res.calls))
@@ -368,7 +385,7 @@ def generate_auto(
         params,
         *map(jnp.asarray, (prompt_BxP, prompt_len_B, active_B)),
         jnp.asarray(eos_array(cfg.eos_token_ids if eos_ids is None else eos_ids)),
-        init_cache(cfg, B, max_len, per_layer=not is_stacked(params)),
+        init_cache(cfg, B, max_len, cache_dtype, per_layer=not is_stacked(params)),
         jax.random.PRNGKey(seed),
     )
     current, ar_run = None, 0

@@ -10,6 +10,11 @@ back tokens is a change of ``lengths``; entries at or past ``lengths`` are garba
 overwritten. A draft tree's accepted path is not contiguous: ``move`` first compacts it to the
 slots right after ``lengths``.
 
+The cache has its own dtype (``init_cache(..., dtype=)``, ``generate(..., cache_dtype=)``), by
+default the compute dtype ``cfg.dtype``: a bfloat16 cache under float32 compute halves its
+memory. The model rounds new keys/values to the cache dtype once, when it computes them, and
+reads them back in the compute dtype (``model.Block``).
+
 Shape letters: see ``pass_jax/__init__.py`` (here I layers, B batch, K kv heads, S slots, A head
 dim, J draft depth: ``move`` copies an accepted path of J drafts).
 """
@@ -66,12 +71,13 @@ def init_cache(
     per_layer: bool = False,
     mesh: Mesh | None = None,
 ) -> KVCache:
-    """An empty cache (all lengths 0) for ``batch`` rows of ``max_len`` slots; ``per_layer``:
-    a tuple of per-layer arrays (for ``model.unstack_layers`` params). With a ``mesh`` it is
-    created directly in its shards (:func:`cache_sharding`)."""
+    """An empty cache (all lengths 0) for ``batch`` rows of ``max_len`` slots, of ``dtype``
+    (:func:`resolve_cache_dtype`: default the compute dtype); ``per_layer``: a tuple of per-layer
+    arrays (for ``model.unstack_layers`` params). With a ``mesh`` it is created directly in its
+    shards (:func:`cache_sharding`)."""
     if max_len < 1:
         raise ValueError(f"cache max_len must be >= 1, got {max_len}")
-    dtype = jnp.dtype(dtype or cfg.dtype)
+    dtype = resolve_cache_dtype(cfg, dtype)
     if mesh is None:
         return _empty(cfg, batch, max_len, dtype, per_layer)
     return _empty_on_mesh(cfg, batch, max_len, dtype, per_layer, mesh)()
@@ -113,7 +119,26 @@ def cache_sharding(cfg: ModelConfig, mesh: Mesh, batch: int, per_layer: bool = F
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
 
+def resolve_cache_dtype(cfg: ModelConfig, dtype=None) -> jnp.dtype:
+    """The dtype of a KV cache: ``dtype`` (a floating dtype or its name: ``"bfloat16"``), or
+    the compute dtype ``cfg.dtype`` when it is None or ``"auto"``. Raises ValueError for
+    anything else."""
+    if dtype is None or (isinstance(dtype, str) and dtype == "auto"):
+        return jnp.dtype(cfg.dtype)
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or not jnp.issubdtype(dt, jnp.floating):
+        raise ValueError(
+            f"cache dtype must be a floating dtype (float32, bfloat16, ...) or None / 'auto' "
+            f"(the compute dtype), got {dtype!r}"
+        )
+    return dt
+
+
 def cache_bytes_per_token(cfg: ModelConfig, dtype=None) -> int:
-    """Bytes of K and V one token occupies across all layers."""
-    itemsize = jnp.dtype(dtype or cfg.dtype).itemsize
+    """Bytes of K and V one token occupies across all layers, in a cache of ``dtype``
+    (:func:`resolve_cache_dtype`: default the compute dtype)."""
+    itemsize = resolve_cache_dtype(cfg, dtype).itemsize
     return 2 * cfg.n_layers * cfg.n_kv_heads * cfg.hd * itemsize

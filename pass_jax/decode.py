@@ -31,7 +31,7 @@ import numpy as np
 from jax.experimental import io_callback
 from jax.sharding import Mesh
 
-from .cache import KVCache, cache_sharding, init_cache
+from .cache import KVCache, cache_sharding, init_cache, resolve_cache_dtype
 from .config import ModelConfig, SamplerConfig
 from .layout import Layout, Schedule, make_schedule
 from .model import embed_tokens, forward, is_stacked, logits_from_hidden
@@ -531,11 +531,13 @@ def generate_fixed(
     mesh=None,
     return_state: bool = False,
     precision: str = "auto",
+    cache_dtype=None,
 ) -> GenerationResult:
     """Generate continuations of token-id prompts with one method throughout: every method but
     ``auto``. The arguments are those of ``generation.generate``, the entry point for all
     methods."""
     check_lengths(cfg, prompts, max_new_tokens)
+    cache_dtype = resolve_cache_dtype(cfg, cache_dtype)  # a bad dtype fails before any work
     L = 0 if method == "ar" else (None if la_LxD is None else int(np.shape(la_LxD)[0]))
     if method != "ar" and la_LxD is None:
         raise ValueError(f"method {method!r} needs look-ahead embeddings (la_LxD)")
@@ -583,7 +585,7 @@ def generate_fixed(
         run = sharded_generate_jit(mesh, B, cfg, per_layer)
         spec = replace(spec, state_sharding=decode_state_sharding(mesh, B, cfg, per_layer))
         la, prompt, lens, active, eos, rng = place_decode_inputs(inputs, mesh)
-    cache = init_cache(cfg, B, max_len, per_layer=per_layer, mesh=mesh)
+    cache = init_cache(cfg, B, max_len, cache_dtype, per_layer, mesh)
     t0 = time.perf_counter()
     state = run(spec, params, la, prompt, lens, active, eos, cache, rng, stream)
     out, n = jax.block_until_ready((state.out_BxN, state.n_B))

@@ -33,6 +33,7 @@ def generate(
     auto_methods: Sequence[str] | None = None,
     auto_prior: Sequence[float] | None = None,
     precision: str = "auto",
+    cache_dtype=None,
 ) -> GenerationResult:
     """Generate continuations of token-id prompts.
 
@@ -56,6 +57,10 @@ def generate(
       auto_prior: ``auto``'s starting acceptance per depth (``auto.generate_auto``'s ``prior``).
       precision: matmul precision of the decode step (``decode.decode_precision``): ``auto``
         (exact greedy decoding of float32 models), ``default`` or ``highest``.
+      cache_dtype: the KV cache's dtype (``cache.resolve_cache_dtype``): None or ``"auto"``, the
+        compute dtype ``cfg.dtype``; ``"bfloat16"`` under float32 compute halves the cache
+        (keys and values rounded to bfloat16 when computed, attention in float32; greedy PaSS
+        still equals greedy autoregressive decoding with the same cache dtype).
     """
     if method != "auto":
         return generate_fixed(
@@ -73,6 +78,7 @@ def generate(
             mesh=mesh,
             return_state=return_state,
             precision=precision,
+            cache_dtype=cache_dtype,
         )
     if mesh is not None or return_state:
         raise ValueError("method 'auto' runs on one device and returns no state")
@@ -90,4 +96,5 @@ def generate(
         prior=auto_prior,
         stream=stream,
         precision=precision,
+        cache_dtype=cache_dtype,
     )

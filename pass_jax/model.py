@@ -16,6 +16,11 @@ blocks, one softmax). Two param forms, the same values:
 Shape letters: see ``pass_jax/__init__.py`` (here B batch, T tokens in this call, S cache slots,
 D d_model, H query heads, K kv heads, G = H // K, A head dim, F ffn dim, V vocab, I layers).
 
+Cache dtype: the cache may be narrower than the compute dtype (a bfloat16 cache under float32
+compute). Keys and values are rounded to the cache dtype when computed, the call's own ones
+too, and cast back to the compute dtype where attention reads them: every product and softmax
+runs in the compute dtype, over the values the cache holds.
+
 Masks: ``mask`` is the in-call block, ``[T, T]`` or ``[B, T, T]`` (True = may attend), causal when
 None. With a cache, token t of row b also sees every cache slot ``< cache.lengths[b]``; its own
 keys/values land in slot ``cache.lengths[b] + t``. Without a cache only in-call tokens are seen.
@@ -172,6 +177,13 @@ class Block(nn.Module):
         if cfg.family == "llama":
             q_BxTxHxA = apply_rope(q_BxTxHxA, cos, sin)
             k_BxTxKxA = apply_rope(k_BxTxKxA, cos, sin)
+        if kv_cache is not None and kv_cache[0].dtype != k_BxTxKxA.dtype:
+            # the call's keys/values rounded to the cache dtype, as they are stored: a token
+            # reads every key and value at the cache's precision whether it was computed in
+            # this call or an earlier one, so greedy PaSS still equals greedy autoregressive
+            # decoding over a narrower cache (bfloat16 under float32 compute)
+            rounded = lambda x: x.astype(kv_cache[0].dtype).astype(x.dtype)
+            k_BxTxKxA, v_BxTxKxA = rounded(k_BxTxKxA), rounded(v_BxTxKxA)
         if slots_BxT is not None:  # a per-layer cache: write the new K/V first, then read it
             kv_cache = _write_kv(kv_cache, slots_BxT, k_BxTxKxA, v_BxTxKxA)
 

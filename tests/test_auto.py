@@ -76,7 +76,9 @@ def test_switching_schedules_every_segment_stays_lossless(monkeypatch):
     la = random_la(CFG, 2, 101, 0.05) + params["embed"]["embedding"][jnp.arange(2)]
     methods = ("ar", "pass", "tree-1x1", "tree-3x2", "tree-2")
     timed = []
-    monkeypatch.setattr(auto, "iteration_seconds", lambda cfg, p, m, *a: timed.append(m) or 1.0)
+    monkeypatch.setattr(
+        auto, "iteration_seconds", lambda cfg, p, m, *a, **k: timed.append(m) or 1.0
+    )
     cycle = itertools.cycle(methods)
     monkeypatch.setattr(auto, "choose", lambda stats, costs, L: (next(cycle), {}))
     plain = generate(CFG, params, PROMPTS, max_new_tokens=30, eos_ids=()).tokens
@@ -117,7 +119,7 @@ def test_prior_skips_the_costly_exploration(monkeypatch):
     methods = ("ar", "pass", "tree-1x1", "tree-3x2")
     costs = {"ar": 1.0, "pass": 2.5, "tree-1x1": 3.0, "tree-3x2": 12.0}
     monkeypatch.setattr(auto, "_COSTS", {})  # no cost table from another test
-    monkeypatch.setattr(auto, "iteration_seconds", lambda cfg, p, m, *a: costs[m])
+    monkeypatch.setattr(auto, "iteration_seconds", lambda cfg, p, m, *a, **k: costs[m])
     stats = auto.prior_stats([0.2, 0.05], 2, 3)
     np.testing.assert_allclose(stats.conditional()[:, 0], [(3.2 + 1) / 18, (0.8 + 1) / 18])
     want = generate(CFG, params, PROMPTS, max_new_tokens=12, eos_ids=()).tokens

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import TINY, jit_forward
 
-from pass_jax.cache import KVCache, cache_bytes_per_token, init_cache
+from pass_jax.cache import KVCache, cache_bytes_per_token, init_cache, resolve_cache_dtype
 from pass_jax.model import unstack_layers
 
 
@@ -33,7 +33,7 @@ def test_init_shapes_dtypes_and_lengths():
             init_cache(TINY, 1, bad)
 
 
-def test_cache_bytes_per_token():
+def test_cache_bytes_per_token_and_cache_dtypes():
     assert cache_bytes_per_token(TINY) == 2 * 2 * 2 * 8 * 4 == 256  # K and V, I, K, A, float32
     assert cache_bytes_per_token(TINY, jnp.bfloat16) == 128
     assert cache_bytes_per_token(TINY.replace(dtype="float16")) == 128
@@ -42,6 +42,13 @@ def test_cache_bytes_per_token():
     for per_layer in (False, True):  # what a cache of B rows and S slots holds
         c = init_cache(odd, batch=2, max_len=7, per_layer=per_layer)
         assert sum(x.nbytes for x in jax.tree.leaves((c.k, c.v))) == 2 * 7 * 1152
+    # the cache dtype: a name or a dtype; None and "auto" mean the compute dtype
+    assert cache_bytes_per_token(TINY, "bfloat16") == cache_bytes_per_token(TINY, "auto") // 2
+    assert resolve_cache_dtype(TINY.replace(dtype="bfloat16"), None) == jnp.bfloat16
+    assert resolve_cache_dtype(TINY, "auto") == jnp.float32
+    for bad in ("int8", "fp8", jnp.int32):
+        with pytest.raises(ValueError, match="cache dtype must be a floating dtype"):
+            init_cache(TINY, 1, 2, bad)
 
 
 def _numbered(per_layer: bool) -> KVCache:
@@ -189,3 +196,26 @@ def test_cache_form_must_match_the_params(tiny_model):
         jit_forward(cfg, params, tok, pos, init_cache(cfg, 1, 2, per_layer=True))
     with pytest.raises(ValueError, match="a stacked one with stacked"):
         jit_forward(cfg, unstack_layers(params), tok, pos, init_cache(cfg, 1, 2))
+
+
+def test_a_bfloat16_cache_under_float32_compute(tiny_model):
+    """A bfloat16 cache under float32 compute keeps its dtype through the calls, and a token
+    reads the same keys and values whether the tokens before it came in earlier calls (from the
+    cache, rounded to bfloat16) or in its own call (rounded the same way when computed): one
+    call of 3 tokens after a prefill of 3 gives the logits of 3 one-token calls to float32
+    accuracy. Unrounded in-call keys and values would differ by ~1e-4 here. (Per-layer params,
+    the CPU's decoding form; ``test_decode`` decodes over a bfloat16 cache with stacked ones.)"""
+    params = unstack_layers(tiny_model[1])
+    positions = np.broadcast_to(np.arange(T), SEQ.shape)
+    cache = init_cache(TINY, B, S, "bfloat16", per_layer=True)
+    _, cache = jit_forward(TINY, params, SEQ[:, :3], positions[:, :3], cache)
+    cache = cache.advance(jnp.full((B,), 3))
+    one_call, _ = jit_forward(TINY, params, SEQ[:, 3:], positions[:, 3:], cache)
+    steps = []
+    for t in range(3, T):
+        logits, cache = jit_forward(TINY, params, SEQ[:, t : t + 1], positions[:, t : t + 1], cache)
+        cache = cache.advance(jnp.ones((B,), jnp.int32))
+        steps.append(np.asarray(logits))
+    assert {x.dtype for x in cache.k + cache.v} == {jnp.dtype(jnp.bfloat16)}
+    assert one_call.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(one_call), np.concatenate(steps, 1), rtol=0, atol=1e-6)

@@ -12,6 +12,7 @@ import yaml
 from conftest import TINY, tiny_params
 
 import infer.generate as generate_cli
+from pass_jax.decode import GenerationResult
 from pass_jax.hf import save_hf
 from pass_jax.lookahead import init_lookahead, model_fingerprint, save_lookahead
 from pass_jax.tokenizer import train_bpe
@@ -148,6 +149,30 @@ def test_mesh_flag_gives_the_same_tokens(model_dir):
     meshed = _main(*common, "--mesh", "data=2,fsdp=2,tensor=2")
     assert plain["token_ids"] == meshed["token_ids"]
     assert _main(*common, "--layers", "scanned")["token_ids"] == plain["token_ids"]
+
+
+def test_cache_dtype_flag_reaches_generate(model_dir, monkeypatch, capsys):
+    """``--cache-dtype`` is handed to ``generate`` as given (``auto``: the compute dtype);
+    ``generate`` itself is faked here (test_decode decodes over a bfloat16 cache)."""
+    seen = []
+
+    def fake_generate(cfg, params, prompts, **kwargs):
+        seen.append(kwargs["cache_dtype"])
+        return GenerationResult(
+            tokens=[[5]],
+            calls=[1],
+            accepted_by_rank=np.zeros((1, 0, 1), np.int32),
+            verify_calls=[0],
+            wall_time=0.0,
+            method="ar",
+        )
+
+    monkeypatch.setattr(generate_cli, "generate", fake_generate)
+    for extra in ([], ["--cache-dtype", "bfloat16"]):
+        out = _main("--model", model_dir / "model", "--prompt", "x", "--json", *extra)
+        assert out["token_ids"] == [5]
+    capsys.readouterr()
+    assert seen == ["auto", "bfloat16"]
 
 
 def test_layer_form_defaults_per_backend(monkeypatch):

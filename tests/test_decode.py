@@ -435,18 +435,81 @@ def test_greedy_float32_decodes_at_highest_matmul_precision(monkeypatch):
 
 
 def test_greedy_pass_equals_autoregressive_in_bfloat16():
-    """bfloat16 params and compute (LA embeddings in bfloat16 too): greedy PaSS, fused and a
-    draft tree emit the autoregressive tokens of the same bfloat16 model, drafts accepted."""
+    """bfloat16 params, compute and KV cache (the cache's default dtype is the compute dtype;
+    LA embeddings in bfloat16 too): greedy PaSS, fused and a draft tree, emits the
+    autoregressive tokens of the same bfloat16 model, drafts accepted. (The paper's two calls
+    over a bfloat16 cache: the next test.)"""
     cfg = CFG.replace(dtype="bfloat16", param_dtype="bfloat16")
     params = init_params(cfg, jax.random.PRNGKey(0))
     assert params["embed"]["embedding"].dtype == jnp.bfloat16
     la = params["embed"]["embedding"][:3] + 0.05  # real token embeddings: drafts get accepted
-    ar = generate(cfg, params, PROMPTS, max_new_tokens=24, eos_ids=())
+    ar, state = generate(cfg, params, PROMPTS, max_new_tokens=24, eos_ids=(), return_state=True)
+    assert state.cache.k.dtype == state.cache.v.dtype == jnp.bfloat16
     accepted = 0
     for method in ("pass-fused", "tree-2x2"):
         out = generate(
-            cfg, params, PROMPTS, max_new_tokens=24, method=method, la_LxD=la, eos_ids=()
+            cfg,
+            params,
+            PROMPTS,
+            max_new_tokens=24,
+            method=method,
+            la_LxD=la,
+            eos_ids=(),
+            cache_dtype="bfloat16",  # what the default gave autoregressive decoding
         )
         assert out.tokens == ar.tokens, method
         accepted += int(out.accepted.sum())
     assert accepted > 0
+
+
+def test_greedy_pass_equals_autoregressive_over_a_bfloat16_cache(monkeypatch):
+    """float32 params and compute, a bfloat16 KV cache: the cache arrays are bfloat16, and
+    greedy PaSS, the paper's, fused and a draft tree, emits autoregressive decoding's tokens
+    over the same cache dtype, drafts accepted (weights scaled 4x: sharper logits, on which the
+    cache's rounding weighs more, and drafts from token embeddings get accepted). ``auto``
+    passes the cache dtype on: to the call costs it times, to the autoregressive loop it runs
+    when nothing pays, and to the cache of its segments. A bad cache dtype is a clear error.
+    (Stacked params; ``test_cache`` reads a bfloat16 cache with per-layer ones.)"""
+    from pass_jax import auto
+
+    params = jax.tree.map(lambda x: 4 * x, _params(1))
+    la = params["embed"]["embedding"][:4] + 0.2 * jax.random.normal(jax.random.PRNGKey(1), (4, 32))
+    run = lambda method="ar", **kw: generate(
+        CFG, params, PROMPTS, max_new_tokens=24, method=method, eos_ids=(), **kw
+    )
+    ar, state = run(cache_dtype="bfloat16", return_state=True)
+    assert state.cache.k.dtype == state.cache.v.dtype == jnp.bfloat16
+    accepted = 0
+    for method in ("pass", "pass-fused", "tree-2x2"):
+        out = run(method, la_LxD=la, cache_dtype=jnp.bfloat16)
+        assert out.tokens == ar.tokens, method
+        accepted += int(out.accepted.sum())
+    assert accepted > 0
+
+    timed = []
+    monkeypatch.setattr(auto, "_COSTS", {})  # no cost table from another test
+    monkeypatch.setattr(
+        auto,
+        "iteration_seconds",
+        lambda cfg, p, m, *a, cache_dtype: timed.append(cache_dtype) or (1.0 if m == "ar" else 9.0),
+    )
+    kw = {"la_LxD": la, "auto_methods": ["ar", "pass-fused"], "cache_dtype": "bfloat16"}
+    res = run("auto", auto_prior=[0.1] * 4, **kw)  # the plain autoregressive loop
+    assert res.auto.segments == ["ar"] and res.tokens == ar.tokens
+    assert timed == [jnp.dtype(jnp.bfloat16)] * 2
+
+    class CacheMade(Exception):
+        """Stops ``auto`` once it has made the cache of its segments (nothing compiles)."""
+
+    def made(*args, **kwargs):
+        raise CacheMade(init_cache(*args, **kwargs))
+
+    monkeypatch.setattr(auto, "init_cache", made)
+    with pytest.raises(CacheMade) as e:
+        run("auto", **kw)  # no prior: the widest candidate's segment first
+    cache = e.value.args[0]
+    assert cache.k.dtype == cache.v.dtype == jnp.bfloat16
+
+    for method in ("ar", "auto"):
+        with pytest.raises(ValueError, match="cache dtype must be a floating dtype .* got 'int8'"):
+            run(method, la_LxD=la, cache_dtype="int8")

@@ -2,6 +2,7 @@
 (the flags win), comma lists as tuples, the flag checks in __post_init__, the same defaults as
 the flags had. No model is loaded here (tests/test_cli_generate.py runs one from a YAML)."""
 
+import numpy as np
 import pytest
 import yaml
 
@@ -34,12 +35,13 @@ def test_defaults_are_the_flags_defaults():
         1.0,
         0,
     )
-    assert (g.add_special_tokens, g.json, g.layers, g.precision, g.dtype) == (
+    assert (g.add_special_tokens, g.json, g.layers, g.precision, g.dtype, g.cache_dtype) == (
         True,
         False,
         "auto",
         "auto",
         "float32",
+        "auto",
     )
     assert (
         _generate_config("--model", "m", "--prompt", "p", "--lookahead", "la").method
@@ -145,6 +147,12 @@ def test_required_flags_only_without_a_config_file(tmp_path, capsys):
         ("generate", {"method": "fast"}, "--method: invalid choice: 'fast'"),
         ("generate", {"method": "ar", "lookahead": "la"}, "--method ar uses no look-ahead"),
         ("generate", {"layers": "rolled"}, "--layers must be one of auto, per-layer, scanned"),
+        (
+            "generate",
+            {"cache_dtype": "int8"},
+            "--cache-dtype must be one of auto, float32, bfloat16, got 'int8'",
+        ),
+        ("bench", {"cache_dtype": "fp8"}, "--cache-dtype must be one of auto, float32, bfloat16"),
     ],
 )
 def test_bad_yaml_values_are_errors_naming_the_key(tmp_path, program, values, message):
@@ -159,6 +167,31 @@ def test_bad_yaml_values_are_errors_naming_the_key(tmp_path, program, values, me
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert str(e.value).startswith("error: " + message), e.value
+
+
+def test_cache_dtype_flag_reaches_every_runner_and_the_report(monkeypatch, capsys):
+    """``--cache-dtype``: auto (the compute dtype) by default; a value off its choices is
+    argparse's error; bench hands it to every runner of ours, records it in the settings, and
+    its report names it when it is not the compute dtype. (generate: test_cli_generate.)"""
+    from infer.bench_report import _cache_note
+
+    assert _generate_config("--model", "m", "--prompt", "p").cache_dtype == "auto"
+    assert _bench_config("--model", "m").cache_dtype == "auto"
+    with pytest.raises(SystemExit) as e:
+        generate.parse_args(["--model", "m", "--prompt", "p", "--cache-dtype", "fp8"])
+    assert e.value.code == 2
+    assert "--cache-dtype: invalid choice: 'fp8'" in capsys.readouterr().err
+
+    config = _bench_config("--model", "m", "--cache-dtype", "bfloat16")
+    seen = []
+    monkeypatch.setattr(bench, "ours_runner", lambda *a, **kw: seen.append(kw["cache_dtype"]))
+    las = {2: ("la", np.zeros((2, 32), np.float32))}  # an export of L = 2 (its dir, its array)
+    bench.our_variants(config, None, None, None, ["ar", "pass-fused"], las, [2])
+    assert seen == ["bfloat16", "bfloat16"]
+    assert bench._settings(config, 1, ["ar"], [], None, None)["cache_dtype"] == "bfloat16"
+    assert _cache_note({"cache_dtype": "bfloat16"}, "float32") == ", KV cache bfloat16"
+    assert _cache_note({"cache_dtype": "auto"}, "float32") == ""
+    assert _cache_note({}, "bfloat16") == ""  # results written before the flag
 
 
 def test_a_config_that_is_no_mapping(tmp_path):
