@@ -73,7 +73,8 @@ def target_description(target: str) -> str:
 
 def tpu_topology(target: str, n: int) -> str:
     """The topology name of an ``n``-chip slice of ``target`` (``tpu-v5e``: ``v5e:4x4`` for
-    16; ``tpu-v5p``: ``v5p:2x2x4``), dims powers of two, smallest first, at least 2x2."""
+    16; ``tpu-v5p``: ``v5p:2x2x4``, ``v5p:2x2x1`` for 4), dims powers of two, smallest first
+    but a 1 last, at least 2x2."""
     if target not in TPU_TOPOLOGIES:
         raise ValueError(f"unknown TPU target {target!r}; known: {', '.join(TPU_TOPOLOGIES)}")
     if n < 1 or n & (n - 1):
@@ -102,9 +103,9 @@ def compile_devices(target: str, n: int) -> list[jax.Device]:
     name = tpu_topology(target, n)
     try:
         topology = topologies.get_topology_desc(topology_name=name, platform="tpu")
-    except Exception as e:  # no TPU plugin: JAX's error names neither libtpu nor the fix
+    except Exception as e:  # without libtpu JAX's error names neither it nor the fix
         raise ValueError(
-            f"compiling for {name} needs the libtpu package (pip install "
+            f"no {name} topology to compile for (it needs the libtpu package: pip install "
             f"'jax[tpu]=={jax.__version__}'; no TPU is needed): {str(e).splitlines()[0]}"
         ) from e
     return list(topology.devices)[:n]
