@@ -365,7 +365,8 @@ def init_params(cfg: ModelConfig, rng: jax.Array):
 @lru_cache(maxsize=16)
 def abstract_params(cfg: ModelConfig):
     """The params tree of ``cfg`` as ``jax.ShapeDtypeStruct`` leaves (``jax.eval_shape`` of
-    ``init_params``: nothing is allocated)."""
+    ``init_params``: nothing is allocated), computed once per config and shared: do not edit
+    it."""
     return jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
 
 
