@@ -146,6 +146,28 @@ class ModelConfig:
         )
 
     @classmethod
+    def llama3_8b(cls, **overrides) -> ModelConfig:
+        """Llama-3-8B (8.03B parameters: 8 KV heads, a 128256-token vocabulary), bfloat16.
+        Llama-3.1-8B is the same shape with Llama-3 rope scaling (``rope_scaling``)."""
+        return cls(
+            **{
+                **dict(
+                    vocab_size=128256,
+                    d_model=4096,
+                    n_layers=32,
+                    n_heads=32,
+                    n_kv_heads=8,
+                    ffn_dim=14336,
+                    max_position=8192,
+                    rope_theta=500000.0,
+                    dtype="bfloat16",
+                    param_dtype="bfloat16",
+                ),
+                **overrides,
+            }
+        )
+
+    @classmethod
     def llama2_70b(cls, **overrides) -> ModelConfig:
         """LLaMA-2-70B (grouped-query attention, 8 KV heads), bfloat16."""
         return cls(

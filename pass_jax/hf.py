@@ -34,7 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from .config import ModelConfig, RopeScaling
-from .model import init_params, stack_layers
+from .model import abstract_params, stack_layers
 from .sharding import PARAM_RULES, param_spec, put_sharded
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2")
@@ -380,7 +380,7 @@ def _hf_shape(t: _Tensor, shapes: dict) -> tuple[int, ...]:
 
 
 def _param_shapes(cfg: ModelConfig):
-    tree = jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
+    tree = abstract_params(cfg)
     flat = {
         tuple(k.key for k in path): leaf
         for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]

@@ -29,7 +29,7 @@ keys/values land in slot ``cache.lengths[b] + t``. Without a cache only in-call 
 from __future__ import annotations
 
 import math
-from functools import partial
+from functools import lru_cache, partial
 
 import flax.linen as nn
 import jax
@@ -374,12 +374,19 @@ def init_params(cfg: ModelConfig, rng: jax.Array):
     return Transformer(cfg).init(rng, tokens, jnp.arange(2)[None])["params"]
 
 
+@lru_cache(maxsize=16)
+def abstract_params(cfg: ModelConfig):
+    """The params tree of ``cfg`` as ``jax.ShapeDtypeStruct`` leaves (``jax.eval_shape`` of
+    ``init_params``: nothing is allocated), computed once per config and shared: do not edit
+    it."""
+    return jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))
+
+
 def init_params_sharded(cfg: ModelConfig, rng: jax.Array, mesh: Mesh, rules=PARAM_RULES):
-    """Random params created directly in their shards on ``mesh``: ``jax.eval_shape`` for the
+    """Random params created directly in their shards on ``mesh``: ``abstract_params`` for the
     shapes, then ``init_params`` jitted with ``out_shardings`` (no device holds a full copy)."""
-    init = lambda key: init_params(cfg, key)
-    shardings = param_shardings(jax.eval_shape(init, rng), mesh, rules)
-    return jax.jit(init, out_shardings=shardings)(rng)
+    shardings = param_shardings(abstract_params(cfg), mesh, rules)
+    return jax.jit(lambda key: init_params(cfg, key), out_shardings=shardings)(rng)
 
 
 def forward(

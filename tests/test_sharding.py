@@ -438,7 +438,8 @@ def test_memory_plan_figures():
     rr = memory_plan.memory_plan(
         ModelConfig.llama_7b(), one, 1, 2048, "bfloat16", 4, "h100", remat=True
     )
-    assert rr["train_activations"] < r["train_activations"] / 10
+    # (one device: 32 layers' values -> their inputs and one layer's backward working set)
+    assert rr["train_activations"] < r["train_activations"] / 9
     # the chosen meshes fit, and half as many devices would not
     for cfg in (ModelConfig.llama_7b(), ModelConfig.llama2_70b()):
         for dev in memory_plan.DEVICES:
@@ -466,7 +467,7 @@ def test_memory_plan_figures():
     doc = os.path.join(os.path.dirname(__file__), "..", "docs", "scaling.md")
     if os.path.exists(doc):  # the documented table is the function's output, not hand-made
         with open(doc) as f:
-            assert table in f.read(), "docs/scaling.md is stale: python -m pass_jax.sharding"
+            assert table in f.read(), "docs/scaling.md is stale: python -m pass_jax.memory_plan"
 
 
 # ---------------------------------------------------------------- two processes on localhost
