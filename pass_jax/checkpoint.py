@@ -5,8 +5,11 @@ A checkpoint step directory holds three items:
 * ``state``: the training pytree (params or LA embeddings, optimizer state, step, RNG key), saved
   with ``StandardSave`` and restored into an abstract target (``jax.ShapeDtypeStruct`` leaves,
   optionally carrying shardings, so a sharded job restores straight onto its mesh);
-* ``data``: the data iterator's position, the JSON string of ``data.iterator_state`` (kept as a
-  string: grain's own JSON round trip loses the tuples that packing needs to resume);
+* ``data``: each process's data iterator position, the JSON string of ``data.iterator_state``,
+  in a file of its own, ``process_<i>-of-<n>.json`` (each process reads its own shard of the
+  data, so each has its own position; a string, as grain's own JSON round trip loses the tuples
+  that packing needs to resume). A checkpoint resumes only with the process count that saved it;
+  another count is a ValueError naming both;
 * ``meta``: small JSON metadata (config, metrics at save time).
 
 Atomicity: orbax writes a step into ``<step>.orbax-checkpoint-tmp-*`` and renames it to ``<step>``
@@ -16,18 +19,22 @@ directory; the previous finalized step stays the latest.
 
 Preemption: ``Preemption`` turns SIGTERM (what a preempted TPU VM receives) and, in the train
 loop, SIGINT (Ctrl-C) into a flag the loop polls after each step; the loop then saves a checkpoint
-and exits cleanly. Multi-host jobs also stop at orbax's preemption sync point, so every host
-saves the same step.
+and exits cleanly. With several processes a signal goes to JAX's preemption service instead (a
+SIGTERM to any process reaches every one), and every process stops at orbax's preemption sync
+point, so all save the same step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import signal
 from typing import Any, NamedTuple
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
 STATE, DATA, META = "state", "data", "meta"
@@ -64,17 +71,76 @@ def manager(
     return ocp.CheckpointManager(os.path.abspath(directory), item_names=ITEM_NAMES, options=options)
 
 
+_COUNT = re.compile(r"process_\d+-of-(\d+)\.json")  # a data item file; group 1: the count
+
+
+def _process_file(index: int, count: int) -> str:
+    """The data item's file of process ``index`` of ``count``."""
+    return f"process_{index}-of-{count}.json"
+
+
+class DataStateHandler(ocp.CheckpointHandler):
+    """The ``data`` item: every process writes and reads its own iterator JSON string
+    (``process_<i>-of-<n>.json``), as grain's own orbax handler does, keeping the string as it
+    is (grain's handler would parse it and lose its tuples)."""
+
+    def save(self, directory: epath.Path, args: DataStateSave) -> None:
+        """Writes this process's ``args.state`` into ``directory``."""
+        name = _process_file(jax.process_index(), jax.process_count())
+        (directory / name).write_text(args.state)
+
+    def restore(self, directory: epath.Path, args: DataStateRestore | None = None) -> str:
+        """This process's iterator JSON string; a ValueError naming both process counts if the
+        checkpoint was saved by another number of processes."""
+        index, count = jax.process_index(), jax.process_count()
+        path = directory / _process_file(index, count)
+        if not path.exists():
+            saved = sorted(
+                {m.group(1) for p in directory.iterdir() if (m := _COUNT.fullmatch(p.name))}
+            )
+            if not saved:
+                raise ValueError(
+                    f"checkpoint {directory.parent} holds no data iterator position for "
+                    f"process {index} of {count} ({path.name} is missing)"
+                )
+            raise ValueError(
+                f"checkpoint {directory.parent} was saved by {' or '.join(saved)} processes, "
+                f"this run has {count}: each process's place in its shard of the data resumes "
+                "only with the process count that saved it"
+            )
+        return path.read_text()
+
+    def metadata(self, directory: epath.Path) -> None:
+        """No metadata."""
+        return None
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_save=True)
+@dataclasses.dataclass
+class DataStateSave(ocp.args.CheckpointArgs):
+    """Saves this process's iterator JSON string (``data.iterator_state``)."""
+
+    state: str
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
+@dataclasses.dataclass
+class DataStateRestore(ocp.args.CheckpointArgs):
+    """Restores this process's iterator JSON string."""
+
+
 def save(
     mngr: ocp.CheckpointManager,
     step: int,
     state: Any,
     *,
-    data_state: str | None = None,
+    data_state: str,
     meta: dict[str, Any] | None = None,
     force: bool = False,
 ) -> bool:
-    """Saves ``state`` (a pytree of arrays), the iterator JSON ``data_state`` and ``meta`` at
-    ``step`` if the save policy says so or ``force``; returns whether a save happened.
+    """Saves ``state`` (a pytree of arrays), this process's iterator JSON ``data_state`` and
+    ``meta`` at ``step`` if the save policy says so or ``force``; returns whether a save
+    happened. Every process calls it (each with its own ``data_state``).
 
     A step that is already saved is not written again (returns False).
     """
@@ -83,7 +149,7 @@ def save(
     args = ocp.args.Composite(
         **{
             STATE: ocp.args.StandardSave(state),
-            DATA: ocp.args.JsonSave({"iterator": data_state}),
+            DATA: DataStateSave(data_state),
             META: ocp.args.JsonSave(meta or {}),
         }
     )
@@ -133,7 +199,7 @@ class Restored(NamedTuple):
 
     step: int
     state: Any
-    data_state: str | None  # the iterator JSON string given to ``save``
+    data_state: str  # this process's iterator JSON string given to ``save``
     meta: dict[str, Any]
 
 
@@ -142,7 +208,7 @@ def restore(mngr: ocp.CheckpointManager, target: Any, step: int | None = None) -
 
     ``target`` is a pytree like the saved state, of arrays or ``jax.ShapeDtypeStruct`` (see
     ``abstract_like``; its shardings place the result). Raises FileNotFoundError if the
-    directory has no finalized checkpoint.
+    directory has no finalized checkpoint, ValueError if another number of processes saved it.
     """
     step = latest_step(mngr) if step is None else step
     if step is None:
@@ -152,12 +218,12 @@ def restore(mngr: ocp.CheckpointManager, target: Any, step: int | None = None) -
         args=ocp.args.Composite(
             **{
                 STATE: ocp.args.StandardRestore(abstract_like(target)),
-                DATA: ocp.args.JsonRestore(),
+                DATA: DataStateRestore(),
                 META: ocp.args.JsonRestore(),
             }
         ),
     )
-    return Restored(step, out[STATE], out[DATA]["iterator"], dict(out[META]))
+    return Restored(step, out[STATE], out[DATA], dict(out[META]))
 
 
 class Preemption:
@@ -167,10 +233,16 @@ class Preemption:
     handlers are restored on exit. A second signal while the flag is already set falls back to
     the previous handler (so a stuck job can still be terminated; a second Ctrl-C raises
     KeyboardInterrupt).
+
+    With several processes, stopping is a decision all of them must share (they save the same
+    step together): SIGTERM is left to JAX's preemption service, which tells every process, any
+    other signal is passed on to it as a SIGTERM, and ``should_stop`` is true at orbax's
+    preemption sync point, the same step on every process.
     """
 
     def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
-        self.signals = signals
+        self.multi_process = jax.process_count() > 1
+        self.signals = tuple(s for s in signals if not (self.multi_process and s == signal.SIGTERM))
         self.requested = False
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
@@ -185,6 +257,8 @@ class Preemption:
                 os.kill(os.getpid(), signum)
             return
         self.requested, self.signum = True, signum
+        if self.multi_process:  # JAX's SIGTERM handler tells every process
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def __enter__(self) -> Preemption:
         for s in self.signals:
@@ -197,5 +271,8 @@ class Preemption:
         self._previous.clear()
 
     def should_stop(self, step: int) -> bool:
-        """True once a signal arrived, or (multi-host) at orbax's preemption sync point."""
-        return self.requested or (jax.process_count() > 1 and ocp.utils.reached_preemption(step))
+        """True once a signal arrived; with several processes, at the preemption sync point
+        (every process calls this after every step)."""
+        if self.multi_process:
+            return ocp.utils.reached_preemption(step)
+        return self.requested

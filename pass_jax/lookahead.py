@@ -33,6 +33,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 from .config import ModelConfig
+from .sharding import to_host
 
 TENSOR_FILE = "lookahead.safetensors"
 META_FILE = "lookahead.json"
@@ -113,9 +114,10 @@ def model_fingerprint(cfg: ModelConfig, base_params) -> dict[str, Any]:
 
     The hash is the SHA-256 of the embedding matrix rounded to bfloat16, so the same model held
     in float32 or bfloat16 has the same fingerprint, while a different (or retrained) model does
-    not.
+    not. A matrix sharded over several processes is gathered whole first, so every process
+    computes the same fingerprint, the one a single process computes.
     """
-    emb_VxD = np.asarray(base_params["embed"]["embedding"]).astype(ml_dtypes.bfloat16)
+    emb_VxD = to_host(base_params["embed"]["embedding"]).astype(ml_dtypes.bfloat16)
     return {
         "model_type": cfg.model_type,
         "family": cfg.family,

@@ -281,13 +281,15 @@ def init_la_state(la_LxD, optimizer: optax.GradientTransformation) -> LAState:
     return LAState(step=jnp.zeros((), jnp.int32), la=la_LxD, opt_state=optimizer.init(la_LxD))
 
 
+@functools.cache
 def paper_optimizer(
     lr: float = 1e-2, steps: int = 10_000, warmup: int = 2_000, weight_decay: float = 0.0
 ) -> optax.GradientTransformation:
     """AdamW with linear warmup from 0 to ``lr`` over ``warmup`` steps, then cosine decay to 0.
 
     The paper's recipe (lr 1e-2, 10k steps, 2k warmup). It does not state a weight decay; the
-    default 0 avoids pulling the L embeddings towards the origin.
+    default 0 avoids pulling the L embeddings towards the origin. The same settings give the
+    same object (so ``make_la_train_step`` finds its compiled step again).
     """
     if not 0 <= warmup < steps:
         raise ValueError(f"need 0 <= warmup < steps, got warmup={warmup}, steps={steps}")
@@ -369,6 +371,7 @@ def la_step_flops(cfg: ModelConfig, B: int, X: int, M: int, L: int) -> float:
     return 2 * weights + 3 * attention + logits * (2 * R + R)
 
 
+@functools.cache
 def make_la_train_step(
     cfg: ModelConfig,
     optimizer: optax.GradientTransformation,
@@ -384,6 +387,8 @@ def make_la_train_step(
     With a ``mesh``: the LA state comes back replicated on it (``sharding.replicate`` it
     before the first step), as do the metrics; base params and batch keep the shardings they
     come with (``sharding.shard_params`` / ``hf.load_hf(..., mesh=)``, ``sharding.shard_batch``).
+    The same arguments give the same jitted function: a second run in one process (a resumed
+    or repeated training) does not compile it again.
     """
     check_loss_kind(loss_kind)
     if num_groups < 1:

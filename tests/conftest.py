@@ -51,6 +51,7 @@ def sp_tokenizer():
 
 import functools  # noqa: E402
 import shutil  # noqa: E402
+import socket  # noqa: E402
 
 from pass_jax.config import ModelConfig  # noqa: E402
 from pass_jax.model import forward, init_params  # noqa: E402
@@ -100,3 +101,10 @@ def tiny_hf_dir(tmp_path_factory):
         return made[cfg, seed] if dst is None else shutil.copytree(made[cfg, seed], dst)
 
     return get
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a multi-process coordinator)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import TINY, random_la, tiny_params
 
-from pass_jax import lookahead
+from pass_jax import lookahead, sharding
 
 CFG = TINY.replace(max_position=64, unk_token_id=3)
 
@@ -51,6 +51,28 @@ def test_init_rows_are_the_token_embedding_with_documented_fallback(params):
     assert lookahead.default_init_token(base.replace(bos_token_id=2)) == 2
     assert lookahead.default_init_token(base.replace(bos_token_id=2, pad_token_id=5)) == 5
     assert lookahead.default_init_token(CFG.replace(pad_token_id=5)) == 3
+
+
+def test_fingerprint_is_stable_and_the_same_for_a_sharded_embedding():
+    """The embedding hash of a fixed matrix is the one recorded by earlier versions (their
+    exports stay valid), held in float32 or bfloat16, whole or split over a mesh (on several
+    processes it is gathered first; the two-process test in test_train checks that)."""
+    emb_VxD = np.arange(64 * 32, dtype=np.float32).reshape(64, 32) / 97.0 - 10.0
+    recorded = "a0d7fb99d060515e6eda28d04665d40285da624171d6ef872e9499f42a6ce9e4"
+    for table in (emb_VxD, jnp.asarray(emb_VxD, jnp.bfloat16)):
+        assert lookahead.model_fingerprint(TINY, {"embed": {"embedding": table}}) == {
+            "model_type": "llama",
+            "family": "llama",
+            "n_layers": 2,
+            "d_model": 32,
+            "vocab_size": 64,
+            "embedding_sha256": recorded,
+        }
+    mesh = sharding.make_mesh("data=1,fsdp=4,tensor=2")
+    split = sharding.shard_params({"embed": {"embedding": emb_VxD}}, mesh)
+    assert len(split["embed"]["embedding"].sharding.device_set) == 8
+    assert not split["embed"]["embedding"].sharding.is_fully_replicated
+    assert lookahead.model_fingerprint(TINY, split)["embedding_sha256"] == recorded
 
 
 def test_parse_init_accepted_and_bad_forms():

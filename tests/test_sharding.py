@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import free_port
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -504,12 +504,6 @@ jax.distributed.shutdown()
 """
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_one_la_step(tmp_path, reference):
     """Two processes x 4 CPU devices (gloo collectives), mesh (2, 2, 2) spanning both, each
     feeding its own 4 rows: one LA step equals the single-process result."""
@@ -517,7 +511,7 @@ def test_two_processes_one_la_step(tmp_path, reference):
         pytest.skip("this jaxlib has no CPU collectives option (gloo)")
     worker = tmp_path / "worker.py"
     worker.write_text(_WORKER)
-    coord = f"127.0.0.1:{_free_port()}"
+    coord = f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     here = os.path.dirname(os.path.abspath(__file__))
     procs = [
@@ -559,9 +553,7 @@ def test_multi_host_flags_are_checked_and_a_missing_coordinator_times_out():
     with pytest.raises(ValueError, match=r"--process-id 2 is not in \[0, --num-processes 2\)"):
         maybe_initialize_distributed("127.0.0.1:1", 2, 2)
     assert not jax.distributed.is_initialized()
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     t0 = time.monotonic()
     proc = subprocess.run(
         [

@@ -12,6 +12,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,11 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import free_port
 from safetensors.numpy import load_file
 
-from pass_jax import checkpoint, hf, losses, program_config, tokenizer
+from pass_jax import checkpoint, data, hf, losses, program_config, tokenizer
 from pass_jax.config import ModelConfig
-from pass_jax.lookahead import load_lookahead
+from pass_jax.lookahead import load_lookahead, model_fingerprint
 from pass_jax.model import init_params
 from train import base, lookahead, run_cli
 
@@ -47,12 +49,16 @@ def corpus(tmp_path_factory):
     return f"files:{d}/*.py"
 
 
+def _corpus_texts(corpus: str) -> list[str]:
+    """The texts of the `corpus` fixture's files."""
+    return [open(p).read() for p in sorted(glob.glob(corpus[len("files:") :]))]
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, corpus):
     """A random tiny LLaMA-style model with a BPE tokenizer trained on the corpus, as a HF dir."""
     d = tmp_path_factory.mktemp("model")
-    texts = [open(p).read() for p in sorted(glob.glob(corpus[len("files:") :]))]
-    tok = tokenizer.train_bpe(texts, 300, d / "tokenizer")
+    tok = tokenizer.train_bpe(_corpus_texts(corpus), 300, d / "tokenizer")
     cfg = ModelConfig(
         vocab_size=len(tok),
         d_model=32,
@@ -305,6 +311,25 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_a_second_aborts(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
+def test_with_several_processes_signals_go_to_jax_preemption_service(monkeypatch):
+    """With several processes, ``Preemption`` leaves SIGTERM to JAX's handler (it tells every
+    process), turns Ctrl-C into a SIGTERM to itself, and stops only at the shared sync point
+    (none here: no JAX preemption service in one process), not on its own flag."""
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    seen = []
+    jax_handler = lambda signum, frame: seen.append(signum)  # stands for JAX's C++ handler
+    previous = signal.signal(signal.SIGTERM, jax_handler)
+    try:
+        with checkpoint.Preemption((signal.SIGTERM, signal.SIGINT)) as preemption:
+            assert signal.getsignal(signal.SIGTERM) is jax_handler
+            os.kill(os.getpid(), signal.SIGINT)
+            assert seen == [signal.SIGTERM] and preemption.signum == signal.SIGINT
+            assert not preemption.should_stop(1)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_resume_with_other_settings_is_refused_before_restoring(
     tiny_model, corpus, tmp_path, capsys
 ):
@@ -342,6 +367,147 @@ def test_lookahead_training_on_a_mesh_matches_one_device(tiny_model, corpus, tmp
     assert not np.allclose(one[0], one[1])  # trained: the rows left their common unk init
 
 
+# ----------------------------------------------------------------------------- two processes
+
+# The look-ahead program run by each of two processes: every JSON argument is one run's argv
+# and whether its second step sends this process SIGTERM (as a preempted VM gets it; the steps
+# after it slowed down so that JAX's preemption service, which polls for the signal every second,
+# has time to agree a step with the other process). A 2-row shuffle window, so the processes'
+# data positions part after one step (with the default 256-row window, after 128).
+TWO_PROCESS_RUNS = textwrap.dedent("""
+    import functools, json, os, signal, sys, time
+    from pass_jax import data, losses
+    from train import lookahead, run_cli
+
+    data.token_batches = functools.partial(data.token_batches, shuffle_window=2)
+    make_step = losses.make_la_train_step
+
+    def signalling(*args, **kwargs):
+        step, calls = make_step(*args, **kwargs), []
+
+        def step_then_signal(*a):
+            calls.append(1)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            if len(calls) >= 2:
+                time.sleep(0.5)
+            return step(*a)
+
+        return step_then_signal
+
+    for arg in sys.argv[1:]:
+        argv, sigterm = json.loads(arg)
+        losses.make_la_train_step = signalling if sigterm else make_step
+        code = run_cli(lambda: lookahead.main(argv))
+        if code:
+            sys.exit(code)
+""")
+
+
+def _two_processes(*runs) -> list[tuple[int, str]]:
+    """Runs ``TWO_PROCESS_RUNS`` in processes 0 and 1 (CPU devices, gloo collectives, this
+    checkout's code); ``runs``: ``(argv_of, sigterm)`` pairs, ``argv_of(i, coordinator)``
+    the program's arguments in process i. Their exit codes and stderr."""
+    if not hasattr(jax.config, "jax_cpu_collectives_implementation"):
+        pytest.skip("this jaxlib has no CPU collectives option (gloo)")
+    coordinator = f"127.0.0.1:{free_port()}"
+    env = {
+        **os.environ,
+        # 2 devices a process; quicker, less optimised compilation (same in every run)
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2 "
+        "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
+        "JAX_PLATFORMS": "cpu",
+        "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
+        "PYTHONPATH": REPO,
+    }
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                TWO_PROCESS_RUNS,
+                *(json.dumps([argv_of(i, coordinator), sigterm]) for argv_of, sigterm in runs),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        errs = [p.communicate(timeout=300)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    return [(p.returncode, err) for p, err in zip(procs, errs)]
+
+
+def test_two_processes_stop_together_on_sigterm_and_resume_exactly(tiny_model, corpus, tmp_path):
+    """Two processes on localhost, mesh fsdp=2 x tensor=2 spanning both (the embedding split
+    over them), on a corpus of short documents: a straight run; a run both get SIGTERM during,
+    which both stop after the same step, each saving its own data position (in its own shard);
+    fresh processes resume it and end bit-identical to the straight run (LA embeddings, losses,
+    evaluations). The export records the fingerprint one process computes; only process 0
+    writes it and the evaluation log."""
+    lines = [line for text in _corpus_texts(corpus) for line in text.splitlines() if line.strip()]
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for k in range(64):  # 2 to 8 lines each: a process's packing state moves every step
+        (docs / f"d{k}.py").write_text("\n".join(lines[9 * k : 9 * k + 2 + k % 7]))
+    spec = f"files:{docs}/*.py"
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+
+    def program(out):
+        return lambda i, coordinator: la_args(
+            tiny_model,
+            spec,
+            out,
+            *("--mesh", "data=1,fsdp=2,tensor=2", "--coordinator", coordinator),
+            *("--num-processes", "2", "--process-id", str(i)),
+        )
+
+    runs = _two_processes((program(straight), False), (program(resumed), True))
+    assert [code for code, _ in runs] == [128 + signal.SIGTERM] * 2, runs[0][1][-3000:]
+    stops = {re.search(r"SIGTERM at step (\d+): checkpoint saved", err)[1] for _, err in runs}
+    assert len(stops) == 1, stops  # the same step on both
+    stop = int(stops.pop())
+    saved = sorted(int(name) for name in os.listdir(resumed / "checkpoints") if name.isdigit())
+    assert 2 <= stop < 8 and saved[-1] == stop, saved
+    # each process's position: `stop` batches of 2 rows (tiny.yaml: batch 4, seq_len 32, seed 0)
+    # into its own shard of the documents
+    data_dir = resumed / "checkpoints" / str(stop) / checkpoint.DATA
+    texts, tok = data.text_source(spec, "train"), hf.load_tokenizer(tiny_model)
+    positions = []
+    for i in range(2):
+        it = data.token_batches(
+            texts, tok, 32, 2, 0, shard_index=i, shard_count=2, shuffle_window=2
+        )
+        for _ in range(stop):
+            next(it)
+        positions.append(data.iterator_state(it))
+        assert (data_dir / f"process_{i}-of-2.json").read_text() == positions[i]
+    assert positions[0] != positions[1]
+
+    runs = _two_processes((program(resumed), False))
+    for code, err in runs:
+        assert code == 0, err[-3000:]
+        assert f"resuming from step {stop}" in err
+    straight_LxD, resumed_LxD = (
+        load_file(out / "lookahead.safetensors")["lookahead"] for out in (straight, resumed)
+    )
+    assert straight_LxD.tobytes() == resumed_LxD.tobytes()
+    evals = (straight / lookahead.EVAL_FILE).read_text()
+    assert [json.loads(line)["step"] for line in evals.splitlines()] == [0, 4, 8]
+    assert (resumed / lookahead.EVAL_FILE).read_text() == evals
+    exports = [json.loads((out / "lookahead.json").read_text()) for out in (straight, resumed)]
+    for key in ("loss", "train_ce", "heldout_ce", "acceptance"):
+        assert exports[0]["metrics"][key] == exports[1]["metrics"][key], key
+    fingerprint = model_fingerprint(*hf.load_hf(tiny_model))["embedding_sha256"]
+    assert exports[0]["model"]["embedding_sha256"] == fingerprint
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
@@ -360,10 +526,30 @@ def test_checkpoint_roundtrip_keeps_last_n(tmp_path):
     )
     restored = checkpoint.restore(mngr, target, step=6)
     assert restored.step == 6 and restored.data_state == '{"pos": 6}'
+    assert [p.name for p in (tmp_path / "6" / checkpoint.DATA).glob("process_*")] == [
+        "process_0-of-1.json"
+    ]
     assert restored.meta == {"step": 6}
     np.testing.assert_array_equal(restored.state["w"], np.arange(6.0).reshape(2, 3) + 6)
     assert restored.state["w"].sharding == sharding
     assert checkpoint.restore(mngr, state).step == 7
+    mngr.close()
+
+
+def test_a_checkpoint_resumes_only_with_the_process_count_that_saved_it(tmp_path):
+    """Each process saves its own data position; a checkpoint saved by two processes (made
+    here by renaming a one-process save's file) is refused by one, naming both counts."""
+    mngr = checkpoint.manager(str(tmp_path), save_every=1)
+    checkpoint.save(mngr, 1, {"w": jnp.zeros(3)}, data_state='{"pos": 1}')
+    data_dir = tmp_path / "1" / checkpoint.DATA
+    os.rename(data_dir / "process_0-of-1.json", data_dir / "process_0-of-2.json")
+    (data_dir / "process_1-of-2.json").write_text('{"pos": 1}')
+    with pytest.raises(ValueError) as e:
+        checkpoint.restore(mngr, {"w": jnp.zeros(3)})
+    assert str(e.value) == (
+        f"checkpoint {tmp_path}/1 was saved by 2 processes, this run has 1: each process's "
+        "place in its shard of the data resumes only with the process count that saved it"
+    )
     mngr.close()
 
 
@@ -434,6 +620,19 @@ def test_lookahead_bad_input_is_a_clear_error(
     assert run_cli(lambda: lookahead.main(argv)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err, err
+
+
+def test_a_batch_the_processes_cannot_share_equally_is_a_clear_error(
+    tiny_model, corpus, tmp_path, capsys, monkeypatch
+):
+    """--batch-size is the rows of a step in all; two processes (pretended) cannot split 5."""
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    argv = la_args(tiny_model, corpus, tmp_path / "out", "--batch-size", "5")
+    assert run_cli(lambda: lookahead.main(argv)) == 2
+    assert capsys.readouterr().err == (
+        "error: --batch-size 5 (rows per step, in all) is not divisible by the 2 processes, "
+        "which read equal shares of it\n"
+    )
 
 
 def test_base_bad_data_spec_is_a_clear_error(tmp_path, capsys):

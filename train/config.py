@@ -93,7 +93,7 @@ class LookaheadSettings:
 
     lr: float
     weight_decay: float = 0.0
-    batch_size: int
+    batch_size: int  # rows per step in all: each of several processes reads its share
     seq_len: int
     steps: int
     warmup: int | None = None  # None: set to warmup_fraction * steps

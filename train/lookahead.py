@@ -24,6 +24,13 @@ Output directory ``--out``:
                              reports them.
 ``--json`` prints the final metrics as one JSON object on stdout.
 
+Several processes (``--coordinator``, ``--num-processes``, ``--process-id``; every one runs the
+same command with the same ``--out``, a shared directory): each reads its own shard of the corpus
+and ``batch_size / processes`` rows of each batch, and saves its own data position with every
+checkpoint (a checkpoint resumes with the same process count only); the base model's fingerprint
+is computed from the whole embedding, the same on every process; SIGTERM (or Ctrl-C) to any
+process stops them all after the same step; process 0 writes ``eval.jsonl`` and the export.
+
 Shape letters as in ``pass_jax/__init__.py`` (X: the training sequence length ``--seq-len``).
 """
 
@@ -100,11 +107,12 @@ class EvalLog:
         )
 
     def log(self, step: int, est: dict) -> None:
-        """Records the estimate ``est`` made at ``step``."""
+        """Records the estimate ``est`` made at ``step`` (in the file: by process 0 only)."""
         record = {"step": step, "temperature": self.temperature, "top_k": self.top_k, **est}
         self.history.append(record)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if jax.process_index() == 0:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def evaluate(self, state: dict, step: int) -> dict:
         """The train loop's evaluation: estimate, record, mean acceptance for the bar."""
@@ -143,7 +151,9 @@ def _parse(argv) -> argparse.Namespace:
     p.add_argument("--steps", type=int)
     p.add_argument("--loss", choices=losses.LOSS_KINDS)
     p.add_argument("--groups", "-M", type=int, help="insertion groups per sequence (packed)")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument(
+        "--batch-size", type=int, help="rows per step, in all (each process reads its share)"
+    )
     p.add_argument("--seq-len", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup", type=int, help="warmup steps (default: warmup_fraction * steps)")
@@ -232,8 +242,9 @@ def heldout_estimate(
     }
 
 
-def _eval_set(texts, tok, config: LookaheadTrainConfig) -> list[tuple[jax.Array, jax.Array]]:
-    """Fixed held-out batches with fixed insertion points (``eval_groups`` per row)."""
+def _eval_set(texts, tok, config: LookaheadTrainConfig, mesh) -> list[tuple[jax.Array, jax.Array]]:
+    """Fixed held-out batches with fixed insertion points (``eval_groups`` per row), the same
+    in every process (on ``mesh``: rows split over it)."""
     settings = config.lookahead
     X, L, B = settings.seq_len, config.num_lookahead, settings.batch_size
     M = min(settings.eval_groups, X - 1 - L)
@@ -245,29 +256,34 @@ def _eval_set(texts, tok, config: LookaheadTrainConfig) -> list[tuple[jax.Array,
             B,
             settings.seed,
             shuffle=False,
+            shard_index=0,
+            shard_count=1,
             add_special_tokens=config.add_special_tokens,
         ),
         settings.eval_batches,
     )
     key = jax.random.PRNGKey(settings.seed + 1)
-    return [
-        (
-            jnp.asarray(b["tokens"]),
-            losses.sample_insertion_points(jax.random.fold_in(key, i), B, M, X, L),
-        )
+    pairs = [
+        (b["tokens"], losses.sample_insertion_points(jax.random.fold_in(key, i), B, M, X, L))
         for i, b in enumerate(batches)
     ]
+    if mesh is None:
+        return [(jnp.asarray(tokens_BxX), ins_BxM) for tokens_BxX, ins_BxM in pairs]
+    return [sharding.shard_batch(pair, mesh, process_local=False) for pair in pairs]
 
 
 def _eval_log_upto(path: str, step: int) -> list[dict]:
     """Keeps the records of the evaluation log up to ``step`` (where training resumes; the rest
-    came after the checkpoint and will be redone) and returns them."""
+    came after the checkpoint and will be redone) and returns them (process 0 rewrites the
+    file)."""
     records = []
     if os.path.exists(path):
         with open(path) as f:
             records = [r for r in map(json.loads, f) if r["step"] <= step and step > 0]
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
+    if jax.process_index() == 0:  # replaced whole: other processes read it meanwhile
+        with open(path + ".tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        os.replace(path + ".tmp", path)
     return records
 
 
@@ -307,11 +323,11 @@ def run(config: LookaheadTrainConfig, device_args: argparse.Namespace) -> dict[s
     la_init_LxD, init_token = _la_init(config, model)
     state, step_fn = _trainer(config, model, la_init_LxD)
     settings = config.lookahead
-    batches = data.token_batches(
+    batches = data.token_batches(  # this process's shard of the data, its rows of each batch
         train_texts,
         model.tok,
         settings.seq_len,
-        settings.batch_size,
+        settings.batch_size // jax.process_count(),
         settings.seed,
         add_special_tokens=config.add_special_tokens,
     )
@@ -329,9 +345,10 @@ def run(config: LookaheadTrainConfig, device_args: argparse.Namespace) -> dict[s
         "lookahead": os.path.abspath(config.out),
         "settings": resume_key,
     }
-    lookahead.save_lookahead(
-        config.out, la_LxD, model.cfg, model.identity, init_token_id=init_token, metrics=metrics
-    )
+    if jax.process_index() == 0:
+        lookahead.save_lookahead(
+            config.out, la_LxD, model.cfg, model.identity, init_token_id=init_token, metrics=metrics
+        )
     return metrics
 
 
@@ -355,6 +372,12 @@ def load_model(config: LookaheadTrainConfig, device_args: argparse.Namespace) ->
         )
     X, L, M = config.lookahead.seq_len, config.num_lookahead, config.lookahead.groups
     data.check_seq_len(X, cfg.max_position)
+    B, processes = config.lookahead.batch_size, jax.process_count()
+    if B % processes:
+        raise ValueError(
+            f"--batch-size {B} (rows per step, in all) is not divisible by the {processes} "
+            "processes, which read equal shares of it"
+        )
     if X - 1 - L < M:
         raise ValueError(
             f"--seq-len {X} is too short for {M} insertion groups of L={L} "
@@ -390,15 +413,15 @@ def _texts(
     heldout_texts = data.text_source(
         spec, "heldout", config.data_dir, sample_fn=sample_fn, num_self_texts=max(4, n_self // 4)
     )
-    eval_set = _eval_set(heldout_texts, model.tok, config)
+    eval_set = _eval_set(heldout_texts, model.tok, config, model.mesh)
     if not eval_set:
         raise ValueError(f"empty corpus: the held-out split of {config.data} gives no batch")
     return train_texts, eval_set
 
 
 def _la_init(config: LookaheadTrainConfig, model: FrozenModel) -> tuple[jax.Array, int | None]:
-    """The initial LA embeddings (``init``) and the token they start from (None: not a token's
-    embedding)."""
+    """The initial LA embeddings (``init``; on a mesh: replicated) and the token they start from
+    (None: not a token's embedding)."""
     # the unk token (the paper's start and the [UNK] baseline); HF configs rarely record it,
     # the tokenizer does
     cfg = model.cfg
@@ -416,6 +439,8 @@ def _la_init(config: LookaheadTrainConfig, model: FrozenModel) -> tuple[jax.Arra
         init=init,
         unk_token_id=unk_token,
     )
+    if model.mesh is not None:  # as the trained embeddings will be: one evaluation program
+        la_init_LxD = sharding.replicate(la_init_LxD, model.mesh)
     return la_init_LxD, init_token
 
 
