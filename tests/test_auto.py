@@ -24,6 +24,8 @@ def test_candidates():
         "tree-2x1",
         "tree-2x2",
         "tree-3x2",
+        "tree-4x1",
+        "tree-8x1",
     )
     assert auto.candidates(6)[:8] == (
         "ar",
@@ -35,7 +37,8 @@ def test_candidates():
         "tree-1x1x1x1x1",
         "tree-1x1x1x1x1x1",
     )
-    assert auto.explorer(auto.candidates(4), 4) == "tree-3x2x1x1"
+    assert auto.explorer(auto.candidates(4), 4) == "tree-3x2x1x1"  # 21 drafts
+    assert auto.explorer(auto.candidates(2), 2) == "tree-8x1"  # 16 drafts; 3x2 has 9
     assert auto.widths("pass", 3) == (1, 1, 1) and auto.widths("ar", 3) == ()
 
 
