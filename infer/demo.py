@@ -108,10 +108,10 @@ QUICK_BENCH = dict(
     num_prompts=4,
     max_new_tokens=24,
     temperatures="0.8,0",
-    batch_size="1,2",
+    batch_size="2",
     repeats=2,
     hf_temperatures="0",
-    hf_repeats=2,
+    hf_repeats=1,
 )
 
 

@@ -294,7 +294,7 @@ def make_schedule(method: str, L: int = 0) -> Schedule:
     if method not in METHODS and widths is None:
         raise ValueError(f"unknown decoding method {method!r}; expected one of {METHODS}")
     if isinstance(L, bool) or not isinstance(L, numbers.Integral):
-        raise TypeError(f"number of look-ahead tokens must be an integer, got {L!r}")
+        raise ValueError(f"number of look-ahead tokens must be an integer, got {L!r}")
     L = int(L)
     if L < 1:
         raise ValueError(f"number of look-ahead tokens must be >= 1, got {L}")

@@ -59,9 +59,6 @@ def test_schedules_of_trees():
         with pytest.raises(ValueError, match="unknown decoding method"):
             make_schedule(bad, 4)
     assert make_schedule("pass", np.int64(3)).num_lookahead == 3  # a numpy integer is an L
-    for bad in (True, 2.0, "4"):
-        with pytest.raises(TypeError, match="must be an integer"):
-            make_schedule("pass", bad)
 
 
 def test_bad_layouts_are_refused():
@@ -305,7 +302,8 @@ def test_unk_is_not_a_layout():
     [
         (0, "must be >= 1, got 0"),
         (-3, "must be >= 1, got -3"),
-        (2.0, "must be >= 1, got 2.0"),
+        (2.0, "must be an integer, got 2.0"),
+        (True, "must be an integer, got True"),
         (
             33,
             r"33 look-ahead tokens: at most 32 are supported \(a fused call holds about "
