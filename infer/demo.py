@@ -111,7 +111,7 @@ QUICK_BENCH = dict(
     batch_size="2",
     repeats=2,
     hf_temperatures="0",
-    hf_repeats=1,
+    hf_repeats=2,
 )
 
 
