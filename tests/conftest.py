@@ -103,6 +103,18 @@ def tiny_hf_dir(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def sp_model_dir(tmp_path_factory, sp_tokenizer):
+    """A Hugging Face directory of a random 1-layer LLaMA (TINY's widths) saved with
+    ``sp_tokenizer`` (BOS 1 added by default, EOS 2), written once per session: read it, do not
+    edit it."""
+    from pass_jax.hf import save_hf
+
+    cfg = TINY.replace(vocab_size=len(sp_tokenizer), n_layers=1, bos_token_id=1, eos_token_ids=(2,))
+    dst = tmp_path_factory.mktemp("sp_model") / "model"
+    return save_hf(cfg, _params(cfg, 0), dst, tokenizer=sp_tokenizer)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (for a multi-process coordinator)."""
     with socket.socket() as s:

@@ -241,26 +241,9 @@ def test_random_model_report(tmp_path):
     assert json.loads(out.read_text())["call_ms"] == result["call_ms"]
 
 
-def test_prompts_get_the_tokenizers_special_tokens(tmp_path, monkeypatch, sp_tokenizer):
+def test_prompts_get_the_tokenizers_special_tokens(tmp_path, monkeypatch, sp_model_dir):
     """With a LLaMA-style tokenizer every prompt is BOS + --prompt-tokens text tokens (as
     ``tokenizer(text)`` starts); --no-special-tokens leaves the text tokens alone."""
-    from pass_jax.config import ModelConfig
-    from pass_jax.hf import save_hf
-    from pass_jax.model import init_params
-
-    cfg = ModelConfig(
-        vocab_size=len(sp_tokenizer),
-        d_model=32,
-        n_layers=1,
-        n_heads=4,
-        n_kv_heads=2,
-        ffn_dim=64,
-        bos_token_id=1,
-        eos_token_ids=(2,),
-    )
-    save_hf(
-        cfg, init_params(cfg, jax.random.PRNGKey(0)), tmp_path / "model", tokenizer=sp_tokenizer
-    )
     seen = []
     ours_runner = bench.ours_runner
 
@@ -272,7 +255,7 @@ def test_prompts_get_the_tokenizers_special_tokens(tmp_path, monkeypatch, sp_tok
     spec = f"files:{_corpus(tmp_path)}/*.py"
     common = [
         "--model",
-        str(tmp_path / "model"),
+        str(sp_model_dir),
         "--methods",
         "ar",
         "--no-hf-baselines",
@@ -338,26 +321,9 @@ def test_bench_from_json_errors(tmp_path):
         bench.main(["--from-json", str(tmp_path / "other.json"), "--out-dir", str(tmp_path)])
 
 
-def test_bench_interrupted_keeps_the_cells_measured(tmp_path, monkeypatch, sp_tokenizer):
+def test_bench_interrupted_keeps_the_cells_measured(tmp_path, monkeypatch, sp_model_dir):
     """An interruption in the second cell (T = 0.8) leaves a JSON with the first cell, marked
     incomplete, which --from-json renders."""
-    from pass_jax.config import ModelConfig
-    from pass_jax.hf import save_hf
-    from pass_jax.model import init_params
-
-    cfg = ModelConfig(
-        vocab_size=len(sp_tokenizer),
-        d_model=32,
-        n_layers=1,
-        n_heads=4,
-        n_kv_heads=2,
-        ffn_dim=64,
-        bos_token_id=1,
-        eos_token_ids=(2,),
-    )
-    save_hf(
-        cfg, init_params(cfg, jax.random.PRNGKey(0)), tmp_path / "model", tokenizer=sp_tokenizer
-    )
     ours_runner = bench.ours_runner
 
     def interrupted_at_sampling(*args, **kwargs):
@@ -376,7 +342,7 @@ def test_bench_interrupted_keeps_the_cells_measured(tmp_path, monkeypatch, sp_to
         bench.main(
             [
                 "--model",
-                str(tmp_path / "model"),
+                str(sp_model_dir),
                 "--methods",
                 "ar",
                 "--no-hf-baselines",
