@@ -282,6 +282,90 @@ def choose(stats: AcceptanceStats, costs: dict[str, float], L: int) -> tuple[str
     return max(costs, key=lambda m: expected[m] / costs[m]), expected
 
 
+def _counters(state) -> list[np.ndarray]:
+    """Host copies of the state's running counts (the state is donated to the next segment)."""
+    return [
+        np.array(x) for x in (state.accepted_BxLxW, state.verify_calls_B, state.calls_B, state.n_B)
+    ]
+
+
+def _run_segment(spec: DecodeSpec, params, la_LxD, state, segment: int, bootstrap: bool):
+    """``segment`` more tokens per row with ``spec``'s schedule; returns the new state and what
+    the segment added: accepted draws ``[B, L, W]``, verify calls, calls and tokens ``[B]``."""
+    before = _counters(state)
+    state = resume_jit(spec, params, la_LxD, state, state.n_B + segment, bootstrap=bootstrap)
+    return state, *[now - b for now, b in zip(_counters(state), before)]
+
+
+@dataclass
+class _Chooser:
+    """Which method each segment runs: ``first``, then the best expected tokens per second,
+    and ``explore`` after ``explore_every`` autoregressive segments in a row; ``observe``
+    folds a segment's acceptance into the statistics."""
+
+    stats: AcceptanceStats
+    costs: dict[str, float]
+    L: int
+    first: str
+    explore: str
+    explore_every: int
+    decay: float
+    ar_run: int = 0
+
+    @classmethod
+    def make(cls, methods, costs, prior, L: int, W: int, explore_every, decay: float):
+        """Without a prior: start with (and explore) the widest candidate, every 8 segments;
+        with one: start with the best expected method, explore the best speculative one
+        every 32."""
+        stats = AcceptanceStats.empty(L, W) if prior is None else prior_stats(prior, L, W)
+        if prior is None:
+            first = explore = explorer(methods, L)
+            return cls(stats, costs, L, first, explore, explore_every or 8, decay)
+        first = choose(stats, costs, L)[0]
+        explore = choose(stats, {m: c for m, c in costs.items() if m != "ar"} or costs, L)[0]
+        return cls(stats, costs, L, first, explore, explore_every or 32, decay)
+
+    def next(self, current: str | None) -> str:
+        """The method of the next segment (``current``: the last one's, None at the start)."""
+        if current is None:
+            method = self.first
+        elif self.ar_run >= self.explore_every:
+            method = self.explore
+        else:
+            method = choose(self.stats, self.costs, self.L)[0]
+        self.ar_run = self.ar_run + 1 if method == "ar" else 0
+        return method
+
+    def observe(self, method: str, accepted_LxW: np.ndarray, verify_calls: int) -> None:
+        """Fold a segment's accepted draws into the statistics."""
+        if method != "ar":  # nothing observed: the statistics (and a prior) stay as they are
+            self.stats.update(accepted_LxW, verify_calls, widths(method, self.L), self.decay)
+
+    def expected(self) -> dict[str, float]:
+        """Every method's expected tokens per iteration now."""
+        return choose(self.stats, self.costs, self.L)[1]
+
+
+def _plain_ar(log: AutoLog, chooser: _Chooser, W: int, **generate_kw) -> GenerationResult:
+    """The whole generation as the plain autoregressive loop (no segments, no host round
+    trips), logged as one ``ar`` segment."""
+    res = generate_fixed(method="ar", **generate_kw)
+    rows = len(res.tokens)
+    log.segments.append("ar")
+    log.calls["ar"] = int(sum(res.calls))
+    log.tokens["ar"] = sum(map(len, res.tokens)) - rows  # the prefill's token aside
+    log.expected_tokens = chooser.expected()
+    return GenerationResult(
+        tokens=res.tokens,
+        calls=res.calls,
+        accepted_by_rank=np.zeros((rows, chooser.L, W), np.int64),
+        verify_calls=res.verify_calls,
+        wall_time=res.wall_time,
+        method="auto",
+        auto=log,
+    )
+
+
 def generate_auto(
     cfg: ModelConfig,
     params,
@@ -322,43 +406,29 @@ def generate_auto(
     B, P = prompt_BxP.shape
     N = int(max_new_tokens)
     need = max(required_cache_len(P, N, s) for s in schedules.values())
-    asked_len = max_len  # the plain loop below sizes its own cache when none was asked for
+    asked_len = max_len  # the plain loop sizes its own cache when none was asked for
     if max_len is None:
         max_len = round_cache_len(need)
     elif need > max_len:
         raise ValueError(f"cache too small: auto needs {need} slots, the cache has {max_len}")
+    prompt_lists = [list(p) for p in prompts]
     log = AutoLog(
         iteration_costs(
-            cfg,
-            params,
-            la_LxD,
-            methods,
-            [list(p) for p in prompts],
-            max_len,
-            cache_dtype=cache_dtype,
+            cfg, params, la_LxD, methods, prompt_lists, max_len, cache_dtype=cache_dtype
         )
     )
     W = max(s.width for s in schedules.values())
-    stats = AcceptanceStats.empty(L, W) if prior is None else prior_stats(prior, L, W)
-    accepted_BxLxW = np.zeros((B, L, W), np.int64)
-    costs = log.seconds_per_iteration
-    if prior is None:
-        first = explore = explorer(methods, L)
-        explore_every = explore_every or 8
-    else:
-        first = choose(stats, costs, L)[0]
-        explore = choose(stats, {m: c for m, c in costs.items() if m != "ar"} or costs, L)[0]
-        explore_every = explore_every or 32
-    rows = len(prompts)
-    if first == "ar" and prior is not None and explore_every * segment >= N:
-        # autoregressive, and nothing would be explored before the end: the plain loop, which
-        # saves the segments' host round trips
-        res = generate_fixed(
-            cfg,
-            params,
-            prompts,
+    chooser = _Chooser.make(methods, log.seconds_per_iteration, prior, L, W, explore_every, decay)
+    if chooser.first == "ar" and prior is not None and chooser.explore_every * segment >= N:
+        # autoregressive, and nothing would be explored before the end
+        return _plain_ar(
+            log,
+            chooser,
+            W,
+            cfg=cfg,
+            params=params,
+            prompts=prompts,
             max_new_tokens=N,
-            method="ar",
             sampler=sampler,
             eos_ids=eos_ids,
             seed=seed,
@@ -367,62 +437,31 @@ def generate_auto(
             precision=precision,
             cache_dtype=cache_dtype,
         )
-        log.segments.append("ar")
-        log.calls["ar"] = int(sum(res.calls))
-        log.tokens["ar"] = sum(map(len, res.tokens)) - rows  # the prefill's token aside
-        log.expected_tokens = choose(stats, costs, L)[1]
-        return GenerationResult(
-            tokens=res.tokens,
-            calls=res.calls,
-            accepted_by_rank=np.zeros((rows, L, W), np.int64),
-            verify_calls=res.verify_calls,
-            wall_time=res.wall_time,
-            method="auto",
-            auto=log,
-        )
     t0 = time.perf_counter()
     exact = decode_precision(cfg, sampler, precision)
-    spec = DecodeSpec(cfg, schedules[first], sampler, N, exact)
     state = prefill_jit(
-        spec,
+        DecodeSpec(cfg, schedules[chooser.first], sampler, N, exact),
         params,
         *map(jnp.asarray, (prompt_BxP, prompt_len_B, active_B)),
         jnp.asarray(eos_array(cfg.eos_token_ids if eos_ids is None else eos_ids)),
         init_cache(cfg, B, max_len, cache_dtype, per_layer=not is_stacked(params)),
         jax.random.PRNGKey(seed),
     )
-    current, ar_run = None, 0
+    accepted_BxLxW = np.zeros((B, L, W), np.int64)
+    current = None
     while not bool(jnp.all(state.done_B)):
-        method = (
-            first
-            if current is None
-            else explore
-            if ar_run >= explore_every
-            else choose(stats, costs, L)[0]
-        )
-        ar_run = ar_run + 1 if method == "ar" else 0
-        spec = DecodeSpec(cfg, schedules[method], sampler, N, exact)
+        method = chooser.next(current)
         if method != current:
             state = switch_schedule(state, schedules[method])
-        before = [
-            np.array(x)
-            for x in (state.accepted_BxLxW, state.verify_calls_B, state.calls_B, state.n_B)
-        ]  # copies: state is donated
-        state = resume_jit(
-            spec, params, la_LxD, state, state.n_B + segment, bootstrap=method != current
+        spec = DecodeSpec(cfg, schedules[method], sampler, N, exact)
+        state, acc, vc, calls, n = _run_segment(
+            spec, params, la_LxD, state, segment, bootstrap=method != current
         )
-        acc, vc, calls, n = [
-            np.asarray(x) - b
-            for x, b in zip(
-                (state.accepted_BxLxW, state.verify_calls_B, state.calls_B, state.n_B), before
-            )
-        ]
         if n.sum() == 0:  # the cache is full
             break
         Lm, Wm = acc.shape[1:]
         accepted_BxLxW[:, :Lm, :Wm] += acc
-        if method != "ar":  # nothing observed: the statistics (and a prior) stay as they are
-            stats.update(acc.sum(0), int(vc.sum()), widths(method, L), decay)
+        chooser.observe(method, acc.sum(0), int(vc.sum()))
         log.segments.append(method)
         log.calls[method] = log.calls.get(method, 0) + int(calls.sum())
         log.tokens[method] = log.tokens.get(method, 0) + int(n.sum())
@@ -430,7 +469,8 @@ def generate_auto(
         if stream is not None:
             stream(np.asarray(state.out_BxN), np.asarray(state.n_B))
     wall = time.perf_counter() - t0
-    log.expected_tokens = choose(stats, log.seconds_per_iteration, L)[1]
+    log.expected_tokens = chooser.expected()
+    rows = len(prompts)
     out, n = np.asarray(state.out_BxN), np.asarray(state.n_B)
     return GenerationResult(
         tokens=[out[i, : n[i]].tolist() for i in range(rows)],
