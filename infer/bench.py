@@ -96,7 +96,7 @@ from pass_jax.gguf_file import resolve_model
 from pass_jax.hf import load_tokenizer
 from pass_jax.layout import method_lookahead
 from pass_jax.lookahead import TENSOR_FILE, init_lookahead, load_lookahead, recorded_acceptance
-from pass_jax.program_config import USER_ERRORS
+from pass_jax.program_config import USER_ERRORS, InputError, run_cli
 from pass_jax.tokenizer import with_special_tokens
 
 # --------------------------------------------------------------------------- flags
@@ -371,13 +371,13 @@ def prompt_set(config: BenchConfig, tok) -> tuple[list[list[int]], dict]:
 
 
 def parse_methods(names: Sequence[str]) -> list[str]:
-    """``--methods`` as a list, ``ar`` first (speedups are relative to it); SystemExit naming an
-    unknown method."""
+    """``--methods`` as a list, ``ar`` first (speedups are relative to it); ``InputError`` naming
+    an unknown method."""
     methods = list(names)
     for m in methods:
         if not is_ours(m):
-            raise SystemExit(
-                f"unknown method {m!r}; expected some of {','.join(OUR_METHODS)} "
+            raise InputError(
+                f"error: unknown method {m!r}; expected some of {','.join(OUR_METHODS)} "
                 "or a draft tree tree-WxWx.."
             )
     if "ar" not in methods:
@@ -652,10 +652,10 @@ def run_benchmark(
     )
     tok = load_tokenizer(config.model)
     if tok is None:
-        raise SystemExit(f"{config.model} has no tokenizer files: prompts need a tokenizer")
+        raise InputError(f"error: {config.model} has no tokenizer files: prompts need a tokenizer")
     las = load_lookaheads(config.lookahead, cfg, params, config.depths) if config.lookahead else {}
     if any(m not in ("ar", "unk") for m in methods) and not las:
-        raise SystemExit("methods pass / pass-fused / tree-.. need --lookahead DIR[,DIR...]")
+        raise InputError("error: methods pass / pass-fused / tree-.. need --lookahead DIR[,DIR...]")
     Ls = sorted(las) or ([config.main_lookahead or 4] if "unk" in methods else [])
 
     prompts, origin = prompt_set(config, tok)
@@ -691,7 +691,7 @@ def run(config: BenchConfig, device_args: argparse.Namespace) -> dict:
         write_outputs(result, config)
         return result
     if not config.model:
-        raise SystemExit("--model DIR is required (or --random-model / --from-json)")
+        raise InputError("error: --model DIR is required (or --random-model / --from-json)")
     check_outputs(config)
     config = dataclasses.replace(config, model=resolve_model(config.model))  # .gguf: converted
     return run_benchmark(config, device_args)
@@ -702,7 +702,7 @@ def _or_exit(fn, *args):
     try:
         return fn(*args)
     except USER_ERRORS as e:
-        raise SystemExit(f"error: {e}") from None
+        raise InputError(f"error: {e}") from None
 
 
 def main(argv=None) -> dict:
@@ -714,4 +714,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

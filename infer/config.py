@@ -235,6 +235,15 @@ class DemoConfig:
             raise ValueError("--ablation is for the tiny model: add --tiny (or --quick)")
         if self.la_steps < 0:
             raise ValueError(f"--la-steps must be >= 0, got {self.la_steps}")
+        # the benchmark's sizes, checked before the minutes of setup and training that precede it
+        for flag, value in [
+            ("--num-prompts", self.num_prompts),
+            ("--max-new-tokens", self.max_new_tokens),
+            ("--repeats", self.repeats),
+            ("--hf-repeats", self.hf_repeats),
+        ]:
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be >= 1, got {value}")
 
     @property
     def tiny_model(self) -> bool:

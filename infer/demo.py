@@ -42,6 +42,7 @@ from infer.config import DemoConfig
 from infer.default_model import NAME
 from pass_jax import program_config
 from pass_jax.lookahead import TENSOR_FILE
+from pass_jax.program_config import InputError, run_cli
 from train import base as train_base
 from train import lookahead as train_lookahead
 
@@ -439,7 +440,7 @@ def main(argv=None) -> dict:
     try:
         config = program_config.from_dict(DemoConfig, program_config.flag_values(args, DemoConfig))
     except ValueError as e:
-        raise SystemExit(str(e)) from None
+        raise InputError(f"error: {e}") from None
     t0 = time.perf_counter()
     # compiled programs are cached, so a second run skips most compilation
     jax.config.update(
@@ -455,4 +456,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -49,7 +49,7 @@ from pass_jax.generation import generate
 from pass_jax.gguf_file import resolve_model
 from pass_jax.hf import load_tokenizer
 from pass_jax.lookahead import init_lookahead, load_lookahead, recorded_acceptance
-from pass_jax.program_config import USER_ERRORS
+from pass_jax.program_config import USER_ERRORS, InputError, run_cli
 
 REPLACEMENT_CHAR = "\ufffd"  # what decoding shows for the bytes of an incomplete character
 
@@ -301,7 +301,7 @@ def main(argv=None) -> dict:
         config = load(GenerateConfig, args)
         result = run(config, args)
     except USER_ERRORS as e:
-        raise SystemExit(f"error: {e}") from None
+        raise InputError(f"error: {e}") from None
     if config.json:
         print(json.dumps(result))
     else:
@@ -315,4 +315,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from . import xla_memory
 from .cache import cache_bytes_per_token, cache_specs
 from .config import ModelConfig
 from .model import abstract_params
+from .program_config import run_cli
 from .sharding import AXES, BATCH_AXES, make_mesh, param_specs, spec_shards
 from .sharding import mesh_shape as mesh_shape_of
 
@@ -451,4 +453,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -13,7 +13,10 @@ it writes, how it lays itself out) may differ between a checkpoint and the run c
 :func:`resume_view` is the rest, :func:`differences` names what changed between two of them.
 
 ``USER_ERRORS`` are the exceptions a program reports as ``error: ...`` (bad input) rather than
-as a traceback. This module knows no program: it imports nothing from ``train`` or ``infer``.
+as a traceback, and :class:`InputError` the exit a program raises for bad input itself;
+:func:`run_cli` runs a program's ``main`` and gives both ``error: ...`` on stderr and exit status
+2 (as argparse does). This module knows no program: it imports nothing from ``train`` or
+``infer``.
 """
 
 from __future__ import annotations
@@ -21,16 +24,51 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import signal
+import sys
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import yaml
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+BAD_INPUT_EXIT_CODE = 2  # argparse's, for every bad-input exit
+INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT  # 130: the shell's code for Ctrl-C
 FREE_ON_RESUME = "free_on_resume"  # field metadata flag, see free_on_resume()
 ConfigT = TypeVar("ConfigT")
+
+
+class InputError(SystemExit):
+    """A program's exit on bad input: ``str()`` is the message (``error: ...``), the exit status
+    ``BAD_INPUT_EXIT_CODE``; :func:`run_cli` prints the message."""
+
+    def __init__(self, message: str):
+        super().__init__(BAD_INPUT_EXIT_CODE)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def run_cli(main: Callable[[], Any]) -> int:
+    """Run a program's ``main`` and return its exit status: bad input (``InputError``, or one of
+    ``USER_ERRORS``: a ValueError, missing files, unwritable outputs) prints ``error: ...`` and
+    gives 2; Ctrl-C outside a train loop (or a second one inside it) prints ``interrupted`` and
+    gives 130; otherwise ``main``'s own status when it returns an int, else 0."""
+    try:
+        status = main()
+    except InputError as e:
+        print(e.message, file=sys.stderr)
+        return BAD_INPUT_EXIT_CODE
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return BAD_INPUT_EXIT_CODE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
+    return status if isinstance(status, int) else 0
 
 
 def free_on_resume(default: Any = dataclasses.MISSING) -> Any:

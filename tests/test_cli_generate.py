@@ -15,6 +15,7 @@ import infer.generate as generate_cli
 from pass_jax.decode import GenerationResult
 from pass_jax.hf import save_hf
 from pass_jax.lookahead import init_lookahead, model_fingerprint, save_lookahead
+from pass_jax.program_config import run_cli
 from pass_jax.tokenizer import train_bpe
 
 TEXT = [
@@ -68,7 +69,7 @@ def _error(*args) -> str:
     """The message the program exits with."""
     with pytest.raises(SystemExit) as e:
         _main(*args)
-    return str(e.value.code)
+    return str(e.value)
 
 
 def test_methods_agree_greedy_and_json_has_stats(model_dir, capsys):
@@ -255,6 +256,23 @@ def test_yaml_config_and_flags_give_the_same_run(model_dir, tmp_path, capsys):
 
 def test_not_a_model_dir(tmp_path):
     assert "config.json" in _error("--model", tmp_path, "--prompt", "x")
+
+
+@pytest.mark.parametrize("program", ["generate", "bench", "demo"])
+def test_bad_input_is_one_error_line_and_exit_status_2(program, tmp_path, capsys):
+    """Every program, as the train programs and argparse do: ``error: ...`` on stderr, status 2
+    (what ``python -m infer.PROGRAM`` exits with: its ``__main__`` is ``run_cli(main)``)."""
+    import infer.bench as bench_cli
+    import infer.demo as demo_cli
+
+    main, argv, message = {
+        "generate": (generate_cli.main, ["--model", tmp_path, "--prompt", "x"], "config.json"),
+        "bench": (bench_cli.main, ["--model", tmp_path, "--methods", "ar,nope"], "'nope'"),
+        "demo": (demo_cli.main, ["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    }[program]
+    assert run_cli(lambda: main([str(a) for a in argv])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1], err
 
 
 def test_lookahead_without_method_means_pass_fused(model_dir, capsys):

@@ -4,8 +4,8 @@
 evaluation, orbax checkpoints (every K steps, at the end, and on SIGTERM or Ctrl-C), throughput
 that excludes compilation. The checks both programs make before any work live here too (seeds,
 output directories, whether a checkpoint can be resumed), and the restore that follows. The
-programs' settings are in ``train.config``. ``run_cli`` turns the usual bad-input exceptions
-(``program_config.USER_ERRORS``) into a one-line error.
+programs' settings are in ``train.config``. ``run_cli`` (``program_config.run_cli``, which every
+program's ``__main__`` uses) turns bad input into a one-line error and exit status 2.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from pass_jax import checkpoint, data
-from pass_jax.program_config import USER_ERRORS, differences
+from pass_jax.program_config import differences, run_cli  # noqa: F401 (run_cli: re-exported)
 
-INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT  # 130: the shell's code for Ctrl-C
 MAX_SEED = 2**31 - 1  # grain takes seeds below 2**32, and the programs also use seed + 1
 
 
@@ -197,17 +196,3 @@ def restore(
     data.restore_iterator(batches, restored.data_state)
     print(f"resuming from step {restored.step} ({mngr.directory})", file=sys.stderr)
     return restored
-
-
-def run_cli(main: Callable[[], int]) -> int:
-    """Runs a program's ``main``; bad input (ValueError, missing files, unwritable outputs):
-    ``error: ...``, exit 2; Ctrl-C outside the train loop (or a second one inside it):
-    ``interrupted``, exit 130."""
-    try:
-        return main()
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return INTERRUPTED_EXIT_CODE
