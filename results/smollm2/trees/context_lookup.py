@@ -22,36 +22,22 @@ Run from the repository root after `make demo`:
 import jax
 import jax.numpy as jnp
 import numpy as np
+from teacher_forced import LA_DIR, M, la_logits  # this folder (the script's own)
 
 from infer.bench import make_prompts
+from pass_jax.cache import init_cache
 from pass_jax.config import SamplerConfig
 from pass_jax.generation import generate
 from pass_jax.hf import load_hf, load_tokenizer
 from pass_jax.lookahead import load_lookahead
-from pass_jax.model import embed_tokens, forward
+from pass_jax.model import forward
 from pass_jax.sampling import warp_probs
 
-M = "artifacts/smollm2/model"
 L, K, NEW = 4, 8, 64
 cfg, params = load_hf(M)
 tok = load_tokenizer(M)
-la = load_lookahead("pretrained/smollm2-135m-instruct/L4", cfg, params)
+la = load_lookahead(LA_DIR, cfg, params)
 prompts, _ = make_prompts(tok, "stdlib", "artifacts/tfds", 8, 32, seed=0)
-
-
-@jax.jit
-def la_logits(seq_1xS, t, la_LxD):
-    """Logits of x_t (drafts x_{t+1}) and of LA_1..LA_L placed after x_0..x_t."""
-    S = seq_1xS.shape[1]
-    idx = jnp.arange(S + L)
-    toks = jnp.concatenate([seq_1xS, jnp.zeros((1, L), jnp.int32)], axis=1)
-    toks = jnp.where(idx[None] <= t, toks, 0)
-    x = embed_tokens(cfg, params, toks)
-    la_pos = idx - (t + 1)
-    is_la = (la_pos >= 0) & (la_pos < L)
-    x = jnp.where(is_la[None, :, None], la_LxD[jnp.clip(la_pos, 0, L - 1)][None].astype(x.dtype), x)
-    logits, _ = forward(cfg, params, toks, idx[None], None, None, x)
-    return jax.lax.dynamic_slice_in_dim(logits[0], t, L + 1, axis=0)
 
 
 def lookup(seq, end, n_max=3, length=2):
@@ -70,21 +56,33 @@ SAMPLER = SamplerConfig(temperature=0.8, top_k=10)
 
 
 @jax.jit
-def path_probs(seqs_RxS):
-    """Warped target probability of every token of each row given the tokens before it: [R, S]
-    (column s: p(seq[s] | seq[:s]); rows are right-padded, columns past a row's end unused)."""
-    R, S = seqs_RxS.shape
-    logits, _ = forward(cfg, params, seqs_RxS, jnp.broadcast_to(jnp.arange(S), (R, S)))
-    p = warp_probs(logits[:, :-1].reshape(R * (S - 1), -1), SAMPLER).reshape(R, S - 1, -1)
-    got = jnp.take_along_axis(p, seqs_RxS[:, 1:, None], axis=2)[..., 0]
-    return jnp.concatenate([jnp.zeros((R, 1)), got], axis=1)
+def prefill_probs(seq_1xS):
+    """The sequence's K/V in a fresh cache and the warped target distribution after each of its
+    tokens ``[S, V]``."""
+    S = seq_1xS.shape[1]
+    cache = init_cache(cfg, 1, S + 8)
+    logits, cache = forward(cfg, params, seq_1xS, jnp.arange(S)[None], cache)
+    return cache, warp_probs(logits[0], SAMPLER)
 
 
-def reach(pr, paths, i, t, depth):
-    """Expected accepted depth (up to ``depth``) of path i's drafts, which start at t + 2."""
+@jax.jit
+def branch_probs(cache, start, rows_RxT):
+    """Warped target distributions ``[R, T, V]`` after each token of R draft paths that follow
+    the cached sequence's first ``start`` tokens (the cache rows are shared)."""
+    R, T = rows_RxT.shape
+    tile = lambda x: jnp.broadcast_to(x, (x.shape[0], R) + x.shape[2:])  # [I, 1, ..] -> [I, R, ..]
+    cache = cache.replace(k=tile(cache.k), v=tile(cache.v), lengths=jnp.full((R,), start))
+    positions = start + jnp.broadcast_to(jnp.arange(T), (R, T))
+    logits, _ = forward(cfg, params, rows_RxT, positions, cache)
+    return warp_probs(logits.reshape(R * T, -1), SAMPLER).reshape(R, T, -1)
+
+
+def chain(p_first, p_after, path):
+    """Expected accepted drafts of a deterministic draft path: sum_k prod_{i <= k} p(d_i | ..);
+    ``p_first`` the distribution before the path, ``p_after[i]`` the one after its i-th token."""
     ok, total = 1.0, 0.0
-    for s in range(t + 2, min(len(paths[i]), t + 2 + depth)):
-        ok *= pr[i, s]
+    for i, d in enumerate(path):
+        ok *= float((p_first if i == 0 else p_after[i - 1])[d])
         total += ok
     return total
 
@@ -100,7 +98,7 @@ rows = []  # per position: accepted depths of each layout
 for ids in prompts:
     seq = list(ids) + generate(cfg, params, [ids], max_new_tokens=NEW, eos_ids=()).tokens[0]
     for t in range(len(ids), len(seq) - 4):  # y = x_{t+1} fed; drafts for x_{t+2}, x_{t+3}, ..
-        lg = np.asarray(la_logits(jnp.asarray([seq]), t, la))
+        lg = np.asarray(la_logits(cfg, params, jnp.asarray([seq]), t, la))
         top_k = set(np.argsort(-lg[1])[:K].tolist())
         d1 = seq[t + 2] in top_k  # the right token is one of LA_1's top k
         la2 = d1 and int(lg[2].argmax()) == seq[t + 3]
@@ -123,32 +121,32 @@ table(
     rows, f"greedy: {len(rows)} positions, {len(prompts)} prompts x {NEW} tokens, top-{K} of LA_1"
 )
 
-S = 32 + NEW + 4  # every path row padded to one length (one compilation)
 rows = []
 for n, ids in enumerate(prompts):
     res = generate(cfg, params, [ids], max_new_tokens=NEW, eos_ids=(), sampler=SAMPLER, seed=n)
     seq = list(ids) + res.tokens[0]
+    cache, p_SxV = prefill_probs(jnp.asarray([seq]))
+    p_SxV = np.asarray(p_SxV)
     for t in range(len(ids), len(seq) - 4):
-        lg = np.asarray(la_logits(jnp.asarray([seq]), t, la))
+        lg = np.asarray(la_logits(cfg, params, jnp.asarray([seq]), t, la))
         top_k = np.argsort(-lg[1])[:K].tolist()
-        prefix = seq[: t + 2]  # .. y = x_{t+1}
-        paths = [prefix + lookup(seq, t + 2, length=3)]  # prompt lookup alone
-        paths += [prefix + [c] + lookup(prefix + [c], t + 3) for c in top_k]  # c, then lookup
-        paths += [prefix + [c, int(lg[2].argmax())] for c in top_k]  # c, then LA_2's argmax
-        padded = np.zeros((len(paths), S), np.int32)
+        la2 = int(lg[2].argmax())
+        prefix = seq[: t + 2]  # .. y = x_{t+1}; p_SxV[t + 1] is the distribution after it
+        pl = lookup(seq, t + 2, length=3)  # prompt lookup alone
+        paths = [pl] + [[c] + lookup(prefix + [c], t + 3) for c in top_k]
+        rows_RxT = np.zeros((len(paths), 3), np.int32)
         for i, path in enumerate(paths):
-            padded[i, : len(path)] = path
-        pr = np.asarray(path_probs(jnp.asarray(padded)))
-
-        d1 = [pr[1 + k, t + 2] for k in range(K)]
+            rows_RxT[i, : len(path)] = path
+        after = np.asarray(branch_probs(cache, t + 2, jnp.asarray(rows_RxT)))
+        p1 = p_SxV[t + 1]
         rows.append(
             {
                 f"tree {K}x1 (LA_2 argmax at depth 2, as now)": 1
-                + sum(reach(pr, paths, 1 + K + k, t, 2) for k in range(K)),
+                + sum(chain(p1, after[1 + k], [c, la2]) for k, c in enumerate(top_k)),
                 f"tree {K}x1x1 (lookup at depths 2 and 3)": 1
-                + sum(reach(pr, paths, 1 + k, t, 3) for k in range(K)),
-                "prompt lookup alone, 3 tokens (no look-ahead)": 1 + reach(pr, paths, 0, t, 3),
-                f"depth 1 only (top {K} of LA_1)": 1 + sum(d1),
+                + sum(chain(p1, after[1 + k], paths[1 + k]) for k in range(K)),
+                "prompt lookup alone, 3 tokens (no look-ahead)": 1 + chain(p1, after[0], pl),
+                f"depth 1 only (top {K} of LA_1)": 1 + sum(float(p1[c]) for c in top_k),
             }
         )
 table(rows, f"T=0.8, top-k 10: {len(rows)} positions, sampled continuations (seed = prompt index)")
