@@ -284,9 +284,19 @@ def test_lookahead_cli_json_then_sigterm_and_exact_resume(
     assert json.loads(capsys.readouterr().out)["steps"] == 8
 
 
+@pytest.fixture
+def python_sigint():
+    """SIGINT handled by Python's own handler during the test (as in a terminal), even when the
+    suite runs where SIGINT is ignored (started in the background by a non-interactive shell,
+    ``nohup``): the handler Ctrl-C handling saves and restores."""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, inherited)
+
+
 @pytest.mark.parametrize("times", [1, 2])
 def test_ctrl_c_saves_a_checkpoint_and_exits_130_a_second_aborts(
-    tiny_model, corpus, tmp_path, monkeypatch, capsys, times
+    tiny_model, corpus, tmp_path, monkeypatch, capsys, times, python_sigint
 ):
     """Ctrl-C (SIGINT) at step 3 saves that step like SIGTERM and exits 130 with a one-line
     message; a second Ctrl-C before the save aborts at once (no checkpoint), also exit 130."""
@@ -311,7 +321,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_a_second_aborts(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
-def test_with_several_processes_signals_go_to_jax_preemption_service(monkeypatch):
+def test_with_several_processes_signals_go_to_jax_preemption_service(monkeypatch, python_sigint):
     """With several processes, ``Preemption`` leaves SIGTERM to JAX's handler (it tells every
     process), turns Ctrl-C into a SIGTERM to itself, and stops only at the shared sync point
     (none here: no JAX preemption service in one process), not on its own flag."""
