@@ -31,7 +31,8 @@ from pass_jax import checkpoint, data, hf, losses, program_config, tokenizer
 from pass_jax.config import ModelConfig
 from pass_jax.lookahead import load_lookahead, model_fingerprint
 from pass_jax.model import init_params
-from train import base, lookahead, run_cli
+from pass_jax.program_config import run_cli
+from train import base, lookahead
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "tiny.yaml")

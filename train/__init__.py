@@ -4,8 +4,8 @@
 evaluation, orbax checkpoints (every K steps, at the end, and on SIGTERM or Ctrl-C), throughput
 that excludes compilation. The checks both programs make before any work live here too (seeds,
 output directories, whether a checkpoint can be resumed), and the restore that follows. The
-programs' settings are in ``train.config``. ``run_cli`` (``program_config.run_cli``, which every
-program's ``__main__`` uses) turns bad input into a one-line error and exit status 2.
+programs' settings are in ``train.config``; ``program_config.run_cli``, which every program's
+``__main__`` uses, turns bad input into a one-line error and exit status 2.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pass_jax import checkpoint, data
-from pass_jax.program_config import differences, run_cli  # noqa: F401 (run_cli: re-exported)
+from pass_jax.program_config import differences
 
 MAX_SEED = 2**31 - 1  # grain takes seeds below 2**32, and the programs also use seed + 1
 

@@ -36,7 +36,8 @@ from pass_jax import checkpoint, data, hf, losses, program_config
 from pass_jax import tokenizer as tokenizer_lib
 from pass_jax.config import ModelConfig
 from pass_jax.model import init_params
-from train import LoopResult, check_output_dir, check_resume, restore, run_cli, train_loop
+from pass_jax.program_config import run_cli
+from train import LoopResult, check_output_dir, check_resume, restore, train_loop
 from train.config import BaseTrainConfig
 
 DEFAULT_CONFIG = os.path.join(

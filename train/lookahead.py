@@ -63,7 +63,8 @@ from pass_jax import (
 )
 from pass_jax.config import ModelConfig, SamplerConfig
 from pass_jax.model import REMAT_POLICIES
-from train import LoopResult, check_output_dir, check_resume, restore, run_cli, train_loop
+from pass_jax.program_config import run_cli
+from train import LoopResult, check_output_dir, check_resume, restore, train_loop
 from train.config import LookaheadTrainConfig
 
 DEFAULT_CONFIG = os.path.join(
