@@ -388,7 +388,8 @@ def test_lookahead_training_on_a_mesh_matches_one_device(tiny_model, corpus, tmp
 TWO_PROCESS_RUNS = textwrap.dedent("""
     import functools, json, os, signal, sys, time
     from pass_jax import data, losses
-    from train import lookahead, run_cli
+    from pass_jax.program_config import run_cli
+    from train import lookahead
 
     data.token_batches = functools.partial(data.token_batches, shuffle_window=2)
     make_step = losses.make_la_train_step
