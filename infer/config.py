@@ -242,8 +242,8 @@ class DemoConfig:
             ("--repeats", self.repeats),
             ("--hf-repeats", self.hf_repeats),
         ]:
-            if value is not None and value < 1:
-                raise ValueError(f"{flag} must be >= 1, got {value}")
+            if value is not None:
+                check_at_least_one(flag, value)
 
     @property
     def tiny_model(self) -> bool:
