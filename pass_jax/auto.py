@@ -1,7 +1,8 @@
 """``method="auto"``: decode with the layout that gives the most tokens per second here.
 
 Candidates, for L look-ahead embeddings (``candidates``): autoregressive, the paper's two
-calls, fused chains of every depth L' <= L (``tree-1x..x1``) and a few draft trees. Once per
+calls, fused chains of every depth L' <= L (``tree-1x..x1``), a few draft trees, context drafts
+alone (``ctx-3``, ``ctx-6``: prompt-lookup decoding) and a tree with context chains. Once per
 model, batch size, cache size and device, one loop iteration of each is timed
 (``iteration_seconds``; the table is cached in the process). The generation then runs in
 segments of ``segment`` tokens per row, each with the candidate of the highest expected tokens
@@ -10,10 +11,14 @@ emitted tokens carry over; the new schedule's bootstrap call draws its drafts).
 
 Acceptance statistics are kept while decoding, per depth j and rank r of the draws:
 c(j, r) = P(the rank-r draw at depth j is accepted | depth j - 1 reached, ranks < r rejected),
-counts decayed every segment, a Beta(1, 1) prior. A layout of widths w accepts at depth j with
-a_j = 1 - prod_{r < w_j} (1 - c(j, r)); it is expected to accept sum_i prod_{j <= i} a_j drafts
-(depths taken as independent: an approximation), and an iteration yields that + 1 (fused),
-+ 2 (the paper's two calls) or 1 token (autoregressive, which wins when nothing pays).
+and per depth for context drafts (tried after the draws): c_ctx(j); counts decayed every
+segment, a Beta(1, 1) prior. A layout of widths w accepts at depth j with
+a_j = 1 - prod_{r < w_j} (1 - c(j, r)) x (1 - c_ctx(j) where it has context drafts at depth j);
+it is expected to accept sum_i prod_{j <= i} a_j drafts (depths taken as independent, and a
+context chain under the root pooled with those under drafts: approximations), and an iteration
+yields that + 1 (fused), + 2 (the paper's two calls) or 1 token (autoregressive, which wins when
+nothing pays). Context drafts have no prior: their first estimate is the Beta(1, 1) mean, 1/2,
+so a context layout is tried early when its calls are cheap, and kept only if the text repeats.
 
 Without a prior, the first segment runs the candidate with the most draft nodes (of the default
 candidates, the one that draws every depth and rank the others do), and after ``explore_every``
@@ -55,13 +60,16 @@ from .decode import (
     run_steps,
     switch_schedule,
 )
-from .layout import Schedule, make_schedule, parse_tree, tree_name
+from .layout import Schedule, make_schedule, parse_context, parse_tree, tree_name
 from .model import is_stacked
 
 # Cut to depth L. Wide and shallow (4x1, 8x1) because on SmolLM2-135M the top-k of LA_1 holds
 # most of what the drafts get right (results/smollm2/trees): 8 candidates for the next token
 # are accepted 61% of the time at greedy, its argmax 19%.
 TREES = ((2, 1, 1, 1), (2, 2, 1, 1), (3, 2, 1, 1), (4, 1), (8, 1))
+# Context drafts: cheap chains (a token each, no look-ahead group), and LA_1's top 4 with a
+# lookup under each, which reads the draft it follows (results/smollm2/trees).
+CONTEXT = ("ctx-3", "ctx-6", "tree-4+ctx2")
 
 
 def candidates(L: int) -> tuple[str, ...]:
@@ -70,14 +78,28 @@ def candidates(L: int) -> tuple[str, ...]:
         return ("ar",)
     chains = [tree_name((1,) * k) for k in range(1, L + 1)]
     trees = sorted({w[:L] for w in TREES} - {(1,) * min(L, 4)}, key=lambda w: (len(w), w))
-    return ("ar", "pass", *chains, *(tree_name(w) for w in trees))
+    return ("ar", "pass", *chains, *(tree_name(w) for w in trees), *CONTEXT)
 
 
 def widths(method: str, L: int) -> tuple[int, ...]:
-    """Draws per depth that ``method`` verifies (a chain: ones; autoregressive: none)."""
+    """Draws per depth that ``method`` verifies (a chain: ones; autoregressive and context
+    drafts alone: none)."""
     if method == "ar":
         return ()
-    return parse_tree(method) or (1,) * L
+    w = parse_tree(method)
+    return (1,) * L if w is None else w
+
+
+def context_depths(method: str, L: int) -> range:
+    """Depths (1-based) at which ``method`` has context drafts: a chain of m under the root and
+    under every draft reaches depth J + m (J: the draws' depth)."""
+    m = parse_context(method)
+    return range(1, len(widths(method, L)) + m + 1) if m else range(0)
+
+
+def depth(method: str, L: int) -> int:
+    """The deepest draft ``method`` verifies."""
+    return max(len(widths(method, L)), len(context_depths(method, L)))
 
 
 def base_tokens(method: str) -> int:
@@ -95,39 +117,62 @@ def explorer(methods: Sequence[str], L: int) -> str:
 
 @dataclass
 class AcceptanceStats:
-    """Decayed counts per depth and rank: accepted ``[L, W]`` and tried ``[L, W]``."""
+    """Decayed counts per depth and rank: accepted ``[J, W]`` and tried ``[J, W]`` draws, and
+    accepted ``[J]`` and tried ``[J]`` context drafts (J: the deepest candidate's depth)."""
 
-    accepted_LxW: np.ndarray
-    tried_LxW: np.ndarray
+    accepted_JxW: np.ndarray
+    tried_JxW: np.ndarray
+    ctx_accepted_J: np.ndarray
+    ctx_tried_J: np.ndarray
 
     @classmethod
-    def empty(cls, L: int, W: int) -> AcceptanceStats:
-        return cls(np.zeros((L, W)), np.zeros((L, W)))
+    def empty(cls, J: int, W: int) -> AcceptanceStats:
+        return cls(np.zeros((J, W)), np.zeros((J, W)), np.zeros(J), np.zeros(J))
 
     def update(
-        self, accepted_LxW: np.ndarray, verifications: int, w: tuple[int, ...], decay: float
+        self,
+        accepted_JxW: np.ndarray,
+        verifications: int,
+        w: tuple[int, ...],
+        decay: float,
+        ctx_accepted_J: np.ndarray | None = None,
+        ctx_depths: range = range(0),
     ):
-        """Add one segment of ``verifications`` calls of a layout of widths ``w``:
-        ``accepted_LxW`` counts the accepted draws per depth and rank."""
-        self.accepted_LxW *= decay
-        self.tried_LxW *= decay
+        """Add one segment of ``verifications`` calls of a layout of widths ``w`` with context
+        drafts at ``ctx_depths``: ``accepted_JxW`` counts the accepted draws per depth and rank,
+        ``ctx_accepted_J`` the accepted context drafts per depth (tried when the draws there
+        were all rejected)."""
+        for x in (self.accepted_JxW, self.tried_JxW, self.ctx_accepted_J, self.ctx_tried_J):
+            x *= decay
         reach = float(verifications)
-        for j, wj in enumerate(w):
-            acc = accepted_LxW[j, :wj].astype(float)
-            self.accepted_LxW[j, :wj] += acc
-            self.tried_LxW[j, :wj] += reach - np.concatenate([[0.0], np.cumsum(acc)[:-1]])
-            reach = acc.sum()
+        for j in range(max(len(w), len(ctx_depths))):
+            wj = w[j] if j < len(w) else 0
+            acc = accepted_JxW[j, :wj].astype(float)
+            self.accepted_JxW[j, :wj] += acc
+            self.tried_JxW[j, :wj] += reach - np.concatenate([[0.0], np.cumsum(acc)[:-1]])
+            ctx = 0.0
+            if j + 1 in ctx_depths:
+                ctx = float(ctx_accepted_J[j])
+                self.ctx_accepted_J[j] += ctx
+                self.ctx_tried_J[j] += reach - acc.sum()
+            reach = acc.sum() + ctx
 
     def conditional(self) -> np.ndarray:
-        """c(j, r) ``[L, W]`` (posterior mean under a Beta(1, 1) prior)."""
-        return (self.accepted_LxW + 1.0) / (self.tried_LxW + 2.0)
+        """c(j, r) ``[J, W]`` (posterior mean under a Beta(1, 1) prior)."""
+        return (self.accepted_JxW + 1.0) / (self.tried_JxW + 2.0)
+
+    def context_conditional(self) -> np.ndarray:
+        """c_ctx(j) ``[J]`` (posterior mean under a Beta(1, 1) prior)."""
+        return (self.ctx_accepted_J + 1.0) / (self.ctx_tried_J + 2.0)
 
     def expected_tokens(self, method: str, L: int) -> float:
         """Expected tokens per loop iteration of ``method``."""
-        c = self.conditional()
+        c, cc = self.conditional(), self.context_conditional()
+        w, ctx = widths(method, L), context_depths(method, L)
         total, reach = float(base_tokens(method)), 1.0
-        for j, wj in enumerate(widths(method, L)):
-            reach *= 1.0 - np.prod(1.0 - c[j, :wj])
+        for j in range(depth(method, L)):
+            miss = np.prod(1.0 - c[j, : w[j] if j < len(w) else 0])
+            reach *= 1.0 - miss * (1.0 - cc[j] if j + 1 in ctx else 1.0)
             total += reach
         return total
 
@@ -263,15 +308,15 @@ class AutoLog:
 
 
 def prior_stats(
-    prior_L: Sequence[float], L: int, W: int, strength: float = 16.0
+    prior_L: Sequence[float], J: int, W: int, strength: float = 16.0
 ) -> AcceptanceStats:
-    """Statistics that start from a known acceptance per depth (e.g. the held-out estimate an
-    export records): ``strength`` pseudo-tries at every depth and rank, accepted at that
-    depth's rate (a missing depth: the Beta(1, 1) prior alone)."""
-    stats = AcceptanceStats.empty(L, W)
-    for j, a in enumerate(list(prior_L)[:L]):
-        stats.accepted_LxW[j] = strength * float(a)
-        stats.tried_LxW[j] = strength
+    """Statistics that start from a known acceptance of the draws per depth (e.g. the held-out
+    estimate an export records): ``strength`` pseudo-tries at every depth and rank, accepted at
+    that depth's rate (a missing depth, and context drafts: the Beta(1, 1) prior alone)."""
+    stats = AcceptanceStats.empty(J, W)
+    for j, a in enumerate(list(prior_L)[:J]):
+        stats.accepted_JxW[j] = strength * float(a)
+        stats.tried_JxW[j] = strength
     return stats
 
 
@@ -285,13 +330,21 @@ def choose(stats: AcceptanceStats, costs: dict[str, float], L: int) -> tuple[str
 def _counters(state) -> list[np.ndarray]:
     """Host copies of the state's running counts (the state is donated to the next segment)."""
     return [
-        np.array(x) for x in (state.accepted_BxLxW, state.verify_calls_B, state.calls_B, state.n_B)
+        np.array(x)
+        for x in (
+            state.accepted_BxJxW,
+            state.accepted_ctx_BxJ,
+            state.verify_calls_B,
+            state.calls_B,
+            state.n_B,
+        )
     ]
 
 
 def _run_segment(spec: DecodeSpec, params, la_LxD, state, segment: int, bootstrap: bool):
     """``segment`` more tokens per row with ``spec``'s schedule; returns the new state and what
-    the segment added: accepted draws ``[B, L, W]``, verify calls, calls and tokens ``[B]``."""
+    the segment added: accepted draws ``[B, J, W]`` and context drafts ``[B, J]``, verify
+    calls, calls and tokens ``[B]``."""
     before = _counters(state)
     state = resume_jit(spec, params, la_LxD, state, state.n_B + segment, bootstrap=bootstrap)
     return state, *[now - b for now, b in zip(_counters(state), before)]
@@ -317,7 +370,8 @@ class _Chooser:
         """Without a prior: start with (and explore) the widest candidate, every 8 segments;
         with one: start with the best expected method, explore the best speculative one
         every 32."""
-        stats = AcceptanceStats.empty(L, W) if prior is None else prior_stats(prior, L, W)
+        J = max(depth(m, L) for m in methods)
+        stats = AcceptanceStats.empty(J, W) if prior is None else prior_stats(prior, J, W)
         if prior is None:
             first = explore = explorer(methods, L)
             return cls(stats, costs, L, first, explore, explore_every or 8, decay)
@@ -336,10 +390,19 @@ class _Chooser:
         self.ar_run = self.ar_run + 1 if method == "ar" else 0
         return method
 
-    def observe(self, method: str, accepted_LxW: np.ndarray, verify_calls: int) -> None:
-        """Fold a segment's accepted draws into the statistics."""
+    def observe(
+        self, method: str, accepted_JxW: np.ndarray, accepted_ctx_J: np.ndarray, verify_calls: int
+    ) -> None:
+        """Fold a segment's accepted draws and context drafts into the statistics."""
         if method != "ar":  # nothing observed: the statistics (and a prior) stay as they are
-            self.stats.update(accepted_LxW, verify_calls, widths(method, self.L), self.decay)
+            self.stats.update(
+                accepted_JxW,
+                verify_calls,
+                widths(method, self.L),
+                self.decay,
+                accepted_ctx_J,
+                context_depths(method, self.L),
+            )
 
     def expected(self) -> dict[str, float]:
         """Every method's expected tokens per iteration now."""
@@ -355,10 +418,12 @@ def _plain_ar(log: AutoLog, chooser: _Chooser, W: int, **generate_kw) -> Generat
     log.calls["ar"] = int(sum(res.calls))
     log.tokens["ar"] = sum(map(len, res.tokens)) - rows  # the prefill's token aside
     log.expected_tokens = chooser.expected()
+    J = chooser.stats.ctx_tried_J.shape[0]
     return GenerationResult(
         tokens=res.tokens,
         calls=res.calls,
-        accepted_by_rank=np.zeros((rows, chooser.L, W), np.int64),
+        accepted_by_rank=np.zeros((rows, J, W), np.int64),
+        accepted_context=np.zeros((rows, J), np.int64),
         verify_calls=res.verify_calls,
         wall_time=res.wall_time,
         method="auto",
@@ -447,21 +512,23 @@ def generate_auto(
         init_cache(cfg, B, max_len, cache_dtype, per_layer=not is_stacked(params)),
         jax.random.PRNGKey(seed),
     )
-    accepted_BxLxW = np.zeros((B, L, W), np.int64)
+    J = chooser.stats.ctx_tried_J.shape[0]
+    accepted_BxJxW, accepted_ctx_BxJ = np.zeros((B, J, W), np.int64), np.zeros((B, J), np.int64)
     current = None
     while not bool(jnp.all(state.done_B)):
         method = chooser.next(current)
         if method != current:
             state = switch_schedule(state, schedules[method])
         spec = DecodeSpec(cfg, schedules[method], sampler, N, exact)
-        state, acc, vc, calls, n = _run_segment(
+        state, acc, acc_ctx, vc, calls, n = _run_segment(
             spec, params, la_LxD, state, segment, bootstrap=method != current
         )
         if n.sum() == 0:  # the cache is full
             break
-        Lm, Wm = acc.shape[1:]
-        accepted_BxLxW[:, :Lm, :Wm] += acc
-        chooser.observe(method, acc.sum(0), int(vc.sum()))
+        Jm, Wm = acc.shape[1:]
+        accepted_BxJxW[:, :Jm, :Wm] += acc
+        accepted_ctx_BxJ[:, :Jm] += acc_ctx
+        chooser.observe(method, acc.sum(0), acc_ctx.sum(0), int(vc.sum()))
         log.segments.append(method)
         log.calls[method] = log.calls.get(method, 0) + int(calls.sum())
         log.tokens[method] = log.tokens.get(method, 0) + int(n.sum())
@@ -475,7 +542,8 @@ def generate_auto(
     return GenerationResult(
         tokens=[out[i, : n[i]].tolist() for i in range(rows)],
         calls=np.asarray(state.calls_B)[:rows].tolist(),
-        accepted_by_rank=accepted_BxLxW[:rows],
+        accepted_by_rank=accepted_BxJxW[:rows],
+        accepted_context=accepted_ctx_BxJ[:rows],
         verify_calls=np.asarray(state.verify_calls_B)[:rows].tolist(),
         wall_time=wall,
         method="auto",

@@ -33,7 +33,8 @@ from jax.sharding import Mesh
 
 from .cache import KVCache, cache_sharding, init_cache, resolve_cache_dtype
 from .config import ModelConfig, SamplerConfig
-from .layout import Layout, Schedule, make_schedule
+from .context import context_drafts
+from .layout import Layout, Schedule, make_schedule, method_lookahead
 from .model import embed_tokens, forward, is_stacked, logits_from_hidden
 from .sampling import draw_without_replacement, sample_logits, support_size, verify_tree, warp_probs
 from .sharding import batch_divisor, batch_sharding, replicated, shard_batch, to_host
@@ -105,7 +106,9 @@ class DecodeState:
     eos_E: jax.Array  # int32 ids that end a row (-1 pads)
     calls_B: jax.Array  # int32 forward calls made while the row was active
     verify_calls_B: jax.Array  # int32 calls that verified drafts
-    accepted_BxLxW: jax.Array  # int32 times the draft of rank r at depth j was accepted
+    accepted_BxJxW: jax.Array  # int32 times the draw of rank r at depth j was accepted
+    accepted_ctx_BxJ: jax.Array  # int32 times a context draft at depth j was accepted
+    hist_BxS: jax.Array  # int32 the prompt and the emitted tokens, by position (cache slot)
 
 
 def _emit(
@@ -141,8 +144,11 @@ def layout_call(spec: DecodeSpec, layout: Layout, params, la_LxD, state: DecodeS
     rng, rng_acc, rng_draft = jax.random.split(state.rng, 3)
     active_B = ~state.done_B
 
-    draft_j, draft_r = layout.draft_slots
-    tree_BxC = jnp.concatenate([state.y_B[:, None], state.drafts_BxLxW[:, draft_j, draft_r]], 1)
+    draft_n, draft_j, draft_r = layout.draft_slots
+    tree_BxC = jnp.zeros((B, C), jnp.int32).at[:, 0].set(state.y_B)
+    tree_BxC = tree_BxC.at[:, draft_n].set(state.drafts_BxLxW[:, draft_j, draft_r])
+    lengths_B = state.cache.lengths  # y's position
+    tree_BxC, valid_BxC = context_drafts(layout, state.hist_BxS, lengths_B + 1, tree_BxC)
     tokens_BxT = jnp.concatenate([tree_BxC, jnp.zeros((B, layout.T - C), jnp.int32)], axis=1)
     x_BxTxD = embed_tokens(cfg, params, tokens_BxT)
     if layout.num_lookahead:
@@ -167,6 +173,9 @@ def layout_call(spec: DecodeSpec, layout: Layout, params, la_LxD, state: DecodeS
         rng_acc,
         p_BxCxV,
         layout.children,
+        layout.draw,
+        tree_BxC,
+        valid_BxC,
         state.drafts_BxLxW,
         state.q_BxLxV,
         sampler.greedy,
@@ -186,6 +195,11 @@ def layout_call(spec: DecodeSpec, layout: Layout, params, la_LxD, state: DecodeS
     )  # O = J + 1
     new_BxO = jnp.where(jnp.arange(J + 1)[None, :] == n_acc_B[:, None], next_B[:, None], new_BxO)
     state = _emit(spec, state, new_BxO, n_acc_B + 1, active_B)
+    slot_BxO = lengths_B[:, None] + 1 + jnp.arange(J + 1)[None]
+    keep_BxO = (jnp.arange(J + 1)[None] <= n_acc_B[:, None]) & active_B[:, None]
+    hist_BxS = state.hist_BxS.at[
+        jnp.arange(B)[:, None], jnp.where(keep_BxO, slot_BxO, state.hist_BxS.shape[1])
+    ].set(new_BxO, mode="drop")
 
     drafts_BxLxW, q_BxLxV = state.drafts_BxLxW, state.q_BxLxV
     if layout.num_lookahead:  # next drafts from the group under the last accepted node
@@ -200,19 +214,24 @@ def layout_call(spec: DecodeSpec, layout: Layout, params, la_LxD, state: DecodeS
             drafts_BxLxW = draw_without_replacement(rng_draft, q_BxLxV, W, support)
 
     keep = lambda new, old: jnp.where(active_B.reshape((B,) + (1,) * (new.ndim - 1)), new, old)
-    acc_BxLxW = state.accepted_BxLxW
+    acc_BxJxW, acc_ctx_BxJ = state.accepted_BxJxW, state.accepted_ctx_BxJ
     if J:
-        hit_BxJxW = ranks_BxJ[..., None] == jnp.arange(acc_BxLxW.shape[2])
-        acc_BxLxW = acc_BxLxW.at[:, :J].add((hit_BxJxW & active_B[:, None, None]).astype(jnp.int32))
+        draw_BxJ = jnp.asarray(layout.draw)[path_BxJ]  # -1: a context draft
+        ok_BxJ = (ranks_BxJ >= 0) & active_B[:, None]
+        hit_BxJxW = ok_BxJ[..., None] & (draw_BxJ[..., None] == jnp.arange(acc_BxJxW.shape[2]))
+        acc_BxJxW = acc_BxJxW.at[:, :J].add(hit_BxJxW.astype(jnp.int32))
+        acc_ctx_BxJ = acc_ctx_BxJ.at[:, :J].add((ok_BxJ & (draw_BxJ < 0)).astype(jnp.int32))
     return state.replace(
         cache=cache,
         rng=rng,
+        hist_BxS=hist_BxS,
         y_B=keep(next_B, state.y_B),
         drafts_BxLxW=keep(drafts_BxLxW, state.drafts_BxLxW),
         q_BxLxV=keep(q_BxLxV, state.q_BxLxV),
         calls_B=state.calls_B + active_B,
         verify_calls_B=state.verify_calls_B + (active_B if J else 0),
-        accepted_BxLxW=acc_BxLxW,
+        accepted_BxJxW=acc_BxJxW,
+        accepted_ctx_BxJ=acc_ctx_BxJ,
     )
 
 
@@ -230,7 +249,7 @@ def prefill(
     """Feed the right-padded prompts (a causal call) and draw the first new token."""
     cfg = spec.cfg
     B, P = prompt_BxP.shape
-    L, W = spec.schedule.num_lookahead, spec.schedule.width
+    L, W, J = spec.schedule.num_lookahead, spec.schedule.width, spec.schedule.depth
     positions_BxP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
     h_BxPxD, cache = forward(
         cfg, params, prompt_BxP, positions_BxP, cache, None, return_hidden=True
@@ -239,6 +258,8 @@ def prefill(
     rng, rng_y = jax.random.split(rng)
     y_B = sample_logits(rng_y, logits_from_hidden(cfg, params, h_last_Bx1xD)[:, 0], spec.sampler)
     cache = cache.replace(lengths=prompt_len_B.astype(jnp.int32))
+    hist_BxS = jnp.zeros((B, cache.max_len), jnp.int32).at[:, :P].set(prompt_BxP)
+    hist_BxS = hist_BxS.at[jnp.arange(B), prompt_len_B].set(y_B, mode="drop")
     zeros = lambda *s, dt=jnp.int32: jnp.zeros(s, dt)
     state = DecodeState(
         cache=cache,
@@ -252,7 +273,9 @@ def prefill(
         eos_E=jnp.asarray(eos_E, jnp.int32),
         calls_B=active_B.astype(jnp.int32),
         verify_calls_B=zeros(B),
-        accepted_BxLxW=zeros(B, L, W),
+        accepted_BxJxW=zeros(B, J, W),
+        accepted_ctx_BxJ=zeros(B, J),
+        hist_BxS=hist_BxS,
     )
     return _emit(spec, state, y_B[:, None], jnp.ones((B,), jnp.int32), active_B)
 
@@ -367,11 +390,12 @@ def switch_schedule(state: DecodeState, schedule: Schedule) -> DecodeState:
     """``state`` with empty draft arrays shaped for ``schedule`` (its bootstrap calls, or the
     paper's drafting call, draw them) and acceptance counts restarted."""
     B, V = state.y_B.shape[0], state.q_BxLxV.shape[-1]
-    L, W = schedule.num_lookahead, schedule.width
+    L, W, J = schedule.num_lookahead, schedule.width, schedule.depth
     return state.replace(
         drafts_BxLxW=jnp.zeros((B, L, W), jnp.int32),
         q_BxLxV=jnp.zeros((B, L, V), jnp.float32),
-        accepted_BxLxW=jnp.zeros((B, L, W), jnp.int32),
+        accepted_BxJxW=jnp.zeros((B, J, W), jnp.int32),
+        accepted_ctx_BxJ=jnp.zeros((B, J), jnp.int32),
     )
 
 
@@ -394,16 +418,18 @@ class GenerationResult:
 
     tokens: list[list[int]]
     calls: list[int]  # forward calls per row, prefill included
-    accepted_by_rank: np.ndarray  # [rows, L, W] accepted drafts per LA position and rank
+    accepted_by_rank: np.ndarray  # [rows, J, W] accepted draws per depth and rank
     verify_calls: list[int]  # calls that verified drafts, per row
     wall_time: float  # seconds (includes compilation on the first call of a shape)
     method: str = ""
     auto: object = None  # method "auto": its choices (``auto.AutoLog``)
+    accepted_context: np.ndarray | None = None  # [rows, J] accepted context drafts per depth
 
     @property
     def accepted(self) -> np.ndarray:
-        """``[rows, L]`` accepted drafts per LA position (any rank)."""
-        return self.accepted_by_rank.sum(-1)
+        """``[rows, J]`` accepted drafts per depth (any rank, context drafts included)."""
+        by_depth = self.accepted_by_rank.sum(-1)
+        return by_depth if self.accepted_context is None else by_depth + self.accepted_context
 
     def stats(self) -> dict:
         """Summary: method, forward calls, tokens per call, acceptance rate per LA position
@@ -422,6 +448,10 @@ class GenerationResult:
         if self.accepted_by_rank.shape[-1] > 1:
             out["acceptance_per_position_and_rank"] = (
                 (self.accepted_by_rank.sum(0) / vc).round(4).tolist()
+            )
+        if self.accepted_context is not None and self.accepted_context.any():
+            out["context_acceptance_per_position"] = (
+                (self.accepted_context.sum(0) / vc).round(4).tolist()
             )
         if self.auto is not None:
             out["auto"] = self.auto.stats()
@@ -538,9 +568,9 @@ def generate_fixed(
     methods."""
     check_lengths(cfg, prompts, max_new_tokens)
     cache_dtype = resolve_cache_dtype(cfg, cache_dtype)  # a bad dtype fails before any work
-    L = 0 if method == "ar" else (None if la_LxD is None else int(np.shape(la_LxD)[0]))
-    if method != "ar" and la_LxD is None:
+    if la_LxD is None and method_lookahead(method, 1):
         raise ValueError(f"method {method!r} needs look-ahead embeddings (la_LxD)")
+    L = 0 if la_LxD is None or method == "ar" else int(np.shape(la_LxD)[0])
     schedule = make_schedule(method, L)
     if L and np.shape(la_LxD)[1] != cfg.d_model:
         raise ValueError(
@@ -597,10 +627,11 @@ def generate_fixed(
     result = GenerationResult(
         tokens=[out[i, : n[i]].tolist() for i in range(rows)],
         calls=to_host(state.calls_B)[:rows].tolist(),
-        accepted_by_rank=to_host(state.accepted_BxLxW)[:rows],
+        accepted_by_rank=to_host(state.accepted_BxJxW)[:rows],
         verify_calls=to_host(state.verify_calls_B)[:rows].tolist(),
         wall_time=wall,
         method=method,
+        accepted_context=to_host(state.accepted_ctx_BxJ)[:rows],
     )
     return (result, state) if return_state else result
 

@@ -43,7 +43,10 @@ def generate(
     Args:
       method: ``ar``, ``pass`` (paper schedule), ``pass-fused``, or a fused draft tree
         ``tree-3x2x1x1`` (widths per depth, depth <= L; ``tree-1x1`` is ``pass-fused`` with
-        L = 2), or ``auto`` (the layout of the best expected tokens per second on this device,
+        L = 2), a tree with context drafts ``tree-8+ctx2`` (a chain of 2 tokens copied from the
+        sequence under the root and every draft: ``context.py``), context drafts alone
+        ``ctx-3`` (prompt-lookup decoding; no look-ahead embeddings needed), or ``auto`` (the
+        layout of the best expected tokens per second on this device,
         re-chosen every 32 tokens: ``auto.generate_auto``; one device, ``stream`` called per
         segment); PaSS needs ``la_LxD`` (trained look-ahead embeddings, or
         ``lookahead.init_lookahead`` for the [UNK] baseline).

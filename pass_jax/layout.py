@@ -4,9 +4,13 @@ A layout lists the nodes of one call. Node 0 is the root: the newest token y, no
 cache. The *tree nodes* are the root and the DRAFT nodes under it (nodes 0..C-1, parents first);
 a draft at depth j is one of the tokens drawn from the draft distribution q_j: the (r+1)-th draw
 (its *rank* r) of an ordered sample without replacement, so a node's children are ranks 0..k-1.
-A chain (every rank 0) is the paper's d_1..d_J. LA nodes come after the tree: a group LA_1..LA_L
-hangs under a tree node and drafts the L tokens that follow once the path to that node is
-accepted (the fused schedule hangs one under every tree node).
+A chain (every rank 0) is the paper's d_1..d_J. CONTEXT nodes are drafts too, but copied from
+the sequence itself (prompt-lookup decoding, Saxena 2023; ``context.py``): a chain c_1..c_m
+hangs under a tree node a and holds the m tokens that followed the latest earlier occurrence of
+the last (up to 3) tokens of the path to a; a chain's head comes after a's DRAFT children (its
+rank is theirs + 1). LA nodes come after the tree: a group LA_1..LA_L hangs under a tree node and
+drafts the L tokens that follow once the path to that node is accepted (the fused schedule hangs
+one under every tree node).
 
 Everything else is derived from the tables: the in-call attention mask (a node sees itself and
 its ancestors), positions (cache length + depth), cache slots (node t is written at slot
@@ -21,6 +25,8 @@ under tree node n), after one drafting call;
 ``tree-3x2x1x1`` = a fused draft tree with 3 children under the root, 2 under each of those, ..
 (widths per depth; depth <= L), an LA group under each of its nodes, after one drafting call.
 A tree of widths 1x1x..x1 of depth L is ``pass-fused`` with L look-ahead tokens.
+``tree-8+ctx2`` = that tree plus a chain of 2 context drafts under the root and under every
+draft; ``ctx-3`` = [y, c_1, c_2, c_3]: context drafts alone (no look-ahead, no drafting call).
 
 Shape letters: see ``pass_jax/__init__.py`` (here T tokens of the call, C tree nodes, J draft
 depth, W draft width, L LA tokens per group).
@@ -35,7 +41,8 @@ from functools import cached_property
 
 import numpy as np
 
-ROOT, DRAFT, LA = 0, 1, 2
+ROOT, DRAFT, LA, CONTEXT = 0, 1, 2, 3
+TREE_KINDS = (ROOT, DRAFT, CONTEXT)  # verified nodes; LA nodes only draft
 
 
 @dataclass(frozen=True)
@@ -43,11 +50,12 @@ class Layout:
     """One forward call's token tree. Tuples, so it is hashable (a static jit argument)."""
 
     name: str
-    kind: tuple[int, ...]  # ROOT / DRAFT / LA per node
+    kind: tuple[int, ...]  # ROOT / DRAFT / LA / CONTEXT per node
     parent: tuple[int, ...]  # parent node, -1 for the root
-    index: tuple[int, ...]  # DRAFT: its depth j (drawn from q_j); LA: i in 1..L; ROOT: 0
-    rank: tuple[int, ...]  # DRAFT: r, the (r+1)-th draw from q_j; else 0
-    group: tuple[int, ...]  # LA: the tree node its group hangs under; else -1
+    # DRAFT: its depth j (drawn from q_j); LA: i in 1..L; CONTEXT: i in 1..m; ROOT: 0
+    index: tuple[int, ...]
+    rank: tuple[int, ...]  # order among the parent's children; DRAFT: r, the (r+1)-th draw
+    group: tuple[int, ...]  # LA, CONTEXT: the tree node its group / chain hangs under; else -1
 
     def __post_init__(self):
         n = len(self.kind)
@@ -59,35 +67,47 @@ class Layout:
             if not 0 <= self.parent[t] < t:
                 raise ValueError(f"node {t}: parent must be an earlier node")
         C = self.num_tree
-        if ROOT in self.kind[1:] or DRAFT in self.kind[C:]:
+        if ROOT in self.kind[1:] or any(k != LA for k in self.kind[C:]):
             raise ValueError("the draft tree (root, drafts) must come before the LA nodes")
         kids: dict[int, list[int]] = {}
         for t in range(1, C):
-            if self.index[t] != self.depth[t]:
+            if self.kind[t] == DRAFT and self.index[t] != self.depth[t]:
                 raise ValueError(f"draft node {t}: index must be its depth")
-            kids.setdefault(self.parent[t], []).append(self.rank[t])
-        if any(sorted(r) != list(range(len(r))) for r in kids.values()):
-            raise ValueError("the children of a node must have ranks 0..k-1")
-        self._check_groups()
+            kids.setdefault(self.parent[t], []).append(t)
+        for ts in kids.values():
+            ranks = sorted(self.rank[t] for t in ts)
+            drafts = sorted(self.rank[t] for t in ts if self.kind[t] == DRAFT)
+            if ranks != list(range(len(ranks))) or drafts != list(range(len(drafts))):
+                raise ValueError("the children of a node must have ranks 0..k-1, its drafts first")
+        self._check_chains(CONTEXT, range(C), "context chain")
+        self._check_chains(LA, range(C, self.T), "LA group")
 
-    def _check_groups(self):
+    def _check_chains(self, kind: int, nodes: range, what: str):
+        """The ``kind`` nodes among ``nodes`` form chains (index 1..n) hanging under tree nodes,
+        one per tree node or (LA groups) under every tree node, all of one length."""
         C = self.num_tree
-        anchors = [self.group[t] for t in range(C, self.T)]
-        if any(not 0 <= a < C for a in anchors):
-            raise ValueError("LA groups must hang under tree nodes")
-        if anchors and sorted(set(anchors)) != list(range(C)):
+        mine = [t for t in nodes if self.kind[t] == kind]
+        anchors = [self.group[t] for t in mine]
+        if any(not 0 <= a < C or self.kind[a] == LA for a in anchors):
+            raise ValueError(f"{what}s must hang under tree nodes")
+        if kind == LA and anchors and sorted(set(anchors)) != list(range(C)):
             raise ValueError("LA groups must hang under every tree node or none")
-        for a in set(anchors):
-            nodes = [t for t in range(C, self.T) if self.group[t] == a]
-            if (
-                len(nodes) != len(anchors) // C
-                or [self.index[t] for t in nodes] != list(range(1, len(nodes) + 1))
-                or [self.parent[t] for t in nodes] != [a] + nodes[:-1]
-            ):
+        lengths = set()
+        for a in dict.fromkeys(anchors):
+            chain = [t for t in mine if self.group[t] == a]
+            lengths.add(len(chain))
+            if [self.index[t] for t in chain] != list(range(1, len(chain) + 1)) or [
+                self.parent[t] for t in chain
+            ] != [a] + chain[:-1]:
                 raise ValueError(
-                    f"the group under node {a} must be a chain LA_1..LA_L, the "
-                    "same L for every group"
+                    f"the {what} under node {a} must be a chain of index 1..n, the same n "
+                    f"for every {what}"
                 )
+        if len(lengths) > 1:
+            raise ValueError(
+                f"the {what} under node {a} must be a chain of index 1..n, the same n "
+                f"for every {what}"
+            )
 
     @property
     def T(self) -> int:
@@ -114,8 +134,24 @@ class Layout:
 
     @property
     def width(self) -> int:
-        """Most children of one tree node (0 without drafts): draws per depth it reads."""
+        """Most children of one tree node (0 without drafts)."""
+        return max(
+            (r + 1 for k, r in zip(self.kind, self.rank) if k in (DRAFT, CONTEXT)), default=0
+        )
+
+    @property
+    def draws(self) -> int:
+        """Most DRAFT children of one tree node (0 without): the draws per depth it reads."""
         return max((r + 1 for k, r in zip(self.kind, self.rank) if k == DRAFT), default=0)
+
+    @cached_property
+    def draw(self) -> np.ndarray:
+        """Per tree node ``[C]``: its rank r (it is the (r+1)-th draw from q_depth) for DRAFT
+        nodes, -1 for the root and CONTEXT nodes."""
+        C = self.num_tree
+        return np.asarray(
+            [r if k == DRAFT else -1 for k, r in zip(self.kind[:C], self.rank[:C])], np.int32
+        )
 
     @cached_property
     def mask(self) -> np.ndarray:
@@ -156,10 +192,36 @@ class Layout:
         return self.width <= 1
 
     @cached_property
-    def draft_slots(self) -> tuple[np.ndarray, np.ndarray]:
-        """(depth - 1, rank) of draft nodes 1..C-1: where their tokens sit in ``drafts_BxLxW``."""
+    def draft_slots(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """DRAFT nodes, their (depth - 1) and rank: node ``n[i]``'s token is
+        ``drafts_BxLxW[:, j[i], r[i]]``."""
+        n = np.flatnonzero(np.asarray(self.kind) == DRAFT).astype(np.int32)
+        return n, np.asarray(self.index, np.int32)[n] - 1, np.asarray(self.rank, np.int32)[n]
+
+    @cached_property
+    def context_chains(self) -> tuple[np.ndarray, np.ndarray]:
+        """Context chains: (anchors ``[U]``, their nodes ``[U, m]``, c_1..c_m under each);
+        ``[0]``, ``[0, 0]`` without."""
         C = self.num_tree
-        return (np.asarray(self.index[1:C], np.int32) - 1, np.asarray(self.rank[1:C], np.int32))
+        anchors = list(dict.fromkeys(self.group[t] for t in range(C) if self.kind[t] == CONTEXT))
+        nodes = [
+            [t for t in range(C) if self.kind[t] == CONTEXT and self.group[t] == a] for a in anchors
+        ]
+        m = len(nodes[0]) if nodes else 0
+        return np.asarray(anchors, np.int32), np.asarray(nodes, np.int32).reshape(len(anchors), m)
+
+    @cached_property
+    def context_query(self) -> np.ndarray:
+        """Where the lookup key of each chain comes from, ``[U, 3]``, oldest first: the last 3
+        tokens of the sequence before y, then the path y (the root), .., anchor. Entry n >= 0:
+        tree node n's token; entry -b: the token b places before y."""
+        anchors, _ = self.context_chains
+        q = np.zeros((len(anchors), 3), np.int32)
+        for u, a in enumerate(anchors):
+            path = [int(n) for n in self.paths[a, : self.depth[a] + 1]]  # y, .., a
+            for k in range(3):  # the k-th token from the end
+                q[u, 2 - k] = path[-1 - k] if k < len(path) else -(k - len(path) + 1)
+        return q
 
     @cached_property
     def groups(self) -> np.ndarray:
@@ -186,31 +248,32 @@ class Layout:
         return np.asarray([k == LA for k in self.kind])
 
 
-def _build(name: str, widths: tuple[int, ...], L: int) -> Layout:
+def _build(name: str, widths: tuple[int, ...], L: int, m: int = 0) -> Layout:
     """Root; ``widths[j-1]`` draft children (ranks 0..w-1) under every tree node at depth j-1,
-    breadth first; then, when ``L`` > 0, a group LA_1..LA_L under every tree node."""
+    breadth first; a chain of ``m`` context drafts under the root and every draft; then, when
+    ``L`` > 0, a group LA_1..LA_L under every tree node."""
     kind, parent, index, rank, group = [ROOT], [-1], [0], [0], [-1]
+
+    def add(k, p, i, r, g):
+        kind.append(k)
+        parent.append(p)
+        index.append(i)
+        rank.append(r)
+        group.append(g)
+        return len(kind) - 1
+
     level = [0]
     for j, w in enumerate(widths, start=1):
-        nxt = []
-        for p in level:
-            for r in range(w):
-                nxt.append(len(kind))
-                kind.append(DRAFT)
-                parent.append(p)
-                index.append(j)
-                rank.append(r)
-                group.append(-1)
-        level = nxt
+        level = [add(DRAFT, p, j, r, -1) for p in level for r in range(w)]
+    for a in range(len(kind) if m else 0):
+        prev = a
+        for i in range(1, m + 1):  # the head ranks after a's draft children
+            first = sum(1 for t, p in enumerate(parent) if p == a and kind[t] == DRAFT)
+            prev = add(CONTEXT, prev, i, first if i == 1 else 0, a)
     for a in range(len(kind) if L else 0):
         prev = a
         for i in range(1, L + 1):
-            kind.append(LA)
-            parent.append(prev)
-            index.append(i)
-            rank.append(0)
-            group.append(a)
-            prev = len(kind) - 1
+            prev = add(LA, prev, i, 0, a)
     return Layout(name, tuple(kind), tuple(parent), tuple(index), tuple(rank), tuple(group))
 
 
@@ -235,14 +298,21 @@ def fused_layout(L: int) -> Layout:
     return _build(f"fused{L}", (1,) * L, L)
 
 
-def tree_layout(widths: tuple[int, ...]) -> Layout:
-    """A fused draft tree: ``widths[j-1]`` children under every node at depth j-1, and an LA
-    group of ``len(widths)`` tokens under every tree node (drafting the next call's tree)."""
-    return _build(tree_name(widths), tuple(widths), len(widths))
+def tree_layout(widths: tuple[int, ...], m: int = 0) -> Layout:
+    """A fused draft tree: ``widths[j-1]`` children under every node at depth j-1, a chain of
+    ``m`` context drafts under the root and every draft, and an LA group of ``len(widths)``
+    tokens under every tree node (drafting the next call's tree)."""
+    return _build(tree_name(widths, m), tuple(widths), len(widths), m)
 
 
-def tree_name(widths: tuple[int, ...]) -> str:
-    return "tree-" + "x".join(map(str, widths))
+def context_layout(m: int) -> Layout:
+    """[y, c_1..c_m]: context drafts alone (prompt-lookup decoding), no look-ahead."""
+    return _build(f"ctx-{m}", (), 0, m)
+
+
+def tree_name(widths: tuple[int, ...], m: int = 0) -> str:
+    """``tree-3x2`` (``tree-3x2+ctx2`` with a context chain of ``m`` = 2)."""
+    return "tree-" + "x".join(map(str, widths)) + (f"+ctx{m}" if m else "")
 
 
 @dataclass(frozen=True)
@@ -262,21 +332,37 @@ class Schedule:
     @property
     def width(self) -> int:
         """Draws kept per depth: the widest layout's (1 for chains and ``ar``)."""
-        return max([1] + [lay.width for lay in self.bootstrap + self.step])
+        return max([1] + [lay.draws for lay in self.bootstrap + self.step])
+
+    @property
+    def depth(self) -> int:
+        """Deepest draft of its calls (J; 0 for ``ar``): the depths acceptance is counted at."""
+        return max(lay.draft_depth for lay in self.bootstrap + self.step)
 
 
-METHODS = ("ar", "pass", "pass-fused", "tree-WxWx..")
-_TREE = re.compile(r"tree-([1-9][0-9]*(?:x[1-9][0-9]*)*)")
+METHODS = ("ar", "pass", "pass-fused", "tree-WxWx..", "tree-WxWx..+ctxM", "ctx-M")
+_TREE = re.compile(r"tree-([1-9][0-9]*(?:x[1-9][0-9]*)*)(?:\+ctx([1-9][0-9]*))?")
+_CONTEXT = re.compile(r"ctx-([1-9][0-9]*)")
 
 
 def parse_tree(method: str) -> tuple[int, ...] | None:
-    """The widths of a ``tree-3x2x1x1`` method name, or None for other names."""
+    """The widths of a ``tree-3x2x1x1`` (or ``tree-3x2x1x1+ctx2``) method name, ``()`` for
+    ``ctx-M``, None for other names."""
+    if _CONTEXT.fullmatch(method):
+        return ()
     m = _TREE.fullmatch(method)
     return None if m is None else tuple(int(w) for w in m.group(1).split("x"))
 
 
+def parse_context(method: str) -> int:
+    """The context chain length m of ``ctx-M`` and ``tree-..+ctxM`` names, else 0."""
+    m = _CONTEXT.fullmatch(method) or _TREE.fullmatch(method)
+    return int(m.group(m.re.groups)) if m and m.group(m.re.groups) else 0
+
+
 def method_lookahead(method: str, L: int) -> int:
-    """Look-ahead tokens ``method`` uses of the L available: the tree depth for trees."""
+    """Look-ahead tokens ``method`` uses of the L available: the tree depth for trees, 0 for
+    ``ar`` and ``ctx-M``."""
     widths = parse_tree(method)
     return 0 if method == "ar" else (L if widths is None else len(widths))
 
@@ -286,13 +372,18 @@ MAX_STEP_TOKENS = 4096  # tokens of one call (tree nodes and the LA groups under
 
 
 def make_schedule(method: str, L: int = 0) -> Schedule:
-    """``ar``, ``pass`` (the paper's two calls), ``pass-fused`` (one call per iteration) or
-    ``tree-3x2x1x1`` (a fused draft tree; its depth must be <= L)."""
+    """``ar``, ``pass`` (the paper's two calls), ``pass-fused`` (one call per iteration),
+    ``tree-3x2x1x1`` (a fused draft tree; its depth must be <= L), ``tree-3x2+ctx2`` (with
+    context chains) or ``ctx-3`` (context drafts alone; L is not used)."""
     if method == "ar":
         return Schedule("ar", 0, (), (root_layout(),))
-    widths = parse_tree(method)
-    if method not in METHODS and widths is None:
+    widths, m = parse_tree(method), parse_context(method)
+    if method not in METHODS[:3] and widths is None:
         raise ValueError(f"unknown decoding method {method!r}; expected one of {METHODS}")
+    if widths == ():
+        if 1 + m > MAX_STEP_TOKENS:
+            raise ValueError(f"{method}: one call holds at most {MAX_STEP_TOKENS} tokens")
+        return Schedule(method, 0, (), (context_layout(m),))
     if isinstance(L, bool) or not isinstance(L, numbers.Integral):
         raise ValueError(f"number of look-ahead tokens must be an integer, got {L!r}")
     L = int(L)
@@ -304,7 +395,7 @@ def make_schedule(method: str, L: int = 0) -> Schedule:
             f"call holds about L^2 = {L * L} tokens)"
         )
     if widths is not None:
-        nodes = 1 + int(np.cumprod(widths).sum())
+        nodes = (1 + int(np.cumprod(widths).sum())) * (1 + m)
         if nodes * (len(widths) + 1) > MAX_STEP_TOKENS:
             raise ValueError(
                 f"{method}: {nodes} tree nodes, each with {len(widths)} look-ahead "
@@ -321,4 +412,4 @@ def make_schedule(method: str, L: int = 0) -> Schedule:
             f"{len(widths)} look-ahead tokens, there are {L}"
         )
     J = len(widths)
-    return Schedule(method, J, (draft_layout(J),), (tree_layout(widths),))
+    return Schedule(method, J, (draft_layout(J),), (tree_layout(widths, m),))

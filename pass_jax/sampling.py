@@ -7,7 +7,8 @@ J drafts are accepted draw a bonus token from p_{J+1}. p and q are both the *war
 distributions. Greedy (temperature 0): accept iff d_j == argmax p_j, the correction is the argmax.
 
 A draft tree generalises the chain: the children of a node at depth j-1 are ordered draws
-without replacement from q_j, tried in turn with the recursive rejection rule
+without replacement from q_j, then context drafts (deterministic tokens copied from the
+sequence, proposal one-hot), tried in turn with the recursive rejection rule
 (``recursive_accept``); ``verify_tree`` walks the tree per row. A chain is the case of one child.
 
 Shape letters: see ``pass_jax/__init__.py``; ``_xV``: any leading dims, then the vocabulary.
@@ -194,18 +195,22 @@ def recursive_accept(
     return rank_B, p_BxV
 
 
-def tree_depth(children_CxW) -> int:
-    """Depth of the tree a static children table (``Layout.children``) describes."""
+def node_depths(children_CxW) -> np.ndarray:
+    """Depth of every node ``[C]`` of the tree a static children table (``Layout.children``)
+    describes."""
     depth = np.zeros(len(children_CxW), np.int32)
     for n, kids in enumerate(np.asarray(children_CxW)):
         depth[kids[kids >= 0]] = depth[n] + 1
-    return int(depth.max())
+    return depth
 
 
 def verify_tree(
     rng: jax.Array,
     p_BxCxV: jax.Array,
     children_CxW,
+    draw_C,
+    tree_BxC: jax.Array,
+    valid_BxC: jax.Array,
     drafts_BxLxW: jax.Array,
     q_BxLxV: jax.Array,
     greedy: bool,
@@ -220,20 +225,26 @@ def verify_tree(
 
     Args:
       p_BxCxV: warped target distributions after each tree node (the root and the drafts).
-      children_CxW: static ``Layout.children``: node n's children by rank, -1 past the last.
-        A child of rank r at depth j is the token ``drafts_BxLxW[:, j - 1, r]``.
+      children_CxW: static ``Layout.children``: node n's children in the order they are tried,
+        -1 past the last.
+      draw_C: static ``Layout.draw``: r for a node that is the (r+1)-th draw from q_j (j its
+        depth), -1 for a context draft (a deterministic token: its proposal is one-hot).
+      tree_BxC: every tree node's token (``tree_BxC[:, 0]`` the root y).
+      valid_BxC: which nodes exist (a context draft without a match does not).
       drafts_BxLxW: per depth j, ordered draws without replacement from q_j (greedy: the top
-        tokens); L >= the tree's depth J, W >= its width.
+        tokens): the draws of the tree's DRAFT nodes.
       q_BxLxV: the warped draft distributions q_j they were drawn from.
       support: at most this many non-zero entries in each p (``support_size``; 0: unknown).
     Returns:
-      node_B: the last accepted tree node (0: none); ranks_BxJ: the rank accepted at each depth
+      node_B: the last accepted tree node (0: none); ranks_BxJ: the child accepted at each depth
       (-1 from the first depth where nothing was); next_B: the correction or bonus token.
     """
+    children_CxW, draw_C = np.asarray(children_CxW), np.asarray(draw_C)
     children = jnp.asarray(children_CxW)
     W = children_CxW.shape[1]
-    B = p_BxCxV.shape[0]
-    J = tree_depth(children_CxW)
+    B, V = p_BxCxV.shape[0], p_BxCxV.shape[-1]
+    depth_C = node_depths(children_CxW)
+    J = int(depth_C.max())
     rng_u, rng_c = jax.random.split(rng)
     u_BxJxW = jax.random.uniform(rng_u, (B, max(J, 1), W))
     node_B = jnp.zeros((B,), jnp.int32)
@@ -243,15 +254,24 @@ def verify_tree(
     for j in range(J):
         p_BxV = jnp.take_along_axis(p_BxCxV, node_B[:, None, None], axis=1)[:, 0]
         kids_BxW = children[node_B]
-        tokens_BxW = drafts_BxLxW[:, j, :W]
-        valid_BxW = alive_B[:, None] & (kids_BxW >= 0)
+        safe_BxW = jnp.maximum(kids_BxW, 0)
+        tokens_BxW = jnp.take_along_axis(tree_BxC, safe_BxW, axis=1)
+        valid_BxW = (
+            alive_B[:, None] & (kids_BxW >= 0) & jnp.take_along_axis(valid_BxC, safe_BxW, axis=1)
+        )
         if greedy:
             hit_BxW = valid_BxW & (tokens_BxW == jnp.argmax(p_BxV, -1)[:, None])
             rank_B = jnp.where(hit_BxW.any(1), jnp.argmax(hit_BxW, 1), -1).astype(jnp.int32)
             left_BxV = p_BxV
         else:
-            q_BxWxV = without_replacement_proposals(q_BxLxV[:, j], tokens_BxW)
-            valid_BxW &= jnp.take_along_axis(q_BxLxV[:, j], tokens_BxW, -1) > 0
+            draw_BxW = jnp.asarray(draw_C)[safe_BxW]
+            q_BxWxV = jax.nn.one_hot(tokens_BxW, V, dtype=jnp.float32)  # context drafts
+            R = int(draw_C[depth_C == j + 1].max(initial=-1)) + 1  # draws at this depth
+            if R:
+                wr_BxRxV = without_replacement_proposals(q_BxLxV[:, j], drafts_BxLxW[:, j, :R])
+                drawn_BxWxV = wr_BxRxV[jnp.arange(B)[:, None], jnp.maximum(draw_BxW, 0)]
+                q_BxWxV = jnp.where((draw_BxW >= 0)[..., None], drawn_BxWxV, q_BxWxV)
+            valid_BxW &= jnp.take_along_axis(q_BxWxV, tokens_BxW[..., None], -1)[..., 0] > 0
             rank_B, left_BxV = recursive_accept(
                 u_BxJxW[:, j], p_BxV, q_BxWxV, tokens_BxW, valid_BxW
             )

@@ -26,6 +26,9 @@ def test_candidates():
         "tree-3x2",
         "tree-4x1",
         "tree-8x1",
+        "ctx-3",
+        "ctx-6",
+        "tree-4+ctx2",
     )
     assert auto.candidates(6)[:8] == (
         "ar",
@@ -47,7 +50,7 @@ def test_acceptance_statistics_and_expected_tokens():
     at rank 1 (so rank 1 was tried 4 times), depth 2 once at rank 0 (tried 8 times)."""
     stats = auto.AcceptanceStats.empty(2, 3)
     stats.update(np.array([[6, 2, 0], [1, 0, 0]]), 10, (2, 2), decay=1.0)
-    np.testing.assert_array_equal(stats.tried_LxW, [[10, 4, 0], [8, 7, 0]])
+    np.testing.assert_array_equal(stats.tried_JxW, [[10, 4, 0], [8, 7, 0]])
     c = stats.conditional()
     np.testing.assert_allclose(c[:, 0], [7 / 12, 2 / 10])
     a1 = 1 - (1 - c[0, 0]) * (1 - c[0, 1])
@@ -57,7 +60,34 @@ def test_acceptance_statistics_and_expected_tokens():
     assert stats.expected_tokens("pass", 2) == pytest.approx(2 + c[0, 0] + c[0, 0] * c[1, 0])
     assert stats.expected_tokens("ar", 2) == 1.0
     stats.update(np.zeros((2, 3)), 0, (1,), decay=0.5)  # decay halves the counts
-    np.testing.assert_allclose(stats.tried_LxW, [[5, 2, 0], [4, 3.5, 0]])
+    np.testing.assert_allclose(stats.tried_JxW, [[5, 2, 0], [4, 3.5, 0]])
+
+
+def test_context_draft_statistics_and_expected_tokens():
+    """Context drafts are tried after the draws at a depth: 10 calls of ``ctx-2`` accept 6 at
+    depth 1 and 3 at depth 2; then 10 calls of ``tree-2+ctx1`` (2 draws at depth 1, a context
+    draft under the root and under each draw): depth 1 accepts 5 draws (rank 0: 4, rank 1: 1)
+    and 2 context drafts, depth 2 accepts 1 context draft (of 7 nodes reached)."""
+    assert auto.context_depths("ctx-2", 4) == range(1, 3) and auto.depth("ctx-2", 4) == 2
+    assert auto.context_depths("tree-2+ctx1", 4) == range(1, 3)
+    assert auto.widths("tree-2+ctx1", 4) == (2,) and auto.widths("ctx-2", 4) == ()
+    stats = auto.AcceptanceStats.empty(3, 2)
+    stats.update(np.zeros((3, 2)), 10, (), 1.0, np.array([6, 3, 0]), range(1, 3))
+    np.testing.assert_array_equal(stats.ctx_tried_J, [10, 6, 0])
+    np.testing.assert_array_equal(stats.ctx_accepted_J, [6, 3, 0])
+    assert not stats.tried_JxW.any()
+    cc = stats.context_conditional()
+    assert stats.expected_tokens("ctx-2", 4) == pytest.approx(1 + cc[0] + cc[0] * cc[1])
+    stats.update(
+        np.array([[4, 1], [0, 0], [0, 0]]), 10, (2,), 1.0, np.array([2, 1, 0]), range(1, 3)
+    )
+    np.testing.assert_array_equal(stats.tried_JxW[0], [10, 6])
+    np.testing.assert_array_equal(stats.ctx_tried_J, [10 + 5, 6 + 7, 0])
+    np.testing.assert_array_equal(stats.ctx_accepted_J, [8, 4, 0])
+    c, cc = stats.conditional(), stats.context_conditional()
+    a1 = 1 - (1 - c[0, 0]) * (1 - c[0, 1]) * (1 - cc[0])
+    want = 1 + a1 + a1 * cc[1]
+    assert stats.expected_tokens("tree-2+ctx1", 4) == pytest.approx(want)
 
 
 def test_choice_follows_costs_and_falls_back_to_autoregressive():
@@ -72,12 +102,13 @@ def test_choice_follows_costs_and_falls_back_to_autoregressive():
 
 
 def test_switching_schedules_every_segment_stays_lossless(monkeypatch):
-    """Greedy auto with a policy that cycles through every kind of schedule every 3 tokens
+    """Greedy auto with a policy that cycles through every kind of schedule (context drafts
+    too) every 3 tokens
     (fake call costs: nothing is timed), batch of 3 with an EOS mid-row: autoregressive output.
     A second generation reuses the cost table."""
     params = tiny_params(CFG, 4)
     la = random_la(CFG, 2, 101, 0.05) + params["embed"]["embedding"][jnp.arange(2)]
-    methods = ("ar", "pass", "tree-1x1", "tree-3x2", "tree-2")
+    methods = ("ar", "pass", "tree-1x1", "tree-3x2", "tree-2", "ctx-3", "tree-2+ctx1")
     timed = []
     monkeypatch.setattr(
         auto, "iteration_seconds", lambda cfg, p, m, *a, **k: timed.append(m) or 1.0
@@ -108,7 +139,8 @@ def test_switching_schedules_every_segment_stays_lossless(monkeypatch):
     assert sorted(timed) == sorted(methods)
     assert sum(res.auto.tokens.values()) == sum(map(len, res.tokens)) - len(PROMPTS)  # + prefill
     assert res.stats()["auto"]["chosen_segments"] == res.auto.segments
-    assert res.accepted_by_rank.shape == (3, 2, 3) and res.accepted.sum() > 0
+    assert res.accepted_by_rank.shape == (3, 3, 3) and res.accepted.sum() > 0  # ctx-3: depth 3
+    assert res.accepted_context.sum() > 0
     auto.generate_auto(CFG, params, PROMPTS, max_new_tokens=30, la_LxD=la, methods=methods)
     assert len(timed) == len(methods)  # the table is cached per model, batch and cache size
 

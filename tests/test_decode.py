@@ -96,6 +96,29 @@ def test_greedy_trees_equal_autoregressive(widths, per_layer):
     assert by_rank > 0, "no branch was ever accepted: compaction went untested"
 
 
+@pytest.mark.parametrize("method,per_layer", [("ctx-3", False), ("tree-2+ctx2", True)])
+def test_greedy_context_drafts_equal_autoregressive(method, per_layer):
+    """Context drafts (copied from the sequence), alone and under the root and the draws of a
+    tree, batch of 3, an EOS that occurs mid-row: autoregressive decoding's tokens, with
+    context drafts accepted (at depth 2 and deeper too)."""
+    by_depth = 0
+    for seed in range(3):
+        params = _params(seed)
+        if per_layer:
+            params = unstack_layers(params)
+        plain = generate(CFG, params, PROMPTS, max_new_tokens=24, method="ar", eos_ids=())
+        eos = (plain.tokens[1][len(plain.tokens[1]) // 2],)
+        ar = generate(CFG, params, PROMPTS, max_new_tokens=24, method="ar", eos_ids=eos)
+        la = None if method.startswith("ctx") else _la(2, seed, _params(seed))
+        out = generate(
+            CFG, params, PROMPTS, max_new_tokens=24, method=method, la_LxD=la, eos_ids=eos
+        )
+        assert out.tokens == ar.tokens, (method, seed)
+        assert out.accepted_context.shape[1:] == (3,)
+        by_depth += out.accepted_context[:, 1:].sum()
+    assert by_depth > 0, "no context draft past depth 1 was accepted"
+
+
 def test_eos_accepted_inside_a_branch_ends_the_row():
     """Planted drafts: at depths 1 and 2 the rank-1 draw is the autoregressive continuation and
     the others are wrong, so the accepted path is a branch whose nodes are not contiguous in the
@@ -132,7 +155,7 @@ def test_eos_accepted_inside_a_branch_ends_the_row():
     for b in range(1, len(PROMPTS)):
         stop = [i for i, t in enumerate(want[b][:4]) if t == eos]
         assert n[b] == (stop[0] + 1 if stop else 4)
-    np.testing.assert_array_equal(np.asarray(state.accepted_BxLxW)[1], [[0, 1, 0], [0, 1, 0]])
+    np.testing.assert_array_equal(np.asarray(state.accepted_BxJxW)[1], [[0, 1, 0], [0, 1, 0]])
     # the committed cache holds what autoregressive decoding writes
     _, ar_state = generate(
         CFG,
@@ -301,7 +324,7 @@ def test_unjitted_step_matches_jitted():
     jitted = jax.jit(pass_step, static_argnums=0)(spec, params, la, state)
     with jax.disable_jit():
         eager = pass_step(spec, params, la, state)
-    for name in ("out_BxN", "n_B", "drafts_BxLxW", "y_B", "accepted_BxLxW"):
+    for name in ("out_BxN", "n_B", "drafts_BxLxW", "y_B", "accepted_BxJxW", "hist_BxS"):
         np.testing.assert_array_equal(getattr(eager, name), getattr(jitted, name), err_msg=name)
     np.testing.assert_allclose(eager.q_BxLxV, jitted.q_BxLxV, atol=1e-5)
 

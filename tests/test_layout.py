@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pass_jax.layout import (
+    CONTEXT,
     DRAFT,
     LA,
     MAX_LOOKAHEAD,
@@ -15,6 +16,7 @@ from pass_jax.layout import (
     fused_layout,
     make_schedule,
     method_lookahead,
+    parse_context,
     parse_tree,
     root_layout,
     tree_layout,
@@ -32,7 +34,8 @@ def test_tree_tables():
     np.testing.assert_array_equal(lay.children, [[1, 2], [3, 4], [5, 6]] + [[-1, -1]] * 4)
     np.testing.assert_array_equal(lay.paths[[0, 2, 5]], [[0, 1, 2], [0, 2, 2], [0, 2, 5]])
     np.testing.assert_array_equal(lay.groups[5], [17, 18])
-    j, r = lay.draft_slots
+    n, j, r = lay.draft_slots
+    assert n.tolist() == [1, 2, 3, 4, 5, 6]
     assert j.tolist() == [0, 0, 1, 1, 1, 1] and r.tolist() == [0, 1, 0, 1, 0, 1]
     # a node sees exactly its ancestors: node 5's group sees 0, 2, 5 and its own LAs
     assert np.flatnonzero(lay.mask[18]).tolist() == [0, 2, 5, 17, 18]
@@ -95,8 +98,8 @@ def _mask(rows):
 
 
 def _empty_slots(lay):
-    j, r = lay.draft_slots
-    return j.tolist() == [] and r.tolist() == []
+    n, j, r = lay.draft_slots
+    return n.tolist() == j.tolist() == r.tolist() == []
 
 
 def test_root_layout_is_one_token():
@@ -155,8 +158,8 @@ def test_paper_validation_call():
     np.testing.assert_array_equal(lay.depth, [0, 1, 2])
     np.testing.assert_array_equal(lay.children, [[1], [2], [-1]])
     np.testing.assert_array_equal(lay.paths, [[0, 1, 2]] * 3)
-    j, r = lay.draft_slots
-    assert j.tolist() == [0, 1] and r.tolist() == [0, 0]
+    n, j, r = lay.draft_slots
+    assert n.tolist() == [1, 2] and j.tolist() == [0, 1] and r.tolist() == [0, 0]
     assert lay.groups.shape == (3, 0) and not lay.is_la.any() and lay.is_chain
 
 
@@ -190,8 +193,8 @@ def test_fused_call_tables():
     np.testing.assert_array_equal(lay.is_la, [0, 0, 0, 1, 1, 1, 1, 1, 1])
     np.testing.assert_array_equal(lay.children, [[1], [2], [-1]])
     np.testing.assert_array_equal(lay.paths, [[0, 1, 2]] * 3)
-    j, r = lay.draft_slots
-    assert j.tolist() == [0, 1] and r.tolist() == [0, 0]
+    n, j, r = lay.draft_slots
+    assert n.tolist() == [1, 2] and j.tolist() == [0, 1] and r.tolist() == [0, 0]
     assert (lay.num_tree, lay.draft_depth, lay.width, lay.num_lookahead) == (3, 2, 1, 2)
     assert lay.is_chain
 
@@ -291,7 +294,7 @@ def test_unk_is_not_a_layout():
     with pytest.raises(
         ValueError,
         match=r"unknown decoding method 'unk'; expected one of "
-        r"\('ar', 'pass', 'pass-fused', 'tree-WxWx..'\)",
+        r"\('ar', 'pass', 'pass-fused', 'tree-WxWx..', 'tree-WxWx..\+ctxM', 'ctx-M'\)",
     ):
         make_schedule("unk", 2)
 
@@ -352,9 +355,11 @@ def test_more_malformed_layout_tables_are_refused():
     with pytest.raises(ValueError, match="LA groups must hang under tree nodes"):
         Layout("x", (ROOT, LA), (-1, 0), (0, 1), (0, 0), (-1, 3))
     # LA_2 before LA_1, and groups of different sizes
-    with pytest.raises(ValueError, match="the group under node 0 must be a chain LA_1..LA_L"):
+    with pytest.raises(ValueError, match="the LA group under node 0 must be a chain of index 1..n"):
         Layout("x", (ROOT, LA, LA), (-1, 0, 1), (0, 2, 1), (0, 0, 0), (-1, 0, 0))
-    with pytest.raises(ValueError, match="must be a chain LA_1..LA_L, the same L for every"):
+    with pytest.raises(
+        ValueError, match="must be a chain of index 1..n, the same n for every LA group"
+    ):
         Layout(
             "x",
             (ROOT, DRAFT, LA, LA, LA),
@@ -363,3 +368,42 @@ def test_more_malformed_layout_tables_are_refused():
             (0,) * 5,
             (-1, -1, 0, 0, 1),
         )
+
+
+def test_context_layout_tables():
+    """ctx-3: [y, c_1, c_2, c_3], a chain with no draws and no LA; tree-2+ctx1: 2 draws under
+    the root, then a context draft under the root (rank 2, after the draws) and under each
+    draw, and an LA_1 under each of the 6 tree nodes."""
+    lay = make_schedule("ctx-3", 0).step[0]
+    assert (lay.T, lay.num_tree, lay.draft_depth, lay.width, lay.draws) == (4, 4, 3, 1, 0)
+    assert lay.kind == (ROOT, CONTEXT, CONTEXT, CONTEXT) and lay.is_chain
+    anchors, chains = lay.context_chains
+    assert anchors.tolist() == [0] and chains.tolist() == [[1, 2, 3]]
+    assert lay.context_query.tolist() == [[-2, -1, 0]]  # two tokens before y, then y
+    tree = make_schedule("tree-2+ctx1", 4)
+    assert (tree.num_lookahead, tree.width, tree.depth) == (1, 2, 2)
+    assert [x.name for x in tree.bootstrap + tree.step] == ["draft1", "tree-2+ctx1"]
+    lay = tree.step[0]
+    assert (lay.T, lay.num_tree, lay.draft_depth, lay.width, lay.draws) == (12, 6, 2, 3, 2)
+    assert lay.kind[:6] == (ROOT, DRAFT, DRAFT, CONTEXT, CONTEXT, CONTEXT)
+    assert lay.parent[:6] == (-1, 0, 0, 0, 1, 2) and lay.rank[:6] == (0, 0, 1, 2, 0, 0)
+    assert lay.draw.tolist() == [-1, 0, 1, -1, -1, -1]
+    np.testing.assert_array_equal(lay.children[:3], [[1, 2, 3], [4, -1, -1], [5, -1, -1]])
+    anchors, chains = lay.context_chains
+    assert anchors.tolist() == [0, 1, 2] and chains.tolist() == [[3], [4], [5]]
+    # under draw 1: the token before y, y, then the draw itself
+    assert lay.context_query.tolist() == [[-2, -1, 0], [-1, 0, 1], [-1, 0, 2]]
+    n, j, r = lay.draft_slots
+    assert n.tolist() == [1, 2] and j.tolist() == [0, 0] and r.tolist() == [0, 1]
+    assert parse_tree("ctx-3") == () and parse_context("ctx-3") == 3
+    assert parse_tree("tree-4x1+ctx2") == (4, 1) and parse_context("tree-4x1+ctx2") == 2
+    assert parse_context("tree-4x1") == 0 and method_lookahead("ctx-3", 4) == 0
+    assert method_lookahead("tree-4+ctx2", 4) == 1
+    for bad in ("ctx-0", "ctx3", "tree-2+ctx", "tree-2+ctx0", "ctx-2+ctx2"):
+        with pytest.raises(ValueError, match="unknown decoding method"):
+            make_schedule(bad, 4)
+    # a context chain must be a chain hanging under a tree node, its drafts ranked after draws
+    with pytest.raises(ValueError, match="drafts first"):
+        Layout("x", (ROOT, CONTEXT, DRAFT), (-1, 0, 0), (0, 1, 1), (0, 0, 1), (-1, 0, -1))
+    with pytest.raises(ValueError, match="the context chain under node 0 must be a chain"):
+        Layout("x", (ROOT, CONTEXT, CONTEXT), (-1, 0, 1), (0, 2, 1), (0, 0, 0), (-1, 0, 0))

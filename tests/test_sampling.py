@@ -77,7 +77,11 @@ def _chi2_pvalue(samples_BxN, probs):
 
 
 def _samples(params, method, sampler, la=None, seed=0):
-    res = generation.generate(
+    return np.array(_result(params, method, sampler, la, seed).tokens)
+
+
+def _result(params, method, sampler, la=None, seed=0):
+    return generation.generate(
         CFG,
         params,
         [PROMPT] * B,
@@ -88,7 +92,6 @@ def _samples(params, method, sampler, la=None, seed=0):
         seed=seed,
         eos_ids=(),
     )
-    return np.array(res.tokens)
 
 
 SAMPLERS = [
@@ -106,7 +109,8 @@ def _la():
     "method,sampler",
     [("ar", SAMPLERS[0]), ("ar", SAMPLERS[1])]
     + [(m, s) for m in ("pass", "pass-fused", "tree-2x2") for s in SAMPLERS]
-    + [("tree-3", SAMPLERS[0])],
+    + [("tree-3", SAMPLERS[0]), ("ctx-2", SAMPLERS[0]), ("ctx-2", SAMPLERS[1])]
+    + [("tree-2+ctx1", SAMPLERS[2])],
     ids=[
         "ar-t1",
         "ar-t.7k4",
@@ -120,14 +124,22 @@ def _la():
         "tree2x2-t.7k4",
         "tree2x2-t1.2p.8",
         "tree3-t1",
+        "ctx2-t1",
+        "ctx2-t.7k4",
+        "tree2ctx1-t1.2p.8",
     ],
 )
 def test_samples_match_base_distribution(method, sampler):
-    """Autoregressive sampling (a check of the test itself), then PaSS, fused PaSS and draft
-    trees (several children per node: the recursive rejection rule)."""
+    """Autoregressive sampling (a check of the test itself), then PaSS, fused PaSS, draft
+    trees (several children per node: the recursive rejection rule) and context drafts (copied
+    from the prompt and the tokens so far: one-hot proposals), alone and in a tree."""
     params = _params()
-    p = _chi2_pvalue(_samples(params, method, sampler, _la()), _exact_probs(params, sampler))
+    la = None if method.startswith("ctx") else _la()
+    res = _result(params, method, sampler, la)
+    p = _chi2_pvalue(np.array(res.tokens), _exact_probs(params, sampler))
     assert p > ALPHA, (method, p)
+    if "ctx" in method:  # the context drafts were verified, and some accepted
+        assert res.accepted_context.sum() > B // 10, res.accepted_context.sum(0)
 
 
 def _broken_run(monkeypatch, name, broken, method):
@@ -137,7 +149,8 @@ def _broken_run(monkeypatch, name, broken, method):
     monkeypatch.setattr(sampling, name, broken)
     decode.generate_jit.clear_cache()
     try:
-        return _chi2_pvalue(_samples(params, method, sampler, _la()), _exact_probs(params, sampler))
+        la = None if method.startswith("ctx") else _la()
+        return _chi2_pvalue(_samples(params, method, sampler, la), _exact_probs(params, sampler))
     finally:
         monkeypatch.undo()
         decode.generate_jit.clear_cache()
@@ -152,10 +165,11 @@ def test_broken_acceptance_rule_is_detected(monkeypatch):
     assert _broken_run(monkeypatch, "recursive_accept", always_accept, "pass-fused") < ALPHA
 
 
-def test_broken_residual_update_is_detected(monkeypatch):
+@pytest.mark.parametrize("method", ["tree-2x2", "ctx-2"])
+def test_broken_residual_update_is_detected(monkeypatch, method):
     """Keeping p after a rejected child (instead of norm(max(0, p - q))) over-samples the
-    rejected tokens: the tree's samples must fail the test."""
-    assert _broken_run(monkeypatch, "residual_probs", lambda p, q: p, "tree-2x2") < ALPHA
+    rejected tokens: the tree's and the context drafts' samples must fail the test."""
+    assert _broken_run(monkeypatch, "residual_probs", lambda p, q: p, method) < ALPHA
 
 
 def test_top_k_top_p_never_emit_filtered_tokens():
@@ -282,8 +296,18 @@ def test_verify_tree_greedy_descends_into_the_argmax_child():
     argmax_BxC = jnp.asarray([[4, 0, 1, 2], [3, 0, 2, 2]])  # target argmax after each node, 2 rows
     p = jax.nn.one_hot(argmax_BxC, V)
     drafts = jnp.asarray([[[0, 4], [1, 0]], [[3, 1], [2, 0]]])  # [row, depth, rank]
+    draw = np.array([-1, 0, 1, 0])  # node 3 is the rank-0 draw at depth 2
+    tree = jnp.asarray([[9, 0, 4, 1], [9, 3, 1, 2]])  # each node's token (root: unused)
     node, ranks, nxt = verify_tree(
-        jax.random.PRNGKey(0), p, children, drafts, jnp.zeros((2, 2, V)), greedy=True
+        jax.random.PRNGKey(0),
+        p,
+        children,
+        draw,
+        tree,
+        jnp.ones((2, 4), bool),
+        drafts,
+        jnp.zeros((2, 2, V)),
+        greedy=True,
     )
     # row 0: argmax 4 = rank 1 (node 2), then argmax 1 = node 3's token, then node 3's argmax 2
     # row 1: argmax 3 = rank 0 (node 1), a leaf: the bonus is node 1's argmax 0
