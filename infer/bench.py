@@ -33,6 +33,10 @@ interleaved (the order rotates every repeat); the median wall time counts. Metho
 * ``tree-3x2x1x1`` a fused draft tree (widths per depth, depth <= L; benchmarked for every L
   at least its depth): several draws per position verified at once, lossless by recursive
   rejection sampling
+* ``tree-4+ctx2`` the same with a chain of 2 context drafts (tokens copied from the prompt and
+  the text so far, ``pass_jax.context``) under the root and under every draft
+* ``ctx-3``      3 context drafts alone (prompt-lookup decoding in our decode loop; needs no
+  look-ahead export)
 * ``hf-generate``, ``hf-prompt-lookup``: the same model dir in transformers (PyTorch)
   ``generate`` (greedy, or sampling with the same temperature / top-k / top-p) and its
   prompt-lookup decoding (batch 1 only), when torch is importable (``--hf-baselines``); on
@@ -74,7 +78,16 @@ from tqdm.auto import tqdm
 
 from infer.bench_baselines import hf_variants
 from infer.bench_calls import call_ms_table, random_model_report
-from infer.bench_methods import OUR_METHODS, Run, Variant, batches, is_hf, is_ours, ours_runner
+from infer.bench_methods import (
+    OUR_METHODS,
+    Run,
+    Variant,
+    batches,
+    is_hf,
+    is_ours,
+    lookahead_free,
+    ours_runner,
+)
 from infer.bench_report import (
     check_outputs,
     json_path,
@@ -144,14 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--methods",
         type=comma_list,
-        help=f"comma separated, of {','.join(OUR_METHODS)} and draft trees "
-        "tree-WxWx.. (e.g. tree-3x2x1x1)",
+        help=f"comma separated, of {','.join(OUR_METHODS)}, draft trees "
+        "tree-WxWx.. (e.g. tree-3x2x1x1), trees with context chains (e.g. tree-4+ctx2) and "
+        "context drafts alone (e.g. ctx-3)",
     )
     ap.add_argument(
         "--auto-methods",
         type=comma_list,
         help="comma separated candidates of method auto (default: ar, pass, fused "
-        "chains of every depth <= L and a few trees)",
+        "chains of every depth <= L, a few trees, ctx-3, ctx-6 and tree-4+ctx2)",
     )
     ap.add_argument("--batch-size", type=_ints, help="comma separated, e.g. 1,4")
     ap.add_argument("--repeats", type=int)
@@ -377,8 +391,9 @@ def parse_methods(names: Sequence[str]) -> list[str]:
     for m in methods:
         if not is_ours(m):
             raise InputError(
-                f"error: unknown method {m!r}; expected some of {','.join(OUR_METHODS)} "
-                "or a draft tree tree-WxWx.."
+                f"error: unknown method {m!r}; expected some of {','.join(OUR_METHODS)}, "
+                "a draft tree tree-WxWx.., one with context chains tree-WxWx..+ctxM, or "
+                "context drafts ctx-M"
             )
     if "ar" not in methods:
         methods.insert(0, "ar")  # speedups are relative to it
@@ -396,14 +411,9 @@ def our_variants(
     decoding = {"precision": config.precision, "cache_dtype": config.cache_dtype}
     variants: list[Variant] = []
     for m in methods:
-        if m == "ar":
+        if lookahead_free(m):
             variants.append(
-                Variant(
-                    "ar",
-                    "ar",
-                    None,
-                    ours_runner(cfg, params, "ar", None, eos_ids, mesh, **decoding),
-                )
+                Variant(m, m, None, ours_runner(cfg, params, m, None, eos_ids, mesh, **decoding))
             )
             continue
         for L in Ls:
@@ -654,7 +664,7 @@ def run_benchmark(
     if tok is None:
         raise InputError(f"error: {config.model} has no tokenizer files: prompts need a tokenizer")
     las = load_lookaheads(config.lookahead, cfg, params, config.depths) if config.lookahead else {}
-    if any(m not in ("ar", "unk") for m in methods) and not las:
+    if any(not lookahead_free(m) and m != "unk" for m in methods) and not las:
         raise InputError("error: methods pass / pass-fused / tree-.. need --lookahead DIR[,DIR...]")
     Ls = sorted(las) or ([config.main_lookahead or 4] if "unk" in methods else [])
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pass_jax.generation import generate
-from pass_jax.layout import make_schedule, parse_tree
+from pass_jax.layout import make_schedule, parse_context, parse_tree
 
 OUR_METHODS = ("ar", "unk", "pass", "pass-fused", "auto")
 HF_METHODS = ("hf-generate", "hf-prompt-lookup")
@@ -31,8 +31,15 @@ COLORS = {"ar": "tab:gray", "unk": "tab:orange", "pass": "tab:blue", "pass-fused
 
 
 def is_ours(method: str) -> bool:
-    """One of our decoding methods (a draft tree ``tree-WxW..`` included)."""
+    """One of our decoding methods (draft trees ``tree-WxW..[+ctxM]`` and context drafts
+    ``ctx-M`` included)."""
     return method in OUR_METHODS or parse_tree(method) is not None
+
+
+def lookahead_free(method: str) -> bool:
+    """A method of ours that uses no look-ahead embeddings (``ar``, ``ctx-M``): one variant,
+    whatever the exports' L."""
+    return method == "ar" or parse_tree(method) == ()
 
 
 def is_hf(method: str) -> bool:
@@ -41,6 +48,8 @@ def is_hf(method: str) -> bool:
 
 
 def label(method: str) -> str:
+    if parse_tree(method) == ():
+        return f"context drafts {parse_context(method)} (prompt lookup)"
     return LABELS.get(method) or "PaSS " + method.replace("-", " ")
 
 
@@ -49,13 +58,17 @@ def color(method: str) -> str | None:
 
 
 def layout_text(method: str, L: int | None) -> str:
-    """The draft tree (widths per depth) and the tokens of each call of ``method`` at L:
-    ``3x2x1x1, 110``; ``1x1x1x1, 2 calls: 5 + 5``; ``-, 1``."""
+    """The draft tree (widths per depth, ``+ctxM`` for context chains) and the tokens of each
+    call of ``method`` at L: ``3x2x1x1, 110``; ``1x1x1x1, 2 calls: 5 + 5``; ``4+ctx2, 30``;
+    ``ctx3, 4``; ``-, 1``."""
     schedule = make_schedule("pass" if method == "unk" else method, L or 0)
-    widths = parse_tree(method) or (1,) * schedule.num_lookahead
+    widths = parse_tree(method)
+    widths = (1,) * schedule.num_lookahead if widths is None else widths
+    m = parse_context(method)
+    tree = "x".join(map(str, widths)) + (f"+ctx{m}" if widths and m else f"ctx{m}" if m else "")
     calls = [str(lay.T) for lay in schedule.step]
     return (
-        ("x".join(map(str, widths)) or "-")
+        (tree or "-")
         + ", "
         + (f"{len(calls)} calls: " if len(calls) > 1 else "")
         + " + ".join(calls)

@@ -16,7 +16,7 @@ from importlib.metadata import version
 
 import jax
 
-from infer.bench_methods import HF_METHODS, color, is_hf, label
+from infer.bench_methods import HF_METHODS, color, is_hf, label, lookahead_free
 from infer.config import BenchConfig
 
 # --------------------------------------------------------------------------- machine
@@ -168,11 +168,12 @@ def _speedup_tables(result: dict) -> list[str]:
         out.append("|---|" + "---|" * len(Ts))
         for m in s["methods"] + list(HF_METHODS):
             cells = [
-                _time_cell(_row(rows, T, B, m, None if m == "ar" or is_hf(m) else L0)) for T in Ts
+                _time_cell(_row(rows, T, B, m, None if lookahead_free(m) or is_hf(m) else L0))
+                for T in Ts
             ]
             if all(c == "-" for c in cells):
                 continue
-            name = label(m) + (f" (L={L0})" if m != "ar" and not is_hf(m) else "")
+            name = label(m) + (f" (L={L0})" if not lookahead_free(m) and not is_hf(m) else "")
             out.append(f"| {name} | " + " | ".join(cells) + " |")
     return out
 
@@ -319,7 +320,7 @@ def _speedup_plot(plt, result: dict):
     fig, axes = plt.subplots(1, len(Bs), figsize=(5 * len(Bs), 4), squeeze=False)
     for ax, B in zip(axes[0], Bs):
         for m in s["methods"]:  # (transformers' baselines are in the tables: ~0.01-0.1x here)
-            pts = [(T, _row(rows, T, B, m, None if m == "ar" else L0)) for T in Ts]
+            pts = [(T, _row(rows, T, B, m, None if lookahead_free(m) else L0)) for T in Ts]
             pts = [(T, r["speedup_vs_ar"]) for T, r in pts if r is not None]
             if pts:
                 ax.plot(
@@ -327,7 +328,7 @@ def _speedup_plot(plt, result: dict):
                     marker="o",
                     color=color(m),
                     ls=":" if m == "ar" else "-",
-                    label=label(m) + (f" L={L0}" if m != "ar" else ""),
+                    label=label(m) + (f" L={L0}" if not lookahead_free(m) else ""),
                 )
         ax.set_xlabel("temperature (0 = greedy)")
         ax.set_ylabel("speedup vs autoregressive (wall time)")

@@ -118,7 +118,7 @@ def _call_stats(
         "tokens_per_call": sum(new_tokens) / max(calls, 1),
         "ms_per_forward_call": 1e3 * med * B * len(runs) / max(calls, 1),
     }
-    if variant.L:
+    if variant.method != "ar":
         vc = max(sum(r.verify_calls for r in runs), 1)
         acc = sum(r.accepted for r in runs)
         out["acceptance_per_position"] = [round(float(a) / vc, 4) for a in acc]

@@ -40,10 +40,14 @@ def comma_list(text: str) -> list[str]:
 
 
 def method_error(text: str) -> str | None:
-    """Why ``text`` is no ``infer.generate --method`` (one of METHODS or a draft tree
-    ``tree-WxWx..``), or None."""
+    """Why ``text`` is no ``infer.generate --method`` (one of METHODS, a draft tree
+    ``tree-WxWx..`` with or without context chains ``+ctxM``, or context drafts ``ctx-M``),
+    or None."""
     if text not in METHODS and parse_tree(text) is None:
-        return f"invalid choice: {text!r} (choose from {', '.join(METHODS)}, tree-WxWx..)"
+        return (
+            f"invalid choice: {text!r} (choose from {', '.join(METHODS)}, tree-WxWx.., "
+            "tree-WxWx..+ctxM, ctx-M)"
+        )
     return None
 
 

@@ -1,13 +1,18 @@
 """Generate text with a Hugging Face model directory or GGUF file: autoregressive, PaSS,
-fused PaSS, [UNK], draft trees, or the fastest of them on this machine.
+fused PaSS, [UNK], draft trees, context drafts, or the fastest of them on this machine.
 
     python -m infer.generate --model DIR|FILE.gguf [--lookahead DIR]
-        [--method {ar,pass,pass-fused,unk,auto,tree-WxWx..}] --prompt TEXT --max-new-tokens N
+        [--method {ar,pass,pass-fused,unk,auto,tree-WxWx..,tree-WxWx..+ctxM,ctx-M}]
+        --prompt TEXT --max-new-tokens N
         [--temperature T --top-k K --top-p P --seed S] [--dtype bfloat16]
         [--cache-dtype {auto,float32,bfloat16}] [--json] [--config FILE.yaml]
 
 ``tree-3x2x1x1`` is a fused draft tree: 3 draws for the first position, 2 for the second under
-each of those, ..; its depth must not exceed the number of look-ahead embeddings. ``auto`` times
+each of those, ..; its depth must not exceed the number of look-ahead embeddings.
+``tree-4+ctx2`` adds a chain of 2 context drafts (tokens copied from the prompt and the text so
+far, after the latest earlier occurrence of the last tokens of the path) under the root and
+under every draft; ``ctx-3`` drafts 3 context tokens alone (prompt-lookup decoding: no
+look-ahead embeddings, no ``--lookahead`` needed). ``auto`` times
 the candidate layouts on this machine (once per process) and decodes with the one of the best
 expected tokens per second (autoregressive when none pays), re-chosen every 32 tokens; its
 choices are in the stats.
@@ -48,6 +53,7 @@ from pass_jax.decode import LAYER_FORMS, PRECISIONS, decode_stacked
 from pass_jax.generation import generate
 from pass_jax.gguf_file import resolve_model
 from pass_jax.hf import load_tokenizer
+from pass_jax.layout import parse_tree
 from pass_jax.lookahead import init_lookahead, load_lookahead, recorded_acceptance
 from pass_jax.program_config import USER_ERRORS, InputError, run_cli
 
@@ -55,7 +61,7 @@ REPLACEMENT_CHAR = "\ufffd"  # what decoding shows for the bytes of an incomplet
 
 
 def method_arg(text: str) -> str:
-    """``--method``: one of METHODS or a draft tree ``tree-WxWx..``."""
+    """``--method``: one of METHODS, a draft tree ``tree-WxWx..[+ctxM]`` or ``ctx-M``."""
     error = method_error(text)
     if error:
         raise argparse.ArgumentTypeError(error)
@@ -119,14 +125,15 @@ def build_parser(required: bool = True) -> argparse.ArgumentParser:
     ap.add_argument(
         "--method",
         type=method_arg,
-        help=f"{', '.join(METHODS)} or a draft tree such as tree-3x2x1x1 (default: "
+        help=f"{', '.join(METHODS)}, a draft tree such as tree-3x2x1x1, one with context "
+        "chains such as tree-4+ctx2, or context drafts alone such as ctx-3 (default: "
         "pass-fused with --lookahead, else ar)",
     )
     ap.add_argument(
         "--auto-methods",
         type=comma_list,
         help="comma separated candidates of --method auto (default: ar, pass, fused "
-        "chains of every depth <= L and a few trees)",
+        "chains of every depth <= L, a few trees, ctx-3, ctx-6 and tree-4+ctx2)",
     )
     ap.add_argument(
         "--num-lookahead",
@@ -166,8 +173,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def lookahead_for(config: GenerateConfig, cfg, params):
-    """The LA embeddings a method needs (None for ar), with clear errors for bad flag mixes."""
-    if config.method == "ar":
+    """The LA embeddings a method needs (None for ar and context drafts alone), with clear
+    errors for bad flag mixes."""
+    if config.method == "ar" or parse_tree(config.method) == ():
         return None
     if config.method == "unk":
         if config.lookahead:
