@@ -553,10 +553,13 @@ def warm_up(
     for v in variants:
         bar.set_description(f"T={T} B={B} warm-up {v.key}")
         # ours: the full spec (max_new_tokens is static, so it must match); transformers
-        # compiles nothing, a short call warms its caches
+        # compiles nothing, a short call warms its caches; auto: every batch, twice (the
+        # layouts it runs, so what it compiles, depend on the prompts and on the statistics
+        # earlier calls left)
         n_warm = min(4, config.max_new_tokens) if is_hf(v.method) else config.max_new_tokens
+        chunks = batches(prompts, B) * 2 if v.method == "auto" else warm
         try:
-            for chunk in warm:
+            for chunk in chunks:
                 v.run(chunk, B, sampler, config.seed, n_warm)
         except Exception as e:  # a baseline that cannot run here is reported, not fatal
             if not is_hf(v.method):

@@ -114,12 +114,13 @@ class GenerateConfig:
 
 def resolve_method(method: str | None, lookahead: str | None) -> str:
     """``--method``, defaulted: pass-fused when --lookahead is given, else ar. Raises
-    ValueError for ``--method ar --lookahead DIR`` (the embeddings would go unused)."""
+    ValueError for ``--method ar --lookahead DIR`` or ``ctx-M`` with it (the embeddings would
+    go unused)."""
     if method is None:
         return "pass-fused" if lookahead else "ar"
-    if method == "ar" and lookahead:
+    if (method == "ar" or parse_tree(method) == ()) and lookahead:
         raise ValueError(
-            "--method ar uses no look-ahead embeddings; drop --lookahead or use "
+            f"--method {method} uses no look-ahead embeddings; drop --lookahead or use "
             "--method pass / pass-fused"
         )
     return method

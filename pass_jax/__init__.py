@@ -22,7 +22,8 @@ L     look-ahead tokens: rows of the LA embeddings ``la_LxD``; draft depths j = 
       LA_1..LA_L of one LA group
 W     draft width: ordered draws kept per depth (children per tree node)
 J     depth of one call's draft tree (drafts d_1..d_J from q_1..q_J, J <= L)
-C     tree nodes of one call: the root y and its drafts
+C     tree nodes of one call: the root y and its drafts (draws from q_j and context drafts)
+U     context chains of one call (``context.py``: a chain of drafts copied from the sequence)
 O     tokens one call emits at most: J accepted drafts and the correction or bonus token
 X     tokens of one training sequence x_0..x_{X-1}
 M     insertion groups per training sequence (packed LA training)

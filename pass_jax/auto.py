@@ -29,10 +29,16 @@ records, which ``infer.generate`` and ``infer.bench`` pass), the statistics star
 first segment is already the best expected layout, and the best speculative candidate runs
 once every 32 autoregressive segments; when that is autoregressive and no exploration would
 come before the end, the plain autoregressive loop runs (no segments, no host round trips).
+
+The statistics carry over from call to call in a process (per model, sampler, candidates and
+embeddings; ``forget`` drops them): a later call starts from what the earlier ones saw, like a
+prior, so short generations do not each pay for exploring. Which layout runs depends only on
+tokens already verified, so every output stays exactly the model's distribution.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -307,6 +313,14 @@ class AutoLog:
         }
 
 
+_LEARNED: dict[tuple, AcceptanceStats] = {}  # per model, sampler, candidates, embeddings
+
+
+def forget() -> None:
+    """Drop the acceptance statistics ``generate_auto`` carries from call to call."""
+    _LEARNED.clear()
+
+
 def prior_stats(
     prior_L: Sequence[float], J: int, W: int, strength: float = 16.0
 ) -> AcceptanceStats:
@@ -363,21 +377,35 @@ class _Chooser:
     explore: str
     explore_every: int
     decay: float
+    informed: bool  # the statistics started from a prior or from earlier calls
     ar_run: int = 0
 
     @classmethod
-    def make(cls, methods, costs, prior, L: int, W: int, explore_every, decay: float):
-        """Without a prior: start with (and explore) the widest candidate, every 8 segments;
-        with one: start with the best expected method, explore the best speculative one
-        every 32."""
+    def make(
+        cls,
+        methods,
+        costs,
+        prior,
+        L: int,
+        W: int,
+        explore_every,
+        decay: float,
+        learned: AcceptanceStats | None = None,
+    ):
+        """From ``learned`` statistics (earlier calls') or a prior: start with the best
+        expected method, explore the best speculative one every 32 segments; without either:
+        start with (and explore) the widest candidate, every 8."""
         J = max(depth(m, L) for m in methods)
-        stats = AcceptanceStats.empty(J, W) if prior is None else prior_stats(prior, J, W)
-        if prior is None:
+        if learned is not None:
+            stats = copy.deepcopy(learned)
+        else:
+            stats = AcceptanceStats.empty(J, W) if prior is None else prior_stats(prior, J, W)
+        if learned is None and prior is None:
             first = explore = explorer(methods, L)
-            return cls(stats, costs, L, first, explore, explore_every or 8, decay)
+            return cls(stats, costs, L, first, explore, explore_every or 8, decay, False)
         first = choose(stats, costs, L)[0]
         explore = choose(stats, {m: c for m, c in costs.items() if m != "ar"} or costs, L)[0]
-        return cls(stats, costs, L, first, explore, explore_every or 32, decay)
+        return cls(stats, costs, L, first, explore, explore_every or 32, decay, True)
 
     def next(self, current: str | None) -> str:
         """The method of the next segment (``current``: the last one's, None at the start)."""
@@ -483,8 +511,11 @@ def generate_auto(
         )
     )
     W = max(s.width for s in schedules.values())
-    chooser = _Chooser.make(methods, log.seconds_per_iteration, prior, L, W, explore_every, decay)
-    if chooser.first == "ar" and prior is not None and chooser.explore_every * segment >= N:
+    key = (cfg, sampler, methods, W, np.asarray(la_LxD).tobytes())
+    chooser = _Chooser.make(
+        methods, log.seconds_per_iteration, prior, L, W, explore_every, decay, _LEARNED.get(key)
+    )
+    if chooser.first == "ar" and chooser.informed and chooser.explore_every * segment >= N:
         # autoregressive, and nothing would be explored before the end
         return _plain_ar(
             log,
@@ -537,6 +568,7 @@ def generate_auto(
             stream(np.asarray(state.out_BxN), np.asarray(state.n_B))
     wall = time.perf_counter() - t0
     log.expected_tokens = chooser.expected()
+    _LEARNED[key] = chooser.stats
     rows = len(prompts)
     out, n = np.asarray(state.out_BxN), np.asarray(state.n_B)
     return GenerationResult(

@@ -15,6 +15,16 @@ CFG = TINY
 PROMPTS = [[3, 9, 27], [5, 1, 4, 1, 5, 9, 2, 6], [7] * 13]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_statistics():
+    """Each test starts without the statistics and call costs earlier calls left."""
+    auto.forget()
+    auto._COSTS.clear()
+    yield
+    auto.forget()
+    auto._COSTS.clear()
+
+
 def test_candidates():
     assert auto.candidates(2) == (
         "ar",
@@ -188,3 +198,26 @@ def test_prior_skips_the_costly_exploration(monkeypatch):
         prior=[0.2, 0.05],
     )
     assert res.auto.segments[:33] == ["ar"] * 32 + ["pass"], res.auto.segments
+
+
+def test_statistics_carry_over_to_the_next_call(monkeypatch):
+    """A second call starts from the statistics the first one left (not from the widest
+    candidate), chooses by them, and its output is still autoregressive decoding's."""
+    params = tiny_params(CFG, 4)
+    la = random_la(CFG, 2, 101, 0.05) + params["embed"]["embedding"][jnp.arange(2)]
+    methods = ("ar", "tree-2", "ctx-3")
+    costs = {"ar": 1.0, "tree-2": 1.3, "ctx-3": 1.2}
+    monkeypatch.setattr(auto, "iteration_seconds", lambda cfg, p, m, *a, **k: costs[m])
+    kw = dict(max_new_tokens=24, la_LxD=la, eos_ids=(), methods=methods, segment=4)
+    first = auto.generate_auto(CFG, params, PROMPTS, **kw)
+    assert first.auto.segments[0] == "tree-2"  # no prior: the widest candidate first
+    (learned,) = auto._LEARNED.values()
+    assert learned.ctx_tried_J.sum() > 0 or "ctx-3" not in first.auto.segments
+    want = auto.choose(learned, costs, 2)[0]
+    assert want != "tree-2"  # (so the test tells learned statistics from a fresh start)
+    second = auto.generate_auto(CFG, params, PROMPTS, **kw)
+    assert second.auto.segments[0] == want
+    plain = generate(CFG, params, PROMPTS, max_new_tokens=24, eos_ids=()).tokens
+    assert first.tokens == second.tokens == plain
+    auto.forget()
+    assert auto.generate_auto(CFG, params, PROMPTS, **kw).auto.segments[0] == "tree-2"

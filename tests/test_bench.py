@@ -373,8 +373,9 @@ def test_bench_interrupted_keeps_the_cells_measured(tmp_path, monkeypatch, sp_mo
 
 
 def test_bench_trees_and_auto(tmp_path):
-    """A tiny random model: a draft tree and auto as benchmark methods (greedy, lossless), with
-    the tree shape, the tokens of a call and auto's choices in the JSON and the table."""
+    """A tiny random model: a draft tree, context drafts (alone and in a tree) and auto as
+    benchmark methods (greedy, lossless), with the tree shape, the tokens of a call and auto's
+    choices in the JSON and the table."""
     from pass_jax import data, tokenizer
     from pass_jax.config import ModelConfig
     from pass_jax.hf import save_hf
@@ -423,7 +424,7 @@ def test_bench_trees_and_auto(tmp_path):
             "--repeats",
             "1",
             "--methods",
-            "ar,tree-2x1,auto",
+            "ar,tree-2x1,ctx-3,tree-2+ctx1,auto",
             "--auto-methods",
             "ar,tree-1,tree-2x1",
             "--call-tokens",
@@ -435,13 +436,26 @@ def test_bench_trees_and_auto(tmp_path):
             str(tmp_path / "out"),
         ]
     )
-    assert result["greedy_identical_to_ar"] == {"tree-2x1@L2": True, "auto@L2": True}
+    assert result["greedy_identical_to_ar"] == {
+        "tree-2x1@L2": True,
+        "ctx-3": True,  # context drafts alone: no look-ahead, one variant whatever the L
+        "tree-2+ctx1@L2": True,
+        "auto@L2": True,
+    }
     rows = {r["method"]: r for r in result["cells"]}
     assert rows["tree-2x1"]["layout"] == "2x1, 15" and rows["ar"]["layout"] == "-, 1"
-    assert rows["auto"]["layout"].startswith("tree-2x1")  # the first segment measures
+    assert rows["ctx-3"]["layout"] == "ctx3, 4" and rows["ctx-3"]["L"] is None
+    assert rows["tree-2+ctx1"]["layout"] == "2+ctx1, 12"
+    assert len(rows["ctx-3"]["acceptance_per_position"]) == 3
+    # (the warm-up's statistics carry over: the timed runs choose by them)
+    assert set(rows["auto"]["auto_token_share"]) <= {"ar", "tree-1", "tree-2x1"}
     assert abs(sum(rows["auto"]["auto_token_share"].values()) - 1) < 1e-3
     md = (tmp_path / "out" / "bench.md").read_text()
-    assert "| PaSS tree 2x1 | 2 | 2x1, 15 | greedy |" in md and "| PaSS auto | 2 | tree-2x1 " in md
+    assert (
+        "| PaSS tree 2x1 | 2 | 2x1, 15 | greedy |" in md
+        and f"| PaSS auto | 2 | {rows['auto']['layout']} | greedy |" in md
+    )
+    assert "| context drafts 3 (prompt lookup) | - | ctx3, 4 | greedy |" in md
     cost = result["call_ms_by_tokens"]  # the cost of a call against the tokens in it
     assert cost["context"] == 8 and list(cost["ms"]) == ["1"]  # 8 prompt tokens (no BOS here)
     assert list(cost["ms"]["1"]) == ["1", "5", "64"] and min(cost["ms"]["1"].values()) > 0
