@@ -15,7 +15,8 @@ Works on any machine with Python and the package registry, no download at run ti
 3. **the benchmark** (``python -m infer.bench``, CPU-sized): code continuation of held-out
    stdlib files (the paper's protocol) and chat prompts (the model's chat template around an
    instruction built from a held-out function), autoregressive vs [UNK] vs PaSS vs fused PaSS
-   with the committed embeddings, then fused PaSS with the demo's own -> ``--out-dir`` (default
+   with the committed embeddings (and, on code, context drafts alone: prompt-lookup decoding,
+   ``ctx-3``), then fused PaSS with the demo's own -> ``--out-dir`` (default
    ``ARTIFACTS/smollm2/results``): JSON, Markdown (also printed), plots.
 
 ``--quick`` (``make demo-quick``) and ``--tiny`` run the earlier pipeline on a 1.8M-parameter
@@ -38,6 +39,7 @@ import time
 import jax
 
 from infer import bench, default_model
+from infer.bench_methods import lookahead_free
 from infer.config import DemoConfig
 from infer.default_model import NAME
 from pass_jax import program_config
@@ -194,13 +196,18 @@ def summary(result: dict, temperature: float | None = None) -> str:
             if r["batch_size"] == 1
             and r["temperature"] == T
             and r["method"] == m
-            and r["L"] == L0
+            and r["L"] == (None if lookahead_free(m) else L0)
             and "error" not in r
         ),
         None,
     )
     parts = []
-    for m, label in (("pass-fused", "PaSS fused"), ("pass", "PaSS"), ("unk", "[UNK]")):
+    for m, label in (
+        ("pass-fused", "PaSS fused"),
+        ("pass", "PaSS"),
+        ("unk", "[UNK]"),
+        ("ctx-3", "context drafts (prompt lookup, no look-ahead)"),
+    ):
         r = pick(m)
         if r:
             parts.append(
@@ -337,7 +344,7 @@ def run_smollm2(config: DemoConfig) -> dict:
                 sizes,
                 model,
                 PRETRAINED_LA,
-                "ar,unk,pass,pass-fused" if prompts == "code" else "ar,pass,pass-fused",
+                "ar,unk,pass,pass-fused,ctx-3" if prompts == "code" else "ar,pass,pass-fused",
                 os.path.join(out_dir, prompts),
                 title,
                 ["--prompts", prompts],

@@ -30,10 +30,17 @@ first segment is already the best expected layout, and the best speculative cand
 once every 32 autoregressive segments; when that is autoregressive and no exploration would
 come before the end, the plain autoregressive loop runs (no segments, no host round trips).
 
-The statistics carry over from call to call in a process (per model, sampler, candidates and
-embeddings; ``forget`` drops them): a later call starts from what the earlier ones saw, like a
-prior, so short generations do not each pay for exploring. Which layout runs depends only on
-tokens already verified, so every output stays exactly the model's distribution.
+Once a layout has run a segment (one that compiled nothing), its measured tokens per second
+per row replace the model's estimate for it: the model leaves out the rows of a batch that wait
+for the slowest one and the segments' host round trips (measured: ``ctx-3`` at batch 8 on a CPU
+ran at 0.75x autoregressive decoding while its acceptance promised more). A speculative layout
+is chosen only when it beats autoregressive decoding by ``MARGIN`` (5%).
+
+The statistics and measured speeds carry over from call to call in a process (per model,
+sampler, candidates, embeddings, batch and cache size; ``forget`` drops them): a later call
+starts from what the earlier ones saw, like a prior, so short generations do not each pay for
+exploring. Which layout runs depends only on what already happened (tokens verified, times
+measured), so every output stays exactly the model's distribution.
 """
 
 from __future__ import annotations
@@ -130,10 +137,19 @@ class AcceptanceStats:
     tried_JxW: np.ndarray
     ctx_accepted_J: np.ndarray
     ctx_tried_J: np.ndarray
+    # tokens per second per row each method reached in segments that compiled nothing
+    measured: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, J: int, W: int) -> AcceptanceStats:
         return cls(np.zeros((J, W)), np.zeros((J, W)), np.zeros(J), np.zeros(J))
+
+    def measure(self, method: str, tokens_per_s_per_row: float) -> None:
+        """Fold one segment's speed into the method's measured speed (halved weight per
+        segment)."""
+        old = self.measured.get(method)
+        new = float(tokens_per_s_per_row)
+        self.measured[method] = new if old is None else 0.5 * (old + new)
 
     def update(
         self,
@@ -313,7 +329,9 @@ class AutoLog:
         }
 
 
-_LEARNED: dict[tuple, AcceptanceStats] = {}  # per model, sampler, candidates, embeddings
+# per model, sampler, candidates, embeddings, batch and cache size
+_LEARNED: dict[tuple, AcceptanceStats] = {}
+_RAN: set = set()  # the segment programs that ran (so are compiled) in this process
 
 
 def forget() -> None:
@@ -334,11 +352,24 @@ def prior_stats(
     return stats
 
 
+# A speculative layout must promise this much more than autoregressive decoding: the expected
+# tokens take depths as independent and the costs come from greedy timing, so a layout that only
+# breaks even by the estimate is as likely to be slower (measured: ctx-3 at T = 0.8 on code).
+MARGIN = 0.05
+
+
 def choose(stats: AcceptanceStats, costs: dict[str, float], L: int) -> tuple[str, dict]:
-    """The method of the highest expected tokens per second, and every method's expected
-    tokens per iteration."""
+    """The method of the highest tokens per second per row (autoregressive decoding unless the
+    best other one beats it by ``MARGIN``), and every method's expected tokens per iteration.
+    A method's speed is what its segments measured once it ran (that includes what the model
+    leaves out: rows of a batch that wait for the slowest, the segments' host round trips),
+    else its expected tokens per iteration over its timed seconds per iteration."""
     expected = {m: stats.expected_tokens(m, L) for m in costs}
-    return max(costs, key=lambda m: expected[m] / costs[m]), expected
+    speed = {
+        m: stats.measured.get(m, expected[m] / costs[m]) / (1.0 if m == "ar" else 1.0 + MARGIN)
+        for m in costs
+    }
+    return max(costs, key=speed.get), expected
 
 
 def _counters(state) -> list[np.ndarray]:
@@ -511,7 +542,7 @@ def generate_auto(
         )
     )
     W = max(s.width for s in schedules.values())
-    key = (cfg, sampler, methods, W, np.asarray(la_LxD).tobytes())
+    key = (cfg, sampler, methods, W, np.asarray(la_LxD).tobytes(), B, max_len)
     chooser = _Chooser.make(
         methods, log.seconds_per_iteration, prior, L, W, explore_every, decay, _LEARNED.get(key)
     )
@@ -551,11 +582,17 @@ def generate_auto(
         if method != current:
             state = switch_schedule(state, schedules[method])
         spec = DecodeSpec(cfg, schedules[method], sampler, N, exact)
+        rows = int(np.sum(~np.asarray(state.done_B)))
+        compiled = (spec, method != current, B, max_len) in _RAN
+        _RAN.add((spec, method != current, B, max_len))
+        t = time.perf_counter()
         state, acc, acc_ctx, vc, calls, n = _run_segment(
             spec, params, la_LxD, state, segment, bootstrap=method != current
         )
         if n.sum() == 0:  # the cache is full
             break
+        if compiled:  # a segment that compiled its program says nothing about its speed
+            chooser.stats.measure(method, n.sum() / (time.perf_counter() - t) / rows)
         Jm, Wm = acc.shape[1:]
         accepted_BxJxW[:, :Jm, :Wm] += acc
         accepted_ctx_BxJ[:, :Jm] += acc_ctx

@@ -109,6 +109,18 @@ def test_choice_follows_costs_and_falls_back_to_autoregressive():
     costly = {"ar": 1.0, "tree-1x1": 3.0, "tree-2x2": 8.0}  # a CPU: calls cost their tokens
     best, expected = auto.choose(stats, costly, 2)
     assert best == "ar" and expected["tree-1x1"] < 3.0
+    # a speculative layout must beat autoregressive decoding by MARGIN (5%): 1.5 expected
+    # tokens (the Beta(1, 1) prior) at 1.45x the cost is 3% more, at 1.40x 7%
+    fresh = auto.AcceptanceStats.empty(1, 1)
+    assert auto.choose(fresh, {"ar": 1.0, "tree-1": 1.45}, 1)[0] == "ar"
+    assert auto.choose(fresh, {"ar": 1.0, "tree-1": 1.40}, 1)[0] == "tree-1"
+    # once measured, a layout's speed (tokens/s per row) replaces the model's estimate
+    fresh.measure("tree-1", 0.6)
+    fresh.measure("tree-1", 0.8)  # halved weight per segment: 0.7
+    assert fresh.measured == {"tree-1": pytest.approx(0.7)}
+    assert auto.choose(fresh, {"ar": 1.0, "tree-1": 0.5}, 1)[0] == "ar"  # model: 3 tokens/s
+    fresh.measure("ar", 0.5)
+    assert auto.choose(fresh, {"ar": 1.0, "tree-1": 0.5}, 1)[0] == "tree-1"
 
 
 def test_switching_schedules_every_segment_stays_lossless(monkeypatch):

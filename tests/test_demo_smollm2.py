@@ -507,7 +507,8 @@ def test_demo_smollm2_end_to_end(tiny_model, tmp_path, monkeypatch, restore_jax_
         assert result["model"] == os.path.abspath(tiny_model)
         greedy = result["greedy_identical_to_ar"]
         expected = {
-            "code": {"unk@L4", "pass@L4", "pass-fused@L4"},  # [UNK] on code only
+            # [UNK] and context drafts on code only
+            "code": {"unk@L4", "pass@L4", "pass-fused@L4", "ctx-3"},
             "chat": {"pass@L4", "pass-fused@L4"},
             "demo_trained": {"pass-fused@L4"},
         }[key]
