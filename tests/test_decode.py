@@ -64,6 +64,17 @@ def test_greedy_pass_equals_autoregressive(L):
     assert accepted > 0, "no draft was ever accepted: the acceptance path went untested"
 
 
+def _with_eos_mid_row(seed, per_layer):
+    """Params of ``seed`` (per layer or stacked), an EOS that occurs mid-row (in row 1's greedy
+    continuation) and greedy autoregressive decoding of PROMPTS with it: 24 tokens at most."""
+    params = _params(seed)
+    if per_layer:
+        params = unstack_layers(params)
+    plain = generate(CFG, params, PROMPTS, max_new_tokens=24, method="ar", eos_ids=())
+    eos = (plain.tokens[1][len(plain.tokens[1]) // 2],)
+    return params, eos, generate(CFG, params, PROMPTS, max_new_tokens=24, method="ar", eos_ids=eos)
+
+
 @pytest.mark.parametrize(
     "widths,per_layer", [((2,), False), ((2, 2), True), ((3, 2, 1, 1), False), ((2, 3, 1), False)]
 )
@@ -74,12 +85,7 @@ def test_greedy_trees_equal_autoregressive(widths, per_layer):
     method = "tree-" + "x".join(map(str, widths))
     by_rank = 0
     for seed in range(3):
-        params = _params(seed)
-        if per_layer:
-            params = unstack_layers(params)
-        plain = generate(CFG, params, PROMPTS, max_new_tokens=24, method="ar", eos_ids=())
-        eos = (plain.tokens[1][len(plain.tokens[1]) // 2],)
-        ar = generate(CFG, params, PROMPTS, max_new_tokens=24, method="ar", eos_ids=eos)
+        params, eos, ar = _with_eos_mid_row(seed, per_layer)
         for la_seed in (seed, seed + 1):
             out = generate(
                 CFG,
@@ -103,12 +109,7 @@ def test_greedy_context_drafts_equal_autoregressive(method, per_layer):
     context drafts accepted (at depth 2 and deeper too)."""
     by_depth = 0
     for seed in range(3):
-        params = _params(seed)
-        if per_layer:
-            params = unstack_layers(params)
-        plain = generate(CFG, params, PROMPTS, max_new_tokens=24, method="ar", eos_ids=())
-        eos = (plain.tokens[1][len(plain.tokens[1]) // 2],)
-        ar = generate(CFG, params, PROMPTS, max_new_tokens=24, method="ar", eos_ids=eos)
+        params, eos, ar = _with_eos_mid_row(seed, per_layer)
         la = None if method.startswith("ctx") else _la(2, seed, _params(seed))
         out = generate(
             CFG, params, PROMPTS, max_new_tokens=24, method=method, la_LxD=la, eos_ids=eos
