@@ -109,7 +109,7 @@ def _la():
     "method,sampler",
     [("ar", SAMPLERS[0]), ("ar", SAMPLERS[1])]
     + [(m, s) for m in ("pass", "pass-fused", "tree-2x2") for s in SAMPLERS]
-    + [("tree-3", SAMPLERS[0]), ("ctx-2", SAMPLERS[0]), ("ctx-2", SAMPLERS[1])]
+    + [("tree-3", SAMPLERS[0]), ("ctx-2", SAMPLERS[1])]
     + [("tree-2+ctx1", SAMPLERS[2])],
     ids=[
         "ar-t1",
@@ -124,7 +124,6 @@ def _la():
         "tree2x2-t.7k4",
         "tree2x2-t1.2p.8",
         "tree3-t1",
-        "ctx2-t1",
         "ctx2-t.7k4",
         "tree2ctx1-t1.2p.8",
     ],
