@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pass_jax.generation import generate
-from pass_jax.layout import make_schedule, parse_context, parse_tree
+from pass_jax.layout import make_schedule, method_lookahead, parse_context, parse_tree
 
 OUR_METHODS = ("ar", "unk", "pass", "pass-fused", "auto")
 HF_METHODS = ("hf-generate", "hf-prompt-lookup")
@@ -39,7 +39,7 @@ def is_ours(method: str) -> bool:
 def lookahead_free(method: str) -> bool:
     """A method of ours that uses no look-ahead embeddings (``ar``, ``ctx-M``): one variant,
     whatever the exports' L."""
-    return method == "ar" or parse_tree(method) == ()
+    return method_lookahead(method, 1) == 0
 
 
 def is_hf(method: str) -> bool:

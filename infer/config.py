@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from pass_jax import program_config
 from pass_jax.decode import LAYER_FORMS, PRECISIONS
-from pass_jax.layout import MAX_LOOKAHEAD, make_schedule, parse_tree
+from pass_jax.layout import MAX_LOOKAHEAD, make_schedule, method_lookahead, parse_tree
 from pass_jax.program_config import ConfigT
 
 METHODS = ("ar", "pass", "pass-fused", "unk", "auto")  # infer.generate --method (or a tree)
@@ -118,7 +118,7 @@ def resolve_method(method: str | None, lookahead: str | None) -> str:
     go unused)."""
     if method is None:
         return "pass-fused" if lookahead else "ar"
-    if (method == "ar" or parse_tree(method) == ()) and lookahead:
+    if method_lookahead(method, 1) == 0 and lookahead:
         raise ValueError(
             f"--method {method} uses no look-ahead embeddings; drop --lookahead or use "
             "--method pass / pass-fused"

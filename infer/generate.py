@@ -53,7 +53,7 @@ from pass_jax.decode import LAYER_FORMS, PRECISIONS, decode_stacked
 from pass_jax.generation import generate
 from pass_jax.gguf_file import resolve_model
 from pass_jax.hf import load_tokenizer
-from pass_jax.layout import parse_tree
+from pass_jax.layout import method_lookahead
 from pass_jax.lookahead import init_lookahead, load_lookahead, recorded_acceptance
 from pass_jax.program_config import USER_ERRORS, InputError, run_cli
 
@@ -175,7 +175,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def lookahead_for(config: GenerateConfig, cfg, params):
     """The LA embeddings a method needs (None for ar and context drafts alone), with clear
     errors for bad flag mixes."""
-    if config.method == "ar" or parse_tree(config.method) == ():
+    if method_lookahead(config.method, 1) == 0:
         return None
     if config.method == "unk":
         if config.lookahead:

@@ -92,22 +92,18 @@ class Layout:
             raise ValueError(f"{what}s must hang under tree nodes")
         if kind == LA and anchors and sorted(set(anchors)) != list(range(C)):
             raise ValueError("LA groups must hang under every tree node or none")
-        lengths = set()
-        for a in dict.fromkeys(anchors):
-            chain = [t for t in mine if self.group[t] == a]
-            lengths.add(len(chain))
-            if [self.index[t] for t in chain] != list(range(1, len(chain) + 1)) or [
-                self.parent[t] for t in chain
-            ] != [a] + chain[:-1]:
+        chains = [[t for t in mine if self.group[t] == a] for a in dict.fromkeys(anchors)]
+        for chain in chains:
+            a = self.group[chain[0]]
+            if (
+                len(chain) != len(chains[0])
+                or [self.index[t] for t in chain] != list(range(1, len(chain) + 1))
+                or [self.parent[t] for t in chain] != [a] + chain[:-1]
+            ):
                 raise ValueError(
                     f"the {what} under node {a} must be a chain of index 1..n, the same n "
                     f"for every {what}"
                 )
-        if len(lengths) > 1:
-            raise ValueError(
-                f"the {what} under node {a} must be a chain of index 1..n, the same n "
-                f"for every {what}"
-            )
 
     @property
     def T(self) -> int:
@@ -267,9 +263,9 @@ def _build(name: str, widths: tuple[int, ...], L: int, m: int = 0) -> Layout:
         level = [add(DRAFT, p, j, r, -1) for p in level for r in range(w)]
     for a in range(len(kind) if m else 0):
         prev = a
+        draws = sum(1 for t, p in enumerate(parent) if p == a and kind[t] == DRAFT)
         for i in range(1, m + 1):  # the head ranks after a's draft children
-            first = sum(1 for t, p in enumerate(parent) if p == a and kind[t] == DRAFT)
-            prev = add(CONTEXT, prev, i, first if i == 1 else 0, a)
+            prev = add(CONTEXT, prev, i, draws if i == 1 else 0, a)
     for a in range(len(kind) if L else 0):
         prev = a
         for i in range(1, L + 1):
