@@ -221,9 +221,12 @@ def iteration_seconds(
 ) -> float:
     """Seconds per loop iteration of ``method`` for the batch ``prompts`` (padded to its batch
     bucket; every row active): ``steps`` iterations in one jitted ``fori_loop``
-    (``decode.run_steps``), on the state a short greedy generation (8 tokens) left, its rows
-    made active again; warm-up, then the median of ``repeats``. ``max_len``: cache slots
-    (default: just enough, rounded up to 128); ``cache_dtype``: as in ``generation.generate``."""
+    (``decode.run_steps``), on the state a short greedy autoregressive generation (8 tokens)
+    left, switched to ``method``'s schedule and its rows made active again; warm-up, then the
+    median of ``repeats``. That generation is the same program for every method (compiled once
+    per cache size), and the drafts it leaves empty: an iteration's cost does not depend on what
+    it accepts (static shapes). ``max_len``: cache slots (default: just enough, rounded up to
+    128); ``cache_dtype``: as in ``generation.generate``."""
     la = None if method == "ar" else la_LxD
     schedule = make_schedule(method, 0 if la is None else int(np.shape(la)[0]))
     N = steps * schedule.step_tokens  # at most the tokens the timed steps emit
@@ -239,12 +242,12 @@ def iteration_seconds(
         prompts,
         max_new_tokens=8,
         eos_ids=(),
-        method=method,
-        la_LxD=la,
+        method="ar",
         max_len=max_len or round_cache_len(need),
         return_state=True,
         cache_dtype=cache_dtype,
     )
+    state = switch_schedule(state, schedule)
     spec = DecodeSpec(cfg, schedule, SamplerConfig(), N, decode_precision(cfg, SamplerConfig()))
     B = state.y_B.shape[0]
     live = state.replace(
