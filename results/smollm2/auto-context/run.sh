@@ -21,3 +21,7 @@ common="--model $M --lookahead $LA --data stdlib --data-dir artifacts/tfds --max
 .venv/bin/python -m infer.bench $common --repeats 7 --temperatures 0.8 --prompts code --num-prompts 4 --prompt-tokens 32 \
   --methods ar,auto --batch-size 1 --out-dir $OUT/code-T0.8-repeats7 \
   --title "SmolLM2-135M-Instruct, code prompts, batch 1, T=0.8: auto against autoregressive, 7 repeats, look-ahead embeddings $LA"
+# code, batch 8, greedy again: autoregressive against auto (which chose it), 7 repeats
+.venv/bin/python -m infer.bench $common --repeats 7 --temperatures 0 --prompts code --num-prompts 8 --prompt-tokens 32 \
+  --methods ar,auto --batch-size 8 --out-dir $OUT/code-batch8-greedy-repeats7 \
+  --title "SmolLM2-135M-Instruct, code prompts, batch 8, greedy: auto against autoregressive, 7 repeats, look-ahead embeddings $LA"
