@@ -580,12 +580,11 @@ def generate_auto(
     J = chooser.stats.ctx_tried_J.shape[0]
     accepted_BxJxW, accepted_ctx_BxJ = np.zeros((B, J, W), np.int64), np.zeros((B, J), np.int64)
     current = None
-    while not bool(jnp.all(state.done_B)):
+    while (rows := int(np.sum(~np.asarray(state.done_B)))) > 0:  # rows still decoding
         method = chooser.next(current)
         if method != current:
             state = switch_schedule(state, schedules[method])
         spec = DecodeSpec(cfg, schedules[method], sampler, N, exact)
-        rows = int(np.sum(~np.asarray(state.done_B)))
         compiled = (spec, method != current, B, max_len) in _RAN
         _RAN.add((spec, method != current, B, max_len))
         t = time.perf_counter()
