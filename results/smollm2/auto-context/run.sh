@@ -4,24 +4,23 @@
 # batch 1 and 8, chat prompts at batch 1. unk and pass: the [UNK] baseline and the paper's
 # schedule with the same embeddings.
 set -e
-M=artifacts/smollm2/model
-LA=pretrained/smollm2-135m-instruct/h200-L4
+. "$(dirname "$0")/../bench_settings.sh"
 OUT=${1:-results/smollm2/auto-context}
-common="--model $M --lookahead $LA --data stdlib --data-dir artifacts/tfds --max-new-tokens 64 --top-k 10 --repeats 3 --main-lookahead 4 --quiet --no-hf-baselines --temperatures 0,0.8"
-.venv/bin/python -m infer.bench $common --prompts code --num-prompts 4 --prompt-tokens 32 \
+common="$BASE --repeats 3 --no-hf-baselines --temperatures 0,0.8"
+$PY -m infer.bench $common --prompts code --num-prompts 4 --prompt-tokens 32 \
   --methods ar,unk,pass,ctx-3,ctx-6,auto --batch-size 1 --out-dir $OUT/code \
   --title "SmolLM2-135M-Instruct, code prompts, batch 1: auto and the fixed methods, look-ahead embeddings $LA"
-.venv/bin/python -m infer.bench $common --prompts chat --num-prompts 4 \
+$PY -m infer.bench $common --prompts chat --num-prompts 4 \
   --methods ar,pass,ctx-3,auto --batch-size 1 --out-dir $OUT/chat \
   --title "SmolLM2-135M-Instruct, chat prompts, batch 1: auto and the fixed methods, look-ahead embeddings $LA"
-.venv/bin/python -m infer.bench $common --prompts code --num-prompts 8 --prompt-tokens 32 \
+$PY -m infer.bench $common --prompts code --num-prompts 8 --prompt-tokens 32 \
   --methods ar,pass,ctx-3,auto --batch-size 8 --out-dir $OUT/code-batch8 \
   --title "SmolLM2-135M-Instruct, code prompts, batch 8: auto and the fixed methods, look-ahead embeddings $LA"
 # code, batch 1, T = 0.8 again: autoregressive against auto (which chose it), 7 repeats
-.venv/bin/python -m infer.bench $common --repeats 7 --temperatures 0.8 --prompts code --num-prompts 4 --prompt-tokens 32 \
+$PY -m infer.bench $common --repeats 7 --temperatures 0.8 --prompts code --num-prompts 4 --prompt-tokens 32 \
   --methods ar,auto --batch-size 1 --out-dir $OUT/code-T0.8-repeats7 \
   --title "SmolLM2-135M-Instruct, code prompts, batch 1, T=0.8: auto against autoregressive, 7 repeats, look-ahead embeddings $LA"
 # code, batch 8, greedy again: autoregressive against auto (which chose it), 7 repeats
-.venv/bin/python -m infer.bench $common --repeats 7 --temperatures 0 --prompts code --num-prompts 8 --prompt-tokens 32 \
+$PY -m infer.bench $common --repeats 7 --temperatures 0 --prompts code --num-prompts 8 --prompt-tokens 32 \
   --methods ar,auto --batch-size 8 --out-dir $OUT/code-batch8-greedy-repeats7 \
   --title "SmolLM2-135M-Instruct, code prompts, batch 8, greedy: auto against autoregressive, 7 repeats, look-ahead embeddings $LA"
