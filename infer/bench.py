@@ -6,7 +6,7 @@
         [--methods ar,unk,pass,pass-fused] [--batch-size 1,4] [--repeats 3]
         [--dtype bfloat16] [--cache-dtype {auto,float32,bfloat16}]
         [--data stdlib] [--data-dir DIR] [--hf-baselines | --no-hf-baselines]
-        [--config FILE.yaml]
+        [--auto-costs FILE|none] [--auto-retime] [--config FILE.yaml]
 
     python -m infer.bench --random-model 125m [--json OUT]     # AR performance on a random model
 
@@ -99,7 +99,7 @@ from infer.bench_report import (
 )
 from infer.bench_summary import greedy_summary, summarise
 from infer.config import DTYPES, PROMPT_KINDS, RANDOM_MODELS, BenchConfig, comma_list, load
-from infer.generate import add_config_arg, add_decode_args
+from infer.generate import add_auto_args, add_config_arg, add_decode_args, auto_cost_file
 from infer.prompts import make_chat_prompts
 from pass_jax.cli import add_mesh_arg, load_model_for_args
 from pass_jax.config import SamplerConfig
@@ -161,12 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tree-WxWx.. (e.g. tree-3x2x1x1), trees with context chains (e.g. tree-4+ctx2) and "
         "context drafts alone (e.g. ctx-3)",
     )
-    ap.add_argument(
-        "--auto-methods",
-        type=comma_list,
-        help="comma separated candidates of method auto (default: ar, pass, fused "
-        "chains of every depth <= L, a few trees, ctx-3, ctx-6 and tree-4+ctx2)",
-    )
+    add_auto_args(ap)
     ap.add_argument("--batch-size", type=_ints, help="comma separated, e.g. 1,4")
     ap.add_argument("--repeats", type=int)
     ap.add_argument(
@@ -407,7 +402,11 @@ def our_variants(
     embeddings for ``unk``, the export's for the others, ``auto`` starting from the
     acceptance the export recorded."""
     eos_ids = tuple(cfg.eos_token_ids) if config.stop_at_eos else ()
-    auto_methods = config.auto_methods and list(config.auto_methods)
+    auto = {
+        "auto_methods": config.auto_methods and list(config.auto_methods),
+        "auto_cost_file": auto_cost_file(config.auto_costs),
+        "auto_retime": config.auto_retime,
+    }
     decoding = {"precision": config.precision, "cache_dtype": config.cache_dtype}
     variants: list[Variant] = []
     for m in methods:
@@ -434,8 +433,8 @@ def our_variants(
                         la,
                         eos_ids,
                         mesh,
-                        auto_methods,
-                        prior,
+                        auto_prior=prior,
+                        **auto,
                         **decoding,
                     ),
                 )

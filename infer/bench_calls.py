@@ -25,11 +25,11 @@ from infer.bench_methods import label, layout_text, ours_runner
 from infer.bench_report import machine_info, machine_line
 from infer.bench_summary import median
 from infer.config import BenchConfig
-from pass_jax.auto import iteration_seconds, timing_slots
 from pass_jax.cache import init_cache
 from pass_jax.config import ModelConfig, SamplerConfig
 from pass_jax.decode import round_cache_len
 from pass_jax.hf import load_hf, save_hf
+from pass_jax.iteration_cost import iteration_seconds, timing_slots
 from pass_jax.layout import make_schedule
 from pass_jax.lookahead import init_lookahead
 from pass_jax.model import forward, init_params, is_stacked, logits_from_hidden, stack_layers

@@ -119,12 +119,15 @@ def ours_runner(
     mesh=None,
     auto_methods=None,
     auto_prior: dict | None = None,
+    auto_cost_file=None,
+    auto_retime: bool = False,
     precision: str = "auto",
     cache_dtype: str = "auto",
 ):
     """A runner of our ``generate`` (``method`` 'ar', 'pass', 'pass-fused', a draft tree or
     'auto' choosing among ``auto_methods``, its statistics starting from ``auto_prior``: the
-    export's recorded acceptance, greedy or sampled), on ``mesh`` when one is given, at matmul
+    export's recorded acceptance, greedy or sampled; its call costs kept in ``auto_cost_file``,
+    timed again if ``auto_retime``), on ``mesh`` when one is given, at matmul
     ``precision`` (``decode.decode_precision``), with a KV cache of ``cache_dtype`` (auto: the
     compute dtype)."""
 
@@ -144,6 +147,8 @@ def ours_runner(
                 mesh=mesh,
                 auto_methods=auto_methods,
                 auto_prior=auto_prior and auto_prior["greedy" if sampler.greedy else "sampled"],
+                auto_cost_file=auto_cost_file,
+                auto_retime=auto_retime,
                 precision=precision,
                 cache_dtype=cache_dtype,
             )

@@ -81,6 +81,8 @@ class GenerateConfig:
     lookahead: str | None = None  # trained look-ahead embeddings (train.lookahead --out)
     method: str | None = None  # METHODS or tree-WxWx..; None: pass-fused with --lookahead, else ar
     auto_methods: tuple[str, ...] | None = None  # candidates of --method auto (None: the default)
+    auto_costs: str | None = None  # file of auto's call costs (None: the default; "none": off)
+    auto_retime: bool = False  # time auto's call costs again
     num_lookahead: int | None = None  # L for --method unk or untrained pass runs
     prompt: str
     add_special_tokens: bool = True  # --no-special-tokens: the prompt without them
@@ -144,6 +146,8 @@ class BenchConfig:
     top_p: float = 1.0  # 1: off
     methods: tuple[str, ...] = ("ar", "unk", "pass", "pass-fused")  # and trees tree-WxWx..
     auto_methods: tuple[str, ...] | None = None  # candidates of method auto (None: the default)
+    auto_costs: str | None = None  # file of auto's call costs (None: the default; "none": off)
+    auto_retime: bool = False  # time auto's call costs again
     batch_size: tuple[int, ...] = (1,)
     repeats: int = 3
     main_lookahead: int | None = None  # L of the main table (None: 4 if benchmarked, else min)

@@ -5,7 +5,8 @@ fused PaSS, [UNK], draft trees, context drafts, or the fastest of them on this m
         [--method {ar,pass,pass-fused,unk,auto,tree-WxWx..,tree-WxWx..+ctxM,ctx-M}]
         --prompt TEXT --max-new-tokens N
         [--temperature T --top-k K --top-p P --seed S] [--dtype bfloat16]
-        [--cache-dtype {auto,float32,bfloat16}] [--json] [--config FILE.yaml]
+        [--cache-dtype {auto,float32,bfloat16}] [--auto-costs FILE|none] [--auto-retime]
+        [--json] [--config FILE.yaml]
 
 ``tree-3x2x1x1`` is a fused draft tree: 3 draws for the first position, 2 for the second under
 each of those, ..; its depth must not exceed the number of look-ahead embeddings.
@@ -13,9 +14,11 @@ each of those, ..; its depth must not exceed the number of look-ahead embeddings
 far, after the latest earlier occurrence of the last tokens of the path) under the root and
 under every draft; ``ctx-3`` drafts 3 context tokens alone (prompt-lookup decoding: no
 look-ahead embeddings, no ``--lookahead`` needed). ``auto`` times
-the candidate layouts on this machine (once per process) and decodes with the one of the best
-expected tokens per second (autoregressive when none pays), re-chosen every 32 tokens; its
-choices are in the stats.
+the candidate layouts on this machine and decodes with the one of the best expected tokens per
+second (autoregressive when none pays), re-chosen every 32 tokens; its choices are in the
+stats. The timed costs are kept in a file (``--auto-costs``, default
+``~/.cache/pass_jax/iteration-costs.json``), so later runs on the same machine, model, batch
+and cache size skip the timing (``--auto-retime``: time again).
 
 The prompt is tokenized as transformers' ``tokenizer(text)`` does, with the special tokens the
 tokenizer adds by default (BOS for LLaMA-family tokenizers; ``--no-special-tokens``: none). The
@@ -53,6 +56,7 @@ from pass_jax.decode import LAYER_FORMS, PRECISIONS, decode_stacked
 from pass_jax.generation import generate
 from pass_jax.gguf_file import resolve_model
 from pass_jax.hf import load_tokenizer
+from pass_jax.iteration_cost import default_cost_file
 from pass_jax.layout import method_lookahead
 from pass_jax.lookahead import init_lookahead, load_lookahead, recorded_acceptance
 from pass_jax.program_config import USER_ERRORS, InputError, run_cli
@@ -93,6 +97,39 @@ def add_decode_args(ap: argparse.ArgumentParser) -> None:
     )
 
 
+def add_auto_args(ap: argparse.ArgumentParser) -> None:
+    """``--auto-methods``, ``--auto-costs`` and ``--auto-retime``: what method auto chooses
+    from and where it keeps the call costs it times (generate and bench)."""
+    ap.add_argument(
+        "--auto-methods",
+        type=comma_list,
+        help="comma separated candidates of method auto (default: ar, pass, fused "
+        "chains of every depth <= L, a few trees, ctx-3, ctx-6 and tree-4+ctx2)",
+    )
+    ap.add_argument(
+        "--auto-costs",
+        metavar="FILE|none",
+        help="file that keeps method auto's timed call costs per model, batch, cache size and "
+        "machine, so a later run skips timing them (default: "
+        "$PASS_JAX_CACHE/iteration-costs.json, else ~/.cache/pass_jax/iteration-costs.json); "
+        "none: time them in every process",
+    )
+    ap.add_argument(
+        "--auto-retime",
+        action="store_true",
+        default=None,
+        help="time method auto's call costs again (and update --auto-costs), e.g. after the "
+        "machine's load changed",
+    )
+
+
+def auto_cost_file(setting: str | None):
+    """The ``--auto-costs`` file: the default one (None), none (``"none"``) or the path."""
+    if setting is None:
+        return default_cost_file()
+    return None if setting.lower() == "none" else setting
+
+
 def add_config_arg(ap: argparse.ArgumentParser, example: str) -> None:
     """``--config FILE.yaml``: the program's settings named like its flags (which win)."""
     ap.add_argument(
@@ -129,12 +166,7 @@ def build_parser(required: bool = True) -> argparse.ArgumentParser:
         "chains such as tree-4+ctx2, or context drafts alone such as ctx-3 (default: "
         "pass-fused with --lookahead, else ar)",
     )
-    ap.add_argument(
-        "--auto-methods",
-        type=comma_list,
-        help="comma separated candidates of --method auto (default: ar, pass, fused "
-        "chains of every depth <= L, a few trees, ctx-3, ctx-6 and tree-4+ctx2)",
-    )
+    add_auto_args(ap)
     ap.add_argument(
         "--num-lookahead",
         type=int,
@@ -288,6 +320,8 @@ def run(config: GenerateConfig, device_args: argparse.Namespace) -> dict:
         mesh=mesh,
         auto_methods=config.auto_methods and list(config.auto_methods),
         auto_prior=auto_prior(config, sampler),
+        auto_cost_file=auto_cost_file(config.auto_costs),
+        auto_retime=config.auto_retime,
         precision=config.precision,
         cache_dtype=config.cache_dtype,
     )

@@ -4,7 +4,8 @@ Candidates, for L look-ahead embeddings (``candidates``): autoregressive, the pa
 calls, fused chains of every depth L' <= L (``tree-1x..x1``), a few draft trees, context drafts
 alone (``ctx-3``, ``ctx-6``: prompt-lookup decoding) and a tree with context chains. Once per
 model, batch size, cache size and device, one loop iteration of each is timed
-(``iteration_seconds``; the table is cached in the process). The generation then runs in
+(``iteration_cost.iteration_costs``; the table is kept in the process, and in a file when one is
+given, as the programs do). The generation then runs in
 segments of ``segment`` tokens per row, each with the candidate of the highest expected tokens
 per iteration / seconds per iteration, switching schedules between segments (the cache and the
 emitted tokens carry over; the new schedule's bootstrap call draws its drafts).
@@ -46,6 +47,7 @@ measured), so every output stays exactly the model's distribution.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -59,8 +61,6 @@ from .config import ModelConfig, SamplerConfig
 from .decode import (
     DecodeSpec,
     GenerationResult,
-    batch_bucket,
-    bucket,
     check_lengths,
     decode_precision,
     eos_array,
@@ -70,10 +70,10 @@ from .decode import (
     required_cache_len,
     resume_jit,
     round_cache_len,
-    run_steps,
     switch_schedule,
 )
-from .layout import Schedule, make_schedule, parse_context, parse_tree, tree_name
+from .iteration_cost import iteration_costs
+from .layout import make_schedule, parse_context, parse_tree, tree_name
 from .model import is_stacked
 
 # Cut to depth L. Wide and shallow (4x1, 8x1) because on SmolLM2-135M the top-k of LA_1 holds
@@ -199,112 +199,6 @@ class AcceptanceStats:
         return total
 
 
-# --------------------------------------------------------------------------- call costs
-
-
-def timing_slots(prompt_len: int, schedule: Schedule, steps: int = 8) -> int:
-    """Cache slots ``iteration_seconds`` needs: the padded prompt, 8 generated tokens,
-    ``steps`` iterations' tokens and one iteration's scratch."""
-    return required_cache_len(bucket(prompt_len), 8 + steps * schedule.step_tokens, schedule)
-
-
-def iteration_seconds(
-    cfg: ModelConfig,
-    params,
-    method: str,
-    la_LxD,
-    prompts: list[list[int]],
-    repeats: int,
-    max_len: int | None = None,
-    steps: int = 8,
-    cache_dtype=None,
-) -> float:
-    """Seconds per loop iteration of ``method`` for the batch ``prompts`` (padded to its batch
-    bucket; every row active): ``steps`` iterations in one jitted ``fori_loop``
-    (``decode.run_steps``), on the state a short greedy autoregressive generation (8 tokens)
-    left, switched to ``method``'s schedule and its rows made active again; warm-up, then the
-    median of ``repeats``. That generation is the same program for every method (compiled once
-    per cache size), and the drafts it leaves empty: an iteration's cost does not depend on what
-    it accepts (static shapes). ``max_len``: cache slots (default: just enough, rounded up to
-    128); ``cache_dtype``: as in ``generation.generate``."""
-    la = None if method == "ar" else la_LxD
-    schedule = make_schedule(method, 0 if la is None else int(np.shape(la)[0]))
-    N = steps * schedule.step_tokens  # at most the tokens the timed steps emit
-    need = timing_slots(max(map(len, prompts)), schedule, steps)
-    if max_len is not None and max_len < need:
-        raise ValueError(
-            f"max_len {max_len} is too small to time {steps} {method} steps "
-            f"after the prompt ({need} slots needed)"
-        )
-    _, state = generate_fixed(
-        cfg,
-        params,
-        prompts,
-        max_new_tokens=8,
-        eos_ids=(),
-        method="ar",
-        max_len=max_len or round_cache_len(need),
-        return_state=True,
-        cache_dtype=cache_dtype,
-    )
-    state = switch_schedule(state, schedule)
-    spec = DecodeSpec(cfg, schedule, SamplerConfig(), N, decode_precision(cfg, SamplerConfig()))
-    B = state.y_B.shape[0]
-    live = state.replace(
-        out_BxN=jnp.zeros((B, N), jnp.int32),
-        n_B=jnp.zeros((B,), jnp.int32),
-        done_B=jnp.zeros((B,), bool),
-    )
-    la = jnp.zeros((0, cfg.d_model), cfg.param_dtype) if la is None else la
-
-    def timed() -> float:  # on a fresh copy of the state, donated: the cache is updated in place
-        state = jax.block_until_ready(jax.tree.map(jnp.copy, live))
-        t0 = time.perf_counter()
-        jax.block_until_ready(run_steps(spec, params, la, state, steps))
-        return time.perf_counter() - t0
-
-    timed()  # warm-up (compile)
-    return float(np.median([timed() for _ in range(max(repeats, 1))])) / steps
-
-
-_COSTS: dict[tuple, float] = {}
-
-
-def iteration_costs(
-    cfg: ModelConfig,
-    params,
-    la_LxD,
-    methods: Sequence[str],
-    prompts: list[list[int]],
-    max_len: int,
-    repeats: int = 3,
-    cache_dtype=None,
-) -> dict[str, float]:
-    """Seconds per loop iteration of each method at this batch size, cache size and cache dtype
-    on the default device, timed once per process (``iteration_seconds``)."""
-    L = int(np.shape(la_LxD)[0])
-    key = (
-        cfg,
-        batch_bucket(len(prompts)),
-        max_len,
-        resolve_cache_dtype(cfg, cache_dtype),
-        is_stacked(params),
-        L,
-        jax.devices()[0].device_kind,
-    )
-    out = {}
-    for m in methods:
-        if key + (m,) not in _COSTS:
-            slots = max(
-                max_len, round_cache_len(timing_slots(max(map(len, prompts)), make_schedule(m, L)))
-            )
-            _COSTS[key + (m,)] = iteration_seconds(
-                cfg, params, m, la_LxD, prompts, repeats, slots, cache_dtype=cache_dtype
-            )
-        out[m] = _COSTS[key + (m,)]
-    return out
-
-
 # --------------------------------------------------------------------------- generation
 
 
@@ -313,6 +207,7 @@ class AutoLog:
     """What ``auto`` chose: per method its segments, calls and tokens (all rows)."""
 
     seconds_per_iteration: dict[str, float]
+    costs_from: str  # where those came from: timed, file, process (``iteration_costs``)
     segments: list[str] = field(default_factory=list)
     calls: dict[str, int] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
@@ -326,6 +221,7 @@ class AutoLog:
             "ms_per_iteration": {
                 m: round(1e3 * s, 4) for m, s in self.seconds_per_iteration.items()
             },
+            "ms_per_iteration_from": self.costs_from,
             "expected_tokens_per_iteration": {
                 m: round(t, 3) for m, t in self.expected_tokens.items()
             },
@@ -512,6 +408,8 @@ def generate_auto(
     stream: Callable[[np.ndarray, np.ndarray], None] | None = None,
     precision: str = "auto",
     cache_dtype=None,
+    cost_file: str | os.PathLike | None = None,
+    retime: bool = False,
 ):
     """``generation.generate(..., method="auto")``: see the module docstring. ``methods``: the
     candidates (default ``candidates(L)``); ``segment``: tokens per row between choices;
@@ -520,7 +418,9 @@ def generate_auto(
     chosen by expected tokens per second, and exploring runs the best speculative candidate
     every ``explore_every`` (default 32) autoregressive segments; without it the first segment
     runs the widest candidate and exploring comes every 8. ``precision``, ``cache_dtype``: as
-    in ``generation.generate`` (the call costs are timed with that cache). Returns a
+    in ``generation.generate`` (the call costs are timed with that cache). ``cost_file``: keep
+    the timed costs in this file too, and read them from it instead of timing again (the
+    programs use ``iteration_cost.default_cost_file()``); ``retime``: time them again. Returns a
     ``GenerationResult`` whose ``auto`` holds the choices (``AutoLog``)."""
     check_lengths(cfg, prompts, max_new_tokens)
     cache_dtype = resolve_cache_dtype(cfg, cache_dtype)
@@ -540,8 +440,16 @@ def generate_auto(
         raise ValueError(f"cache too small: auto needs {need} slots, the cache has {max_len}")
     prompt_lists = [list(p) for p in prompts]
     log = AutoLog(
-        iteration_costs(
-            cfg, params, la_LxD, methods, prompt_lists, max_len, cache_dtype=cache_dtype
+        *iteration_costs(
+            cfg,
+            params,
+            la_LxD,
+            methods,
+            prompt_lists,
+            max_len,
+            cache_dtype=cache_dtype,
+            cost_file=cost_file,
+            retime=retime,
         )
     )
     W = max(s.width for s in schedules.values())

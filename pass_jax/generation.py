@@ -32,6 +32,8 @@ def generate(
     return_state: bool = False,
     auto_methods: Sequence[str] | None = None,
     auto_prior: Sequence[float] | None = None,
+    auto_cost_file=None,
+    auto_retime: bool = False,
     precision: str = "auto",
     cache_dtype=None,
 ) -> GenerationResult:
@@ -58,6 +60,9 @@ def generate(
       return_state: also return the final ``DecodeState`` (``(result, state)``).
       auto_methods: the candidates of ``auto`` (default ``auto.candidates(L)``).
       auto_prior: ``auto``'s starting acceptance per depth (``auto.generate_auto``'s ``prior``).
+      auto_cost_file: a file that keeps ``auto``'s timed call costs across processes (read
+        instead of timing again; ``iteration_cost.iteration_costs``); None: this process only.
+      auto_retime: time ``auto``'s call costs again even if the process or the file has them.
       precision: matmul precision of the decode step (``decode.decode_precision``): ``auto``
         (exact greedy decoding of float32 models), ``default`` or ``highest``.
       cache_dtype: the KV cache's dtype (``cache.resolve_cache_dtype``): None or ``"auto"``, the
@@ -97,6 +102,8 @@ def generate(
         max_len=max_len,
         methods=auto_methods,
         prior=auto_prior,
+        cost_file=auto_cost_file,
+        retime=auto_retime,
         stream=stream,
         precision=precision,
         cache_dtype=cache_dtype,

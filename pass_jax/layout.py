@@ -326,6 +326,11 @@ class Schedule:
         return sum(lay.T for lay in self.step)
 
     @property
+    def step_emits(self) -> int:
+        """Most tokens one loop iteration commits: per call, its deepest accepted path + 1."""
+        return sum(lay.draft_depth + 1 for lay in self.step)
+
+    @property
     def width(self) -> int:
         """Draws kept per depth: the widest layout's (1 for chains and ``ar``)."""
         return max([1] + [lay.draws for lay in self.bootstrap + self.step])

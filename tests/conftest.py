@@ -5,6 +5,7 @@ them is most of the suite's time (measured on a 2-core VM: test_decode + test_sa
 206 s). Results do not depend on it; the programs the benchmark times are compiled normally."""
 
 import os
+import tempfile
 
 os.environ.setdefault(
     "XLA_FLAGS",
@@ -13,6 +14,8 @@ os.environ.setdefault(
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the programs' files of auto's call costs: one fresh folder per test process, not ~/.cache
+os.environ["PASS_JAX_CACHE"] = tempfile.mkdtemp(prefix="pass_jax_cache_")
 
 import jax  # noqa: E402
 

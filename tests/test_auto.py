@@ -9,6 +9,7 @@ import pytest
 from conftest import TINY, random_la, tiny_params
 
 import pass_jax.auto as auto
+import pass_jax.iteration_cost as iteration_cost
 from pass_jax.generation import generate
 
 CFG = TINY
@@ -19,10 +20,10 @@ PROMPTS = [[3, 9, 27], [5, 1, 4, 1, 5, 9, 2, 6], [7] * 13]
 def _fresh_statistics():
     """Each test starts without the statistics and call costs earlier calls left."""
     auto.forget()
-    auto._COSTS.clear()
+    iteration_cost._COSTS.clear()
     yield
     auto.forget()
-    auto._COSTS.clear()
+    iteration_cost._COSTS.clear()
 
 
 def test_candidates():
@@ -133,7 +134,7 @@ def test_switching_schedules_every_segment_stays_lossless(monkeypatch):
     methods = ("ar", "pass", "tree-1x1", "tree-3x2", "tree-2", "ctx-3", "tree-2+ctx1")
     timed = []
     monkeypatch.setattr(
-        auto, "iteration_seconds", lambda cfg, p, m, *a, **k: timed.append(m) or 1.0
+        iteration_cost, "iteration_seconds", lambda cfg, p, m, *a, **k: timed.append(m) or 1.0
     )
     cycle = itertools.cycle(methods)
     monkeypatch.setattr(auto, "choose", lambda stats, costs, L: (next(cycle), {}))
@@ -175,8 +176,8 @@ def test_prior_skips_the_costly_exploration(monkeypatch):
     la = params["embed"]["embedding"][jnp.arange(2)]
     methods = ("ar", "pass", "tree-1x1", "tree-3x2")
     costs = {"ar": 1.0, "pass": 2.5, "tree-1x1": 3.0, "tree-3x2": 12.0}
-    monkeypatch.setattr(auto, "_COSTS", {})  # no cost table from another test
-    monkeypatch.setattr(auto, "iteration_seconds", lambda cfg, p, m, *a, **k: costs[m])
+    monkeypatch.setattr(iteration_cost, "_COSTS", {})  # no cost table from another test
+    monkeypatch.setattr(iteration_cost, "iteration_seconds", lambda cfg, p, m, *a, **k: costs[m])
     stats = auto.prior_stats([0.2, 0.05], 2, 3)
     np.testing.assert_allclose(stats.conditional()[:, 0], [(3.2 + 1) / 18, (0.8 + 1) / 18])
     want = generate(CFG, params, PROMPTS, max_new_tokens=12, eos_ids=()).tokens
@@ -219,7 +220,7 @@ def test_statistics_carry_over_to_the_next_call(monkeypatch):
     la = random_la(CFG, 2, 101, 0.05) + params["embed"]["embedding"][jnp.arange(2)]
     methods = ("ar", "tree-2", "ctx-3")
     costs = {"ar": 1.0, "tree-2": 1.3, "ctx-3": 1.2}
-    monkeypatch.setattr(auto, "iteration_seconds", lambda cfg, p, m, *a, **k: costs[m])
+    monkeypatch.setattr(iteration_cost, "iteration_seconds", lambda cfg, p, m, *a, **k: costs[m])
     kw = dict(max_new_tokens=24, la_LxD=la, eos_ids=(), methods=methods, segment=4)
     first = auto.generate_auto(CFG, params, PROMPTS, **kw)
     assert first.auto.segments[0] == "tree-2"  # no prior: the widest candidate first

@@ -395,3 +395,40 @@ def test_stream_holds_back_incomplete_characters(tmp_path, prompt, continuation)
     assert "".join(writes) == continuation  # complete before end()
     stream.end(new_ids)
     assert "".join(writes) == continuation and not any("\ufffd" in w for w in writes)
+
+
+def test_auto_keeps_its_call_costs_in_a_file(model_dir, tmp_path, monkeypatch, capsys):
+    """``--method auto`` times its candidates once: a later process (the process's table
+    emptied) reads them from ``--auto-costs``; ``--auto-retime`` times them again; ``none``
+    keeps no file. The output stays autoregressive decoding's."""
+    import pass_jax.iteration_cost as ic
+
+    path = tmp_path / "costs.json"
+    common = ["--model", model_dir / "model", "--prompt", "def add(", "--max-new-tokens", 10]
+    auto = [*common, "--method", "auto", "--lookahead", model_dir / "la", "--json"]
+    auto += ["--auto-methods", "ar,tree-1x1,tree-2"]
+
+    def run(*extra) -> dict:
+        monkeypatch.setattr(ic, "_COSTS", {})  # a new process
+        _main(*auto, *extra)
+        return json.loads(capsys.readouterr().out)
+
+    ar = _main(*common, "--json")["token_ids"]
+    capsys.readouterr()
+    first = run("--auto-costs", path)
+    assert first["stats"]["auto"]["ms_per_iteration_from"] == "timed"
+    (entry,) = json.loads(path.read_text())["entries"].values()
+    assert set(entry["seconds"]) == {"ar", "tree-1x1", "tree-2"}
+    second = run("--auto-costs", path)
+    assert second["stats"]["auto"]["ms_per_iteration_from"] == "file"
+    assert second["stats"]["auto"]["ms_per_iteration"] == first["stats"]["auto"]["ms_per_iteration"]
+    assert first["token_ids"] == second["token_ids"] == ar
+    retimed = run("--auto-costs", path, "--auto-retime")
+    assert retimed["stats"]["auto"]["ms_per_iteration_from"] == "timed"
+    (entry,) = json.loads(path.read_text())["entries"].values()  # the new timing, kept
+    assert {m: round(1e3 * s, 4) for m, s in entry["seconds"].items()} == retimed["stats"]["auto"][
+        "ms_per_iteration"
+    ]
+    before = path.read_text()
+    assert run("--auto-costs", "none")["stats"]["auto"]["ms_per_iteration_from"] == "timed"
+    assert path.read_text() == before

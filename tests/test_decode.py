@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import pass_jax.iteration_cost as iteration_cost
 from pass_jax.cache import init_cache
 from pass_jax.config import ModelConfig, SamplerConfig
 from pass_jax.decode import (
@@ -271,13 +272,18 @@ def test_tokens_per_step_lower_bound(method, min_per_step):
     assert (per_step >= min_per_step).all() and (per_step <= L + min_per_step).all()
 
 
-@pytest.mark.parametrize("method,per_step", [("pass", 4 + 2), ("pass-fused", 4 + 1)])
+@pytest.mark.parametrize(
+    "method,per_step", [("pass", 4 + 2), ("pass-fused", 4 + 1), ("tree-2x2x1", 3 + 1)]
+)
 def test_oracle_drafts_give_maximal_tokens_per_step(method, per_step):
-    """With a zeroed final norm all logits are equal: every draft (argmax 0) is right."""
+    """With a zeroed final norm all logits are equal: every draft (argmax 0) is right, and a
+    step commits the most its schedule says it can (``step_emits``: what auto's timing sizes
+    its cache by)."""
     L = 4
     params = _params(3)
     params = {**params, "final_norm": {"scale": jnp.zeros_like(params["final_norm"]["scale"])}}
     spec = DecodeSpec(CFG, make_schedule(method, L), SamplerConfig(), 200)
+    assert spec.schedule.step_emits == per_step
     counts = _run_steps(spec, params, _la(L, 0), PROMPTS, 5)
     assert (np.diff(counts, axis=0) == per_step).all()
     res = generate(CFG, params, PROMPTS, max_new_tokens=41, method=method, la_LxD=_la(L, 0))
@@ -511,9 +517,9 @@ def test_greedy_pass_equals_autoregressive_over_a_bfloat16_cache(monkeypatch):
     assert accepted > 0
 
     timed = []
-    monkeypatch.setattr(auto, "_COSTS", {})  # no cost table from another test
+    monkeypatch.setattr(iteration_cost, "_COSTS", {})  # no cost table from another test
     monkeypatch.setattr(
-        auto,
+        iteration_cost,
         "iteration_seconds",
         lambda cfg, p, m, *a, cache_dtype: timed.append(cache_dtype) or (1.0 if m == "ar" else 9.0),
     )

@@ -278,6 +278,10 @@ def test_schedules_list_their_calls():
     tree = make_schedule("tree-2x2", 5)  # uses the tree's depth, not all 5 LA tokens
     assert tree.bootstrap == (draft_layout(2),) and tree.step == (tree_layout((2, 2)),)
     assert (tree.name, tree.num_lookahead, tree.step_tokens, tree.width) == ("tree-2x2", 2, 21, 2)
+    # the most tokens an iteration commits: per call its deepest path + 1
+    assert [s.step_emits for s in (ar, paper, fused, tree)] == [1, 1 + 3, 3, 3]
+    assert make_schedule("ctx-3").step_emits == 4
+    assert make_schedule("tree-4+ctx2", 4).step_emits == 1 + 2 + 1
     # layouts are static jit arguments: equal tables, equal hashes
     assert hash(fused_layout(2)) == hash(make_schedule("pass-fused", 2).step[0])
     assert [method_lookahead(m, 5) for m in ("ar", "pass", "pass-fused", "tree-2x1")] == [

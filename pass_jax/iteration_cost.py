@@ -1,0 +1,255 @@
+"""Seconds per decoding-loop iteration of each method on the device at hand: what ``auto``
+chooses layouts by.
+
+``iteration_seconds`` times one method (a few loop iterations in one jitted ``fori_loop``,
+after a warm-up). ``iteration_costs`` times each method once per process and setting (model,
+batch, cache size and dtype, layer form, L, device), and, given a ``cost_file``, keeps the table
+on disk too: a later process on the same machine and software reads it instead of compiling and
+timing every candidate again (on a 2-core CPU that is minutes for SmolLM2-135M). The file is
+JSON, one entry per setting, written atomically; a corrupt or foreign file is reported and
+replaced, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+
+from .cache import resolve_cache_dtype
+from .config import ModelConfig, SamplerConfig
+from .decode import (
+    DecodeSpec,
+    batch_bucket,
+    bucket,
+    decode_precision,
+    generate_fixed,
+    required_cache_len,
+    round_cache_len,
+    run_steps,
+    switch_schedule,
+)
+from .layout import Schedule, make_schedule
+from .model import is_stacked
+
+FILE_FORMAT = "pass_jax iteration costs"
+FILE_VERSION = 1
+STEPS = 8  # timed loop iterations per repeat
+
+
+def default_cost_file() -> Path:
+    """Where the programs keep the table: ``$PASS_JAX_CACHE/iteration-costs.json``, else under
+    ``$XDG_CACHE_HOME/pass_jax`` (default ``~/.cache/pass_jax``)."""
+    root = os.environ.get("PASS_JAX_CACHE")
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+        root = os.path.join(xdg, "pass_jax")
+    return Path(root) / "iteration-costs.json"
+
+
+def timing_slots(prompt_len: int, schedule: Schedule, steps: int = STEPS) -> int:
+    """Cache slots ``iteration_seconds`` needs: the padded prompt, 8 generated tokens, the most
+    ``steps`` iterations can commit and one iteration's scratch."""
+    return required_cache_len(bucket(prompt_len), 8 + steps * schedule.step_emits, schedule)
+
+
+def iteration_seconds(
+    cfg: ModelConfig,
+    params,
+    method: str,
+    la_LxD,
+    prompts: list[list[int]],
+    repeats: int,
+    max_len: int | None = None,
+    steps: int = STEPS,
+    cache_dtype=None,
+) -> float:
+    """Seconds per loop iteration of ``method`` for the batch ``prompts`` (padded to its batch
+    bucket; every row active): ``steps`` iterations in one jitted ``fori_loop``
+    (``decode.run_steps``), on the state a short greedy autoregressive generation (8 tokens)
+    left, switched to ``method``'s schedule and its rows made active again; warm-up, then the
+    median of ``repeats``. That generation is the same program for every method (compiled once
+    per cache size), and the drafts it leaves empty: an iteration's cost does not depend on what
+    it accepts (static shapes). ``max_len``: cache slots (default: just enough, rounded up to
+    128); ``cache_dtype``: as in ``generation.generate``."""
+    la = None if method == "ar" else la_LxD
+    schedule = make_schedule(method, 0 if la is None else int(np.shape(la)[0]))
+    N = steps * schedule.step_emits  # at most the tokens the timed steps commit
+    need = timing_slots(max(map(len, prompts)), schedule, steps)
+    if max_len is not None and max_len < need:
+        raise ValueError(
+            f"max_len {max_len} is too small to time {steps} {method} steps "
+            f"after the prompt ({need} slots needed)"
+        )
+    _, state = generate_fixed(
+        cfg,
+        params,
+        prompts,
+        max_new_tokens=8,
+        eos_ids=(),
+        method="ar",
+        max_len=max_len or round_cache_len(need),
+        return_state=True,
+        cache_dtype=cache_dtype,
+    )
+    state = switch_schedule(state, schedule)
+    spec = DecodeSpec(cfg, schedule, SamplerConfig(), N, decode_precision(cfg, SamplerConfig()))
+    B = state.y_B.shape[0]
+    live = state.replace(
+        out_BxN=jnp.zeros((B, N), jnp.int32),
+        n_B=jnp.zeros((B,), jnp.int32),
+        done_B=jnp.zeros((B,), bool),
+    )
+    la = jnp.zeros((0, cfg.d_model), cfg.param_dtype) if la is None else la
+
+    def timed() -> float:  # on a fresh copy of the state, donated: the cache is updated in place
+        state = jax.block_until_ready(jax.tree.map(jnp.copy, live))
+        t0 = time.perf_counter()
+        jax.block_until_ready(run_steps(spec, params, la, state, steps))
+        return time.perf_counter() - t0
+
+    timed()  # warm-up (compile)
+    return float(np.median([timed() for _ in range(max(repeats, 1))])) / steps
+
+
+def setting(
+    cfg: ModelConfig, params, L: int, batch: int, max_len: int, cache_dtype, repeats: int
+) -> dict:
+    """What an iteration's cost depends on besides the method, JSON-able: the model's
+    architecture, batch bucket, cache slots and dtype, layer form, L, the timing's steps and
+    repeats, the device, the machine and the JAX version."""
+    device = jax.devices()[0]
+    return {
+        "model": hashlib.sha256(repr(cfg).encode()).hexdigest()[:16],
+        "batch": batch_bucket(batch),
+        "max_len": int(max_len),
+        "cache_dtype": str(resolve_cache_dtype(cfg, cache_dtype)),
+        "stacked": bool(is_stacked(params)),
+        "L": int(L),
+        "steps": STEPS,
+        "repeats": int(repeats),
+        "device": f"{device.platform}:{device.device_kind}",
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
+        "jax": f"{jax.__version__} jaxlib {jaxlib.__version__}",
+    }
+
+
+def _entry_id(what: dict) -> str:
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def read_table(path) -> dict:
+    """The entries of the cost file at ``path`` ({} when it does not exist). A file that is not
+    one (corrupt JSON, another format or version) is reported with a warning and ignored: the
+    costs are timed again and the next write replaces it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        warnings.warn(
+            f"ignoring the iteration-cost file {path}: not readable JSON ({e})", stacklevel=3
+        )
+        return {}
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != FILE_FORMAT
+        or data.get("version") != FILE_VERSION
+        or not isinstance(data.get("entries"), dict)
+    ):
+        warnings.warn(
+            f"ignoring the iteration-cost file {path}: not a {FILE_FORMAT!r} file of "
+            f"version {FILE_VERSION}",
+            stacklevel=3,
+        )
+        return {}
+    return data["entries"]
+
+
+def write_table(path, entries: dict) -> None:
+    """Write the cost file atomically (a temporary file in the same folder, then renamed): an
+    interrupted write leaves the old file as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(
+        {"format": FILE_FORMAT, "version": FILE_VERSION, "entries": entries}, indent=1
+    )
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _seconds(entries: dict, what: dict) -> dict:
+    """The file's seconds per method for the setting ``what`` ({} if it has none)."""
+    entry = entries.get(_entry_id(what))
+    if not isinstance(entry, dict) or entry.get("setting") != what:
+        return {}
+    seconds = entry.get("seconds")
+    return seconds if isinstance(seconds, dict) else {}
+
+
+_COSTS: dict[tuple, float] = {}
+
+
+def iteration_costs(
+    cfg: ModelConfig,
+    params,
+    la_LxD,
+    methods: Sequence[str],
+    prompts: list[list[int]],
+    max_len: int,
+    repeats: int = 3,
+    cache_dtype=None,
+    cost_file=None,
+    retime: bool = False,
+) -> tuple[dict[str, float], str]:
+    """Seconds per loop iteration of each method at this batch size, cache size and cache dtype
+    on the default device (``iteration_seconds``), timed once per process; with ``cost_file``
+    (a path) read from and added to that file too, so a later process skips the timing.
+    ``retime``: time every method again (and overwrite what the file held). Returns the costs
+    and where they came from: ``process`` (timed earlier in this process), ``file``,
+    ``timed``, or several joined by ``+``."""
+    L = int(np.shape(la_LxD)[0])
+    what = setting(cfg, params, L, len(prompts), max_len, cache_dtype, repeats)
+    key = tuple(sorted(what.items()))
+    stored = _seconds(read_table(cost_file), what) if cost_file is not None else {}
+    out, sources = {}, set()
+    for m in methods:
+        s = stored.get(m)
+        if not retime and key + (m,) in _COSTS:
+            sources.add("process")
+        elif not retime and isinstance(s, (int, float)) and s > 0:
+            _COSTS[key + (m,)] = float(s)
+            sources.add("file")
+        else:
+            slots = max(
+                max_len, round_cache_len(timing_slots(max(map(len, prompts)), make_schedule(m, L)))
+            )
+            _COSTS[key + (m,)] = iteration_seconds(
+                cfg, params, m, la_LxD, prompts, repeats, slots, cache_dtype=cache_dtype
+            )
+            sources.add("timed")
+        out[m] = _COSTS[key + (m,)]
+    if cost_file is not None and "timed" in sources:
+        entries = read_table(cost_file)  # another process may have added entries meanwhile
+        seconds = {**_seconds(entries, what), **out}
+        entries[_entry_id(what)] = {"setting": what, "seconds": seconds}
+        write_table(cost_file, entries)
+    return out, "+".join(sorted(sources))

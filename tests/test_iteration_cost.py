@@ -1,0 +1,123 @@
+"""``auto``'s call costs kept across processes: the file is read instead of timing again, kept
+per setting, replaced (never trusted) when corrupt, and written atomically. The timing itself
+is faked here (``iteration_seconds``); the CLI test at the end times for real."""
+
+import json
+import warnings
+
+import pytest
+from conftest import TINY, random_la, tiny_params
+
+import infer.generate as generate_cli
+import pass_jax.iteration_cost as ic
+
+PROMPTS = [[3, 9, 27], [5, 1, 4, 1]]
+METHODS = ("ar", "tree-1x1", "ctx-3")
+
+
+@pytest.fixture
+def timed(monkeypatch):
+    """Fake timing (a method's cost: its name's length in ms); lists what was timed. The
+    process's table starts empty, as in a new process."""
+    calls = []
+    monkeypatch.setattr(ic, "_COSTS", {})
+    monkeypatch.setattr(
+        ic,
+        "iteration_seconds",
+        lambda cfg, params, m, *a, **k: calls.append(m) or len(m) / 1000,
+    )
+    return calls
+
+
+def _costs(path, max_len=128, retime=False, methods=METHODS):
+    return ic.iteration_costs(
+        TINY,
+        tiny_params(TINY, 0),
+        random_la(TINY, 2, 0),
+        methods,
+        PROMPTS,
+        max_len,
+        cost_file=path,
+        retime=retime,
+    )
+
+
+def test_costs_are_read_back_from_the_file_instead_of_timed(tmp_path, timed, monkeypatch):
+    path = tmp_path / "sub" / "costs.json"
+    costs, source = _costs(path)
+    assert source == "timed" and sorted(timed) == sorted(METHODS)
+    assert costs == {m: len(m) / 1000 for m in METHODS}
+    (entry,) = json.loads(path.read_text())["entries"].values()
+    assert entry["setting"]["max_len"] == 128 and entry["setting"]["batch"] == 2
+    assert entry["seconds"] == costs
+
+    timed.clear()
+    assert _costs(path) == (costs, "process")  # this process's table
+    monkeypatch.setattr(ic, "_COSTS", {})  # a new process: the file
+    assert _costs(path) == (costs, "file") and timed == []
+    # a method the file lacks is timed and added; the others still come from the file
+    monkeypatch.setattr(ic, "_COSTS", {})
+    more, source = _costs(path, methods=(*METHODS, "pass"))
+    assert source == "file+timed" and timed == ["pass"]
+    (entry,) = json.loads(path.read_text())["entries"].values()
+    assert set(entry["seconds"]) == {*METHODS, "pass"}
+    # another cache size is another setting: timed, kept beside the first
+    timed.clear()
+    assert _costs(path, max_len=256)[1] == "timed" and sorted(timed) == sorted(METHODS)
+    assert len(json.loads(path.read_text())["entries"]) == 2
+    # --auto-retime: timed again although both tables have them
+    timed.clear()
+    assert _costs(path, retime=True)[1] == "timed" and sorted(timed) == sorted(METHODS)
+
+
+@pytest.mark.parametrize(
+    "content", ["{not json", json.dumps({"format": "something else", "entries": {}}), "[1, 2]"]
+)
+def test_a_corrupt_or_foreign_file_is_reported_and_replaced(tmp_path, timed, content):
+    path = tmp_path / "costs.json"
+    path.write_text(content)
+    with pytest.warns(UserWarning, match="ignoring the iteration-cost file .*costs.json"):
+        costs, source = _costs(path)
+    assert source == "timed" and sorted(timed) == sorted(METHODS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the replaced file reads cleanly
+        assert ic.read_table(path)
+
+
+def test_a_stored_cost_that_is_not_a_positive_number_is_timed_again(tmp_path, timed, monkeypatch):
+    path = tmp_path / "costs.json"
+    _costs(path)
+    data = json.loads(path.read_text())
+    (entry,) = data["entries"].values()
+    entry["seconds"]["ar"] = -1.0
+    entry["seconds"]["ctx-3"] = "fast"
+    path.write_text(json.dumps(data))
+    monkeypatch.setattr(ic, "_COSTS", {})
+    timed.clear()
+    assert _costs(path)[1] == "file+timed" and sorted(timed) == ["ar", "ctx-3"]
+
+
+def test_an_interrupted_write_leaves_the_old_file(tmp_path, timed, monkeypatch):
+    path = tmp_path / "costs.json"
+    _costs(path)
+    before = path.read_text()
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ic.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        _costs(path, max_len=256)
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["costs.json"]  # no temporary file left
+
+
+def test_default_file_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("PASS_JAX_CACHE", str(tmp_path / "c"))
+    assert ic.default_cost_file() == tmp_path / "c" / "iteration-costs.json"
+    monkeypatch.delenv("PASS_JAX_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert ic.default_cost_file() == tmp_path / "x" / "pass_jax" / "iteration-costs.json"
+    assert generate_cli.auto_cost_file(None) == ic.default_cost_file()
+    assert generate_cli.auto_cost_file("none") is None
+    assert generate_cli.auto_cost_file("my.json") == "my.json"
