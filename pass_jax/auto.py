@@ -31,13 +31,17 @@ first segment is already the best expected layout, and the best speculative cand
 once every 32 autoregressive segments; when that is autoregressive and no exploration would
 come before the end, the plain autoregressive loop runs (no segments, no host round trips).
 
-Once a layout has run a segment (one that compiled nothing), its measured tokens per second
-per row replace the model's estimate for it: the model leaves out the rows of a batch that wait
-for the slowest one and the segments' host round trips (measured: ``ctx-3`` at batch 8 on a CPU
-ran at 0.75x autoregressive decoding while its acceptance promised more). A speculative layout
-is chosen only when it beats autoregressive decoding by ``MARGIN`` (5%).
+A layout's seconds per iteration start from its timed cost, which counts as the 24
+iterations it was timed on (``TIMED_ITERATIONS``), and every segment that compiled nothing adds
+its own iterations and wall time (host round trips and a switch's bootstrap calls included):
+an iteration-weighted mean, so one slow segment (this VM's noise) moves it little. Expected tokens
+always come from the shared statistics, so every layout is judged on the same text: a measured
+*speed* would carry the text of the segment the layout last ran (measured in session 11:
+``ctx-6`` kept by the speed of a repetitive segment while ``ctx-3``, 14% faster on the same
+prompts, never ran again). A speculative layout is chosen only when it beats autoregressive
+decoding by ``MARGIN`` (5%).
 
-The statistics and measured speeds carry over from call to call in a process (per model,
+The statistics and measured costs carry over from call to call in a process (per model,
 sampler, candidates, embeddings, batch and cache size; ``forget`` drops them): a later call
 starts from what the earlier ones saw, like a prior, so short generations do not each pay for
 exploring. Which layout runs depends only on what already happened (tokens verified, times
@@ -73,7 +77,7 @@ from .decode import (
     switch_schedule,
 )
 from .iteration_cost import iteration_costs
-from .layout import make_schedule, parse_context, parse_tree, tree_name
+from .layout import Schedule, make_schedule, parse_context, parse_tree, tree_name
 from .model import is_stacked
 
 # Cut to depth L. Wide and shallow (4x1, 8x1) because on SmolLM2-135M the top-k of LA_1 holds
@@ -83,6 +87,9 @@ TREES = ((2, 1, 1, 1), (2, 2, 1, 1), (3, 2, 1, 1), (4, 1), (8, 1))
 # Context drafts: cheap chains (a token each, no look-ahead group), and LA_1's top 4 with a
 # lookup under each, which reads the draft it follows (results/smollm2/trees).
 CONTEXT = ("ctx-3", "ctx-6", "tree-4+ctx2")
+# The timed cost of a layout weighs as much as this many measured loop iterations: the
+# iterations it was timed on (iteration_cost: 3 repeats of 8 steps).
+TIMED_ITERATIONS = 24
 
 
 def candidates(L: int) -> tuple[str, ...]:
@@ -137,19 +144,23 @@ class AcceptanceStats:
     tried_JxW: np.ndarray
     ctx_accepted_J: np.ndarray
     ctx_tried_J: np.ndarray
-    # tokens per second per row each method reached in segments that compiled nothing
-    measured: dict[str, float] = field(default_factory=dict)
+    # wall seconds and loop iterations of each method's segments that compiled nothing
+    measured: dict[str, tuple[float, int]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, J: int, W: int) -> AcceptanceStats:
         return cls(np.zeros((J, W)), np.zeros((J, W)), np.zeros(J), np.zeros(J))
 
-    def measure(self, method: str, tokens_per_s_per_row: float) -> None:
-        """Fold one segment's speed into the method's measured speed (halved weight per
-        segment)."""
-        old = self.measured.get(method)
-        new = float(tokens_per_s_per_row)
-        self.measured[method] = new if old is None else 0.5 * (old + new)
+    def measure(self, method: str, seconds: float, iterations: int) -> None:
+        """Add a segment of ``iterations`` loop iterations that took ``seconds``."""
+        s, n = self.measured.get(method, (0.0, 0))
+        self.measured[method] = (s + float(seconds), n + int(iterations))
+
+    def seconds_per_iteration(self, method: str, timed: float) -> float:
+        """The method's cost: its ``timed`` seconds per iteration, weighted as
+        ``TIMED_ITERATIONS`` iterations, averaged with its measured segments by iterations."""
+        s, n = self.measured.get(method, (0.0, 0))
+        return (TIMED_ITERATIONS * timed + s) / (TIMED_ITERATIONS + n)
 
     def update(
         self,
@@ -260,12 +271,14 @@ MARGIN = 0.05
 def choose(stats: AcceptanceStats, costs: dict[str, float], L: int) -> tuple[str, dict]:
     """The method of the highest tokens per second per row (autoregressive decoding unless the
     best other one beats it by ``MARGIN``), and every method's expected tokens per iteration.
-    A method's speed is what its segments measured once it ran (that includes what the model
-    leaves out: rows of a batch that wait for the slowest, the segments' host round trips),
-    else its expected tokens per iteration over its timed seconds per iteration."""
+    A method's speed is its expected tokens per iteration over its seconds per iteration
+    (``AcceptanceStats.seconds_per_iteration``: the timed ``costs`` and what its segments
+    measured)."""
     expected = {m: stats.expected_tokens(m, L) for m in costs}
     speed = {
-        m: stats.measured.get(m, expected[m] / costs[m]) / (1.0 if m == "ar" else 1.0 + MARGIN)
+        m: expected[m]
+        / stats.seconds_per_iteration(m, costs[m])
+        / (1.0 if m == "ar" else 1.0 + MARGIN)
         for m in costs
     }
     return max(costs, key=speed.get), expected
@@ -292,6 +305,13 @@ def _run_segment(spec: DecodeSpec, params, la_LxD, state, segment: int, bootstra
     before = _counters(state)
     state = resume_jit(spec, params, la_LxD, state, state.n_B + segment, bootstrap=bootstrap)
     return state, *[now - b for now, b in zip(_counters(state), before)]
+
+
+def loop_iterations(calls_B: np.ndarray, schedule: Schedule, bootstrap: bool) -> int:
+    """Loop iterations a segment ran, from the forward calls each row made in it (``[B]``,
+    counted while the row was active): the most of any row, its bootstrap calls aside."""
+    boot = len(schedule.bootstrap) if bootstrap else 0
+    return int(np.max(np.maximum(calls_B - boot, 0)) // len(schedule.step)) if len(calls_B) else 0
 
 
 @dataclass
@@ -488,7 +508,7 @@ def generate_auto(
     J = chooser.stats.ctx_tried_J.shape[0]
     accepted_BxJxW, accepted_ctx_BxJ = np.zeros((B, J, W), np.int64), np.zeros((B, J), np.int64)
     current = None
-    while (rows := int(np.sum(~np.asarray(state.done_B)))) > 0:  # rows still decoding
+    while not np.asarray(state.done_B).all():  # rows still decoding
         method = chooser.next(current)
         if method != current:
             state = switch_schedule(state, schedules[method])
@@ -501,8 +521,9 @@ def generate_auto(
         )
         if n.sum() == 0:  # the cache is full
             break
-        if compiled:  # a segment that compiled its program says nothing about its speed
-            chooser.stats.measure(method, n.sum() / (time.perf_counter() - t) / rows)
+        iterations = loop_iterations(calls, schedules[method], bootstrap=method != current)
+        if compiled and iterations:  # a segment that compiled its program tells no cost
+            chooser.stats.measure(method, time.perf_counter() - t, iterations)
         Jm, Wm = acc.shape[1:]
         accepted_BxJxW[:, :Jm, :Wm] += acc
         accepted_ctx_BxJ[:, :Jm] += acc_ctx

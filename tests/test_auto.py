@@ -11,6 +11,7 @@ from conftest import TINY, random_la, tiny_params
 import pass_jax.auto as auto
 import pass_jax.iteration_cost as iteration_cost
 from pass_jax.generation import generate
+from pass_jax.layout import make_schedule
 
 CFG = TINY
 PROMPTS = [[3, 9, 27], [5, 1, 4, 1, 5, 9, 2, 6], [7] * 13]
@@ -115,13 +116,28 @@ def test_choice_follows_costs_and_falls_back_to_autoregressive():
     fresh = auto.AcceptanceStats.empty(1, 1)
     assert auto.choose(fresh, {"ar": 1.0, "tree-1": 1.45}, 1)[0] == "ar"
     assert auto.choose(fresh, {"ar": 1.0, "tree-1": 1.40}, 1)[0] == "tree-1"
-    # once measured, a layout's speed (tokens/s per row) replaces the model's estimate
-    fresh.measure("tree-1", 0.6)
-    fresh.measure("tree-1", 0.8)  # halved weight per segment: 0.7
-    assert fresh.measured == {"tree-1": pytest.approx(0.7)}
-    assert auto.choose(fresh, {"ar": 1.0, "tree-1": 0.5}, 1)[0] == "ar"  # model: 3 tokens/s
-    fresh.measure("ar", 0.5)
-    assert auto.choose(fresh, {"ar": 1.0, "tree-1": 0.5}, 1)[0] == "tree-1"
+    # measured segments join the timed cost (weighted as 24 iterations), by iterations; the
+    # expected tokens still come from the statistics
+    fresh.measure("tree-1", 16 * 1.6, 16)
+    fresh.measure("tree-1", 8 * 1.9, 8)
+    assert fresh.measured == {"tree-1": (pytest.approx(40.8), 24)}
+    assert fresh.seconds_per_iteration("tree-1", 1.4) == pytest.approx((24 * 1.4 + 40.8) / 48)
+    assert fresh.seconds_per_iteration("ar", 1.0) == 1.0  # nothing measured: the timed cost
+    assert auto.choose(fresh, {"ar": 1.0, "tree-1": 1.40}, 1)[0] == "ar"  # 1.5 tokens / 1.55 s
+    fresh.measure("ar", 24 * 1.4, 24)  # autoregressive segments' host round trips: 1.2 s
+    assert auto.choose(fresh, {"ar": 1.0, "tree-1": 1.40}, 1)[0] == "tree-1"
+    fresh.update(np.zeros((1, 1)), 30, (1,), decay=1.0)  # tree-1's drafts all rejected
+    assert auto.choose(fresh, {"ar": 1.0, "tree-1": 1.40}, 1)[0] == "ar"
+
+
+def test_loop_iterations_of_a_segment():
+    """From each row's forward calls in the segment: the most of any row, less the bootstrap
+    calls after a switch, over the calls per iteration (the paper's schedule: 2)."""
+    fused, paper = make_schedule("tree-1x1", 2), make_schedule("pass", 2)
+    assert auto.loop_iterations(np.array([9, 7, 0]), fused, bootstrap=True) == 8
+    assert auto.loop_iterations(np.array([9, 7, 0]), fused, bootstrap=False) == 9
+    assert auto.loop_iterations(np.array([12, 4]), paper, bootstrap=True) == 6  # no bootstrap
+    assert auto.loop_iterations(np.array([0, 0]), fused, bootstrap=True) == 0
 
 
 def test_switching_schedules_every_segment_stays_lossless(monkeypatch):
@@ -226,6 +242,9 @@ def test_statistics_carry_over_to_the_next_call(monkeypatch):
     assert first.auto.segments[0] == "tree-2"  # no prior: the widest candidate first
     (learned,) = auto._LEARNED.values()
     assert learned.ctx_tried_J.sum() > 0 or "ctx-3" not in first.auto.segments
+    # seconds per loop iteration of the layouts that ran a segment already compiled
+    assert learned.measured and set(learned.measured) <= set(first.auto.segments)
+    assert all(0 < s < 10 * n for s, n in learned.measured.values())
     want = auto.choose(learned, costs, 2)[0]
     assert want != "tree-2"  # (so the test tells learned statistics from a fresh start)
     second = auto.generate_auto(CFG, params, PROMPTS, **kw)
