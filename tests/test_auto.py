@@ -130,6 +130,22 @@ def test_choice_follows_costs_and_falls_back_to_autoregressive():
     assert auto.choose(fresh, {"ar": 1.0, "tree-1": 1.40}, 1)[0] == "ar"
 
 
+def test_a_batch_counts_at_its_slowest_row():
+    """Speculative segments of a batch whose rows made 8, 16 and 24 tokens: expected tokens
+    count at the slowest row's share (8 / 16), so a layout that would pay for rows alike does
+    not; one row, or equal rows, leave them as they are."""
+    stats = auto.AcceptanceStats.empty(1, 1)
+    stats.update(np.array([[90]]), 100, (1,), decay=1.0)  # 1.9 tokens per iteration
+    costs = {"ar": 1.0, "tree-1": 1.5}
+    assert stats.row_spread() == 1.0 and auto.choose(stats, costs, 1)[0] == "tree-1"
+    stats.observe_rows(np.array([8, 16, 24]), decay=0.8)
+    assert stats.row_spread() == pytest.approx(0.5)
+    assert auto.choose(stats, costs, 1)[0] == "ar"
+    for _ in range(20):  # later segments with rows alike outweigh it (decayed)
+        stats.observe_rows(np.array([20, 20, 20]), decay=0.8)
+    assert stats.row_spread() > 0.99 and auto.choose(stats, costs, 1)[0] == "tree-1"
+
+
 def test_loop_iterations_of_a_segment():
     """From each row's forward calls in the segment: the most of any row, less the bootstrap
     calls after a switch, over the calls per iteration (the paper's schedule: 2)."""
@@ -242,6 +258,7 @@ def test_statistics_carry_over_to_the_next_call(monkeypatch):
     assert first.auto.segments[0] == "tree-2"  # no prior: the widest candidate first
     (learned,) = auto._LEARNED.values()
     assert learned.ctx_tried_J.sum() > 0 or "ctx-3" not in first.auto.segments
+    assert learned.mean_row > 0 and 0 < learned.row_spread() <= 1  # a batch of 3 rows
     # seconds per loop iteration of the layouts that ran a segment already compiled
     assert learned.measured and set(learned.measured) <= set(first.auto.segments)
     assert all(0 < s < 10 * n for s, n in learned.measured.values())
