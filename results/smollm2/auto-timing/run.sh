@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # --method auto after its candidates are timed at the cache size they decode with (eleventh
 # session), against the fixed methods it chooses between: code prompts at batch 1, greedy and
-# T = 0.8, 3 interleaved repeats. --auto-costs none: auto times its candidates in this process
-# (the warm-up), as on a machine without a cost file.
+# T = 0.8, 3 interleaved repeats; then 7 repeats, and batch 8 (README.md). --auto-costs none:
+# auto times its candidates in this process (the warm-up), as on a machine without a cost file.
+# code-25611d5/ is the first command run at commit 25611d5 (the timing change alone).
 set -e
 . "$(dirname "$0")/../bench_settings.sh"
 OUT=${1:-results/smollm2/auto-timing}
