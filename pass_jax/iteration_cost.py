@@ -223,19 +223,22 @@ def iteration_costs(
     """Seconds per loop iteration of each method at this batch size, cache size and cache dtype
     on the default device (``iteration_seconds``), timed once per process; with ``cost_file``
     (a path) read from and added to that file too, so a later process skips the timing.
-    ``retime``: time every method again (and overwrite what the file held). Returns the costs
+    ``retime``: do not read the file; time each method again (once per process) and overwrite
+    what the file held. Returns the costs
     and where they came from: ``process`` (timed earlier in this process), ``file``,
     ``timed``, or several joined by ``+``."""
     L = int(np.shape(la_LxD)[0])
     what = setting(cfg, params, L, len(prompts), max_len, cache_dtype, repeats)
     key = tuple(sorted(what.items()))
-    stored = _seconds(read_table(cost_file), what) if cost_file is not None else {}
+    missing = any(key + (m,) not in _COSTS for m in methods)
+    use_file = cost_file is not None and missing and not retime
+    stored = _seconds(read_table(cost_file), what) if use_file else {}
     out, sources = {}, set()
     for m in methods:
         s = stored.get(m)
-        if not retime and key + (m,) in _COSTS:
+        if key + (m,) in _COSTS:
             sources.add("process")
-        elif not retime and isinstance(s, (int, float)) and s > 0:
+        elif isinstance(s, (int, float)) and s > 0:
             _COSTS[key + (m,)] = float(s)
             sources.add("file")
         else:

@@ -65,9 +65,13 @@ def test_costs_are_read_back_from_the_file_instead_of_timed(tmp_path, timed, mon
     timed.clear()
     assert _costs(path, max_len=256)[1] == "timed" and sorted(timed) == sorted(METHODS)
     assert len(json.loads(path.read_text())["entries"]) == 2
-    # --auto-retime: timed again although both tables have them
+    # --auto-retime: the file is not read (each method timed again, once per process)
     timed.clear()
+    assert _costs(path, retime=True)[1] == "process" and timed == []
+    monkeypatch.setattr(ic, "_COSTS", {})
     assert _costs(path, retime=True)[1] == "timed" and sorted(timed) == sorted(METHODS)
+    timed.clear()
+    assert _costs(path, retime=True)[1] == "process" and timed == []
 
 
 @pytest.mark.parametrize(
