@@ -20,3 +20,8 @@ $PY -m infer.bench $BASE --repeats 3 --no-hf-baselines --temperatures 0,0.8 --au
   --prompts code --num-prompts 8 --prompt-tokens 32 \
   --methods ar,ctx-3,auto --batch-size 8 --out-dir $OUT/code-batch8 \
   --title "SmolLM2-135M-Instruct, code prompts, batch 8: auto and the fixed methods, look-ahead embeddings $LA"
+# chat prompts at batch 1, 3 repeats
+$PY -m infer.bench $BASE --repeats 3 --no-hf-baselines --temperatures 0,0.8 --auto-costs none \
+  --prompts chat --num-prompts 4 \
+  --methods ar,ctx-3,auto --batch-size 1 --out-dir $OUT/chat \
+  --title "SmolLM2-135M-Instruct, chat prompts, batch 1: auto and the fixed methods, look-ahead embeddings $LA"
