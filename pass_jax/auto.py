@@ -529,7 +529,8 @@ def generate_auto(
     J = chooser.stats.ctx_tried_J.shape[0]
     accepted_BxJxW, accepted_ctx_BxJ = np.zeros((B, J, W), np.int64), np.zeros((B, J), np.int64)
     current = None
-    while (decoding_B := ~np.asarray(state.done_B)).any():  # rows still decoding
+    decoding_B = ~np.asarray(state.done_B)  # rows still decoding: one host copy per segment
+    while decoding_B.any():
         method = chooser.next(current)
         if method != current:
             state = switch_schedule(state, schedules[method])
@@ -549,9 +550,11 @@ def generate_auto(
         accepted_BxJxW[:, :Jm, :Wm] += acc
         accepted_ctx_BxJ[:, :Jm] += acc_ctx
         chooser.observe(method, acc.sum(0), acc_ctx.sum(0), int(vc.sum()))
-        whole = decoding_B & ~np.asarray(state.done_B)  # rows that decoded the whole segment
+        still_B = ~np.asarray(state.done_B)
+        whole = decoding_B & still_B  # rows that decoded the whole segment
         if method != "ar" and whole.sum() > 1:
             chooser.stats.observe_rows(n[whole], decay)
+        decoding_B = still_B
         log.segments.append(method)
         log.calls[method] = log.calls.get(method, 0) + int(calls.sum())
         log.tokens[method] = log.tokens.get(method, 0) + int(n.sum())
