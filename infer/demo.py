@@ -36,8 +36,6 @@ import shlex
 import sys
 import time
 
-import jax
-
 from infer import bench, default_model
 from infer.bench_methods import lookahead_free
 from infer.config import DemoConfig
@@ -45,6 +43,7 @@ from infer.default_model import NAME
 from pass_jax import program_config
 from pass_jax.lookahead import TENSOR_FILE
 from pass_jax.program_config import InputError, run_cli
+from pass_jax.user_cache import use_compile_cache
 from train import base as train_base
 from train import lookahead as train_lookahead
 
@@ -236,6 +235,11 @@ def _bench_sizes(config: DemoConfig, defaults: dict) -> dict:
     return sizes
 
 
+def _compile_cache(config: DemoConfig) -> str:
+    """The demo keeps its compiled programs with its other artifacts: ARTIFACTS/jax_cache."""
+    return os.path.abspath(os.path.join(config.artifacts, "jax_cache"))
+
+
 def _bench_argv(
     config: DemoConfig,
     sizes: dict,
@@ -283,6 +287,8 @@ def _bench_argv(
             str(sizes["hf_repeats"]),
             "--title",
             title,
+            "--compile-cache",
+            _compile_cache(config),
         ]
         + extra
         + list(config.bench_args)
@@ -327,6 +333,8 @@ def run_smollm2(config: DemoConfig) -> dict:
                     steps,
                     "--save-every",
                     steps,
+                    "--compile-cache",
+                    _compile_cache(config),
                 ],
             )
     sizes = _bench_sizes(config, SMOLLM2_BENCH)
@@ -421,6 +429,8 @@ def run_tiny(config: DemoConfig) -> dict:
                 str(L),
                 "--out",
                 la_dir,
+                "--compile-cache",
+                _compile_cache(config),
             ]
             + (QUICK_LA if config.quick else []),
         )
@@ -449,10 +459,7 @@ def main(argv=None) -> dict:
     except ValueError as e:
         raise InputError(f"error: {e}") from None
     t0 = time.perf_counter()
-    # compiled programs are cached, so a second run skips most compilation
-    jax.config.update(
-        "jax_compilation_cache_dir", os.path.abspath(os.path.join(config.artifacts, "jax_cache"))
-    )
+    use_compile_cache(_compile_cache(config))  # a second run skips most compilation
     tiny = config.tiny_model
     result = run_tiny(config) if tiny else run_smollm2(config)
     where = config.out_dir or os.path.join(

@@ -33,9 +33,9 @@ import tokenizers
 import transformers
 
 from . import hf
+from .user_cache import cache_root
 
 SUPPORTED_ARCHITECTURES = ("llama",)
-CACHE_ENV = "PASS_JAX_CACHE"
 _CONVERTER_VERSION = "2"  # bump when the output of convert_gguf changes
 
 _GLOBAL_TENSORS = {
@@ -250,11 +250,6 @@ def file_digest(path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def cache_root() -> Path:
-    """Where converted models are cached: ``$PASS_JAX_CACHE`` or ``~/.cache/pass_jax``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "pass_jax")
-
-
 def resolve_model(path, cache_dir=None) -> str:
     """A Hugging Face model directory for ``path``: ``path`` itself unless it is a ``.gguf``
     file, which is converted once into ``cache_dir`` (default ``cache_root()/gguf``) under a
@@ -299,6 +294,5 @@ __all__ = [
     "load_tokenizer",
     "convert_gguf",
     "resolve_model",
-    "cache_root",
     "file_digest",
 ]

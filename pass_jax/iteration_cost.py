@@ -42,6 +42,7 @@ from .decode import (
 )
 from .layout import Schedule, make_schedule
 from .model import is_stacked
+from .user_cache import cache_root
 
 FILE_FORMAT = "pass_jax iteration costs"
 FILE_VERSION = 1
@@ -49,13 +50,9 @@ STEPS = 8  # timed loop iterations per repeat
 
 
 def default_cost_file() -> Path:
-    """Where the programs keep the table: ``$PASS_JAX_CACHE/iteration-costs.json``, else under
-    ``$XDG_CACHE_HOME/pass_jax`` (default ``~/.cache/pass_jax``)."""
-    root = os.environ.get("PASS_JAX_CACHE")
-    if not root:
-        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-        root = os.path.join(xdg, "pass_jax")
-    return Path(root) / "iteration-costs.json"
+    """Where the programs keep the table: ``iteration-costs.json`` under
+    ``user_cache.cache_root()`` (``$PASS_JAX_CACHE``, else ``~/.cache/pass_jax``)."""
+    return cache_root() / "iteration-costs.json"
 
 
 def timing_slots(prompt_len: int, schedule: Schedule, steps: int = STEPS) -> int:

@@ -23,6 +23,25 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 import pytest  # noqa: E402
 
+
+@pytest.fixture
+def restore_compile_cache():
+    """The programs point JAX's persistent compilation cache somewhere for the rest of the
+    process (``--compile-cache``): put JAX's settings back after the test."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_enable_compilation_cache",
+        "jax_persistent_cache_min_compile_time_secs",
+    )
+    before = {name: getattr(jax.config, name) for name in names}
+    yield
+    for name, value in before.items():
+        jax.config.update(name, value)
+    compilation_cache.reset_cache()
+
+
 SP_TEXTS = [
     "the quick brown fox jumps over the lazy dog",
     "hello world, hello there",

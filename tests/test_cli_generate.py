@@ -432,3 +432,44 @@ def test_auto_keeps_its_call_costs_in_a_file(model_dir, tmp_path, monkeypatch, c
     before = path.read_text()
     assert run("--auto-costs", "none")["stats"]["auto"]["ms_per_iteration_from"] == "timed"
     assert path.read_text() == before
+
+
+def test_a_later_process_loads_the_programs_it_compiled(
+    model_dir, tmp_path, capsys, restore_compile_cache
+):
+    """``--compile-cache DIR`` keeps the compiled programs: once JAX's in-memory caches are gone
+    (as in a new process) the same command loads them from DIR instead of compiling; another
+    DIR takes effect in the same process; ``none`` keeps nothing."""
+    import jax
+
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # tiny programs too
+    events = []
+
+    def listen(event, **kwargs):
+        if event.startswith("/jax/compilation_cache/cache_"):
+            events.append(event.rsplit("/", 1)[1])
+
+    jax.monitoring.register_event_listener(listen)
+    cmd = ["--model", model_dir / "model", "--prompt", "def add(", "--max-new-tokens", 8, "--json"]
+
+    def run(cache) -> tuple[list[int], list[str], set[str]]:
+        jax.clear_caches()  # a new process
+        events.clear()
+        tokens = _main(*cmd, "--compile-cache", cache)["token_ids"]
+        capsys.readouterr()
+        found = {p.name for p in (tmp_path / "a").iterdir()} if (tmp_path / "a").is_dir() else set()
+        return tokens, list(events), found
+
+    try:
+        first, ev1, files1 = run(tmp_path / "a")
+        assert "cache_misses" in ev1 and "cache_hits" not in ev1 and files1
+        second, ev2, files2 = run(tmp_path / "a")
+        assert "cache_hits" in ev2 and "cache_misses" not in ev2  # loaded, nothing compiled anew
+        assert files2 == files1 and second == first
+        other, _, _ = run(tmp_path / "b")
+        assert other == first and any((tmp_path / "b").iterdir())
+        off, ev3, files3 = run("none")
+        assert off == first and not ev3 and files3 == files1
+        assert not jax.config.jax_enable_compilation_cache
+    finally:
+        jax.monitoring.unregister_event_listener(listen)

@@ -21,7 +21,6 @@ import textwrap
 import zipfile
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 import torch
@@ -30,7 +29,7 @@ import yaml
 from test_gguf import CHAT_TEMPLATE, LLAMA, gguf_tokenizer_fields, write_gguf
 
 from infer import bench, default_model, demo, prompts
-from pass_jax import gguf_file, hf, lookahead
+from pass_jax import gguf_file, hf, lookahead, user_cache
 from pass_jax.decode import bucket
 from pass_jax.stdlib_corpus import split_files
 from pass_jax.tokenizer import train_bpe
@@ -364,7 +363,7 @@ def two_function_module(i: int) -> str:
 
 def test_bench_chat_prompts_on_a_gguf_file(tiny_gguf, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
-    monkeypatch.setenv(gguf_file.CACHE_ENV, str(cache))
+    monkeypatch.setenv(user_cache.CACHE_ENV, str(cache))
     src = tmp_path / "src"
     src.mkdir()
     for i in range(2):
@@ -447,15 +446,7 @@ def test_bench_chat_prompts_on_a_gguf_file(tiny_gguf, tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- the demo
 
 
-@pytest.fixture
-def restore_jax_cache_dir():
-    """infer.demo points jax's compilation cache at ARTIFACTS/jax_cache: put it back after."""
-    before = jax.config.jax_compilation_cache_dir
-    yield
-    jax.config.update("jax_compilation_cache_dir", before)
-
-
-def test_demo_smollm2_end_to_end(tiny_model, tmp_path, monkeypatch, restore_jax_cache_dir):
+def test_demo_smollm2_end_to_end(tiny_model, tmp_path, monkeypatch, restore_compile_cache):
     # the committed embeddings: an L=4 export for the tiny model
     cfg, params = hf.load_hf(tiny_model)
     la = np.asarray(lookahead.init_lookahead(cfg, params, 4, init="mean"), np.float32)

@@ -22,7 +22,7 @@ import torch
 import transformers
 from conftest import jit_forward
 
-from pass_jax import gguf_file, hf
+from pass_jax import gguf_file, hf, user_cache
 from pass_jax.tokenizer import train_bpe
 
 TOL = 1e-4
@@ -409,8 +409,8 @@ def test_resolve_model_converts_once(gguf_model, tmp_path, monkeypatch):
     shutil.copy(gguf_model(True)[0], other)
     second = gguf_file.resolve_model(other, cache_dir=cache)
     assert second != first and hf.load_hf(second)[0].tie_embeddings
-    monkeypatch.setenv(gguf_file.CACHE_ENV, str(tmp_path / "env-cache"))
-    assert gguf_file.cache_root() == tmp_path / "env-cache"
+    monkeypatch.setenv(user_cache.CACHE_ENV, str(tmp_path / "env-cache"))
+    assert user_cache.cache_root() == tmp_path / "env-cache"
 
 
 # --------------------------------------------------------------------------- errors

@@ -1,0 +1,35 @@
+"""Where the programs keep what they reuse between runs (``pass_jax.user_cache``)."""
+
+from pathlib import Path
+
+import infer.generate as generate_cli
+from pass_jax import iteration_cost, user_cache
+
+
+def test_one_root_for_every_cache(monkeypatch, tmp_path):
+    for name in ("PASS_JAX_CACHE", "XDG_CACHE_HOME", "JAX_COMPILATION_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert user_cache.cache_root() == Path(tmp_path / "home" / ".cache" / "pass_jax")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert user_cache.cache_root() == tmp_path / "x" / "pass_jax"
+    monkeypatch.setenv("PASS_JAX_CACHE", str(tmp_path / "c"))
+    root = tmp_path / "c"
+    assert user_cache.cache_root() == root
+    # the compiled programs, auto's call costs and converted GGUF files share it
+    assert user_cache.compile_cache_dir(None) == str(root / "xla")
+    assert iteration_cost.default_cost_file() == root / "iteration-costs.json"
+    assert generate_cli.auto_cost_file(None) == root / "iteration-costs.json"
+
+
+def test_the_compile_cache_setting(monkeypatch, tmp_path):
+    monkeypatch.setenv("PASS_JAX_CACHE", str(tmp_path / "c"))
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    assert user_cache.compile_cache_dir("none") is None
+    assert user_cache.compile_cache_dir("None") is None
+    monkeypatch.chdir(tmp_path)
+    assert user_cache.compile_cache_dir("rel/dir") == str(tmp_path / "rel" / "dir")
+    # JAX's own variable is honoured when no directory is given
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax"))
+    assert user_cache.compile_cache_dir(None) == str(tmp_path / "jax")
+    assert user_cache.compile_cache_dir("none") is None
