@@ -36,8 +36,8 @@ def add_mesh_arg(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--compile-cache",
         metavar="DIR|none",
         help="keep compiled XLA programs in DIR, so the next run loads them instead of "
-        "compiling again (default: $JAX_COMPILATION_CACHE_DIR, else $PASS_JAX_CACHE/xla, else "
-        "~/.cache/pass_jax/xla); none: compile in every run",
+        "compiling again (default: $PASS_JAX_COMPILE_CACHE, else $JAX_COMPILATION_CACHE_DIR, "
+        "else $PASS_JAX_CACHE/xla, else ~/.cache/pass_jax/xla); none: compile in every run",
     )
     g.add_argument("--num-processes", type=int, default=None, help="multi-host: process count")
     g.add_argument("--process-id", type=int, default=None, help="multi-host: this process")

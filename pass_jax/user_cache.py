@@ -12,7 +12,8 @@ import jax
 from jax.experimental.compilation_cache import compilation_cache
 
 CACHE_ENV = "PASS_JAX_CACHE"
-COMPILE_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"  # JAX's own variable, honoured as is
+COMPILE_CACHE_ENV = "PASS_JAX_COMPILE_CACHE"  # the default of --compile-cache: DIR or none
+JAX_COMPILE_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"  # JAX's own variable, honoured next
 
 
 def cache_root() -> Path:
@@ -25,11 +26,13 @@ def cache_root() -> Path:
 
 
 def compile_cache_dir(setting: str | None) -> str | None:
-    """The directory ``--compile-cache`` names: ``setting`` itself, None for ``none``, and for
-    None (the default) ``$JAX_COMPILATION_CACHE_DIR`` if set, else ``cache_root()/xla``."""
-    if setting is not None:
+    """The directory ``--compile-cache`` names: ``setting`` itself, or None for ``none``. The
+    default (None): ``$PASS_JAX_COMPILE_CACHE`` (a directory or ``none``), else
+    ``$JAX_COMPILATION_CACHE_DIR``, else ``cache_root()/xla``."""
+    setting = setting or os.environ.get(COMPILE_CACHE_ENV)
+    if setting:
         return None if setting.lower() == "none" else os.path.abspath(setting)
-    return os.environ.get(COMPILE_CACHE_ENV) or str(cache_root() / "xla")
+    return os.environ.get(JAX_COMPILE_CACHE_ENV) or str(cache_root() / "xla")
 
 
 def use_compile_cache(setting: str | None) -> str | None:
@@ -45,4 +48,4 @@ def use_compile_cache(setting: str | None) -> str | None:
     return path
 
 
-__all__ = ["CACHE_ENV", "cache_root", "compile_cache_dir", "use_compile_cache"]
+__all__ = ["CACHE_ENV", "COMPILE_CACHE_ENV", "cache_root", "compile_cache_dir", "use_compile_cache"]

@@ -16,12 +16,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # the programs' files of auto's call costs: one fresh folder per test process, not ~/.cache
 os.environ["PASS_JAX_CACHE"] = tempfile.mkdtemp(prefix="pass_jax_cache_")
+# and no compiled programs kept on disk, unless a test asks (--compile-cache DIR): writing them
+# slows the suite down
+os.environ["PASS_JAX_COMPILE_CACHE"] = "none"
 
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
 import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop every compiled program after each test file. XLA:CPU maps memory for each program
+    it keeps, and one process running the whole suite would otherwise pass the kernel's limit
+    of memory maps per process (vm.max_map_count, 65530 by default): test_decode and
+    test_sampling alone hold 39k."""
+    yield
+    jax.clear_caches()
+    import gc
+
+    gc.collect()
 
 
 @pytest.fixture

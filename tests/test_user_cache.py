@@ -7,7 +7,12 @@ from pass_jax import iteration_cost, user_cache
 
 
 def test_one_root_for_every_cache(monkeypatch, tmp_path):
-    for name in ("PASS_JAX_CACHE", "XDG_CACHE_HOME", "JAX_COMPILATION_CACHE_DIR"):
+    for name in (
+        "PASS_JAX_CACHE",
+        "XDG_CACHE_HOME",
+        "JAX_COMPILATION_CACHE_DIR",
+        "PASS_JAX_COMPILE_CACHE",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert user_cache.cache_root() == Path(tmp_path / "home" / ".cache" / "pass_jax")
@@ -25,11 +30,20 @@ def test_one_root_for_every_cache(monkeypatch, tmp_path):
 def test_the_compile_cache_setting(monkeypatch, tmp_path):
     monkeypatch.setenv("PASS_JAX_CACHE", str(tmp_path / "c"))
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.delenv("PASS_JAX_COMPILE_CACHE", raising=False)
+    monkeypatch.chdir(tmp_path)
     assert user_cache.compile_cache_dir("none") is None
     assert user_cache.compile_cache_dir("None") is None
-    monkeypatch.chdir(tmp_path)
     assert user_cache.compile_cache_dir("rel/dir") == str(tmp_path / "rel" / "dir")
+    assert user_cache.compile_cache_dir(None) == str(tmp_path / "c" / "xla")
     # JAX's own variable is honoured when no directory is given
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax"))
     assert user_cache.compile_cache_dir(None) == str(tmp_path / "jax")
     assert user_cache.compile_cache_dir("none") is None
+    # ours comes before it: a directory, or none; a flag's value before both
+    monkeypatch.setenv("PASS_JAX_COMPILE_CACHE", "ours")
+    assert user_cache.compile_cache_dir(None) == str(tmp_path / "ours")
+    assert user_cache.compile_cache_dir("given") == str(tmp_path / "given")
+    monkeypatch.setenv("PASS_JAX_COMPILE_CACHE", "none")
+    assert user_cache.compile_cache_dir(None) is None
+    assert user_cache.compile_cache_dir("given") == str(tmp_path / "given")
