@@ -6,6 +6,7 @@ cache)."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import jax
@@ -40,8 +41,22 @@ def use_compile_cache(setting: str | None) -> str | None:
     for ``none``) for the rest of the process, and return the directory. A later process then
     loads the programs it compiled instead of compiling them again; JAX keeps only programs that
     took at least ``jax_persistent_cache_min_compile_time_secs`` (1 s) to compile. Like every
-    compilation cache, the directory is trusted: it must not be writable by anyone else."""
+    compilation cache, the directory is trusted: it must not be writable by anyone else. A
+    directory that cannot be created or written is a ``ValueError`` when asked for, and a
+    warning (nothing kept) when it is the default."""
     path = compile_cache_dir(setting)
+    if path is not None:
+        try:
+            os.makedirs(path, exist_ok=True)
+            if not os.access(path, os.W_OK):
+                raise PermissionError(13, "not writable")
+        except OSError as e:
+            if setting or os.environ.get(COMPILE_CACHE_ENV):  # asked for: bad input
+                raise ValueError(f"--compile-cache {path}: {e.strerror or e}") from None
+            warnings.warn(
+                f"compiled programs are not kept: {path}: {e.strerror or e}", stacklevel=2
+            )
+            path = None
     jax.config.update("jax_enable_compilation_cache", path is not None)
     compilation_cache.set_cache_dir(path)
     compilation_cache.reset_cache()  # JAX reads the setting once, at its first compile

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 import infer.generate as generate_cli
 from pass_jax import iteration_cost, user_cache
 
@@ -47,3 +49,17 @@ def test_the_compile_cache_setting(monkeypatch, tmp_path):
     monkeypatch.setenv("PASS_JAX_COMPILE_CACHE", "none")
     assert user_cache.compile_cache_dir(None) is None
     assert user_cache.compile_cache_dir("given") == str(tmp_path / "given")
+
+
+def test_a_directory_that_cannot_be_written(monkeypatch, tmp_path, restore_compile_cache):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.delenv("PASS_JAX_COMPILE_CACHE", raising=False)
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    with pytest.raises(ValueError, match="--compile-cache .*file/xla"):
+        user_cache.use_compile_cache(str(blocker / "xla"))
+    monkeypatch.setenv("PASS_JAX_CACHE", str(blocker))  # the default: run on, keep nothing
+    with pytest.warns(UserWarning, match="compiled programs are not kept"):
+        assert user_cache.use_compile_cache(None) is None
+    assert user_cache.use_compile_cache(str(tmp_path / "ok")) == str(tmp_path / "ok")
+    assert (tmp_path / "ok").is_dir()
