@@ -51,7 +51,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(REPO, "configs", "demo.yaml")
 SMOLLM2_CONFIG = os.path.join(REPO, "configs", "smollm2.yaml")
 # Look-ahead embeddings trained for SmolLM2-135M-Instruct with the command in their README.
-PRETRAINED_LA = os.path.join(REPO, "pretrained", "smollm2-135m-instruct", "L4")
+PRETRAINED_LA = os.path.join(REPO, "pretrained", "smollm2-135m-instruct", "greedy-self-L4")
 
 # The tiny quick variant: configs/demo.yaml shrunk to a seconds-long model (train.base overrides).
 QUICK_BASE = [
