@@ -51,7 +51,8 @@ STEPS = 8  # timed loop iterations per repeat
 
 def default_cost_file() -> Path:
     """Where the programs keep the table: ``iteration-costs.json`` under
-    ``user_cache.cache_root()`` (``$PASS_JAX_CACHE``, else ``~/.cache/pass_jax``)."""
+    ``user_cache.cache_root()`` (``$PASS_JAX_CACHE``, else ``$XDG_CACHE_HOME/pass_jax``, else
+    ``~/.cache/pass_jax``)."""
     return cache_root() / "iteration-costs.json"
 
 

@@ -14,3 +14,7 @@ $PY -m infer.bench $common --prompts chat --num-prompts 4 \
   --methods ar,pass,pass-fused --batch-size 1 --hf-temperatures 0 --hf-repeats 1 \
   --out-dir $OUT/chat-$(basename $LA) \
   --title "SmolLM2-135M-Instruct, chat prompts (held-out stdlib functions), batch 1, look-ahead embeddings $LA"
+$PY -m infer.bench $common --prompts code --num-prompts 8 --prompt-tokens 32 \
+  --methods ar,pass,pass-fused --batch-size 8 --temperatures 0 --hf-temperatures 0 --hf-repeats 1 \
+  --out-dir $OUT/code-batch8-$(basename $LA) \
+  --title "SmolLM2-135M-Instruct, code prompts (held-out stdlib files), batch 8, look-ahead embeddings $LA"
