@@ -24,3 +24,8 @@ $PY -m infer.bench $common --repeats 7 --temperatures 0.8 --prompts code --num-p
 $PY -m infer.bench $common --repeats 7 --temperatures 0 --prompts code --num-prompts 8 --prompt-tokens 32 \
   --methods ar,auto --batch-size 8 --out-dir $OUT/code-batch8-greedy-repeats7 \
   --title "SmolLM2-135M-Instruct, code prompts, batch 8, greedy: auto against autoregressive, 7 repeats, look-ahead embeddings $LA"
+# thirteenth session: code, batch 1, with the new default embeddings (greedy-self-L4)
+NEW=pretrained/smollm2-135m-instruct/greedy-self-L4
+$PY -m infer.bench ${common/$LA/$NEW} --prompts code --num-prompts 4 --prompt-tokens 32 \
+  --methods ar,pass,pass-fused,tree-2x2,ctx-3,auto --batch-size 1 --out-dir $OUT/code-greedy-self-L4 \
+  --title "SmolLM2-135M-Instruct, code prompts, batch 1: auto and the fixed methods, look-ahead embeddings $NEW"
