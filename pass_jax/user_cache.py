@@ -44,14 +44,15 @@ def use_compile_cache(setting: str | None) -> str | None:
     compilation cache, the directory is trusted: it must not be writable by anyone else. A
     directory that cannot be created or written is a ``ValueError`` when asked for, and a
     warning (nothing kept) when it is the default."""
-    path = compile_cache_dir(setting)
+    requested = setting or os.environ.get(COMPILE_CACHE_ENV)  # a flag's value, or ours
+    path = compile_cache_dir(requested)
     if path is not None:
         try:
             os.makedirs(path, exist_ok=True)
             if not os.access(path, os.W_OK):
                 raise PermissionError(13, "not writable")
         except OSError as e:
-            if setting or os.environ.get(COMPILE_CACHE_ENV):  # asked for: bad input
+            if requested:  # asked for: bad input
                 raise ValueError(f"--compile-cache {path}: {e.strerror or e}") from None
             warnings.warn(
                 f"compiled programs are not kept: {path}: {e.strerror or e}", stacklevel=2

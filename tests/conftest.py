@@ -4,6 +4,7 @@ XLA compiles without its backend (LLVM) optimisations: the tests' programs are t
 them is most of the suite's time (measured on a 2-core VM: test_decode + test_sampling 277 s ->
 206 s). Results do not depend on it; the programs the benchmark times are compiled normally."""
 
+import gc
 import os
 import tempfile
 
@@ -35,8 +36,6 @@ def _release_compiled_programs():
     test_sampling alone hold 39k."""
     yield
     jax.clear_caches()
-    import gc
-
     gc.collect()
 
 

@@ -47,11 +47,11 @@ def write_texts(cfg, params, tok, prompts, out: Path, name: str, chat: bool) -> 
     written as ``out/{name}{i:04d}.txt``. Chat texts keep their special tokens and end at the
     end-of-turn token; returns how many of them do not tokenize back to their ids."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    eos = cfg.eos_token_ids if chat else ()
     t0, mismatched = time.perf_counter(), 0
     for start in range(0, len(order), BATCH):
         batch = order[start : start + BATCH]
         rows = [prompts[i] for i in batch]
-        eos = cfg.eos_token_ids if chat else ()
         result = generate(cfg, params, rows, max_new_tokens=NEW, method="ar", eos_ids=eos)
         for i, prompt, new in zip(batch, rows, result.tokens):
             ids = list(prompt) + [int(t) for t in new]
