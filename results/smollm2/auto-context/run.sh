@@ -29,3 +29,14 @@ NEW=pretrained/smollm2-135m-instruct/greedy-self-L4
 $PY -m infer.bench ${common/$LA/$NEW} --prompts code --num-prompts 4 --prompt-tokens 32 \
   --methods ar,pass,pass-fused,tree-2x2,ctx-3,auto --batch-size 1 --out-dir $OUT/code-greedy-self-L4 \
   --title "SmolLM2-135M-Instruct, code prompts, batch 1: auto and the fixed methods, look-ahead embeddings $NEW"
+# fourteenth session: chat at batch 1 and code at batch 8, with the new default embeddings
+$PY -m infer.bench ${common/$LA/$NEW} --prompts chat --num-prompts 4 \
+  --methods ar,pass,pass-fused,ctx-3,auto --batch-size 1 --out-dir $OUT/chat-greedy-self-L4 \
+  --title "SmolLM2-135M-Instruct, chat prompts, batch 1: auto and the fixed methods, look-ahead embeddings $NEW"
+$PY -m infer.bench ${common/$LA/$NEW} --prompts code --num-prompts 8 --prompt-tokens 32 \
+  --methods ar,pass,ctx-3,auto --batch-size 8 --out-dir $OUT/code-batch8-greedy-self-L4 \
+  --title "SmolLM2-135M-Instruct, code prompts, batch 8: auto and the fixed methods, look-ahead embeddings $NEW"
+# code, batch 8, greedy again: autoregressive against auto (which chose it), 9 repeats
+$PY -m infer.bench ${common/$LA/$NEW} --repeats 9 --temperatures 0 --prompts code --num-prompts 8 --prompt-tokens 32 \
+  --methods ar,auto --batch-size 8 --out-dir $OUT/code-batch8-greedy-repeats9-greedy-self-L4 \
+  --title "SmolLM2-135M-Instruct, code prompts, batch 8, greedy: auto against autoregressive, 9 repeats, look-ahead embeddings $NEW"
