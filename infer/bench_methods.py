@@ -48,8 +48,13 @@ def is_hf(method: str) -> bool:
 
 
 def label(method: str) -> str:
-    if parse_tree(method) == ():
+    """The method's name in tables and plots (a chain ``tree-1x1``: the fused chain of that
+    depth)."""
+    widths = parse_tree(method)
+    if widths == ():
         return f"context drafts {parse_context(method)} (prompt lookup)"
+    if widths and set(widths) == {1} and not parse_context(method):
+        return f"PaSS fused, depth {len(widths)}"
     return LABELS.get(method) or "PaSS " + method.replace("-", " ")
 
 

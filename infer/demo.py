@@ -15,7 +15,8 @@ Works on any machine with Python and the package registry, no download at run ti
 3. **the benchmark** (``python -m infer.bench``, CPU-sized): code continuation of held-out
    stdlib files (the paper's protocol) and chat prompts (the model's chat template around an
    instruction built from a held-out function), autoregressive vs [UNK] vs PaSS vs fused PaSS
-   with the committed embeddings (and, on code, context drafts alone: prompt-lookup decoding,
+   with the committed embeddings, fused PaSS with LA_1 alone (``tree-1``: a 4-token call, the
+   fastest PaSS layout on a CPU) and, on code, context drafts alone (prompt-lookup decoding,
    ``ctx-3``), then fused PaSS with the demo's own -> ``--out-dir`` (default
    ``ARTIFACTS/smollm2/results``): JSON, Markdown (also printed), plots.
 
@@ -203,6 +204,7 @@ def summary(result: dict, temperature: float | None = None) -> str:
     parts = []
     for m, label in (
         ("pass-fused", "PaSS fused"),
+        ("tree-1", "PaSS fused, LA_1 only"),
         ("pass", "PaSS"),
         ("unk", "[UNK]"),
         ("ctx-3", "context drafts (prompt lookup, no look-ahead)"),
@@ -352,7 +354,9 @@ def run_smollm2(config: DemoConfig) -> dict:
                 sizes,
                 model,
                 PRETRAINED_LA,
-                "ar,unk,pass,pass-fused,ctx-3" if prompts == "code" else "ar,pass,pass-fused",
+                "ar,unk,pass,pass-fused,tree-1,ctx-3"
+                if prompts == "code"
+                else "ar,pass,pass-fused,tree-1",
                 os.path.join(out_dir, prompts),
                 title,
                 ["--prompts", prompts],

@@ -5,7 +5,7 @@ import json
 import jax
 import pytest
 
-from infer import bench, bench_summary, demo
+from infer import bench, bench_methods, bench_summary, demo
 
 
 def test_quick_demo_end_to_end(tmp_path):
@@ -197,6 +197,16 @@ def test_find_lookaheads_directory_of_exports(tmp_path):
     assert (cut[3][1] == las[4][1][:3]).all() and cut[1][1].shape == (1, 32)
     with pytest.raises(ValueError, match="--depths 5: the deepest look-ahead export has L=4"):
         bench.load_lookaheads(str(tmp_path / "la"), cfg, params, depths=[5])
+
+
+def test_method_labels():
+    """Tables name a chain tree as the fused chain of its depth, other trees by their shape."""
+    assert bench_methods.label("tree-1") == "PaSS fused, depth 1"
+    assert bench_methods.label("tree-1x1x1") == "PaSS fused, depth 3"
+    assert bench_methods.label("tree-2x1") == "PaSS tree 2x1"
+    assert bench_methods.label("tree-1+ctx2") == "PaSS tree 1+ctx2"
+    assert bench_methods.label("ctx-3") == "context drafts 3 (prompt lookup)"
+    assert bench_methods.label("pass-fused") == "PaSS fused"
 
 
 def test_machine_line_names_the_machine():

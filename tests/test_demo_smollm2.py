@@ -499,8 +499,8 @@ def test_demo_smollm2_end_to_end(tiny_model, tmp_path, monkeypatch, restore_comp
         greedy = result["greedy_identical_to_ar"]
         expected = {
             # [UNK] and context drafts on code only
-            "code": {"unk@L4", "pass@L4", "pass-fused@L4", "ctx-3"},
-            "chat": {"pass@L4", "pass-fused@L4"},
+            "code": {"unk@L4", "pass@L4", "pass-fused@L4", "tree-1@L4", "ctx-3"},
+            "chat": {"pass@L4", "pass-fused@L4", "tree-1@L4"},
             "demo_trained": {"pass-fused@L4"},
         }[key]
         assert set(greedy) == expected and all(greedy.values()), (key, greedy)
