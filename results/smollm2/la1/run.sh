@@ -9,7 +9,7 @@ DEF=pretrained/smollm2-135m-instruct/greedy-self-L4
 $PY -m train.lookahead --config configs/smollm2.yaml --model $M -L 1 \
   --data "files:runs/self-texts-2/*.txt" --steps 300 --eval-every 100 --save-every 100 --json \
   --out runs/self2-kl-L1-300
-bench() {  # bench LOOKAHEAD TEMPERATURE NAME [more infer.bench flags]
+bench() {  # bench LOOKAHEAD TEMPERATURES NAME [more infer.bench flags]
   la=$1 t=$2 name=$3; shift 3
   $PY -m infer.bench --model $M --lookahead $la --data stdlib --data-dir artifacts/tfds \
     --max-new-tokens 64 --top-k 10 --quiet --repeats 1 --no-hf-baselines --no-plots \
@@ -26,3 +26,5 @@ $PY -m infer.bench --model $M --data stdlib --data-dir artifacts/tfds --max-new-
   --repeats 3 --no-hf-baselines --no-plots --temperatures 0 --prompts code --num-prompts 4 \
   --prompt-tokens 32 --batch-size 1 --methods ar --call-tokens 1,2,3,4,5,10,16,25 \
   --out-dir $OUT/call-tokens --title "SmolLM2-135M-Instruct, batch 1: the cost of a call against its tokens"
+# the widest trees against the fused chain (tokens per call; their calls cost 6-24x here)
+bench $DEF 0,0.8 wide-trees --main-lookahead 4 --methods ar,pass-fused,tree-8,tree-8x2,tree-6x3x1x1
