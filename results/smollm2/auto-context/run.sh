@@ -40,3 +40,7 @@ $PY -m infer.bench ${common/$LA/$NEW} --prompts code --num-prompts 8 --prompt-to
 $PY -m infer.bench ${common/$LA/$NEW} --repeats 9 --temperatures 0 --prompts code --num-prompts 8 --prompt-tokens 32 \
   --methods ar,auto --batch-size 8 --out-dir $OUT/code-batch8-greedy-repeats9-greedy-self-L4 \
   --title "SmolLM2-135M-Instruct, code prompts, batch 8, greedy: auto against autoregressive, 9 repeats, look-ahead embeddings $NEW"
+# chat at batch 8 with the new default embeddings
+$PY -m infer.bench ${common/$LA/$NEW} --prompts chat --num-prompts 8 \
+  --methods ar,pass,ctx-3,auto --batch-size 8 --out-dir $OUT/chat-batch8-greedy-self-L4 \
+  --title "SmolLM2-135M-Instruct, chat prompts, batch 8: auto and the fixed methods, look-ahead embeddings $NEW"
