@@ -38,7 +38,7 @@ import sys
 import time
 
 from infer import bench, default_model
-from infer.bench_methods import lookahead_free
+from infer.bench_methods import label, lookahead_free
 from infer.config import DemoConfig
 from infer.default_model import NAME
 from pass_jax import program_config
@@ -202,17 +202,11 @@ def summary(result: dict, temperature: float | None = None) -> str:
         None,
     )
     parts = []
-    for m, label in (
-        ("pass-fused", "PaSS fused"),
-        ("tree-1", "PaSS fused, LA_1 only"),
-        ("pass", "PaSS"),
-        ("unk", "[UNK]"),
-        ("ctx-3", "context drafts (prompt lookup, no look-ahead)"),
-    ):
+    for m in ("pass-fused", "tree-1", "pass", "unk", "ctx-3"):
         r = pick(m)
         if r:
             parts.append(
-                f"{label} {r['speedup_vs_ar']:.2f}x ({r['tokens_per_call']:.2f} "
+                f"{label(m)} {r['speedup_vs_ar']:.2f}x ({r['tokens_per_call']:.2f} "
                 f"tokens/call, acceptance {r.get('acceptance_per_position')})"
             )
     greedy = result.get("greedy_identical_to_ar", {})
