@@ -464,7 +464,13 @@ def test_demo_smollm2_end_to_end(tiny_model, tmp_path, monkeypatch, restore_comp
     # configs/smollm2.yaml with a look-ahead section sized for the tiny model
     config = yaml.safe_load((Path(demo.SMOLLM2_CONFIG)).read_text())
     config["lookahead"].update(
-        batch_size=2, seq_len=32, groups=2, eval_batches=1, eval_groups=2, self_texts=4
+        batch_size=2,
+        seq_len=32,
+        groups=2,
+        eval_batches=1,
+        eval_groups=2,
+        eval_new_tokens=8,
+        self_texts=4,
     )
     config_path = tmp_path / "smollm2-tiny.yaml"
     config_path.write_text(yaml.safe_dump(config))

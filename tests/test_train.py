@@ -30,7 +30,7 @@ from safetensors.numpy import load_file
 from pass_jax import checkpoint, data, hf, losses, program_config, tokenizer
 from pass_jax.config import ModelConfig
 from pass_jax.lookahead import load_lookahead, model_fingerprint
-from pass_jax.model import init_params
+from pass_jax.model import forward, init_params
 from pass_jax.program_config import run_cli
 from train import base, lookahead
 
@@ -361,10 +361,12 @@ def test_resume_with_other_settings_is_refused_before_restoring(
 def test_lookahead_training_on_a_mesh_matches_one_device(tiny_model, corpus, tmp_path):
     """--mesh (8 simulated devices): base params sharded, batch split, LA replicated; the
     trained LA embeddings equal the single-device run's (float32, tolerance 1e-5), with
-    per-layer rematerialisation too (--remat layer)."""
+    per-layer rematerialisation too (--remat layer); the held-out estimate on the model's own
+    greedy continuations (--eval-new-tokens, generated on the mesh) is the same."""
+    own_text = ("--eval-new-tokens", "12", "--temperature", "0")
     for name, extra in (
-        ("one", ()),
-        ("mesh", ("--mesh", "data=2,fsdp=2,tensor=2")),
+        ("one", own_text),
+        ("mesh", ("--mesh", "data=2,fsdp=2,tensor=2", *own_text)),
         ("remat", ("--mesh", "data=2,fsdp=2,tensor=2", "--remat", "layer")),
     ):
         args = la_args(tiny_model, corpus, tmp_path / name, *extra)
@@ -373,9 +375,59 @@ def test_lookahead_training_on_a_mesh_matches_one_device(tiny_model, corpus, tmp
     one = load_file(tmp_path / "one" / "lookahead.safetensors")["lookahead"]
     meshed = load_file(tmp_path / "mesh" / "lookahead.safetensors")["lookahead"]
     np.testing.assert_allclose(meshed, one, rtol=1e-5, atol=1e-5)
+    evals = [(tmp_path / n / lookahead.EVAL_FILE).read_text().splitlines() for n in ("one", "mesh")]
+    for record_one, record_mesh in zip(*evals, strict=True):
+        record_one, record_mesh = json.loads(record_one), json.loads(record_mesh)
+        assert record_one["greedy"] == record_mesh["greedy"]
+        assert record_one["ce"] == pytest.approx(record_mesh["ce"], abs=1e-4)
     remat = load_file(tmp_path / "remat" / "lookahead.safetensors")["lookahead"]
     np.testing.assert_allclose(remat, one, rtol=1e-5, atol=1e-5)
     assert not np.allclose(one[0], one[1])  # trained: the rows left their common unk init
+
+
+def test_estimate_on_the_models_own_continuations(tiny_model, corpus, tmp_path):
+    """--eval-new-tokens N: each held-out row keeps its first X - N tokens, the rest is the
+    model's greedy continuation (at temperature 0 every generated token is the argmax after
+    its prefix), LA groups sit only where the next token and both targets are generated, and
+    the run records its estimate from there."""
+    X, N, L = 32, 12, 2
+    args = la_args(tiny_model, corpus, tmp_path / "out", "--eval-new-tokens", str(N))
+    args += ["--temperature", "0", "--json"]
+    parsed = lookahead._parse(args)
+    config = lookahead.load_config(parsed)
+    model = lookahead.load_model(config, parsed)
+    _, eval_set = lookahead._texts(config, data.parse_spec(corpus), model)
+    heldout = data.text_source(data.parse_spec(corpus), "heldout", None)
+    rows = data.token_batches(
+        heldout, model.tok, X, 4, 0, shuffle=False, shard_index=0, shard_count=1
+    )
+    assert len(eval_set) == 2
+    for (tokens_BxX, ins_BxM), batch in zip(eval_set, rows):
+        tokens_BxX, ins_BxM = np.asarray(tokens_BxX), np.asarray(ins_BxM)
+        np.testing.assert_array_equal(tokens_BxX[:, : X - N], batch["tokens"][:, : X - N])
+        assert not np.array_equal(tokens_BxX[:, X - N :], batch["tokens"][:, X - N :])
+        logits_BxXxV = model_logits(model, tokens_BxX)
+        np.testing.assert_array_equal(
+            tokens_BxX[:, X - N :], np.argmax(logits_BxXxV[:, X - N - 1 : -1], -1)
+        )
+        assert ins_BxM.shape == (4, 4)  # eval_groups 4 of the N - L = 10 possible points
+        assert ins_BxM.min() >= X - N - 1 and ins_BxM.max() <= X - 2 - L
+    assert lookahead.main(args) == 0
+    evals = [
+        json.loads(x) for x in (tmp_path / "out" / lookahead.EVAL_FILE).read_text().splitlines()
+    ]
+    est = lookahead.heldout_estimate(
+        model.cfg, model.params, load_lookahead(str(tmp_path / "out"), model.cfg), eval_set, 0.0, 10
+    )
+    assert evals[-1]["greedy"] == est["greedy"] and evals[-1]["sampled"] == est["greedy"]
+
+
+def model_logits(model, tokens_BxX):
+    """The frozen model's logits for ``tokens_BxX`` (no look-ahead tokens)."""
+    B, X = tokens_BxX.shape
+    positions_BxX = jnp.broadcast_to(jnp.arange(X, dtype=jnp.int32), (B, X))
+    logits_BxXxV, _ = forward(model.cfg, model.params, jnp.asarray(tokens_BxX), positions_BxX)
+    return np.asarray(logits_BxXxV)
 
 
 # ----------------------------------------------------------------------------- two processes
@@ -619,6 +671,8 @@ def test_killed_save_keeps_last_good_checkpoint(tmp_path):
         ({"--seq-len": "1000"}, "larger than the model's maximum"),
         ({"--model": "{tmp}"}, "no config.json"),
         ({"--num-lookahead": "0"}, "--num-lookahead must be >= 1"),
+        ({"--eval-new-tokens": "2"}, "--eval-new-tokens 2 leaves no insertion point for L=2"),
+        ({"--eval-new-tokens": "32"}, "less than --seq-len 32"),
     ],
 )
 def test_lookahead_bad_input_is_a_clear_error(

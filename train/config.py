@@ -108,6 +108,9 @@ class LookaheadSettings:
     eval_every: int = free_on_resume()
     eval_batches: int
     eval_groups: int = 8  # insertion points per held-out row
+    # > 0: the last eval_new_tokens of each held-out row are the frozen model's own continuation
+    # (at the estimate's temperature / top-k), and the estimate drafts only there, as decoding does
+    eval_new_tokens: int = 0
     save_every: int = free_on_resume()
     keep: int = free_on_resume(2)
     log_every: int = free_on_resume(10)
@@ -122,6 +125,11 @@ class LookaheadSettings:
             raise ValueError(f"--groups must be >= 1, got {self.groups}")
         if self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        if not 0 <= self.eval_new_tokens < self.seq_len:
+            raise ValueError(
+                f"--eval-new-tokens must be 0 (off) or less than --seq-len {self.seq_len} "
+                f"(the rest of the row is the prompt), got {self.eval_new_tokens}"
+            )
         losses.check_loss_kind(self.loss)
         check_seed(self.seed, "--seed")
         if self.warmup is None:  # frozen: set once, here
@@ -143,3 +151,9 @@ class LookaheadTrainConfig:
     def __post_init__(self):
         if self.num_lookahead < 1:
             raise ValueError(f"--num-lookahead must be >= 1, got {self.num_lookahead}")
+        new, L = self.lookahead.eval_new_tokens, self.num_lookahead
+        if 0 < new <= L:
+            raise ValueError(
+                f"--eval-new-tokens {new} leaves no insertion point for L={L} look-ahead "
+                f"tokens: the next token and every LA target must be generated (need > {L})"
+            )

@@ -18,7 +18,8 @@ Output directory ``--out``:
                              settings need another ``--out``)
   eval.jsonl                 held-out acceptance estimate per LA position (greedy agreement and
                              sum_v min(p, q) at the configured temperature / top-k), one line per
-                             evaluation (step 0 is the initialisation)
+                             evaluation (step 0 is the initialisation); with ``--eval-new-tokens``
+                             on the model's own continuations of the held-out rows
   lookahead.safetensors/.json  the final export (``pass_jax.lookahead.save_lookahead``) with the
                              final metrics; a finished run re-run with the same settings just
                              reports them.
@@ -168,7 +169,16 @@ def _parse(argv) -> argparse.Namespace:
     )
     p.add_argument("--temperature", type=float, help="acceptance estimate temperature (0: greedy)")
     p.add_argument("--top-k", type=int, help="acceptance estimate top-k (0: off)")
+    p.add_argument(
+        "--eval-new-tokens",
+        type=int,
+        help="acceptance estimate on the model's own text: the last N tokens of each held-out "
+        "row are its continuation (at the estimate's temperature and top-k) and only they are "
+        "drafted, as in decoding (0: the held-out text as it is; must exceed L)",
+    )
     p.add_argument("--eval-every", type=int)
+    p.add_argument("--eval-batches", type=int, help="held-out batches of the estimate")
+    p.add_argument("--eval-groups", type=int, help="insertion points per held-out row")
     p.add_argument("--save-every", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument(
@@ -243,16 +253,26 @@ def heldout_estimate(
     }
 
 
-def _eval_set(texts, tok, config: LookaheadTrainConfig, mesh) -> list[tuple[jax.Array, jax.Array]]:
+def _eval_set(
+    texts, config: LookaheadTrainConfig, model: FrozenModel
+) -> list[tuple[jax.Array, jax.Array]]:
     """Fixed held-out batches with fixed insertion points (``eval_groups`` per row), the same
-    in every process (on ``mesh``: rows split over it)."""
+    in every process (on the model's mesh: rows split over it).
+
+    With ``eval_new_tokens`` N > 0, each row keeps its first X - N tokens and the frozen model
+    writes the other N (``_continued``), and insertion points are drawn only where the next
+    token and every LA target are the model's own: the drafts' situation when decoding, so the
+    greedy estimate is what greedy decoding would accept at those positions.
+    """
     settings = config.lookahead
     X, L, B = settings.seq_len, config.num_lookahead, settings.batch_size
-    M = min(settings.eval_groups, X - 1 - L)
+    N = settings.eval_new_tokens
+    span = N + 1 if N else X  # insertion points in the last `span` tokens: from X - N - 1 on
+    M = min(settings.eval_groups, span - 1 - L)
     batches = itertools.islice(
         data.token_batches(
             texts,
-            tok,
+            model.tok,
             X,
             B,
             settings.seed,
@@ -264,13 +284,32 @@ def _eval_set(texts, tok, config: LookaheadTrainConfig, mesh) -> list[tuple[jax.
         settings.eval_batches,
     )
     key = jax.random.PRNGKey(settings.seed + 1)
-    pairs = [
-        (b["tokens"], losses.sample_insertion_points(jax.random.fold_in(key, i), B, M, X, L))
-        for i, b in enumerate(batches)
-    ]
-    if mesh is None:
+    pairs = []
+    for i, b in enumerate(batches):
+        tokens_BxX = b["tokens"]
+        if N:
+            tokens_BxX = _continued(model, tokens_BxX[:, : X - N], N, settings, seed=i)
+        ins_BxM = losses.sample_insertion_points(jax.random.fold_in(key, i), B, M, span, L)
+        pairs.append((tokens_BxX, ins_BxM + (X - span)))
+    if model.mesh is None:
         return [(jnp.asarray(tokens_BxX), ins_BxM) for tokens_BxX, ins_BxM in pairs]
-    return [sharding.shard_batch(pair, mesh, process_local=False) for pair in pairs]
+    return [sharding.shard_batch(pair, model.mesh, process_local=False) for pair in pairs]
+
+
+def _continued(model: FrozenModel, prompts_BxP: np.ndarray, N: int, settings, seed: int):
+    """``tokens_Bx(P+N)``: each prompt and N tokens the frozen model writes after it (no stop at
+    EOS) at the estimate's temperature and top-k, with seed ``settings.seed`` and ``seed``."""
+    result = generation.generate(
+        model.cfg,
+        model.params,
+        np.asarray(prompts_BxP).tolist(),
+        max_new_tokens=N,
+        sampler=SamplerConfig(temperature=settings.temperature, top_k=settings.top_k),
+        eos_ids=(),
+        seed=settings.seed * 100_003 + seed,
+        mesh=model.mesh,
+    )
+    return np.concatenate([np.asarray(prompts_BxP), np.asarray(result.tokens, np.int32)], axis=1)
 
 
 def _eval_log_upto(path: str, step: int) -> list[dict]:
@@ -414,7 +453,7 @@ def _texts(
     heldout_texts = data.text_source(
         spec, "heldout", config.data_dir, sample_fn=sample_fn, num_self_texts=max(4, n_self // 4)
     )
-    eval_set = _eval_set(heldout_texts, model.tok, config, model.mesh)
+    eval_set = _eval_set(heldout_texts, config, model)
     if not eval_set:
         raise ValueError(f"empty corpus: the held-out split of {config.data} gives no batch")
     return train_texts, eval_set
