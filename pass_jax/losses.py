@@ -11,7 +11,9 @@ tokens; insertion point ``p_g`` means group g follows ``x_{p_g}``:
   what the paper's single-insertion input ``x_0..x_{p_g}, LA_1..LA_L`` would.
 * targets: group g's ``LA_i`` predicts ``x_{p_g+1+i}``, valid only when ``p_g+1+i < X``. The
   frozen model's own distribution for that token is its output at sequence row ``p_g+i`` (it sees
-  the true prefix ``x_0..x_{p_g+i}``), computed in the same pass.
+  the true prefix ``x_0..x_{p_g+i}``), computed in the same pass. With ``targets='greedy'`` a
+  target also needs ``x_{p_g+1}..x_{p_g+i}`` to be the frozen model's own greedy choices, each
+  the argmax after the tokens before it: greedy decoding only ever drafts after such a prefix.
 
 Only LA outputs (and those matching base rows) go through the output head, so memory for logits
 is ``B x 2ML x V`` instead of ``B x T x V``. Loss arithmetic is float32 whatever the compute dtype.
@@ -37,6 +39,7 @@ from .sampling import warp_probs
 from .sharding import replicated
 
 LOSS_KINDS = ("ce", "kl")
+TARGETS = ("all", "greedy")  # which LA targets count: see the module docstring
 
 
 def check_loss_kind(kind: str) -> str:
@@ -44,6 +47,13 @@ def check_loss_kind(kind: str) -> str:
     if kind not in LOSS_KINDS:
         raise ValueError(f"unknown LA loss kind {kind!r}; expected one of {LOSS_KINDS}")
     return kind
+
+
+def check_targets(targets: str) -> str:
+    """Returns ``targets`` if it is one of ``TARGETS``; else a ValueError naming the choices."""
+    if targets not in TARGETS:
+        raise ValueError(f"unknown LA targets {targets!r}; expected one of {TARGETS}")
+    return targets
 
 
 def _ratio(num, den):
@@ -122,13 +132,23 @@ def packed_layout(ins_BxM: jax.Array, X: int, L: int) -> PackedLayout:
     return PackedLayout(positions_BxT, mask_BxTxT, target_idx_BxR, base_row_BxR, valid_BxR)
 
 
-def packed_logits(cfg: ModelConfig, base_params, la_LxD, tokens_BxX, ins_BxM, remat: str = "none"):
+def packed_logits(
+    cfg: ModelConfig,
+    base_params,
+    la_LxD,
+    tokens_BxX,
+    ins_BxM,
+    remat: str = "none",
+    targets: str = "all",
+):
     """One packed forward pass; float32 logits of the LA rows and the matching base rows
     (``remat``: ``model.REMAT_POLICIES``, per-layer rematerialisation).
 
     Returns ``(q_BxRxV, p_BxRxV, targets_BxR, valid_BxR)``: ``q`` the LA outputs (draft logits),
     ``p`` the frozen model's logits for the same tokens given the true prefix (stop_gradient),
-    the data targets and which of them exist.
+    the data targets and which of them count (they exist; with ``targets='greedy'`` also the
+    tokens between the insertion point and the target are the model's greedy choices, which
+    costs the output head on every sequence row).
     """
     B, X = tokens_BxX.shape
     L, D = la_LxD.shape
@@ -156,7 +176,27 @@ def packed_logits(cfg: ModelConfig, base_params, la_LxD, tokens_BxX, ins_BxM, re
     q_BxRxV = both_Bx2RxV[:, :R]
     p_BxRxV = jax.lax.stop_gradient(both_Bx2RxV[:, R:])
     targets_BxR = jnp.take_along_axis(tokens_BxX, lay.target_idx_BxR, axis=1)
-    return q_BxRxV, p_BxRxV, targets_BxR, lay.valid_BxR
+    valid_BxR = lay.valid_BxR
+    if check_targets(targets) == "greedy":
+        valid_BxR = valid_BxR & _greedy_prefix(
+            cfg, base_params, h_BxTxD[:, :X], tokens_BxX, ins_BxM, L
+        )
+    return q_BxRxV, p_BxRxV, targets_BxR, valid_BxR
+
+
+def _greedy_prefix(cfg: ModelConfig, base_params, h_BxXxD, tokens_BxX, ins_BxM, L: int):
+    """``own_BxR`` bool: for group g's ``LA_i`` (row g*L + i-1), whether ``x_{p_g+1}..x_{p_g+i}``
+    are each the frozen model's argmax after the tokens before them."""
+    B, X = tokens_BxX.shape
+    M = ins_BxM.shape[1]
+    argmax_BxX = jnp.argmax(logits_from_hidden(cfg, base_params, h_BxXxD), -1)
+    greedy_BxX = jnp.concatenate(  # x_t is the argmax of row t - 1
+        [jnp.zeros((B, 1), bool), tokens_BxX[:, 1:] == argmax_BxX[:, :-1]], axis=1
+    )
+    idx_BxMxL = ins_BxM[:, :, None] + 1 + jnp.arange(L, dtype=jnp.int32)  # x_{p+1}..x_{p+L}
+    ok_BxMxL = jnp.take_along_axis(greedy_BxX, jnp.clip(idx_BxMxL, 0, X - 1).reshape(B, M * L), 1)
+    own_BxMxL = jnp.cumprod(ok_BxMxL.reshape(B, M, L), axis=2).astype(bool)
+    return jax.lax.stop_gradient(own_BxMxL.reshape(B, M * L))
 
 
 def _per_position(x_BxR, w_BxR, L):
@@ -166,7 +206,7 @@ def _per_position(x_BxR, w_BxR, L):
     return _ratio(num_L, w_BxR.reshape(B, R // L, L).sum((0, 1)))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "kind", "temperature", "remat"))
+@functools.partial(jax.jit, static_argnames=("cfg", "kind", "temperature", "remat", "targets"))
 def la_loss(
     cfg: ModelConfig,
     base_params,
@@ -176,6 +216,7 @@ def la_loss(
     kind: str = "ce",
     temperature: float = 1.0,
     remat: str = "none",
+    targets: str = "all",
 ):
     """Look-ahead training loss on a packed input, mean over valid LA targets.
 
@@ -186,14 +227,15 @@ def la_loss(
     Returns ``(loss, metrics)``; metrics: ``loss``, ``loss_per_position`` [L], ``ce`` and ``kl``
     (both reported whatever ``kind``; ce at temperature 1), ``greedy_acceptance`` [L]
     (argmax agreement with the frozen model), ``num_targets``. ``remat``: per-layer
-    rematerialisation of the forward pass (``model.REMAT_POLICIES``; same values).
+    rematerialisation of the forward pass (``model.REMAT_POLICIES``; same values). ``targets``:
+    which targets count (``TARGETS``, see the module docstring).
     """
     check_loss_kind(kind)
     if not temperature > 0:
         raise ValueError(f"loss temperature must be > 0, got {temperature}")
     L = la_LxD.shape[0]
     q_BxRxV, p_BxRxV, targets_BxR, valid_BxR = packed_logits(
-        cfg, base_params, la_LxD, tokens_BxX, ins_BxM, remat
+        cfg, base_params, la_LxD, tokens_BxX, ins_BxM, remat, targets
     )
     w_BxR = valid_BxR.astype(jnp.float32)
     n = w_BxR.sum()
@@ -311,6 +353,7 @@ def la_train_step(
     num_groups: int = 1,
     temperature: float = 1.0,
     remat: str = "none",
+    targets: str = "all",
 ):
     """One optimizer step on the LA embeddings; base params are constants (never differentiated).
 
@@ -318,7 +361,7 @@ def la_train_step(
     ``[B, M]`` when present, else ``num_groups`` per row are drawn with ``rng`` folded with the
     step number (so one fixed key per run gives a different draw each step and exact resumes).
     Returns ``(la_state, metrics)``: the la_loss metrics plus ``grad_norm``. ``remat``: per-layer
-    rematerialisation (``model.REMAT_POLICIES``).
+    rematerialisation (``model.REMAT_POLICIES``); ``targets``: which targets count (``TARGETS``).
     """
     tokens_BxX = batch["tokens"]
     B, X = tokens_BxX.shape
@@ -331,7 +374,9 @@ def la_train_step(
         )
 
     def loss_fn(la_LxD):
-        return la_loss(cfg, base_params, la_LxD, tokens_BxX, ins_BxM, loss_kind, temperature, remat)
+        return la_loss(
+            cfg, base_params, la_LxD, tokens_BxX, ins_BxM, loss_kind, temperature, remat, targets
+        )
 
     (_, metrics), grad_LxD = jax.value_and_grad(loss_fn, has_aux=True)(la_state.la)
     updates, opt_state = optimizer.update(grad_LxD, la_state.opt_state, la_state.la)
@@ -380,6 +425,7 @@ def make_la_train_step(
     temperature: float = 1.0,
     remat: str = "none",
     mesh: Mesh | None = None,
+    targets: str = "all",
 ):
     """``step(la_state, base_params, batch, rng) -> (la_state, metrics)``, jitted, la_state donated.
 
@@ -391,6 +437,7 @@ def make_la_train_step(
     or repeated training) does not compile it again.
     """
     check_loss_kind(loss_kind)
+    check_targets(targets)
     if num_groups < 1:
         raise ValueError(f"num_groups must be >= 1, got {num_groups}")
     step = functools.partial(
@@ -401,6 +448,7 @@ def make_la_train_step(
         num_groups=num_groups,
         temperature=temperature,
         remat=remat,
+        targets=targets,
     )
     if mesh is None:
         return jax.jit(step, donate_argnums=(0,))

@@ -148,6 +148,41 @@ def test_packed_equals_separate_single_insertion_passes(pretrained):
     assert float(jnp.abs(gce_p).max()) > 1e-3 and float(jnp.abs(gkl_p).max()) > 1e-4
 
 
+def test_greedy_targets_count_only_after_the_models_own_choices(pretrained):
+    """targets='greedy': group g's LA_i counts only where x_{p+1}..x_{p+i} are each the
+    frozen model's argmax after the tokens before them (brute force from an unpacked forward).
+    On the runs corpus the copying model's argmax misses at run boundaries, so some targets
+    go and some stay; the loss is the mean over those that stay, as with 'all'."""
+    params, _ = pretrained
+    B, X, M, L = 4, 32, 8, 3
+    tokens = runs_batch(jax.random.PRNGKey(7), B, X)
+    ins = losses.sample_insertion_points(jax.random.PRNGKey(8), B, M, X, L)
+    la = random_la(CFG, L, 9)
+    logits, _ = forward(CFG, params, tokens, jnp.broadcast_to(jnp.arange(X), (B, X)))
+    argmax, toks, ins_np = np.argmax(logits, -1), np.asarray(tokens), np.asarray(ins)
+    want = np.zeros((B, M * L), bool)
+    for b, g, i in np.ndindex(B, M, L):
+        p = ins_np[b, g]
+        exists = p + 2 + i < X
+        own = all(toks[b, p + j] == argmax[b, p + j - 1] for j in range(1, i + 2) if p + j < X)
+        want[b, g * L + i] = exists and own
+    packed = jax.jit(losses.packed_logits, static_argnums=(0, 5, 6))
+    q, p, _, valid_all = packed(CFG, params, la, tokens, ins, "none", "all")
+    q_g, p_g, _, valid_greedy = packed(CFG, params, la, tokens, ins, "none", "greedy")
+    np.testing.assert_array_equal(valid_greedy, want)
+    assert 0 < want.sum() < np.asarray(valid_all).sum()
+    np.testing.assert_array_equal(q_g, q)
+    np.testing.assert_array_equal(p_g, p)
+    _, m = losses.la_loss(CFG, params, la, tokens, ins, "kl", targets="greedy")
+    assert int(m["num_targets"]) == want.sum()
+    kl_BxR = np.asarray(
+        jnp.sum(jax.nn.softmax(p) * (jax.nn.log_softmax(p) - jax.nn.log_softmax(q)), -1)
+    )
+    np.testing.assert_allclose(m["kl"], kl_BxR[want].mean(), rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown LA targets 'mine'"):
+        losses.make_la_train_step(CFG, optax.adam(1e-2), "kl", targets="mine")
+
+
 # ---------------------------------------------------------------- (b) the packed layout
 
 

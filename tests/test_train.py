@@ -29,7 +29,7 @@ from safetensors.numpy import load_file
 
 from pass_jax import checkpoint, data, hf, losses, program_config, tokenizer
 from pass_jax.config import ModelConfig
-from pass_jax.lookahead import load_lookahead, model_fingerprint
+from pass_jax.lookahead import load_lookahead, lookahead_metadata, model_fingerprint
 from pass_jax.model import forward, init_params
 from pass_jax.program_config import run_cli
 from train import base, lookahead
@@ -389,10 +389,10 @@ def test_estimate_on_the_models_own_continuations(tiny_model, corpus, tmp_path):
     """--eval-new-tokens N: each held-out row keeps its first X - N tokens, the rest is the
     model's greedy continuation (at temperature 0 every generated token is the argmax after
     its prefix), LA groups sit only where the next token and both targets are generated, and
-    the run records its estimate from there."""
+    the run (trained with --targets greedy) records its estimate from there."""
     X, N, L = 32, 12, 2
     args = la_args(tiny_model, corpus, tmp_path / "out", "--eval-new-tokens", str(N))
-    args += ["--temperature", "0", "--json"]
+    args += ["--temperature", "0", "--targets", "greedy", "--json"]
     parsed = lookahead._parse(args)
     config = lookahead.load_config(parsed)
     model = lookahead.load_model(config, parsed)
@@ -420,6 +420,8 @@ def test_estimate_on_the_models_own_continuations(tiny_model, corpus, tmp_path):
         model.cfg, model.params, load_lookahead(str(tmp_path / "out"), model.cfg), eval_set, 0.0, 10
     )
     assert evals[-1]["greedy"] == est["greedy"] and evals[-1]["sampled"] == est["greedy"]
+    settings = lookahead_metadata(str(tmp_path / "out"))["metrics"]["settings"]
+    assert settings["targets"] == "greedy" and settings["eval_new_tokens"] == N
 
 
 def model_logits(model, tokens_BxX):

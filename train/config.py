@@ -100,6 +100,7 @@ class LookaheadSettings:
     warmup_fraction: float = 0.2
     groups: int  # insertion groups per sequence (packed)
     loss: str  # losses.LOSS_KINDS
+    targets: str = "all"  # losses.TARGETS; greedy: only after the model's own greedy choices
     init: str = "mean"  # lookahead.parse_init
     dtype: str  # base model compute dtype
     seed: int
@@ -131,6 +132,7 @@ class LookaheadSettings:
                 f"(the rest of the row is the prompt), got {self.eval_new_tokens}"
             )
         losses.check_loss_kind(self.loss)
+        losses.check_targets(self.targets)
         check_seed(self.seed, "--seed")
         if self.warmup is None:  # frozen: set once, here
             object.__setattr__(self, "warmup", int(round(self.warmup_fraction * self.steps)))

@@ -152,6 +152,13 @@ def _parse(argv) -> argparse.Namespace:
     p.add_argument("--data-dir", help="TFDS data dir (stdlib: where it is prepared)")
     p.add_argument("--steps", type=int)
     p.add_argument("--loss", choices=losses.LOSS_KINDS)
+    p.add_argument(
+        "--targets",
+        choices=losses.TARGETS,
+        help="which LA targets train: all (the paper's), or greedy: only where the tokens "
+        "between the insertion point and the target are the model's own greedy choices, "
+        "as in greedy decoding (for text the model wrote itself)",
+    )
     p.add_argument("--groups", "-M", type=int, help="insertion groups per sequence (packed)")
     p.add_argument(
         "--batch-size", type=int, help="rows per step, in all (each process reads its share)"
@@ -495,7 +502,13 @@ def _trainer(config: LookaheadTrainConfig, model: FrozenModel, la_init_LxD):
     la_state = losses.init_la_state(jnp.array(la_init_LxD), optimizer)  # a copy: donated
     rng = jax.random.PRNGKey(settings.seed)
     la_step = losses.make_la_train_step(
-        model.cfg, optimizer, settings.loss, settings.groups, remat=settings.remat, mesh=mesh
+        model.cfg,
+        optimizer,
+        settings.loss,
+        settings.groups,
+        remat=settings.remat,
+        mesh=mesh,
+        targets=settings.targets,
     )
     if mesh is None:
         place_batch = lambda tokens_BxX: tokens_BxX
