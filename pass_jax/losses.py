@@ -399,12 +399,12 @@ PEAK_FLOPS = {
 }
 
 
-def la_step_flops(cfg: ModelConfig, B: int, X: int, M: int, L: int) -> float:
+def la_step_flops(cfg: ModelConfig, B: int, X: int, M: int, L: int, targets: str = "all") -> float:
     """Model FLOPs of one packed look-ahead training step (B rows of X tokens, M groups of L
     LA tokens; multiply-add = 2). The base model is frozen, so the backward pass computes input
     gradients only: each weight matmul costs its forward again (no weight gradient), attention
     twice its forward (dQ, dK, dV, dP); logits for the R = M L LA rows and their R base rows,
-    backward through the LA rows only."""
+    backward through the LA rows only (``targets='greedy'``: and forward for the X rows)."""
     T, R = X + M * L, M * L
     d, hd, H, K = cfg.d_model, cfg.hd, cfg.n_heads, cfg.n_kv_heads
     layer_weights = (
@@ -413,7 +413,8 @@ def la_step_flops(cfg: ModelConfig, B: int, X: int, M: int, L: int) -> float:
     weights = 2 * B * T * cfg.n_layers * layer_weights
     attention = 2 * 2 * B * T * T * H * hd * cfg.n_layers  # scores and weighted sum, dense mask
     logits = 2 * B * cfg.vocab_size * d
-    return 2 * weights + 3 * attention + logits * (2 * R + R)
+    head_rows = 2 * R + R + (X if check_targets(targets) == "greedy" else 0)
+    return 2 * weights + 3 * attention + logits * head_rows
 
 
 @functools.cache

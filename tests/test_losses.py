@@ -481,3 +481,10 @@ def test_la_step_flops_match_xla_cost_analysis():
     ).compile()
     xla = compiled.cost_analysis()["flops"]
     assert losses.la_step_flops(cfg, B, X, M, L) == pytest.approx(xla, rel=0.15)
+    greedy = losses.make_la_train_step(cfg, opt, "kl", M, targets="greedy")
+    args = (state, params, {"tokens": jax.ShapeDtypeStruct((B, X), jnp.int32)})
+    compiled = greedy.lower(*args, jax.ShapeDtypeStruct((2,), jnp.uint32)).compile()
+    xla_greedy = compiled.cost_analysis()["flops"]
+    flops_greedy = losses.la_step_flops(cfg, B, X, M, L, "greedy")
+    assert flops_greedy == pytest.approx(xla_greedy, rel=0.15)
+    assert xla_greedy > xla  # the output head on every sequence row

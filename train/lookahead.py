@@ -621,15 +621,19 @@ def _metrics(
         "steps_per_s": steps_per_s,
         # sequence tokens (B x X per step; the M x L LA rows not counted), this process's steps
         "tokens_per_s": steps_per_s and steps_per_s * B * X,
-        **throughput(model.cfg, B, X, settings.groups, config.num_lookahead, steps_per_s),
+        **throughput(
+            model.cfg, B, X, settings.groups, config.num_lookahead, steps_per_s, settings.targets
+        ),
         "wall_time_s": time.perf_counter() - t0,
     }
 
 
-def throughput(cfg, B: int, X: int, M: int, L: int, steps_per_s: float | None) -> dict:
+def throughput(
+    cfg, B: int, X: int, M: int, L: int, steps_per_s: float | None, targets: str = "all"
+) -> dict:
     """Model FLOPs per step (``losses.la_step_flops``), TFLOP/s per device and the model FLOPs
     utilisation against the device's bf16 peak (None where the peak is not known, e.g. CPUs)."""
-    flops = losses.la_step_flops(cfg, B, X, M, L)
+    flops = losses.la_step_flops(cfg, B, X, M, L, targets)
     per_device = None if steps_per_s is None else flops * steps_per_s / jax.device_count()
     peak = losses.PEAK_FLOPS.get(jax.devices()[0].device_kind)
     return {
