@@ -168,35 +168,45 @@ def packed_logits(
         return_hidden=True,
         remat=remat,
     )
-    h_base_BxRxD = jnp.take_along_axis(h_BxTxD[:, :X], lay.base_row_BxR[..., None], axis=1)
-    both_Bx2RxV = logits_from_hidden(
-        cfg, base_params, jnp.concatenate([h_BxTxD[:, X:], h_base_BxRxD], axis=1)
+    greedy = check_targets(targets) == "greedy"
+    h_seq_BxXxD = h_BxTxD[:, :X]
+    # the base rows through the output head: the R matching the LA rows, or (greedy) all X
+    h_base_BxNxD = (
+        h_seq_BxXxD
+        if greedy
+        else jnp.take_along_axis(h_seq_BxXxD, lay.base_row_BxR[..., None], axis=1)
     )
-    both_Bx2RxV = both_Bx2RxV.astype(jnp.float32)
-    q_BxRxV = both_Bx2RxV[:, :R]
-    p_BxRxV = jax.lax.stop_gradient(both_Bx2RxV[:, R:])
+    both_BxRNxV = logits_from_hidden(
+        cfg, base_params, jnp.concatenate([h_BxTxD[:, X:], h_base_BxNxD], axis=1)
+    ).astype(jnp.float32)
+    q_BxRxV = both_BxRNxV[:, :R]
+    base_BxNxV = jax.lax.stop_gradient(both_BxRNxV[:, R:])
+    p_BxRxV = (
+        jnp.take_along_axis(base_BxNxV, lay.base_row_BxR[..., None], axis=1)
+        if greedy
+        else base_BxNxV
+    )
     targets_BxR = jnp.take_along_axis(tokens_BxX, lay.target_idx_BxR, axis=1)
     valid_BxR = lay.valid_BxR
-    if check_targets(targets) == "greedy":
-        valid_BxR = valid_BxR & _greedy_prefix(
-            cfg, base_params, h_BxTxD[:, :X], tokens_BxX, ins_BxM, L
-        )
+    if greedy:
+        argmax_BxX = jnp.argmax(base_BxNxV, -1)
+        valid_BxR = valid_BxR & _greedy_prefix(argmax_BxX, tokens_BxX, ins_BxM, L)
     return q_BxRxV, p_BxRxV, targets_BxR, valid_BxR
 
 
-def _greedy_prefix(cfg: ModelConfig, base_params, h_BxXxD, tokens_BxX, ins_BxM, L: int):
+def _greedy_prefix(argmax_BxX, tokens_BxX, ins_BxM, L: int):
     """``own_BxR`` bool: for group g's ``LA_i`` (row g*L + i-1), whether ``x_{p_g+1}..x_{p_g+i}``
-    are each the frozen model's argmax after the tokens before them."""
+    are each the frozen model's argmax after the tokens before them (``argmax_BxX``: the
+    model's argmax at every sequence row)."""
     B, X = tokens_BxX.shape
     M = ins_BxM.shape[1]
-    argmax_BxX = jnp.argmax(logits_from_hidden(cfg, base_params, h_BxXxD), -1)
     greedy_BxX = jnp.concatenate(  # x_t is the argmax of row t - 1
         [jnp.zeros((B, 1), bool), tokens_BxX[:, 1:] == argmax_BxX[:, :-1]], axis=1
     )
     idx_BxMxL = ins_BxM[:, :, None] + 1 + jnp.arange(L, dtype=jnp.int32)  # x_{p+1}..x_{p+L}
     ok_BxMxL = jnp.take_along_axis(greedy_BxX, jnp.clip(idx_BxMxL, 0, X - 1).reshape(B, M * L), 1)
     own_BxMxL = jnp.cumprod(ok_BxMxL.reshape(B, M, L), axis=2).astype(bool)
-    return jax.lax.stop_gradient(own_BxMxL.reshape(B, M * L))
+    return own_BxMxL.reshape(B, M * L)
 
 
 def _per_position(x_BxR, w_BxR, L):
@@ -404,7 +414,8 @@ def la_step_flops(cfg: ModelConfig, B: int, X: int, M: int, L: int, targets: str
     LA tokens; multiply-add = 2). The base model is frozen, so the backward pass computes input
     gradients only: each weight matmul costs its forward again (no weight gradient), attention
     twice its forward (dQ, dK, dV, dP); logits for the R = M L LA rows and their R base rows,
-    backward through the LA rows only (``targets='greedy'``: and forward for the X rows)."""
+    backward through the LA rows only (``targets='greedy'``: forward for every one of the X
+    sequence rows instead of the R base rows)."""
     T, R = X + M * L, M * L
     d, hd, H, K = cfg.d_model, cfg.hd, cfg.n_heads, cfg.n_kv_heads
     layer_weights = (
@@ -413,7 +424,7 @@ def la_step_flops(cfg: ModelConfig, B: int, X: int, M: int, L: int, targets: str
     weights = 2 * B * T * cfg.n_layers * layer_weights
     attention = 2 * 2 * B * T * T * H * hd * cfg.n_layers  # scores and weighted sum, dense mask
     logits = 2 * B * cfg.vocab_size * d
-    head_rows = 2 * R + R + (X if check_targets(targets) == "greedy" else 0)
+    head_rows = R + (X if check_targets(targets) == "greedy" else R) + R  # forward, backward
     return 2 * weights + 3 * attention + logits * head_rows
 
 
