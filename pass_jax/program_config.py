@@ -10,7 +10,9 @@ stay in each dataclass's ``__post_init__``.
 
 Resuming: fields marked :func:`free_on_resume` (how often a run logs, evaluates and saves, where
 it writes, how it lays itself out) may differ between a checkpoint and the run continuing it;
-:func:`resume_view` is the rest, :func:`differences` names what changed between two of them.
+:func:`resume_view` is the rest, :func:`differences` names what changed between two of them. A
+setting added after a checkpoint was made is missing from its view; it counts as the field's
+default (:func:`resume_defaults`), so a new setting's default must keep the behaviour before it.
 
 ``USER_ERRORS`` are the exceptions a program reports as ``error: ...`` (bad input) rather than
 as a traceback, and :class:`InputError` the exit a program raises for bad input itself;
@@ -200,14 +202,43 @@ def resume_view(config: Any) -> dict[str, Any]:
     return view
 
 
-def differences(saved: Mapping[str, Any], now: Mapping[str, Any], where: str = "") -> list[str]:
+def resume_defaults(config: Any) -> dict[str, Any]:
+    """The defaults of the fields :func:`resume_view` gives (those that have one), shaped like
+    it: what a checkpoint made before a setting existed ran with."""
+    view = {}
+    for f in dataclasses.fields(config):
+        if f.metadata.get(FREE_ON_RESUME):
+            continue
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            view[f.name] = resume_defaults(value)
+        elif f.default is not dataclasses.MISSING:
+            view[f.name] = _plain(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            view[f.name] = _plain(f.default_factory())
+    return view
+
+
+def differences(
+    saved: Mapping[str, Any],
+    now: Mapping[str, Any],
+    where: str = "",
+    defaults: Mapping[str, Any] | None = None,
+) -> list[str]:
     """``key: saved -> now`` for each setting that differs between two config dicts (nested
-    sections as ``a.b``; a key only one of them has shows as ``unset``)."""
+    sections as ``a.b``; a key only one of them has shows as ``unset``). A key ``saved`` lacks
+    counts as its value in ``defaults`` (:func:`resume_defaults`) where that has one: a
+    checkpoint from before the setting existed."""
+    defaults = defaults or {}
+    saved = {**{k: v for k, v in defaults.items() if k in now}, **saved}
     changes = []
     for key in sorted(set(saved) | set(now), key=str):
         old, new = saved.get(key), now.get(key)
         if isinstance(old, Mapping) and isinstance(new, Mapping):
-            changes += differences(old, new, f"{where}{key}.")
+            inner = defaults.get(key)
+            changes += differences(
+                old, new, f"{where}{key}.", inner if isinstance(inner, Mapping) else None
+            )
         elif key not in saved or key not in now or old != new:
             before, after = (repr(d[key]) if key in d else "unset" for d in (saved, now))
             changes.append(f"{where}{key}: {before} -> {after}")

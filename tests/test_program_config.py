@@ -129,6 +129,26 @@ def test_resume_view_leaves_out_fields_free_on_resume_and_differences_name_the_r
     assert program_config.differences({"a": 1}, {"b": 1}) == ["a: 1 -> unset", "b: unset -> 1"]
 
 
+def test_a_setting_a_saved_view_lacks_counts_as_its_default():
+    """A checkpoint made before a setting existed: the setting's default stands in for it."""
+    conf = Outer(data="d", inner=Inner(lr=0.1, steps=3, ids=(1,)))
+    defaults = program_config.resume_defaults(conf)
+    assert defaults == {"inner": {"name": None, "ids": []}, "rope": None}
+    now = program_config.resume_view(conf)
+    older = {"data": "d", "inner": {"lr": 0.1, "steps": 3, "ids": [1]}}  # no name, no rope
+    assert program_config.differences(older, now, defaults=defaults) == []
+    named = dataclasses.replace(conf, inner=dataclasses.replace(conf.inner, name="n"))
+    assert program_config.differences(
+        older, program_config.resume_view(named), defaults=defaults
+    ) == ["inner.name: None -> 'n'"]
+    no_ids = {"data": "d", "inner": {"lr": 0.1, "steps": 3}}  # ids' default () is not (1,)
+    assert program_config.differences(no_ids, now, defaults=defaults) == ["inner.ids: [] -> [1]"]
+    no_steps = {"data": "d", "inner": {"lr": 0.1, "ids": [1]}}  # no default: still unset
+    assert program_config.differences(no_steps, now, defaults=defaults) == [
+        "inner.steps: unset -> 3"
+    ]
+
+
 def test_the_programs_cadence_fields_are_free_on_resume():
     def free(cls):
         return {f.name for f in dataclasses.fields(cls) if f.metadata.get("free_on_resume")}

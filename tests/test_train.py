@@ -25,11 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import free_port
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 from pass_jax import checkpoint, data, hf, losses, program_config, tokenizer
 from pass_jax.config import ModelConfig
-from pass_jax.lookahead import load_lookahead, lookahead_metadata, model_fingerprint
+from pass_jax.lookahead import HEADER_KEY, load_lookahead, lookahead_metadata, model_fingerprint
 from pass_jax.model import forward, init_params
 from pass_jax.program_config import run_cli
 from train import base, lookahead
@@ -355,6 +355,44 @@ def test_resume_with_other_settings_is_refused_before_restoring(
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: the checkpoints in {out}/checkpoints were made with other settings "
         "(num_lookahead: 2 -> 3); use another --out"
+    )
+
+
+def test_settings_a_checkpoint_predates_count_as_their_defaults(
+    tiny_model, corpus, tmp_path, capsys
+):
+    """A checkpoint and an export made before --targets and --eval-new-tokens existed (their
+    saved settings lack both) agree with a run at those settings' defaults: the same command
+    finds the export done, and without it resumes from the checkpoint; a non-default value is
+    refused, naming the default the checkpoint ran with."""
+    out = tmp_path / "out"
+    argv = la_args(tiny_model, corpus, out, "--steps", "2")
+    assert lookahead.main(argv) == 0
+    meta_file = out / "checkpoints" / "2" / "meta" / "metadata"
+    with open(meta_file) as f:
+        meta = json.load(f)
+    for key in ("targets", "eval_new_tokens"):
+        del meta["resume_key"][key]
+    with open(meta_file, "w") as f:
+        json.dump(meta, f)
+    export = out / "lookahead.safetensors"
+    header = lookahead_metadata(str(out))
+    for key in ("targets", "eval_new_tokens"):
+        del header["metrics"]["settings"][key]
+    save_file(load_file(export), export, metadata={HEADER_KEY: json.dumps(header)})
+    capsys.readouterr()
+
+    assert lookahead.main(argv) == 0
+    assert "already holds this run's export" in capsys.readouterr().err
+    export.unlink()
+    assert lookahead.main(argv) == 0
+    assert f"resuming from step 2 ({out}/checkpoints)" in capsys.readouterr().err
+    assert lookahead_metadata(str(out))["metrics"]["settings"]["targets"] == "all"
+
+    assert run_cli(lambda: lookahead.main([*argv, "--targets", "greedy"])) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: the checkpoints in {out}/checkpoints were made with other settings "
+        "(targets: 'all' -> 'greedy'); use another --out"
     )
 
 

@@ -165,21 +165,22 @@ def check_output_dir(path: str, name: str) -> None:
         raise PermissionError(f"{culprit} is not writable")
 
 
-def check_resume(mngr, resume_key: dict, remedy: str) -> int | None:
+def check_resume(mngr, resume_key: dict, remedy: str, defaults: dict | None = None) -> int | None:
     """The latest checkpoint step in ``mngr`` (None if there is none), once its saved
-    ``resume_key`` metadata is known to equal ``resume_key`` (the run's config less what may
-    change on resume: ``program_config.resume_view``); otherwise a ValueError naming the
-    settings that differ, ending with ``remedy``. Only the metadata is read: a checkpoint made
-    with other settings may hold a state of other shapes, which orbax cannot restore."""
+    ``resume_key`` metadata is known to agree with ``resume_key`` (the run's config less what may
+    change on resume: ``program_config.resume_view``; a setting the checkpoint predates counts as
+    its value in ``defaults``, ``program_config.resume_defaults``); otherwise a ValueError naming
+    the settings that differ, ending with ``remedy``. Only the metadata is read: a checkpoint
+    made with other settings may hold a state of other shapes, which orbax cannot restore."""
     step = checkpoint.latest_step(mngr)
     if step is None:
         return None
     saved = checkpoint.restore_meta(mngr, step).get("resume_key")
-    if saved != resume_key:
-        changes = "; ".join(differences(saved or {}, resume_key))
+    changes = differences(saved or {}, resume_key, defaults=defaults)
+    if changes:
         raise ValueError(
             f"the checkpoints in {mngr.directory} were made with other settings "
-            f"({changes}); {remedy}"
+            f"({'; '.join(changes)}); {remedy}"
         )
     return step
 

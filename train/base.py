@@ -220,7 +220,10 @@ def _check_before_work(config: BaseTrainConfig) -> tuple[Any, int | None]:
         keep=config.train.keep,
     )
     resume_step = check_resume(
-        mngr, program_config.resume_view(config), f"delete {work} or use another --out"
+        mngr,
+        program_config.resume_view(config),
+        f"delete {work} or use another --out",
+        program_config.resume_defaults(config),
     )
     return mngr, resume_step
 

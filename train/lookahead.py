@@ -334,13 +334,18 @@ def _eval_log_upto(path: str, step: int) -> list[dict]:
     return records
 
 
-def _finished(out: str, resume_key: dict) -> dict | None:
-    """The metrics of a finished export in ``out`` made with the same settings, else None."""
+def _finished(out: str, resume_key: dict, defaults: dict) -> dict | None:
+    """The metrics of a finished export in ``out`` made with the same settings (one it predates
+    counts as its value in ``defaults``), else None."""
     try:
         metrics = lookahead.lookahead_metadata(out).get("metrics", {})
     except (FileNotFoundError, ValueError):
         return None
-    return metrics if metrics.get("settings") == resume_key else None
+    settings = metrics.get("settings")
+    same = settings is not None and not program_config.differences(
+        settings, resume_key, defaults=defaults
+    )
+    return metrics if same else None
 
 
 def load_config(args: argparse.Namespace) -> LookaheadTrainConfig:
@@ -359,8 +364,8 @@ def run(config: LookaheadTrainConfig, device_args: argparse.Namespace) -> dict[s
     t0 = time.perf_counter()
     spec = _check_before_work(config)
     model = load_model(config, device_args)
-    resume_key = _resume_key(config, model)
-    done = _finished(config.out, resume_key)
+    resume_key, defaults = _resume_key(config, model), _resume_defaults(config)
+    done = _finished(config.out, resume_key, defaults)
     if done is not None:
         print(
             f"{config.out} already holds this run's export; delete it to retrain", file=sys.stderr
@@ -378,7 +383,7 @@ def run(config: LookaheadTrainConfig, device_args: argparse.Namespace) -> dict[s
         settings.seed,
         add_special_tokens=config.add_special_tokens,
     )
-    mngr, state = _resume(config, resume_key, state, batches)
+    mngr, state = _resume(config, resume_key, defaults, state, batches)
     evals = _eval_log(config, model, eval_set, la_init_LxD, int(state["la"].step))
     result, train_loss = _train(config, state, step_fn, batches, mngr, evals, resume_key)
     ckpt_dir = os.path.join(str(mngr.directory), str(result.step))
@@ -440,6 +445,13 @@ def _resume_key(config: LookaheadTrainConfig, model: FrozenModel) -> dict[str, A
     with the model's embedding hash as ``model``."""
     view = program_config.resume_view(config)
     return {**view.pop("lookahead"), **view, "model": model.identity["embedding_sha256"]}
+
+
+def _resume_defaults(config: LookaheadTrainConfig) -> dict[str, Any]:
+    """The defaults of ``_resume_key``'s settings, flat like it: what a checkpoint or export
+    made before a setting existed ran with."""
+    view = program_config.resume_defaults(config)
+    return {**view.pop("lookahead"), **view}
 
 
 def _texts(
@@ -527,17 +539,18 @@ def _trainer(config: LookaheadTrainConfig, model: FrozenModel, la_init_LxD):
 
 
 def _resume(
-    config: LookaheadTrainConfig, resume_key: dict, state: dict, batches
+    config: LookaheadTrainConfig, resume_key: dict, defaults: dict, state: dict, batches
 ) -> tuple[Any, dict]:
     """The checkpoint manager of ``<out>/checkpoints`` and the state to start from: ``state``,
-    or the latest checkpoint's (made with the same settings; ``batches`` moved to its
-    position)."""
+    or the latest checkpoint's (made with the same settings, those it predates at their
+    ``defaults``; ``batches`` moved to its position)."""
     settings = config.lookahead
     os.makedirs(config.out, exist_ok=True)
     mngr = checkpoint.manager(
         os.path.join(config.out, "checkpoints"), save_every=settings.save_every, keep=settings.keep
     )
-    restored = restore(mngr, check_resume(mngr, resume_key, "use another --out"), state, batches)
+    step = check_resume(mngr, resume_key, "use another --out", defaults)
+    restored = restore(mngr, step, state, batches)
     return mngr, state if restored is None else restored.state
 
 
