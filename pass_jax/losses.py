@@ -132,6 +132,31 @@ def packed_layout(ins_BxM: jax.Array, X: int, L: int) -> PackedLayout:
     return PackedLayout(positions_BxT, mask_BxTxT, target_idx_BxR, base_row_BxR, valid_BxR)
 
 
+def packed_hidden(
+    cfg: ModelConfig, base_params, la_LxD, tokens_BxX, ins_BxM, remat: str = "none"
+) -> tuple[jax.Array, PackedLayout]:
+    """One packed forward pass: the final-normed hidden states ``[B, X + R, D]`` (the X
+    sequence rows, then the R = M * L LA rows) and the layout (:func:`packed_layout`)."""
+    B, X = tokens_BxX.shape
+    L, D = la_LxD.shape
+    M = ins_BxM.shape[1]
+    R = M * L
+    lay = packed_layout(ins_BxM, X, L)
+    tok_BxXxD = embed_tokens(cfg, base_params, tokens_BxX)
+    la_BxRxD = jnp.broadcast_to(jnp.tile(la_LxD, (M, 1)), (B, R, D)).astype(tok_BxXxD.dtype)
+    h_BxTxD, _ = forward(
+        cfg,
+        base_params,
+        jnp.zeros((B, X + R), jnp.int32),
+        lay.positions_BxT,
+        mask=lay.mask_BxTxT,
+        embeds_BxTxD=jnp.concatenate([tok_BxXxD, la_BxRxD], axis=1),
+        return_hidden=True,
+        remat=remat,
+    )
+    return h_BxTxD, lay
+
+
 def packed_logits(
     cfg: ModelConfig,
     base_params,
@@ -150,24 +175,9 @@ def packed_logits(
     tokens between the insertion point and the target are the model's greedy choices, which
     costs the output head on every sequence row).
     """
-    B, X = tokens_BxX.shape
-    L, D = la_LxD.shape
-    M = ins_BxM.shape[1]
-    R = M * L
-    lay = packed_layout(ins_BxM, X, L)
-    tok_BxXxD = embed_tokens(cfg, base_params, tokens_BxX)
-    la_BxRxD = jnp.broadcast_to(jnp.tile(la_LxD, (M, 1)), (B, R, D)).astype(tok_BxXxD.dtype)
-    embeds_BxTxD = jnp.concatenate([tok_BxXxD, la_BxRxD], axis=1)
-    h_BxTxD, _ = forward(
-        cfg,
-        base_params,
-        jnp.zeros((B, X + R), jnp.int32),
-        lay.positions_BxT,
-        mask=lay.mask_BxTxT,
-        embeds_BxTxD=embeds_BxTxD,
-        return_hidden=True,
-        remat=remat,
-    )
+    X, L = tokens_BxX.shape[1], la_LxD.shape[0]
+    R = ins_BxM.shape[1] * L
+    h_BxTxD, lay = packed_hidden(cfg, base_params, la_LxD, tokens_BxX, ins_BxM, remat)
     greedy = check_targets(targets) == "greedy"
     h_seq_BxXxD = h_BxTxD[:, :X]
     # the base rows through the output head: the R matching the LA rows, or (greedy) all X

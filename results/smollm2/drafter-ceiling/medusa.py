@@ -35,7 +35,7 @@ from pass_jax import data, losses
 from pass_jax.generation import generate
 from pass_jax.hf import load_hf, load_tokenizer
 from pass_jax.lookahead import load_lookahead
-from pass_jax.model import embed_tokens, forward, logits_from_hidden
+from pass_jax.model import forward, logits_from_hidden
 
 M = "artifacts/smollm2/model"
 LA_DIR = "pretrained/smollm2-135m-instruct/greedy-self-L4"
@@ -83,22 +83,9 @@ def hidden(cfg, params, tokens_BxT):
 @partial(jax.jit, static_argnums=0)
 def la1_hidden(cfg, params, la_1xD, tokens_BxX, ins_BxM):
     """Final-normed hidden states ``[B, M, D]`` of LA_1 inserted after each ``x_t``,
-    ``t = ins_BxM`` (one packed pass, as ``losses.packed_logits``)."""
-    B, X = tokens_BxX.shape
-    M = ins_BxM.shape[1]
-    lay = losses.packed_layout(ins_BxM, X, 1)
-    tok_BxXxD = embed_tokens(cfg, params, tokens_BxX)
-    la_BxMxD = jnp.broadcast_to(la_1xD, (B, M, la_1xD.shape[1])).astype(tok_BxXxD.dtype)
-    h, _ = forward(
-        cfg,
-        params,
-        jnp.zeros((B, X + M), jnp.int32),
-        lay.positions_BxT,
-        mask=lay.mask_BxTxT,
-        embeds_BxTxD=jnp.concatenate([tok_BxXxD, la_BxMxD], axis=1),
-        return_hidden=True,
-    )
-    return h[:, X:]
+    ``t = ins_BxM`` (one packed pass)."""
+    h_BxTxD, _ = losses.packed_hidden(cfg, params, la_1xD, tokens_BxX, ins_BxM)
+    return h_BxTxD[:, tokens_BxX.shape[1] :]
 
 
 def fused_chain(ok_T: np.ndarray, P: int, new_tokens: int) -> tuple[int, int, int]:
