@@ -1,22 +1,22 @@
-"""Is LA_1's ~40% the paper's drafter or the model? A Medusa head against the look-ahead token.
+"""Is LA_1's ~40% the paper's drafter or the model? Heads on the hidden state against LA_1.
 
 A look-ahead token LA_1 drafts x_{t+2} from x_0..x_t without seeing x_{t+1}: one learned
 input vector that the frozen model's 30 layers read. A Medusa-1 head (Cai et al. 2024,
 "Medusa", section 2.1.1) drafts the same token from the same information: a residual block
-h + SiLU(W h + b) on the model's last hidden state at x_t, then the frozen output head. It has
-576 x 577 parameters against LA_1's 576, and costs nothing in the forward call. If it drafts far
-better than LA_1, the paper's drafter is what holds LA_1 back; if not, a one-pass drafter of
-this 135M model cannot do much better.
+h + SiLU(W h + b) on the model's last hidden state at x_t, then the frozen output head
+(576 x 577 parameters against LA_1's 576). ``--hidden H`` widens the block to an MLP
+D -> H -> D; ``--features la1`` puts it on the output of LA_1's row instead of on h_t.
 
-Both are trained on the same texts (`runs/self-texts-2`, the default set's: the model's own
-greedy continuations; the same 95% train split) with the same loss (KL to the frozen model's
-distribution for x_{t+2}), and measured on the same text: the benchmark's 8 held-out code
-prompts (32 tokens) and their 64-token greedy continuations. Greedy decoding is deterministic,
-so a draft's agreement with the generated token at t+2 is what greedy verification accepts.
+The head is trained on the default set's texts (``runs/self-texts-2``: the model's own greedy
+continuations; the same 95% train split) with the default set's loss (KL to the frozen model's
+distribution for x_{t+2}), and measured with LA_1 on the same text: the benchmark's 8 held-out
+code prompts (32 tokens) and their 64-token greedy continuations. Teacher-forced at every
+position (top-k, KL), and as greedy decoding with ``tree-W`` at L = 1 replayed from the
+per-position hits (``fused_chain``): greedy decoding is deterministic, so the replay is what
+``infer.bench`` measures (for LA_1 it gives the benchmark's figures exactly).
 
-Run from the repository root after `make demo` (and `results/smollm2/greedy-self/run.sh`'s
-text generation, which writes `runs/self-texts-2`):
-`.venv/bin/python results/smollm2/drafter-ceiling/medusa.py [--texts N] [--steps S] [--hidden H]`
+Run from the repository root after ``make demo`` and ``results/smollm2/greedy-self/run2.sh``'s
+text generation (``runs/self-texts-2``); ``run.sh`` has the commands. One JSON line on stdout.
 """
 
 import argparse
