@@ -190,26 +190,27 @@ def to_dict(config: Any) -> dict[str, Any]:
     return _plain(dataclasses.asdict(config))
 
 
+def _resumable(config: Any):
+    """``(field, value)`` for each field of ``config`` not marked :func:`free_on_resume`."""
+    for f in dataclasses.fields(config):
+        if not f.metadata.get(FREE_ON_RESUME):
+            yield f, getattr(config, f.name)
+
+
 def resume_view(config: Any) -> dict[str, Any]:
     """What a checkpoint must agree with to be resumed: ``config`` as :func:`to_dict` gives it,
     less the fields marked :func:`free_on_resume` (in every section)."""
-    view = {}
-    for f in dataclasses.fields(config):
-        if f.metadata.get(FREE_ON_RESUME):
-            continue
-        value = getattr(config, f.name)
-        view[f.name] = resume_view(value) if dataclasses.is_dataclass(value) else _plain(value)
-    return view
+    return {
+        f.name: resume_view(value) if dataclasses.is_dataclass(value) else _plain(value)
+        for f, value in _resumable(config)
+    }
 
 
 def resume_defaults(config: Any) -> dict[str, Any]:
     """The defaults of the fields :func:`resume_view` gives (those that have one), shaped like
     it: what a checkpoint made before a setting existed ran with."""
     view = {}
-    for f in dataclasses.fields(config):
-        if f.metadata.get(FREE_ON_RESUME):
-            continue
-        value = getattr(config, f.name)
+    for f, value in _resumable(config):
         if dataclasses.is_dataclass(value):
             view[f.name] = resume_defaults(value)
         elif f.default is not dataclasses.MISSING:

@@ -443,14 +443,21 @@ def _resume_key(config: LookaheadTrainConfig, model: FrozenModel) -> dict[str, A
     """What a checkpoint or a finished export must agree with: the config less what may change
     on resume, flat (the ``lookahead`` section's keys next to ``data``, ``num_lookahead``, ...),
     with the model's embedding hash as ``model``."""
-    view = program_config.resume_view(config)
-    return {**view.pop("lookahead"), **view, "model": model.identity["embedding_sha256"]}
+    return {
+        **_flat(program_config.resume_view(config)),
+        "model": model.identity["embedding_sha256"],
+    }
 
 
 def _resume_defaults(config: LookaheadTrainConfig) -> dict[str, Any]:
     """The defaults of ``_resume_key``'s settings, flat like it: what a checkpoint or export
     made before a setting existed ran with."""
-    view = program_config.resume_defaults(config)
+    return _flat(program_config.resume_defaults(config))
+
+
+def _flat(view: dict[str, Any]) -> dict[str, Any]:
+    """A config view with the ``lookahead`` section's keys next to the top-level ones."""
+    view = dict(view)
     return {**view.pop("lookahead"), **view}
 
 

@@ -67,16 +67,8 @@ def apply_head(head, h_NxD):
 def hidden(cfg, params, tokens_BxT):
     """Final-normed hidden states ``[B, T, D]``."""
     B, T = tokens_BxT.shape
-    h, _ = forward(
-        cfg,
-        params,
-        tokens_BxT,
-        jnp.broadcast_to(jnp.arange(T), (B, T)),
-        None,
-        None,
-        None,
-        return_hidden=True,
-    )
+    positions_BxT = jnp.broadcast_to(jnp.arange(T), (B, T))
+    h, _ = forward(cfg, params, tokens_BxT, positions_BxT, return_hidden=True)
     return h
 
 
