@@ -90,6 +90,8 @@ class Run:
     verify_calls: int = 0
     accepted: np.ndarray | None = None
     layouts: dict = field(default_factory=dict)  # auto: tokens per chosen method
+    # auto: the last call's choices (AutoLog.stats), with the compile seconds of all calls
+    auto: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -163,8 +165,11 @@ def ours_runner(
             out.verify_calls += sum(res.verify_calls)
             acc = res.accepted.sum(0)
             out.accepted = acc if out.accepted is None else out.accepted + acc
-            for m, t in res.auto.tokens.items() if res.auto else ():
-                out.layouts[m] = out.layouts.get(m, 0) + t
+            if res.auto:
+                for m, t in res.auto.tokens.items():
+                    out.layouts[m] = out.layouts.get(m, 0) + t
+                compiling = out.auto.get("compile_seconds", 0.0) + res.auto.compile_seconds
+                out.auto = {**res.auto.stats(), "compile_seconds": round(compiling, 3)}
         return out
 
     return run

@@ -245,8 +245,8 @@ def _details_line(r: dict) -> str:
 
 
 def _notes(result: dict) -> list[str]:
-    """Greedy equality with autoregressive per method, of transformers with ours, and why the
-    baselines were skipped."""
+    """Greedy equality with autoregressive per method, of transformers with ours, why the
+    baselines were skipped, and what ``auto`` judged by in each cell."""
     out = []
     g = result["greedy_identical_to_ar"]
     if g:
@@ -266,7 +266,36 @@ def _notes(result: dict) -> list[str]:
         )
     if result.get("hf_note"):
         out.append("\n" + result["hf_note"])
+    for r in result["cells"]:
+        if r.get("auto_choice", {}).get("judged_tokens_per_s"):  # (not in older results)
+            out.append(_auto_line(r))
     return out
+
+
+def _auto_line(row: dict) -> str:
+    """What ``auto`` judged by at the end of a cell: per candidate, its speed against
+    autoregressive decoding's, its expected tokens per loop iteration and its timed
+    milliseconds per iteration; and the compilation left out of its timed runs."""
+    c = row["auto_choice"]
+    judged, tokens, ms = (
+        c["judged_tokens_per_s"],
+        c["expected_tokens_per_iteration"],
+        c["ms_per_iteration"],
+    )
+    ar = judged.get("ar")
+    parts = [
+        f"{m} {v / ar if ar else v:.2f}{'x' if ar else ' tokens/s'} "
+        f"({tokens.get(m, 0):.2f} tokens, {ms.get(m, 0):.2f} ms)"
+        for m, v in sorted(judged.items(), key=lambda kv: -kv[1])
+    ]
+    return (
+        f"\nauto, {_tname(row['temperature'])}, batch {row['batch_size']}, at the end of its "
+        "last call: each candidate's speed as judged (vs autoregressive; expected tokens per "
+        "iteration at the slowest row's share in a batch, over seconds per iteration, with the "
+        f"5% margin) and its expected tokens and timed ms ({c['ms_per_iteration_from']}) per "
+        "iteration: " + ", ".join(parts) + ". Compiling the layouts it ran first in the timed "
+        f"runs took {row.get('auto_compile_s', 0.0):.1f} s, not counted."
+    )
 
 
 def _call_cost_table(result: dict) -> list[str]:

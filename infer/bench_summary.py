@@ -78,6 +78,8 @@ def summarise(
     }
     if variant.method == "auto":
         row.update(_auto_shares(runs[0].layouts))
+        row["auto_choice"] = _auto_choice(runs[-1].auto)
+        row["auto_compile_s"] = round(sum(r.auto.get("compile_seconds", 0.0) for r in runs), 3)
     elif is_ours(variant.method):
         row["layout"] = layout_text(variant.method, variant.L)
     if is_ours(variant.method):
@@ -104,6 +106,16 @@ def _auto_shares(layouts: dict) -> dict:
     return {
         "auto_token_share": shares,
         "layout": ", ".join(f"{m} {s:.0%}" for m, s in shares.items()),
+    }
+
+
+def _auto_choice(stats: dict) -> dict:
+    """Method auto: what its last call chose from, at its end, per candidate: the speed it
+    judged by (``pass_jax.auto.speeds``), the expected tokens per loop iteration and the
+    timed milliseconds per iteration (timed, or read from the cost file)."""
+    keys = ("judged_tokens_per_s", "expected_tokens_per_iteration", "ms_per_iteration")
+    return {k: stats.get(k, {}) for k in keys} | {
+        "ms_per_iteration_from": stats.get("ms_per_iteration_from")
     }
 
 

@@ -2,7 +2,7 @@
 
 Candidates, for L look-ahead embeddings (``candidates``): autoregressive, the paper's two
 calls, fused chains of every depth L' <= L (``tree-1x..x1``), a few draft trees, context drafts
-alone (``ctx-3``, ``ctx-6``: prompt-lookup decoding) and a tree with context chains. Once per
+alone (``ctx-3``, ``ctx-6``: prompt-lookup decoding) and two trees with context chains. Once per
 model, batch size, cache size and device, one loop iteration of each is timed
 (``iteration_cost.iteration_costs``; the table is kept in the process, and in a file when one is
 given, as the programs do). The generation then runs in
@@ -30,10 +30,15 @@ records, which ``infer.generate`` and ``infer.bench`` pass), the statistics star
 first segment is already the best expected layout, and the best speculative candidate runs
 once every 32 autoregressive segments; when that is autoregressive and no exploration would
 come before the end, the plain autoregressive loop runs (no segments, no host round trips).
+The autoregressive segments in a row are counted over the calls of a process (per model,
+sampler, candidates, embeddings, batch and cache size, like the statistics), the plain loop as
+the segments it stands for, so generations shorter than 32 segments explore too. Counted per
+call, a prior that made autoregressive decoding the first choice kept it for good: on an H200,
+30 calls of 128 tokens never tried ``ctx-3``, 1.32x autoregressive decoding there.
 
 A layout's seconds per iteration start from its timed cost, which counts as the 24
-iterations it was timed on (``TIMED_ITERATIONS``), and every segment that compiled nothing adds
-its own iterations and wall time (host round trips and a switch's bootstrap calls included):
+iterations it was timed on (``TIMED_ITERATIONS``), and every segment adds its own iterations
+and wall time (host round trips and a switch's bootstrap calls included, compiling not):
 an iteration-weighted mean, so one slow segment (this VM's noise) moves it little. Expected tokens
 always come from the shared statistics, so every layout is judged on the same text: a measured
 *speed* would carry the text of the segment the layout last ran (measured in session 11:
@@ -48,8 +53,18 @@ chosen only when it beats autoregressive decoding by ``MARGIN`` (5%).
 The statistics and measured costs carry over from call to call in a process (per model,
 sampler, candidates, embeddings, batch and cache size; ``forget`` drops them): a later call
 starts from what the earlier ones saw, like a prior, so short generations do not each pay for
-exploring. Which layout runs depends only on what already happened (tokens verified, times
-measured), so every output stays exactly the model's distribution.
+exploring.
+
+The prefill and segment programs are compiled apart from running them (``_executable``), the
+first time each runs in the process (per layout, bootstrap or not, batch, cache size and
+generation length). The seconds that takes are reported (``AutoLog.compile_seconds``) and left
+out of the generation's wall time, as a warm-up leaves out the fixed methods' compilation;
+otherwise a layout first explored in a benchmark's timed run adds its compilation there. The
+plain autoregressive loop is the exception: it runs the ``ar`` method's own program, and the
+call that first runs it in a process counts its compilation.
+
+Which layout runs depends only on what already happened (tokens verified, times measured), so
+every output stays exactly the model's distribution.
 """
 
 from __future__ import annotations
@@ -88,9 +103,11 @@ from .model import is_stacked
 # most of what the drafts get right (results/smollm2/trees): 8 candidates for the next token
 # are accepted 61% of the time at greedy, its argmax 19%.
 TREES = ((2, 1, 1, 1), (2, 2, 1, 1), (3, 2, 1, 1), (4, 1), (8, 1))
-# Context drafts: cheap chains (a token each, no look-ahead group), and LA_1's top 4 with a
-# lookup under each, which reads the draft it follows (results/smollm2/trees).
-CONTEXT = ("ctx-3", "ctx-6", "tree-4+ctx2")
+# Context drafts: cheap chains (a token each, no look-ahead group), and LA_1's draws with a
+# lookup under each, which reads the draft it follows (results/smollm2/trees): its argmax with
+# a chain of 3 (the fastest layout at greedy on an H200, results/smollm2/h200) and its top 4
+# with a chain of 2 (the fastest there at T = 0.8).
+CONTEXT = ("ctx-3", "ctx-6", "tree-1+ctx3", "tree-4+ctx2")
 # The timed cost of a layout weighs as much as this many measured loop iterations: the
 # iterations it was timed on (iteration_cost: 3 repeats of 8 steps).
 TIMED_ITERATIONS = 24
@@ -148,12 +165,15 @@ class AcceptanceStats:
     tried_JxW: np.ndarray
     ctx_accepted_J: np.ndarray
     ctx_tried_J: np.ndarray
-    # wall seconds and loop iterations of each method's segments that compiled nothing
+    # wall seconds and loop iterations of each method's segments
     measured: dict[str, tuple[float, int]] = field(default_factory=dict)
     # decayed sums over speculative segments of a batch: the slowest row's tokens and the
     # rows' mean tokens (``row_spread``)
     slowest_row: float = 0.0
     mean_row: float = 0.0
+    # autoregressive segments in a row, counted over calls (the plain loop counts as the
+    # segments it stands for), so that exploring comes in short generations too
+    ar_run: int = 0
 
     @classmethod
     def empty(cls, J: int, W: int) -> AcceptanceStats:
@@ -242,10 +262,15 @@ class AutoLog:
     calls: dict[str, int] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
     expected_tokens: dict[str, float] = field(default_factory=dict)
+    judged: dict[str, float] = field(default_factory=dict)  # tokens/s per row (``speeds``)
+    # seconds spent compiling the prefill and segment programs this call ran for the first
+    # time in the process: not counted in the generation's wall time
+    compile_seconds: float = 0.0
 
     def stats(self) -> dict:
         return {
             "chosen_segments": self.segments,
+            "compile_seconds": round(self.compile_seconds, 3),
             "calls_per_method": self.calls,
             "tokens_per_method": self.tokens,
             "ms_per_iteration": {
@@ -255,17 +280,22 @@ class AutoLog:
             "expected_tokens_per_iteration": {
                 m: round(t, 3) for m, t in self.expected_tokens.items()
             },
+            "judged_tokens_per_s": {m: round(v, 3) for m, v in self.judged.items()},
         }
 
 
 # per model, sampler, candidates, embeddings, batch and cache size
 _LEARNED: dict[tuple, AcceptanceStats] = {}
-_RAN: set = set()  # the segment programs that ran (so are compiled) in this process
+# The prefill and segment programs, compiled ahead of time (``_executable``), by program,
+# static arguments and the shapes, dtypes and shardings of the others
+_EXECUTABLES: dict = {}
 
 
 def forget() -> None:
-    """Drop the acceptance statistics ``generate_auto`` carries from call to call."""
+    """Drop the acceptance statistics ``generate_auto`` carries from call to call, and the
+    programs it compiled."""
     _LEARNED.clear()
+    _EXECUTABLES.clear()
 
 
 def prior_stats(
@@ -287,22 +317,26 @@ def prior_stats(
 MARGIN = 0.05
 
 
-def choose(stats: AcceptanceStats, costs: dict[str, float], L: int) -> tuple[str, dict]:
-    """The method of the highest tokens per second per row (autoregressive decoding unless the
-    best other one beats it by ``MARGIN``), and every method's expected tokens per iteration.
-    A method's speed is its expected tokens per iteration, at the slowest row's share in a
-    batch (``AcceptanceStats.row_spread``), over its seconds per iteration
+def speeds(stats: AcceptanceStats, costs: dict[str, float], L: int) -> dict[str, float]:
+    """Each method's speed as ``choose`` judges it, in tokens per second per row: its expected
+    tokens per iteration, at the slowest row's share in a batch
+    (``AcceptanceStats.row_spread``), over its seconds per iteration
     (``AcceptanceStats.seconds_per_iteration``: the timed ``costs`` and what its segments
-    measured)."""
-    expected = {m: stats.expected_tokens(m, L) for m in costs}
+    measured); a method other than autoregressive decoding divided by 1 + ``MARGIN``."""
     spread = stats.row_spread()
-    speed = {
-        m: expected[m]
+    return {
+        m: stats.expected_tokens(m, L)
         / stats.seconds_per_iteration(m, costs[m])
         / (1.0 if m == "ar" else (1.0 + MARGIN) / spread)
         for m in costs
     }
-    return max(costs, key=speed.get), expected
+
+
+def choose(stats: AcceptanceStats, costs: dict[str, float], L: int) -> tuple[str, dict]:
+    """The method of the highest speed (``speeds``: autoregressive decoding unless the best
+    other one beats it by ``MARGIN``), and every method's expected tokens per iteration."""
+    speed = speeds(stats, costs, L)
+    return max(costs, key=speed.get), {m: stats.expected_tokens(m, L) for m in costs}
 
 
 def _counters(state) -> list[np.ndarray]:
@@ -319,13 +353,20 @@ def _counters(state) -> list[np.ndarray]:
     ]
 
 
-def _run_segment(spec: DecodeSpec, params, la_LxD, state, segment: int, bootstrap: bool):
-    """``segment`` more tokens per row with ``spec``'s schedule; returns the new state and what
-    the segment added: accepted draws ``[B, J, W]`` and context drafts ``[B, J]``, verify
-    calls, calls and tokens ``[B]``."""
-    before = _counters(state)
-    state = resume_jit(spec, params, la_LxD, state, state.n_B + segment, bootstrap=bootstrap)
-    return state, *[now - b for now, b in zip(_counters(state), before)]
+def _executable(fn, statics: tuple, static_kw: dict, *args) -> tuple[Callable, float]:
+    """The jitted ``fn`` compiled for its static arguments (``statics`` first, ``static_kw``
+    by name) and the shapes of ``args``, called with ``args`` alone; and the seconds compiling
+    took now (0.0 when it was compiled before). Compiling apart from running keeps the time a
+    layout's first segment spends compiling out of the generation's wall time."""
+    leaves, tree = jax.tree.flatten(args)
+    avals = tuple((jax.typeof(x), getattr(x, "sharding", None)) for x in leaves)  # weak types too
+    settings = (jax.config.jax_default_matmul_precision, jax.config.jax_enable_x64)
+    key = (fn, statics, tuple(sorted(static_kw.items())), tree, avals, settings)
+    if key in _EXECUTABLES:
+        return _EXECUTABLES[key], 0.0
+    t = time.perf_counter()
+    _EXECUTABLES[key] = fn.lower(*statics, *args, **static_kw).compile()
+    return _EXECUTABLES[key], time.perf_counter() - t
 
 
 def loop_iterations(calls_B: np.ndarray, schedule: Schedule, bootstrap: bool) -> int:
@@ -349,7 +390,6 @@ class _Chooser:
     explore_every: int
     decay: float
     informed: bool  # the statistics started from a prior or from earlier calls
-    ar_run: int = 0
 
     @classmethod
     def make(
@@ -380,14 +420,24 @@ class _Chooser:
 
     def next(self, current: str | None) -> str:
         """The method of the next segment (``current``: the last one's, None at the start)."""
-        if current is None:
-            method = self.first
-        elif self.ar_run >= self.explore_every:
+        exploring = self.stats.ar_run >= self.explore_every
+        if exploring:
             method = self.explore
+        elif current is None:
+            method = self.first
         else:
             method = choose(self.stats, self.costs, self.L)[0]
-        self.ar_run = self.ar_run + 1 if method == "ar" else 0
+        self.stats.ar_run = 0 if exploring or method != "ar" else self.stats.ar_run + 1
         return method
+
+    def plain_ar(self, segments: int) -> bool:
+        """Whether a generation of ``segments`` segments would run autoregressive decoding
+        throughout, exploring nothing before its end (then the plain loop runs)."""
+        return (
+            self.first == "ar"
+            and self.informed
+            and (self.explore == "ar" or self.stats.ar_run + segments <= self.explore_every)
+        )
 
     def observe(
         self, method: str, accepted_JxW: np.ndarray, accepted_ctx_J: np.ndarray, verify_calls: int
@@ -407,6 +457,10 @@ class _Chooser:
         """Every method's expected tokens per iteration now."""
         return choose(self.stats, self.costs, self.L)[1]
 
+    def judged(self) -> dict[str, float]:
+        """Every method's speed now, as the next choice would judge it (``speeds``)."""
+        return speeds(self.stats, self.costs, self.L)
+
 
 def _plain_ar(log: AutoLog, chooser: _Chooser, W: int, **generate_kw) -> GenerationResult:
     """The whole generation as the plain autoregressive loop (no segments, no host round
@@ -416,7 +470,7 @@ def _plain_ar(log: AutoLog, chooser: _Chooser, W: int, **generate_kw) -> Generat
     log.segments.append("ar")
     log.calls["ar"] = int(sum(res.calls))
     log.tokens["ar"] = sum(map(len, res.tokens)) - rows  # the prefill's token aside
-    log.expected_tokens = chooser.expected()
+    log.expected_tokens, log.judged = chooser.expected(), chooser.judged()
     J = chooser.stats.ctx_tried_J.shape[0]
     return GenerationResult(
         tokens=res.tokens,
@@ -462,7 +516,8 @@ def generate_auto(
     in ``generation.generate`` (the call costs are timed with that cache). ``cost_file``: keep
     the timed costs in this file too, and read them from it instead of timing again (the
     programs use ``iteration_cost.default_cost_file()``); ``retime``: time them again. Returns a
-    ``GenerationResult`` whose ``auto`` holds the choices (``AutoLog``)."""
+    ``GenerationResult`` whose ``auto`` holds the choices (``AutoLog``); its ``wall_time``
+    leaves out compiling the segment programs (``AutoLog.compile_seconds``)."""
     check_lengths(cfg, prompts, max_new_tokens)
     cache_dtype = resolve_cache_dtype(cfg, cache_dtype)
     if la_LxD is None:
@@ -498,8 +553,10 @@ def generate_auto(
     chooser = _Chooser.make(
         methods, log.seconds_per_iteration, prior, L, W, explore_every, decay, _LEARNED.get(key)
     )
-    if chooser.first == "ar" and chooser.informed and chooser.explore_every * segment >= N:
-        # autoregressive, and nothing would be explored before the end
+    segments = -(-(N - 1) // segment)  # (the prefill emits the first token)
+    if chooser.plain_ar(segments):
+        chooser.stats.ar_run += segments
+        _LEARNED[key] = chooser.stats
         return _plain_ar(
             log,
             chooser,
@@ -518,14 +575,16 @@ def generate_auto(
         )
     t0 = time.perf_counter()
     exact = decode_precision(cfg, sampler, precision)
-    state = prefill_jit(
-        DecodeSpec(cfg, schedules[chooser.first], sampler, N, exact),
+    prefill_args = (
         params,
         *map(jnp.asarray, (prompt_BxP, prompt_len_B, active_B)),
         jnp.asarray(eos_array(cfg.eos_token_ids if eos_ids is None else eos_ids)),
         init_cache(cfg, B, max_len, cache_dtype, per_layer=not is_stacked(params)),
         jax.random.PRNGKey(seed),
     )
+    spec = DecodeSpec(cfg, schedules[chooser.first], sampler, N, exact)
+    prefill, log.compile_seconds = _executable(prefill_jit, (spec,), {}, *prefill_args)
+    state = prefill(*prefill_args)
     J = chooser.stats.ctx_tried_J.shape[0]
     accepted_BxJxW, accepted_ctx_BxJ = np.zeros((B, J, W), np.int64), np.zeros((B, J), np.int64)
     current = None
@@ -535,16 +594,19 @@ def generate_auto(
         if method != current:
             state = switch_schedule(state, schedules[method])
         spec = DecodeSpec(cfg, schedules[method], sampler, N, exact)
-        compiled = (spec, method != current, B, max_len) in _RAN
-        _RAN.add((spec, method != current, B, max_len))
-        t = time.perf_counter()
-        state, acc, acc_ctx, vc, calls, n = _run_segment(
-            spec, params, la_LxD, state, segment, bootstrap=method != current
+        args = (params, la_LxD, state, state.n_B + segment)  # ..., stop_B: segment more tokens
+        segment_program, seconds = _executable(
+            resume_jit, (spec,), {"bootstrap": method != current}, *args
         )
+        log.compile_seconds += seconds
+        t = time.perf_counter()
+        before = _counters(state)  # (state is donated to the segment)
+        state = segment_program(*args)
+        acc, acc_ctx, vc, calls, n = [now - b for now, b in zip(_counters(state), before)]
         if n.sum() == 0:  # the cache is full
             break
         iterations = loop_iterations(calls, schedules[method], bootstrap=method != current)
-        if compiled and iterations:  # a segment that compiled its program tells no cost
+        if iterations:
             chooser.stats.measure(method, time.perf_counter() - t, iterations)
         Jm, Wm = acc.shape[1:]
         accepted_BxJxW[:, :Jm, :Wm] += acc
@@ -561,8 +623,8 @@ def generate_auto(
         current = method
         if stream is not None:
             stream(np.asarray(state.out_BxN), np.asarray(state.n_B))
-    wall = time.perf_counter() - t0
-    log.expected_tokens = chooser.expected()
+    wall = time.perf_counter() - t0 - log.compile_seconds
+    log.expected_tokens, log.judged = chooser.expected(), chooser.judged()
     _LEARNED[key] = chooser.stats
     rows = len(prompts)
     out, n = np.asarray(state.out_BxN), np.asarray(state.n_B)

@@ -36,6 +36,7 @@ def _release_compiled_programs():
     test_sampling alone hold 39k."""
     yield
     jax.clear_caches()
+    auto.forget()  # its statistics and its own compiled programs
     gc.collect()
 
 
@@ -97,6 +98,7 @@ import functools  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
 
+import pass_jax.auto as auto  # noqa: E402
 from pass_jax.config import ModelConfig  # noqa: E402
 from pass_jax.model import forward, init_params  # noqa: E402
 

@@ -2,6 +2,7 @@
 lossless decoding while the schedule changes between segments."""
 
 import itertools
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -40,6 +41,7 @@ def test_candidates():
         "tree-8x1",
         "ctx-3",
         "ctx-6",
+        "tree-1+ctx3",
         "tree-4+ctx2",
     )
     assert auto.candidates(6)[:8] == (
@@ -225,12 +227,14 @@ def test_prior_skips_the_costly_exploration(monkeypatch):
         prior=[0.2, 0.05],
     )
     assert res.tokens == want and set(res.auto.segments) == {"ar"}
-    # without the prior the first segment runs the widest tree
+    # without the prior (nor the statistics the call above left) the widest tree runs first
+    auto.forget()
     res = auto.generate_auto(
         CFG, params, PROMPTS, max_new_tokens=12, la_LxD=la, eos_ids=(), methods=methods, segment=3
     )
     assert res.tokens == want and res.auto.segments[0] == "tree-3x2"
     # after 32 autoregressive segments, one segment of the best speculative candidate
+    auto.forget()
     res = auto.generate_auto(
         CFG,
         params,
@@ -243,6 +247,36 @@ def test_prior_skips_the_costly_exploration(monkeypatch):
         prior=[0.2, 0.05],
     )
     assert res.auto.segments[:33] == ["ar"] * 32 + ["pass"], res.auto.segments
+
+
+def test_short_generations_explore_too(monkeypatch):
+    """The autoregressive segments in a row are counted over calls (the plain loop as the
+    segments it stands for): with a prior that chooses autoregressive decoding, 4-segment
+    calls run the plain loop 8 times, and the 9th call's first segment explores the best
+    speculative candidate; every output is autoregressive decoding's."""
+    params = tiny_params(CFG, 4)
+    la = params["embed"]["embedding"][jnp.arange(2)]
+    methods = ("ar", "pass", "tree-1x1", "tree-3x2")
+    costs = {"ar": 1.0, "pass": 2.5, "tree-1x1": 3.0, "tree-3x2": 12.0}
+    monkeypatch.setattr(iteration_cost, "iteration_seconds", lambda cfg, p, m, *a, **k: costs[m])
+    want = generate(CFG, params, PROMPTS, max_new_tokens=12, eos_ids=()).tokens
+    kw = dict(max_new_tokens=12, la_LxD=la, eos_ids=(), methods=methods, segment=3)
+    chosen = []
+    for _ in range(9):
+        res = auto.generate_auto(CFG, params, PROMPTS, prior=[0.2, 0.05], **kw)
+        assert res.tokens == want
+        chosen.append(res.auto.segments)
+    assert chosen[:8] == [["ar"]] * 8  # the plain loop: one logged segment a call
+    assert chosen[8][0] == "pass", chosen[8]
+    (learned,) = auto._LEARNED.values()
+    prior = auto.prior_stats([0.2, 0.05], *learned.tried_JxW.shape)
+    assert not np.allclose(learned.tried_JxW, prior.tried_JxW)  # the explored segment counted
+    assert learned.ar_run < 4  # exploring started the count again
+    # with no speculative candidate, nothing is ever explored: the plain loop every time
+    kw["methods"] = ("ar",)
+    for _ in range(12):
+        res = auto.generate_auto(CFG, params, PROMPTS, prior=[0.2, 0.05], **kw)
+        assert res.auto.segments == ["ar"] and res.tokens == want
 
 
 def test_statistics_carry_over_to_the_next_call(monkeypatch):
@@ -259,7 +293,7 @@ def test_statistics_carry_over_to_the_next_call(monkeypatch):
     (learned,) = auto._LEARNED.values()
     assert learned.ctx_tried_J.sum() > 0 or "ctx-3" not in first.auto.segments
     assert learned.mean_row > 0 and 0 < learned.row_spread() <= 1  # a batch of 3 rows
-    # seconds per loop iteration of the layouts that ran a segment already compiled
+    # seconds per loop iteration of the layouts that ran a segment (compiling left out)
     assert learned.measured and set(learned.measured) <= set(first.auto.segments)
     assert all(0 < s < 10 * n for s, n in learned.measured.values())
     want = auto.choose(learned, costs, 2)[0]
@@ -270,3 +304,23 @@ def test_statistics_carry_over_to_the_next_call(monkeypatch):
     assert first.tokens == second.tokens == plain
     auto.forget()
     assert auto.generate_auto(CFG, params, PROMPTS, **kw).auto.segments[0] == "tree-2"
+
+
+def test_compiling_is_reported_apart_from_the_wall_time(monkeypatch):
+    """The prefill and segment programs compile apart from running: the first call reports
+    the seconds, a second call of the same layout compiles nothing, and the output is still
+    autoregressive decoding's."""
+    params = tiny_params(CFG, 4)
+    la = params["embed"]["embedding"][jnp.arange(2)]
+    monkeypatch.setattr(iteration_cost, "iteration_seconds", lambda *a, **k: 1.0)
+    kw = dict(max_new_tokens=10, la_LxD=la, eos_ids=(), methods=("tree-1x1",), segment=4)
+    want = generate(CFG, params, PROMPTS, max_new_tokens=10, eos_ids=()).tokens
+    t = time.perf_counter()
+    first = auto.generate_auto(CFG, params, PROMPTS, **kw)
+    outside = time.perf_counter() - t
+    second = auto.generate_auto(CFG, params, PROMPTS, **kw)
+    assert first.tokens == second.tokens == want
+    assert set(first.auto.segments) == {"tree-1x1"} and first.auto.compile_seconds > 0
+    assert first.wall_time <= outside - first.auto.compile_seconds  # left out of the wall
+    assert second.auto.compile_seconds == 0.0 and second.wall_time > 0
+    assert first.stats()["auto"]["compile_seconds"] == round(first.auto.compile_seconds, 3)

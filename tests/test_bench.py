@@ -462,7 +462,16 @@ def test_bench_trees_and_auto(tmp_path):
     # (the warm-up's statistics carry over: the timed runs choose by them)
     assert set(rows["auto"]["auto_token_share"]) <= {"ar", "tree-1", "tree-2x1"}
     assert abs(sum(rows["auto"]["auto_token_share"].values()) - 1) < 1e-3
+    choice = rows["auto"]["auto_choice"]  # what it judged by: every candidate's cost and tokens
+    assert set(choice["ms_per_iteration"]) == {"ar", "tree-1", "tree-2x1"}
+    assert min(choice["ms_per_iteration"].values()) > 0
+    assert set(choice["ms_per_iteration_from"].split("+")) <= {"timed", "file", "process"}
+    assert choice["expected_tokens_per_iteration"]["ar"] == 1.0
+    assert choice["expected_tokens_per_iteration"]["tree-2x1"] > 1.0
     md = (tmp_path / "out" / "bench.md").read_text()
+    assert set(choice["judged_tokens_per_s"]) == set(choice["ms_per_iteration"])
+    assert "auto, greedy, batch 1, at the end of its last call: each candidate's speed" in md
+    assert f"ar 1.00x (1.00 tokens, {choice['ms_per_iteration']['ar']:.2f} ms)" in md
     assert (
         "| PaSS tree 2x1 | 2 | 2x1, 15 | greedy |" in md
         and f"| PaSS auto | 2 | {rows['auto']['layout']} | greedy |" in md

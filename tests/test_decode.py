@@ -535,6 +535,7 @@ def test_greedy_pass_equals_autoregressive_over_a_bfloat16_cache(monkeypatch):
         raise CacheMade(init_cache(*args, **kwargs))
 
     monkeypatch.setattr(auto, "init_cache", made)
+    auto.forget()  # not the statistics the call above left
     with pytest.raises(CacheMade) as e:
         run("auto", **kw)  # no prior: the widest candidate's segment first
     cache = e.value.args[0]
