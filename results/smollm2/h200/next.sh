@@ -12,7 +12,15 @@
 # transformers baselines and auto's timing) took 7 minutes; a warm rerun of 5 methods, 54 s.
 #
 #   results/smollm2/h200/next.sh OUT_DIR          # needs artifacts/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+#   STEPS="chat ablation" results/smollm2/h200/next.sh OUT_DIR   # some steps only
 #   SMOKE=1 results/smollm2/h200/next.sh OUT_DIR  # tiny sizes: a dry run of every step on a CPU
+#
+# Steps, in order: code-auto, batch8, chat, ablation. Estimated from session 17's rate on a cold
+# machine (not measured): code-auto about 5 minutes and batch8 about 5 (auto times its
+# candidates in each), chat about 3, ablation about 2. After the calls that carry the wheels
+# and the GGUF, run STEPS="code-auto batch8" under a 560 s limit (what batch8 measured before
+# the limit stays in its JSON), then the rest in one more call if device time is left, at
+# once: the machine keeps its compile cache only while warm.
 #
 # The GPU machine has no grain, TFDS or gguf: carry their wheels and install them with
 # `pip install --no-index --no-deps --target /tmp/site`, then PYTHONPATH=/tmp/site (README.md).
@@ -37,29 +45,44 @@ else
   HF="--hf-baselines --hf-temperatures 0 --hf-repeats 1"
 fi
 
+STEPS=${STEPS:-code-auto batch8 chat ablation}
+for s in $STEPS; do
+  case "$s" in code-auto | batch8 | chat | ablation) ;;
+  *) echo "next.sh: unknown step '$s' (steps: code-auto batch8 chat ablation)" >&2; exit 2 ;;
+  esac
+done
+
 stamp "convert the GGUF, prepare the stdlib corpus"
 $PY -c "from infer.default_model import default_model_dir; print(default_model_dir('artifacts/smollm2'))" || exit 1
 $PY -c "from pass_jax import stdlib_corpus; stdlib_corpus.prepare('artifacts/tfds')" || exit 1
 
 common="--model $M --data stdlib --data-dir artifacts/tfds --top-k 10 --main-lookahead 4 --quiet"
-stamp "bench: code, batch 1: auto against the fastest fixed methods"
-$PY -m infer.bench $common --lookahead $LA4 $B1 --prompts code --prompt-tokens 32 \
-  --batch-size 1 --temperatures 0,0.8 --methods ar,ctx-3,tree-1+ctx3,tree-4+ctx2,auto \
-  --no-hf-baselines --out-dir "$OUTD/code-auto" \
-  --title "SmolLM2-135M-Instruct on a GPU, code prompts, batch 1: auto against the fastest fixed methods (L=4)"
-stamp "bench: code, batch 8"
-$PY -m infer.bench $common --lookahead $LA4 $B8 --prompts code --prompt-tokens 32 \
-  --batch-size 8 --temperatures 0,0.8 --methods ar,pass-fused,tree-8x1,ctx-3,tree-1+ctx3,tree-4+ctx2,auto \
-  --no-hf-baselines --out-dir "$OUTD/code-batch8" \
-  --title "SmolLM2-135M-Instruct on a GPU, code prompts, batch 8, default look-ahead embeddings (L=4)"
-stamp "bench: chat, batch 1"
-$PY -m infer.bench $common --lookahead $LA4 $B1 --prompts chat \
-  --batch-size 1 --temperatures 0,0.8 --methods ar,pass-fused,tree-8x1,ctx-3,tree-1+ctx3,tree-4+ctx2,auto \
-  $HF --out-dir "$OUTD/chat" \
-  --title "SmolLM2-135M-Instruct on a GPU, chat prompts, batch 1, default look-ahead embeddings (L=4)"
-stamp "bench: L ablation (the first L rows of the L=8 export), batch 1, greedy"
-$PY -m infer.bench $common --lookahead $LA8 --depths 1,2,3,4,5,6,7 $B1 --prompts code \
-  --prompt-tokens 32 --batch-size 1 --temperatures 0 --methods pass,pass-fused --no-hf-baselines \
-  --out-dir "$OUTD/ablation" \
-  --title "SmolLM2-135M-Instruct on a GPU, code prompts, batch 1, greedy: L ablation from the L=8 export"
+step() {
+  case "$1" in
+  code-auto)  # code, batch 1: auto against the fastest fixed methods
+    $PY -m infer.bench $common --lookahead $LA4 $B1 --prompts code --prompt-tokens 32 \
+      --batch-size 1 --temperatures 0,0.8 --methods ar,ctx-3,tree-1+ctx3,tree-4+ctx2,auto \
+      --no-hf-baselines --out-dir "$OUTD/code-auto" \
+      --title "SmolLM2-135M-Instruct on a GPU, code prompts, batch 1: auto against the fastest fixed methods (L=4)" ;;
+  batch8)  # code, batch 8 (auto times its candidates again at this batch size)
+    $PY -m infer.bench $common --lookahead $LA4 $B8 --prompts code --prompt-tokens 32 \
+      --batch-size 8 --temperatures 0,0.8 --methods ar,pass-fused,tree-8x1,ctx-3,tree-1+ctx3,tree-4+ctx2,auto \
+      --no-hf-baselines --out-dir "$OUTD/code-batch8" \
+      --title "SmolLM2-135M-Instruct on a GPU, code prompts, batch 8, default look-ahead embeddings (L=4)" ;;
+  chat)  # chat, batch 1 (no auto: prompts of several lengths, so several cache sizes to time)
+    $PY -m infer.bench $common --lookahead $LA4 $B1 --prompts chat \
+      --batch-size 1 --temperatures 0,0.8 --methods ar,pass-fused,tree-8x1,ctx-3,tree-1+ctx3,tree-4+ctx2 \
+      $HF --out-dir "$OUTD/chat" \
+      --title "SmolLM2-135M-Instruct on a GPU, chat prompts, batch 1, default look-ahead embeddings (L=4)" ;;
+  ablation)  # the first L rows of the L=8 export, batch 1, greedy
+    $PY -m infer.bench $common --lookahead $LA8 --depths 1,2,3,4,5,6,7 $B1 --prompts code \
+      --prompt-tokens 32 --batch-size 1 --temperatures 0 --methods pass,pass-fused --no-hf-baselines \
+      --out-dir "$OUTD/ablation" \
+      --title "SmolLM2-135M-Instruct on a GPU, code prompts, batch 1, greedy: L ablation from the L=8 export" ;;
+  esac
+}
+for s in $STEPS; do
+  stamp "bench: $s"
+  step "$s"
+done
 stamp "done"
