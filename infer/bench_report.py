@@ -18,6 +18,7 @@ import jax
 
 from infer.bench_methods import HF_METHODS, color, is_hf, label, lookahead_free
 from infer.config import BenchConfig
+from pass_jax.auto import MARGIN
 
 # --------------------------------------------------------------------------- machine
 
@@ -292,8 +293,10 @@ def _auto_line(row: dict) -> str:
         f"\nauto, {_tname(row['temperature'])}, batch {row['batch_size']}, at the end of its "
         "last call: each candidate's speed as judged (vs autoregressive; expected tokens per "
         "iteration at the slowest row's share in a batch, over seconds per iteration, with the "
-        f"5% margin) and its expected tokens and timed ms ({c['ms_per_iteration_from']}) per "
-        "iteration: " + ", ".join(parts) + ". Compiling the layouts it ran first in the timed "
+        f"{MARGIN:.0%} margin) and its expected tokens and timed ms "
+        f"({c['ms_per_iteration_from']}) per iteration: "
+        + ", ".join(parts)
+        + ". Compiling the layouts it ran first in the timed "
         f"runs took {row.get('auto_compile_s', 0.0):.1f} s, not counted."
     )
 

@@ -588,24 +588,28 @@ def generate_auto(
     J = chooser.stats.ctx_tried_J.shape[0]
     accepted_BxJxW, accepted_ctx_BxJ = np.zeros((B, J, W), np.int64), np.zeros((B, J), np.int64)
     current = None
+    programs = {}  # (method, bootstrap) -> its segment program: one lookup per call, not segment
     decoding_B = ~np.asarray(state.done_B)  # rows still decoding: one host copy per segment
     while decoding_B.any():
         method = chooser.next(current)
-        if method != current:
+        boot = method != current  # a switch: the new schedule's bootstrap calls first
+        if boot:
             state = switch_schedule(state, schedules[method])
         spec = DecodeSpec(cfg, schedules[method], sampler, N, exact)
         args = (params, la_LxD, state, state.n_B + segment)  # ..., stop_B: segment more tokens
-        segment_program, seconds = _executable(
-            resume_jit, (spec,), {"bootstrap": method != current}, *args
-        )
-        log.compile_seconds += seconds
+        if (method, boot) not in programs:
+            programs[method, boot], seconds = _executable(
+                resume_jit, (spec,), {"bootstrap": boot}, *args
+            )
+            log.compile_seconds += seconds
+        segment_program = programs[method, boot]
         t = time.perf_counter()
         before = _counters(state)  # (state is donated to the segment)
         state = segment_program(*args)
         acc, acc_ctx, vc, calls, n = [now - b for now, b in zip(_counters(state), before)]
         if n.sum() == 0:  # the cache is full
             break
-        iterations = loop_iterations(calls, schedules[method], bootstrap=method != current)
+        iterations = loop_iterations(calls, schedules[method], bootstrap=boot)
         if iterations:
             chooser.stats.measure(method, time.perf_counter() - t, iterations)
         Jm, Wm = acc.shape[1:]
