@@ -18,7 +18,7 @@ the candidate layouts on this machine and decodes with the one of the best expec
 second (autoregressive when none pays), re-chosen every 32 tokens; its choices are in the
 stats. The timed costs are kept in a file (``--auto-costs``, default
 ``~/.cache/pass_jax/iteration-costs.json``), so later runs on the same machine, model, batch
-and cache size skip the timing (``--auto-retime``: time again).
+and cache size (or one within 2x) skip the timing (``--auto-retime``: time again).
 
 The prompt is tokenized as transformers' ``tokenizer(text)`` does, with the special tokens the
 tokenizer adds by default (BOS for LLaMA-family tokenizers; ``--no-special-tokens``: none). The

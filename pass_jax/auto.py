@@ -5,7 +5,8 @@ calls, fused chains of every depth L' <= L (``tree-1x..x1``), a few draft trees,
 alone (``ctx-3``, ``ctx-6``: prompt-lookup decoding) and two trees with context chains. Once per
 model, batch size, cache size and device, one loop iteration of each is timed
 (``iteration_cost.iteration_costs``; the table is kept in the process, and in a file when one is
-given, as the programs do). The generation then runs in
+given, as the programs do; a cache size within 2x of a timed one borrows its table). The
+generation then runs in
 segments of ``segment`` tokens per row, each with the candidate of the highest expected tokens
 per iteration / seconds per iteration, switching schedules between segments (the cache and the
 emitted tokens carry over; the new schedule's bootstrap call draws its drafts).
@@ -31,7 +32,7 @@ first segment is already the best expected layout, and the best speculative cand
 once every 32 autoregressive segments; when that is autoregressive and no exploration would
 come before the end, the plain autoregressive loop runs (no segments, no host round trips).
 The autoregressive segments in a row are counted over the calls of a process (per model,
-sampler, candidates, embeddings, batch and cache size, like the statistics), the plain loop as
+sampler, candidates, embeddings and batch size, like the statistics), the plain loop as
 the segments it stands for, so generations shorter than 32 segments explore too. Counted per
 call, a prior that made autoregressive decoding the first choice kept it for good: on an H200,
 30 calls of 128 tokens never tried ``ctx-3``, 1.32x autoregressive decoding there.
@@ -51,9 +52,11 @@ autoregressive decoding while the pooled acceptance promised more). A speculativ
 chosen only when it beats autoregressive decoding by ``MARGIN`` (5%).
 
 The statistics and measured costs carry over from call to call in a process (per model,
-sampler, candidates, embeddings, batch and cache size; ``forget`` drops them): a later call
-starts from what the earlier ones saw, like a prior, so short generations do not each pay for
-exploring.
+sampler, candidates, embeddings and batch size; ``forget`` drops them): a later call starts
+from what the earlier ones saw, like a prior, so short generations do not each pay for
+exploring. Prompts of different lengths share them: what a layout accepts depends on the text,
+not on the cache size, and keyed by size, chat prompts (several sizes) each explored and
+learned apart.
 
 The prefill and segment programs are compiled apart from running them (``_executable``), the
 first time each runs in the process (per layout, bootstrap or not, batch, cache size and
@@ -284,7 +287,7 @@ class AutoLog:
         }
 
 
-# per model, sampler, candidates, embeddings, batch and cache size
+# per model, sampler, candidates, embeddings and batch size (not the cache size)
 _LEARNED: dict[tuple, AcceptanceStats] = {}
 # The prefill and segment programs, compiled ahead of time (``_executable``), by program,
 # static arguments and the shapes, dtypes and shardings of the others
@@ -549,7 +552,7 @@ def generate_auto(
         )
     )
     W = max(s.width for s in schedules.values())
-    key = (cfg, sampler, methods, W, np.asarray(la_LxD).tobytes(), B, max_len)
+    key = (cfg, sampler, methods, W, np.asarray(la_LxD).tobytes(), B)
     chooser = _Chooser.make(
         methods, log.seconds_per_iteration, prior, L, W, explore_every, decay, _LEARNED.get(key)
     )

@@ -5,9 +5,10 @@ chooses layouts by.
 after a warm-up). ``iteration_costs`` times each method once per process and setting (model,
 batch, cache size and dtype, layer form, L, device), and, given a ``cost_file``, keeps the table
 on disk too: a later process on the same machine and software reads it instead of compiling and
-timing every candidate again (on a 2-core CPU that is minutes for SmolLM2-135M). The file is
-JSON, one entry per setting, written atomically; a corrupt or foreign file is reported and
-replaced, never trusted.
+timing every candidate again (on a 2-core CPU that is minutes for SmolLM2-135M, on an H200
+about 10 s a candidate). A cache size with no table of its own borrows the nearest one within a
+factor ``NEAR`` (2) instead of timing again. The file is JSON, one entry per setting, written
+atomically; a corrupt or foreign file is reported and replaced, never trusted.
 """
 
 from __future__ import annotations
@@ -203,7 +204,44 @@ def _seconds(entries: dict, what: dict) -> dict:
     return seconds if isinstance(seconds, dict) else {}
 
 
-_COSTS: dict[tuple, float] = {}
+# this process's timings: the setting without its cache size -> cache size -> method -> seconds
+_COSTS: dict[tuple, dict[int, dict[str, float]]] = {}
+
+# A table timed at a cache size within this factor of another stands in for it: an iteration's
+# cost moves little with the cache size (the weights are read once whatever the size), while
+# timing every candidate again costs minutes (chat prompts of different lengths fall in
+# different sizes). ``auto``'s measured segments correct what is left.
+NEAR = 2.0
+
+
+def _family(what: dict) -> tuple:
+    """The setting without its cache size: what a table at another size must share."""
+    return tuple(sorted((k, v) for k, v in what.items() if k != "max_len"))
+
+
+def _file_tables(entries: dict, what: dict) -> dict[int, dict[str, float]]:
+    """The file's positive seconds per method for ``what``'s setting, per cache size."""
+    out = {}
+    for entry in entries.values():
+        setting_ = entry.get("setting") if isinstance(entry, dict) else None
+        if not isinstance(setting_, dict) or _family(setting_) != _family(what):
+            continue
+        seconds = _seconds(entries, setting_)  # ({} unless filed under its own id)
+        good = {m: float(s) for m, s in seconds.items() if isinstance(s, (int, float)) and s > 0}
+        if good:
+            out[int(setting_["max_len"])] = good
+    return out
+
+
+def _nearest(tables: dict[int, dict[str, float]], size: int, methods, near: float):
+    """The cache size nearest ``size`` by ratio (within a factor ``near``, not ``size``
+    itself) whose table has every one of ``methods``; None if there is none."""
+    sizes = [
+        s
+        for s, t in tables.items()
+        if s != size and max(s, size) <= near * min(s, size) and all(m in t for m in methods)
+    ]
+    return min(sizes, key=lambda s: (max(s, size) / min(s, size), s), default=None)
 
 
 def iteration_costs(
@@ -217,40 +255,49 @@ def iteration_costs(
     cache_dtype=None,
     cost_file=None,
     retime: bool = False,
+    near: float = NEAR,
 ) -> tuple[dict[str, float], str]:
     """Seconds per loop iteration of each method at this batch size, cache size and cache dtype
     on the default device (``iteration_seconds``), timed once per process; with ``cost_file``
     (a path) read from and added to that file too, so a later process skips the timing.
-    ``retime``: do not read the file; time each method again (once per process) and overwrite
-    what the file held. Returns the costs
-    and where they came from: ``process`` (timed earlier in this process), ``file``,
-    ``timed``, or several joined by ``+``."""
+
+    The costs of a cache size come from the first of: this process's table for that size, the
+    file's, and, for the methods neither has, the table of the nearest cache size within a
+    factor ``near`` that has them all, this process's and then the file's (``NEAR``; 1: never);
+    what is still missing is timed. ``retime``: do not read the file; time each method again
+    (once per process) and overwrite what the file held. Returns the costs and where they came
+    from: ``process`` (timed earlier in this process), ``file``, ``timed``, ``process@SIZE`` or
+    ``file@SIZE`` (another cache size's table), or several joined by ``+``."""
     L = int(np.shape(la_LxD)[0])
     what = setting(cfg, params, L, len(prompts), max_len, cache_dtype, repeats)
-    key = tuple(sorted(what.items()))
-    missing = any(key + (m,) not in _COSTS for m in methods)
-    use_file = cost_file is not None and missing and not retime
-    stored = _seconds(read_table(cost_file), what) if use_file else {}
-    out, sources = {}, set()
+    size = int(max_len)
+    tables = _COSTS.setdefault(_family(what), {})
+    out = {m: tables[size][m] for m in methods if m in tables.get(size, {})}
+    sources = {"process"} if out else set()
+    use_file = cost_file is not None and len(out) < len(methods) and not retime
+    stored = _file_tables(read_table(cost_file), what) if use_file else {}
     for m in methods:
-        s = stored.get(m)
-        if key + (m,) in _COSTS:
-            sources.add("process")
-        elif isinstance(s, (int, float)) and s > 0:
-            _COSTS[key + (m,)] = float(s)
+        if m not in out and m in stored.get(size, {}):
+            out[m] = tables.setdefault(size, {})[m] = stored[size][m]
             sources.add("file")
-        else:
-            slots = max(
-                max_len, round_cache_len(timing_slots(max(map(len, prompts)), make_schedule(m, L)))
-            )
-            _COSTS[key + (m,)] = iteration_seconds(
-                cfg, params, m, la_LxD, prompts, repeats, slots, cache_dtype=cache_dtype
-            )
-            sources.add("timed")
-        out[m] = _COSTS[key + (m,)]
-    if cost_file is not None and "timed" in sources:
+    missing = [m for m in methods if m not in out]
+    for source, candidates_ in (("process", tables), ("file", stored)):
+        other = _nearest(candidates_, size, missing, near) if missing else None
+        if other is not None:
+            out.update({m: candidates_[other][m] for m in missing})
+            sources.add(f"{source}@{other}")
+            missing = []
+    for m in missing:
+        slots = max(
+            max_len, round_cache_len(timing_slots(max(map(len, prompts)), make_schedule(m, L)))
+        )
+        out[m] = tables.setdefault(size, {})[m] = iteration_seconds(
+            cfg, params, m, la_LxD, prompts, repeats, slots, cache_dtype=cache_dtype
+        )
+        sources.add("timed")
+    if cost_file is not None and missing:
         entries = read_table(cost_file)  # another process may have added entries meanwhile
-        seconds = {**_seconds(entries, what), **out}
+        seconds = {**_seconds(entries, what), **tables[size]}
         entries[_entry_id(what)] = {"setting": what, "seconds": seconds}
         write_table(cost_file, entries)
-    return out, "+".join(sorted(sources))
+    return {m: out[m] for m in methods}, "+".join(sorted(sources))

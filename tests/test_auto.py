@@ -306,6 +306,34 @@ def test_statistics_carry_over_to_the_next_call(monkeypatch):
     assert auto.generate_auto(CFG, params, PROMPTS, **kw).auto.segments[0] == "tree-2"
 
 
+def test_cache_sizes_share_statistics_and_costs(monkeypatch):
+    """A call with a cache twice the first one's starts from the first call's statistics and
+    borrows its timed costs (nothing timed again), and its output is autoregressive
+    decoding's."""
+    params = tiny_params(CFG, 4)
+    la = random_la(CFG, 2, 101, 0.05) + params["embed"]["embedding"][jnp.arange(2)]
+    methods = ("ar", "tree-2", "ctx-3")
+    costs = {"ar": 1.0, "tree-2": 1.3, "ctx-3": 1.2}
+    timed = []
+    monkeypatch.setattr(
+        iteration_cost,
+        "iteration_seconds",
+        lambda cfg, p, m, *a, **k: timed.append(m) or costs[m],
+    )
+    kw = dict(max_new_tokens=24, la_LxD=la, eos_ids=(), methods=methods, segment=4)
+    first = auto.generate_auto(CFG, params, PROMPTS, max_len=128, **kw)
+    assert first.auto.segments[0] == "tree-2" and sorted(timed) == sorted(methods)
+    (learned,) = auto._LEARNED.values()
+    want = auto.choose(learned, costs, 2)[0]
+    assert want != "tree-2"  # (so the test tells learned statistics from a fresh start)
+    timed.clear()
+    second = auto.generate_auto(CFG, params, PROMPTS, max_len=256, **kw)
+    assert second.auto.segments[0] == want and len(auto._LEARNED) == 1
+    assert timed == [] and second.auto.costs_from == "process@128"
+    plain = generate(CFG, params, PROMPTS, max_new_tokens=24, eos_ids=()).tokens
+    assert first.tokens == second.tokens == plain
+
+
 def test_compiling_is_reported_apart_from_the_wall_time(monkeypatch):
     """The prefill and segment programs compile apart from running: the first call reports
     the seconds, a second call of the same layout compiles nothing, and the output is still

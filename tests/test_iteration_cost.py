@@ -61,9 +61,9 @@ def test_costs_are_read_back_from_the_file_instead_of_timed(tmp_path, timed, mon
     assert source == "file+timed" and timed == ["pass"]
     (entry,) = json.loads(path.read_text())["entries"].values()
     assert set(entry["seconds"]) == {*METHODS, "pass"}
-    # another cache size is another setting: timed, kept beside the first
+    # a cache size more than twice another is another setting: timed, kept beside the first
     timed.clear()
-    assert _costs(path, max_len=256)[1] == "timed" and sorted(timed) == sorted(METHODS)
+    assert _costs(path, max_len=512)[1] == "timed" and sorted(timed) == sorted(METHODS)
     assert len(json.loads(path.read_text())["entries"]) == 2
     # --auto-retime: the file is not read (each method timed again, once per process)
     timed.clear()
@@ -72,6 +72,31 @@ def test_costs_are_read_back_from_the_file_instead_of_timed(tmp_path, timed, mon
     assert _costs(path, retime=True)[1] == "timed" and sorted(timed) == sorted(METHODS)
     timed.clear()
     assert _costs(path, retime=True)[1] == "process" and timed == []
+
+
+def test_a_cache_size_without_a_table_borrows_the_nearest(tmp_path, timed, monkeypatch):
+    """Within a factor of 2, another cache size's table stands in (this process's first, then
+    the file's), the nearest one by ratio, and only when it has every method asked for; nothing is
+    timed or written for the borrowing size. ``near=1`` times every size."""
+    path = tmp_path / "costs.json"
+    at_128, _ = _costs(path)
+    timed.clear()
+    assert _costs(path, max_len=256) == (at_128, "process@128") and timed == []
+    assert len(json.loads(path.read_text())["entries"]) == 1  # nothing written for 256
+    assert _costs(path, max_len=384)[1] == "timed"  # 3x 128: too far
+    timed.clear()
+    assert _costs(path, max_len=256)[1] == "process@384"  # 1.5x, nearer than 2x
+    monkeypatch.setattr(ic, "_COSTS", {})  # a new process: the file's tables
+    assert _costs(path, max_len=256)[1] == "file@384" and timed == []
+    # a method the nearest table lacks: none stands in for all of them, so they are timed
+    more, source = _costs(path, max_len=256, methods=(*METHODS, "pass"))
+    assert source == "timed" and sorted(timed) == sorted((*METHODS, "pass"))
+    timed.clear()
+    costs, source = ic.iteration_costs(
+        TINY, tiny_params(TINY, 0), random_la(TINY, 2, 0), METHODS, PROMPTS, 640,
+        cost_file=path, near=1.0,
+    )  # fmt: skip
+    assert source == "timed" and sorted(timed) == sorted(METHODS)
 
 
 @pytest.mark.parametrize(
@@ -111,7 +136,7 @@ def test_an_interrupted_write_leaves_the_old_file(tmp_path, timed, monkeypatch):
 
     monkeypatch.setattr(ic.os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
-        _costs(path, max_len=256)
+        _costs(path, max_len=512)
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["costs.json"]  # no temporary file left
 
