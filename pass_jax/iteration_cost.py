@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
+from tqdm import tqdm
 
 from .cache import resolve_cache_dtype
 from .config import ModelConfig, SamplerConfig
@@ -287,7 +288,17 @@ def iteration_costs(
             out.update({m: candidates_[other][m] for m in missing})
             sources.add(f"{source}@{other}")
             missing = []
-    for m in missing:
+    # minutes for SmolLM2-135M on a 2-core CPU, and compiling dominates on a GPU: show it
+    bar = tqdm(
+        missing,
+        desc="auto: timing the candidate layouts once",
+        unit="layout",
+        leave=False,
+        dynamic_ncols=True,
+        disable=not missing,
+    )
+    for m in bar:
+        bar.set_postfix_str(m)
         slots = max(
             max_len, round_cache_len(timing_slots(max(map(len, prompts)), make_schedule(m, L)))
         )

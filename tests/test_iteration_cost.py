@@ -42,10 +42,11 @@ def _costs(path, max_len=128, retime=False, methods=METHODS):
     )
 
 
-def test_costs_are_read_back_from_the_file_instead_of_timed(tmp_path, timed, monkeypatch):
+def test_costs_are_read_back_from_the_file_instead_of_timed(tmp_path, timed, monkeypatch, capsys):
     path = tmp_path / "sub" / "costs.json"
     costs, source = _costs(path)
     assert source == "timed" and sorted(timed) == sorted(METHODS)
+    assert "auto: timing the candidate layouts once" in capsys.readouterr().err  # a progress bar
     assert costs == {m: len(m) / 1000 for m in METHODS}
     (entry,) = json.loads(path.read_text())["entries"].values()
     assert entry["setting"]["max_len"] == 128 and entry["setting"]["batch"] == 2
@@ -55,6 +56,7 @@ def test_costs_are_read_back_from_the_file_instead_of_timed(tmp_path, timed, mon
     assert _costs(path) == (costs, "process")  # this process's table
     monkeypatch.setattr(ic, "_COSTS", {})  # a new process: the file
     assert _costs(path) == (costs, "file") and timed == []
+    assert "timing" not in capsys.readouterr().err
     # a method the file lacks is timed and added; the others still come from the file
     monkeypatch.setattr(ic, "_COSTS", {})
     more, source = _costs(path, methods=(*METHODS, "pass"))

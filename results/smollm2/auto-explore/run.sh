@@ -14,7 +14,7 @@ $PY -m infer.bench $common --num-prompts 6 --batch-size 1 --temperatures 0,0.8 \
 $PY -m infer.bench $common --num-prompts 8 --batch-size 8 --temperatures 0,0.8 \
   --methods ar,auto --out-dir $OUT/code-batch8 \
   --title "SmolLM2-135M-Instruct on this CPU, code prompts, batch 8: auto against autoregressive"
-# chat prompts (several lengths, so several cache sizes: auto times and learns per size)
+# chat prompts (52-60 tokens: one prompt bucket and one cache size, as for the code prompts)
 $PY -m infer.bench ${common/--prompts code --prompt-tokens 32/--prompts chat} --num-prompts 4 \
   --batch-size 1 --temperatures 0,0.8 --methods ar,ctx-3,auto --out-dir $OUT/chat \
   --title "SmolLM2-135M-Instruct on this CPU, chat prompts, batch 1: auto against autoregressive and ctx-3"

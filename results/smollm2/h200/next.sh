@@ -69,9 +69,9 @@ step() {
       --batch-size 8 --temperatures 0,0.8 --methods ar,pass-fused,tree-8x1,ctx-3,tree-1+ctx3,tree-4+ctx2,auto \
       --no-hf-baselines --out-dir "$OUTD/code-batch8" \
       --title "SmolLM2-135M-Instruct on a GPU, code prompts, batch 8, default look-ahead embeddings (L=4)" ;;
-  chat)  # chat, batch 1 (no auto: prompts of several lengths, so several cache sizes to time)
+  chat)  # chat, batch 1 (auto reads the costs code-auto timed at batch 1 from the cost file)
     $PY -m infer.bench $common --lookahead $LA4 $B1 --prompts chat \
-      --batch-size 1 --temperatures 0,0.8 --methods ar,pass-fused,tree-8x1,ctx-3,tree-1+ctx3,tree-4+ctx2 \
+      --batch-size 1 --temperatures 0,0.8 --methods ar,pass-fused,tree-8x1,ctx-3,tree-1+ctx3,tree-4+ctx2,auto \
       $HF --out-dir "$OUTD/chat" \
       --title "SmolLM2-135M-Instruct on a GPU, chat prompts, batch 1, default look-ahead embeddings (L=4)" ;;
   ablation)  # the first L rows of the L=8 export, batch 1, greedy
