@@ -86,6 +86,8 @@ class GenerateConfig:
     num_lookahead: int | None = None  # L for --method unk or untrained pass runs
     prompt: str
     add_special_tokens: bool = True  # --no-special-tokens: the prompt without them
+    chat: bool = False  # the prompt is a user turn in the tokenizer's chat template
+    system: str | None = None  # --chat's system turn (None: the template's default)
     max_new_tokens: int = 64
     temperature: float = 0.0  # 0: greedy
     top_k: int = 0  # 0: off
@@ -112,6 +114,13 @@ class GenerateConfig:
             make_schedule(self.method, self.num_lookahead or MAX_LOOKAHEAD)
         if self.max_len is not None:
             check_at_least_one("--max-len", self.max_len)
+        if self.system is not None and not self.chat:
+            raise ValueError("--system is the system turn of a --chat prompt; add --chat")
+        if self.chat and not self.add_special_tokens:
+            raise ValueError(
+                "--no-special-tokens does not apply with --chat: the chat template writes "
+                "its own special tokens"
+            )
 
 
 def resolve_method(method: str | None, lookahead: str | None) -> str:

@@ -4,7 +4,8 @@ fused PaSS, [UNK], draft trees, context drafts, or the fastest of them on this m
     python -m infer.generate --model DIR|FILE.gguf [--lookahead DIR]
         [--method {ar,pass,pass-fused,unk,auto,tree-WxWx..,tree-WxWx..+ctxM,ctx-M}]
         --prompt TEXT --max-new-tokens N
-        [--temperature T --top-k K --top-p P --seed S] [--dtype bfloat16]
+        [--chat [--system TEXT]] [--temperature T --top-k K --top-p P --seed S]
+        [--dtype bfloat16]
         [--cache-dtype {auto,float32,bfloat16}] [--auto-costs FILE|none] [--auto-retime]
         [--json] [--config FILE.yaml]
 
@@ -21,8 +22,12 @@ stats. The timed costs are kept in a file (``--auto-costs``, default
 and cache size (or one within 2x) skip the timing (``--auto-retime``: time again).
 
 The prompt is tokenized as transformers' ``tokenizer(text)`` does, with the special tokens the
-tokenizer adds by default (BOS for LLaMA-family tokenizers; ``--no-special-tokens``: none). The
-method defaults to ``pass-fused`` with ``--lookahead``, else ``ar``.
+tokenizer adds by default (BOS for LLaMA-family tokenizers; ``--no-special-tokens``: none).
+With ``--chat`` it is a user message instead: the tokenizer's chat template wraps it (after a
+``--system`` message, if given) and opens the assistant turn, as transformers'
+``apply_chat_template(..., add_generation_prompt=True)`` does; the answer stops at the model's
+end-of-turn token when that is its EOS (SmolLM2's ``<|im_end|>``). The method defaults to
+``pass-fused`` with ``--lookahead``, else ``ar``.
 
 Text is streamed to stdout as it is generated (decoded in the context of the prompt, an
 incomplete multi-byte character held back until complete); with ``--json`` one JSON object is
@@ -50,6 +55,7 @@ from infer.config import (
     load,
     method_error,
 )
+from infer.prompts import chat_prompt_ids
 from pass_jax.cli import add_mesh_arg, load_model_for_args
 from pass_jax.config import SamplerConfig
 from pass_jax.decode import LAYER_FORMS, PRECISIONS, decode_stacked
@@ -181,6 +187,16 @@ def build_parser(required: bool = True) -> argparse.ArgumentParser:
         help="tokenize the prompt without the special tokens the tokenizer adds by "
         "default (e.g. LLaMA's BOS)",
     )
+    ap.add_argument(
+        "--chat",
+        action="store_true",
+        default=None,
+        help="the prompt is a user message: wrap it in the tokenizer's chat template (an "
+        "instruct model's, e.g. SmolLM2-135M-Instruct's) with the assistant turn opened",
+    )
+    ap.add_argument(
+        "--system", help="with --chat: the system message (default: the template's own)"
+    )
     ap.add_argument("--max-new-tokens", type=int)
     ap.add_argument("--temperature", type=float, help="0 = greedy")
     ap.add_argument("--top-k", type=int, help="0 = off")
@@ -300,11 +316,14 @@ def run(config: GenerateConfig, device_args: argparse.Namespace) -> dict:
     if tok is None:
         raise ValueError(f"{config.model} has no tokenizer files; --prompt needs a tokenizer")
     la = lookahead_for(config, cfg, params)
-    ids = tok(config.prompt, add_special_tokens=config.add_special_tokens)["input_ids"]
+    if config.chat:
+        ids = chat_prompt_ids(tok, config.prompt, config.system)
+    else:
+        ids = tok(config.prompt, add_special_tokens=config.add_special_tokens)["input_ids"]
     if not ids and cfg.bos_token_id is not None:
         ids = [cfg.bos_token_id]
     stream = None if config.json else TextStream(tok, ids)
-    if stream is not None:
+    if stream is not None and not config.chat:  # a chat shows the answer alone
         sys.stdout.write(config.prompt)
     res = generate(
         cfg,
@@ -330,6 +349,7 @@ def run(config: GenerateConfig, device_args: argparse.Namespace) -> dict:
     return {
         "method": config.method,
         "prompt": config.prompt,
+        "chat": config.chat,
         "prompt_ids": ids,
         "token_ids": res.tokens[0],
         "text": continuation_text(tok, ids, res.tokens[0]),

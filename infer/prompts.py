@@ -56,6 +56,28 @@ def chat_instruction(signature: str, summary: str) -> str:
     return f"Write a Python function `{signature}`: {summary}"
 
 
+def require_chat_template(tok) -> None:
+    """Raises ValueError unless the tokenizer has a chat template."""
+    if not getattr(tok, "chat_template", None):
+        raise ValueError(
+            "chat prompts need a tokenizer with a chat template (an instruct model); "
+            "this one has none"
+        )
+
+
+def chat_prompt_ids(tok, user: str, system: str | None = None) -> list[int]:
+    """The token ids of a chat prompt: the tokenizer's chat template around a ``system`` turn
+    (if given; else whatever default the template writes) and the ``user`` turn, with the
+    assistant turn opened. The rendered text is tokenized as-is: the template writes its own
+    special tokens. Raises ValueError when the tokenizer has no chat template."""
+    require_chat_template(tok)
+    turns = [{"role": "system", "content": system}] if system is not None else []
+    rendered = tok.apply_chat_template(
+        [*turns, {"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+    )
+    return tok.encode(rendered, add_special_tokens=False)
+
+
 def make_chat_prompts(
     tok, texts, num_prompts: int, seed: int, max_tokens: int = 256
 ) -> tuple[list[list[int]], dict]:
@@ -67,11 +89,7 @@ def make_chat_prompts(
     the rendered text is tokenized as-is (the template writes its own special tokens). Raises
     ValueError when the tokenizer has no chat template or no function qualifies.
     """
-    if not getattr(tok, "chat_template", None):
-        raise ValueError(
-            "--prompts chat needs a tokenizer with a chat template (an instruct "
-            "model); this one has none"
-        )
+    require_chat_template(tok)
     rng = np.random.default_rng(seed)
     per_doc = []
     for i in rng.permutation(len(texts)):
@@ -87,10 +105,7 @@ def make_chat_prompts(
                 continue
             sig, summary = tasks.pop(0)
             text = chat_instruction(sig, summary)
-            rendered = tok.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-            )
-            ids = tok.encode(rendered, add_special_tokens=False)
+            ids = chat_prompt_ids(tok, text)
             if len(ids) > max_tokens or text in seen:
                 continue
             seen.add(text)

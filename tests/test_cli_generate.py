@@ -215,6 +215,9 @@ def test_layer_form_defaults_per_backend(monkeypatch):
         (["--method", "ctx-3", "--lookahead", "LA"], "error: --method ctx-3 uses no look-ahead"),
         (["--method", "unk", "--lookahead", "LA"], "uses no trained embeddings"),
         (["--method", "tree-2x2x2x2", "--lookahead", "LA"], "needs at least 4 look-ahead tokens"),
+        (["--system", "Be brief."], "--system is the system turn of a --chat prompt"),
+        (["--chat", "--no-special-tokens"], "--no-special-tokens does not apply with --chat"),
+        (["--chat"], "chat prompts need a tokenizer with a chat template"),
     ],
 )
 def test_bad_flags_give_clear_errors(model_dir, args, message):

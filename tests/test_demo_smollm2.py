@@ -28,8 +28,8 @@ import transformers
 import yaml
 from test_gguf import CHAT_TEMPLATE, LLAMA, gguf_tokenizer_fields, write_gguf
 
-from infer import bench, default_model, demo, prompts
-from pass_jax import gguf_file, hf, lookahead, user_cache
+from infer import bench, default_model, demo, generate, prompts
+from pass_jax import generation, gguf_file, hf, lookahead, user_cache
 from pass_jax.decode import bucket
 from pass_jax.stdlib_corpus import split_files
 from pass_jax.tokenizer import train_bpe
@@ -326,6 +326,29 @@ def test_make_chat_prompts(tiny_tok):
     # duplicated documents give no duplicated prompts; fewer than asked when they run out
     dup_ids, dup_meta = prompts.make_chat_prompts(tiny_tok, [texts[0]] * 3, 10, seed=0)
     assert len(dup_ids) == 3 and len(set(dup_meta["chat_instructions"])) == 3
+
+
+def test_generate_chat_wraps_the_prompt_in_the_chat_template(tiny_model, tiny_tok, capsys):
+    """``infer.generate --chat``: the prompt becomes the user turn of the tokenizer's chat
+    template (after ``--system``'s turn), the assistant turn opened; the stream shows the
+    answer alone; the tokens are greedy autoregressive decoding's of those ids."""
+    run = ["--model", str(tiny_model), "--prompt", "Sort a list.", "--max-new-tokens", "6"]
+    chat = generate.main([*run, "--chat", "--system", "Be brief.", "--json"])
+    ids = chat["prompt_ids"]
+    assert chat["chat"] and ids[0] == tiny_tok.bos_token_id  # the template's <s>
+    assert (
+        tiny_tok.decode(ids)
+        == "<s>system\nBe brief.</s>\n<s>user\nSort a list.</s>\n<s>assistant\n"
+    )
+    cfg, params = hf.load_hf(tiny_model)
+    want = generation.generate(cfg, params, [ids], max_new_tokens=6).tokens[0]
+    assert chat["token_ids"] == want
+    capsys.readouterr()
+    no_system = generate.main([*run, "--chat", "--json"])["prompt_ids"]
+    assert tiny_tok.decode(no_system) == "<s>user\nSort a list.</s>\n<s>assistant\n"
+    capsys.readouterr()
+    streamed = generate.main([*run, "--chat"])
+    assert capsys.readouterr().out == streamed["text"]  # no prompt before the answer
 
 
 def test_make_chat_prompts_errors(tiny_tok, sp_tokenizer):
