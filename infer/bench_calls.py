@@ -197,7 +197,7 @@ def call_costs(
     """Milliseconds per call: autoregressive at every cache size of ``max_lens`` with per-layer
     (``step_ms``) and stacked params (``step_ms_scanned``), and every method of ``methods``
     (L = 4, [UNK] drafts: the cost of a call, not its yield) at one cache size (``call_slots``)
-    in ``call_ms``. ``auto.iteration_seconds`` times them: K loop steps jitted
+    in ``call_ms``. ``iteration_cost.iteration_seconds`` times them: K loop steps jitted
     in one fori_loop on a live decode state (rows re-activated after a short generation), so
     prefill, compilation and dispatch drop out."""
     la = init_lookahead(cfg, params, 4)

@@ -350,6 +350,7 @@ def run(config: GenerateConfig, device_args: argparse.Namespace) -> dict:
         "method": config.method,
         "prompt": config.prompt,
         "chat": config.chat,
+        "system": config.system,
         "prompt_ids": ids,
         "token_ids": res.tokens[0],
         "text": continuation_text(tok, ids, res.tokens[0]),

@@ -54,11 +54,11 @@ chosen only when it beats autoregressive decoding by ``MARGIN`` (5%).
 The statistics and measured costs carry over from call to call in a process (per model,
 sampler, candidates, embeddings and batch size; ``forget`` drops them): a later call starts
 from what the earlier ones saw, like a prior, so short generations do not each pay for
-exploring. Prompts of different lengths share them: what a layout accepts depends on the text,
-not on the cache size, and keyed by size, chat prompts (several sizes) each explored and
-learned apart.
+exploring. Calls of every cache size share the acceptance statistics (what a layout accepts
+depends on the text, not on the cache size), while the measured costs are kept per cache size
+(attention reads every slot).
 
-The prefill and segment programs are compiled apart from running them (``_executable``), the
+The prefill and segment programs are compiled apart from running them (``compiled``), the
 first time each runs in the process (per layout, bootstrap or not, batch, cache size and
 generation length). The seconds that takes are reported (``AutoLog.compile_seconds``) and left
 out of the generation's wall time, as a warm-up leaves out the fixed methods' compilation;
@@ -82,6 +82,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import compiled
 from .cache import init_cache, resolve_cache_dtype
 from .config import ModelConfig, SamplerConfig
 from .decode import (
@@ -168,8 +169,11 @@ class AcceptanceStats:
     tried_JxW: np.ndarray
     ctx_accepted_J: np.ndarray
     ctx_tried_J: np.ndarray
-    # wall seconds and loop iterations of each method's segments
+    # wall seconds and loop iterations of each method's segments at the cache size in use
+    # (``at_size``), kept per size: what an iteration accepts carries across cache sizes, what
+    # it costs does not (attention reads every slot)
     measured: dict[str, tuple[float, int]] = field(default_factory=dict)
+    measured_by_size: dict[int, dict[str, tuple[float, int]]] = field(default_factory=dict)
     # decayed sums over speculative segments of a batch: the slowest row's tokens and the
     # rows' mean tokens (``row_spread``)
     slowest_row: float = 0.0
@@ -181,6 +185,11 @@ class AcceptanceStats:
     @classmethod
     def empty(cls, J: int, W: int) -> AcceptanceStats:
         return cls(np.zeros((J, W)), np.zeros((J, W)), np.zeros(J), np.zeros(J))
+
+    def at_size(self, size: int) -> None:
+        """Measure and judge costs at cache size ``size`` from now on: ``measured`` becomes
+        that size's segments."""
+        self.measured = self.measured_by_size.setdefault(int(size), {})
 
     def measure(self, method: str, seconds: float, iterations: int) -> None:
         """Add a segment of ``iterations`` loop iterations that took ``seconds``."""
@@ -289,16 +298,13 @@ class AutoLog:
 
 # per model, sampler, candidates, embeddings and batch size (not the cache size)
 _LEARNED: dict[tuple, AcceptanceStats] = {}
-# The prefill and segment programs, compiled ahead of time (``_executable``), by program,
-# static arguments and the shapes, dtypes and shardings of the others
-_EXECUTABLES: dict = {}
 
 
 def forget() -> None:
     """Drop the acceptance statistics ``generate_auto`` carries from call to call, and the
-    programs it compiled."""
+    programs compiled ahead of time (``compiled``)."""
     _LEARNED.clear()
-    _EXECUTABLES.clear()
+    compiled.forget()
 
 
 def prior_stats(
@@ -354,22 +360,6 @@ def _counters(state) -> list[np.ndarray]:
             state.n_B,
         )
     ]
-
-
-def _executable(fn, statics: tuple, static_kw: dict, *args) -> tuple[Callable, float]:
-    """The jitted ``fn`` compiled for its static arguments (``statics`` first, ``static_kw``
-    by name) and the shapes of ``args``, called with ``args`` alone; and the seconds compiling
-    took now (0.0 when it was compiled before). Compiling apart from running keeps the time a
-    layout's first segment spends compiling out of the generation's wall time."""
-    leaves, tree = jax.tree.flatten(args)
-    avals = tuple((jax.typeof(x), getattr(x, "sharding", None)) for x in leaves)  # weak types too
-    settings = (jax.config.jax_default_matmul_precision, jax.config.jax_enable_x64)
-    key = (fn, statics, tuple(sorted(static_kw.items())), tree, avals, settings)
-    if key in _EXECUTABLES:
-        return _EXECUTABLES[key], 0.0
-    t = time.perf_counter()
-    _EXECUTABLES[key] = fn.lower(*statics, *args, **static_kw).compile()
-    return _EXECUTABLES[key], time.perf_counter() - t
 
 
 def loop_iterations(calls_B: np.ndarray, schedule: Schedule, bootstrap: bool) -> int:
@@ -556,6 +546,7 @@ def generate_auto(
     chooser = _Chooser.make(
         methods, log.seconds_per_iteration, prior, L, W, explore_every, decay, _LEARNED.get(key)
     )
+    chooser.stats.at_size(max_len)
     segments = -(-(N - 1) // segment)  # (the prefill emits the first token)
     if chooser.plain_ar(segments):
         chooser.stats.ar_run += segments
@@ -586,7 +577,7 @@ def generate_auto(
         jax.random.PRNGKey(seed),
     )
     spec = DecodeSpec(cfg, schedules[chooser.first], sampler, N, exact)
-    prefill, log.compile_seconds = _executable(prefill_jit, (spec,), {}, *prefill_args)
+    prefill, log.compile_seconds = compiled.executable(prefill_jit, (spec,), {}, *prefill_args)
     state = prefill(*prefill_args)
     J = chooser.stats.ctx_tried_J.shape[0]
     accepted_BxJxW, accepted_ctx_BxJ = np.zeros((B, J, W), np.int64), np.zeros((B, J), np.int64)
@@ -601,7 +592,7 @@ def generate_auto(
         spec = DecodeSpec(cfg, schedules[method], sampler, N, exact)
         args = (params, la_LxD, state, state.n_B + segment)  # ..., stop_B: segment more tokens
         if (method, boot) not in programs:
-            programs[method, boot], seconds = _executable(
+            programs[method, boot], seconds = compiled.executable(
                 resume_jit, (spec,), {"bootstrap": boot}, *args
             )
             log.compile_seconds += seconds

@@ -1,8 +1,9 @@
 """Seconds per decoding-loop iteration of each method on the device at hand: what ``auto``
 chooses layouts by.
 
-``iteration_seconds`` times one method (a few loop iterations in one jitted ``fori_loop``,
-after a warm-up). ``iteration_costs`` times each method once per process and setting (model,
+``time_iterations`` times methods (a few loop iterations in one jitted ``fori_loop``, after a
+warm-up), their programs compiled first, concurrently; ``iteration_seconds`` times one.
+``iteration_costs`` times each method once per process and setting (model,
 batch, cache size and dtype, layer form, L, device), and, given a ``cost_file``, keeps the table
 on disk too: a later process on the same machine and software reads it instead of compiling and
 timing every candidate again (on a 2-core CPU that is minutes for SmolLM2-135M, on an H200
@@ -29,6 +30,7 @@ import jaxlib
 import numpy as np
 from tqdm import tqdm
 
+from . import compiled
 from .cache import resolve_cache_dtype
 from .config import ModelConfig, SamplerConfig
 from .decode import (
@@ -59,9 +61,111 @@ def default_cost_file() -> Path:
 
 
 def timing_slots(prompt_len: int, schedule: Schedule, steps: int = STEPS) -> int:
-    """Cache slots ``iteration_seconds`` needs: the padded prompt, 8 generated tokens, the most
+    """Cache slots ``time_iterations`` needs: the padded prompt, 8 generated tokens, the most
     ``steps`` iterations can commit and one iteration's scratch."""
     return required_cache_len(bucket(prompt_len), 8 + steps * schedule.step_emits, schedule)
+
+
+def _timing_args(cfg: ModelConfig, method: str, la_LxD, start, steps: int):
+    """``run_steps``'s spec and arguments for timing ``method`` from ``start`` (the state a
+    short autoregressive generation left): its schedule switched in, its rows active again."""
+    la = None if method == "ar" else la_LxD
+    schedule = make_schedule(method, 0 if la is None else int(np.shape(la)[0]))
+    N = steps * schedule.step_emits  # at most the tokens the timed steps commit
+    state = switch_schedule(start, schedule)
+    spec = DecodeSpec(cfg, schedule, SamplerConfig(), N, decode_precision(cfg, SamplerConfig()))
+    B = state.y_B.shape[0]
+    live = state.replace(
+        out_BxN=jnp.zeros((B, N), jnp.int32),
+        n_B=jnp.zeros((B,), jnp.int32),
+        done_B=jnp.zeros((B,), bool),
+    )
+    la = jnp.zeros((0, cfg.d_model), cfg.param_dtype) if la is None else la
+    return spec, la, live
+
+
+def _run(program, params, la_LxD, live) -> float:
+    """Seconds of one run of a compiled ``run_steps``, on a fresh copy of ``live`` (donated:
+    the cache is updated in place)."""
+    state = jax.block_until_ready(jax.tree.map(jnp.copy, live))
+    t0 = time.perf_counter()
+    jax.block_until_ready(program(params, la_LxD, state))
+    return time.perf_counter() - t0
+
+
+def time_iterations(
+    cfg: ModelConfig,
+    params,
+    la_LxD,
+    slots: dict[str, int],
+    prompts: list[list[int]],
+    repeats: int,
+    steps: int = STEPS,
+    cache_dtype=None,
+    threads: int | None = None,
+) -> dict[str, float]:
+    """Seconds per loop iteration of each method of ``slots`` (method -> cache slots) for the
+    batch ``prompts`` (padded to its batch bucket; every row active): ``steps`` iterations in
+    one jitted ``fori_loop`` (``decode.run_steps``), on the state a short greedy
+    autoregressive generation (8 tokens) left, switched to the method's schedule and its rows
+    made active again; warm-up, then the median of ``repeats``. That generation is the same
+    program for every method (compiled once per cache size), and the drafts it leaves empty:
+    an iteration's cost does not depend on what it accepts (static shapes).
+
+    Every method's program is compiled first, in ``threads`` threads
+    (``compiled.compile_all``), then the methods are timed one after the other. A progress bar
+    shows both. ``cache_dtype``: as in ``generation.generate``."""
+    starts, jobs = {}, {}
+    for m, n in slots.items():
+        need = timing_slots(
+            max(map(len, prompts)),
+            make_schedule(m, 0 if m == "ar" else int(np.shape(la_LxD)[0])),
+            steps,
+        )
+        if n < need:
+            raise ValueError(
+                f"max_len {n} is too small to time {steps} {m} steps "
+                f"after the prompt ({need} slots needed)"
+            )
+        if n not in starts:
+            starts[n] = generate_fixed(
+                cfg,
+                params,
+                prompts,
+                max_new_tokens=8,
+                eos_ids=(),
+                method="ar",
+                max_len=n,
+                return_state=True,
+                cache_dtype=cache_dtype,
+            )[1]
+        jobs[m] = _timing_args(cfg, m, la_LxD, starts[n], steps)
+    # minutes for SmolLM2-135M on a 2-core CPU; compiling dominates on a GPU
+    with tqdm(
+        total=2 * len(jobs),
+        desc="auto: compiling and timing the candidate layouts once",
+        unit="step",
+        leave=False,
+        dynamic_ncols=True,
+        disable=not jobs,
+    ) as bar:
+        compiled.compile_all(
+            [
+                (run_steps, (spec,), {"n": steps}, (params, la, live))
+                for spec, la, live in jobs.values()
+            ],
+            threads,
+            done=lambda: bar.update(),
+        )
+        out = {}
+        for m, (spec, la, live) in jobs.items():
+            bar.set_postfix_str(m)
+            program, _ = compiled.executable(run_steps, (spec,), {"n": steps}, params, la, live)
+            _run(program, params, la, live)  # warm-up
+            runs = [_run(program, params, la, live) for _ in range(max(repeats, 1))]
+            out[m] = float(np.median(runs)) / steps
+            bar.update()
+    return out
 
 
 def iteration_seconds(
@@ -75,52 +179,15 @@ def iteration_seconds(
     steps: int = STEPS,
     cache_dtype=None,
 ) -> float:
-    """Seconds per loop iteration of ``method`` for the batch ``prompts`` (padded to its batch
-    bucket; every row active): ``steps`` iterations in one jitted ``fori_loop``
-    (``decode.run_steps``), on the state a short greedy autoregressive generation (8 tokens)
-    left, switched to ``method``'s schedule and its rows made active again; warm-up, then the
-    median of ``repeats``. That generation is the same program for every method (compiled once
-    per cache size), and the drafts it leaves empty: an iteration's cost does not depend on what
-    it accepts (static shapes). ``max_len``: cache slots (default: just enough, rounded up to
-    128); ``cache_dtype``: as in ``generation.generate``."""
-    la = None if method == "ar" else la_LxD
-    schedule = make_schedule(method, 0 if la is None else int(np.shape(la)[0]))
-    N = steps * schedule.step_emits  # at most the tokens the timed steps commit
-    need = timing_slots(max(map(len, prompts)), schedule, steps)
-    if max_len is not None and max_len < need:
-        raise ValueError(
-            f"max_len {max_len} is too small to time {steps} {method} steps "
-            f"after the prompt ({need} slots needed)"
-        )
-    _, state = generate_fixed(
-        cfg,
-        params,
-        prompts,
-        max_new_tokens=8,
-        eos_ids=(),
-        method="ar",
-        max_len=max_len or round_cache_len(need),
-        return_state=True,
-        cache_dtype=cache_dtype,
-    )
-    state = switch_schedule(state, schedule)
-    spec = DecodeSpec(cfg, schedule, SamplerConfig(), N, decode_precision(cfg, SamplerConfig()))
-    B = state.y_B.shape[0]
-    live = state.replace(
-        out_BxN=jnp.zeros((B, N), jnp.int32),
-        n_B=jnp.zeros((B,), jnp.int32),
-        done_B=jnp.zeros((B,), bool),
-    )
-    la = jnp.zeros((0, cfg.d_model), cfg.param_dtype) if la is None else la
-
-    def timed() -> float:  # on a fresh copy of the state, donated: the cache is updated in place
-        state = jax.block_until_ready(jax.tree.map(jnp.copy, live))
-        t0 = time.perf_counter()
-        jax.block_until_ready(run_steps(spec, params, la, state, steps))
-        return time.perf_counter() - t0
-
-    timed()  # warm-up (compile)
-    return float(np.median([timed() for _ in range(max(repeats, 1))])) / steps
+    """``time_iterations`` for one method; ``max_len``: cache slots (default: just enough,
+    rounded up to 128)."""
+    if max_len is None:
+        L = 0 if method == "ar" else int(np.shape(la_LxD)[0])
+        need = timing_slots(max(map(len, prompts)), make_schedule(method, L), steps)
+        max_len = round_cache_len(need)
+    return time_iterations(
+        cfg, params, la_LxD, {method: max_len}, prompts, repeats, steps, cache_dtype
+    )[method]
 
 
 def setting(
@@ -208,10 +275,12 @@ def _seconds(entries: dict, what: dict) -> dict:
 # this process's timings: the setting without its cache size -> cache size -> method -> seconds
 _COSTS: dict[tuple, dict[int, dict[str, float]]] = {}
 
-# A table timed at a cache size within this factor of another stands in for it: an iteration's
-# cost moves little with the cache size (the weights are read once whatever the size), while
-# timing every candidate again costs minutes (chat prompts of different lengths fall in
-# different sizes). ``auto``'s measured segments correct what is left.
+# A table timed at a cache size within this factor of another stands in for it, since timing
+# every candidate again takes minutes (on a 2-core CPU) and prompts of different lengths fall
+# in different sizes. An iteration's cost grows with the cache size (attention reads every
+# slot): little while the KV cache is small next to the weights (SmolLM2-135M at 256 slots:
+# 12 MB against 540 MB), more for long contexts; ``auto``'s measured segments, kept per cache
+# size, correct what is left.
 NEAR = 2.0
 
 
@@ -221,16 +290,20 @@ def _family(what: dict) -> tuple:
 
 
 def _file_tables(entries: dict, what: dict) -> dict[int, dict[str, float]]:
-    """The file's positive seconds per method for ``what``'s setting, per cache size."""
+    """The file's positive seconds per method for ``what``'s setting, per cache size (entries
+    without a positive whole ``max_len`` are skipped)."""
     out = {}
     for entry in entries.values():
-        setting_ = entry.get("setting") if isinstance(entry, dict) else None
-        if not isinstance(setting_, dict) or _family(setting_) != _family(what):
+        other = entry.get("setting") if isinstance(entry, dict) else None
+        if not isinstance(other, dict) or _family(other) != _family(what):
             continue
-        seconds = _seconds(entries, setting_)  # ({} unless filed under its own id)
+        size = other.get("max_len")
+        if type(size) is not int or size < 1:
+            continue
+        seconds = _seconds(entries, other)  # ({} unless filed under its own id)
         good = {m: float(s) for m, s in seconds.items() if isinstance(s, (int, float)) and s > 0}
         if good:
-            out[int(setting_["max_len"])] = good
+            out[size] = good
     return out
 
 
@@ -259,56 +332,52 @@ def iteration_costs(
     near: float = NEAR,
 ) -> tuple[dict[str, float], str]:
     """Seconds per loop iteration of each method at this batch size, cache size and cache dtype
-    on the default device (``iteration_seconds``), timed once per process; with ``cost_file``
+    on the default device (``time_iterations``), timed once per process; with ``cost_file``
     (a path) read from and added to that file too, so a later process skips the timing.
 
     The costs of a cache size come from the first of: this process's table for that size, the
     file's, and, for the methods neither has, the table of the nearest cache size within a
     factor ``near`` that has them all, this process's and then the file's (``NEAR``; 1: never);
-    what is still missing is timed. ``retime``: do not read the file; time each method again
-    (once per process) and overwrite what the file held. Returns the costs and where they came
-    from: ``process`` (timed earlier in this process), ``file``, ``timed``, ``process@SIZE`` or
-    ``file@SIZE`` (another cache size's table), or several joined by ``+``."""
+    what is still missing is timed. ``retime``: do not read the file and borrow no other
+    size's table; time each method again (once per process) and overwrite what the file held.
+    Returns the costs and where they came from: ``process`` (timed earlier in this process),
+    ``file``, ``timed``, ``process@SIZE`` or ``file@SIZE`` (another cache size's table), or
+    several joined by ``+``."""
     L = int(np.shape(la_LxD)[0])
     what = setting(cfg, params, L, len(prompts), max_len, cache_dtype, repeats)
     size = int(max_len)
     tables = _COSTS.setdefault(_family(what), {})
-    out = {m: tables[size][m] for m in methods if m in tables.get(size, {})}
+    here = tables.setdefault(size, {})
+    out = {m: here[m] for m in methods if m in here}
     sources = {"process"} if out else set()
     use_file = cost_file is not None and len(out) < len(methods) and not retime
     stored = _file_tables(read_table(cost_file), what) if use_file else {}
     for m in methods:
         if m not in out and m in stored.get(size, {}):
-            out[m] = tables.setdefault(size, {})[m] = stored[size][m]
+            out[m] = here[m] = stored[size][m]
             sources.add("file")
     missing = [m for m in methods if m not in out]
-    for source, candidates_ in (("process", tables), ("file", stored)):
-        other = _nearest(candidates_, size, missing, near) if missing else None
+    for source, others in (("process", tables), ("file", stored)):
+        other = _nearest(others, size, missing, near) if missing and not retime else None
         if other is not None:
-            out.update({m: candidates_[other][m] for m in missing})
+            out.update({m: others[other][m] for m in missing})
             sources.add(f"{source}@{other}")
             missing = []
-    # minutes for SmolLM2-135M on a 2-core CPU, and compiling dominates on a GPU: show it
-    bar = tqdm(
-        missing,
-        desc="auto: timing the candidate layouts once",
-        unit="layout",
-        leave=False,
-        dynamic_ncols=True,
-        disable=not missing,
-    )
-    for m in bar:
-        bar.set_postfix_str(m)
-        slots = max(
-            max_len, round_cache_len(timing_slots(max(map(len, prompts)), make_schedule(m, L)))
+    if missing:
+        slots = {
+            m: max(
+                max_len, round_cache_len(timing_slots(max(map(len, prompts)), make_schedule(m, L)))
+            )
+            for m in missing
+        }
+        here.update(
+            time_iterations(cfg, params, la_LxD, slots, prompts, repeats, cache_dtype=cache_dtype)
         )
-        out[m] = tables.setdefault(size, {})[m] = iteration_seconds(
-            cfg, params, m, la_LxD, prompts, repeats, slots, cache_dtype=cache_dtype
-        )
+        out.update({m: here[m] for m in missing})
         sources.add("timed")
     if cost_file is not None and missing:
         entries = read_table(cost_file)  # another process may have added entries meanwhile
-        seconds = {**_seconds(entries, what), **tables[size]}
+        seconds = {**_seconds(entries, what), **here}
         entries[_entry_id(what)] = {"setting": what, "seconds": seconds}
         write_table(cost_file, entries)
     return {m: out[m] for m in methods}, "+".join(sorted(sources))

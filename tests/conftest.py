@@ -119,6 +119,19 @@ def tiny_params(cfg: ModelConfig = TINY, seed: int = 0):
     return jax.tree.map(lambda x: x, _params(cfg, seed))
 
 
+def fake_timing(cost, timed: list | None = None):
+    """A stand-in for ``iteration_cost.time_iterations``: ``cost(method, slots)`` seconds per
+    loop iteration for each method asked (``slots``: its cache size), nothing compiled or run;
+    the methods asked are added to ``timed`` if given."""
+
+    def fake(cfg, params, la_LxD, slots, *args, **kw):
+        if timed is not None:
+            timed.extend(slots)
+        return {m: cost(m, n) for m, n in slots.items()}
+
+    return fake
+
+
 def random_la(cfg: ModelConfig, L: int, seed: int, scale: float = 1.0):
     """Random look-ahead embeddings ``[L, d_model]``: ``scale * normal(PRNGKey(seed))``."""
     return scale * jax.random.normal(jax.random.PRNGKey(seed), (L, cfg.d_model))

@@ -7,7 +7,7 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY, random_la, tiny_params
+from conftest import TINY, fake_timing, random_la, tiny_params
 
 import pass_jax.auto as auto
 import pass_jax.iteration_cost as iteration_cost
@@ -167,9 +167,7 @@ def test_switching_schedules_every_segment_stays_lossless(monkeypatch):
     la = random_la(CFG, 2, 101, 0.05) + params["embed"]["embedding"][jnp.arange(2)]
     methods = ("ar", "pass", "tree-1x1", "tree-3x2", "tree-2", "ctx-3", "tree-2+ctx1")
     timed = []
-    monkeypatch.setattr(
-        iteration_cost, "iteration_seconds", lambda cfg, p, m, *a, **k: timed.append(m) or 1.0
-    )
+    monkeypatch.setattr(iteration_cost, "time_iterations", fake_timing(lambda m, n: 1.0, timed))
     cycle = itertools.cycle(methods)
     monkeypatch.setattr(auto, "choose", lambda stats, costs, L: (next(cycle), {}))
     plain = generate(CFG, params, PROMPTS, max_new_tokens=30, eos_ids=()).tokens
@@ -211,7 +209,7 @@ def test_prior_skips_the_costly_exploration(monkeypatch):
     methods = ("ar", "pass", "tree-1x1", "tree-3x2")
     costs = {"ar": 1.0, "pass": 2.5, "tree-1x1": 3.0, "tree-3x2": 12.0}
     monkeypatch.setattr(iteration_cost, "_COSTS", {})  # no cost table from another test
-    monkeypatch.setattr(iteration_cost, "iteration_seconds", lambda cfg, p, m, *a, **k: costs[m])
+    monkeypatch.setattr(iteration_cost, "time_iterations", fake_timing(lambda m, n: costs[m]))
     stats = auto.prior_stats([0.2, 0.05], 2, 3)
     np.testing.assert_allclose(stats.conditional()[:, 0], [(3.2 + 1) / 18, (0.8 + 1) / 18])
     want = generate(CFG, params, PROMPTS, max_new_tokens=12, eos_ids=()).tokens
@@ -258,7 +256,7 @@ def test_short_generations_explore_too(monkeypatch):
     la = params["embed"]["embedding"][jnp.arange(2)]
     methods = ("ar", "pass", "tree-1x1", "tree-3x2")
     costs = {"ar": 1.0, "pass": 2.5, "tree-1x1": 3.0, "tree-3x2": 12.0}
-    monkeypatch.setattr(iteration_cost, "iteration_seconds", lambda cfg, p, m, *a, **k: costs[m])
+    monkeypatch.setattr(iteration_cost, "time_iterations", fake_timing(lambda m, n: costs[m]))
     want = generate(CFG, params, PROMPTS, max_new_tokens=12, eos_ids=()).tokens
     kw = dict(max_new_tokens=12, la_LxD=la, eos_ids=(), methods=methods, segment=3)
     chosen = []
@@ -286,7 +284,7 @@ def test_statistics_carry_over_to_the_next_call(monkeypatch):
     la = random_la(CFG, 2, 101, 0.05) + params["embed"]["embedding"][jnp.arange(2)]
     methods = ("ar", "tree-2", "ctx-3")
     costs = {"ar": 1.0, "tree-2": 1.3, "ctx-3": 1.2}
-    monkeypatch.setattr(iteration_cost, "iteration_seconds", lambda cfg, p, m, *a, **k: costs[m])
+    monkeypatch.setattr(iteration_cost, "time_iterations", fake_timing(lambda m, n: costs[m]))
     kw = dict(max_new_tokens=24, la_LxD=la, eos_ids=(), methods=methods, segment=4)
     first = auto.generate_auto(CFG, params, PROMPTS, **kw)
     assert first.auto.segments[0] == "tree-2"  # no prior: the widest candidate first
@@ -307,18 +305,16 @@ def test_statistics_carry_over_to_the_next_call(monkeypatch):
 
 
 def test_cache_sizes_share_statistics_and_costs(monkeypatch):
-    """A call with a cache twice the first one's starts from the first call's statistics and
-    borrows its timed costs (nothing timed again), and its output is autoregressive
-    decoding's."""
+    """A call with a cache twice the first one's starts from the first call's acceptance
+    statistics and borrows its timed costs (nothing timed again); the costs its segments
+    measure are kept apart from the first size's; its output is autoregressive decoding's."""
     params = tiny_params(CFG, 4)
     la = random_la(CFG, 2, 101, 0.05) + params["embed"]["embedding"][jnp.arange(2)]
     methods = ("ar", "tree-2", "ctx-3")
     costs = {"ar": 1.0, "tree-2": 1.3, "ctx-3": 1.2}
     timed = []
     monkeypatch.setattr(
-        iteration_cost,
-        "iteration_seconds",
-        lambda cfg, p, m, *a, **k: timed.append(m) or costs[m],
+        iteration_cost, "time_iterations", fake_timing(lambda m, n: costs[m], timed)
     )
     kw = dict(max_new_tokens=24, la_LxD=la, eos_ids=(), methods=methods, segment=4)
     first = auto.generate_auto(CFG, params, PROMPTS, max_len=128, **kw)
@@ -326,10 +322,15 @@ def test_cache_sizes_share_statistics_and_costs(monkeypatch):
     (learned,) = auto._LEARNED.values()
     want = auto.choose(learned, costs, 2)[0]
     assert want != "tree-2"  # (so the test tells learned statistics from a fresh start)
+    at_128 = dict(learned.measured_by_size[128])
+    assert at_128 and learned.measured is learned.measured_by_size[128]
     timed.clear()
     second = auto.generate_auto(CFG, params, PROMPTS, max_len=256, **kw)
     assert second.auto.segments[0] == want and len(auto._LEARNED) == 1
     assert timed == [] and second.auto.costs_from == "process@128"
+    # the measured costs are kept per cache size: 256's segments left 128's as they were
+    (shared,) = auto._LEARNED.values()
+    assert shared.measured_by_size[128] == at_128 and shared.measured_by_size[256]
     plain = generate(CFG, params, PROMPTS, max_new_tokens=24, eos_ids=()).tokens
     assert first.tokens == second.tokens == plain
 
@@ -340,7 +341,7 @@ def test_compiling_is_reported_apart_from_the_wall_time(monkeypatch):
     autoregressive decoding's."""
     params = tiny_params(CFG, 4)
     la = params["embed"]["embedding"][jnp.arange(2)]
-    monkeypatch.setattr(iteration_cost, "iteration_seconds", lambda *a, **k: 1.0)
+    monkeypatch.setattr(iteration_cost, "time_iterations", fake_timing(lambda m, n: 1.0))
     kw = dict(max_new_tokens=10, la_LxD=la, eos_ids=(), methods=("tree-1x1",), segment=4)
     want = generate(CFG, params, PROMPTS, max_new_tokens=10, eos_ids=()).tokens
     t = time.perf_counter()

@@ -520,8 +520,10 @@ def test_greedy_pass_equals_autoregressive_over_a_bfloat16_cache(monkeypatch):
     monkeypatch.setattr(iteration_cost, "_COSTS", {})  # no cost table from another test
     monkeypatch.setattr(
         iteration_cost,
-        "iteration_seconds",
-        lambda cfg, p, m, *a, cache_dtype: timed.append(cache_dtype) or (1.0 if m == "ar" else 9.0),
+        "time_iterations",
+        lambda cfg, p, la, slots, *a, cache_dtype: {
+            m: timed.append(cache_dtype) or (1.0 if m == "ar" else 9.0) for m in slots
+        },
     )
     kw = {"la_LxD": la, "auto_methods": ["ar", "pass-fused"], "cache_dtype": "bfloat16"}
     res = run("auto", auto_prior=[0.1] * 4, **kw)  # the plain autoregressive loop

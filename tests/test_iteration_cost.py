@@ -1,12 +1,12 @@
 """``auto``'s call costs kept across processes: the file is read instead of timing again, kept
 per setting, replaced (never trusted) when corrupt, and written atomically. The timing itself
-is faked here (``iteration_seconds``); the CLI test at the end times for real."""
+is faked here (``time_iterations``); the CLI test at the end times for real."""
 
 import json
 import warnings
 
 import pytest
-from conftest import TINY, random_la, tiny_params
+from conftest import TINY, fake_timing, random_la, tiny_params
 
 import infer.generate as generate_cli
 import pass_jax.iteration_cost as ic
@@ -17,15 +17,12 @@ METHODS = ("ar", "tree-1x1", "ctx-3")
 
 @pytest.fixture
 def timed(monkeypatch):
-    """Fake timing (a method's cost: its name's length in ms); lists what was timed. The
-    process's table starts empty, as in a new process."""
+    """Fake timing (a method's cost: its name's length in ms per 128 cache slots, so that
+    every cache size has its own figures); lists what was timed. The process's table starts
+    empty, as in a new process."""
     calls = []
     monkeypatch.setattr(ic, "_COSTS", {})
-    monkeypatch.setattr(
-        ic,
-        "iteration_seconds",
-        lambda cfg, params, m, *a, **k: calls.append(m) or len(m) / 1000,
-    )
+    monkeypatch.setattr(ic, "time_iterations", fake_timing(lambda m, n: len(m) * n / 128e3, calls))
     return calls
 
 
@@ -46,8 +43,7 @@ def test_costs_are_read_back_from_the_file_instead_of_timed(tmp_path, timed, mon
     path = tmp_path / "sub" / "costs.json"
     costs, source = _costs(path)
     assert source == "timed" and sorted(timed) == sorted(METHODS)
-    assert "auto: timing the candidate layouts once" in capsys.readouterr().err  # a progress bar
-    assert costs == {m: len(m) / 1000 for m in METHODS}
+    assert costs == {m: len(m) / 1000 for m in METHODS}  # at 128 slots
     (entry,) = json.loads(path.read_text())["entries"].values()
     assert entry["setting"]["max_len"] == 128 and entry["setting"]["batch"] == 2
     assert entry["seconds"] == costs
@@ -56,7 +52,6 @@ def test_costs_are_read_back_from_the_file_instead_of_timed(tmp_path, timed, mon
     assert _costs(path) == (costs, "process")  # this process's table
     monkeypatch.setattr(ic, "_COSTS", {})  # a new process: the file
     assert _costs(path) == (costs, "file") and timed == []
-    assert "timing" not in capsys.readouterr().err
     # a method the file lacks is timed and added; the others still come from the file
     monkeypatch.setattr(ic, "_COSTS", {})
     more, source = _costs(path, methods=(*METHODS, "pass"))
@@ -99,6 +94,40 @@ def test_a_cache_size_without_a_table_borrows_the_nearest(tmp_path, timed, monke
         cost_file=path, near=1.0,
     )  # fmt: skip
     assert source == "timed" and sorted(timed) == sorted(METHODS)
+
+
+def test_retiming_borrows_nothing(tmp_path, timed, monkeypatch):
+    """``retime`` times a cache size even when another size's table is at hand, so that the
+    file's entry for that size is replaced, not left for a later process to read."""
+    path = tmp_path / "costs.json"
+    _costs(path, max_len=256)
+    monkeypatch.setattr(ic, "_COSTS", {})  # a new process, retiming 128 then 256
+    timed.clear()
+    assert _costs(path, retime=True)[1] == "timed"
+    timed.clear()
+    again, source = _costs(path, max_len=256, retime=True)
+    assert source == "timed" and sorted(timed) == sorted(METHODS)
+    monkeypatch.setattr(ic, "_COSTS", {})
+    assert _costs(path, max_len=256) == (again, "file")
+
+
+@pytest.mark.parametrize("size", [None, "256", 0, 256.0, True])
+def test_a_file_entry_with_a_bad_cache_size_is_skipped(tmp_path, timed, monkeypatch, size):
+    """An entry of the same setting whose ``max_len`` is missing or not a positive whole
+    number stands in for no size (and crashes nothing)."""
+    path = tmp_path / "costs.json"
+    _costs(path, max_len=256)
+    data = json.loads(path.read_text())
+    (entry,) = data["entries"].values()
+    if size is None:
+        del entry["setting"]["max_len"]
+    else:
+        entry["setting"]["max_len"] = size
+    data["entries"] = {ic._entry_id(entry["setting"]): entry}  # filed under its own id
+    path.write_text(json.dumps(data))
+    monkeypatch.setattr(ic, "_COSTS", {})
+    timed.clear()
+    assert _costs(path, max_len=256)[1] == "timed" and sorted(timed) == sorted(METHODS)
 
 
 @pytest.mark.parametrize(

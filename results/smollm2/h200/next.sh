@@ -17,7 +17,9 @@
 #
 # Steps, in order: code-auto, batch8, chat, ablation. Estimated from session 17's rate on a cold
 # machine (not measured): code-auto about 5 minutes and batch8 about 5 (auto times its
-# candidates in each), chat about 3, ablation about 2. After the calls that carry the wheels
+# candidates in each; its programs now compile concurrently, which should shorten that), chat
+# about 3 (more where code-auto has not run first on the same machine: auto times its
+# candidates again), ablation about 2. After the calls that carry the wheels
 # and the GGUF, run STEPS="code-auto batch8" under a 560 s limit (what batch8 measured before
 # the limit stays in its JSON), then the rest in one more call if device time is left, at
 # once: the machine keeps its compile cache only while warm.
@@ -69,7 +71,7 @@ step() {
       --batch-size 8 --temperatures 0,0.8 --methods ar,pass-fused,tree-8x1,ctx-3,tree-1+ctx3,tree-4+ctx2,auto \
       --no-hf-baselines --out-dir "$OUTD/code-batch8" \
       --title "SmolLM2-135M-Instruct on a GPU, code prompts, batch 8, default look-ahead embeddings (L=4)" ;;
-  chat)  # chat, batch 1 (auto reads the costs code-auto timed at batch 1 from the cost file)
+  chat)  # chat, batch 1 (auto reads code-auto's batch-1 costs from the cost file on the same machine)
     $PY -m infer.bench $common --lookahead $LA4 $B1 --prompts chat \
       --batch-size 1 --temperatures 0,0.8 --methods ar,pass-fused,tree-8x1,ctx-3,tree-1+ctx3,tree-4+ctx2,auto \
       $HF --out-dir "$OUTD/chat" \
