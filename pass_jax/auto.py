@@ -395,15 +395,18 @@ class _Chooser:
         explore_every,
         decay: float,
         learned: AcceptanceStats | None = None,
+        size: int = 0,
     ):
         """From ``learned`` statistics (earlier calls') or a prior: start with the best
         expected method, explore the best speculative one every 32 segments; without either:
-        start with (and explore) the widest candidate, every 8."""
+        start with (and explore) the widest candidate, every 8. Costs are judged at cache size
+        ``size`` (``AcceptanceStats.at_size``)."""
         J = max(depth(m, L) for m in methods)
         if learned is not None:
             stats = copy.deepcopy(learned)
         else:
             stats = AcceptanceStats.empty(J, W) if prior is None else prior_stats(prior, J, W)
+        stats.at_size(size)
         if learned is None and prior is None:
             first = explore = explorer(methods, L)
             return cls(stats, costs, L, first, explore, explore_every or 8, decay, False)
@@ -544,9 +547,16 @@ def generate_auto(
     W = max(s.width for s in schedules.values())
     key = (cfg, sampler, methods, W, np.asarray(la_LxD).tobytes(), B)
     chooser = _Chooser.make(
-        methods, log.seconds_per_iteration, prior, L, W, explore_every, decay, _LEARNED.get(key)
+        methods,
+        log.seconds_per_iteration,
+        prior,
+        L,
+        W,
+        explore_every,
+        decay,
+        _LEARNED.get(key),
+        max_len,
     )
-    chooser.stats.at_size(max_len)
     segments = -(-(N - 1) // segment)  # (the prefill emits the first token)
     if chooser.plain_ar(segments):
         chooser.stats.ar_run += segments

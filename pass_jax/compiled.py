@@ -50,7 +50,8 @@ def compile_all(
 ) -> float:
     """Compile every job ``(fn, statics, static_kw, args)`` not compiled yet (as
     ``executable`` would, which then finds it): traced and lowered one by one, compiled in
-    ``threads`` threads (default: one per CPU core, at most one per job). ``done`` is called
+    ``threads`` threads (default: one per CPU core this process may use, at most one per
+    job). ``done`` is called
     after each job. Returns the seconds it took."""
     t = time.perf_counter()
     lowered = {}
@@ -60,13 +61,16 @@ def compile_all(
             lowered[key] = fn.lower(*statics, *args, **static_kw)
         elif done is not None:
             done()
-    workers = max(1, min(len(lowered), threads or os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers) as pool:
+    workers = max(1, min(len(lowered), threads or len(os.sched_getaffinity(0))))
+    pool = ThreadPoolExecutor(workers)
+    try:
         futures = {pool.submit(low.compile): key for key, low in lowered.items()}
         for future in as_completed(futures):
             _EXECUTABLES[futures[future]] = future.result()
             if done is not None:
                 done()
+    finally:  # on an error, what has not started compiling is dropped, not waited for
+        pool.shutdown(cancel_futures=True)
     return time.perf_counter() - t
 
 

@@ -103,6 +103,7 @@ def time_iterations(
     steps: int = STEPS,
     cache_dtype=None,
     threads: int | None = None,
+    desc: str = "compiling and timing layouts",
 ) -> dict[str, float]:
     """Seconds per loop iteration of each method of ``slots`` (method -> cache slots) for the
     batch ``prompts`` (padded to its batch bucket; every row active): ``steps`` iterations in
@@ -114,7 +115,7 @@ def time_iterations(
 
     Every method's program is compiled first, in ``threads`` threads
     (``compiled.compile_all``), then the methods are timed one after the other. A progress bar
-    shows both. ``cache_dtype``: as in ``generation.generate``."""
+    (``desc``) shows both. ``cache_dtype``: as in ``generation.generate``."""
     starts, jobs = {}, {}
     for m, n in slots.items():
         need = timing_slots(
@@ -143,7 +144,7 @@ def time_iterations(
     # minutes for SmolLM2-135M on a 2-core CPU; compiling dominates on a GPU
     with tqdm(
         total=2 * len(jobs),
-        desc="auto: compiling and timing the candidate layouts once",
+        desc=desc,
         unit="step",
         leave=False,
         dynamic_ncols=True,
@@ -371,7 +372,16 @@ def iteration_costs(
             for m in missing
         }
         here.update(
-            time_iterations(cfg, params, la_LxD, slots, prompts, repeats, cache_dtype=cache_dtype)
+            time_iterations(
+                cfg,
+                params,
+                la_LxD,
+                slots,
+                prompts,
+                repeats,
+                cache_dtype=cache_dtype,
+                desc="auto: compiling and timing its candidate layouts once",
+            )
         )
         out.update({m: here[m] for m in missing})
         sources.add("timed")

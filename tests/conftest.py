@@ -36,7 +36,7 @@ def _release_compiled_programs():
     test_sampling alone hold 39k."""
     yield
     jax.clear_caches()
-    auto.forget()  # its statistics and its own compiled programs
+    auto.forget()  # its statistics and the programs compiled ahead (pass_jax.compiled)
     gc.collect()
 
 

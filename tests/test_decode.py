@@ -521,7 +521,7 @@ def test_greedy_pass_equals_autoregressive_over_a_bfloat16_cache(monkeypatch):
     monkeypatch.setattr(
         iteration_cost,
         "time_iterations",
-        lambda cfg, p, la, slots, *a, cache_dtype: {
+        lambda cfg, p, la, slots, *a, cache_dtype, **k: {
             m: timed.append(cache_dtype) or (1.0 if m == "ar" else 9.0) for m in slots
         },
     )

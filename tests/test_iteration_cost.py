@@ -1,6 +1,6 @@
 """``auto``'s call costs kept across processes: the file is read instead of timing again, kept
 per setting, replaced (never trusted) when corrupt, and written atomically. The timing itself
-is faked here (``time_iterations``); the CLI test at the end times for real."""
+is faked here (``time_iterations``), except in the last test."""
 
 import json
 import warnings
@@ -39,7 +39,7 @@ def _costs(path, max_len=128, retime=False, methods=METHODS):
     )
 
 
-def test_costs_are_read_back_from_the_file_instead_of_timed(tmp_path, timed, monkeypatch, capsys):
+def test_costs_are_read_back_from_the_file_instead_of_timed(tmp_path, timed, monkeypatch):
     path = tmp_path / "sub" / "costs.json"
     costs, source = _costs(path)
     assert source == "timed" and sorted(timed) == sorted(METHODS)
@@ -181,3 +181,21 @@ def test_default_file_follows_the_environment(monkeypatch, tmp_path):
     assert generate_cli.auto_cost_file(None) == ic.default_cost_file()
     assert generate_cli.auto_cost_file("none") is None
     assert generate_cli.auto_cost_file("my.json") == "my.json"
+
+
+def test_time_iterations_compiles_every_method_then_times_it():
+    """For real on the tiny model: every method's ``run_steps`` program is compiled (all
+    before any is timed, kept in ``compiled``), and each method gets its own positive cost;
+    a cache too small for the timed steps is a clear error."""
+    from pass_jax import compiled
+
+    compiled.forget()
+    params, la = tiny_params(TINY, 0), random_la(TINY, 2, 0)
+    methods = ("ar", "tree-2x1", "ctx-3")
+    seconds = ic.time_iterations(TINY, params, la, dict.fromkeys(methods, 128), PROMPTS, 1)
+    assert list(seconds) == list(methods) and all(s > 0 for s in seconds.values())
+    programs = [k for k in compiled._EXECUTABLES if k[0] is ic.run_steps]
+    assert len(programs) == 3  # one per method: its schedule is a static argument
+    with pytest.raises(ValueError, match="max_len 16 is too small to time 8 tree-2x1 steps"):
+        ic.time_iterations(TINY, params, la, {"tree-2x1": 16}, PROMPTS, 1)
+    compiled.forget()
