@@ -54,11 +54,9 @@ chosen only when it beats autoregressive decoding by ``MARGIN`` (5%).
 The statistics and measured costs carry over from call to call in a process (per model,
 sampler, candidates, embeddings and batch size; ``forget`` drops them): a later call starts
 from what the earlier ones saw, like a prior, so short generations do not each pay for
-exploring. It starts from their long run (counts decayed by ``LONG_DECAY``, 0.98, a segment),
-at 16 tries per depth and rank at most, not from the last call's text (``restart``). Calls of
-every cache size share the acceptance statistics (what a layout accepts depends on the text,
-not on the cache size), while the measured costs are kept per cache size (attention reads
-every slot).
+exploring. Calls of every cache size share the acceptance statistics (what a layout accepts
+depends on the text, not on the cache size), while the measured costs are kept per cache size
+(attention reads every slot).
 
 The prefill and segment programs are compiled apart from running them (``compiled``), the
 first time each runs in the process (per layout, bootstrap or not, batch, cache size and
@@ -114,9 +112,6 @@ TREES = ((2, 1, 1, 1), (2, 2, 1, 1), (3, 2, 1, 1), (4, 1), (8, 1))
 # a chain of 3 (the fastest layout at greedy on an H200, results/smollm2/h200) and its top 4
 # with a chain of 2 (the fastest there at T = 0.8).
 CONTEXT = ("ctx-3", "ctx-6", "tree-1+ctx3", "tree-4+ctx2")
-# The long-run acceptance counts a call starts from (``AcceptanceStats.restart``) decay this
-# much a segment: about the last 50 segments.
-LONG_DECAY = 0.98
 # The timed cost of a layout weighs as much as this many measured loop iterations: the
 # iterations it was timed on (iteration_cost: 3 repeats of 8 steps).
 TIMED_ITERATIONS = 24
@@ -186,34 +181,10 @@ class AcceptanceStats:
     # autoregressive segments in a row, counted over calls (the plain loop counts as the
     # segments it stands for), so that exploring comes in short generations too
     ar_run: int = 0
-    # the same four counts decayed by ``LONG_DECAY`` a segment: the long run, which a new call
-    # starts from (``restart``) rather than the last call's text
-    long: tuple[np.ndarray, ...] = ()
 
     @classmethod
     def empty(cls, J: int, W: int) -> AcceptanceStats:
-        def zeros():
-            return np.zeros((J, W)), np.zeros((J, W)), np.zeros(J), np.zeros(J)
-
-        return cls(*zeros(), long=zeros())
-
-    def counts(self) -> tuple[np.ndarray, ...]:
-        """The decayed counts: accepted and tried draws, accepted and tried context drafts."""
-        return self.accepted_JxW, self.tried_JxW, self.ctx_accepted_J, self.ctx_tried_J
-
-    def restart(self, strength: float = 16.0) -> None:
-        """Start a call: every count the long run has tries for becomes the long run's rate, at
-        ``strength`` tries at most (the others stay). The calls of a process are often other
-        texts (a benchmark's prompts, a server's requests); carried over as they were, the
-        last call's text chose the first segments of the next (the likely cause of ``ctx-6``
-        for 42% of the tokens, 1.24x against ``ctx-3``'s 1.32x, in
-        results/smollm2/auto-repeats)."""
-        for fast, long in ((self.counts()[:2], self.long[:2]), (self.counts()[2:], self.long[2:])):
-            (accepted, tried), (long_accepted, long_tried) = fast, long
-            seen = long_tried > 0
-            scale = np.minimum(1.0, strength / np.where(seen, long_tried, 1.0))
-            accepted[seen] = (long_accepted * scale)[seen]
-            tried[seen] = (long_tried * scale)[seen]
+        return cls(np.zeros((J, W)), np.zeros((J, W)), np.zeros(J), np.zeros(J))
 
     def at_size(self, size: int) -> None:
         """Measure and judge costs at cache size ``size`` from now on: ``measured`` becomes
@@ -254,24 +225,21 @@ class AcceptanceStats:
         """Add one segment of ``verifications`` calls of a layout of widths ``w`` with context
         drafts at ``ctx_depths``: ``accepted_JxW`` counts the accepted draws per depth and rank,
         ``ctx_accepted_J`` the accepted context drafts per depth (tried when the draws there
-        were all rejected). The counts decay by ``decay`` first, the long run's by
-        ``LONG_DECAY``."""
-        add = [np.zeros_like(x) for x in self.counts()]  # this segment's counts
+        were all rejected)."""
+        for x in (self.accepted_JxW, self.tried_JxW, self.ctx_accepted_J, self.ctx_tried_J):
+            x *= decay
         reach = float(verifications)
         for j in range(max(len(w), len(ctx_depths))):
             wj = w[j] if j < len(w) else 0
             acc = accepted_JxW[j, :wj].astype(float)
-            add[0][j, :wj] = acc
-            add[1][j, :wj] = reach - np.concatenate([[0.0], np.cumsum(acc)[:-1]])
+            self.accepted_JxW[j, :wj] += acc
+            self.tried_JxW[j, :wj] += reach - np.concatenate([[0.0], np.cumsum(acc)[:-1]])
             ctx = 0.0
             if j + 1 in ctx_depths:
                 ctx = float(ctx_accepted_J[j])
-                add[2][j], add[3][j] = ctx, reach - acc.sum()
+                self.ctx_accepted_J[j] += ctx
+                self.ctx_tried_J[j] += reach - acc.sum()
             reach = acc.sum() + ctx
-        for counts, d in ((self.counts(), decay), (self.long, LONG_DECAY)):
-            for x, a in zip(counts, add):
-                x *= d
-                x += a
 
     def conditional(self) -> np.ndarray:
         """c(j, r) ``[J, W]`` (posterior mean under a Beta(1, 1) prior)."""
@@ -436,7 +404,6 @@ class _Chooser:
         J = max(depth(m, L) for m in methods)
         if learned is not None:
             stats = copy.deepcopy(learned)
-            stats.restart()
         else:
             stats = AcceptanceStats.empty(J, W) if prior is None else prior_stats(prior, J, W)
         stats.at_size(size)

@@ -78,26 +78,6 @@ def test_acceptance_statistics_and_expected_tokens():
     np.testing.assert_allclose(stats.tried_JxW, [[5, 2, 0], [4, 3.5, 0]])
 
 
-def test_a_call_starts_from_the_long_run_not_the_last_text():
-    """``restart`` (a new call) replaces the counts by the long run's rate at 16 tries where
-    the long run has tries, and leaves the others: after 30 segments accepting half the
-    depth-1 drafts and one accepting all of them, the next call starts near a half."""
-    stats = auto.AcceptanceStats.empty(2, 2)
-    for _ in range(30):
-        stats.update(np.array([[5, 0], [2, 0]]), 10, (1, 1), decay=0.8)
-    stats.update(np.array([[10, 0], [10, 0]]), 10, (1, 1), decay=0.8)  # a text that repeats
-    assert stats.conditional()[0, 0] > 0.59  # the last segment weighs a fifth of the counts
-    long_acc, long_tried = stats.long[0].copy(), stats.long[1].copy()
-    np.testing.assert_allclose(long_tried[:, 1], 0)  # rank 1 never drafted
-    stats.tried_JxW[:, 1] = 3.0  # (so that the test sees those counts left alone)
-    stats.restart(16)
-    np.testing.assert_allclose(stats.tried_JxW, [[16, 3], [16, 3]])
-    np.testing.assert_allclose(stats.accepted_JxW[:, 0], 16 * long_acc[:, 0] / long_tried[:, 0])
-    assert 0.5 < stats.accepted_JxW[0, 0] / 16 < 0.53  # the long run: a half, and one full
-    assert stats.conditional()[0, 0] < 0.53
-    np.testing.assert_allclose(stats.ctx_tried_J, 0)  # no context drafts: left as they were
-
-
 def test_context_draft_statistics_and_expected_tokens():
     """Context drafts are tried after the draws at a depth: 10 calls of ``ctx-2`` accept 6 at
     depth 1 and 3 at depth 2; then 10 calls of ``tree-2+ctx1`` (2 draws at depth 1, a context
@@ -315,9 +295,7 @@ def test_statistics_carry_over_to_the_next_call(monkeypatch):
     # seconds per loop iteration of the layouts that ran a segment (compiling left out)
     assert learned.measured and set(learned.measured) <= set(first.auto.segments)
     assert all(0 < s < 10 * n for s, n in learned.measured.values())
-    start = copy.deepcopy(learned)
-    start.restart()  # a new call starts from the long run
-    want = auto.choose(start, costs, 2)[0]
+    want = auto.choose(learned, costs, 2)[0]
     assert want != "tree-2"  # (so the test tells learned statistics from a fresh start)
     second = auto.generate_auto(CFG, params, PROMPTS, **kw)
     assert second.auto.segments[0] == want
@@ -344,8 +322,7 @@ def test_cache_sizes_share_statistics_and_costs(monkeypatch):
     assert first.auto.segments[0] == "tree-2" and sorted(timed) == sorted(methods)
     (learned,) = auto._LEARNED.values()
     at_256 = copy.deepcopy(learned)
-    at_256.restart()  # a new call starts from the long run,
-    at_256.at_size(256)  # with 256's costs: the timed ones alone
+    at_256.at_size(256)  # the learned acceptance, 256's costs: the timed ones alone
     want = auto.choose(at_256, costs, 2)[0]
     assert want != "tree-2"  # (so the test tells learned statistics from a fresh start)
     at_128 = dict(learned.measured_by_size[128])
