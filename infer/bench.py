@@ -536,10 +536,13 @@ def hf_repeats(config: BenchConfig) -> int:
 
 def warm_up(
     config: BenchConfig, variants: list[Variant], prompts, T: float, B: int, sampler, bar
-) -> dict[str, str]:
+) -> tuple[dict[str, str], dict[str, dict]]:
     """One untimed run of every variant on one batch per compiled shape, so that the timed
-    runs compile nothing; returns the errors of the baselines that cannot run here (key ->
-    message: reported, not fatal; ours raise)."""
+    runs compile nothing. Returns the errors of the baselines that cannot run here (key ->
+    message: reported, not fatal; ours raise), and for ``auto`` (key -> fields of its row) the
+    seconds its warm-up spent timing the candidates (``auto_warmup_timing_s``: compiling and
+    timing them on a machine that has no cost table yet) and compiling its segment programs
+    (``auto_warmup_compile_s``)."""
     # one chunk per compiled shape (padded rows, prompt length bucket), so that the timed runs
     # compile nothing (chat prompts differ in length)
     warm = list(
@@ -549,6 +552,7 @@ def warm_up(
         }.values()
     )
     errors: dict[str, str] = {}
+    setup: dict[str, dict] = {}
     for v in variants:
         bar.set_description(f"T={T} B={B} warm-up {v.key}")
         # ours: the full spec (max_new_tokens is static, so it must match); transformers
@@ -559,14 +563,19 @@ def warm_up(
         chunks = batches(prompts, B) * 2 if v.method == "auto" else warm
         try:
             for chunk in chunks:
-                v.run(chunk, B, sampler, config.seed, n_warm)
+                out = v.run(chunk, B, sampler, config.seed, n_warm)
+                if out.auto:
+                    row = setup.setdefault(v.key, {})
+                    for name in ("timing", "compile"):
+                        field = f"auto_warmup_{name}_s"
+                        row[field] = round(row.get(field, 0.0) + out.auto[f"{name}_seconds"], 3)
         except Exception as e:  # a baseline that cannot run here is reported, not fatal
             if not is_hf(v.method):
                 raise
             errors[v.key] = f"{type(e).__name__}: {e}"
             print(f"warning: {v.key} failed at T={T} B={B}: {errors[v.key]}", file=sys.stderr)
         bar.update(1)
-    return errors
+    return errors, setup
 
 
 def timed_runs(
@@ -641,12 +650,13 @@ def run_cells(
     for T, B in cells:
         sampler = SamplerConfig(T, config.top_k if T > 0 else 0, config.top_p if T > 0 else 1.0)
         cell_vars = [v for v in variants if v.in_cell(T, B)]
-        errors = warm_up(config, cell_vars, prompts, T, B, sampler, bar)
+        errors, setup = warm_up(config, cell_vars, prompts, T, B, sampler, bar)
         runs = timed_runs(
             config, [v for v in cell_vars if v.key not in errors], prompts, T, B, sampler, bar
         )
         bar.update(hf_repeats(config) * len(errors))  # (only baselines fail)
-        rows += cell_rows(config, cell_vars, runs, errors, prompts, tok, eos_ids, T, B)
+        new = cell_rows(config, cell_vars, runs, errors, prompts, tok, eos_ids, T, B)
+        rows += [{**row, **setup.get(row["key"], {})} for row in new]
         result.update(greedy_summary(rows))
         write_json(result, json_path(config))
     bar.close()

@@ -90,7 +90,8 @@ class Run:
     verify_calls: int = 0
     accepted: np.ndarray | None = None
     layouts: dict = field(default_factory=dict)  # auto: tokens per chosen method
-    # auto: the last call's choices (AutoLog.stats), with the compile seconds of all calls
+    # auto: the last call's choices (AutoLog.stats), with the compile and timing seconds of
+    # all calls
     auto: dict = field(default_factory=dict)
 
 
@@ -168,8 +169,11 @@ def ours_runner(
             if res.auto:
                 for m, t in res.auto.tokens.items():
                     out.layouts[m] = out.layouts.get(m, 0) + t
-                compiling = out.auto.get("compile_seconds", 0.0) + res.auto.compile_seconds
-                out.auto = {**res.auto.stats(), "compile_seconds": round(compiling, 3)}
+                spent = {
+                    k: round(out.auto.get(k, 0.0) + getattr(res.auto, k), 3)
+                    for k in ("compile_seconds", "timing_seconds")
+                }
+                out.auto = {**res.auto.stats(), **spent}
         return out
 
     return run

@@ -298,6 +298,12 @@ def _auto_line(row: dict) -> str:
         + ", ".join(parts)
         + ". Compiling the layouts it ran first in the timed "
         f"runs took {row.get('auto_compile_s', 0.0):.1f} s, not counted."
+        + (
+            f" Its warm-up spent {row['auto_warmup_timing_s']:.1f} s getting the candidates' "
+            f"costs and {row['auto_warmup_compile_s']:.1f} s compiling its segment programs."
+            if "auto_warmup_timing_s" in row  # (not in older results)
+            else ""
+        )
     )
 
 

@@ -278,11 +278,15 @@ class AutoLog:
     # seconds spent compiling the prefill and segment programs this call ran for the first
     # time in the process: not counted in the generation's wall time
     compile_seconds: float = 0.0
+    # seconds spent getting the call costs (compiling and timing the candidates the first
+    # time, reading them later): before the generation, not in its wall time
+    timing_seconds: float = 0.0
 
     def stats(self) -> dict:
         return {
             "chosen_segments": self.segments,
             "compile_seconds": round(self.compile_seconds, 3),
+            "timing_seconds": round(self.timing_seconds, 3),
             "calls_per_method": self.calls,
             "tokens_per_method": self.tokens,
             "ms_per_iteration": {
@@ -531,19 +535,19 @@ def generate_auto(
     elif need > max_len:
         raise ValueError(f"cache too small: auto needs {need} slots, the cache has {max_len}")
     prompt_lists = [list(p) for p in prompts]
-    log = AutoLog(
-        *iteration_costs(
-            cfg,
-            params,
-            la_LxD,
-            methods,
-            prompt_lists,
-            max_len,
-            cache_dtype=cache_dtype,
-            cost_file=cost_file,
-            retime=retime,
-        )
+    t = time.perf_counter()
+    costs = iteration_costs(
+        cfg,
+        params,
+        la_LxD,
+        methods,
+        prompt_lists,
+        max_len,
+        cache_dtype=cache_dtype,
+        cost_file=cost_file,
+        retime=retime,
     )
+    log = AutoLog(*costs, timing_seconds=time.perf_counter() - t)
     W = max(s.width for s in schedules.values())
     key = (cfg, sampler, methods, W, np.asarray(la_LxD).tobytes(), B)
     chooser = _Chooser.make(

@@ -471,6 +471,12 @@ def test_bench_trees_and_auto(tmp_path):
     md = (tmp_path / "out" / "bench.md").read_text()
     assert set(choice["judged_tokens_per_s"]) == set(choice["ms_per_iteration"])
     assert "auto, greedy, batch 1, at the end of its last call: each candidate's speed" in md
+    warm = rows["auto"]  # what its warm-up spent on the call costs and on compiling, reported
+    assert warm["auto_warmup_timing_s"] >= 0 and warm["auto_warmup_compile_s"] >= 0
+    assert (
+        f"Its warm-up spent {warm['auto_warmup_timing_s']:.1f} s getting the candidates' costs "
+        f"and {warm['auto_warmup_compile_s']:.1f} s compiling its segment programs." in md
+    )
     assert f"ar 1.00x (1.00 tokens, {choice['ms_per_iteration']['ar']:.2f} ms)" in md
     assert (
         "| PaSS tree 2x1 | 2 | 2x1, 15 | greedy |" in md
