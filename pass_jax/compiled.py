@@ -51,8 +51,7 @@ def compile_all(
     """Compile every job ``(fn, statics, static_kw, args)`` not compiled yet (as
     ``executable`` would, which then finds it): traced and lowered one by one, compiled in
     ``threads`` threads (default: one per CPU core this process may use, at most one per
-    job). ``done`` is called
-    after each job. Returns the seconds it took."""
+    job). ``done`` is called after each job. Returns the seconds it took."""
     t = time.perf_counter()
     lowered = {}
     for fn, statics, static_kw, args in jobs:
