@@ -248,6 +248,22 @@ def test_prior_skips_the_costly_exploration(monkeypatch):
     assert res.auto.segments[:33] == ["ar"] * 32 + ["pass"], res.auto.segments
 
 
+def test_the_plain_loop_compiles_apart_from_its_wall_time(monkeypatch):
+    """When autoregressive decoding is chosen throughout, the plain loop's program is compiled
+    before it runs: the first call reports the seconds (left out of its wall time), a second
+    compiles nothing, and the tokens are autoregressive decoding's."""
+    params = tiny_params(CFG, 4)
+    la = params["embed"]["embedding"][jnp.arange(2)]
+    costs = {"ar": 1.0, "tree-1x1": 9.0}
+    monkeypatch.setattr(iteration_cost, "time_iterations", fake_timing(lambda m, n: costs[m]))
+    kw = dict(max_new_tokens=10, la_LxD=la, eos_ids=(), methods=tuple(costs), prior=[0.1, 0.1])
+    first, second = (auto.generate_auto(CFG, params, PROMPTS, **kw) for _ in range(2))
+    assert first.auto.segments == second.auto.segments == ["ar"]
+    assert first.auto.compile_seconds > 0 and second.auto.compile_seconds == 0.0
+    want = generate(CFG, params, PROMPTS, max_new_tokens=10, eos_ids=()).tokens
+    assert first.tokens == second.tokens == want
+
+
 def test_short_generations_explore_too(monkeypatch):
     """The autoregressive segments in a row are counted over calls (the plain loop as the
     segments it stands for): with a prior that chooses autoregressive decoding, 4-segment

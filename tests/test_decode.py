@@ -457,7 +457,9 @@ def test_greedy_float32_decodes_at_highest_matmul_precision(monkeypatch):
     seen = []
     real = decode.generate_jit
     monkeypatch.setattr(
-        decode, "generate_jit", lambda spec, *a: seen.append(spec.precision) or real(spec, *a)
+        decode,
+        "generate_jit",
+        lambda spec, *a, **k: seen.append(spec.precision) or real(spec, *a, **k),
     )
     for sampler, precision in ((greedy, "auto"), (sampled, "auto"), (greedy, "default")):
         generate(CFG, params, PROMPTS[:1], max_new_tokens=2, sampler=sampler, precision=precision)
