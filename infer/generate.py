@@ -358,6 +358,19 @@ def run(config: GenerateConfig, device_args: argparse.Namespace) -> dict:
     }
 
 
+def summary(stats: dict) -> str:
+    """The line after the streamed text: tokens, forward calls and seconds (``auto`` leaves
+    compiling and getting its call costs out of its wall time, and says so)."""
+    calls = f"{stats['new_tokens']} tokens, {stats['forward_calls']} forward calls"
+    auto = stats.get("auto")
+    if auto is None:
+        return f"{calls}, {stats['wall_time_s']:.2f} s incl. compilation"
+    return (
+        f"{calls}, {stats['wall_time_s']:.2f} s, besides {auto['compile_seconds']:.2f} s "
+        f"compiling and {auto['timing_seconds']:.2f} s getting the layouts' call costs"
+    )
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     try:
@@ -368,12 +381,7 @@ def main(argv=None) -> dict:
     if config.json:
         print(json.dumps(result))
     else:
-        stats = result["stats"]
-        print(
-            f"\n[{stats['new_tokens']} tokens, {stats['forward_calls']} forward "
-            f"calls, {stats['wall_time_s']:.2f} s incl. compilation]",
-            file=sys.stderr,
-        )
+        print(f"\n[{summary(result['stats'])}]", file=sys.stderr)
     return result
 
 

@@ -134,6 +134,16 @@ def test_streams_text_without_json(model_dir):
     assert r.stdout.startswith("for i in") and "forward calls" in r.stderr
 
 
+def test_the_line_after_the_text_says_what_the_seconds_count():
+    fixed = {"new_tokens": 8, "forward_calls": 5, "wall_time_s": 1.5}
+    assert generate_cli.summary(fixed) == "8 tokens, 5 forward calls, 1.50 s incl. compilation"
+    auto = {**fixed, "auto": {"compile_seconds": 2.0, "timing_seconds": 30.25}}
+    assert generate_cli.summary(auto) == (
+        "8 tokens, 5 forward calls, 1.50 s, besides 2.00 s compiling and 30.25 s getting the "
+        "layouts' call costs"
+    )
+
+
 def test_mesh_flag_gives_the_same_tokens(model_dir):
     """8 simulated devices (tests/conftest.py)."""
     common = (
