@@ -19,6 +19,7 @@ import jax
 from infer.bench_methods import HF_METHODS, color, is_hf, label, lookahead_free
 from infer.config import BenchConfig
 from pass_jax.auto import MARGIN
+from pass_jax.compiled import usable_cores
 
 # --------------------------------------------------------------------------- machine
 
@@ -41,16 +42,12 @@ def machine_info() -> dict:
                     break
     except OSError:
         pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
     devices = jax.devices()
     libs = {n: _version(n) for n in ("jax", "jaxlib", "flax", "numpy", "transformers", "torch")}
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "usable_cores": usable,
+        "usable_cores": usable_cores(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "jax_backend": jax.default_backend(),
         "jax_device_kind": devices[0].device_kind,

@@ -603,9 +603,9 @@ def generate_auto(
         boot = method != current  # a switch: the new schedule's bootstrap calls first
         if boot:
             state = switch_schedule(state, schedules[method])
-        spec = DecodeSpec(cfg, schedules[method], sampler, N, exact)
         args = (params, la_LxD, state, state.n_B + segment)  # ..., stop_B: segment more tokens
         if (method, boot) not in programs:
+            spec = DecodeSpec(cfg, schedules[method], sampler, N, exact)
             programs[method, boot], seconds = compiled.executable(
                 resume_jit, (spec,), {"bootstrap": boot}, *args
             )

@@ -43,6 +43,14 @@ def executable(fn, statics: tuple, static_kw: dict, *args) -> tuple[Callable, fl
     return _EXECUTABLES[key], time.perf_counter() - t
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may use (its affinity where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on macOS
+        return os.cpu_count() or 1
+
+
 def compile_all(
     jobs: Sequence[tuple[Callable, tuple, dict, tuple]],
     threads: int | None = None,
@@ -60,7 +68,7 @@ def compile_all(
             lowered[key] = fn.lower(*statics, *args, **static_kw)
         elif done is not None:
             done()
-    workers = max(1, min(len(lowered), threads or len(os.sched_getaffinity(0))))
+    workers = max(1, min(len(lowered), threads or usable_cores()))
     pool = ThreadPoolExecutor(workers)
     try:
         futures = {pool.submit(low.compile): key for key, low in lowered.items()}

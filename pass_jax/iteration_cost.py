@@ -66,11 +66,16 @@ def timing_slots(prompt_len: int, schedule: Schedule, steps: int = STEPS) -> int
     return required_cache_len(bucket(prompt_len), 8 + steps * schedule.step_emits, schedule)
 
 
+def _schedule(method: str, la_LxD) -> Schedule:
+    """``method``'s schedule with the L of ``la_LxD`` (none for autoregressive decoding)."""
+    return make_schedule(method, 0 if method == "ar" else int(np.shape(la_LxD)[0]))
+
+
 def _timing_args(cfg: ModelConfig, method: str, la_LxD, start, steps: int):
     """``run_steps``'s spec and arguments for timing ``method`` from ``start`` (the state a
     short autoregressive generation left): its schedule switched in, its rows active again."""
     la = None if method == "ar" else la_LxD
-    schedule = make_schedule(method, 0 if la is None else int(np.shape(la)[0]))
+    schedule = _schedule(method, la_LxD)
     N = steps * schedule.step_emits  # at most the tokens the timed steps commit
     state = switch_schedule(start, schedule)
     spec = DecodeSpec(cfg, schedule, SamplerConfig(), N, decode_precision(cfg, SamplerConfig()))
@@ -120,7 +125,7 @@ def time_iterations(
     for m, n in slots.items():
         need = timing_slots(
             max(map(len, prompts)),
-            make_schedule(m, 0 if m == "ar" else int(np.shape(la_LxD)[0])),
+            _schedule(m, la_LxD),
             steps,
         )
         if n < need:
@@ -183,8 +188,7 @@ def iteration_seconds(
     """``time_iterations`` for one method; ``max_len``: cache slots (default: just enough,
     rounded up to 128)."""
     if max_len is None:
-        L = 0 if method == "ar" else int(np.shape(la_LxD)[0])
-        need = timing_slots(max(map(len, prompts)), make_schedule(method, L), steps)
+        need = timing_slots(max(map(len, prompts)), _schedule(method, la_LxD), steps)
         max_len = round_cache_len(need)
     return time_iterations(
         cfg, params, la_LxD, {method: max_len}, prompts, repeats, steps, cache_dtype
