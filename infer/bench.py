@@ -108,24 +108,37 @@ from pass_jax.decode import batch_bucket, bucket, decode_stacked
 from pass_jax.gguf_file import resolve_model
 from pass_jax.hf import load_tokenizer
 from pass_jax.layout import method_lookahead
-from pass_jax.lookahead import TENSOR_FILE, init_lookahead, load_lookahead, recorded_acceptance
-from pass_jax.program_config import USER_ERRORS, InputError, run_cli
+from pass_jax.lookahead import (
+    TENSOR_FILE,
+    init_lookahead,
+    load_lookahead,
+    lookahead_metadata,
+    recorded_acceptance,
+)
+from pass_jax.program_config import USER_ERRORS, ArgumentParser, InputError, run_cli
 from pass_jax.tokenizer import with_special_tokens
 
 # --------------------------------------------------------------------------- flags
 
 
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in comma_list(text)]
+def _numbers(kind: type, what: str):
+    """An argparse type: a comma list of ``kind`` (an error names ``what`` it wants)."""
+
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in comma_list(text)]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of {what}") from None
+
+    return parse
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in comma_list(text)]
+_floats, _ints = _numbers(float, "numbers"), _numbers(int, "integers")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags; no defaults here (they are ``BenchConfig``'s): a flag not given is None."""
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="python -m infer.bench",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -669,6 +682,11 @@ def run_benchmark(
     results (also written to disk)."""
     info = machine_info()
     methods = parse_methods(config.methods)
+    for d in find_lookaheads(config.lookahead) if config.lookahead else ():
+        lookahead_metadata(d)  # a missing or broken export fails before the model loads
+    if any(not lookahead_free(m) and m != "unk" for m in methods) and not config.lookahead:
+        raise InputError("error: methods pass / pass-fused / tree-.. need --lookahead DIR[,DIR...]")
+    text_source(config.data, "heldout", config.data_dir)  # a bad --data fails here too
     mesh, cfg, params = load_model_for_args(
         device_args, config.model, config.dtype, stacked=decode_stacked(config.layers)
     )
@@ -676,8 +694,6 @@ def run_benchmark(
     if tok is None:
         raise InputError(f"error: {config.model} has no tokenizer files: prompts need a tokenizer")
     las = load_lookaheads(config.lookahead, cfg, params, config.depths) if config.lookahead else {}
-    if any(not lookahead_free(m) and m != "unk" for m in methods) and not las:
-        raise InputError("error: methods pass / pass-fused / tree-.. need --lookahead DIR[,DIR...]")
     Ls = sorted(las) or ([config.main_lookahead or 4] if "unk" in methods else [])
 
     prompts, origin = prompt_set(config, tok)

@@ -65,12 +65,23 @@ def check_at_least_one(flag: str, value: int) -> None:
 
 
 def _check_decode(config) -> None:
-    """The choices a decoding program shares: ``--dtype``, ``--cache-dtype``, ``--layers``,
-    ``--precision``."""
+    """The settings a decoding program shares: ``--dtype``, ``--cache-dtype``, ``--layers``,
+    ``--precision``, ``--top-k``, ``--top-p`` (checked even where only greedy decoding runs,
+    which ignores them) and ``--auto-methods``."""
     check_choice("--dtype", config.dtype, DTYPES)
     check_choice("--cache-dtype", config.cache_dtype, CACHE_DTYPES)
     check_choice("--layers", config.layers, LAYER_FORMS)
     check_choice("--precision", config.precision, PRECISIONS)
+    if config.top_k < 0:
+        raise ValueError(f"--top-k must be >= 0 (0: off), got {config.top_k}")
+    if not 0.0 < config.top_p <= 1.0:
+        raise ValueError(f"--top-p must be in (0, 1] (1: off), got {config.top_p}")
+    for m in config.auto_methods or ():
+        if method_error(m) or m in ("unk", "auto"):
+            raise ValueError(
+                f"--auto-methods: {m!r} is no candidate layout (ar, pass, pass-fused, "
+                "tree-WxWx.., tree-WxWx..+ctxM, ctx-M)"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +123,18 @@ class GenerateConfig:
             )
         if self.method not in ("ar", "unk", "auto"):  # a tree too wide or deep for one call
             make_schedule(self.method, self.num_lookahead or MAX_LOOKAHEAD)
+        if not 0.0 <= self.temperature:
+            raise ValueError(f"--temperature must be >= 0 (0: greedy), got {self.temperature}")
+        if self.method == "unk":
+            if self.lookahead:
+                raise ValueError("--method unk uses no trained embeddings; drop --lookahead")
+            if not self.num_lookahead:
+                raise ValueError("--method unk needs --num-lookahead L")
+        elif method_lookahead(self.method, 1) and not (self.lookahead or self.num_lookahead):
+            raise ValueError(
+                f"--method {self.method} needs --lookahead DIR (or --num-lookahead L "
+                "for untrained, unk-initialised embeddings)"
+            )
         if self.max_len is not None:
             check_at_least_one("--max-len", self.max_len)
         if self.system is not None and not self.chat:

@@ -43,7 +43,7 @@ from infer.config import DemoConfig
 from infer.default_model import NAME
 from pass_jax import program_config
 from pass_jax.lookahead import TENSOR_FILE
-from pass_jax.program_config import InputError, run_cli
+from pass_jax.program_config import ArgumentParser, InputError, run_cli
 from pass_jax.user_cache import use_compile_cache
 from train import base as train_base
 from train import lookahead as train_lookahead
@@ -119,7 +119,7 @@ QUICK_BENCH = dict(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="python -m infer.demo",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -456,6 +456,14 @@ def main(argv=None) -> dict:
         config = program_config.from_dict(DemoConfig, program_config.flag_values(args, DemoConfig))
     except ValueError as e:
         raise InputError(f"error: {e}") from None
+    if config.config:  # the training programs' YAML: read now, not minutes later
+        try:
+            program_config.load_yaml(config.config)
+        except program_config.USER_ERRORS as e:
+            raise InputError(f"error: {e}") from None
+    unknown = bench.build_parser().parse_known_args(list(config.bench_args))[1]
+    if unknown:  # checked before the pipeline's minutes of work, not when the benchmark starts
+        raise InputError(f"error: infer.bench (the flags after --) does not take {unknown}")
     t0 = time.perf_counter()
     use_compile_cache(_compile_cache(config))  # a second run skips most compilation
     tiny = config.tiny_model

@@ -64,8 +64,13 @@ from pass_jax.gguf_file import resolve_model
 from pass_jax.hf import load_tokenizer
 from pass_jax.iteration_cost import default_cost_file
 from pass_jax.layout import method_lookahead
-from pass_jax.lookahead import init_lookahead, load_lookahead, recorded_acceptance
-from pass_jax.program_config import USER_ERRORS, InputError, run_cli
+from pass_jax.lookahead import (
+    init_lookahead,
+    load_lookahead,
+    lookahead_metadata,
+    recorded_acceptance,
+)
+from pass_jax.program_config import USER_ERRORS, ArgumentParser, InputError, run_cli
 
 REPLACEMENT_CHAR = "\ufffd"  # what decoding shows for the bytes of an incomplete character
 
@@ -148,7 +153,7 @@ def add_config_arg(ap: argparse.ArgumentParser, example: str) -> None:
 def config_given(argv, prog: str) -> bool:
     """Whether the command line names a ``--config`` file (which may hold the required
     settings)."""
-    pre = argparse.ArgumentParser(prog=prog, add_help=False)
+    pre = ArgumentParser(prog=prog, add_help=False)
     pre.add_argument("--config")
     return pre.parse_known_args(argv)[0].config is not None
 
@@ -156,8 +161,8 @@ def config_given(argv, prog: str) -> bool:
 def build_parser(required: bool = True) -> argparse.ArgumentParser:
     """The flags; no defaults here (they are ``GenerateConfig``'s): a flag not given is None.
     ``required=False``: --model and --prompt may come from the ``--config`` file instead."""
-    ap = argparse.ArgumentParser(
-        prog="python -m infer.generate", description=__doc__.split("\n")[0]
+    ap = ArgumentParser(
+        prog="python -m infer.generate", description=" ".join(__doc__.split("\n\n")[0].split())
     )
     ap.add_argument(
         "--model",
@@ -225,19 +230,10 @@ def lookahead_for(config: GenerateConfig, cfg, params):
     errors for bad flag mixes."""
     if method_lookahead(config.method, 1) == 0:
         return None
-    if config.method == "unk":
-        if config.lookahead:
-            raise ValueError("--method unk uses no trained embeddings; drop --lookahead")
-        if not config.num_lookahead:
-            raise ValueError("--method unk needs --num-lookahead L")
+    if config.method == "unk":  # (GenerateConfig checked the flag mixes)
         return init_lookahead(cfg, params, config.num_lookahead)
     if config.lookahead:
         return load_lookahead(config.lookahead, cfg, params, num_lookahead=config.num_lookahead)
-    if not config.num_lookahead:
-        raise ValueError(
-            f"--method {config.method} needs --lookahead DIR (or --num-lookahead L "
-            "for untrained, unk-initialised embeddings)"
-        )
     print(
         "warning: no --lookahead given; using untrained (unk-initialised) embeddings",
         file=sys.stderr,
@@ -308,6 +304,8 @@ def run(config: GenerateConfig, device_args: argparse.Namespace) -> dict:
     """Loads the model (on the ``--mesh`` of ``device_args``, if any) and generates, streaming
     the text unless ``config.json``; returns the result (prompt ids, tokens, text, stats)."""
     sampler = SamplerConfig(config.temperature, config.top_k, config.top_p)
+    if config.lookahead:  # a missing or broken export fails before the model loads
+        lookahead_metadata(config.lookahead)
     config = dataclasses.replace(config, model=resolve_model(config.model))  # .gguf: converted
     mesh, cfg, params = load_model_for_args(
         device_args, config.model, config.dtype, stacked=decode_stacked(config.layers)

@@ -9,7 +9,6 @@ table of ``docs/scaling.md`` (``python -m pass_jax.memory_plan``).
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -23,7 +22,7 @@ from . import xla_memory
 from .cache import cache_bytes_per_token, cache_specs
 from .config import ModelConfig
 from .model import abstract_params
-from .program_config import run_cli
+from .program_config import ArgumentParser, run_cli
 from .sharding import AXES, BATCH_AXES, make_mesh, param_specs, spec_shards
 from .sharding import mesh_shape as mesh_shape_of
 
@@ -412,9 +411,7 @@ def xla_check_table(
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m pass_jax.memory_plan``: the plan's table (``docs/scaling.md``); with
     ``--xla TARGET`` the plan beside XLA's figures for the LA train step and decoding."""
-    parser = argparse.ArgumentParser(
-        prog="python -m pass_jax.memory_plan", description=main.__doc__
-    )
+    parser = ArgumentParser(prog="python -m pass_jax.memory_plan", description=main.__doc__)
     parser.add_argument(
         "--xla",
         choices=xla_memory.TARGETS,

@@ -17,8 +17,8 @@ default (:func:`resume_defaults`), so a new setting's default must keep the beha
 ``USER_ERRORS`` are the exceptions a program reports as ``error: ...`` (bad input) rather than
 as a traceback, and :class:`InputError` the exit a program raises for bad input itself;
 :func:`run_cli` runs a program's ``main`` and gives both ``error: ...`` on stderr and exit status
-2 (as argparse does). This module knows no program: it imports nothing from ``train`` or
-``infer``.
+2, as a bad command line does (:class:`ArgumentParser`: argparse's, its error one line). This
+module knows no program: it imports nothing from ``train`` or ``infer``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,15 @@ BAD_INPUT_EXIT_CODE = 2  # argparse's, for every bad-input exit
 INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT  # 130: the shell's code for Ctrl-C
 FREE_ON_RESUME = "free_on_resume"  # field metadata flag, see free_on_resume()
 ConfigT = TypeVar("ConfigT")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose bad-command-line exit is one line, ``error: ...`` (naming
+    ``--help``) and status 2, as every other bad input of the programs, rather than the whole
+    usage block first."""
+
+    def error(self, message: str):
+        self.exit(BAD_INPUT_EXIT_CODE, f"error: {message} (see {self.prog} --help)\n")
 
 
 class InputError(SystemExit):
@@ -81,9 +90,22 @@ def free_on_resume(default: Any = dataclasses.MISSING) -> Any:
 
 
 def load_yaml(path: str) -> dict[str, Any]:
-    """Read a YAML config file into a dict (empty file -> {})."""
-    with open(path) as f:
-        return yaml.safe_load(f) or {}
+    """Read a YAML config file into a dict (empty file -> {}); a file that cannot be read or is
+    not YAML is a ValueError naming it."""
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {path}: no such file") from None
+    except OSError as e:
+        raise ValueError(f"config file {path}: {e.strerror or e}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"config file {path} is not valid YAML: {_one_line(e)}") from None
+
+
+def _one_line(error: Exception) -> str:
+    """A YAML error's message on one line."""
+    return " ".join(str(error).split())
 
 
 def apply_overrides(values: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -92,13 +114,19 @@ def apply_overrides(values: dict[str, Any], overrides: Iterable[str]) -> dict[st
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ValueError(
+                f"override {item!r}: the value is not valid YAML: {_one_line(e)}"
+            ) from None
         node = values
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {p!r} is not a section")
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = value
     return values
 
 

@@ -208,7 +208,8 @@ def test_layer_form_defaults_per_backend(monkeypatch):
         (["--method", "unk"], "needs --num-lookahead"),
         (["--method", "pass", "--lookahead", "LA_OTHER"], "d_model"),
         (["--temperature", "-1"], "temperature"),
-        (["--top-p", "0"], "top_p"),
+        (["--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["--top-k", "-2"], "--top-k must be >= 0"),
         (["--max-new-tokens", "100", "--max-len", "64"], "cache too small"),
         (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
         (

@@ -153,6 +153,18 @@ def test_required_flags_only_without_a_config_file(tmp_path, capsys):
             "--cache-dtype must be one of auto, float32, bfloat16, got 'int8'",
         ),
         ("bench", {"cache_dtype": "fp8"}, "--cache-dtype must be one of auto, float32, bfloat16"),
+        # checked before the model loads, even where greedy decoding would ignore them
+        ("generate", {"top_k": -1}, "--top-k must be >= 0 (0: off), got -1"),
+        ("bench", {"top_p": 3.0}, "--top-p must be in (0, 1] (1: off), got 3.0"),
+        ("generate", {"temperature": -0.5}, "--temperature must be >= 0 (0: greedy)"),
+        ("generate", {"auto_methods": ["ar", "fast"]}, "--auto-methods: 'fast' is no candidate"),
+        ("bench", {"auto_methods": ["auto"]}, "--auto-methods: 'auto' is no candidate"),
+        ("generate", {"method": "unk", "lookahead": "la"}, "--method unk uses no trained"),
+        ("generate", {"method": "unk"}, "--method unk needs --num-lookahead L"),
+        ("generate", {"method": "pass"}, "--method pass needs --lookahead DIR"),
+        ("bench", {"methods": ["ar", "pass"]}, "methods pass / pass-fused / tree-.. need"),
+        ("bench", {"lookahead": "no-such-export"}, "--lookahead no-such-export: no such dir"),
+        ("bench", {"methods": ["ar"], "data": "nothing:here"}, "unknown data spec"),
     ],
 )
 def test_bad_yaml_values_are_errors_naming_the_key(tmp_path, program, values, message):
@@ -199,8 +211,52 @@ def test_a_config_that_is_no_mapping(tmp_path):
     path.write_text("- 1\n- 2\n")
     with pytest.raises(SystemExit, match="is not a mapping of keys"):
         bench.main(["--config", str(path)])
-    with pytest.raises(SystemExit, match="error: .*No such file"):
+    with pytest.raises(SystemExit, match="error: config file .*missing.yaml: no such file"):
         bench.main(["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_a_config_file_that_is_not_yaml_or_no_file(tmp_path):
+    """One ``error:`` line naming the file, not a traceback, in every program."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("batch_size: [1, 2\n")
+    for main in (generate.main, bench.main):
+        with pytest.raises(SystemExit, match=r"error: config file .*bad.yaml is not valid YAML"):
+            main(["--config", str(bad)])
+    with pytest.raises(SystemExit, match=r"error: config file .*: Is a directory"):
+        generate.main(["--config", str(tmp_path)])
+    with pytest.raises(ValueError, match=r"override 'a=\[1': the value is not valid YAML"):
+        program_config.apply_overrides({}, ["a=[1"])
+
+
+def test_a_bad_command_line_is_one_error_line(capsys):
+    """argparse's errors, as every program's other bad input: one line, status 2."""
+    with pytest.raises(SystemExit) as e:
+        generate.parse_args(["--model", "m", "--prompt", "p", "--method", "fast"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: argument --method: invalid choice: 'fast'")
+    assert err.rstrip().endswith("(see python -m infer.generate --help)")
+    with pytest.raises(SystemExit) as e:
+        bench.build_parser().parse_args(["--batch-size", "1,x"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "--batch-size" in err
+
+
+def test_a_missing_lookahead_export_fails_before_the_model_loads(tmp_path):
+    """The model path does not exist either: the export is named first."""
+    argv = ["--model", str(tmp_path / "no-model"), "--lookahead", str(tmp_path / "no-la")]
+    with pytest.raises(SystemExit, match="error: no look-ahead export in .*no-la"):
+        generate.main([*argv, "--prompt", "x"])
+
+
+def test_the_demo_checks_the_flags_it_hands_on_before_any_work(tmp_path):
+    """``infer.demo -- FLAGS``: infer.bench's flags, checked before the pipeline's training."""
+    out = ["--artifacts", str(tmp_path / "artifacts")]
+    with pytest.raises(SystemExit, match=r"does not take \['--bogus'\]"):
+        demo.main(["--quick", *out, "--", "--bogus"])
+    with pytest.raises(SystemExit, match="error: config file .*nope.yaml: no such file"):
+        demo.main(["--quick", *out, "--config", str(tmp_path / "nope.yaml")])
+    assert not (tmp_path / "artifacts").exists()
 
 
 def test_bench_sizes_are_checked_only_for_a_benchmark():

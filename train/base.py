@@ -36,7 +36,7 @@ from pass_jax import checkpoint, data, hf, losses, program_config
 from pass_jax import tokenizer as tokenizer_lib
 from pass_jax.config import ModelConfig
 from pass_jax.model import init_params
-from pass_jax.program_config import run_cli
+from pass_jax.program_config import ArgumentParser, run_cli
 from train import LoopResult, check_output_dir, check_resume, restore, train_loop
 from train.config import BaseTrainConfig
 
@@ -129,7 +129,7 @@ def work_dir(out: str) -> str:
 
 
 def _parse(argv):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m train.base", description="Pretrain a small LLaMA-style base model."
     )
     parser.add_argument(

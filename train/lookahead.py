@@ -64,7 +64,7 @@ from pass_jax import (
 )
 from pass_jax.config import ModelConfig, SamplerConfig
 from pass_jax.model import REMAT_POLICIES
-from pass_jax.program_config import run_cli
+from pass_jax.program_config import ArgumentParser, run_cli
 from train import LoopResult, check_output_dir, check_resume, restore, train_loop
 from train.config import LookaheadTrainConfig
 
@@ -130,7 +130,7 @@ class EvalLog:
 
 
 def _parse(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m train.lookahead",
         description="Train the look-ahead embeddings of a frozen model.",
     )
