@@ -682,11 +682,6 @@ def run_benchmark(
     results (also written to disk)."""
     info = machine_info()
     methods = parse_methods(config.methods)
-    for d in find_lookaheads(config.lookahead) if config.lookahead else ():
-        lookahead_metadata(d)  # a missing or broken export fails before the model loads
-    if any(not lookahead_free(m) and m != "unk" for m in methods) and not config.lookahead:
-        raise InputError("error: methods pass / pass-fused / tree-.. need --lookahead DIR[,DIR...]")
-    text_source(config.data, "heldout", config.data_dir)  # a bad --data fails here too
     mesh, cfg, params = load_model_for_args(
         device_args, config.model, config.dtype, stacked=decode_stacked(config.layers)
     )
@@ -721,6 +716,17 @@ def run_benchmark(
     return result
 
 
+def check_inputs(config: BenchConfig) -> None:
+    """What the protocol reads besides the model, read before it loads (or a GGUF file is
+    converted): the methods, the look-ahead exports they need and the ``--data`` source."""
+    methods = parse_methods(config.methods)
+    for d in find_lookaheads(config.lookahead) if config.lookahead else ():
+        lookahead_metadata(d)  # a missing or broken export
+    if any(not lookahead_free(m) and m != "unk" for m in methods) and not config.lookahead:
+        raise InputError("error: methods pass / pass-fused / tree-.. need --lookahead DIR[,DIR...]")
+    text_source(config.data, "heldout", config.data_dir)
+
+
 def run(config: BenchConfig, device_args: argparse.Namespace) -> dict:
     """``--from-json``'s re-rendering, or the benchmark (``--model`` required; outputs checked
     writable before any work)."""
@@ -731,6 +737,7 @@ def run(config: BenchConfig, device_args: argparse.Namespace) -> dict:
     if not config.model:
         raise InputError("error: --model DIR is required (or --random-model / --from-json)")
     check_outputs(config)
+    check_inputs(config)
     config = dataclasses.replace(config, model=resolve_model(config.model))  # .gguf: converted
     return run_benchmark(config, device_args)
 

@@ -65,13 +65,17 @@ def check_at_least_one(flag: str, value: int) -> None:
 
 
 def _check_decode(config) -> None:
-    """The settings a decoding program shares: ``--dtype``, ``--cache-dtype``, ``--layers``,
-    ``--precision``, ``--top-k``, ``--top-p`` (checked even where only greedy decoding runs,
-    which ignores them) and ``--auto-methods``."""
+    """The choices a decoding program shares: ``--dtype``, ``--cache-dtype``, ``--layers``,
+    ``--precision``."""
     check_choice("--dtype", config.dtype, DTYPES)
     check_choice("--cache-dtype", config.cache_dtype, CACHE_DTYPES)
     check_choice("--layers", config.layers, LAYER_FORMS)
     check_choice("--precision", config.precision, PRECISIONS)
+
+
+def _check_sampling(config) -> None:
+    """``--top-k``, ``--top-p`` (checked even where only greedy decoding runs, which ignores
+    them) and ``--auto-methods``."""
     if config.top_k < 0:
         raise ValueError(f"--top-k must be >= 0 (0: off), got {config.top_k}")
     if not 0.0 < config.top_p <= 1.0:
@@ -115,6 +119,7 @@ class GenerateConfig:
         if self.method is not None and method_error(self.method):
             raise ValueError(f"--method: {method_error(self.method)}")
         _check_decode(self)
+        _check_sampling(self)
         object.__setattr__(self, "method", resolve_method(self.method, self.lookahead))
         check_at_least_one("--max-new-tokens", self.max_new_tokens)
         if self.num_lookahead is not None and not 1 <= self.num_lookahead <= MAX_LOOKAHEAD:
@@ -246,6 +251,7 @@ class BenchConfig:
                 raise ValueError(f"{flag} must be >= 1, got {','.join(map(str, values))}")
         if any(t < 0 for t in self.temperatures):
             raise ValueError(f"--temperatures must be >= 0, got {list(self.temperatures)}")
+        _check_sampling(self)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -458,9 +458,11 @@ def main(argv=None) -> dict:
         raise InputError(f"error: {e}") from None
     if config.config:  # the training programs' YAML: read now, not minutes later
         try:
-            program_config.load_yaml(config.config)
+            values = program_config.load_yaml(config.config)
         except program_config.USER_ERRORS as e:
             raise InputError(f"error: {e}") from None
+        if not isinstance(values, dict):
+            raise InputError(f"error: config file {config.config} is not a mapping of keys")
     unknown = bench.build_parser().parse_known_args(list(config.bench_args))[1]
     if unknown:  # checked before the pipeline's minutes of work, not when the benchmark starts
         raise InputError(f"error: infer.bench (the flags after --) does not take {unknown}")

@@ -226,8 +226,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def lookahead_for(config: GenerateConfig, cfg, params):
-    """The LA embeddings a method needs (None for ar and context drafts alone), with clear
-    errors for bad flag mixes."""
+    """The LA embeddings a method needs (None for ar and context drafts alone; the flag
+    mixes were checked by ``GenerateConfig``)."""
     if method_lookahead(config.method, 1) == 0:
         return None
     if config.method == "unk":  # (GenerateConfig checked the flag mixes)

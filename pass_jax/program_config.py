@@ -90,8 +90,8 @@ def free_on_resume(default: Any = dataclasses.MISSING) -> Any:
 
 
 def load_yaml(path: str) -> dict[str, Any]:
-    """Read a YAML config file into a dict (empty file -> {}); a file that cannot be read or is
-    not YAML is a ValueError naming it."""
+    """Read a YAML config file into a dict (empty file -> {}); a missing file is a
+    FileNotFoundError naming it, one that cannot be read or is not YAML a ValueError."""
     try:
         with open(path) as f:
             return yaml.safe_load(f) or {}

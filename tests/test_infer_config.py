@@ -228,6 +228,30 @@ def test_a_config_file_that_is_not_yaml_or_no_file(tmp_path):
         program_config.apply_overrides({}, ["a=[1"])
 
 
+@pytest.mark.parametrize(
+    "program",
+    [
+        "infer.generate",
+        "infer.bench",
+        "infer.demo",
+        "train.base",
+        "train.lookahead",
+        "pass_jax.memory_plan",
+    ],
+)
+def test_every_program_gives_a_bad_flag_one_error_line(program, capsys):
+    """An unknown flag (or the required ones missing first), in every program: argparse's
+    error on one line, naming --help, status 2."""
+    import importlib
+
+    module = importlib.import_module(program)
+    with pytest.raises(SystemExit) as e:
+        module.main(["--no-such-flag"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: ") and err.rstrip().endswith(" --help)"), err
+
+
 def test_a_bad_command_line_is_one_error_line(capsys):
     """argparse's errors, as every program's other bad input: one line, status 2."""
     with pytest.raises(SystemExit) as e:
@@ -243,10 +267,24 @@ def test_a_bad_command_line_is_one_error_line(capsys):
 
 
 def test_a_missing_lookahead_export_fails_before_the_model_loads(tmp_path):
-    """The model path does not exist either: the export is named first."""
-    argv = ["--model", str(tmp_path / "no-model"), "--lookahead", str(tmp_path / "no-la")]
+    """The model (a GGUF file, which would be converted first) does not exist either: the
+    export is named first, by both programs."""
+    argv = ["--model", str(tmp_path / "no-model.gguf"), "--lookahead", str(tmp_path / "no-la")]
     with pytest.raises(SystemExit, match="error: no look-ahead export in .*no-la"):
         generate.main([*argv, "--prompt", "x"])
+    out = ["--out-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="error: --lookahead .*no-la: no such directory"):
+        bench.main([*argv, *out])
+
+
+def test_candidate_layouts_are_accepted_and_sampling_flags_checked_only_where_read():
+    methods = ("ar", "pass", "pass-fused", "tree-2x2x1x1", "tree-1+ctx3", "ctx-3")
+    g = _generate_config("--model", "m", "--prompt", "p", "--auto-methods", ",".join(methods))
+    assert g.auto_methods == methods
+    # --from-json and --random-model sample nothing: their settings are not checked
+    assert _bench_config("--from-json", "r.json", "--top-p", "0").top_p == 0
+    with pytest.raises(ValueError, match="--top-p must be in"):
+        _bench_config("--model", "m", "--top-p", "0")
 
 
 def test_the_demo_checks_the_flags_it_hands_on_before_any_work(tmp_path):
@@ -256,6 +294,10 @@ def test_the_demo_checks_the_flags_it_hands_on_before_any_work(tmp_path):
         demo.main(["--quick", *out, "--", "--bogus"])
     with pytest.raises(SystemExit, match="error: config file .*nope.yaml: no such file"):
         demo.main(["--quick", *out, "--config", str(tmp_path / "nope.yaml")])
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n")
+    with pytest.raises(SystemExit, match="list.yaml is not a mapping of keys"):
+        demo.main(["--quick", *out, "--config", str(listing)])
     assert not (tmp_path / "artifacts").exists()
 
 
