@@ -18,6 +18,7 @@ Shape letters: see ``pass_jax/__init__.py``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
@@ -281,8 +282,20 @@ def prefill(
     return _emit(spec, state, y_B[:, None], jnp.ones((B,), jnp.int32), active_B)
 
 
-def _stream_host(callback, out_BxN, n_B):
-    callback(np.asarray(out_BxN), np.asarray(n_B))
+# Stream callables of the generations running now, by id. The compiled program receives the id
+# as an argument and calls ``_stream_host`` with it, so a new callable (a lambda per request)
+# runs the program already compiled for streaming rather than compiling another one.
+_STREAMS: dict[int, Callable] = {}
+_STREAM_IDS = itertools.count()
+
+
+def _stream_host(stream_id, out_BxN, n_B):
+    _STREAMS[int(stream_id)](np.asarray(out_BxN), np.asarray(n_B))
+
+
+def _stream(stream_id, state: DecodeState) -> None:
+    """Hand the tokens so far to the host's stream callable ``stream_id`` (in order)."""
+    io_callback(_stream_host, None, stream_id, state.out_BxN, state.n_B, ordered=True)
 
 
 def decode_loop(
@@ -291,12 +304,13 @@ def decode_loop(
     la_LxD,
     state: DecodeState,
     stop_B=None,
-    stream: Callable | None = None,
+    stream_id=None,
     bootstrap: bool = True,
 ) -> DecodeState:
     """Bootstrap calls (unless ``bootstrap`` is False), then ``pass_step`` in a
     ``lax.while_loop`` until every row is done (EOS or ``max_new_tokens``) or has ``stop_B``
-    tokens, or the cache cannot take another call."""
+    tokens, or the cache cannot take another call; ``stream_id`` (an int32 scalar, or None):
+    the stream callable (``_STREAMS``) given the tokens after every step."""
     for layout in spec.schedule.bootstrap if bootstrap else ():
         state = layout_call(spec, layout, params, la_LxD, state)
     need = spec.schedule.step_tokens
@@ -312,12 +326,12 @@ def decode_loop(
         s = pass_step(spec, params, la_LxD, s)
         if spec.state_sharding is not None:
             s = jax.lax.with_sharding_constraint(s, spec.state_sharding)
-        if stream is not None:
-            io_callback(partial(_stream_host, stream), None, s.out_BxN, s.n_B, ordered=True)
+        if stream_id is not None:
+            _stream(stream_id, s)
         return s
 
-    if stream is not None:
-        io_callback(partial(_stream_host, stream), None, state.out_BxN, state.n_B, ordered=True)
+    if stream_id is not None:
+        _stream(stream_id, state)
     return jax.lax.while_loop(cond, body, state)
 
 
@@ -331,14 +345,15 @@ def _generate(
     eos_E,
     cache: KVCache,
     rng,
-    stream: Callable | None = None,
+    stream_id=None,
 ) -> DecodeState:
-    """Prefill, then ``decode_loop`` until every row is done or the cache is full."""
+    """Prefill, then ``decode_loop`` until every row is done or the cache is full (streaming
+    to ``stream_id``'s callable when it is given: one program for every callable)."""
     state = prefill(spec, params, prompt_BxP, prompt_len_B, active_B, eos_E, cache, rng)
-    return decode_loop(spec, params, la_LxD, state, None, stream)
+    return decode_loop(spec, params, la_LxD, state, None, stream_id)
 
 
-_GENERATE_JIT = {"static_argnames": ("spec", "stream"), "donate_argnames": ("cache",)}
+_GENERATE_JIT = {"static_argnames": ("spec",), "donate_argnames": ("cache",)}
 generate_jit = jax.jit(_generate, **_GENERATE_JIT)
 
 
@@ -623,15 +638,23 @@ def generate_fixed(
         la, prompt, lens, active, eos, rng = place_decode_inputs(inputs, mesh)
     cache = init_cache(cfg, B, max_len, cache_dtype, per_layer, mesh)
     args, compile_seconds = (params, la, prompt, lens, active, eos, cache, rng), 0.0
-    program = partial(run, spec, stream=stream)
+    stream_id = None if stream is None else next(_STREAM_IDS)
+    if stream is not None:
+        _STREAMS[stream_id] = stream
+        sid = np.int32(stream_id)
+        args += (jnp.asarray(sid) if mesh is None else jax.device_put(sid, replicated(mesh)),)
+    program = partial(run, spec)
     if compile_apart and mesh is None:
-        program, compile_seconds = compiled.executable(run, (spec,), {"stream": stream}, *args)
-    t0 = time.perf_counter()
-    state = program(*args)
-    out, n = jax.block_until_ready((state.out_BxN, state.n_B))
-    if stream is not None:  # on a GPU, io_callbacks may still be running on the host
-        jax.effects_barrier()
-    wall = time.perf_counter() - t0
+        program, compile_seconds = compiled.executable(run, (spec,), {}, *args)
+    try:
+        t0 = time.perf_counter()
+        state = program(*args)
+        out, n = jax.block_until_ready((state.out_BxN, state.n_B))
+        if stream is not None:  # on a GPU, io_callbacks may still be running on the host
+            jax.effects_barrier()
+        wall = time.perf_counter() - t0
+    finally:
+        _STREAMS.pop(stream_id, None)
     out, n = to_host(out), to_host(n)
     rows = len(prompts)
     result = GenerationResult(

@@ -54,7 +54,8 @@ def generate(
         ``lookahead.init_lookahead`` for the [UNK] baseline).
       eos_ids: ids that end a row (default: the config's ``eos_token_ids``).
       max_len: KV-cache slots (default: just enough, rounded up to a multiple of 128).
-      stream: ``fn(out_BxN, n_B)`` called on the host after every loop step.
+      stream: ``fn(out_BxN, n_B)`` called on the host after every loop step (the program is
+        compiled once for streaming: another callable, e.g. one per request, reuses it).
       mesh: a ``jax.sharding.Mesh`` (``sharding.make_mesh``): rows are split over its batch axes
         and the cache by the partition rules; ``params`` should already be on it.
       return_state: also return the final ``DecodeState`` (``(result, state)``).

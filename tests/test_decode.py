@@ -10,6 +10,7 @@ import pass_jax.iteration_cost as iteration_cost
 from pass_jax.cache import init_cache
 from pass_jax.config import ModelConfig, SamplerConfig
 from pass_jax.decode import (
+    _STREAMS,
     DecodeSpec,
     eos_array,
     generate_jit,
@@ -360,6 +361,21 @@ def test_streaming_delivers_tokens_as_generated():
     assert len(seen) >= 3
     assert all(seen[i + 1][: len(seen[i])] == seen[i] for i in range(len(seen) - 1))
     assert seen[-1] == res.tokens[0]
+
+
+def test_a_new_stream_callable_runs_the_program_compiled_for_streaming():
+    """The callable is not part of the program (it is looked up by an id the program gets),
+    so a callable per request (a server's lambdas) compiles nothing new; each generation's
+    tokens reach its own callable, and none is left registered."""
+    params = _params(4)
+    run = lambda stream: generate(CFG, params, PROMPTS[:1], max_new_tokens=6, stream=stream)
+    run(lambda out, n: None)
+    before = generate_jit._cache_size()
+    got = {}
+    for key in ("a", "b", "c"):
+        res = run(lambda out, n, key=key: got.setdefault(key, []).append(n[0]))
+        assert got[key][-1] == len(res.tokens[0])
+    assert generate_jit._cache_size() == before and not _STREAMS
 
 
 def test_bad_input_errors():
