@@ -230,7 +230,7 @@ def lookahead_for(config: GenerateConfig, cfg, params):
     mixes were checked by ``GenerateConfig``)."""
     if method_lookahead(config.method, 1) == 0:
         return None
-    if config.method == "unk":  # (GenerateConfig checked the flag mixes)
+    if config.method == "unk":
         return init_lookahead(cfg, params, config.num_lookahead)
     if config.lookahead:
         return load_lookahead(config.lookahead, cfg, params, num_lookahead=config.num_lookahead)

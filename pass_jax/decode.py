@@ -643,10 +643,10 @@ def generate_fixed(
         _STREAMS[stream_id] = stream
         sid = np.int32(stream_id)
         args += (jnp.asarray(sid) if mesh is None else jax.device_put(sid, replicated(mesh)),)
-    program = partial(run, spec)
-    if compile_apart and mesh is None:
-        program, compile_seconds = compiled.executable(run, (spec,), {}, *args)
     try:
+        program = partial(run, spec)
+        if compile_apart and mesh is None:
+            program, compile_seconds = compiled.executable(run, (spec,), {}, *args)
         t0 = time.perf_counter()
         state = program(*args)
         out, n = jax.block_until_ready((state.out_BxN, state.n_B))
