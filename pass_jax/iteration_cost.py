@@ -123,11 +123,7 @@ def time_iterations(
     (``desc``) shows both. ``cache_dtype``: as in ``generation.generate``."""
     starts, jobs = {}, {}
     for m, n in slots.items():
-        need = timing_slots(
-            max(map(len, prompts)),
-            _schedule(m, la_LxD),
-            steps,
-        )
+        need = timing_slots(max(map(len, prompts)), _schedule(m, la_LxD), steps)
         if n < need:
             raise ValueError(
                 f"max_len {n} is too small to time {steps} {m} steps "
@@ -371,7 +367,7 @@ def iteration_costs(
     if missing:
         slots = {
             m: max(
-                max_len, round_cache_len(timing_slots(max(map(len, prompts)), make_schedule(m, L)))
+                max_len, round_cache_len(timing_slots(max(map(len, prompts)), _schedule(m, la_LxD)))
             )
             for m in missing
         }
