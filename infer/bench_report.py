@@ -90,7 +90,11 @@ def _tname(T):
 
 
 def _time_cell(r: dict | None) -> str:
-    return "-" if r is None else f"{r['s_per_call']:.3f} ({r['speedup_vs_ar']:.2f}x)"
+    if r is None:
+        return "-"
+    ci = r.get("speedup_ci95")  # (absent in older results, and for ar itself)
+    spread = f", {ci[0]:.2f}-{ci[1]:.2f}" if ci else ""
+    return f"{r['s_per_call']:.3f} ({r['speedup_vs_ar']:.2f}x{spread})"
 
 
 def markdown(result: dict) -> str:
@@ -162,6 +166,11 @@ def _speedup_tables(result: dict) -> list[str]:
             f"\n### Seconds per generate call ({N} new tokens x {B} row{'s' * (B > 1)}), "
             f"speedup vs autoregressive (L={L0})\n"
         )
+        if any(r.get("speedup_ci95") for r in rows if r.get("batch_size") == B):
+            out.append(
+                "In brackets: the speedup (medians' ratio) and its 95% interval, from "
+                "resampling the interleaved repeats in pairs (a bootstrap).\n"
+            )
         out.append("| method | " + " | ".join(_tname(T) for T in Ts) + " |")
         out.append("|---|" + "---|" * len(Ts))
         for m in s["methods"] + list(HF_METHODS):

@@ -10,12 +10,33 @@ import ast
 import re
 import statistics
 
+import numpy as np
+
 from infer.bench_methods import Run, Variant, is_hf, is_ours, layout_text
 from infer.prompts import strip_chat_answer
 
 
 def median(xs):
     return float(statistics.median(xs)) if xs else None
+
+
+def speedup_interval(
+    ar_walls, walls, level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> list[float] | None:
+    """The ``level`` interval of the speedup ``median(ar_walls) / median(walls)`` from a paired
+    bootstrap: the repeats are resampled with replacement, repeat r of both methods together
+    (they ran interleaved, at about the same time, so the machine's drift cancels in a pair).
+    ``[low, high]``, or None with fewer than 3 repeats in common. Seeded: the same walls give
+    the same interval."""
+    n = min(len(ar_walls), len(walls))
+    if n < 3:
+        return None
+    ar_R, m_R = np.asarray(ar_walls[:n], float), np.asarray(walls[:n], float)
+    idx_SxR = np.random.default_rng(seed).integers(0, n, (resamples, n))
+    ratio_S = np.median(ar_R[idx_SxR], axis=1) / np.median(m_R[idx_SxR], axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(ratio_S, [tail, 100 - tail])
+    return [round(float(low), 4), round(float(high), 4)]
 
 
 def _cut_eos(tokens, eos_ids):
@@ -86,6 +107,7 @@ def summarise(
         row.update(_call_stats(variant, runs, new_tokens, med, B))
     if ar_rows is not None:
         row["speedup_vs_ar"] = ar_rows["median_s"] / med
+        row["speedup_ci95"] = speedup_interval(ar_rows["wall_s"], walls)
         if "ms_per_forward_call" in row:  # speedup ~= tokens_per_call / call_cost_vs_ar
             row["call_cost_vs_ar"] = row["ms_per_forward_call"] / ar_rows["ms_per_forward_call"]
     if T == 0 and ar_rows is not None and variant.method != "ar":

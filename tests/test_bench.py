@@ -166,6 +166,32 @@ def test_parses_drops_the_incomplete_last_line():
     assert not bench_summary.parses_toplevel(text, start=len(text) - 3)
 
 
+def test_speedup_interval_resamples_repeats_in_pairs():
+    """The speedup's 95% interval resamples repeat r of both methods together: walls that
+    drift together (a machine slowing down) give no spread, a steady 2x ratio gives exactly
+    2x, and noisy walls give an interval around the medians' ratio."""
+    drift = [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0]
+    assert bench_summary.speedup_interval(drift, drift) == [1.0, 1.0]  # unpaired would spread
+    assert bench_summary.speedup_interval([2 * w for w in drift], drift) == [2.0, 2.0]
+    ar = [3.8, 3.6, 4.5, 3.7, 3.6, 4.2, 3.9, 3.5, 4.0]
+    auto = [3.9, 3.7, 3.8, 4.1, 5.2, 5.8, 3.9, 3.9, 3.9]
+    low, high = bench_summary.speedup_interval(ar, auto)
+    point = bench_summary.median(ar) / bench_summary.median(auto)
+    assert low < point < high and high - low > 0.02
+    assert bench_summary.speedup_interval(ar, auto) == [low, high]  # seeded
+    assert bench_summary.speedup_interval(ar[:2], auto[:2]) is None  # too few to resample
+
+
+def test_speedup_cell_shows_the_interval():
+    """The report's speedup cells carry the interval where a row has one (older results and
+    ``ar`` itself have none)."""
+    from infer.bench_report import _time_cell
+
+    row = {"s_per_call": 3.934, "speedup_vs_ar": 0.965, "speedup_ci95": [0.93, 1.004]}
+    assert _time_cell(row) == "3.934 (0.96x, 0.93-1.00)"
+    assert _time_cell({"s_per_call": 3.796, "speedup_vs_ar": 1.0}) == "3.796 (1.00x)"
+
+
 def test_find_lookaheads_directory_of_exports(tmp_path):
     from pass_jax.config import ModelConfig
     from pass_jax.lookahead import init_lookahead, model_fingerprint, save_lookahead
@@ -436,7 +462,7 @@ def test_bench_trees_and_auto(tmp_path):
             "--temperatures",
             "0",
             "--repeats",
-            "1",
+            "3",
             "--methods",
             "ar,tree-2x1,ctx-3,auto",
             "--auto-methods",
@@ -483,6 +509,12 @@ def test_bench_trees_and_auto(tmp_path):
         and f"| PaSS auto | 2 | {rows['auto']['layout']} | greedy |" in md
     )
     assert "| context drafts 3 (prompt lookup) | - | ctx3, 4 | greedy |" in md
+    for m in ("tree-2x1", "ctx-3", "auto"):  # 3 repeats: each speedup has its interval
+        low, high = rows[m]["speedup_ci95"]
+        assert 0 < low <= high
+        assert f"({rows[m]['speedup_vs_ar']:.2f}x, {low:.2f}-{high:.2f}) |" in md
+    assert rows["ar"].get("speedup_ci95") is None
+    assert "its 95% interval, from resampling the interleaved repeats in pairs" in md
     cost = result["call_ms_by_tokens"]  # the cost of a call against the tokens in it
     assert cost["context"] == 8 and list(cost["ms"]) == ["1"]  # 8 prompt tokens (no BOS here)
     assert list(cost["ms"]["1"]) == ["1", "5", "64"] and min(cost["ms"]["1"].values()) > 0
