@@ -44,7 +44,7 @@ interleaved (the order rotates every repeat); the median wall time counts. Metho
 
 Generation runs ``--max-new-tokens`` tokens per prompt, EOS ignored (``--stop-at-eos`` to stop),
 so every method does the same work. Reported per cell: median seconds per generate call (N new
-tokens per row; at batch 1 the paper's "s for N tokens"), speedup vs ``ar`` (with 3 or more
+tokens per row; at batch 1 the paper's "s for N tokens"), speedup vs ``ar`` (with 5 or more
 repeats, its 95% interval from a paired bootstrap of the repeats), tokens/s, tokens per
 forward call, the cost of a call vs ``ar``, the draft tree and the tokens of a call,
 acceptance per LA position, for temperature 0 whether the output is identical to ``ar`` (it must

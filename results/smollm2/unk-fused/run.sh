@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tokens per call of the fused layouts with the [UNK] embeddings against the trained default
-# (greedy-self-L4), like for like (the later --lookahead overrides BASE's): the same methods and prompts, code and chat, batch 1,
-# greedy and T = 0.8. One repeat: tokens per call and acceptance do not depend on timing.
+# (greedy-self-L4), like for like (the later --lookahead overrides BASE's): the same methods
+# and prompts, code and chat, batch 1, greedy and T = 0.8. One repeat: tokens per call and acceptance do not depend on timing.
 set -e
 . "$(dirname "$0")/../bench_settings.sh"
 OUT=${1:-results/smollm2/unk-fused}
