@@ -21,8 +21,9 @@ def median(xs):
 
 
 # Fewer repeats give a bootstrap interval that holds the true speedup far less often than it
-# says: in a simulation (paired drift, 4% noise) a "95%" interval held it in 75% of trials
-# with 3 repeats, 94% with 5, 97% with 9.
+# says: simulated with a shared drift and 4% noise per method, a "95%" interval held it in 73%
+# of runs with 3 repeats, 89% with 4, 92% with 5, 97.5% with 9
+# (results/smollm2/auto-noise/coverage.py).
 MIN_INTERVAL_REPEATS = 5
 
 
