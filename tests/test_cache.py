@@ -33,6 +33,20 @@ def test_init_shapes_dtypes_and_lengths():
             init_cache(TINY, 1, bad)
 
 
+def test_init_cache_is_one_program_per_shape():
+    """An empty cache is one jitted program per shape (one dispatch, not one per layer's k
+    and v), compiled once: a second cache of the same shape reuses it, and is a new buffer
+    (the generation programs donate theirs)."""
+    from pass_jax.cache import _empty_program
+
+    first = init_cache(TINY, batch=2, max_len=6, per_layer=True)
+    again = init_cache(TINY, batch=2, max_len=6, per_layer=True)
+    program = _empty_program(TINY, 2, 6, jnp.dtype(jnp.float32), True, None)
+    assert program._cache_size() == 1  # compiled once for both caches
+    assert again.k[0] is not first.k[0] and again.k[0].shape == (2, 2, 6, 8)
+    assert not np.asarray(again.k[1]).any() and again.lengths.tolist() == [0, 0]
+
+
 def test_cache_bytes_per_token_and_cache_dtypes():
     assert cache_bytes_per_token(TINY) == 2 * 2 * 2 * 8 * 4 == 256  # K and V, I, K, A, float32
     assert cache_bytes_per_token(TINY, jnp.bfloat16) == 128

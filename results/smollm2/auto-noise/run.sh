@@ -13,3 +13,9 @@ $PY -m infer.bench ${BASE/h200-L4/greedy-self-L4} --repeats 9 --no-hf-baselines 
   --methods ar,ctx-3,ctx-6,auto --prompts code --prompt-tokens 32 --num-prompts 6 \
   --temperatures 0 --out-dir $OUT/code-greedy \
   --title "SmolLM2-135M-Instruct on this CPU, code prompts, batch 1, greedy: auto against ar, ctx-3 and ctx-6, 9 repeats"
+# After auto's wall time starts at the prefill (as the fixed methods' does) and the empty cache
+# became one jitted program: the batch-1 greedy cell again, against ar and ctx-3.
+$PY -m infer.bench ${BASE/h200-L4/greedy-self-L4} --repeats 9 --no-hf-baselines --batch-size 1 \
+  --methods ar,ctx-3,auto --prompts code --prompt-tokens 32 --num-prompts 6 \
+  --temperatures 0 --out-dir $OUT/code-greedy-after \
+  --title "SmolLM2-135M-Instruct on this CPU, code prompts, batch 1, greedy: auto (timed from the prefill) against ar and ctx-3, 9 repeats"
