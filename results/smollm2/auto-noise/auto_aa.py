@@ -1,7 +1,11 @@
-"""An A/A test of `auto` against autoregressive decoding: `ar`, `auto` (with the export's
-prior and the cost file, as `infer.bench` runs it) and `ar` again (`ar2`), batch 8, T = 0.8,
-64 tokens, the order rotating every repeat, median of 12 repeats after a warm-up.
-python results/smollm2/auto-noise/auto_aa.py (from the repository root, after `make demo`)"""
+"""`auto` against autoregressive decoding at batch 8, T = 0.8, 64 tokens, `auto` with the
+export's prior and the cost file, as `infer.bench` runs it; median of the repeats after a
+warm-up.
+- `python results/smollm2/auto-noise/auto_aa.py` (`auto_aa.txt`): an A/A test, `ar`, `auto`
+  and `ar` again (`ar2`), the order rotating every repeat, 12 repeats.
+- `... auto_aa.py alternating` (`auto_ab_alternating.txt`): the benchmark's order, `ar` and
+  `auto` alternating every repeat, 15 repeats.
+Run from the repository root after `make demo`."""
 
 import sys
 
@@ -16,25 +20,25 @@ from pass_jax.generation import generate
 from pass_jax.iteration_cost import default_cost_file
 from pass_jax.tokenizer import with_special_tokens
 
+alternating = sys.argv[1:] == ["alternating"]
 cfg, params, la, _, _ = setup()
 prior = lookahead.recorded_acceptance("pretrained/smollm2-135m-instruct/greedy-self-L4")["sampled"]
 N, B = 64, 8
 tok = hf.load_tokenizer("artifacts/smollm2/model")
 prompts = with_special_tokens(tok, make_prompts(tok, "stdlib", "artifacts/tfds", B, 32, 0)[0])
 sampler = SamplerConfig(temperature=0.8, top_k=10)
-variants = ["ar", "auto", "ar2"]
+variants = ["ar", "auto"] if alternating else ["ar", "auto", "ar2"]
 walls = {v: [] for v in variants}
 segs = []
-for r in range(13):
-    k = r % 3
+for r in range(16 if alternating else 13):
+    k = r % len(variants)
     for v in variants[k:] + variants[:k]:
-        m = "auto" if v == "auto" else "ar"
         res = generate(
             cfg,
             params,
             prompts,
             max_new_tokens=N,
-            method=m,
+            method="auto" if v == "auto" else "ar",
             la_LxD=la,
             sampler=sampler,
             seed=r,
@@ -47,10 +51,10 @@ for r in range(13):
             walls[v].append(res.wall_time)
 for v, w in walls.items():
     print(v, f"{np.median(w):.4f}", np.round(w, 3))
-print(
-    "auto/ar",
-    np.median(walls["auto"]) / np.median(walls["ar"]),
-    "ar2/ar",
-    np.median(walls["ar2"]) / np.median(walls["ar"]),
-)
+a, b = np.array(walls["auto"]), np.array(walls["ar"])
+ratio = np.median(a) / np.median(b)
+if alternating:
+    print("auto/ar", ratio, "pairs where auto was slower:", int((a > b).sum()), "of", len(a))
+else:
+    print("auto/ar", ratio, "ar2/ar", np.median(walls["ar2"]) / np.median(b))
 print(segs)
