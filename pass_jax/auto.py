@@ -37,10 +37,18 @@ the segments it stands for, so generations shorter than 32 segments explore too.
 call, a prior that made autoregressive decoding the first choice kept it for good: on an H200,
 30 calls of 128 tokens never tried ``ctx-3``, 1.32x autoregressive decoding there.
 
-A layout's seconds per iteration start from its timed cost, which counts as the 24
+A layout's seconds per iteration start from its timed cost, which counts as the 40
 iterations it was timed on (``TIMED_ITERATIONS``), and every segment adds its own iterations
 and wall time (host round trips and a switch's bootstrap calls included, compiling not):
-an iteration-weighted mean, so one slow segment (this VM's noise) moves it little. Expected tokens
+an iteration-weighted mean, so one slow segment (this VM's noise) moves it little. The timed
+costs are first scaled by the machine's pace (``AcceptanceStats.pace``: the measured seconds
+over what the timed costs predict for the same iterations, all layouts pooled), so a slow
+spell, or timing that ran a little fast, weighs on every layout alike. Unscaled, it weighed
+only on the layout that happened to run, while the others kept their timed costs: on this VM
+``ctx-3``'s segments measured 1.3-1.5x its timed cost in slow spells, and ``auto`` left it for
+``ctx-6`` or autoregressive decoding (``results/smollm2/auto-sim``). A segment program's first
+run after compiling is not measured either: it ran 1.5x slower here (a warm-up, which the
+benchmark leaves out of the fixed methods' times too). Expected tokens
 always come from the shared statistics, so every layout is judged on the same text: a measured
 *speed* would carry the text of the segment the layout last ran (measured in session 11:
 ``ctx-6`` kept by the speed of a repetitive segment while ``ctx-3``, 14% faster on the same
@@ -57,6 +65,12 @@ from what the earlier ones saw, like a prior, so short generations do not each p
 exploring. Calls of every cache size share the acceptance statistics (what a layout accepts
 depends on the text, not on the cache size), while the measured costs are kept per cache size
 (attention reads every slot).
+
+Unless a cache size is asked for, the cache starts at the size the smallest candidate needs
+(the costs are timed there) and grows when a layout whose calls need more slots runs
+(``decode.grow_cache``, once per size). Sized for the widest tree from the start, every call
+paid for slots it rarely used: on this VM 64 tokens of autoregressive decoding took 6% longer
+with 256 slots than with 128, and ``ctx-3`` 1% (``results/smollm2/auto-sim``).
 
 The prefill and segment programs are compiled apart from running them (``compiled``), the
 first time each runs in the process (per layout, bootstrap or not, batch, cache size and
@@ -91,6 +105,7 @@ from .decode import (
     decode_precision,
     eos_array,
     generate_fixed,
+    grow_cache,
     prefill_jit,
     prepare_batch,
     required_cache_len,
@@ -98,7 +113,7 @@ from .decode import (
     round_cache_len,
     switch_schedule,
 )
-from .iteration_cost import iteration_costs
+from .iteration_cost import REPEATS, STEPS, iteration_costs
 from .layout import Schedule, make_schedule, parse_context, parse_tree, tree_name
 from .model import is_stacked
 
@@ -112,8 +127,8 @@ TREES = ((2, 1, 1, 1), (2, 2, 1, 1), (3, 2, 1, 1), (4, 1), (8, 1))
 # with a chain of 2 (the fastest there at T = 0.8).
 CONTEXT = ("ctx-3", "ctx-6", "tree-1+ctx3", "tree-4+ctx2")
 # The timed cost of a layout weighs as much as this many measured loop iterations: the
-# iterations it was timed on (iteration_cost: 3 repeats of 8 steps).
-TIMED_ITERATIONS = 24
+# iterations it was timed on (iteration_cost: 5 rounds of 8 steps).
+TIMED_ITERATIONS = STEPS * REPEATS
 
 
 def candidates(L: int) -> tuple[str, ...]:
@@ -206,11 +221,20 @@ class AcceptanceStats:
         this share (rows whose text repeats draft far better than the others)."""
         return self.slowest_row / self.mean_row if self.mean_row > 0 else 1.0
 
-    def seconds_per_iteration(self, method: str, timed: float) -> float:
-        """The method's cost: its ``timed`` seconds per iteration, weighted as
-        ``TIMED_ITERATIONS`` iterations, averaged with its measured segments by iterations."""
+    def pace(self, costs: dict[str, float]) -> float:
+        """How the measured segments compare with the timed ``costs`` (method -> seconds per
+        iteration): their seconds over the seconds those costs predict for their iterations,
+        every measured method pooled (1 before any segment was measured)."""
+        seen = [m for m in self.measured if m in costs and self.measured[m][1]]
+        predicted = sum(costs[m] * self.measured[m][1] for m in seen)
+        return sum(self.measured[m][0] for m in seen) / predicted if predicted else 1.0
+
+    def seconds_per_iteration(self, method: str, timed: float, pace: float = 1.0) -> float:
+        """The method's cost: its ``timed`` seconds per iteration at the machine's ``pace``,
+        weighted as ``TIMED_ITERATIONS`` iterations, averaged with its measured segments by
+        iterations."""
         s, n = self.measured.get(method, (0.0, 0))
-        return (TIMED_ITERATIONS * timed + s) / (TIMED_ITERATIONS + n)
+        return (TIMED_ITERATIONS * timed * pace + s) / (TIMED_ITERATIONS + n)
 
     def update(
         self,
@@ -333,22 +357,26 @@ def speeds(stats: AcceptanceStats, costs: dict[str, float], L: int) -> dict[str,
     """Each method's speed as ``choose`` judges it, in tokens per second per row: its expected
     tokens per iteration, at the slowest row's share in a batch
     (``AcceptanceStats.row_spread``), over its seconds per iteration
-    (``AcceptanceStats.seconds_per_iteration``: the timed ``costs`` and what its segments
-    measured); a method other than autoregressive decoding divided by 1 + ``MARGIN``."""
-    spread = stats.row_spread()
+    (``AcceptanceStats.seconds_per_iteration``: the timed ``costs`` at the machine's pace and
+    what its segments measured); a method other than autoregressive decoding divided by
+    1 + ``MARGIN``."""
+    spread, pace = stats.row_spread(), stats.pace(costs)
     return {
         m: stats.expected_tokens(m, L)
-        / stats.seconds_per_iteration(m, costs[m])
+        / stats.seconds_per_iteration(m, costs[m], pace)
         / (1.0 if m == "ar" else (1.0 + MARGIN) / spread)
         for m in costs
     }
 
 
-def choose(stats: AcceptanceStats, costs: dict[str, float], L: int) -> tuple[str, dict]:
+def choose(
+    stats: AcceptanceStats, costs: dict[str, float], L: int, among: Sequence[str] | None = None
+) -> tuple[str, dict]:
     """The method of the highest speed (``speeds``: autoregressive decoding unless the best
-    other one beats it by ``MARGIN``), and every method's expected tokens per iteration."""
+    other one beats it by ``MARGIN``) of ``among`` (default: all of ``costs``, every
+    candidate's timed cost), and every method's expected tokens per iteration."""
     speed = speeds(stats, costs, L)
-    return max(costs, key=speed.get), {m: stats.expected_tokens(m, L) for m in costs}
+    return max(among or costs, key=speed.get), {m: stats.expected_tokens(m, L) for m in costs}
 
 
 def _counters(state) -> list[np.ndarray]:
@@ -414,7 +442,7 @@ class _Chooser:
             first = explore = explorer(methods, L)
             return cls(stats, costs, L, first, explore, explore_every or 8, decay, False)
         first = choose(stats, costs, L)[0]
-        explore = choose(stats, {m: c for m, c in costs.items() if m != "ar"} or costs, L)[0]
+        explore = choose(stats, costs, L, [m for m in costs if m != "ar"])[0]
         return cls(stats, costs, L, first, explore, explore_every or 32, decay, True)
 
     def next(self, current: str | None) -> str:
@@ -530,12 +558,17 @@ def generate_auto(
     prompt_BxP, prompt_len_B, active_B = prepare_batch(prompts, cfg.vocab_size)
     B, P = prompt_BxP.shape
     N = int(max_new_tokens)
-    need = max(required_cache_len(P, N, s) for s in schedules.values())
+    need = {m: required_cache_len(P, N, s) for m, s in schedules.items()}
     asked_len = max_len  # the plain loop sizes its own cache when none was asked for
-    if max_len is None:
-        max_len = round_cache_len(need)
-    elif need > max_len:
-        raise ValueError(f"cache too small: auto needs {need} slots, the cache has {max_len}")
+    if max_len is None:  # each layout's own size; the cache grows when a bigger one runs
+        size_of = {m: round_cache_len(n) for m, n in need.items()}
+    elif max(need.values()) > max_len:
+        raise ValueError(
+            f"cache too small: auto needs {max(need.values())} slots, the cache has {max_len}"
+        )
+    else:
+        size_of = dict.fromkeys(methods, max_len)
+    max_len = min(size_of.values())
     prompt_lists = [list(p) for p in prompts]
     t = time.perf_counter()
     costs = iteration_costs(
@@ -598,21 +631,29 @@ def generate_auto(
     J = chooser.stats.ctx_tried_J.shape[0]
     accepted_BxJxW, accepted_ctx_BxJ = np.zeros((B, J, W), np.int64), np.zeros((B, J), np.int64)
     current = None
-    programs = {}  # (method, bootstrap) -> its segment program: one lookup per call, not segment
+    programs = {}  # (method, bootstrap, cache size) -> its segment program: found once a call
     decoding_B = ~np.asarray(state.done_B)  # rows still decoding: one host copy per segment
     while decoding_B.any():
         method = chooser.next(current)
         boot = method != current  # a switch: the new schedule's bootstrap calls first
         if boot:
             state = switch_schedule(state, schedules[method])
+        if size_of[method] > max_len:  # its calls need more slots: the cache grows
+            max_len = size_of[method]
+            grow, seconds = compiled.executable(grow_cache, (), {"max_len": max_len}, state)
+            log.compile_seconds += seconds
+            state = grow(state)
+            chooser.stats.at_size(max_len)
         args = (params, la_LxD, state, state.n_B + segment)  # ..., stop_B: segment more tokens
-        if (method, boot) not in programs:
+        first_run = False  # a program's first run after compiling: a warm-up, not measured
+        if (method, boot, max_len) not in programs:
             spec = DecodeSpec(cfg, schedules[method], sampler, N, exact)
-            programs[method, boot], seconds = compiled.executable(
+            programs[method, boot, max_len], seconds = compiled.executable(
                 resume_jit, (spec,), {"bootstrap": boot}, *args
             )
             log.compile_seconds += seconds
-        segment_program = programs[method, boot]
+            first_run = seconds > 0
+        segment_program = programs[method, boot, max_len]
         t = time.perf_counter()
         before = _counters(state)  # (state is donated to the segment)
         state = segment_program(*args)
@@ -620,7 +661,7 @@ def generate_auto(
         if n.sum() == 0:  # the cache is full
             break
         iterations = loop_iterations(calls, schedules[method], bootstrap=boot)
-        if iterations:
+        if iterations and not first_run:
             chooser.stats.measure(method, time.perf_counter() - t, iterations)
         Jm, Wm = acc.shape[1:]
         accepted_BxJxW[:, :Jm, :Wm] += acc

@@ -51,6 +51,7 @@ from .user_cache import cache_root
 FILE_FORMAT = "pass_jax iteration costs"
 FILE_VERSION = 1
 STEPS = 8  # timed loop iterations per repeat
+REPEATS = 5  # timed rounds (``iteration_costs``)
 
 
 def default_cost_file() -> Path:
@@ -114,13 +115,16 @@ def time_iterations(
     batch ``prompts`` (padded to its batch bucket; every row active): ``steps`` iterations in
     one jitted ``fori_loop`` (``decode.run_steps``), on the state a short greedy
     autoregressive generation (8 tokens) left, switched to the method's schedule and its rows
-    made active again; warm-up, then the median of ``repeats``. That generation is the same
-    program for every method (compiled once per cache size), and the drafts it leaves empty:
-    an iteration's cost does not depend on what it accepts (static shapes).
+    made active again: the median of its timed runs. That generation is the same program for every
+    method (compiled once per cache size), and the drafts it leaves empty: an iteration's cost
+    does not depend on what it accepts (static shapes).
 
     Every method's program is compiled first, in ``threads`` threads
-    (``compiled.compile_all``), then the methods are timed one after the other. A progress bar
-    (``desc``) shows both. ``cache_dtype``: as in ``generation.generate``."""
+    (``compiled.compile_all``), and run once as a warm-up; then ``repeats`` rounds run every
+    method once. ``auto`` compares the ratios of these costs, and timing one method's runs
+    after another's would put a slow spell of the machine on one method alone (on this 2-core
+    VM the ratios spread half as much in rounds: ``results/smollm2/auto-sim``). A progress bar
+    (``desc``) shows every step. ``cache_dtype``: as in ``generation.generate``."""
     starts, jobs = {}, {}
     for m, n in slots.items():
         need = timing_slots(max(map(len, prompts)), _schedule(m, la_LxD), steps)
@@ -143,8 +147,9 @@ def time_iterations(
             )[1]
         jobs[m] = _timing_args(cfg, m, la_LxD, starts[n], steps)
     # minutes for SmolLM2-135M on a 2-core CPU; compiling dominates on a GPU
+    rounds = max(repeats, 1)
     with tqdm(
-        total=2 * len(jobs),
+        total=(2 + rounds) * len(jobs),  # compiling, a warm-up and the rounds' runs
         desc=desc,
         unit="step",
         leave=False,
@@ -159,15 +164,19 @@ def time_iterations(
             threads,
             done=lambda: bar.update(),
         )
-        out = {}
-        for m, (spec, la, live) in jobs.items():
+        programs = {}
+        for m, (spec, la, live) in jobs.items():  # warm-up
             bar.set_postfix_str(m)
-            program, _ = compiled.executable(run_steps, (spec,), {"n": steps}, params, la, live)
-            _run(program, params, la, live)  # warm-up
-            runs = [_run(program, params, la, live) for _ in range(max(repeats, 1))]
-            out[m] = float(np.median(runs)) / steps
+            programs[m] = compiled.executable(run_steps, (spec,), {"n": steps}, params, la, live)[0]
+            _run(programs[m], params, la, live)
             bar.update()
-    return out
+        runs = {m: [] for m in jobs}
+        for _ in range(rounds):  # a slow spell of the machine weighs on every method alike
+            for m, (_, la, live) in jobs.items():
+                bar.set_postfix_str(m)
+                runs[m].append(_run(programs[m], params, la, live))
+                bar.update()
+    return {m: float(np.median(r)) / steps for m, r in runs.items()}
 
 
 def iteration_seconds(
@@ -326,7 +335,7 @@ def iteration_costs(
     methods: Sequence[str],
     prompts: list[list[int]],
     max_len: int,
-    repeats: int = 3,
+    repeats: int = REPEATS,
     cache_dtype=None,
     cost_file=None,
     retime: bool = False,

@@ -119,18 +119,30 @@ def test_choice_follows_costs_and_falls_back_to_autoregressive():
     fresh = auto.AcceptanceStats.empty(1, 1)
     assert auto.choose(fresh, {"ar": 1.0, "tree-1": 1.45}, 1)[0] == "ar"
     assert auto.choose(fresh, {"ar": 1.0, "tree-1": 1.40}, 1)[0] == "tree-1"
-    # measured segments join the timed cost (weighted as 24 iterations), by iterations; the
-    # expected tokens still come from the statistics
+    # measured segments join the timed cost (weighted as TIMED_ITERATIONS), by iterations,
+    # once the timed costs are scaled by the machine's pace (the measured seconds against
+    # what the timed costs predict); the expected tokens still come from the statistics
+    costs, T = {"ar": 1.0, "tree-1": 1.40}, auto.TIMED_ITERATIONS
     fresh.measure("tree-1", 16 * 1.6, 16)
     fresh.measure("tree-1", 8 * 1.9, 8)
     assert fresh.measured == {"tree-1": (pytest.approx(40.8), 24)}
-    assert fresh.seconds_per_iteration("tree-1", 1.4) == pytest.approx((24 * 1.4 + 40.8) / 48)
-    assert fresh.seconds_per_iteration("ar", 1.0) == 1.0  # nothing measured: the timed cost
-    assert auto.choose(fresh, {"ar": 1.0, "tree-1": 1.40}, 1)[0] == "ar"  # 1.5 tokens / 1.55 s
-    fresh.measure("ar", 24 * 1.4, 24)  # autoregressive segments' host round trips: 1.2 s
-    assert auto.choose(fresh, {"ar": 1.0, "tree-1": 1.40}, 1)[0] == "tree-1"
+    assert fresh.seconds_per_iteration("tree-1", 1.4) == pytest.approx((T * 1.4 + 40.8) / (T + 24))
+    pace = fresh.pace(costs)
+    assert pace == pytest.approx(40.8 / (24 * 1.4))
+    assert fresh.seconds_per_iteration("tree-1", 1.4, pace) == pytest.approx(1.7)
+    assert fresh.seconds_per_iteration("ar", 1.0, pace) == pytest.approx(pace)  # none measured
+    # tree-1 ran 1.21x its timed cost and nothing else ran: the machine is judged slow, not
+    # tree-1, which still promises 1.5 tokens at 1.4x the cost (7% more)
+    assert auto.choose(fresh, costs, 1)[0] == "tree-1"
+    fresh.measure("ar", 24 * 1.0, 24)  # autoregressive decoding ran at its timed cost
+    assert fresh.pace(costs) == pytest.approx((40.8 + 24) / (24 * 1.4 + 24))
+    assert auto.choose(fresh, costs, 1)[0] == "ar"  # so tree-1 was the slow one
+    fresh.measure("ar", 48 * 1.5, 48)  # autoregressive segments' host round trips
+    assert auto.choose(fresh, costs, 1)[0] == "tree-1"
     fresh.update(np.zeros((1, 1)), 30, (1,), decay=1.0)  # tree-1's drafts all rejected
-    assert auto.choose(fresh, {"ar": 1.0, "tree-1": 1.40}, 1)[0] == "ar"
+    assert auto.choose(fresh, costs, 1)[0] == "ar"
+    # ``among``: the best of some candidates, judged at the pace of all
+    assert auto.choose(fresh, costs, 1, ["tree-1"])[0] == "tree-1"
 
 
 def test_a_batch_counts_at_its_slowest_row():
@@ -170,7 +182,7 @@ def test_switching_schedules_every_segment_stays_lossless(monkeypatch):
     timed = []
     monkeypatch.setattr(iteration_cost, "time_iterations", fake_timing(lambda m, n: 1.0, timed))
     cycle = itertools.cycle(methods)
-    monkeypatch.setattr(auto, "choose", lambda stats, costs, L: (next(cycle), {}))
+    monkeypatch.setattr(auto, "choose", lambda stats, costs, L, among=None: (next(cycle), {}))
     plain = generate(CFG, params, PROMPTS, max_new_tokens=30, eos_ids=()).tokens
     late = [
         (b, t)
@@ -199,6 +211,38 @@ def test_switching_schedules_every_segment_stays_lossless(monkeypatch):
     assert res.accepted_context.sum() > 0
     auto.generate_auto(CFG, params, PROMPTS, max_new_tokens=30, la_LxD=la, methods=methods)
     assert len(timed) == len(methods)  # the table is cached per model, batch and cache size
+
+
+def test_the_cache_grows_when_a_bigger_layout_runs(monkeypatch):
+    """The cache starts at the size the smallest candidate needs (128 slots for 90 tokens)
+    and grows to 256 when ``tree-3x2`` (a 30-token call) first runs, once; the output stays
+    autoregressive decoding's, and the segments after it measure at the new size. With a
+    cache size asked for, nothing grows."""
+    from pass_jax import compiled, decode
+
+    params = tiny_params(CFG, 4)
+    la = random_la(CFG, 2, 101, 0.05) + params["embed"]["embedding"][jnp.arange(2)]
+    methods = ("ar", "ctx-3", "tree-3x2")
+    monkeypatch.setattr(iteration_cost, "time_iterations", fake_timing(lambda m, n: 1.0))
+    # the first segment's layout, the one exploring would run, then every later segment's
+    # (a third ctx-3 segment: the first two are each its programs' first run, not measured)
+    first = ["ctx-3", "ctx-3", "ctx-3", "ctx-3", "ar", "tree-3x2"]
+    order = itertools.chain(first, itertools.cycle(methods))
+    monkeypatch.setattr(auto, "choose", lambda stats, costs, L, among=None: (next(order), {}))
+    compiled.forget()
+    kw = dict(max_new_tokens=90, la_LxD=la, eos_ids=(), methods=methods, segment=8)
+    kw.update(prior=[0.3, 0.2])  # (without one the widest candidate runs first)
+    plain = generate(CFG, params, PROMPTS, max_new_tokens=90, eos_ids=()).tokens
+    res = auto.generate_auto(CFG, params, PROMPTS, **kw)
+    assert res.tokens == plain and res.auto.segments[:5] == first[:1] + first[2:]
+    grown = [k[2] for k in compiled._EXECUTABLES if k[0] is decode.grow_cache]
+    assert grown == [(("max_len", 256),)]  # one program: it grew once, to 256 slots
+    (stats,) = auto._LEARNED.values()
+    assert stats.measured is stats.measured_by_size[256] and stats.measured_by_size[128]
+    compiled.forget()
+    res = auto.generate_auto(CFG, params, PROMPTS, max_len=256, **kw)
+    assert res.tokens == plain
+    assert not [k for k in compiled._EXECUTABLES if k[0] is decode.grow_cache]
 
 
 def test_prior_skips_the_costly_exploration(monkeypatch):
@@ -328,7 +372,7 @@ def test_cache_sizes_share_statistics_and_costs(monkeypatch):
     params = tiny_params(CFG, 4)
     la = random_la(CFG, 2, 101, 0.05) + params["embed"]["embedding"][jnp.arange(2)]
     methods = ("ar", "tree-2", "ctx-3")
-    costs = {"ar": 1.0, "tree-2": 1.3, "ctx-3": 1.2}
+    costs = {"ar": 1.0, "tree-2": 1.3, "ctx-3": 1.0}  # ctx-3 pays with any acceptance
     timed = []
     monkeypatch.setattr(
         iteration_cost, "time_iterations", fake_timing(lambda m, n: costs[m], timed)
@@ -348,6 +392,8 @@ def test_cache_sizes_share_statistics_and_costs(monkeypatch):
     assert second.auto.segments[0] == want and len(auto._LEARNED) == 1
     assert timed == [] and second.auto.costs_from == "process@128"
     # the measured costs are kept per cache size: 256's segments left 128's as they were
+    # (a second call at 256: the first runs each program for the first time, not measured)
+    auto.generate_auto(CFG, params, PROMPTS, max_len=256, **kw)
     (shared,) = auto._LEARNED.values()
     assert shared.measured_by_size[128] == at_128 and shared.measured_by_size[256]
     plain = generate(CFG, params, PROMPTS, max_new_tokens=24, eos_ids=()).tokens
@@ -372,3 +418,32 @@ def test_compiling_is_reported_apart_from_the_wall_time(monkeypatch):
     assert first.wall_time <= outside - first.auto.compile_seconds  # left out of the wall
     assert second.auto.compile_seconds == 0.0 and second.wall_time > 0
     assert first.stats()["auto"]["compile_seconds"] == round(first.auto.compile_seconds, 3)
+
+
+def test_a_programs_first_run_is_not_measured(monkeypatch):
+    """A segment program's first run after compiling is a warm-up: its seconds do not join
+    the layout's measured cost. With one layout, the first call compiles two programs (after
+    a switch, with the bootstrap call, and without) and measures every segment but their
+    first runs; a second call compiles nothing and measures every segment."""
+    from pass_jax import compiled
+
+    compiled.forget()
+    auto.forget()
+    params = tiny_params(CFG, 4)
+    la = params["embed"]["embedding"][jnp.arange(2)]
+    monkeypatch.setattr(iteration_cost, "time_iterations", fake_timing(lambda m, n: 1.0))
+    measured = []
+    measure = auto.AcceptanceStats.measure
+    monkeypatch.setattr(
+        auto.AcceptanceStats,
+        "measure",
+        lambda self, m, s, n: (measured.append(m), measure(self, m, s, n)),
+    )
+    kw = dict(max_new_tokens=16, la_LxD=la, eos_ids=(), methods=("tree-1x1",), segment=4)
+    first = auto.generate_auto(CFG, params, PROMPTS, **kw)
+    assert first.auto.compile_seconds > 0 and len(first.auto.segments) >= 3
+    assert len(measured) == len(first.auto.segments) - 2
+    measured.clear()
+    second = auto.generate_auto(CFG, params, PROMPTS, **kw)
+    assert second.auto.compile_seconds == 0.0
+    assert len(measured) == len(second.auto.segments)

@@ -183,19 +183,24 @@ def test_default_file_follows_the_environment(monkeypatch, tmp_path):
     assert generate_cli.auto_cost_file("my.json") == "my.json"
 
 
-def test_time_iterations_compiles_every_method_then_times_it():
+def test_time_iterations_compiles_every_method_then_times_it(monkeypatch):
     """For real on the tiny model: every method's ``run_steps`` program is compiled (all
-    before any is timed, kept in ``compiled``), and each method gets its own positive cost;
-    a cache too small for the timed steps is a clear error."""
+    before any is timed, kept in ``compiled``), warmed up, then timed in rounds; each method
+    gets its own positive cost; a cache too small for the timed steps is a clear error."""
     from pass_jax import compiled
 
     compiled.forget()
     params, la = tiny_params(TINY, 0), random_la(TINY, 2, 0)
     methods = ("ar", "tree-2x1", "ctx-3")
-    seconds = ic.time_iterations(TINY, params, la, dict.fromkeys(methods, 128), PROMPTS, 1)
+    ran, run = [], ic._run
+    monkeypatch.setattr(ic, "_run", lambda program, *a: (ran.append(program), run(program, *a))[1])
+    seconds = ic.time_iterations(TINY, params, la, dict.fromkeys(methods, 128), PROMPTS, 2)
     assert list(seconds) == list(methods) and all(s > 0 for s in seconds.values())
-    programs = [k for k in compiled._EXECUTABLES if k[0] is ic.run_steps]
+    programs = [compiled._EXECUTABLES[k] for k in compiled._EXECUTABLES if k[0] is ic.run_steps]
     assert len(programs) == 3  # one per method: its schedule is a static argument
+    # a warm-up run of each, then rounds that run every method once (a slow spell of the
+    # machine weighs on all of them)
+    assert ran == programs * 3 and len(set(map(id, programs))) == 3
     with pytest.raises(ValueError, match="max_len 16 is too small to time 8 tree-2x1 steps"):
         ic.time_iterations(TINY, params, la, {"tree-2x1": 16}, PROMPTS, 1)
     compiled.forget()
