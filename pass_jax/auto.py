@@ -70,7 +70,10 @@ Unless a cache size is asked for, the cache starts at the size the smallest cand
 (the costs are timed there) and grows when a layout whose calls need more slots runs
 (``decode.grow_cache``, once per size). Sized for the widest tree from the start, every call
 paid for slots it rarely used: on this VM 64 tokens of autoregressive decoding took 6% longer
-with 256 slots than with 128, and ``ctx-3`` 1% (``results/smollm2/auto-sim``).
+with 256 slots than with 128, and ``ctx-3`` 1% (``results/smollm2/auto-sim``). It does not
+shrink within a call: after a segment of a wide tree (the first one without a prior, or
+exploring) the rest of the call runs with the bigger cache. The costs stay those timed at the
+starting size; the machine's pace and the segments measured at the bigger size correct them.
 
 The prefill and segment programs are compiled apart from running them (``compiled``), the
 first time each runs in the process (per layout, bootstrap or not, batch, cache size and
@@ -298,8 +301,8 @@ class AutoLog:
     tokens: dict[str, int] = field(default_factory=dict)
     expected_tokens: dict[str, float] = field(default_factory=dict)
     judged: dict[str, float] = field(default_factory=dict)  # tokens/s per row (``speeds``)
-    # seconds spent compiling the prefill and segment programs this call ran for the first
-    # time in the process: not counted in the generation's wall time
+    # seconds spent compiling the prefill, segment and cache-growing programs this call ran for
+    # the first time in the process: not counted in the generation's wall time
     compile_seconds: float = 0.0
     # seconds spent getting the call costs (compiling and timing the candidates the first
     # time, reading them later): before the generation, not in its wall time
@@ -373,7 +376,7 @@ def choose(
     stats: AcceptanceStats, costs: dict[str, float], L: int, among: Sequence[str] | None = None
 ) -> tuple[str, dict]:
     """The method of the highest speed (``speeds``: autoregressive decoding unless the best
-    other one beats it by ``MARGIN``) of ``among`` (default: all of ``costs``, every
+    other one beats it by ``MARGIN``) of ``among`` (None or empty: all of ``costs``, every
     candidate's timed cost), and every method's expected tokens per iteration."""
     speed = speeds(stats, costs, L)
     return max(among or costs, key=speed.get), {m: stats.expected_tokens(m, L) for m in costs}
@@ -541,13 +544,15 @@ def generate_auto(
     chosen by expected tokens per second, and exploring runs the best speculative candidate
     every ``explore_every`` (default 32) autoregressive segments; without it the first segment
     runs the widest candidate and exploring comes every 8. ``precision``, ``cache_dtype``: as
-    in ``generation.generate`` (the call costs are timed with that cache). ``cost_file``: keep
+    in ``generation.generate`` (the call costs are timed with that cache). ``max_len``: the
+    cache's slots for the whole call (every candidate must fit); None: the smallest
+    candidate's size, grown when a layout that needs more runs. ``cost_file``: keep
     the timed costs in this file too, and read them from it instead of timing again (the
     programs use ``iteration_cost.default_cost_file()``); ``retime``: time them again. Returns a
     ``GenerationResult`` whose ``auto`` holds the choices (``AutoLog``); its ``wall_time``
     starts at the prefill, as the fixed methods' does (the cost table, choosing the first
-    layout and building the inputs come before it), and leaves out compiling the segment
-    programs (``AutoLog.compile_seconds``)."""
+    layout and building the inputs come before it), and leaves out compiling the segment and
+    cache-growing programs (``AutoLog.compile_seconds``)."""
     check_lengths(cfg, prompts, max_new_tokens)
     cache_dtype = resolve_cache_dtype(cfg, cache_dtype)
     if la_LxD is None:

@@ -123,8 +123,8 @@ def time_iterations(
     (``compiled.compile_all``), and run once as a warm-up; then ``repeats`` rounds run every
     method once. ``auto`` compares the ratios of these costs, and timing one method's runs
     after another's would put a slow spell of the machine on one method alone (on this 2-core
-    VM the ratios spread half as much in rounds: ``results/smollm2/auto-sim``). A progress bar
-    (``desc``) shows every step. ``cache_dtype``: as in ``generation.generate``."""
+    VM the ratios spread a third to a half less in rounds: ``results/smollm2/auto-sim``). A
+    progress bar (``desc``) shows every step. ``cache_dtype``: as in ``generation.generate``."""
     starts, jobs = {}, {}
     for m, n in slots.items():
         need = timing_slots(max(map(len, prompts)), _schedule(m, la_LxD), steps)

@@ -13,7 +13,9 @@ from pass_jax.decode import (
     _STREAMS,
     DecodeSpec,
     eos_array,
+    generate_fixed,
     generate_jit,
+    grow_cache,
     layout_call,
     pass_step,
     prefill,
@@ -564,3 +566,25 @@ def test_greedy_pass_equals_autoregressive_over_a_bfloat16_cache(monkeypatch):
     for method in ("ar", "auto"):
         with pytest.raises(ValueError, match="cache dtype must be a floating dtype .* got 'int8'"):
             run(method, la_LxD=la, cache_dtype="int8")
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_grow_cache_keeps_what_is_cached(per_layer):
+    """``grow_cache`` (``auto`` switching to a layout that needs more slots): every cached key,
+    value and history token stays in its slot, the new slots are empty, the lengths and the
+    rest of the state are unchanged; for the stacked cache and the per-layer one."""
+    params = init_params(CFG, jax.random.PRNGKey(0))
+    params = unstack_layers(params) if per_layer else params
+    _, state = generate_fixed(
+        CFG, params, PROMPTS, max_new_tokens=6, eos_ids=(), max_len=128, return_state=True
+    )
+    grown = grow_cache(state, max_len=256)
+    assert grown.cache.max_len == 256 and grown.hist_BxS.shape == (state.y_B.shape[0], 256)
+    for old, new in ((state.cache.k, grown.cache.k), (state.cache.v, grown.cache.v)):
+        for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new)):
+            np.testing.assert_array_equal(b[..., :128, :], a)
+            assert not np.asarray(b[..., 128:, :]).any()
+    np.testing.assert_array_equal(grown.hist_BxS[:, :128], state.hist_BxS)
+    assert np.asarray(state.cache.k if per_layer else state.cache.k[0]).any()  # (not empty)
+    np.testing.assert_array_equal(grown.cache.lengths, state.cache.lengths)
+    np.testing.assert_array_equal(grown.out_BxN, state.out_BxN)
