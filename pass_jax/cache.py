@@ -62,6 +62,15 @@ class KVCache:
 
         return self.replace(k=jax.tree.map(move, self.k), v=jax.tree.map(move, self.v))
 
+    def grow(self, max_len: int) -> KVCache:
+        """The cache with ``max_len`` slots: every layer's K/V padded with empty slots past
+        ``max_len`` (never read: attention stops at each row's length)."""
+
+        def grow(c):
+            return jnp.pad(c, [(0, 0)] * (c.ndim - 2) + [(0, max_len - c.shape[-2]), (0, 0)])
+
+        return self.replace(k=jax.tree.map(grow, self.k), v=jax.tree.map(grow, self.v))
+
 
 def init_cache(
     cfg: ModelConfig,

@@ -417,21 +417,13 @@ def switch_schedule(state: DecodeState, schedule: Schedule) -> DecodeState:
 
 @partial(jax.jit, static_argnames=("max_len",))  # (no donation: the shapes change)
 def grow_cache(state: DecodeState, max_len: int) -> DecodeState:
-    """``state`` with ``max_len`` cache slots: its keys and values and its token history
-    ``hist_BxS`` padded with empty slots (what is in them is never read: attention and the
-    context lookup stop at each row's length). ``auto`` grows the cache when it switches to a
-    layout whose calls need more slots than the cache it started with."""
-
-    def pad(x, axis):
-        widths = [(0, 0)] * x.ndim
-        widths[axis] = (0, max_len - x.shape[axis])
-        return jnp.pad(x, widths)
-
-    cache = state.cache.replace(
-        k=jax.tree.map(lambda x: pad(x, -2), state.cache.k),
-        v=jax.tree.map(lambda x: pad(x, -2), state.cache.v),
-    )
-    return state.replace(cache=cache, hist_BxS=pad(state.hist_BxS, 1))
+    """``state`` with ``max_len`` cache slots: its cache (``KVCache.grow``) and its token
+    history ``hist_BxS`` padded with empty slots (never read: the context lookup stops at each
+    row's length too). ``auto`` grows the cache when it switches to a layout whose calls need
+    more slots than the cache it started with."""
+    S = state.hist_BxS.shape[1]
+    hist_BxS = jnp.pad(state.hist_BxS, ((0, 0), (0, max_len - S)))
+    return state.replace(cache=state.cache.grow(max_len), hist_BxS=hist_BxS)
 
 
 prefill_jit = jax.jit(prefill, static_argnums=0)  # one wrapper, so its compilation is reused
